@@ -1,0 +1,1 @@
+"""The SET parties as asyncio actors, and the runtime they share."""

@@ -1,0 +1,1 @@
+"""RabbitMQ transport: topology, confirmed publish, acked consume, RPC, dead letters, trace tap."""

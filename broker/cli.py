@@ -1,0 +1,9 @@
+"""`setpay` subcommands of the broker layer."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add this layer's subcommands to the `setpay` parser."""

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Take a fresh Debian/Ubuntu machine to ready for setpay, then (with --demo) run the demo.
+#   ./deploy/setup.sh            system packages, RabbitMQ, virtualenv, project, token, broker
+#   ./deploy/setup.sh --demo     the same, then `setpay demo`
+# Idempotent: a second run installs nothing and changes nothing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+VENV=${SETPAY_VENV:-$ROOT/.venv}
+AMQP_URL=${SETPAY_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/}
+RUN_DEMO=0
+for arg in "$@"; do
+  case "$arg" in
+    --demo) RUN_DEMO=1 ;;
+    -h|--help) sed -n '2,5p' "$0"; exit 0 ;;
+    *) echo "setup.sh: unknown option $arg" >&2; exit 2 ;;
+  esac
+done
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+
+# --- system packages -------------------------------------------------------------------
+APT_UPDATED=0
+apt_install() {
+  local missing=()
+  for pkg in "$@"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ $APT_UPDATED = 0 ]; then say "apt-get update"; $SUDO apt-get update -qq; APT_UPDATED=1; fi
+  say "installing ${missing[*]}"
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+apt_install softhsm2 opensc openssl ca-certificates
+
+PYTHON=${PYTHON:-python3}
+if ! command -v "$PYTHON" >/dev/null; then apt_install python3; fi
+if ! "$PYTHON" -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null; then
+  echo "setup.sh: setpay needs Python >= 3.11 ($PYTHON is $("$PYTHON" -V 2>&1))" >&2; exit 1
+fi
+if ! "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null; then apt_install python3-venv; fi
+
+# --- RabbitMQ: install and start only when nothing answers on the configured URL ---------
+hostport=$(printf '%s' "$AMQP_URL" | sed -E 's#^amqps?://([^@/]*@)?([^/:]+)(:([0-9]+))?.*#\2 \4#')
+AMQP_HOST=${hostport% *}; AMQP_PORT=${hostport#* }; AMQP_PORT=${AMQP_PORT:-5672}
+broker_up() { timeout 2 bash -c "exec 3<>/dev/tcp/$AMQP_HOST/$AMQP_PORT" 2>/dev/null; }
+if ! broker_up; then
+  case "$AMQP_HOST" in
+    127.*|localhost) ;;
+    *) echo "setup.sh: no broker answers at $AMQP_HOST:$AMQP_PORT (not local: start it there)" >&2; exit 1 ;;
+  esac
+  apt_install rabbitmq-server
+  say "starting RabbitMQ"
+  if command -v systemctl >/dev/null && systemctl is-system-running >/dev/null 2>&1; then
+    $SUDO systemctl start rabbitmq-server
+  else
+    $SUDO rabbitmq-server -detached || true
+  fi
+  for _ in $(seq 1 60); do broker_up && break; sleep 1; done
+  broker_up || { echo "setup.sh: RabbitMQ did not come up on $AMQP_HOST:$AMQP_PORT" >&2; exit 1; }
+  command -v rabbitmqctl >/dev/null && $SUDO rabbitmqctl await_startup >/dev/null 2>&1 || true
+fi
+say "RabbitMQ answers at $AMQP_HOST:$AMQP_PORT"
+
+# --- virtualenv and the project --------------------------------------------------------
+if [ ! -x "$VENV/bin/python" ]; then say "creating $VENV"; "$PYTHON" -m venv "$VENV"; fi
+stamp="$VENV/.setpay-installed"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  say "installing setpay and its dependencies"
+  "$VENV/bin/pip" install -q --disable-pip-version-check --upgrade pip
+  "$VENV/bin/pip" install -q --disable-pip-version-check -e '.[test,fast]'
+  touch "$stamp"
+fi
+say "setpay $("$VENV/bin/setpay" --version | cut -d' ' -f2) ready in $VENV"
+
+if [ $RUN_DEMO = 1 ]; then
+  say "running the demo"
+  exec "$VENV/bin/setpay" demo
+fi

@@ -1,0 +1,1 @@
+"""The keystore actor fronting a PKCS#11 HSM, and the async client other actors use."""

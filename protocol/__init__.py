@@ -1,0 +1,1 @@
+"""Sans-I/O SET/OPE protocol library: no sockets, no asyncio, no PKCS#11."""

@@ -1,0 +1,172 @@
+"""The effective configuration: defaults, then an optional TOML file, then ``SETPAY_*`` env.
+
+Rule 1: every setting has a default that works on a developer machine.
+Rule 2: secrets (PINs, passwords in URLs) are never printed; ``describe()`` masks them.
+
+The TOML file is ``$SETPAY_CONFIG`` or ``./setpay.toml`` when present. Keys are the field
+names below, either flat (``amqp_url = "..."``) or grouped in tables whose name prefixes the
+key (``[keystore] pin = "..."`` sets ``keystore_pin``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+ENV_PREFIX = "SETPAY_"
+SECRET_FIELDS = frozenset({"keystore_pin", "keystore_so_pin", "broker_admin_password"})
+
+_SOFTHSM_CANDIDATES = (
+    "/usr/lib/softhsm/libsofthsm2.so",
+    "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
+    "/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so",
+    "/usr/local/lib/softhsm/libsofthsm2.so",
+)
+
+
+class ConfigError(Exception):
+    """A configuration value is missing, malformed or of the wrong type."""
+
+
+def _default_pkcs11_module() -> str:
+    for candidate in _SOFTHSM_CANDIDATES:
+        if Path(candidate).exists():
+            return candidate
+    return _SOFTHSM_CANDIDATES[0]
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every knob of setpay. Field docs live in ``describe()`` output and the README."""
+
+    data_dir: Path = Path("./var")
+    log_format: str = "auto"  # auto | json | console
+    log_level: str = "info"
+    suite: str = "rsa2048"  # rsa2048 | rsa3072 | p256
+
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    broker_vhost: str = "setpay"
+    broker_admin_user: str = "guest"
+    broker_admin_password: str = "guest"
+    broker_prefetch: int = 64
+    broker_rpc_timeout: float = 10.0
+    broker_max_message_bytes: int = 1_048_576
+
+    keystore_module: str = field(default_factory=_default_pkcs11_module)
+    keystore_token_label: str = "setpay"
+    keystore_pin: str = "1234"
+    keystore_so_pin: str = "12345678"
+    keystore_workers: int = 2
+
+    @property
+    def softhsm_conf(self) -> Path:
+        """SoftHSM2 config file that points the library at our own token directory."""
+        return self.data_dir / "softhsm2.conf"
+
+    @property
+    def token_dir(self) -> Path:
+        return self.data_dir / "tokens"
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    def describe(self) -> dict[str, str]:
+        """All settings as strings, secrets masked, for ``setpay config``."""
+        out: dict[str, str] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in SECRET_FIELDS:
+                out[f.name] = "********"
+            elif f.name == "amqp_url":
+                out[f.name] = mask_url(str(value))
+            else:
+                out[f.name] = str(value)
+        return out
+
+
+def mask_url(url: str) -> str:
+    """Hide the password of a URL (``amqp://user:***@host/``)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:***@{parts.hostname}"
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _coerce(name: str, kind: Any, raw: Any) -> Any:
+    kind_name = kind if isinstance(kind, str) else getattr(kind, "__name__", str(kind))
+    try:
+        if kind_name in ("Path",):
+            return Path(str(raw))
+        if kind_name == "int":
+            if isinstance(raw, bool):
+                raise ValueError("boolean given")
+            return int(raw)
+        if kind_name == "float":
+            return float(raw)
+        if kind_name == "bool":
+            if isinstance(raw, bool):
+                return raw
+            return str(raw).strip().lower() in ("1", "true", "yes", "on")
+        return str(raw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"setting {name!r}: cannot read {kind_name} from {raw!r}") from exc
+
+
+def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in table.items():
+        name = f"{prefix}{key}".replace("-", "_")
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, prefix=f"{name}_"))
+        else:
+            flat[name] = value
+    return flat
+
+
+def config_file(env: Mapping[str, str]) -> Path | None:
+    explicit = env.get(f"{ENV_PREFIX}CONFIG")
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise ConfigError(f"SETPAY_CONFIG names {path}, which is not a file")
+        return path
+    local = Path("setpay.toml")
+    return local if local.is_file() else None
+
+
+def load(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Build the effective settings: defaults < TOML file < environment < ``overrides``."""
+    env = os.environ if env is None else env
+    known = {f.name: f.type for f in fields(Settings)}
+    values: dict[str, Any] = {}
+    path = config_file(env)
+    if path is not None:
+        try:
+            table = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
+        for name, raw in _flatten(table).items():
+            if name not in known:
+                raise ConfigError(f"{path}: unknown setting {name!r}")
+            values[name] = _coerce(name, known[name], raw)
+    for name, kind in known.items():
+        raw = env.get(ENV_PREFIX + name.upper())
+        if raw is not None:
+            values[name] = _coerce(name, kind, raw)
+    for name, raw in overrides.items():
+        if name not in known:
+            raise ConfigError(f"unknown setting {name!r}")
+        values[name] = raw
+    settings = Settings(**values)
+    if settings.log_format not in ("auto", "json", "console"):
+        raise ConfigError("log_format must be auto, json or console")
+    return settings
