@@ -1,9 +1,13 @@
-"""`setpay` subcommands of the actors layer."""
+"""`setpay` subcommands of the actors layer: running actors and the demo."""
 
 from __future__ import annotations
 
 import argparse
 
+from actors import demo, runtime_cli
+
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add this layer's subcommands to the `setpay` parser."""
+    """Add ``setpay run|up|down`` (runtime) and ``setpay demo``."""
+    runtime_cli.register(sub)
+    demo.register(sub)

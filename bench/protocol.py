@@ -1,0 +1,9 @@
+"""`setpay bench protocol` (to be written)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Register `setpay bench protocol`."""
