@@ -152,7 +152,7 @@ def _limits(extras: tuple[Any, ...]) -> tuple[Size | None, MaxLen | None, Range 
     return size, maxlen, rng
 
 
-def _checker_for(tp: Any) -> Checker:  # noqa: C901 - one branch per supported shape
+def _checker_for(tp: Any) -> Checker:
     extras: tuple[Any, ...] = ()
     if typing.get_origin(tp) is Annotated:
         tp, *rest = typing.get_args(tp)
@@ -261,7 +261,8 @@ def _from_wire(cls: type[T], value: Any, where: str) -> T:
         raise _fail(f"{where}: expected a {cls.__name__} array")
     if len(value) != len(fields):
         raise _fail(f"{where}: {cls.__name__} has {len(fields)} fields, got {len(value)}")
-    kwargs = {name: check(v, f"{where}.{name}") for (name, check), v in zip(fields, value)}
+    pairs = zip(fields, value, strict=True)
+    kwargs = {name: check(v, f"{where}.{name}") for (name, check), v in pairs}
     return cls(**kwargs)
 
 

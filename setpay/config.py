@@ -53,13 +53,13 @@ class Settings:
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
     broker_vhost: str = "setpay"
     broker_admin_user: str = "guest"
-    broker_admin_password: str = "guest"
+    broker_admin_password: str = "guest"  # noqa: S105 - RabbitMQ's stock dev login
     broker_prefetch: int = 64
     broker_rpc_timeout: float = 10.0
     broker_max_message_bytes: int = 1_048_576
 
     keystore_module: str = field(default_factory=_default_pkcs11_module)
-    keystore_token_label: str = "setpay"
+    keystore_token_label: str = "setpay"  # noqa: S105 - a label, not a secret
     keystore_pin: str = "1234"
     keystore_so_pin: str = "12345678"
     keystore_workers: int = 2

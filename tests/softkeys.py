@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from protocol.errors import ErrorCode, ProtocolError
-from protocol.keys import PSS_SALT_LENGTH, DEFAULT_SUITE, KeyType, PublicKey, Suite
+from protocol.keys import DEFAULT_SUITE, PSS_SALT_LENGTH, KeyType, PublicKey, Suite
 
 _counter = 0
 

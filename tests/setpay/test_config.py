@@ -1,0 +1,57 @@
+"""The effective configuration: defaults < TOML < environment, secrets masked."""
+
+from pathlib import Path
+
+import pytest
+
+from setpay import cli, config
+
+
+def test_defaults_work_on_a_developer_machine() -> None:
+    """Without a file or environment, the defaults point at localhost and ./var."""
+    settings = config.load(env={})
+    assert settings.amqp_url.startswith("amqp://") and "127.0.0.1" in settings.amqp_url
+    assert settings.data_dir == Path("var")
+    assert settings.suite == "rsa2048"
+
+
+def test_toml_then_env_override(tmp_path: Path) -> None:
+    """Environment beats the TOML file; tables prefix their keys."""
+    toml = tmp_path / "c.toml"
+    toml.write_text('suite = "p256"\n[keystore]\npin = "9999"\nworkers = 3\n')
+    env = {"SETPAY_CONFIG": str(toml), "SETPAY_KEYSTORE_WORKERS": "4"}
+    settings = config.load(env=env)
+    assert settings.suite == "p256"
+    assert settings.keystore_pin == "9999"
+    assert settings.keystore_workers == 4
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [("nonsense = 1\n", "unknown setting"), ("keystore_workers = 'x'\n", "cannot read int")],
+)
+def test_bad_file_is_a_clear_error(tmp_path: Path, content: str, message: str) -> None:
+    """Unknown keys and wrong types name the setting instead of crashing later."""
+    toml = tmp_path / "c.toml"
+    toml.write_text(content)
+    with pytest.raises(config.ConfigError, match=message):
+        config.load(env={"SETPAY_CONFIG": str(toml)})
+
+
+def test_describe_masks_secrets() -> None:
+    """PINs and URL passwords never appear in `setpay config` output."""
+    settings = config.load(
+        env={"SETPAY_KEYSTORE_PIN": "424242", "SETPAY_AMQP_URL": "amqp://u:hunter2@h:5672/v"}
+    )
+    described = settings.describe()
+    text = " ".join(described.values())
+    assert "424242" not in text and "hunter2" not in text
+    assert described["amqp_url"] == "amqp://u:***@h:5672/v"
+
+
+def test_cli_config_prints_every_setting(capsys: pytest.CaptureFixture[str]) -> None:
+    """`setpay config --json` lists every field of Settings."""
+    assert cli.main(["config", "--json"]) == 0
+    out = capsys.readouterr().out
+    for name in config.Settings.__dataclass_fields__:
+        assert f'"{name}"' in out
