@@ -1,0 +1,202 @@
+"""A robust AMQP connection (``Bus``) and the one way setpay publishes.
+
+Rule 1: every message setpay publishes carries ``user_id`` = the login of the connection, so
+RabbitMQ itself refuses a party that claims to be another (build messages with
+``Bus.message`` or publish with ``Bus.publish``).
+Rule 2: a state-changing publish is persistent, confirmed and mandatory; a publish that is
+nacked, returned or not confirmed in time is retried until its deadline and then raised as
+``PublishError`` -- never dropped silently.
+Rule 3: connections and channels are aio-pika robust objects: after a broker restart they are
+reopened and their queues and consumers restored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import aio_pika
+import aiormq
+from aio_pika.abc import (
+    AbstractExchange,
+    AbstractRobustChannel,
+    AbstractRobustConnection,
+    DeliveryMode,
+)
+
+from broker.errors import BrokerError, PeerUnavailable, PublishError
+from setpay.logs import get_logger
+
+log = get_logger(component="broker")
+
+# Errors that mean "the link is down or being restored": worth retrying until the deadline.
+_TRANSIENT = (
+    ConnectionError,
+    aiormq.exceptions.ConnectionClosed,
+    aiormq.exceptions.ChannelInvalidStateError,
+    aiormq.exceptions.ChannelClosed,
+    asyncio.TimeoutError,
+)
+NO_ROUTE = 312
+
+
+def login_of(url: str) -> str:
+    """The user name of an AMQP URL (RabbitMQ's default ``guest`` when absent)."""
+    return unquote(urlsplit(url).username or "guest")
+
+
+class Bus:
+    """One robust connection of one identity; hands out channels and publishes as that identity."""
+
+    def __init__(self, connection: AbstractRobustConnection, *, user_id: str, name: str) -> None:
+        self.connection = connection
+        self.user_id = user_id
+        self.name = name
+        self._publish_channel: AbstractRobustChannel | None = None
+        self._channel_lock = asyncio.Lock()
+        self._exchanges: dict[str, AbstractExchange] = {}
+
+    async def channel(
+        self, *, confirms: bool = True, prefetch: int | None = None
+    ) -> AbstractRobustChannel:
+        """A new robust channel; with ``confirms`` a returned mandatory publish raises."""
+        kwargs: dict[str, Any] = {"publisher_confirms": confirms}
+        if confirms:
+            kwargs["on_return_raises"] = True
+        channel = await self.connection.channel(**kwargs)
+        if prefetch is not None:
+            await channel.set_qos(prefetch_count=prefetch)
+        return channel  # type: ignore[return-value]
+
+    def message(
+        self,
+        body: bytes,
+        *,
+        persistent: bool = True,
+        headers: Mapping[str, Any] | None = None,
+        message_id: str | None = None,
+        correlation_id: str | None = None,
+        reply_to: str | None = None,
+        expiration: float | None = None,
+        msg_type: str | None = None,
+        content_type: str | None = "application/msgpack",
+    ) -> aio_pika.Message:
+        """An AMQP message stamped with this connection's ``user_id`` and a message id."""
+        return aio_pika.Message(
+            body,
+            headers=dict(headers) if headers else None,
+            content_type=content_type,
+            delivery_mode=DeliveryMode.PERSISTENT if persistent else DeliveryMode.NOT_PERSISTENT,
+            message_id=message_id or uuid.uuid4().hex,
+            correlation_id=correlation_id,
+            reply_to=reply_to,
+            expiration=expiration,
+            type=msg_type,
+            user_id=self.user_id,
+            timestamp=time.time(),
+        )
+
+    async def _publisher(self) -> AbstractRobustChannel:
+        async with self._channel_lock:
+            if self._publish_channel is None or self._publish_channel.is_closed:
+                self._publish_channel = await self.channel(confirms=True)
+                self._exchanges.clear()
+            return self._publish_channel
+
+    async def _exchange(self, name: str) -> AbstractExchange:
+        channel = await self._publisher()
+        exchange = self._exchanges.get(name)
+        if exchange is None:
+            exchange = (
+                channel.default_exchange
+                if name == ""
+                else await channel.get_exchange(name, ensure=False)
+            )
+            self._exchanges[name] = exchange
+        return exchange
+
+    async def publish(
+        self,
+        routing_key: str,
+        message: aio_pika.Message | bytes,
+        *,
+        exchange: str = "",
+        mandatory: bool = True,
+        timeout: float = 10.0,
+        attempt_timeout: float = 2.0,
+    ) -> None:
+        """Publish and wait for the broker's confirm; retry transient failures until
+        ``timeout``. Raises ``PeerUnavailable`` when unroutable, ``PublishError`` otherwise."""
+        if isinstance(message, bytes | bytearray):
+            message = self.message(bytes(message))
+        elif message.user_id != self.user_id:
+            message.user_id = self.user_id
+        deadline = time.monotonic() + timeout
+        delay = 0.05
+        last: BaseException | None = None
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise PublishError(
+                    f"publish to {exchange or '(default)'}/{routing_key} not confirmed within "
+                    f"{timeout:g}s ({type(last).__name__ if last else 'no attempt'})"
+                )
+            try:
+                target = await asyncio.wait_for(self._exchange(exchange), remaining)
+                await target.publish(
+                    message,
+                    routing_key,
+                    mandatory=mandatory,
+                    timeout=min(attempt_timeout, remaining),
+                )
+                return
+            except aiormq.exceptions.PublishError as exc:
+                code = getattr(exc.frame, "reply_code", None)
+                if code == NO_ROUTE:
+                    raise PeerUnavailable(
+                        f"no queue bound for {exchange or '(default)'}/{routing_key}"
+                    ) from None
+                raise PublishError(
+                    f"publish to {exchange or '(default)'}/{routing_key} returned ({code})"
+                ) from None
+            except aiormq.exceptions.DeliveryError as exc:
+                last = exc  # nacked: the broker could not take it; try again
+                log.warning("publish_nacked", exchange=exchange, routing_key=routing_key)
+            except aiormq.exceptions.ChannelAccessRefused as exc:
+                raise PublishError(
+                    f"publish to {exchange or '(default)'}/{routing_key} refused by broker"
+                ) from exc
+            except aiormq.exceptions.ChannelNotFoundEntity as exc:
+                raise PublishError(f"exchange {exchange!r} does not exist") from exc
+            except aiormq.exceptions.ChannelPreconditionFailed as exc:
+                raise PublishError(
+                    f"publish to {exchange or '(default)'}/{routing_key} refused (precondition)"
+                ) from exc
+            except _TRANSIENT as exc:
+                last = exc
+            await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 2, 1.0)
+
+    async def close(self) -> None:
+        """Close every channel and the connection."""
+        if not self.connection.is_closed:
+            await self.connection.close()
+
+
+async def connect(url: str, *, name: str, **kw: Any) -> Bus:
+    """Open a robust connection named ``name`` (shown in the management UI) as the URL's user."""
+    client_properties = dict(kw.pop("client_properties", {}) or {})
+    client_properties.setdefault("connection_name", name)
+    try:
+        connection = await aio_pika.connect_robust(
+            url, client_properties=client_properties, **kw
+        )
+    except aiormq.exceptions.ProbableAuthenticationError as exc:
+        raise BrokerError(f"broker refused login of {login_of(url)!r}") from exc
+    except (ConnectionError, aiormq.exceptions.AMQPConnectionError) as exc:
+        raise BrokerError(f"cannot connect to broker ({type(exc).__name__})") from exc
+    return Bus(connection, user_id=login_of(url), name=name)  # type: ignore[arg-type]
