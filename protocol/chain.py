@@ -1,0 +1,186 @@
+"""SET certificate path validation: leaf → CA → Brand → trusted root, all in one brand.
+
+Rule 1: a path is accepted only if every link is directly issued by the next (name and
+signature), every certificate is within its validity at the injected ``now``, every
+certificate's certType and key use fit its position (root → brand → CCA/MCA/PCA → end
+entity), and the whole path carries one brand.
+Rule 2: revocation is checked against the CRLs the current BCI names, and that BCI must have
+verified under the brand certificate of this very path.
+Rule 3: the caller states what the sender must be (``Expect``: certType, key use, brand);
+anything else is refused. Failures raise ``ProtocolError`` with the SET code: missing,
+invalid, expired, revoked certificate, or signature failure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+from cryptography import x509
+
+from protocol.certs import (
+    CA_TYPES,
+    ISSUER_TYPE,
+    CertType,
+    KeyUse,
+    SetExtension,
+    cert_thumbprint,
+    check_issued_by,
+    is_ca_cert,
+    set_extension,
+)
+from protocol.errors import ErrorCode, ProtocolError
+from protocol.revocation import RevocationState
+
+MAX_PATH = 4  # leaf, CA, brand, root (no geo-political CA level in setpay)
+
+
+@dataclass(frozen=True, slots=True)
+class Expect:
+    """What the end-entity certificate must be for the message at hand."""
+
+    cert_type: CertType
+    key_use: KeyUse
+    brand: str | None = None  # None: any brand (the path still stays inside one)
+
+
+@dataclass(frozen=True)
+class ValidatedPath:
+    """An accepted path, leaf first, root last, with the leaf's SET data."""
+
+    certificates: tuple[x509.Certificate, ...]
+    leaf_ext: SetExtension
+
+    @property
+    def leaf(self) -> x509.Certificate:
+        return self.certificates[0]
+
+    @property
+    def brand(self) -> str:
+        return self.leaf_ext.brand
+
+
+def _fail(code: ErrorCode, detail: str) -> ProtocolError:
+    return ProtocolError(code, detail)
+
+
+def _find_issuer(
+    cert: x509.Certificate, pool: list[x509.Certificate], root: x509.Certificate
+) -> x509.Certificate:
+    # Match by name first; the signature check below decides. Prefer the trusted root so a
+    # look-alike root in the pool never shadows it.
+    for candidate in [root, *pool]:
+        if candidate.subject == cert.issuer:
+            return candidate
+    raise _fail(ErrorCode.MISSING_CERTIFICATE, "issuer certificate not supplied")
+
+
+def _check_time(cert: x509.Certificate, ext: SetExtension, now: datetime) -> None:
+    if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+        raise _fail(
+            ErrorCode.EXPIRED_CERTIFICATE, f"{ext.cert_type.name.lower()} certificate not in date"
+        )
+
+
+def _check_position(
+    child: SetExtension, parent: SetExtension, parent_cert: x509.Certificate
+) -> None:
+    if ISSUER_TYPE[child.cert_type] is not parent.cert_type:
+        raise _fail(
+            ErrorCode.INVALID_CERTIFICATE,
+            f"{child.cert_type.name.lower()} issued by {parent.cert_type.name.lower()}",
+        )
+    if not is_ca_cert(parent.cert_type, parent.key_use):
+        raise _fail(ErrorCode.INVALID_CERTIFICATE, "issuer is not a CA signature certificate")
+    try:
+        constraints = parent_cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+        usage = parent_cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    except (x509.ExtensionNotFound, ValueError):
+        raise _fail(ErrorCode.INVALID_CERTIFICATE, "CA without constraints or usage") from None
+    if not constraints.ca or not usage.key_cert_sign:
+        raise _fail(ErrorCode.INVALID_CERTIFICATE, "issuer may not sign certificates")
+    if parent.cert_type is not CertType.ROOT and child.brand != parent.brand:
+        raise _fail(ErrorCode.INVALID_CERTIFICATE, "path crosses brands")
+
+
+def _check_leaf_usage(cert: x509.Certificate, ext: SetExtension) -> None:
+    try:
+        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    except (x509.ExtensionNotFound, ValueError):
+        raise _fail(ErrorCode.INVALID_CERTIFICATE, "no key usage") from None
+    ok = (
+        usage.digital_signature
+        if ext.key_use is KeyUse.SIGNATURE
+        else usage.key_encipherment or usage.key_agreement
+    )
+    if not ok:
+        raise _fail(ErrorCode.INVALID_CERTIFICATE, "key usage does not allow the SET key use")
+
+
+def build_path(
+    leaf: x509.Certificate, others: Iterable[x509.Certificate], root: x509.Certificate
+) -> list[x509.Certificate]:
+    """Order ``leaf`` and the supplied certificates into leaf → … → ``root``."""
+    pool = [c for c in others if c != root]
+    path = [leaf]
+    while path[-1] != root:
+        if len(path) >= MAX_PATH:
+            raise _fail(ErrorCode.INVALID_CERTIFICATE, "path too long or not to the trusted root")
+        issuer = _find_issuer(path[-1], pool, root)
+        if issuer == path[-1]:
+            raise _fail(ErrorCode.INVALID_CERTIFICATE, "self-signed certificate is not trusted")
+        path.append(issuer)
+    return path
+
+
+def validate_path(
+    leaf: x509.Certificate,
+    others: Iterable[x509.Certificate],
+    *,
+    root: x509.Certificate,
+    now: datetime,
+    expect: Expect,
+    revocation: RevocationState | None,
+) -> ValidatedPath:
+    """Validate ``leaf`` up to the trusted ``root`` (Rules 1-3). Raises ``ProtocolError``.
+
+    ``revocation=None`` skips CRLs; it is meant only for the brand certificate a BCI is
+    being verified under (the BCI cannot be trusted before that certificate is).
+    """
+    path = build_path(leaf, others, root)
+    exts = [set_extension(c) for c in path]
+    if exts[-1].cert_type is not CertType.ROOT:
+        raise _fail(ErrorCode.INVALID_CERTIFICATE, "trusted certificate is not a root")
+    check_issued_by(root, root)
+    for cert, ext in zip(path, exts, strict=True):
+        _check_time(cert, ext, now)
+    for i in range(len(path) - 1):
+        check_issued_by(path[i], path[i + 1])
+        _check_position(exts[i], exts[i + 1], path[i + 1])
+        if i > 0 and exts[i].cert_type not in CA_TYPES:
+            raise _fail(ErrorCode.INVALID_CERTIFICATE, "end-entity certificate inside a path")
+    leaf_ext = exts[0]
+    _check_leaf_usage(leaf, leaf_ext)
+    if leaf_ext.cert_type is not expect.cert_type or leaf_ext.key_use is not expect.key_use:
+        raise _fail(
+            ErrorCode.INVALID_CERTIFICATE,
+            f"expected a {expect.cert_type.name.lower()} {expect.key_use.name.lower()} "
+            f"certificate, got {leaf_ext.cert_type.name.lower()} "
+            f"{leaf_ext.key_use.name.lower()}",
+        )
+    if expect.brand is not None and leaf_ext.brand != expect.brand:
+        raise _fail(ErrorCode.INVALID_CERTIFICATE, "certificate of another brand")
+    if revocation is not None:
+        _check_revocation(path, exts, revocation)
+    return ValidatedPath(tuple(path), leaf_ext)
+
+
+def _check_revocation(
+    path: list[x509.Certificate], exts: list[SetExtension], revocation: RevocationState
+) -> None:
+    brand_certs = [c for c, e in zip(path, exts, strict=True) if e.cert_type is CertType.BRAND]
+    if not brand_certs or cert_thumbprint(brand_certs[0]) != revocation.brand_thumbprint:
+        raise _fail(ErrorCode.INVALID_CERTIFICATE, "BCI is not from this path's Brand CA")
+    for i in range(len(path) - 1):
+        revocation.check(path[i], path[i + 1])

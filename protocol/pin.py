@@ -1,0 +1,164 @@
+"""OPE PINs and ISO 9564-1 PIN blocks: format 0 (clear, PAN-bound) and format 4 (AES).
+
+Rule 1: a PIN is 4-12 decimal digits; anything else is refused with ``invalidField``.
+Rule 2: no PIN, PIN block or PIN key ever appears in ``repr``, logs or error details.
+Rule 3: a PIN block is bound to its account number; decoding with another account fails
+(format 0: the structure breaks; format 4: the fill check fails) with ``invalidField``.
+Format 4 here is pure computation over a key given as bytes; in the product it runs where
+the PIN key lives (the keystore / HSM boundary), never in the wallet or merchant.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Annotated
+
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from protocol import codec
+from protocol.codec import MaxLen
+from protocol.errors import ErrorCode, ProtocolError
+
+_PIN = re.compile(r"[0-9]{4,12}")
+_DIGITS = re.compile(r"[0-9]+")
+AES_KEY_SIZES = (16, 24, 32)
+
+
+class PinBlockFormat(IntEnum):
+    ISO0 = 0
+    ISO4 = 4
+
+
+@dataclass(frozen=True, slots=True)
+class PinBlock:
+    """A PIN block as it travels in the OAEP-protected part of an OPE payment instruction."""
+
+    format: PinBlockFormat
+    block: Annotated[bytes, MaxLen(16)] = field(repr=False)  # 8 (format 0) or 16 (format 4)
+
+
+codec.validate_schema(PinBlock)
+
+
+def _invalid(detail: str) -> ProtocolError:
+    return ProtocolError(ErrorCode.INVALID_FIELD, detail)
+
+
+def validate_pin(pin: str) -> None:
+    """A PIN is 4-12 decimal digits. Raises ``ProtocolError(invalidField)``."""
+    if not isinstance(pin, str) or not _PIN.fullmatch(pin):
+        raise _invalid("PIN must be 4-12 digits")
+
+
+def _account_digits(number: str) -> str:
+    if not _DIGITS.fullmatch(number) or not 1 <= len(number) <= 19:
+        raise _invalid("account number for the PIN block must be 1-19 digits")
+    return number
+
+
+# --- format 0 -------------------------------------------------------------------------------
+
+
+def _format0_pan_field(number: str) -> bytes:
+    # 0000 + the 12 rightmost digits excluding the check digit (ISO 9564-1 §9.3.1).
+    digits = _account_digits(number)[:-1][-12:].rjust(12, "0")
+    return bytes.fromhex("0000" + digits)
+
+
+def encode_format0(pin: str, number: str) -> bytes:
+    """ISO 9564 format 0 block (8 bytes): PIN field ⊕ PAN field. Clear: encrypt it next."""
+    validate_pin(pin)
+    pin_field = bytes.fromhex(f"0{len(pin):X}{pin}".ljust(16, "F"))
+    return bytes(a ^ b for a, b in zip(pin_field, _format0_pan_field(number), strict=True))
+
+
+def decode_format0(block: bytes, number: str) -> str:
+    """The PIN of a format 0 block bound to ``number``. Raises ``ProtocolError``."""
+    if len(block) != 8:
+        raise _invalid("format 0 PIN block must be 8 bytes")
+    nibbles = bytes(a ^ b for a, b in zip(block, _format0_pan_field(number), strict=True)).hex()
+    return _parse_pin_nibbles(nibbles, control="0", fill="f", width=16)
+
+
+def _parse_pin_nibbles(nibbles: str, *, control: str, fill: str, width: int) -> str:
+    if nibbles[0] != control:
+        raise _invalid("PIN block has the wrong control field")
+    length = int(nibbles[1], 16)
+    if not 4 <= length <= 12:
+        raise _invalid("PIN block has a bad PIN length")
+    pin, padding = nibbles[2 : 2 + length], nibbles[2 + length : width]
+    if not pin.isdigit() or padding != fill * len(padding):
+        raise _invalid("PIN block does not decode (wrong account or key?)")
+    return pin
+
+
+# --- format 4 -------------------------------------------------------------------------------
+
+
+def _xor(a: bytes, b: bytes) -> bytes:
+    return bytes(x ^ y for x, y in zip(a, b, strict=True))
+
+
+def _aes(key: bytes, block: bytes, *, decrypt: bool) -> bytes:
+    if len(key) not in AES_KEY_SIZES:
+        raise _invalid("PIN key must be an AES key")
+    # ECB on exactly one block is the ISO 9564 format 4 construction, not a mode choice.
+    cipher = Cipher(algorithms.AES(key), modes.ECB())  # noqa: S305
+    ctx = cipher.decryptor() if decrypt else cipher.encryptor()
+    return ctx.update(block) + ctx.finalize()
+
+
+def format4_pin_field(pin: str, random_fill: bytes | None = None) -> bytes:
+    """Plain PIN field: 4, length, PIN, 'A' fill to 16 nibbles, then 8 random bytes."""
+    validate_pin(pin)
+    fill = secrets.token_bytes(8) if random_fill is None else random_fill
+    if len(fill) != 8:
+        raise _invalid("format 4 random fill must be 8 bytes")
+    return bytes.fromhex(f"4{len(pin):X}{pin}".ljust(16, "A")) + fill
+
+
+def format4_pan_field(number: str) -> bytes:
+    """Plain PAN field: M = length - 12, the account digits (left-padded to 12), 0 fill."""
+    digits = _account_digits(number)
+    m = max(len(digits) - 12, 0)
+    return bytes.fromhex(f"{m}{digits.rjust(12, '0')}".ljust(32, "0"))
+
+
+def encipher_format4(key: bytes, pin: str, number: str, random_fill: bytes | None = None) -> bytes:
+    """ISO 9564-1:2017 format 4: AES(K, AES(K, PIN field) ⊕ PAN field), 16 bytes."""
+    intermediate = _aes(key, format4_pin_field(pin, random_fill), decrypt=False)
+    pan_field = format4_pan_field(number)
+    return _aes(key, _xor(intermediate, pan_field), decrypt=False)
+
+
+def decipher_format4(key: bytes, block: bytes, number: str) -> str:
+    """The PIN of a format 4 block for ``number`` under ``key``. Raises ``ProtocolError``."""
+    if len(block) != 16:
+        raise _invalid("format 4 PIN block must be 16 bytes")
+    intermediate = _aes(key, block, decrypt=True)
+    pan_field = format4_pan_field(number)
+    pin_field = _aes(key, _xor(intermediate, pan_field), decrypt=True)
+    return _parse_pin_nibbles(pin_field[:8].hex(), control="4", fill="a", width=16)
+
+
+def make_pin_block(
+    fmt: PinBlockFormat, pin: str, number: str, key: bytes | None = None
+) -> PinBlock:
+    """A ``PinBlock`` record; format 4 needs the AES PIN key."""
+    if fmt is PinBlockFormat.ISO0:
+        return PinBlock(fmt, encode_format0(pin, number))
+    if key is None:
+        raise _invalid("format 4 needs a PIN key")
+    return PinBlock(fmt, encipher_format4(key, pin, number))
+
+
+def read_pin_block(record: PinBlock, number: str, key: bytes | None = None) -> str:
+    """The PIN inside ``record``; checks the block's length for its format."""
+    if record.format is PinBlockFormat.ISO0:
+        return decode_format0(record.block, number)
+    if key is None:
+        raise _invalid("format 4 needs a PIN key")
+    return decipher_format4(key, record.block, number)
