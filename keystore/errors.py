@@ -1,0 +1,108 @@
+"""The one exception family of ``keystore/``: ``KeystoreError`` and a subclass per ``Fault``.
+
+Rule 1: every failure a caller can see is a ``KeystoreError`` carrying a ``Fault`` code; the
+same code crosses the bus in a response record and is rebuilt into the same class here.
+Rule 2: error texts name the operation, the key label and the check; never data, digests,
+PINs or key material.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class Fault(IntEnum):
+    """Outcome codes on the wire (0 = success); stable numbering."""
+
+    OK = 0
+    BAD_REQUEST = 1  # malformed record, bad label, wrong kind/usage combination
+    FORBIDDEN = 2  # caller's role or ownership does not allow this
+    NO_SUCH_KEY = 3
+    KEY_EXISTS = 4
+    KEY_USAGE = 5  # the key exists but was not created for this operation
+    DECRYPTION_FAILED = 6  # OAEP, GCM open or ECDH input rejected
+    UNSUPPORTED = 7  # the token lacks the mechanism (e.g. OAEP-SHA256 on SoftHSM2)
+    TOKEN_UNAVAILABLE = 8  # token/session trouble that survived one reconnect; retry later
+    TOKEN_LOCKED = 9  # PIN locked or login refused: needs a security officer
+    INTERNAL = 10
+    UNAVAILABLE = 11  # client side: keystore not reachable or did not answer in time
+
+
+class KeystoreError(Exception):
+    """Base of every keystore failure. ``fault`` is the wire code, ``text`` a short reason."""
+
+    fault: Fault = Fault.INTERNAL
+    retryable: bool = False
+
+    def __init__(self, text: str = "") -> None:
+        super().__init__(text or self.fault.name.lower())
+        self.text = text or self.fault.name.lower()
+
+
+class BadRequest(KeystoreError):
+    fault = Fault.BAD_REQUEST
+
+
+class Forbidden(KeystoreError):
+    fault = Fault.FORBIDDEN
+
+
+class NoSuchKey(KeystoreError):
+    fault = Fault.NO_SUCH_KEY
+
+
+class KeyExists(KeystoreError):
+    fault = Fault.KEY_EXISTS
+
+
+class KeyUsageError(KeystoreError):
+    fault = Fault.KEY_USAGE
+
+
+class DecryptionFailed(KeystoreError):
+    fault = Fault.DECRYPTION_FAILED
+
+
+class Unsupported(KeystoreError):
+    fault = Fault.UNSUPPORTED
+
+
+class TokenUnavailable(KeystoreError):
+    fault = Fault.TOKEN_UNAVAILABLE
+    retryable = True
+
+
+class TokenLocked(KeystoreError):
+    fault = Fault.TOKEN_LOCKED
+
+
+class InternalError(KeystoreError):
+    fault = Fault.INTERNAL
+
+
+class KeystoreUnavailable(KeystoreError):
+    fault = Fault.UNAVAILABLE
+    retryable = True
+
+
+_BY_FAULT: dict[Fault, type[KeystoreError]] = {
+    cls.fault: cls
+    for cls in (
+        BadRequest,
+        Forbidden,
+        NoSuchKey,
+        KeyExists,
+        KeyUsageError,
+        DecryptionFailed,
+        Unsupported,
+        TokenUnavailable,
+        TokenLocked,
+        InternalError,
+        KeystoreUnavailable,
+    )
+}
+
+
+def error_for(fault: Fault, text: str) -> KeystoreError:
+    """Rebuild the exception a response record describes (unknown codes become internal)."""
+    return _BY_FAULT.get(fault, InternalError)(text)

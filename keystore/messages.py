@@ -1,0 +1,248 @@
+"""Keystore request and response records, encoded with ``protocol.codec``.
+
+Rule 1: a request is ``Request(op, body)``; ``body`` is the msgpack of the op's own record
+(``REQUEST_RECORDS[op]``) and the answer's ``body`` that of ``RESPONSE_RECORDS[op]``. Both are
+decoded strictly; anything malformed is a ``BadRequest``, never another exception.
+Rule 2: the caller's identity is never a field here: it is the AMQP ``user_id`` RabbitMQ
+validated. Labels are ``<owner>/<name>``; the owner part is checked against that identity.
+Rule 3: errors travel as ``Response(fault, text, b"")``: a code and a short reason, no data.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import IntEnum, StrEnum
+from typing import Annotated, Any, TypeVar
+
+from keystore.errors import BadRequest, Fault
+from protocol import codec
+from protocol.codec import Bytes32, MaxLen, Range
+from protocol.errors import ProtocolError
+
+Label = Annotated[str, MaxLen(160)]
+Text = Annotated[str, MaxLen(200)]
+MAX_BATCH = 256
+LABEL_RE = re.compile(
+    r"^(?P<owner>[a-z][a-z0-9_-]{0,31}\.[A-Za-z0-9_-]{1,63})/[A-Za-z0-9._-]{1,64}$"
+)
+
+
+class Op(IntEnum):
+    CREATE = 1
+    PUBLIC_KEY = 2
+    SIGN = 3
+    DECRYPT = 4
+    DERIVE = 5
+    HMAC = 6
+    SEAL = 7
+    OPEN = 8
+    LIST = 9
+    BATCH = 10
+
+
+class KeyKind(StrEnum):
+    RSA2048 = "rsa2048"
+    RSA3072 = "rsa3072"
+    P256 = "p256"
+    HMAC256 = "hmac-sha256"
+    AES256 = "aes256"
+
+    @property
+    def asymmetric(self) -> bool:
+        return self in (KeyKind.RSA2048, KeyKind.RSA3072, KeyKind.P256)
+
+
+class KeyUsage(StrEnum):
+    """What a key may do; the token enforces it through CKA_SIGN/DECRYPT/DERIVE/ENCRYPT."""
+
+    SIGN = "sign"  # RSA-PSS or ECDSA signatures
+    EXCHANGE = "exchange"  # key transport: RSA-OAEP decrypt, or ECDH derive
+    SECRET = "secret"  # HMAC or AES-GCM secret key  # noqa: S105 - a usage name, not a secret
+
+
+class OaepHash(StrEnum):
+    SHA1 = "sha1"
+    SHA256 = "sha256"
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    op: Op
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    fault: Fault
+    text: Text
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class CreateKey:
+    label: Label
+    kind: KeyKind
+    usage: KeyUsage
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRef:
+    label: Label
+
+
+@dataclass(frozen=True, slots=True)
+class Sign:
+    label: Label
+    digest: Bytes32
+
+
+@dataclass(frozen=True, slots=True)
+class Decrypt:
+    label: Label
+    ciphertext: Annotated[bytes, MaxLen(512)]
+    oaep_hash: OaepHash
+
+
+@dataclass(frozen=True, slots=True)
+class Derive:
+    label: Label
+    peer_public: Annotated[bytes, MaxLen(133)]
+    info: Annotated[bytes, MaxLen(1024)]
+    length: Annotated[int, Range(16, 64)]
+
+
+@dataclass(frozen=True, slots=True)
+class Hmac:
+    label: Label
+    data: Annotated[bytes, MaxLen(65_536)]
+
+
+@dataclass(frozen=True, slots=True)
+class Seal:
+    label: Label
+    plaintext: Annotated[bytes, MaxLen(65_536)]
+    aad: Annotated[bytes, MaxLen(1024)]
+
+
+@dataclass(frozen=True, slots=True)
+class Open:
+    label: Label
+    sealed: Annotated[bytes, MaxLen(65_536 + 28)]
+    aad: Annotated[bytes, MaxLen(1024)]
+
+
+@dataclass(frozen=True, slots=True)
+class ListKeys:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class BatchItem:
+    """One sign (``data`` = digest) or decrypt (``data`` = ciphertext) of a batch."""
+
+    op: Op
+    label: Label
+    data: Annotated[bytes, MaxLen(512)]
+    oaep_hash: OaepHash | None
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    items: Annotated[list[BatchItem], MaxLen(MAX_BATCH)]
+
+
+@dataclass(frozen=True, slots=True)
+class KeyInfo:
+    label: Label
+    kind: KeyKind
+    usage: KeyUsage
+    public_key: Annotated[bytes, MaxLen(1024)]  # DER SubjectPublicKeyInfo; empty for secrets
+
+
+@dataclass(frozen=True, slots=True)
+class Blob:
+    data: Annotated[bytes, MaxLen(65_536 + 28)]
+
+
+@dataclass(frozen=True, slots=True)
+class KeyList:
+    keys: Annotated[list[KeyInfo], MaxLen(4096)]
+
+
+@dataclass(frozen=True, slots=True)
+class ItemResult:
+    fault: Fault
+    text: Text
+    data: Annotated[bytes, MaxLen(512)]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    results: Annotated[list[ItemResult], MaxLen(MAX_BATCH)]
+
+
+REQUEST_RECORDS: dict[Op, type] = {
+    Op.CREATE: CreateKey,
+    Op.PUBLIC_KEY: KeyRef,
+    Op.SIGN: Sign,
+    Op.DECRYPT: Decrypt,
+    Op.DERIVE: Derive,
+    Op.HMAC: Hmac,
+    Op.SEAL: Seal,
+    Op.OPEN: Open,
+    Op.LIST: ListKeys,
+    Op.BATCH: Batch,
+}
+RESPONSE_RECORDS: dict[Op, type] = {
+    Op.CREATE: KeyInfo,
+    Op.PUBLIC_KEY: KeyInfo,
+    Op.SIGN: Blob,
+    Op.DECRYPT: Blob,
+    Op.DERIVE: Blob,
+    Op.HMAC: Blob,
+    Op.SEAL: Blob,
+    Op.OPEN: Blob,
+    Op.LIST: KeyList,
+    Op.BATCH: BatchResult,
+}
+BATCH_OPS = frozenset({Op.SIGN, Op.DECRYPT})
+
+for _cls in (Request, Response, ItemResult, *REQUEST_RECORDS.values(), *RESPONSE_RECORDS.values()):
+    codec.validate_schema(_cls)
+
+T = TypeVar("T")
+
+
+def decode(cls: type[T], data: bytes) -> T:
+    """Strictly decode ``data`` as ``cls``; any defect raises ``BadRequest``."""
+    try:
+        return codec.decode(cls, data)
+    except ProtocolError as exc:
+        raise BadRequest(f"malformed {cls.__name__}: {exc.detail or exc}") from None
+
+
+def encode_request(op: Op, record: Any) -> bytes:
+    return codec.encode(Request(op, codec.encode(record)))
+
+
+def decode_request(data: bytes) -> tuple[Op, Any]:
+    """Decode a request envelope and its op's record; raises ``BadRequest``."""
+    request = decode(Request, data)
+    return request.op, decode(REQUEST_RECORDS[request.op], request.body)
+
+
+def ok_response(record: Any) -> bytes:
+    return codec.encode(Response(Fault.OK, "", codec.encode(record)))
+
+
+def error_response(fault: Fault, text: str) -> bytes:
+    return codec.encode(Response(fault, text[:200], b""))
+
+
+def owner_of(label: str) -> str:
+    """The owner identity a label names; raises ``BadRequest`` for a malformed label."""
+    match = LABEL_RE.match(label)
+    if match is None:
+        raise BadRequest("key label must be <role>.<instance>/<name>")
+    return match.group("owner")
