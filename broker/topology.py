@@ -1,0 +1,96 @@
+"""The RabbitMQ topology of setpay, declared idempotently by every process at start.
+
+Rule 1: one topic exchange carries all SET traffic; routing key ``<role>.<instance>`` reaches
+one actor instance's queue, routing key ``<role>`` the role's shared work queue, which all
+processes of that role consume (competing consumers).
+Rule 2: every queue dead-letters into one dead-letter exchange/queue, is bounded (max length
+with ``reject-publish``, so an overfull queue nacks the publisher instead of dropping
+messages) and may carry a request TTL.
+Rule 3: the trace exchange is bound exchange-to-exchange to the SET exchange: the broker
+copies SET envelopes to it and drops them when no recorder queue is bound, so tracing costs
+nothing when nobody records. Keystore RPC does not pass the SET exchange and is never traced.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue, ExchangeType
+
+SET_EXCHANGE = "setpay.set"
+DEAD_LETTER_EXCHANGE = "setpay.dlx"
+DEAD_LETTER_QUEUE = "setpay.dead"
+TRACE_EXCHANGE = "setpay.trace"
+
+
+@dataclass(frozen=True, slots=True)
+class QueueLimits:
+    """Per-queue limits; ``message_ttl`` in seconds (None: messages never expire)."""
+
+    max_length: int = 100_000
+    max_message_bytes: int = 1_048_576
+    message_ttl: float | None = None
+
+    def arguments(self) -> dict[str, Any]:
+        args: dict[str, Any] = {
+            "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
+            "x-max-length": self.max_length,
+            "x-overflow": "reject-publish",
+        }
+        if self.message_ttl is not None:
+            args["x-message-ttl"] = int(self.message_ttl * 1000)
+        return args
+
+
+def instance_queue(role: str, instance: str) -> str:
+    """Queue name of one actor instance (``set.<role>.<instance>``)."""
+    return f"set.{role}.{instance}"
+
+
+def role_queue(role: str) -> str:
+    """Name of the work queue shared by every process of ``role``."""
+    return f"set.{role}"
+
+
+def instance_key(role: str, instance: str) -> str:
+    """Routing key that reaches one actor instance."""
+    return f"{role}.{instance}"
+
+
+@dataclass(slots=True)
+class Declared:
+    """What ``declare_actor`` declared: the exchanges and this actor's two queues."""
+
+    exchange: AbstractExchange
+    dead_letters: AbstractQueue
+    instance: AbstractQueue
+    role: AbstractQueue
+
+
+async def declare_common(channel: AbstractChannel) -> tuple[AbstractExchange, AbstractQueue]:
+    """Declare the SET, dead-letter and trace exchanges and the dead-letter queue."""
+    exchange = await channel.declare_exchange(SET_EXCHANGE, ExchangeType.TOPIC, durable=True)
+    dlx = await channel.declare_exchange(DEAD_LETTER_EXCHANGE, ExchangeType.FANOUT, durable=True)
+    dead = await channel.declare_queue(DEAD_LETTER_QUEUE, durable=True)
+    await dead.bind(dlx)
+    trace = await channel.declare_exchange(TRACE_EXCHANGE, ExchangeType.FANOUT, durable=True)
+    await trace.bind(exchange, routing_key="#")
+    return exchange, dead
+
+
+async def declare_actor(
+    channel: AbstractChannel, role: str, instance: str, limits: QueueLimits | None = None
+) -> Declared:
+    """Declare the common topology plus ``role``'s work queue and this instance's queue."""
+    limits = limits or QueueLimits()
+    exchange, dead = await declare_common(channel)
+    mine = await channel.declare_queue(
+        instance_queue(role, instance), durable=True, arguments=limits.arguments()
+    )
+    await mine.bind(exchange, routing_key=instance_key(role, instance))
+    shared = await channel.declare_queue(
+        role_queue(role), durable=True, arguments=limits.arguments()
+    )
+    await shared.bind(exchange, routing_key=role)
+    return Declared(exchange=exchange, dead_letters=dead, instance=mine, role=shared)
