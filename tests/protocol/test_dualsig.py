@@ -1,0 +1,191 @@
+"""The dual signature: merchant and gateway checks, swaps between purchases, least knowledge."""
+
+from __future__ import annotations
+
+import base64
+import functools
+import secrets
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from protocol import codec, dualsig, primitives
+from protocol.errors import ErrorCode, ProtocolError
+from protocol.keys import SUITES, PublicKey, Suite
+from tests.softkeys import SoftKey
+
+PAN = "4111111111111111111"
+
+
+@functools.cache
+def party(suite_name: str, name: str) -> tuple[SoftKey, bytes]:
+    key = SoftKey(SUITES[suite_name], label=f"{name}-{suite_name}")
+    der = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return key, primitives.thumbprint(der)
+
+
+@pytest.fixture(params=["rsa2048", "p256"])
+def suite(request: pytest.FixtureRequest) -> Suite:
+    return SUITES[request.param]
+
+
+def pan_data() -> bytes:
+    # Shaped like PANData {PAN, expiry, PANSecret, EXNonce}; EXNonce salts each copy.
+    return codec.packb([PAN, "203012", secrets.token_bytes(32), secrets.token_bytes(32)])
+
+
+def order(n: int) -> tuple[bytes, bytes]:
+    """(PIHead, OIData) of purchase ``n`` (opaque bytes here; C's records in the product)."""
+    xid = secrets.token_bytes(32)
+    return codec.packb(["PIHead", xid, 1000 + n]), codec.packb(["OIData", xid, f"order {n}"])
+
+
+async def purchase(
+    suite: Suite, n: int, pin_block: bytes | None = None
+) -> tuple[dualsig.PurchaseParts, bytes, bytes]:
+    ch, cht = party(suite.name, "cardholder")
+    gw, gwt = party(suite.name, "gateway")
+    _, mt = party(suite.name, "merchant")
+    pi_head, oi_data = order(n)
+    parts = await dualsig.make_dual_signed(
+        ch, cht, suite, gw.public_key(), gwt, mt, pi_head, pan_data(), oi_data, pin_block
+    )
+    return parts, pi_head, oi_data
+
+
+def keys(suite: Suite) -> tuple[PublicKey, SoftKey, bytes, bytes]:
+    ch, _ = party(suite.name, "cardholder")
+    gw, gwt = party(suite.name, "gateway")
+    _, mt = party(suite.name, "merchant")
+    return ch.public_key(), gw, gwt, mt
+
+
+async def test_merchant_and_gateway_verify_the_same_purchase(suite: Suite) -> None:
+    parts, pi_head, oi_data = await purchase(suite, 1)
+    ch_pub, gw, gwt, mt = keys(suite)
+    seen = dualsig.verify_at_merchant(parts.pi, parts.oi, ch_pub, mt, gwt)
+    assert seen.oi_data == oi_data
+    assert seen.signer == party(suite.name, "cardholder")[1]
+    opened = await dualsig.open_at_gateway(
+        parts.pi, gw, gwt, ch_pub, mt, dualsig.oi_digest(seen.oi_data)
+    )
+    assert opened.pi_head == pi_head
+    assert codec.unpackb(opened.pan_data)[0] == PAN
+    assert opened.pin_block is None
+    assert opened.oi_digest == dualsig.oi_digest(oi_data)
+
+
+async def test_ope_pin_block_rides_in_the_extra_part(suite: Suite) -> None:
+    pin_block = bytes.fromhex("041234ffffffffff") * 2  # 16 bytes, the ISO 9564 format-4 size
+    parts, _, _ = await purchase(suite, 2, pin_block)
+    ch_pub, gw, gwt, mt = keys(suite)
+    assert pin_block not in parts.pi and pin_block not in parts.oi
+    opened = await dualsig.open_at_gateway(parts.pi, gw, gwt, ch_pub, mt)
+    assert opened.pin_block == pin_block
+
+
+async def test_swapped_halves_fail_at_the_merchant(suite: Suite) -> None:
+    one, _, _ = await purchase(suite, 1)
+    two, _, _ = await purchase(suite, 2)
+    ch_pub, _, gwt, mt = keys(suite)
+    for pi, oi in [(one.pi, two.oi), (two.pi, one.oi)]:
+        with pytest.raises(ProtocolError) as exc:
+            dualsig.verify_at_merchant(pi, oi, ch_pub, mt, gwt)
+        assert exc.value.code is ErrorCode.SIGNATURE_FAILURE
+
+
+async def test_swapped_halves_fail_at_the_gateway(suite: Suite) -> None:
+    """The gateway compares H(OIData) in the PI's linkage with the HOIData of the AuthReq."""
+    one, _, oi1 = await purchase(suite, 1)
+    two, _, oi2 = await purchase(suite, 2)
+    ch_pub, gw, gwt, mt = keys(suite)
+    for pi, oi_data in [(one.pi, oi2), (two.pi, oi1)]:
+        with pytest.raises(ProtocolError) as exc:
+            await dualsig.open_at_gateway(pi, gw, gwt, ch_pub, mt, dualsig.oi_digest(oi_data))
+        assert exc.value.code is ErrorCode.LINKAGE_FAILURE
+
+
+async def test_pi_bound_to_merchant_and_gateway(suite: Suite) -> None:
+    parts, _, _ = await purchase(suite, 3)
+    ch_pub, gw, gwt, mt = keys(suite)
+    _, other_t = party(suite.name, "other merchant")
+    with pytest.raises(ProtocolError) as exc:
+        dualsig.verify_at_merchant(parts.pi, parts.oi, ch_pub, other_t, gwt)
+    assert exc.value.code is ErrorCode.SIGNATURE_FAILURE
+    with pytest.raises(ProtocolError) as exc:  # another merchant forwards the PI
+        await dualsig.open_at_gateway(parts.pi, gw, gwt, ch_pub, other_t)
+    assert exc.value.code is ErrorCode.SIGNATURE_FAILURE
+    with pytest.raises(ProtocolError) as exc:  # merchant expects another gateway key
+        dualsig.verify_at_merchant(parts.pi, parts.oi, ch_pub, mt, other_t)
+    assert exc.value.code is ErrorCode.THUMBS_MISMATCH
+
+
+async def test_wrong_keys_fail(suite: Suite) -> None:
+    parts, _, _ = await purchase(suite, 4)
+    ch_pub, gw, gwt, mt = keys(suite)
+    other, _ = party(suite.name, "other gateway")
+    with pytest.raises(ProtocolError) as exc:
+        await dualsig.open_at_gateway(parts.pi, other, gwt, ch_pub, mt)
+    assert exc.value.code is ErrorCode.DECRYPTION_FAILURE
+    impostor, _ = party(suite.name, "impostor cardholder")
+    with pytest.raises(ProtocolError) as exc:
+        dualsig.verify_at_merchant(parts.pi, parts.oi, impostor.public_key(), mt, gwt)
+    assert exc.value.code is ErrorCode.SIGNATURE_FAILURE
+    with pytest.raises(ProtocolError) as exc:
+        await dualsig.open_at_gateway(parts.pi, gw, gwt, impostor.public_key(), mt)
+    assert exc.value.code is ErrorCode.SIGNATURE_FAILURE
+
+
+async def test_merchant_cannot_read_pan_data(suite: Suite) -> None:
+    """Nothing the merchant receives shows the PAN, and its own key does not open the PI."""
+    parts, _, _ = await purchase(suite, 5)
+    ch_pub, _, gwt, mt = keys(suite)
+    merchant_key, _ = party(suite.name, "merchant")
+    for blob in (parts.pi, parts.oi):
+        for form in (PAN.encode(), PAN.encode().hex().encode(), base64.b64encode(PAN.encode())):
+            assert form not in blob
+    seen = dualsig.verify_at_merchant(parts.pi, parts.oi, ch_pub, mt, gwt)
+    assert PAN.encode() not in seen.oi_data
+    with pytest.raises(ProtocolError) as exc:
+        await dualsig.open_at_gateway(parts.pi, merchant_key, gwt, ch_pub, mt)
+    assert exc.value.code is ErrorCode.DECRYPTION_FAILURE
+
+
+async def test_unsigned_purchase(suite: Suite) -> None:
+    _, gw, gwt, _ = keys(suite)
+    pi_head, oi_data = order(6)
+    token = codec.packb([PAN, "203012", secrets.token_bytes(32)])
+    parts = await dualsig.make_unsigned(
+        suite, gw.public_key(), gwt, pi_head, token, oi_data, bytes(8)
+    )
+    assert PAN.encode() not in parts.pi and PAN.encode() not in parts.oi
+    seen = dualsig.read_unsigned_oi(parts.oi)
+    assert seen.oi_data == oi_data and seen.signer is None
+    opened = await dualsig.open_unsigned_at_gateway(
+        parts.pi, gw, gwt, dualsig.oi_digest(seen.oi_data)
+    )
+    assert (opened.pi_head, opened.pan_data, opened.pin_block) == (pi_head, token, bytes(8))
+    _, other_oi = order(7)
+    with pytest.raises(ProtocolError) as exc:
+        await dualsig.open_unsigned_at_gateway(parts.pi, gw, gwt, dualsig.oi_digest(other_oi))
+    assert exc.value.code is ErrorCode.LINKAGE_FAILURE
+
+
+async def test_dual_signed_pi_is_not_an_unsigned_pi(suite: Suite) -> None:
+    parts, _, _ = await purchase(suite, 8)
+    _, gw, gwt, _ = keys(suite)
+    with pytest.raises(ProtocolError) as exc:
+        await dualsig.open_unsigned_at_gateway(parts.pi, gw, gwt)
+    assert exc.value.code is ErrorCode.DECODING_FAILURE
+
+
+async def test_oversize_account_part_is_refused(suite: Suite) -> None:
+    ch, cht = party(suite.name, "cardholder")
+    _, gw, gwt, mt = keys(suite)
+    with pytest.raises(ProtocolError) as exc:
+        await dualsig.make_dual_signed(
+            ch, cht, suite, gw.public_key(), gwt, mt, b"h", bytes(200), b"o"
+        )
+    assert exc.value.code is ErrorCode.INVALID_FIELD
