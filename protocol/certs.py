@@ -360,8 +360,11 @@ def load_certificate(der: bytes) -> x509.Certificate:
     """Parse a certificate received as DER. Raises ``ProtocolError(invalidCertificate)``."""
     try:
         cert = x509.load_der_x509_certificate(der)
-        cert.extensions  # noqa: B018 - parse now so malformed extensions fail here
-    except ValueError:
+        # cryptography parses lazily; touch every part now so malformed input fails here.
+        _ = (cert.subject, cert.issuer, cert.extensions, cert.not_valid_before_utc)
+        _ = (cert.not_valid_after_utc, cert.signature_algorithm_parameters, cert.serial_number)
+        public_key_of(cert)
+    except (ValueError, UnsupportedAlgorithm):
         raise ProtocolError(ErrorCode.INVALID_CERTIFICATE, "certificate is not valid DER") from None
     return cert
 
@@ -399,13 +402,13 @@ def public_key_of(cert: x509.Certificate) -> PublicKey:
 
 def check_issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> None:
     """``cert`` names ``issuer`` and carries its valid signature. Raises ``ProtocolError``."""
+    if cert.issuer != issuer.subject:
+        raise ProtocolError(ErrorCode.INVALID_CERTIFICATE, "issuer name mismatch")
     try:
         cert.verify_directly_issued_by(issuer)
-    except ValueError:
-        raise ProtocolError(ErrorCode.INVALID_CERTIFICATE, "issuer name mismatch") from None
-    except TypeError:
-        raise ProtocolError(ErrorCode.UNSUPPORTED_ALGORITHM, "unsupported issuer key") from None
-    except (InvalidSignature, UnsupportedAlgorithm):
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
+        # Wrong key type for the algorithm, bad signature encoding or a bad signature: the
+        # issuer's key did not sign this certificate.
         raise ProtocolError(ErrorCode.SIGNATURE_FAILURE, "certificate signature") from None
 
 

@@ -148,6 +148,20 @@ def validate_path(
     ``revocation=None`` skips CRLs; it is meant only for the brand certificate a BCI is
     being verified under (the BCI cannot be trusted before that certificate is).
     """
+    try:
+        return _validate(leaf, others, root, now, expect, revocation)
+    except ValueError:  # a lazily parsed field of a certificate not from load_certificate
+        raise _fail(ErrorCode.INVALID_CERTIFICATE, "malformed certificate") from None
+
+
+def _validate(
+    leaf: x509.Certificate,
+    others: Iterable[x509.Certificate],
+    root: x509.Certificate,
+    now: datetime,
+    expect: Expect,
+    revocation: RevocationState | None,
+) -> ValidatedPath:
     path = build_path(leaf, others, root)
     exts = [set_extension(c) for c in path]
     if exts[-1].cert_type is not CertType.ROOT:
