@@ -1,0 +1,192 @@
+"""The async keystore client other actors use, and ``HsmPrivateKey`` for ``protocol/``.
+
+Rule 1: the client never names its identity: the broker stamps ``user_id`` = its login, and
+labels are ``<user_id>/<name>``.
+Rule 2: every failure surfaces as a ``KeystoreError``: a refused or failed operation as the
+class of its ``Fault``, a keystore that is down or silent as ``KeystoreUnavailable``
+(``retryable``). A reply is never guessed: no reply, no result.
+Rule 3: ``HsmPrivateKey`` implements ``protocol.keys.PrivateKey``; a failed decrypt or derive
+is a ``ProtocolError(DECRYPTION_FAILURE)`` there, as that interface promises.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+
+from broker.errors import BrokerError, RemoteError
+from broker.rpc import RpcClient
+from keystore import messages as m
+from keystore.errors import (
+    BadRequest,
+    DecryptionFailed,
+    Fault,
+    InternalError,
+    KeystoreError,
+    KeystoreUnavailable,
+    error_for,
+)
+from keystore.service import RPC_QUEUE
+from protocol.errors import ErrorCode, ProtocolError
+from protocol.keys import KeyType, PublicKey, Suite, suite_for_public_key
+
+
+class KeystoreClient:
+    """Calls the keystore actor over RabbitMQ RPC."""
+
+    def __init__(
+        self, rpc: RpcClient, *, queue: str = RPC_QUEUE, timeout: float | None = None
+    ) -> None:
+        self.rpc = rpc
+        self.queue = queue
+        self.timeout = timeout
+
+    @classmethod
+    async def create(
+        cls, bus: Any, *, queue: str = RPC_QUEUE, timeout: float | None = None
+    ) -> KeystoreClient:
+        """A client on its own RPC channel of ``bus``."""
+        return cls(await RpcClient.create(bus), queue=queue, timeout=timeout)
+
+    async def close(self) -> None:
+        await self.rpc.close()
+
+    @property
+    def identity(self) -> str:
+        return str(self.rpc.bus.user_id)
+
+    def label(self, name: str) -> str:
+        """The full label of this caller's key ``name``."""
+        return f"{self.identity}/{name}"
+
+    async def _call(self, op: m.Op, record: Any) -> Any:
+        try:
+            raw = await self.rpc.call(
+                self.queue, m.encode_request(op, record), timeout=self.timeout
+            )
+        except RemoteError as exc:
+            raise InternalError(f"keystore handler failed ({exc.error_type})") from None
+        except BrokerError as exc:
+            raise KeystoreUnavailable(f"keystore unreachable ({type(exc).__name__})") from None
+        try:
+            response = m.decode(m.Response, raw)
+            if response.fault is not Fault.OK:
+                raise error_for(response.fault, response.text)
+            return m.decode(m.RESPONSE_RECORDS[op], response.body)
+        except BadRequest:
+            raise InternalError("keystore answered with a malformed response") from None
+
+    async def create_key(self, name: str, kind: m.KeyKind, usage: m.KeyUsage) -> m.KeyInfo:
+        """Generate key ``<identity>/<name>`` inside the token."""
+        info: m.KeyInfo = await self._call(m.Op.CREATE, m.CreateKey(self.label(name), kind, usage))
+        return info
+
+    async def key_info(self, label: str) -> m.KeyInfo:
+        info: m.KeyInfo = await self._call(m.Op.PUBLIC_KEY, m.KeyRef(label))
+        return info
+
+    async def list_keys(self) -> list[m.KeyInfo]:
+        result: m.KeyList = await self._call(m.Op.LIST, m.ListKeys())
+        return result.keys
+
+    async def _blob(self, op: m.Op, record: Any) -> bytes:
+        blob: m.Blob = await self._call(op, record)
+        return blob.data
+
+    async def sign(self, label: str, digest: bytes) -> bytes:
+        return await self._blob(m.Op.SIGN, m.Sign(label, digest))
+
+    async def decrypt(
+        self, label: str, ciphertext: bytes, oaep_hash: m.OaepHash = m.OaepHash.SHA1
+    ) -> bytes:
+        return await self._blob(m.Op.DECRYPT, m.Decrypt(label, ciphertext, oaep_hash))
+
+    async def derive(self, label: str, peer_public: bytes, info: bytes, length: int) -> bytes:
+        return await self._blob(m.Op.DERIVE, m.Derive(label, peer_public, info, length))
+
+    async def hmac(self, label: str, data: bytes) -> bytes:
+        return await self._blob(m.Op.HMAC, m.Hmac(label, data))
+
+    async def seal(self, label: str, plaintext: bytes, aad: bytes = b"") -> bytes:
+        return await self._blob(m.Op.SEAL, m.Seal(label, plaintext, aad))
+
+    async def open(self, label: str, sealed: bytes, aad: bytes = b"") -> bytes:
+        return await self._blob(m.Op.OPEN, m.Open(label, sealed, aad))
+
+    async def batch(self, items: Sequence[m.BatchItem]) -> list[bytes | KeystoreError]:
+        """Run up to ``MAX_BATCH`` sign/decrypt items in one round trip; per-item results."""
+        result: m.BatchResult = await self._call(m.Op.BATCH, m.Batch(list(items)))
+        if len(result.results) != len(items):
+            raise InternalError("keystore answered a batch with the wrong number of results")
+        return [
+            r.data if r.fault is Fault.OK else error_for(r.fault, r.text) for r in result.results
+        ]
+
+    async def sign_many(self, label: str, digests: Sequence[bytes]) -> list[bytes | KeystoreError]:
+        return await self.batch([m.BatchItem(m.Op.SIGN, label, d, None) for d in digests])
+
+    async def decrypt_many(
+        self, label: str, ciphertexts: Sequence[bytes], oaep_hash: m.OaepHash = m.OaepHash.SHA1
+    ) -> list[bytes | KeystoreError]:
+        return await self.batch(
+            [m.BatchItem(m.Op.DECRYPT, label, c, oaep_hash) for c in ciphertexts]
+        )
+
+    async def private_key(self, label: str, oaep_hash: str = "sha1") -> HsmPrivateKey:
+        """A ``PrivateKey`` for ``protocol/`` backed by the token key ``label``."""
+        info = await self.key_info(label)
+        if not info.public_key:
+            raise BadRequest(f"key {label} is a secret key, not a key pair")
+        public = serialization.load_der_public_key(info.public_key)
+        suite = suite_for_public_key(public, oaep_hash)
+        return HsmPrivateKey(self, info, suite, public)  # type: ignore[arg-type]
+
+
+class HsmPrivateKey:
+    """``protocol.keys.PrivateKey`` whose private half stays in the token."""
+
+    def __init__(
+        self, client: KeystoreClient, info: m.KeyInfo, suite: Suite, public: PublicKey
+    ) -> None:
+        self._client = client
+        self._info = info
+        self._suite = suite
+        self._public = public
+
+    @property
+    def key_id(self) -> str:
+        return self._info.label
+
+    @property
+    def suite(self) -> Suite:
+        return self._suite
+
+    @property
+    def usage(self) -> m.KeyUsage:
+        return self._info.usage
+
+    def public_key(self) -> PublicKey:
+        return self._public
+
+    async def sign_digest(self, digest: bytes) -> bytes:
+        return await self._client.sign(self._info.label, digest)
+
+    async def decrypt(self, ciphertext: bytes) -> bytes:
+        if self._suite.key_type is not KeyType.RSA:
+            raise ProtocolError(ErrorCode.UNSUPPORTED_ALGORITHM, "decrypt needs an RSA key")
+        try:
+            return await self._client.decrypt(
+                self._info.label, ciphertext, m.OaepHash(self._suite.oaep_hash)
+            )
+        except DecryptionFailed:
+            raise ProtocolError(ErrorCode.DECRYPTION_FAILURE, "OAEP decryption failed") from None
+
+    async def derive(self, peer_public: bytes, info: bytes, length: int) -> bytes:
+        if self._suite.key_type is not KeyType.EC:
+            raise ProtocolError(ErrorCode.UNSUPPORTED_ALGORITHM, "derive needs an EC key")
+        try:
+            return await self._client.derive(self._info.label, peer_public, info, length)
+        except DecryptionFailed:
+            raise ProtocolError(ErrorCode.DECRYPTION_FAILURE, "bad ephemeral key") from None

@@ -1,0 +1,171 @@
+"""Keystore worker processes: each spawned, each with its own PKCS#11 login, all consuming
+the same RPC queue (competing consumers); ``KeystorePool`` starts, watches and stops them.
+
+Rule 1: workers start with the *spawn* method and initialise PKCS#11 only after they start
+(a forked PKCS#11 library is undefined behaviour); ``SOFTHSM2_CONF`` is set before loading.
+Rule 2: one worker per core: SoftHSM2 scales across processes, not threads (machine-facts).
+Rule 3: SIGTERM drains (stop consuming, finish in-flight requests, log out); SIGKILL is a
+crash the pool survives: unacked requests go back to the queue for the other workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing as mp
+import os
+import queue as queue_mod
+import signal
+import sys
+from dataclasses import dataclass
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from keystore.errors import KeystoreError, TokenUnavailable
+from keystore.hsm import Hsm, TokenConfig
+from keystore.policy import Policy
+from keystore.service import RPC_QUEUE, KeystoreService
+from setpay import logs
+from setpay.config import Settings
+from setpay.logs import get_logger
+
+log = get_logger(component="keystore.pool")
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSpec:
+    """Everything a worker needs; pickled to the spawned child (never on argv or env)."""
+
+    settings: Settings
+    amqp_url: str
+    queue: str = RPC_QUEUE
+    identity_prefix: str = ""
+    prefetch: int = 64
+    log_file: str | None = None
+
+    def __repr__(self) -> str:  # URL passwords and PINs stay out of reprs
+        return f"WorkerSpec(queue={self.queue!r}, prefix={self.identity_prefix!r})"
+
+
+def worker_main(spec: WorkerSpec, index: int, ready: Any) -> None:
+    """Entry point of a spawned worker process."""
+    os.environ["SOFTHSM2_CONF"] = str(spec.settings.softhsm_conf.resolve())
+    stream = open(spec.log_file, "a", buffering=1) if spec.log_file else sys.stderr
+    logs.configure(spec.settings.log_format, spec.settings.log_level, stream=stream)
+    try:
+        asyncio.run(_serve(spec, index, ready))
+    finally:
+        if stream is not sys.stderr:
+            stream.close()
+
+
+async def _serve(spec: WorkerSpec, index: int, ready: Any) -> None:
+    # Imported here so the parent never needs the broker layer to manage processes.
+    from broker.connection import connect
+    from broker.errors import BrokerError
+    from broker.rpc import serve_rpc
+
+    s = spec.settings
+    service = KeystoreService(
+        Hsm(TokenConfig(s.keystore_module, s.keystore_token_label, s.keystore_pin)),
+        Policy(identity_prefix=spec.identity_prefix),
+    )
+    try:
+        await service.start()
+        bus = await connect(spec.amqp_url, name=f"keystore-{index}")
+    except (KeystoreError, BrokerError) as exc:
+        ready.put(("failed", index, f"{type(exc).__name__}: {exc}"))
+        return
+    try:
+        server = await serve_rpc(bus, spec.queue, service.handle, prefetch=spec.prefetch)
+    except BrokerError as exc:
+        ready.put(("failed", index, f"{type(exc).__name__}: {exc}"))
+        await bus.close()
+        return
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("keystore_worker_ready", worker=index, pid=os.getpid(), queue=spec.queue)
+    ready.put(("ready", index, os.getpid()))
+    await stop.wait()
+    log.info("keystore_worker_stopping", worker=index)
+    await server.stop()
+    await bus.close()
+    await service.close()
+
+
+class KeystorePool:
+    """Starts ``workers`` spawned keystore processes and keeps them running."""
+
+    def __init__(self, spec: WorkerSpec, workers: int) -> None:
+        self.spec = spec
+        self.workers = workers
+        self._ctx = mp.get_context("spawn")
+        self._ready: Any = self._ctx.Queue()
+        self.processes: dict[int, BaseProcess] = {}
+
+    def _spawn(self, index: int) -> None:
+        proc = self._ctx.Process(
+            target=worker_main,
+            args=(self.spec, index, self._ready),
+            name=f"keystore-{index}",
+            daemon=True,
+        )
+        proc.start()
+        self.processes[index] = proc
+
+    def _await_ready(self, indexes: set[int], timeout: float) -> None:
+        pending = set(indexes)
+        while pending:
+            try:
+                status, index, detail = self._ready.get(timeout=timeout)
+            except queue_mod.Empty:
+                raise TokenUnavailable(
+                    f"keystore workers {sorted(pending)} not ready within {timeout:g}s"
+                ) from None
+            if status == "failed":
+                raise TokenUnavailable(f"keystore worker {index} failed to start: {detail}")
+            pending.discard(index)
+
+    async def start(self, timeout: float = 60.0) -> None:
+        """Spawn every worker and wait until each serves the queue."""
+        for index in range(self.workers):
+            self._spawn(index)
+        await asyncio.to_thread(self._await_ready, set(range(self.workers)), timeout)
+
+    async def restart_dead(self, timeout: float = 60.0) -> list[int]:
+        """Respawn workers that exited; return their indexes."""
+        dead = [i for i, p in self.processes.items() if not p.is_alive()]
+        for index in dead:
+            log.warning("keystore_worker_restart", worker=index)
+            self.processes[index].close()
+            self._spawn(index)
+        if dead:
+            await asyncio.to_thread(self._await_ready, set(dead), timeout)
+        return dead
+
+    async def watch(self, interval: float = 1.0) -> None:
+        """Restart crashed workers until cancelled."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.restart_dead()
+            except KeystoreError as exc:
+                log.error("keystore_worker_restart_failed", error=exc.text)
+
+    async def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM every worker (they drain) and wait; SIGKILL what is left."""
+        for proc in self.processes.values():
+            if proc.is_alive() and proc.pid is not None:
+                os.kill(proc.pid, signal.SIGTERM)
+        for proc in self.processes.values():
+            await asyncio.to_thread(proc.join, timeout)
+        self.kill()
+
+    def kill(self) -> None:
+        """SIGKILL every worker still alive (a crash, as far as the broker can tell)."""
+        for proc in self.processes.values():
+            if proc.is_alive():
+                proc.kill()
+            proc.join(5)
+        self.processes.clear()
