@@ -29,6 +29,7 @@ from tests.protocol.pki import (
 from tests.softkeys import SoftKey
 
 SUITES = ["rsa2048", "p256"]
+AT_NOW = str(int(NOW.timestamp()))  # openssl checks validity at the tests' clock
 
 
 @pytest.fixture(params=SUITES)
@@ -62,7 +63,16 @@ async def test_openssl_verifies_every_end_entity_chain(pki: Pki, tmp_path: Path)
         chain_file.write_bytes(b"".join(pem(c) for c in chain))
         ee = tmp_path / f"{label}.pem"
         ee.write_bytes(pem(party.cert))
-        done = _openssl("verify", "-CAfile", str(root), "-untrusted", str(chain_file), str(ee))
+        done = _openssl(
+            "verify",
+            "-attime",
+            AT_NOW,
+            "-CAfile",
+            str(root),
+            "-untrusted",
+            str(chain_file),
+            str(ee),
+        )
         assert done.returncode == 0, (label, done.stdout, done.stderr)
         assert done.stdout.strip() == f"{ee}: OK"
 
@@ -74,6 +84,8 @@ async def test_openssl_refuses_chain_without_intermediate(pki: Pki, tmp_path: Pa
     (tmp_path / "ee.pem").write_bytes(pem(b.merchant_sig.cert))
     done = _openssl(
         "verify",
+        "-attime",
+        AT_NOW,
         "-CAfile",
         str(tmp_path / "root.pem"),
         "-untrusted",
