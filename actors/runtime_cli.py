@@ -1,9 +1,77 @@
-"""`setpay run ROLE`, `setpay up`, `setpay down` (to be written)."""
+"""`setpay run ROLE [--id ID]`, `setpay up`, `setpay down`: actors as processes.
+
+Rule 1: `run` runs one actor in the foreground until SIGTERM/SIGINT (in-flight work finishes).
+Rule 2: `up` starts the test environment under a supervisor (background unless
+`--foreground`) and waits for readiness; `down` stops it (SIGTERM, grace, SIGKILL).
+"""
 
 from __future__ import annotations
 
 import argparse
+import time
+
+from actors import supervisor
+from setpay.cli import CommandError
+from setpay.config import Settings
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        return supervisor.run_role(settings, args.role, args.id)
+    except supervisor.SupervisorError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def _roles(args: argparse.Namespace) -> list[str]:
+    roles = [r for r in (args.roles or "").split(",") if r] or list(supervisor.UP_ROLES)
+    unknown = [r for r in roles if r not in supervisor.ROLES]
+    if unknown:
+        raise CommandError(f"unknown role(s): {', '.join(unknown)}")
+    return roles
+
+
+def _up(args: argparse.Namespace, settings: Settings) -> int:
+    roles = _roles(args)
+    try:
+        if args.foreground:
+            return supervisor.supervise(settings, roles, ready_timeout=args.timeout)
+        available = [r for r in roles if supervisor.resolve(r)]
+        if not available:
+            raise CommandError("none of the requested roles is available yet")
+        pid = supervisor.start_detached(settings, roles)
+    except supervisor.SupervisorError as exc:
+        raise CommandError(str(exc)) from None
+    children = [supervisor.Child(r, supervisor.DEFAULT_INSTANCE.get(r, "main")) for r in available]
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        health = [supervisor.read_health(settings, c) for c in children]
+        if all(h and h.get("ready") for h in health):
+            print(f"up: supervisor pid {pid}; ready: {', '.join(c.identity for c in children)}")
+            return 0
+        time.sleep(0.2)
+    raise CommandError(f"not ready within {args.timeout:g}s; see {supervisor.run_dir(settings)}")
+
+
+def _down(args: argparse.Namespace, settings: Settings) -> int:
+    outcome = supervisor.down(settings, grace=args.grace)
+    for name, how in sorted(outcome.items()):
+        print(f"{name}: {how}")
+    if not outcome:
+        print("down: nothing was running")
+    return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the actor runtime's subcommands."""
+    run = sub.add_parser("run", help="run one actor in the foreground")
+    run.add_argument("role", help=f"one of: {', '.join(sorted(supervisor.ROLES))}")
+    run.add_argument("--id", help="instance name (identity is ROLE.ID)")
+    run.set_defaults(func=_run)
+    up = sub.add_parser("up", help="start the test environment as supervised processes")
+    up.add_argument("--roles", help="comma-separated roles (default: the whole environment)")
+    up.add_argument("--foreground", action="store_true", help="supervise in this process")
+    up.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for readiness")
+    up.set_defaults(func=_up)
+    down = sub.add_parser("down", help="stop what `setpay up` started")
+    down.add_argument("--grace", type=float, default=15.0, help="seconds before SIGKILL")
+    down.set_defaults(func=_down)

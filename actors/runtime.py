@@ -1,0 +1,247 @@
+"""The actor base every SET party runs on: lifecycle, handler registry, replies, health.
+
+Rule 1: lifecycle is setup -> start (declare topology, consume) -> ready -> drain (stop
+consuming, finish in-flight work) -> stop (close the bus); SIGTERM/SIGINT trigger drain+stop.
+Rule 2: handlers are registered by message type (a plain ``str``); an unknown type is
+dead-lettered with its reason, never crashes the actor.
+Rule 3: a handler's ``ProtocolError`` becomes a SET Error reply built by an injectable
+``error_reply`` (default: a minimal ``ErrorRecord(code, detail)`` from ``protocol.codec``);
+the message is then acked -- a failed check changes no state and is answered, not retried.
+Rule 4: every log line of a handled message carries ``actor``, ``msg_type`` and, when the
+message names them (headers ``x-setpay-xid`` / ``x-setpay-rrpid``), ``xid`` and ``rrpid``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import json
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from broker.connection import Bus, connect
+from broker.consumer import Consumer, Delivery, Rejected, consume
+from broker.topology import SET_EXCHANGE, QueueLimits, declare_actor, instance_key
+from protocol import codec
+from protocol.errors import ProtocolError
+from setpay.logs import get_logger
+
+XID_HEADER = "x-setpay-xid"
+RRPID_HEADER = "x-setpay-rrpid"
+ERROR_TYPE = "Error"
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorRecord:
+    """The minimal SET Error reply used until the full SET Error message exists."""
+
+    code: int
+    detail: str
+
+
+Reply = tuple[str, bytes]  # (message type, body)
+MessageHandler = Callable[[Delivery], Awaitable[Reply | None]]
+ErrorReplier = Callable[[ProtocolError, Delivery], Reply]
+
+
+def default_error_reply(error: ProtocolError, delivery: Delivery) -> Reply:
+    """``ErrorRecord(code, detail)`` encoded with the project codec, type ``Error``."""
+    return ERROR_TYPE, codec.encode(ErrorRecord(code=int(error.code), detail=error.detail[:256]))
+
+
+class State(enum.StrEnum):
+    NEW = "new"
+    STARTING = "starting"
+    READY = "ready"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
+class Actor:
+    """One actor instance ``<role>.<instance>`` consuming its own queue and its role's queue."""
+
+    def __init__(
+        self,
+        role: str,
+        instance: str,
+        url: str,
+        *,
+        prefetch: int = 64,
+        limits: QueueLimits | None = None,
+        error_reply: ErrorReplier = default_error_reply,
+        health_file: Path | None = None,
+    ) -> None:
+        self.role = role
+        self.instance = instance
+        self.identity = f"{role}.{instance}"
+        self.url = url
+        self.prefetch = prefetch
+        self.limits = limits or QueueLimits()
+        self.error_reply = error_reply
+        self.health_file = health_file
+        self.state = State.NEW
+        self.bus: Bus | None = None
+        self.handlers: dict[str, MessageHandler] = {}
+        self.ready = asyncio.Event()
+        self._consumers: list[Consumer] = []
+        self._stop_requested = asyncio.Event()
+        self._started_at = 0.0
+        self.log = get_logger(actor=self.identity)
+
+    # -- registry ---------------------------------------------------------------------------
+
+    def on(self, msg_type: str | enum.Enum, handler: MessageHandler) -> None:
+        """Route messages of ``msg_type`` to ``handler`` (its reply, if any, goes to reply_to)."""
+        key = str(msg_type.value if isinstance(msg_type, enum.Enum) else msg_type)
+        if key in self.handlers:
+            raise ValueError(f"a handler for {key!r} is already registered")
+        self.handlers[key] = handler
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def setup(self) -> None:
+        """Hook: open stores, clients, register handlers. Runs before consuming starts."""
+
+    async def teardown(self) -> None:
+        """Hook: close what ``setup`` opened. Runs after in-flight work finished."""
+
+    async def start(self) -> None:
+        """Connect, declare the topology, run ``setup``, start consuming; then ready."""
+        self._set_state(State.STARTING)
+        self._started_at = time.time()
+        self.bus = await connect(self.url, name=self.identity)
+        channel = await self.bus.channel()
+        declared = await declare_actor(channel, self.role, self.instance, self.limits)
+        await self.setup()
+        for queue in (declared.instance, declared.role):
+            self._consumers.append(
+                await consume(
+                    self.bus,
+                    queue.name,
+                    self._dispatch,
+                    prefetch=self.prefetch,
+                    max_message_bytes=self.limits.max_message_bytes,
+                )
+            )
+        self._set_state(State.READY)
+        self.ready.set()
+        self.log.info("actor_ready")
+
+    async def drain(self) -> None:
+        """Stop taking messages and wait until every in-flight one is settled."""
+        if self.state in (State.DRAINING, State.STOPPED):
+            return
+        self._set_state(State.DRAINING)
+        await asyncio.gather(*(c.stop() for c in self._consumers))
+
+    async def stop(self) -> None:
+        """Drain, run ``teardown``, close the connection."""
+        await self.drain()
+        if self.state is State.STOPPED:
+            return
+        try:
+            await self.teardown()
+        finally:
+            if self.bus is not None:
+                await self.bus.close()
+            self._set_state(State.STOPPED)
+            self.log.info("actor_stopped")
+
+    def request_stop(self) -> None:
+        """Ask ``run`` to drain and stop (what SIGTERM/SIGINT do)."""
+        self._stop_requested.set()
+
+    async def run(self) -> int:
+        """Start, serve until SIGTERM/SIGINT or ``request_stop``, then drain and stop."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        try:
+            await self.start()
+            await self._stop_requested.wait()
+            self.log.info("actor_stop_requested")
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            await self.stop()
+        return 0
+
+    # -- health -----------------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        """Liveness/readiness facts: state, connection, in-flight and handled counts."""
+        connected = bool(self.bus and not self.bus.connection.is_closed)
+        return {
+            "actor": self.identity,
+            "pid": os.getpid(),
+            "state": str(self.state),
+            "ready": self.state is State.READY and connected,
+            "connected": connected,
+            "in_flight": sum(c.in_flight for c in self._consumers),
+            "handled": sum(c.handled for c in self._consumers),
+            "dead_lettered": sum(c.dead_lettered for c in self._consumers),
+            "started_at": self._started_at,
+        }
+
+    def _set_state(self, state: State) -> None:
+        self.state = state
+        if self.health_file is not None:
+            tmp = self.health_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.health()))
+            tmp.replace(self.health_file)  # atomic: readers never see half a file
+
+    # -- dispatch ---------------------------------------------------------------------------
+
+    async def _dispatch(self, delivery: Delivery) -> None:
+        msg_type = delivery.msg_type or ""
+        context: dict[str, Any] = {"actor": self.identity, "msg_type": msg_type}
+        for header, name in ((XID_HEADER, "xid"), (RRPID_HEADER, "rrpid")):
+            value = delivery.headers.get(header)
+            if value is not None:
+                context[name] = value.hex() if isinstance(value, bytes) else str(value)
+        with structlog.contextvars.bound_contextvars(**context):
+            handler = self.handlers.get(msg_type)
+            if handler is None:
+                raise Rejected(f"unknown message type {msg_type!r}", "unknown-type")
+            try:
+                reply = await handler(delivery)
+            except ProtocolError as exc:
+                self.log.info("protocol_error", code=exc.code.name)
+                reply = self.error_reply(exc, delivery)
+            if reply is not None:
+                await self._reply(delivery, reply)
+
+    async def _reply(self, delivery: Delivery, reply: Reply) -> None:
+        """Send ``reply`` to the requester's instance (its routing key is in ``reply_to``)."""
+        if not delivery.reply_to or self.bus is None:
+            self.log.info("reply_without_reply_to", reply_type=reply[0])
+            return
+        msg_type, body = reply
+        headers = {
+            k: v for k, v in delivery.headers.items() if k in (XID_HEADER, RRPID_HEADER)
+        }
+        message = self.bus.message(
+            body,
+            msg_type=msg_type,
+            headers=headers,
+            correlation_id=delivery.correlation_id or delivery.message_id,
+            reply_to=instance_key(self.role, self.instance),
+        )
+        # A BrokerError here propagates: the request is not acked, so it is redelivered
+        # and (handlers being idempotent) answered again.
+        await self.bus.publish(delivery.reply_to, message, exchange=SET_EXCHANGE)
+
+
+async def run_actor(actor: Actor) -> int:
+    """Run ``actor`` until signalled; suppress the cancellation noise of a Ctrl-C."""
+    with contextlib.suppress(asyncio.CancelledError):
+        return await actor.run()
+    return 130

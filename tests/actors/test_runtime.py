@@ -1,0 +1,165 @@
+"""The actor runtime on real RabbitMQ: dispatch, SET Error replies, dead letters, lifecycle,
+and `setpay up/down` running the echo actor as a real separate process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import uuid
+
+import pytest
+
+from actors.runtime import ERROR_TYPE, XID_HEADER, ErrorRecord
+from actors.runtime_echo import EchoActor
+from actors.supervisor import SETPAY
+from broker.connection import connect
+from broker.consumer import CODE_HEADER, QUEUE_HEADER
+from broker.topology import DEAD_LETTER_QUEUE, SET_EXCHANGE, declare_actor
+from protocol import codec
+from protocol.errors import ErrorCode
+from tests import fixtures_broker
+
+pytestmark = pytest.mark.integration
+broker_vhost = fixtures_broker.broker_vhost  # until tests/conftest.py registers the plugin
+
+
+async def requester(url: str):
+    """A bus plus a reply queue reachable by routing key ``tester.<hex>``."""
+    bus = await connect(url, name="tester")
+    instance = uuid.uuid4().hex[:8]
+    channel = await bus.channel()
+    declared = await declare_actor(channel, "tester", instance)
+    return bus, f"tester.{instance}", declared.instance
+
+
+async def test_actor_dispatches_replies_and_maps_protocol_errors(broker_vhost) -> None:
+    actor = EchoActor("echo", uuid.uuid4().hex[:8], broker_vhost.url)
+    await actor.start()
+    bus, reply_key, replies = await requester(broker_vhost.url)
+    try:
+        assert actor.health()["ready"] is True
+        target = f"echo.{actor.instance}"
+        await bus.publish(target, bus.message(b"ping", msg_type="Echo", reply_to=reply_key,
+                                              headers={XID_HEADER: "01" * 32}),
+                          exchange=SET_EXCHANGE)
+        await bus.publish("echo", bus.message(b"x", msg_type="Fail", reply_to=reply_key),
+                          exchange=SET_EXCHANGE)
+        got = []
+        for _ in range(2):
+            message = await asyncio.wait_for(_get(replies), 10)
+            got.append(message)
+        by_type = {m.type: m for m in got}
+        assert by_type["EchoReply"].body == b"ping"
+        assert by_type["EchoReply"].headers[XID_HEADER] == "01" * 32
+        assert by_type["EchoReply"].user_id == "guest"
+        error = codec.decode(ErrorRecord, by_type[ERROR_TYPE].body)
+        assert error == ErrorRecord(code=int(ErrorCode.INVALID_FIELD), detail="fail on purpose")
+        # unknown type: dead-lettered with its reason, actor keeps answering
+        await bus.publish(target, bus.message(b"?", msg_type="Nope"), exchange=SET_EXCHANGE)
+        await bus.publish(target, bus.message(b"again", msg_type="Echo", reply_to=reply_key),
+                          exchange=SET_EXCHANGE)
+        message = await asyncio.wait_for(_get(replies), 10)
+        assert message.body == b"again"
+        channel = await bus.channel()
+        dead = await channel.declare_queue(DEAD_LETTER_QUEUE, passive=True)
+        record = None
+        while record is None:
+            m = await dead.get(fail=False)
+            if m is None:
+                await asyncio.sleep(0.05)
+                continue
+            await m.ack()
+            if m.headers.get(QUEUE_HEADER) == f"set.echo.{actor.instance}":
+                record = m
+        assert record.headers[CODE_HEADER] == "unknown-type"
+        assert actor.health()["dead_lettered"] == 1
+    finally:
+        await actor.stop()
+        await bus.close()
+    assert actor.health()["state"] == "stopped"
+
+
+async def _get(queue):
+    while True:
+        message = await queue.get(fail=False)
+        if message is not None:
+            await message.ack()
+            return message
+        await asyncio.sleep(0.02)
+
+
+async def test_drain_finishes_in_flight_work(broker_vhost) -> None:
+    actor = EchoActor("echo", uuid.uuid4().hex[:8], broker_vhost.url)
+    gate = asyncio.Event()
+    entered = asyncio.Event()
+
+    async def slow(delivery):
+        entered.set()
+        await gate.wait()
+        return "SlowReply", b"done"
+
+    await actor.start()
+    actor.on("Slow", slow)
+    bus, reply_key, replies = await requester(broker_vhost.url)
+    try:
+        await bus.publish(f"echo.{actor.instance}",
+                          bus.message(b"", msg_type="Slow", reply_to=reply_key),
+                          exchange=SET_EXCHANGE)
+        await asyncio.wait_for(entered.wait(), 10)
+        stopping = asyncio.create_task(actor.stop())
+        await asyncio.sleep(0.1)
+        assert not stopping.done() and actor.health()["in_flight"] == 1
+        gate.set()
+        await asyncio.wait_for(stopping, 10)
+        message = await asyncio.wait_for(_get(replies), 10)
+        assert message.body == b"done"
+    finally:
+        await bus.close()
+
+
+def setpay(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*SETPAY, *args], env=env,
+                          capture_output=True, text=True, timeout=90, check=False)
+
+
+async def test_up_runs_echo_as_a_separate_process_and_down_stops_it(
+    broker_vhost, tmp_path
+) -> None:
+    env = {**os.environ, "SETPAY_DATA_DIR": str(tmp_path), "SETPAY_AMQP_URL": broker_vhost.url,
+           "SETPAY_LOG_FORMAT": "json"}
+    up = await asyncio.to_thread(setpay, ["up", "--roles", "echo", "--timeout", "30"], env)
+    run = tmp_path / "run"
+    try:
+        assert up.returncode == 0, up.stderr
+        health = json.loads((run / "echo.main.health").read_text())
+        assert health["ready"] is True and health["pid"] != os.getpid()
+        child_pid = int((run / "echo.main.pid").read_text())
+        assert child_pid == health["pid"]
+        bus, reply_key, replies = await requester(broker_vhost.url)
+        try:
+            await bus.publish("echo.main", bus.message(b"hi", msg_type="Echo",
+                                                       reply_to=reply_key),
+                              exchange=SET_EXCHANGE)
+            message = await asyncio.wait_for(_get(replies), 10)
+            assert message.body == b"hi"
+        finally:
+            await bus.close()
+    finally:
+        down = await asyncio.to_thread(setpay, ["down", "--grace", "10"], env)
+    assert down.returncode == 0, down.stderr
+    assert "supervisor: terminated" in down.stdout
+    assert not list(run.glob("*.pid"))
+    with pytest.raises(ProcessLookupError):
+        os.kill(child_pid, 0)
+    log = (run / "echo.main.log").read_text()
+    assert "actor_stopped" in log  # stopped by SIGTERM through drain, not killed
+
+
+def test_run_refuses_unknown_and_unwritten_roles(tmp_path) -> None:
+    env = {**os.environ, "SETPAY_DATA_DIR": str(tmp_path)}
+    unknown = setpay(["run", "nosuchrole"], env)
+    assert unknown.returncode == 2 and "unknown role" in unknown.stderr
+    missing = setpay(["run", "gateway"], env)
+    assert missing.returncode == 2 and "not available yet" in missing.stderr
