@@ -74,10 +74,13 @@ class PIDualSigned:
 
 @dataclass(frozen=True, slots=True)
 class PurchaseParts:
-    """What a cardholder sends: encoded PI (dual-signed or unsigned) and OI."""
+    """What a cardholder sends: encoded PI (dual-signed or unsigned) and OI (= L(OIData,
+    PIData)), and OI's two halves for message records that carry them as separate fields."""
 
     pi: bytes
     oi: bytes
+    oi_data: bytes
+    pi_digest: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +143,8 @@ async def make_dual_signed(
     pi_oilink = linkage.make_linked(pi_head, OIDATA, oi_data)
     env = await envelope.make_ex(suite, gateway_public, gateway, PI_OILINK, pi_oilink, account)
     pi = codec.encode(PIDualSigned(signature, env))
-    return PurchaseParts(pi, linkage.make_linked(oi_data, PIDATA, pidata))
+    oi = linkage.Linked(oi_data, linkage.dd(PIDATA, pidata))
+    return PurchaseParts(pi, codec.encode(oi), oi_data, oi.link.digest)
 
 
 def verify_at_merchant(
@@ -148,13 +152,26 @@ def verify_at_merchant(
 ) -> MerchantView:
     """Merchant: check the dual signature with OIData and H(PIData); the PI stays sealed."""
     oi_linked = codec.decode(linkage.Linked, oi)
+    return verify_oi_at_merchant(
+        pi, oi_linked.content, oi_linked.link.digest, cardholder_public, merchant, gateway
+    )
+
+
+def verify_oi_at_merchant(
+    pi: bytes,
+    oi_data: bytes,
+    pi_digest: bytes,
+    cardholder_public: PublicKey,
+    merchant: bytes,
+    gateway: bytes,
+) -> MerchantView:
+    """``verify_at_merchant`` for OIDualSigned carried as two fields (OIData, H(PIData))."""
     pid = codec.decode(PIDualSigned, pi)
     if not hmac.compare_digest(envelope.recipient_of(pid.envelope), gateway):
         raise ProtocolError(ErrorCode.THUMBS_MISMATCH, "PI is not sealed to the expected gateway")
-    pi_digest = oi_linked.link.digest
-    tbs = _tbs(pi_digest, oi_digest(oi_linked.content), merchant, gateway)
+    tbs = _tbs(pi_digest, oi_digest(oi_data), merchant, gateway)
     detached.verify_detached(pid.signature, cardholder_public, PI_TBS, tbs)
-    return MerchantView(oi_linked.content, pi_digest, pid.signature.signer)
+    return MerchantView(oi_data, pi_digest, pid.signature.signer)
 
 
 def _check_oi_digest(found: bytes, expected: bytes | None) -> None:
@@ -203,8 +220,8 @@ async def make_unsigned(
     account = _account(pan_token, pin_block)
     pi_oilink = linkage.make_linked(pi_head, OIDATA, oi_data)
     pi = await envelope.make_exh(suite, gateway_public, gateway, PI_UNSIGNED, pi_oilink, account)
-    oi = linkage.make_linked(oi_data, PIDATA_UNSIGNED, _pidata(pi_head, account))
-    return PurchaseParts(pi, oi)
+    oi = linkage.Linked(oi_data, linkage.dd(PIDATA_UNSIGNED, _pidata(pi_head, account)))
+    return PurchaseParts(pi, codec.encode(oi), oi_data, oi.link.digest)
 
 
 def read_unsigned_oi(oi: bytes) -> MerchantView:

@@ -75,6 +75,10 @@ async def test_merchant_and_gateway_verify_the_same_purchase(suite: Suite) -> No
     assert codec.unpackb(opened.pan_data)[0] == PAN
     assert opened.pin_block is None
     assert opened.oi_digest == dualsig.oi_digest(oi_data)
+    # OIDualSigned carried as two message fields verifies the same way
+    assert parts.oi_data == oi_data
+    split = dualsig.verify_oi_at_merchant(parts.pi, oi_data, parts.pi_digest, ch_pub, mt, gwt)
+    assert split == seen
 
 
 async def test_ope_pin_block_rides_in_the_extra_part(suite: Suite) -> None:
