@@ -455,3 +455,35 @@ async def test_issued_certificates_verify_directly(pki: Pki) -> None:
     b.pca.cert.verify_directly_issued_by(b.brand.cert)
     b.brand.cert.verify_directly_issued_by(pki.root.cert)
     pki.root.cert.verify_directly_issued_by(pki.root.cert)
+
+
+async def test_ca_key_exchange_certificate_is_an_end_entity(pki: Pki) -> None:
+    b = pki.brands["visa"]
+    cca_kx = await issue(
+        b.brand, ext(CertType.CCA, "visa", KeyUse.KEY_EXCHANGE), "CCA kx", pki.suite
+    )
+    basic = cca_kx.cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    assert basic.ca is False
+    path = validate_path(
+        cca_kx.cert,
+        [b.brand.cert],
+        root=pki.root.cert,
+        now=NOW,
+        expect=Expect(CertType.CCA, KeyUse.KEY_EXCHANGE, "visa"),
+        revocation=None,
+    )
+    assert path.leaf_ext.key_use is KeyUse.KEY_EXCHANGE
+    # It cannot issue: a cardholder certificate under it is refused.
+    under = await issue(
+        cca_kx, ext(CertType.CARDHOLDER, "visa", account_hash=b"\2" * 32), "c", pki.suite
+    )
+    with pytest.raises(ProtocolError) as err:
+        validate_path(
+            under.cert,
+            [cca_kx.cert, b.brand.cert],
+            root=pki.root.cert,
+            now=NOW,
+            expect=Expect(CertType.CARDHOLDER, KeyUse.SIGNATURE),
+            revocation=None,
+        )
+    assert err.value.code is ErrorCode.INVALID_CERTIFICATE
