@@ -65,15 +65,30 @@ def _fail(code: ErrorCode, detail: str) -> ProtocolError:
     return ProtocolError(code, detail)
 
 
+def _key_id(cert: x509.Certificate, kind: type[x509.ExtensionType]) -> bytes | None:
+    try:
+        value = cert.extensions.get_extension_for_class(kind).value  # type: ignore[type-var]
+    except x509.ExtensionNotFound:
+        return None
+    if isinstance(value, x509.SubjectKeyIdentifier):
+        return value.digest
+    return value.key_identifier if isinstance(value, x509.AuthorityKeyIdentifier) else None
+
+
 def _find_issuer(
     cert: x509.Certificate, pool: list[x509.Certificate], root: x509.Certificate
 ) -> x509.Certificate:
-    # Match by name first; the signature check below decides. Prefer the trusted root so a
-    # look-alike root in the pool never shadows it.
-    for candidate in [root, *pool]:
-        if candidate.subject == cert.issuer:
+    # Name first, then the key identifier, so a renewed CA (same name, new key) is told apart
+    # from the old one. The trusted root comes first: a look-alike in the pool never shadows
+    # it. The signature check in ``_validate`` decides in the end.
+    named = [c for c in [root, *pool] if c.subject == cert.issuer]
+    if not named:
+        raise _fail(ErrorCode.MISSING_CERTIFICATE, "issuer certificate not supplied")
+    wanted = _key_id(cert, x509.AuthorityKeyIdentifier)
+    for candidate in named:
+        if wanted is not None and _key_id(candidate, x509.SubjectKeyIdentifier) == wanted:
             return candidate
-    raise _fail(ErrorCode.MISSING_CERTIFICATE, "issuer certificate not supplied")
+    return named[0]
 
 
 def _check_time(cert: x509.Certificate, ext: SetExtension, now: datetime) -> None:

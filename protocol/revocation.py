@@ -13,7 +13,7 @@ certificates, through the injected ``PrivateKey`` (see ``protocol.certs``).
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated
 
@@ -174,11 +174,13 @@ def bci_thumbprint(data: bytes) -> bytes:
 
 @dataclass(frozen=True)
 class RevocationState:
-    """A verified BCI of one brand and the CRLs held for it (DER, keyed by their thumbprint)."""
+    """A verified BCI of one brand and the CRLs held for it, parsed once."""
 
     bci: Bci
     brand_thumbprint: bytes  # the Brand CA certificate the BCI verified under
-    crls: tuple[bytes, ...] = ()
+    crls: tuple[tuple[bytes, x509.CertificateRevocationList], ...] = ()
+    # Thumbprints of CRLs already verified under their issuer (a cache, not state).
+    _verified: set[tuple[bytes, bytes]] = field(default_factory=set, compare=False, repr=False)
 
     @classmethod
     def load(
@@ -188,9 +190,15 @@ class RevocationState:
         crls: Iterable[bytes],
         now: datetime,
     ) -> RevocationState:
-        """Verify the BCI (see ``open_bci``) and keep the CRLs for ``check``."""
+        """Verify the BCI (see ``open_bci``) and parse the CRLs for ``check``."""
         bci = open_bci(bci_data, brand_cert, now)
-        return cls(bci, cert_thumbprint(brand_cert), tuple(crls))
+        parsed = []
+        for der in crls:
+            try:
+                parsed.append((der, x509.load_der_x509_crl(der)))
+            except ValueError:
+                continue  # garbage cannot be a CRL the BCI names; a named one stays missing
+        return cls(bci, cert_thumbprint(brand_cert), tuple(parsed))
 
     @property
     def sequence(self) -> int:
@@ -205,17 +213,27 @@ class RevocationState:
         number = self.required().get(cert_thumbprint(issuer_cert))
         if number is None:
             return  # the BCI names no CRL for this CA: nothing it issued is revoked by CRL
-        for der in self.crls:
+        issuer_thumb = cert_thumbprint(issuer_cert)
+        forged = False
+        for der, crl in self.crls:
             try:
-                crl = x509.load_der_x509_crl(der)
-            except ValueError:
-                continue  # a garbage CRL cannot be the one named; keep looking
-            if crl.issuer != issuer_cert.subject or crl_number(crl) != number:
+                if crl.issuer != issuer_cert.subject or crl_number(crl) != number:
+                    continue
+            except (ValueError, ProtocolError):
                 continue
-            load_crl(der, issuer_cert)  # the named CRL must verify under the issuer
+            key = (primitives.thumbprint(der), issuer_thumb)
+            if key not in self._verified:
+                try:
+                    load_crl(der, issuer_cert)  # the named CRL must verify under the issuer
+                except ProtocolError:
+                    forged = True  # a bad copy must not hide a good one held beside it
+                    continue
+                self._verified.add(key)
             if crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None:
                 raise ProtocolError(ErrorCode.REVOKED_CERTIFICATE, "certificate is revoked")
             return
+        if forged:
+            raise ProtocolError(ErrorCode.SIGNATURE_FAILURE, "named CRL does not verify")
         raise ProtocolError(ErrorCode.MISSING_CERTIFICATE, "CRL named by the BCI is not held")
 
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from protocol import certs, pan
 from protocol.certs import CertType, KeyUse
@@ -487,3 +489,13 @@ async def test_ca_key_exchange_certificate_is_an_end_entity(pki: Pki) -> None:
             revocation=None,
         )
     assert err.value.code is ErrorCode.INVALID_CERTIFICATE
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=600))
+def test_parsers_raise_only_protocol_errors_on_random_bytes(data: bytes) -> None:
+    for parse in (certs.load_certificate, certs.decode_set_extension):
+        try:
+            parse(data)
+        except ProtocolError as err:
+            assert err.code in {ErrorCode.INVALID_CERTIFICATE, ErrorCode.UNSUPPORTED_ALGORITHM}

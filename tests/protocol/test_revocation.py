@@ -118,6 +118,16 @@ async def test_forged_crl_is_refused(pki: Pki) -> None:
     with pytest.raises(ProtocolError) as err:
         _validate(pki, b.gateway_kx, forged_state)
     assert err.value.code is ErrorCode.SIGNATURE_FAILURE
+    # A forged copy held beside the genuine CRL neither hides nor replaces it.
+    revoking_bci, revoking = await revocation_material(
+        pki, "visa", revoked_by_pca=[b.gateway_kx.cert.serial_number], sequence=9
+    )
+    both = RevocationState.load(
+        revoking_bci, b.brand.cert, [*revoking[:2], _resign(revoking[2]), revoking[2]], NOW
+    )
+    with pytest.raises(ProtocolError) as err:
+        _validate(pki, b.gateway_kx, both)
+    assert err.value.code is ErrorCode.REVOKED_CERTIFICATE
 
 
 def _resign(crl_der: bytes) -> bytes:
