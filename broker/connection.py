@@ -146,7 +146,11 @@ class Bus:
                     f"{timeout:g}s ({type(last).__name__ if last else 'no attempt'})"
                 )
             try:
-                target = await asyncio.wait_for(self._exchange(exchange), remaining)
+                target = self._exchanges.get(exchange)
+                if target is None or self._publish_channel is None or (
+                    self._publish_channel.is_closed
+                ):
+                    target = await asyncio.wait_for(self._exchange(exchange), remaining)
                 await target.publish(
                     message,
                     routing_key,
