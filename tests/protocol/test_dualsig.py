@@ -14,7 +14,7 @@ from protocol.errors import ErrorCode, ProtocolError
 from protocol.keys import SUITES, PublicKey, Suite
 from tests.softkeys import SoftKey
 
-PAN = "4111111111111111111"
+PAN = "4111111111111111110"  # 19 digits, Luhn-valid: the longest PAN
 
 
 @functools.cache
@@ -193,3 +193,33 @@ async def test_oversize_account_part_is_refused(suite: Suite) -> None:
             ch, cht, suite, gw.public_key(), gwt, mt, b"h", bytes(200), b"o"
         )
     assert exc.value.code is ErrorCode.INVALID_FIELD
+
+
+@pytest.mark.parametrize("suite_name", ["rsa2048", "rsa2048-oaep256", "p256"])
+async def test_real_pan_data_and_pin_block_fit(suite_name: str) -> None:
+    """A's PANData for a card with a 16-byte PIN block fits every suite; the largest OPE bank
+    account fits RSA-2048 OAEP-SHA1 (the SoftHSM2 suite) and is refused clearly with SHA-256."""
+    from protocol import pan
+
+    suite = SUITES[suite_name]
+    ch, cht = party(suite_name, "cardholder")
+    gw, gwt = party(suite_name, "gateway")
+    _, mt = party(suite_name, "merchant")
+    card = pan.Account(pan.AccountKind.CARD, PAN)
+    bank = pan.Account(pan.AccountKind.BANK, "9" * 34, bank_code="9" * 11, branch="9" * 8)
+    pin_block = bytes(16)
+    for account in (card, bank):
+        data = codec.encode(pan.make_pan_data(account, "3012", secrets.token_bytes(32)))
+        pi_head, oi_data = order(9)
+        build = dualsig.make_dual_signed(
+            ch, cht, suite, gw.public_key(), gwt, mt, pi_head, data, oi_data, pin_block
+        )
+        if suite_name == "rsa2048-oaep256" and account is bank:
+            with pytest.raises(ProtocolError) as exc:
+                await build
+            assert exc.value.code is ErrorCode.INVALID_FIELD
+            assert "190-byte OAEP capacity" in exc.value.detail
+            continue
+        parts = await build
+        opened = await dualsig.open_at_gateway(parts.pi, gw, gwt, ch.public_key(), mt)
+        assert (opened.pan_data, opened.pin_block) == (data, pin_block)
