@@ -10,8 +10,8 @@ Rule 3: ``MESSAGE_CLASSES`` maps every ``MessageType`` to its body record and
 ``DATA_RECORDS`` maps every content type to the record inside it. Both are checked with
 ``codec.validate_schema`` when this module is imported.
 Rule 4 (OPE): the account is a card or a bank account (``AccountKind``); a PIN block travels
-only inside the extra-encrypted part (``AccountPart``), flagged in ``PIHead.pin_entry``.
-Account records themselves (PANData, PANToken, PANOnly) live in ``protocol/pan.py``.
+only inside the PI's extra-encrypted part (``dualsig.AccountPart``), flagged in
+``PIHead.pin_entry``. Account records (PANData, PANToken, PANOnly) live in ``protocol/pan.py``.
 """
 
 from __future__ import annotations
@@ -395,19 +395,7 @@ class PIHead:
     sw_ident: SWIdent
     acq_back_key: BackKeyData | None
     account_kind: AccountKind
-    pin_entry: PinEntry | None  # set iff AccountPart.pin_block is present (OPE)
-
-
-@dataclass(frozen=True, slots=True)
-class AccountPart:
-    """Content "PIAccount": the extra-encrypted ``p`` of EX/EXH in the PI (and of AuthToken).
-
-    ``account`` is the exact encoded PANData or PANToken of ``protocol/pan.py``; under OPE
-    ``pin_block`` holds the ISO 9564 PIN block, readable only inside the gateway's keystore.
-    """
-
-    account: Annotated[bytes, MaxLen(512)]
-    pin_block: PinBlock | None
+    pin_entry: PinEntry | None  # set iff dualsig.AccountPart.pin_block is present (OPE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1314,7 +1302,6 @@ DATA_RECORDS: dict[str, type] = {
     "PInitRes": PInitResData,
     "OIData": OIData,
     "PIHead": PIHead,
-    "PIAccount": AccountPart,
     "PRes": PResData,
     "InqReq": InqReqData,
     "InqRes": PResData,

@@ -103,9 +103,7 @@ def make_header(
     return MessageHeader(VERSION, REVISION, now_ms, message_ids, rrpid, sw_ident)
 
 
-def encode_message(
-    header: MessageHeader, body: Any, extensions: Iterable[Extension] = ()
-) -> bytes:
+def encode_message(header: MessageHeader, body: Any, extensions: Iterable[Extension] = ()) -> bytes:
     """Wrap a body record of the catalogue; its class decides the message type."""
     msg_type = MESSAGE_TYPES.get(type(body))
     if msg_type is None:

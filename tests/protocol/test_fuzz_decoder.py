@@ -68,8 +68,10 @@ leaves = (
 )
 trees = st.recursive(
     leaves,
-    lambda children: st.lists(children, max_size=8)
-    | st.dictionaries(st.text(max_size=5) | st.integers(0, 9), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=8)
+        | st.dictionaries(st.text(max_size=5) | st.integers(0, 9), children, max_size=4)
+    ),
     max_leaves=40,
 )
 # replacements inside a tree stay small: the point is a wrong type, not a big value

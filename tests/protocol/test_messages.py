@@ -41,9 +41,7 @@ SALE = m.SaleDetail(
 )
 CERT = b"\x30\x82\x03\x0d" + bytes(range(256)) * 3  # DER-shaped certificate bytes
 BATCH_STATUS = m.BatchStatus(NOW_MS - 86_400_000, None, "USD", 1, 1_000, 12, 51_000)
-PAYLOAD = m.AuthReqPayload(
-    False, USD_42, m.AVSData("1 Main St", "94016", "US"), None, "PO-99172"
-)
+PAYLOAD = m.AuthReqPayload(False, USD_42, m.AVSData("1 Main St", "94016", "US"), None, "PO-99172")
 AUTH_REQ_DATA = m.AuthReqData(
     AUTH_TAGS, m.CheckDigests(b32("hoi"), b32("hod")), PAYLOAD, False, None
 )
@@ -63,18 +61,33 @@ DATA_SAMPLES: dict[str, Any] = {
         TRANS_IDS, b32("rrpid-1"), b32("chall-c"), b32("chall-m"), b32("pe"), None
     ),
     "OIData": m.OIData(
-        TRANS_IDS, b32("rrpid-2"), b32("chall-c"), b32("hod"), b32("odsalt"), b32("chall-m"),
-        "visa", "411111",
+        TRANS_IDS,
+        b32("rrpid-2"),
+        b32("chall-c"),
+        b32("hod"),
+        b32("odsalt"),
+        b32("chall-m"),
+        "visa",
+        "411111",
     ),
     "PIHead": m.PIHead(
-        TRANS_IDS, m.PurchaseInputs(b32("hod"), USD_42), "MER-004211", b32("mthumb"),
-        b32("gthumb"), m.InstallRecurData(None, 30, NOW_MS + 10**10), b32("stain"),
-        "setpay-wallet/0.1", m.BackKeyData("aes-256-gcm", b32("acq-back")),
-        m.AccountKind.BANK_ACCOUNT, m.PinEntry.PIN_SECURE,
+        TRANS_IDS,
+        m.PurchaseInputs(b32("hod"), USD_42),
+        "MER-004211",
+        b32("mthumb"),
+        b32("gthumb"),
+        m.InstallRecurData(None, 30, NOW_MS + 10**10),
+        b32("stain"),
+        "setpay-wallet/0.1",
+        m.BackKeyData("aes-256-gcm", b32("acq-back")),
+        m.AccountKind.BANK_ACCOUNT,
+        m.PinEntry.PIN_SECURE,
     ),
-    "PIAccount": m.AccountPart(b"\x94\xa80001-234\xa6201612", b"\x04\x12\x34\xff" * 4),
     "PRes": m.PResData(
-        TRANS_IDS, b32("rrpid-2"), b32("chall-c"), m.CompletionCode.CAPTURE_PERFORMED,
+        TRANS_IDS,
+        b32("rrpid-2"),
+        b32("chall-c"),
+        m.CompletionCode.CAPTURE_PERFORMED,
         m.AuthStatus(NOW_MS, m.AuthCode.APPROVED, USD_42),
         m.CapStatus(NOW_MS, m.CapCode.SUCCESS, USD_42),
         [m.CreditStatus(NOW_MS, m.CapRevOrCredCode.SUCCESS, m.CurrAmt("USD", 500))],
@@ -82,27 +95,37 @@ DATA_SAMPLES: dict[str, Any] = {
     ),
     "InqReq": m.InqReqData(TRANS_IDS, b32("rrpid-3"), b32("chall-c2")),
     "InqRes": m.PResData(
-        TRANS_IDS, b32("rrpid-3"), b32("chall-c2"), m.CompletionCode.ORDER_RECEIVED,
-        None, None, [], None,
+        TRANS_IDS,
+        b32("rrpid-3"),
+        b32("chall-c2"),
+        m.CompletionCode.ORDER_RECEIVED,
+        None,
+        None,
+        [],
+        None,
     ),
     "AuthReq": AUTH_REQ_DATA,
     "AuthRes": m.AuthResData(
-        AUTH_TAGS, b32("pe-new"), AUTH_RES_PAYLOAD, BATCH_STATUS,
+        AUTH_TAGS,
+        b32("pe-new"),
+        AUTH_RES_PAYLOAD,
+        BATCH_STATUS,
         m.CapResPayload(m.CapCode.SUCCESS, USD_42, 7, 4),
     ),
     "AuthResBaggage": m.AuthResBaggage(b"cap-token-bytes", None, b"auth-token-bytes"),
     "CapToken": m.CapTokenData(b32("rrpid-auth"), USD_42, b"gw-state-01"),
     "AuthToken": m.AuthTokenData(TRANS_IDS, b32("rrpid-auth"), USD_42, b"gw-state-02"),
     "AuthRevReq": m.AuthRevReqData(AUTH_TAGS, AUTH_REQ_DATA, AUTH_RES_PAYLOAD, m.CurrAmt("USD", 0)),
-    "AuthRevRes": m.AuthRevResData(
-        AUTH_TAGS, m.AuthRevCode.APPROVED, m.CurrAmt("USD", 0), None
-    ),
+    "AuthRevRes": m.AuthRevResData(AUTH_TAGS, m.AuthRevCode.APPROVED, m.CurrAmt("USD", 0), None),
     "CapReq": m.CapReqData(RR_TAGS, [m.CapItem(TRANS_IDS, b32("rrpid-auth"), CAP_PAYLOAD)]),
     "TokenSeq": m.TokenSeq([b"cap-token-1", b"cap-token-2"]),
     "CapRes": m.CapResData(
         RR_TAGS,
-        [m.CapResItem(TRANS_IDS, b32("rrpid-auth"), m.CapResPayload(
-            m.CapCode.SUCCESS, USD_42, 7, 4))],
+        [
+            m.CapResItem(
+                TRANS_IDS, b32("rrpid-auth"), m.CapResPayload(m.CapCode.SUCCESS, USD_42, 7, 4)
+            )
+        ],
         [BATCH_STATUS],
     ),
     "CapRevReq": m.CapRevOrCredReqData(
@@ -116,31 +139,53 @@ DATA_SAMPLES: dict[str, Any] = {
     "CredRevReq": m.CapRevOrCredReqData(RR_TAGS, []),
     "CapRevRes": m.CapRevOrCredResData(
         RR_TAGS,
-        [m.CapRevOrCredResItem(
-            TRANS_IDS, b32("rrpid-auth"), m.CapRevOrCredCode.BATCH_CLOSED, USD_42, 7, None)],
+        [
+            m.CapRevOrCredResItem(
+                TRANS_IDS, b32("rrpid-auth"), m.CapRevOrCredCode.BATCH_CLOSED, USD_42, 7, None
+            )
+        ],
         [],
     ),
     "CredRes": m.CapRevOrCredResData(
         RR_TAGS,
-        [m.CapRevOrCredResItem(
-            TRANS_IDS, b32("rrpid-auth"), m.CapRevOrCredCode.SUCCESS, JPY, 8, 1)],
+        [
+            m.CapRevOrCredResItem(
+                TRANS_IDS, b32("rrpid-auth"), m.CapRevOrCredCode.SUCCESS, JPY, 8, 1
+            )
+        ],
         [BATCH_STATUS],
     ),
     "CredRevRes": m.CapRevOrCredResData(RR_TAGS, [], []),
     "PCertReq": m.PCertReqData(RR_TAGS, [m.BrandAndBIN("visa", "411111")], [b32("t1")]),
     "PCertRes": m.PCertResData(RR_TAGS, m.PCertCode.SUCCESS, [b32("gw-cert")]),
     "BatchAdminReq": m.BatchAdminReqData(
-        RR_TAGS, 7, [], m.BatchOperation.CLOSE, True,
-        m.ReturnTransactionDetail(0, 100, False), BATCH_STATUS,
+        RR_TAGS,
+        7,
+        [],
+        m.BatchOperation.CLOSE,
+        True,
+        m.ReturnTransactionDetail(0, 100, False),
+        BATCH_STATUS,
     ),
     "BatchAdminRes": m.BatchAdminResData(
-        RR_TAGS, 7, m.BAStatus.SUCCESS, BATCH_STATUS, m.TransmissionStatus.SUCCESS,
+        RR_TAGS,
+        7,
+        m.BAStatus.SUCCESS,
+        BATCH_STATUS,
+        m.TransmissionStatus.SUCCESS,
         m.SettlementInfo(m.CurrAmt("USD", 50_000), "net", "ACCT-REF-88", NOW_MS),
-        m.TransDetails(None, [m.TransDetailItem(
-            TRANS_IDS, b32("rrpid-auth"), m.BatchItemKind.CAPTURE, USD_42, 4, False)]),
+        m.TransDetails(
+            None,
+            [
+                m.TransDetailItem(
+                    TRANS_IDS, b32("rrpid-auth"), m.BatchItemKind.CAPTURE, USD_42, 4, False
+                )
+            ],
+        ),
     ),
-    "CardCInitRes": m.CardCInitResData(b32("rrpid-4"), b"lid-ee-1", b32("chall-ee"),
-                                       b32("cae"), b32("bci")),
+    "CardCInitRes": m.CardCInitResData(
+        b32("rrpid-4"), b"lid-ee-1", b32("chall-ee"), b32("cae"), b32("bci")
+    ),
     "Me-AqCInitRes": m.MeAqCInitResData(
         b32("rrpid-5"), b"lid-ee-2", b32("chall-ee"), b32("cae"), FORM, None
     ),
@@ -148,27 +193,44 @@ DATA_SAMPLES: dict[str, Any] = {
         b32("rrpid-6"), b"lid-ee-1", b32("chall-ee2"), m.RequestType.INITIAL, "ja", []
     ),
     "RegFormRes": m.RegFormResData(
-        b32("rrpid-6"), b"lid-ee-1", b32("chall-ee2"), b32("chall-ca"), b32("cae"), None,
+        b32("rrpid-6"),
+        b"lid-ee-1",
+        b32("chall-ee2"),
+        b32("chall-ca"),
+        b32("cae"),
+        None,
         m.Referral("issuer-referral", "Please call your bank."),
     ),
     "CertReq": m.CertReqData(
-        b32("rrpid-7"), b"lid-ee-1", b32("chall-ee3"), b32("chall-ca"), m.RequestType.INITIAL,
-        5, [m.RegFieldValue("name", "Hanako Yamada")],
+        b32("rrpid-7"),
+        b"lid-ee-1",
+        b32("chall-ee3"),
+        b32("chall-ca"),
+        m.RequestType.INITIAL,
+        5,
+        [m.RegFieldValue("name", "Hanako Yamada")],
         m.BackKeyData("aes-256-gcm", b32("ca-back")),
-        [m.PublicKeyInfo(m.KeyUse.SIGNATURE, b"\x30\x59" + bytes(89))], None, [],
-    ),
-    "AcctInfo": m.AcctInfo(b"\x92\xb04111111111111111\xc4\x20" + b32("ex"), b32("card-secret")),
-    "CertRes": m.CertResData(b32("rrpid-7"), b"lid-ee-1", b32("chall-ee3"), CERT_STATUS,
-                             [b32("new-cert")]),
-    "CertInqReq": m.CertInqReqData(b32("rrpid-8"), b"lid-ee-1", b32("chall-ee3")),
-    "CertInqRes": m.CertResData(
-        b32("rrpid-8"), b"lid-ee-1", b32("chall-ee3"),
-        m.CertStatus(m.CertStatusCode.REQUEST_PENDED, None, [], [
-            m.FailedItem("address", "too long")]),
+        [m.PublicKeyInfo(m.KeyUse.SIGNATURE, b"\x30\x59" + bytes(89))],
+        None,
         [],
     ),
-    "Error": m.ErrorTBS(ErrorCode.SIGNATURE_FAILURE, b32("err-nonce"), None, b32("thumb"),
-                        b"\x96\x01\x00"),
+    "AcctInfo": m.AcctInfo(b"\x92\xb04111111111111111\xc4\x20" + b32("ex"), b32("card-secret")),
+    "CertRes": m.CertResData(
+        b32("rrpid-7"), b"lid-ee-1", b32("chall-ee3"), CERT_STATUS, [b32("new-cert")]
+    ),
+    "CertInqReq": m.CertInqReqData(b32("rrpid-8"), b"lid-ee-1", b32("chall-ee3")),
+    "CertInqRes": m.CertResData(
+        b32("rrpid-8"),
+        b"lid-ee-1",
+        b32("chall-ee3"),
+        m.CertStatus(
+            m.CertStatusCode.REQUEST_PENDED, None, [], [m.FailedItem("address", "too long")]
+        ),
+        [],
+    ),
+    "Error": m.ErrorTBS(
+        ErrorCode.SIGNATURE_FAILURE, b32("err-nonce"), None, b32("thumb"), b"\x96\x01\x00"
+    ),
 }
 
 
@@ -179,14 +241,25 @@ def _enc(content_type: str) -> bytes:
 
 BODY_SAMPLES: dict[m.MessageType, Any] = {
     m.MessageType.PINIT_REQ: m.PInitReq(
-        b32("rrpid-1"), "en", b"lid-c-0001", None, b32("chall-c"), "visa", "411111",
-        m.AccountKind.CARD, [b32("cached-cert")],
+        b32("rrpid-1"),
+        "en",
+        b"lid-c-0001",
+        None,
+        b32("chall-c"),
+        "visa",
+        "411111",
+        m.AccountKind.CARD,
+        [b32("cached-cert")],
     ),
-    m.MessageType.PINIT_RES: m.PInitRes(signed("PInitRes", DATA_SAMPLES["PInitRes"]),
-                                        [CERT, CERT], [], b"bci-bytes"),
+    m.MessageType.PINIT_RES: m.PInitRes(
+        signed("PInitRes", DATA_SAMPLES["PInitRes"]), [CERT, CERT], [], b"bci-bytes"
+    ),
     m.MessageType.PREQ: m.PReq(
-        m.PIKind.DUAL_SIGNED, b"pi-dual-signed-bytes" * 20, codec.encode(DATA_SAMPLES["OIData"]),
-        b32("pidata"), [CERT],
+        m.PIKind.DUAL_SIGNED,
+        b"pi-dual-signed-bytes" * 20,
+        codec.encode(DATA_SAMPLES["OIData"]),
+        b32("pidata"),
+        [CERT],
     ),
     m.MessageType.PRES: m.PRes(signed("PRes", DATA_SAMPLES["PRes"]), [CERT], [], None),
     m.MessageType.INQ_REQ: m.InqReq(False, codec.encode(DATA_SAMPLES["InqReq"]), []),
@@ -212,8 +285,15 @@ BODY_SAMPLES: dict[m.MessageType, Any] = {
     ),
     m.MessageType.CARD_CINIT_RES: m.CardCInitRes(_enc("CardCInitRes"), [CERT], [], b"bci"),
     m.MessageType.ME_AQ_CINIT_REQ: m.MeAqCInitReq(
-        b32("rrpid-5"), b"lid-ee-2", b32("chall-ee"), m.RequestType.INITIAL,
-        m.EntityKind.MERCHANT, m.IDData("MER-004211", "411111", None), "visa", "en", [],
+        b32("rrpid-5"),
+        b"lid-ee-2",
+        b32("chall-ee"),
+        m.RequestType.INITIAL,
+        m.EntityKind.MERCHANT,
+        m.IDData("MER-004211", "411111", None),
+        "visa",
+        "en",
+        [],
     ),
     m.MessageType.ME_AQ_CINIT_RES: m.MeAqCInitRes(_enc("Me-AqCInitRes"), [CERT], [], None),
     m.MessageType.REG_FORM_REQ: m.RegFormReq(_enc("RegFormReq")),

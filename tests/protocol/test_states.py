@@ -14,9 +14,7 @@ from protocol.states import Direction, Event, MachineKind, Outcome
 
 ALL_EVENTS = [
     Event(d, t, o)
-    for d, t, o in itertools.product(
-        (Direction.SEND, Direction.RECEIVE), list(M), [None, *Outcome]
-    )
+    for d, t, o in itertools.product((Direction.SEND, Direction.RECEIVE), list(M), [None, *Outcome])
 ] + [Event(Direction.LOCAL, None, o) for o in Outcome]
 
 
@@ -87,8 +85,14 @@ def test_cardholder_purchase_path_and_refusals() -> None:
 def test_merchant_order_path() -> None:
     m = s.merchant_order()
     for direction, t in [
-        ("r", M.PINIT_REQ), ("s", M.PINIT_RES), ("r", M.PREQ), ("s", M.AUTH_REQ),
-        ("r", M.AUTH_RES), ("s", M.PRES), ("r", M.INQ_REQ), ("s", M.INQ_RES),
+        ("r", M.PINIT_REQ),
+        ("s", M.PINIT_RES),
+        ("r", M.PREQ),
+        ("s", M.AUTH_REQ),
+        ("r", M.AUTH_RES),
+        ("s", M.PRES),
+        ("r", M.INQ_REQ),
+        ("s", M.INQ_RES),
     ]:
         (m.receive if direction == "r" else m.send)(t)
     assert m.state == s.MerchantOrder.DONE
