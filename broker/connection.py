@@ -40,6 +40,7 @@ _TRANSIENT = (
     aiormq.exceptions.ChannelInvalidStateError,
     aiormq.exceptions.ChannelClosed,
     asyncio.TimeoutError,
+    RuntimeError,  # aio-pika: "Connection was not opened" while reconnecting
 )
 NO_ROUTE = 312
 
@@ -102,6 +103,10 @@ class Bus:
 
     async def _publisher(self) -> AbstractRobustChannel:
         async with self._channel_lock:
+            if self._publish_channel is not None and self._publish_channel.is_closed:
+                # During a reconnect the robust channel reopens itself: wait for the link
+                # instead of opening a second channel on a connection that is not up.
+                await self.connection.connected.wait()  # type: ignore[attr-defined]
             if self._publish_channel is None or self._publish_channel.is_closed:
                 self._publish_channel = await self.channel(confirms=True)
                 self._exchanges.clear()
