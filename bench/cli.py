@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-BENCH_MODULES = ("bench.protocol", "bench.keystore", "bench.broker")
+BENCH_MODULES = ("bench.protocol", "bench.keystore", "bench.broker", "bench.ca")
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
