@@ -1,0 +1,5 @@
+"""`python -m setpay` is the `setpay` command."""
+
+from setpay.cli import main
+
+raise SystemExit(main())
