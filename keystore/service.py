@@ -12,6 +12,7 @@ unexpected exception becomes ``INTERNAL`` naming only its type.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +25,6 @@ from keystore.policy import Policy
 from setpay.logs import get_logger
 
 RPC_QUEUE = "keystore.rpc"
-audit_log = get_logger(component="keystore.audit")
 
 
 class KeystoreService:
@@ -34,6 +34,8 @@ class KeystoreService:
         self.hsm = hsm
         self.policy = policy
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pkcs11")
+        # Bound here, not at import: a worker configures logging (its log file) before this.
+        self._audit = get_logger(component="keystore.audit", pid=os.getpid())
 
     async def start(self) -> None:
         """Open the token session on the PKCS#11 thread."""
@@ -134,7 +136,7 @@ class KeystoreService:
             outcome = Fault.INTERNAL.name.lower()
             raise InternalError(f"unexpected {type(exc).__name__}") from None
         finally:
-            audit_log.info(
+            self._audit.info(
                 "keystore_op",
                 caller=caller,
                 label=label,

@@ -16,6 +16,7 @@ import os
 import queue as queue_mod
 import signal
 import sys
+import time
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
 from typing import Any
@@ -27,8 +28,6 @@ from keystore.service import RPC_QUEUE, KeystoreService
 from setpay import logs
 from setpay.config import Settings
 from setpay.logs import get_logger
-
-log = get_logger(component="keystore.pool")
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +84,7 @@ async def _serve(spec: WorkerSpec, index: int, ready: Any) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    log = get_logger(component="keystore.worker")
     log.info("keystore_worker_ready", worker=index, pid=os.getpid(), queue=spec.queue)
     ready.put(("ready", index, os.getpid()))
     await stop.wait()
@@ -116,13 +116,19 @@ class KeystorePool:
 
     def _await_ready(self, indexes: set[int], timeout: float) -> None:
         pending = set(indexes)
+        deadline = time.monotonic() + timeout
         while pending:
             try:
-                status, index, detail = self._ready.get(timeout=timeout)
+                status, index, detail = self._ready.get(timeout=0.25)
             except queue_mod.Empty:
-                raise TokenUnavailable(
-                    f"keystore workers {sorted(pending)} not ready within {timeout:g}s"
-                ) from None
+                dead = sorted(i for i in pending if not self.processes[i].is_alive())
+                if dead:
+                    raise TokenUnavailable(f"keystore workers {dead} exited during start") from None
+                if time.monotonic() > deadline:
+                    raise TokenUnavailable(
+                        f"keystore workers {sorted(pending)} not ready within {timeout:g}s"
+                    ) from None
+                continue
             if status == "failed":
                 raise TokenUnavailable(f"keystore worker {index} failed to start: {detail}")
             pending.discard(index)
@@ -137,7 +143,7 @@ class KeystorePool:
         """Respawn workers that exited; return their indexes."""
         dead = [i for i, p in self.processes.items() if not p.is_alive()]
         for index in dead:
-            log.warning("keystore_worker_restart", worker=index)
+            get_logger(component="keystore.pool").warning("keystore_worker_restart", worker=index)
             self.processes[index].close()
             self._spawn(index)
         if dead:
@@ -151,7 +157,9 @@ class KeystorePool:
             try:
                 await self.restart_dead()
             except KeystoreError as exc:
-                log.error("keystore_worker_restart_failed", error=exc.text)
+                get_logger(component="keystore.pool").error(
+                    "keystore_worker_restart_failed", error=exc.text
+                )
 
     async def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM every worker (they drain) and wait; SIGKILL what is left."""
