@@ -1,9 +1,189 @@
-"""`setpay demo` (to be written)."""
+"""`setpay demo`: for now, the protocol self-check of one purchase, run in this process.
+
+Rule 1: the self-check drives the real protocol library (records, wrapper, dual signature,
+EncB with the PI as baggage) and prints what each party could and could not read.
+Rule 2: it uses software keys made for the run (``bench.protocol.BenchKey``); the HSM-backed
+end-to-end demo with every party as its own process replaces it with issue #6.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives import serialization
+
+from bench.protocol import BenchKey
+from protocol import codec, dualsig, primitives, treatments, wrapper
+from protocol.errors import ProtocolError
+from protocol.ids import SystemClock, new_challenge, new_lid, new_rrpid, new_xid
+from protocol.keys import SUITES, Suite
+from protocol.messages import (
+    AccountKind,
+    CurrAmt,
+    OIData,
+    PIHead,
+    PIKind,
+    PReq,
+    PurchaseInputs,
+    TransIDs,
+)
+from protocol.pan import Account, make_pan_data, new_secret, pan_secret, trans_stain
+from protocol.pan import AccountKind as PanAccountKind
+
+DEMO_PAN = "4111111111111111"  # the well-known Visa test number
+ORDER = "2 x espresso beans, 1 kg"
+
+
+@dataclass
+class Check:
+    step: str
+    ok: bool
+    detail: str
+
+
+@dataclass
+class Party:
+    key: BenchKey
+    thumb: bytes
+
+
+def _party(suite: Suite, name: str) -> Party:
+    key = BenchKey(suite, name)
+    der = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return Party(key, primitives.thumbprint(der))  # stands in for the certificate thumbprint
+
+
+async def _purchase(
+    suite: Suite, ch: Party, mer: Party, gw: Party, amount: int
+) -> tuple[bytes, bytes, bytes]:
+    """Cardholder side: a wrapped PReq; returns (preq bytes, oi_data, pi)."""
+    now = SystemClock().now_ms()
+    ids = TransIDs(new_lid(), None, new_xid(), now, None, "en")
+    od_salt = new_challenge()
+    hod = primitives.labelled_digest("HOD", codec.packb([ORDER, amount, od_salt]))
+    card_secret = new_secret()
+    oi = OIData(ids, new_rrpid(), new_challenge(), hod, od_salt, new_challenge(), "alpha", "411111")
+    head = PIHead(
+        ids,
+        PurchaseInputs(hod, CurrAmt(392, amount)),
+        "M-1001",
+        mer.thumb,
+        gw.thumb,
+        None,
+        trans_stain(card_secret, ids.xid),
+        "setpay-demo",
+        None,
+        AccountKind.CARD,
+        None,
+    )
+    account = Account(PanAccountKind.CARD, DEMO_PAN)
+    pan_data = make_pan_data(account, "2812", pan_secret(card_secret, new_secret()))
+    parts = await dualsig.make_dual_signed(
+        ch.key,
+        ch.thumb,
+        suite,
+        gw.key.public_key(),
+        gw.thumb,
+        mer.thumb,
+        codec.encode(head),
+        codec.encode(pan_data),
+        codec.encode(oi),
+    )
+    preq = PReq(PIKind.DUAL_SIGNED, parts.pi, parts.oi_data, parts.pi_digest, [])
+    header = wrapper.make_header(now, xid=ids.xid, lid_c=ids.lid_c, rrpid=oi.rrpid)
+    return wrapper.encode_message(header, preq), parts.oi_data, parts.pi
+
+
+async def _expect_error(fn: Callable[[], object]) -> str:
+    """The SET error code ``fn`` (sync or async) fails with, or "ACCEPTED"."""
+    try:
+        result = fn()
+        if inspect.isawaitable(result):
+            await result
+    except ProtocolError as exc:
+        return exc.code.name.lower()
+    return "ACCEPTED"
+
+
+async def run_selfcheck(suite: Suite) -> list[Check]:
+    """One purchase through merchant and gateway checks, then tampering and swapping."""
+    ch, mer, gw = (_party(suite, n) for n in ("cardholder", "merchant", "gateway"))
+    checks: list[Check] = []
+    wire, oi_data, _ = await _purchase(suite, ch, mer, gw, 1250)
+    _, other_oi, other_pi = await _purchase(suite, ch, mer, gw, 99)
+
+    decoded = wrapper.decode_message(wire, now_ms=SystemClock().now_ms())
+    preq: PReq = decoded.body
+    dualsig.verify_oi_at_merchant(
+        preq.pi, preq.oi_data, preq.pi_data_digest, ch.key.public_key(), mer.thumb, gw.thumb
+    )
+    checks.append(Check("merchant verifies the dual signature", True, f"PReq {len(wire)} bytes"))
+    checks.append(
+        Check("merchant cannot see the PAN", DEMO_PAN.encode() not in wire, "not in PReq bytes")
+    )
+
+    auth_data = codec.packb([new_rrpid(), "M-1001", 1250, dualsig.oi_digest(preq.oi_data)])
+    auth = await treatments.make_encb(
+        mer.key, mer.thumb, suite, gw.key.public_key(), gw.thumb, "AuthReq", auth_data, preq.pi
+    )
+
+    async def gateway_opens(auth_bytes: bytes, oi_expected: bytes) -> dualsig.GatewayView:
+        opened = await treatments.open_encb(
+            gw.key, gw.thumb, auth_bytes, mer.key.public_key(), "AuthReq"
+        )
+        assert opened.baggage is not None
+        return await dualsig.open_at_gateway(
+            opened.baggage, gw.key, gw.thumb, ch.key.public_key(), mer.thumb, oi_expected
+        )
+
+    view = await gateway_opens(auth, dualsig.oi_digest(oi_data))
+    checks.append(
+        Check("gateway opens the PI and verifies", DEMO_PAN.encode() in view.pan_data, "PAN read")
+    )
+    checks.append(
+        Check("gateway cannot see the order", ORDER.encode() not in auth, "only H(OIData)")
+    )
+    flipped = bytearray(auth)
+    flipped[len(flipped) // 2] ^= 0x01
+    code = await _expect_error(lambda: gateway_opens(bytes(flipped), dualsig.oi_digest(oi_data)))
+    checks.append(Check("a flipped bit in AuthReq is refused", code != "ACCEPTED", code))
+    swapped = await treatments.make_encb(
+        mer.key, mer.thumb, suite, gw.key.public_key(), gw.thumb, "AuthReq", auth_data, other_pi
+    )
+    code = await _expect_error(lambda: gateway_opens(swapped, dualsig.oi_digest(oi_data)))
+    checks.append(Check("a PI from another purchase is refused", code != "ACCEPTED", code))
+    code = await _expect_error(
+        lambda: dualsig.verify_oi_at_merchant(
+            preq.pi, other_oi, preq.pi_data_digest, ch.key.public_key(), mer.thumb, gw.thumb
+        )
+    )
+    checks.append(Check("an OI from another purchase is refused", code != "ACCEPTED", code))
+    return checks
+
+
+def _cmd(args: argparse.Namespace, settings: object) -> int:
+    print("setpay demo: protocol self-check (software keys; the multi-process demo comes next)")
+    failed = 0
+    for name in args.suites.split(","):
+        checks = asyncio.run(run_selfcheck(SUITES[name]))
+        print(f"\nsuite {name}")
+        print(f"  {'step':44} {'result':7} detail")
+        for c in checks:
+            failed += not c.ok
+            print(f"  {c.step:44} {'ok' if c.ok else 'FAILED':7} {c.detail}")
+    print(f"\n{'all checks passed' if not failed else f'{failed} checks FAILED'}")
+    return 1 if failed else 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add ``setpay demo``."""
+    p = sub.add_parser("demo", help="run the demo (for now: the protocol self-check)")
+    p.add_argument("--suites", default="rsa2048,p256", help="comma-separated suite names")
+    p.set_defaults(func=_cmd)
+
