@@ -25,7 +25,7 @@ def _setpay(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
         "SETPAY_LOG_FORMAT": "json",
     }
     return subprocess.run(
-        [sys.executable, "-m", "setpay.cli", *args],
+        [str(Path(sys.executable).parent / "setpay"), *args],
         env=env, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
 
