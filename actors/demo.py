@@ -22,7 +22,6 @@ from protocol.errors import ProtocolError
 from protocol.ids import SystemClock, new_challenge, new_lid, new_rrpid, new_xid
 from protocol.keys import SUITES, Suite
 from protocol.messages import (
-    AccountKind,
     CurrAmt,
     OIData,
     PIHead,
@@ -31,8 +30,7 @@ from protocol.messages import (
     PurchaseInputs,
     TransIDs,
 )
-from protocol.pan import Account, make_pan_data, new_secret, pan_secret, trans_stain
-from protocol.pan import AccountKind as PanAccountKind
+from protocol.pan import Account, AccountKind, make_pan_data, new_secret, pan_secret, trans_stain
 
 DEMO_PAN = "4111111111111111"  # the well-known Visa test number
 ORDER = "2 x espresso beans, 1 kg"
@@ -82,7 +80,7 @@ async def _purchase(
         AccountKind.CARD,
         None,
     )
-    account = Account(PanAccountKind.CARD, DEMO_PAN)
+    account = Account(AccountKind.CARD, DEMO_PAN)
     pan_data = make_pan_data(account, "2812", pan_secret(card_secret, new_secret()))
     parts = await dualsig.make_dual_signed(
         ch.key,

@@ -23,6 +23,7 @@ from typing import Annotated
 from protocol import codec
 from protocol.codec import Amount, Digest, MaxLen, Nonce, Range, ShortStr, Size, Timestamp
 from protocol.errors import ErrorCode
+from protocol.pan import AccountKind  # card or OPE bank account: one definition
 
 # --- field shapes -----------------------------------------------------------------------
 
@@ -86,13 +87,6 @@ class MessageType(IntEnum):
     CERT_INQ_REQ = 38
     CERT_INQ_RES = 39
     ERROR = 99
-
-
-class AccountKind(IntEnum):
-    """What the account identifier is (OPE adds bank accounts to SET's cards)."""
-
-    CARD = 1
-    BANK_ACCOUNT = 2
 
 
 class PinEntry(IntEnum):

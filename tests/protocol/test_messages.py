@@ -80,7 +80,7 @@ DATA_SAMPLES: dict[str, Any] = {
         b32("stain"),
         "setpay-wallet/0.1",
         m.BackKeyData("aes-256-gcm", b32("acq-back")),
-        m.AccountKind.BANK_ACCOUNT,
+        m.AccountKind.BANK,
         m.PinEntry.PIN_SECURE,
     ),
     "PRes": m.PResData(
