@@ -63,9 +63,24 @@ def mask_secrets(_logger: Any, _method: str, event_dict: MutableMapping[str, Any
 _configured = False
 
 
+class _StderrLogger:
+    """Writes each line to whatever ``sys.stderr`` is *now* (safe when tests swap it)."""
+
+    def msg(self, message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    log = debug = info = warn = warning = error = critical = exception = fatal = msg
+
+
 def configure(log_format: str = "auto", level: str = "info", stream: Any = None) -> None:
-    """Configure structlog for this process (idempotent; the last call wins)."""
+    """Configure structlog for this process (idempotent; the last call wins).
+
+    Lines go to ``stream`` when given, else to the current ``sys.stderr`` at each call.
+    """
     global _configured
+    factory: Any = (
+        structlog.PrintLoggerFactory(stream) if stream else (lambda *_: _StderrLogger())
+    )
     stream = stream or sys.stderr
     use_console = log_format == "console" or (log_format == "auto" and stream.isatty())
     renderer: Any = (
@@ -85,14 +100,15 @@ def configure(log_format: str = "auto", level: str = "info", stream: Any = None)
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
         ),
-        logger_factory=structlog.PrintLoggerFactory(stream),
+        logger_factory=factory,
         cache_logger_on_first_use=False,
     )
     _configured = True
 
 
 def get_logger(**bind: Any) -> Any:
-    """A structlog logger with ``bind`` context; configures defaults on first use."""
+    """A lazy structlog logger with ``bind`` context: it follows later ``configure`` calls,
+    so module-level loggers pick up a worker's format and level."""
     if not _configured:
         configure()
-    return structlog.get_logger().bind(**bind)
+    return structlog.get_logger(**bind)

@@ -36,6 +36,10 @@ class UserUrl(str):
         obj.password = password
         return obj
 
+    def __reduce__(self) -> tuple[type, tuple[str, str, str]]:
+        # spawned processes receive it pickled
+        return (UserUrl, (str(self), self.user, self.password))
+
 
 class BrokerVhost:
     """A throw-away vhost; ``add_user`` creates uniquely named users limited to it."""
