@@ -72,6 +72,9 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
 fi
 say "setpay $("$VENV/bin/setpay" --version | cut -d' ' -f2) ready in $VENV"
 
+# --- the project's own SoftHSM2 token (never the system token directory) ---------------
+"$VENV/bin/setpay" keystore init
+
 if [ $RUN_DEMO = 1 ]; then
   say "running the demo"
   exec "$VENV/bin/setpay" demo
