@@ -1,0 +1,105 @@
+"""The PIN/PAN security interface the host needs, masking helpers, and the keystore binding.
+
+Rule 1: clear PANs enter only ``pan_index``; clear PINs never enter this process: PINs
+arrive as ISO 9564 format-4 blocks under the zone PIN key (ZPK) and are opened only inside
+the security module, which returns a PVV or a yes/no.
+Rule 2: PVV = HMAC-SHA256(PVK, "setpay/pvv/v1" ‖ len(account) ‖ account ‖ PIN) truncated to
+``PVV_BYTES``; the PAN index = HMAC-SHA256(PAN-index key, "setpay/pan-index/v1" ‖ account).
+Both keys live in the HSM; the DB holds only their outputs.
+Rule 3: ``mask_account`` is the one way an account appears in logs or display: last 4 only.
+"""
+
+from __future__ import annotations
+
+from typing import Final, Protocol
+
+from actors.issuer.errors import SecurityUnavailable
+
+PVV_BYTES: Final = 8
+PAN_INDEX_LABEL: Final = b"setpay/pan-index/v1\x00"
+PVV_LABEL: Final = b"setpay/pvv/v1\x00"
+PAN_INDEX_KEY: Final = "issuer-pan-index"  # keystore key names (labels are <user>/<name>)
+PVK_KEY: Final = "issuer-pvk"
+ZPK_KEY: Final = "zpk"
+
+
+class IssuerSecurity(Protocol):
+    """What the host asks of its security module. Implementations raise
+    ``SecurityUnavailable`` when they cannot answer (never a wrong answer)."""
+
+    async def pan_index(self, pan: str) -> bytes:
+        """The keyed index of an account reference (32 bytes)."""
+        ...
+
+    async def pvv(self, account: str, pin_block_under_zpk: bytes) -> bytes:
+        """The PVV of the PIN in ``pin_block_under_zpk`` bound to ``account``.
+
+        Raises ``InvalidPinBlock`` if the block does not open for ``account``."""
+        ...
+
+    async def verify_pin(self, account: str, pin_block_under_zpk: bytes, pvv: bytes) -> bool:
+        """True iff the block opens under the ZPK for ``account`` and its PIN's PVV is ``pvv``."""
+        ...
+
+
+def pan_index_input(account: str) -> bytes:
+    """The bytes the PAN-index HMAC runs over (domain-separated)."""
+    return PAN_INDEX_LABEL + account.encode("ascii")
+
+
+def pvv_input(account: str, pin: str) -> bytes:
+    """The bytes the PVV HMAC runs over; only a security module ever builds this."""
+    acct = account.encode("ascii")
+    return PVV_LABEL + len(acct).to_bytes(1, "big") + acct + pin.encode("ascii")
+
+
+def mask_account(account: str) -> str:
+    """``…1234``: the last four digits, for display and logs."""
+    digits = "".join(ch for ch in account if ch.isdigit())
+    return f"…{digits[-4:]}" if len(digits) >= 4 else "…"
+
+
+class HmacClient(Protocol):
+    """The slice of ``keystore.client.KeystoreClient`` the PAN index needs."""
+
+    async def hmac(self, label: str, data: bytes) -> bytes: ...
+
+
+class KeystoreIssuerSecurity:
+    """``IssuerSecurity`` over the keystore actor (``keystore.client.KeystoreClient``).
+
+    ``pan_index`` uses the keystore's ``hmac`` op today. The PIN ops need a keystore
+    operation that does not exist yet (``pin_pvv``; see ``PIN_OP_CONTRACT``); until it
+    does they raise ``SecurityUnavailable`` and the host declines PIN transactions with 96.
+    """
+
+    def __init__(self, client: HmacClient, *, pan_index_label: str, pvk_label: str) -> None:
+        self.client = client
+        self.pan_index_label = pan_index_label
+        self.pvk_label = pvk_label
+
+    async def pan_index(self, pan: str) -> bytes:
+        try:
+            return bytes(await self.client.hmac(self.pan_index_label, pan_index_input(pan)))
+        except Exception as exc:  # any keystore failure: unavailable, never a guess
+            raise SecurityUnavailable(f"pan index failed: {type(exc).__name__}") from None
+
+    async def pvv(self, account: str, pin_block_under_zpk: bytes) -> bytes:
+        raise SecurityUnavailable("the keystore has no pin_pvv operation yet")
+
+    async def verify_pin(self, account: str, pin_block_under_zpk: bytes, pvv: bytes) -> bool:
+        raise SecurityUnavailable("the keystore has no pin_pvv operation yet")
+
+
+PIN_OP_CONTRACT: Final = """
+keystore op pin_pvv(zpk_label, pvk_label, account: str, pin_block: bytes[16]) -> bytes[8]
+  1. Decipher the ISO 9564 format-4 block with the AES ZPK inside the token (CKM_AES_ECB
+     decrypt of the two blocks as in protocol.pin.decipher_format4); a block that does not
+     decode for `account` -> Fault invalid_pin_block (no detail).
+  2. validate_pin; build pvv_input(account, pin) in keystore memory only.
+  3. CKM_SHA256_HMAC with the PVK (generic secret, sensitive, non-extractable); return the
+     first 8 bytes. Wipe the PIN buffer; audit (op, key labels, outcome), never the PIN.
+keystore op pin_verify(zpk_label, pvk_label, account, pin_block, pvv) -> bool
+  = constant-time compare of pin_pvv(...) with pvv; invalid block -> False.
+Callers: the issuer host only (policy: identity issuer.*).
+"""
