@@ -112,6 +112,55 @@ def clear_policy(vhost: str, name: str) -> None:
     _ctl(["clear_policy", "--vhost", vhost, name], ok=(_NOT_FOUND,), absent_ok=True)
 
 
+def authenticate(name: str, password: str) -> bool:
+    """Whether ``name`` exists and ``password`` is its password (checked by the broker)."""
+    done = _ctl(["authenticate_user", name], stdin=password + "\n", ok=(65, _NOT_FOUND))
+    return done.returncode == 0
+
+
+def change_password(name: str, password: str) -> None:
+    """Give the existing user ``name`` the new ``password``."""
+    _ctl(["change_password", name], stdin=password + "\n")
+
+
+def _json_rows(args: Sequence[str]) -> list[dict[str, Any]]:
+    out = _ctl([*args, "--formatter", "json"]).stdout.strip()
+    try:
+        rows = json.loads(out or "[]")
+    except json.JSONDecodeError as exc:
+        raise AdminError(f"rabbitmqctl {args[0]} printed no JSON") from exc
+    return [row for row in rows if isinstance(row, dict)]
+
+
+def list_permissions(vhost: str) -> dict[str, tuple[str, str, str]]:
+    """``user -> (configure, write, read)`` on ``vhost``."""
+    return {
+        row["user"]: (row["configure"], row["write"], row["read"])
+        for row in _json_rows(["list_permissions", "--vhost", vhost])
+    }
+
+
+def list_policies(vhost: str) -> dict[str, dict[str, Any]]:
+    """``name -> {pattern, apply-to, priority, definition}`` of the policies on ``vhost``."""
+    policies: dict[str, dict[str, Any]] = {}
+    for row in _json_rows(["list_policies", "--vhost", vhost]):
+        definition = row.get("definition")
+        if isinstance(definition, str):
+            definition = json.loads(definition)
+        policies[row["name"]] = {
+            "pattern": row["pattern"],
+            "apply-to": row["apply-to"],
+            "priority": int(row["priority"]),
+            "definition": definition,
+        }
+    return policies
+
+
+def list_names(kind: str, vhost: str) -> set[str]:
+    """Names of the ``kind`` ("queues" or "exchanges") that exist on ``vhost``."""
+    return {row["name"] for row in _json_rows([f"list_{kind}", "--vhost", vhost, "name"])}
+
+
 def list_users() -> list[str]:
     """Names of all broker users."""
     out = _ctl(["list_users", "--no-table-headers"]).stdout

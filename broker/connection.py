@@ -29,6 +29,8 @@ from aio_pika.abc import (
 )
 
 from broker.errors import BrokerError, PeerUnavailable, PublishError
+from broker.topology import SET_EXCHANGE, TRACE_EXCHANGE
+from broker.trace import TraceTap
 from setpay.logs import get_logger
 
 log = get_logger(component="broker")
@@ -60,6 +62,7 @@ class Bus:
         self._publish_channel: AbstractRobustChannel | None = None
         self._channel_lock = asyncio.Lock()
         self._exchanges: dict[str, AbstractExchange] = {}
+        self.trace = TraceTap()
 
     async def channel(
         self, *, confirms: bool = True, prefetch: int | None = None
@@ -162,6 +165,8 @@ class Bus:
                     mandatory=mandatory,
                     timeout=min(attempt_timeout, remaining),
                 )
+                if exchange == SET_EXCHANGE and self.trace.wanted():
+                    await self._trace_copy(message, routing_key)
                 return
             except aiormq.exceptions.PublishError as exc:
                 code = getattr(exc.frame, "reply_code", None)
@@ -189,6 +194,14 @@ class Bus:
                 last = exc
             await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
             delay = min(delay * 2, 1.0)
+
+    async def _trace_copy(self, message: aio_pika.Message, routing_key: str) -> None:
+        try:
+            tap = await self._exchange(TRACE_EXCHANGE)
+        except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
+            log.warning("trace_copy_failed", error=type(exc).__name__)
+            return
+        await self.trace.copy(tap, message, routing_key)
 
     async def close(self) -> None:
         """Close every channel and the connection."""

@@ -6,9 +6,13 @@ processes of that role consume (competing consumers).
 Rule 2: every queue dead-letters into one dead-letter exchange/queue, is bounded (max length
 with ``reject-publish``, so an overfull queue nacks the publisher instead of dropping
 messages) and may carry a request TTL.
-Rule 3: the trace exchange is bound exchange-to-exchange to the SET exchange: the broker
-copies SET envelopes to it and drops them when no recorder queue is bound, so tracing costs
-nothing when nobody records. Keystore RPC does not pass the SET exchange and is never traced.
+Rule 3: the trace exchange is NOT bound to the SET exchange (a bound recorder would make
+every SET message routable and defeat ``mandatory``): publishers copy SET envelopes to it
+themselves, only while a recorder is bound (see ``broker.trace``). Keystore RPC does not pass
+the SET exchange and is never traced.
+Rule 4: declaring is idempotent. When everything already exists (``setpay broker init``
+created it) actors only look it up with passive declares, which need no configure rights on
+the shared exchanges, so least-privilege identities can start.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import aiormq
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue, ExchangeType
 
 SET_EXCHANGE = "setpay.set"
@@ -68,29 +73,66 @@ class Declared:
     role: AbstractQueue
 
 
-async def declare_common(channel: AbstractChannel) -> tuple[AbstractExchange, AbstractQueue]:
-    """Declare the SET, dead-letter and trace exchanges and the dead-letter queue."""
+async def _exists(channel: AbstractChannel, exchanges: list[str], queues: list[str]) -> bool:
+    """Whether all these exist, probed on a throw-away channel (a failed probe closes it)."""
+    underlay = await channel.get_underlay_channel()
+    probe = await underlay.connection.channel()
+    try:
+        for name in exchanges:
+            await probe.exchange_declare(name, passive=True)
+        for name in queues:
+            await probe.queue_declare(name, passive=True)
+    except aiormq.exceptions.ChannelNotFoundEntity:
+        return False
+    finally:
+        if not probe.is_closed:
+            await probe.close()
+    return True
+
+
+COMMON_EXCHANGES = [SET_EXCHANGE, DEAD_LETTER_EXCHANGE, TRACE_EXCHANGE]
+
+
+async def declare_common(
+    channel: AbstractChannel, *, passive: bool = False
+) -> tuple[AbstractExchange, AbstractQueue]:
+    """Declare (or, ``passive``, look up) the SET, dead-letter and trace exchanges and the
+    dead-letter queue."""
+    if passive:
+        exchange = await channel.declare_exchange(SET_EXCHANGE, passive=True)
+        return exchange, await channel.declare_queue(DEAD_LETTER_QUEUE, passive=True)
     exchange = await channel.declare_exchange(SET_EXCHANGE, ExchangeType.TOPIC, durable=True)
     dlx = await channel.declare_exchange(DEAD_LETTER_EXCHANGE, ExchangeType.FANOUT, durable=True)
     dead = await channel.declare_queue(DEAD_LETTER_QUEUE, durable=True)
     await dead.bind(dlx)
     trace = await channel.declare_exchange(TRACE_EXCHANGE, ExchangeType.FANOUT, durable=True)
-    await trace.bind(exchange, routing_key="#")
+    # Older topologies bound the tap to the SET exchange; that binding broke `mandatory`.
+    await trace.unbind(exchange, routing_key="#")
     return exchange, dead
 
 
 async def declare_actor(
-    channel: AbstractChannel, role: str, instance: str, limits: QueueLimits | None = None
+    channel: AbstractChannel,
+    role: str,
+    instance: str,
+    limits: QueueLimits | None = None,
+    *,
+    passive: bool | None = None,
 ) -> Declared:
-    """Declare the common topology plus ``role``'s work queue and this instance's queue."""
+    """Declare the common topology plus ``role``'s work queue and this instance's queue.
+
+    ``passive=None`` looks everything up when it all exists and declares it otherwise."""
     limits = limits or QueueLimits()
-    exchange, dead = await declare_common(channel)
-    mine = await channel.declare_queue(
-        instance_queue(role, instance), durable=True, arguments=limits.arguments()
-    )
+    names = [instance_queue(role, instance), role_queue(role)]
+    if passive is None:
+        passive = await _exists(channel, COMMON_EXCHANGES, [DEAD_LETTER_QUEUE, *names])
+    exchange, dead = await declare_common(channel, passive=passive)
+    if passive:
+        mine = await channel.declare_queue(names[0], passive=True)
+        shared = await channel.declare_queue(names[1], passive=True)
+        return Declared(exchange=exchange, dead_letters=dead, instance=mine, role=shared)
+    mine = await channel.declare_queue(names[0], durable=True, arguments=limits.arguments())
     await mine.bind(exchange, routing_key=instance_key(role, instance))
-    shared = await channel.declare_queue(
-        role_queue(role), durable=True, arguments=limits.arguments()
-    )
+    shared = await channel.declare_queue(names[1], durable=True, arguments=limits.arguments())
     await shared.bind(exchange, routing_key=role)
     return Declared(exchange=exchange, dead_letters=dead, instance=mine, role=shared)

@@ -1,0 +1,234 @@
+"""`setpay broker init`: apply deploy/rabbitmq/definitions.toml to the running RabbitMQ.
+
+Rule 1: idempotent -- each step compares what exists with what is wanted and changes only
+the difference; a second run reports everything ``unchanged``.
+Rule 2: least privilege -- identity ``<role>.<instance>`` may configure and read only its own
+queues (``set.<role>``, ``set.<role>.<instance>``, listed extras) and write only to the
+listed exchanges; the shared topology is declared here, as the admin user.
+Rule 3: passwords come from ``broker.credentials`` (generated once, reused), travel to
+rabbitmqctl on stdin and never appear in the summary, logs or errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from broker import admin
+from broker.connection import connect
+from broker.credentials import CredentialStore, amqp_url, credentials_path
+from broker.errors import BrokerError
+from broker.topology import COMMON_EXCHANGES, declare_actor, declare_common
+
+DEFINITIONS = Path(__file__).resolve().parents[1] / "deploy" / "rabbitmq" / "definitions.toml"
+FULL = (".*", ".*", ".*")
+
+
+class DefinitionsError(BrokerError):
+    """The definitions file is missing, not TOML, or lacks a required field."""
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """One actor identity; its broker user is ``<prefix><role>.<instance>``."""
+
+    role: str
+    instance: str
+    queues: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return f"{self.role}.{self.instance}"
+
+    def own_queues(self) -> tuple[str, ...]:
+        return (f"set.{self.role}", f"set.{self.role}.{self.instance}", *self.queues)
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    name: str
+    pattern: str
+    definition: Mapping[str, Any]
+    apply_to: str = "queues"
+    priority: int = 0
+
+    def as_listed(self) -> dict[str, Any]:
+        """The shape ``admin.list_policies`` reports, for comparison."""
+        return {"pattern": self.pattern, "apply-to": self.apply_to,
+                "priority": self.priority, "definition": dict(self.definition)}
+
+
+@dataclass(frozen=True, slots=True)
+class Definitions:
+    identities: tuple[Identity, ...]
+    policies: tuple[Policy, ...]
+    write_exchanges: tuple[str, ...]
+
+    def permissions(self, identity: Identity) -> tuple[str, str, str]:
+        """(configure, write, read) regular expressions for ``identity``."""
+        own = _alternatives(identity.own_queues())
+        return own, _alternatives(self.write_exchanges), own
+
+
+def _alternatives(names: tuple[str, ...]) -> str:
+    return "^(" + "|".join(re.escape(n) for n in names) + ")$"
+
+
+def load_definitions(path: Path = DEFINITIONS) -> Definitions:
+    """Read the definitions TOML (identities, policies, write_exchanges)."""
+    try:
+        table = tomllib.loads(path.read_text())
+        identities = tuple(
+            Identity(str(i["role"]), str(i["instance"]), tuple(map(str, i.get("queues", ()))))
+            for i in table["identities"]
+        )
+        policies = tuple(
+            Policy(str(p["name"]), str(p["pattern"]), dict(p["definition"]),
+                   str(p.get("apply_to", "queues")), int(p.get("priority", 0)))
+            for p in table.get("policies", ())
+        )
+        exchanges = tuple(map(str, table["write_exchanges"]))
+    except OSError as exc:
+        raise DefinitionsError(f"cannot read {path} ({type(exc).__name__})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise DefinitionsError(f"{path}: not valid TOML ({exc})") from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DefinitionsError(f"{path}: missing or malformed field {exc}") from None
+    return Definitions(identities, policies, exchanges)
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One line of the summary: ``kind name: outcome`` (created, updated, unchanged...)."""
+
+    kind: str
+    name: str
+    outcome: str
+
+    def __str__(self) -> str:
+        return f"{self.kind:<12} {self.name:<28} {self.outcome}"
+
+
+@dataclass(slots=True)
+class Report:
+    vhost: str
+    credentials: Path
+    changes: list[Change] = field(default_factory=list)
+
+    def add(self, kind: str, name: str, outcome: str) -> None:
+        self.changes.append(Change(kind, name, outcome))
+
+    def changed(self) -> list[Change]:
+        return [c for c in self.changes if c.outcome != "unchanged"]
+
+    def lines(self) -> list[str]:
+        """The printed summary: every entity and its outcome, then the totals."""
+        counts: dict[str, int] = {}
+        for change in self.changes:
+            counts[change.outcome] = counts.get(change.outcome, 0) + 1
+        totals = ", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items()))
+        return [f"broker init on vhost {self.vhost!r}", *map(str, self.changes),
+                f"total: {totals}; passwords kept in {self.credentials} (mode 0600)"]
+
+
+def _admin_url(base_url: str, user: str, password: str, vhost: str) -> str:
+    parts = urlsplit(base_url)
+    port = f":{parts.port}" if parts.port else ""
+    auth = f"{quote(user, safe='')}:{quote(password, safe='')}"
+    return f"amqp://{auth}@{parts.hostname or '127.0.0.1'}{port}/{quote(vhost, safe='')}"
+
+
+def _apply_admin(report: Report, defs: Definitions, store: CredentialStore,
+                 admin_user: str, user_prefix: str) -> None:
+    vhost = report.vhost
+    if vhost in admin.list_vhosts():
+        report.add("vhost", vhost, "unchanged")
+    else:
+        admin.create_vhost(vhost)
+        report.add("vhost", vhost, "created")
+    granted = admin.list_permissions(vhost)
+    wanted = {admin_user: FULL}
+    for identity in defs.identities:
+        wanted[user_prefix + identity.name] = defs.permissions(identity)
+    users = set(admin.list_users())
+    for identity in defs.identities:
+        user = user_prefix + identity.name
+        password, generated = store.ensure(user)
+        if user not in users:
+            admin.add_user(user, password)
+            report.add("user", user, "created")
+        elif not generated and admin.authenticate(user, password):
+            report.add("user", user, "unchanged")
+        else:
+            # The broker has the user but not our stored password (e.g. a lost data_dir).
+            admin.change_password(user, password)
+            report.add("user", user, "password reset")
+    for user, perms in wanted.items():
+        if granted.get(user) == perms:
+            report.add("permissions", user, "unchanged")
+        else:
+            admin.set_permissions(vhost, user, *perms)
+            report.add("permissions", user, "updated" if user in granted else "created")
+    existing = admin.list_policies(vhost)
+    for policy in defs.policies:
+        if existing.get(policy.name) == policy.as_listed():
+            report.add("policy", policy.name, "unchanged")
+            continue
+        admin.set_policy(vhost, policy.name, policy.pattern, policy.definition,
+                         apply_to=policy.apply_to, priority=policy.priority)
+        report.add("policy", policy.name, "updated" if policy.name in existing else "created")
+
+
+async def _apply_topology(report: Report, defs: Definitions, url: str) -> None:
+    before = {
+        kind: await asyncio.to_thread(admin.list_names, kind, report.vhost)
+        for kind in ("exchanges", "queues")
+    }
+    bus = await connect(url, name="setpay-broker-init")
+    try:
+        channel = await bus.channel(confirms=False)
+        _exchange, dead = await declare_common(channel)
+        queues = [dead.name]
+        for identity in defs.identities:
+            declared = await declare_actor(channel, identity.role, identity.instance,
+                                           passive=False)
+            queues += [declared.role.name, declared.instance.name]
+    finally:
+        await bus.close()
+    for name in COMMON_EXCHANGES:
+        report.add("exchange", name, "unchanged" if name in before["exchanges"] else "created")
+    for name in dict.fromkeys(queues):
+        report.add("queue", name, "unchanged" if name in before["queues"] else "created")
+
+
+async def init(
+    *,
+    vhost: str,
+    data_dir: Path,
+    base_url: str,
+    admin_user: str,
+    admin_password: str,
+    definitions: Definitions | None = None,
+    user_prefix: str = "",
+) -> Report:
+    """Apply ``definitions`` (default: deploy/rabbitmq/definitions.toml) to ``vhost``.
+
+    ``user_prefix`` namespaces the broker users (tests: users are broker-wide)."""
+    defs = definitions or load_definitions()
+    store = CredentialStore(credentials_path(data_dir))
+    report = Report(vhost=vhost, credentials=store.path)
+    await asyncio.to_thread(_apply_admin, report, defs, store, admin_user, user_prefix)
+    await _apply_topology(report, defs, _admin_url(base_url, admin_user, admin_password, vhost))
+    return report
+
+
+def identity_url(data_dir: Path, identity: str, vhost: str, base_url: str,
+                 *, user_prefix: str = "") -> str:
+    """The AMQP URL an actor uses to connect as ``identity`` (``<role>.<instance>``)."""
+    return amqp_url(data_dir, user_prefix + identity, vhost, base_url)
