@@ -1,0 +1,94 @@
+"""The CA actor process: the actor runtime around ``CAService``.
+
+Rule 1: the CA connects as broker user ``ca.<instance>``; its keys are that identity's keys in
+the keystore (labels ``ca.<instance>/<name>``), so only this identity can use them.
+Rule 2: the actor refuses to start without a hierarchy (``setpay ca init`` first): it never
+creates CA keys on its own.
+Rule 3: the reply goes to the requester's ``reply_to`` through the runtime; a request is
+acked only after its effects and reply are committed (``CAService`` Rule 2).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from actors.ca.brands import TEST_BRANDS, Brand
+from actors.ca.errors import CAError
+from actors.ca.hierarchy import ROOT, Hierarchy
+from actors.ca.keys import KeystoreKeys
+from actors.ca.service import CAService
+from actors.ca.store import CAStore
+from actors.ca.wire import amqp_type
+from actors.runtime import Actor, Reply
+from broker.consumer import Delivery
+from keystore.client import KeystoreClient
+from keystore.service import RPC_QUEUE
+from protocol import ids
+from protocol.keys import get_suite
+from protocol.messages import MessageType
+from setpay.config import Settings
+
+REQUESTS = (
+    MessageType.CARD_CINIT_REQ,
+    MessageType.ME_AQ_CINIT_REQ,
+    MessageType.REG_FORM_REQ,
+    MessageType.CERT_REQ,
+)
+
+
+class CAActor(Actor):
+    """Serves certificate requests of every brand in the store."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        instance: str,
+        *,
+        url: str | None = None,
+        keystore_queue: str = RPC_QUEUE,
+        brands: tuple[Brand, ...] = TEST_BRANDS,
+        clock: ids.Clock | None = None,
+        health_file: Path | None = None,
+    ) -> None:
+        super().__init__(
+            "ca",
+            instance,
+            url or settings.amqp_url,
+            prefetch=settings.broker_prefetch,
+            health_file=health_file,
+        )
+        self.settings = settings
+        self.keystore_queue = keystore_queue
+        self.brands = brands
+        self.clock = clock
+        self.store: CAStore | None = None
+        self.keystore: KeystoreClient | None = None
+        self.service: CAService | None = None
+
+    async def setup(self) -> None:
+        assert self.bus is not None
+        self.store = CAStore.open(self.settings.data_dir)
+        if self.store.ca(ROOT) is None:
+            raise CAError("no CA hierarchy in the database: run `setpay ca init` first")
+        self.keystore = await KeystoreClient.create(
+            self.bus, queue=self.keystore_queue, timeout=self.settings.broker_rpc_timeout
+        )
+        keys = KeystoreKeys(self.keystore, get_suite(self.settings.suite))
+        self.service = CAService(Hierarchy(self.store, keys), brands=self.brands, clock=self.clock)
+        for msg_type in REQUESTS:
+            self.on(amqp_type(msg_type), self._handle)
+
+    async def _handle(self, delivery: Delivery) -> Reply:
+        assert self.service is not None
+        return await self.service.handle(delivery.body)
+
+    async def teardown(self) -> None:
+        if self.keystore is not None:
+            await self.keystore.close()
+        if self.store is not None:
+            self.store.close()
+
+
+def main(settings: Settings, instance: str, health_file: Path | None = None) -> Actor:
+    """Factory used by ``setpay run ca`` (supervisor ROLES: ``actors.ca:main``)."""
+    return CAActor(settings, instance, health_file=health_file)

@@ -1,0 +1,525 @@
+"""The end-entity side of registration: what a wallet, merchant POS or gateway runs.
+
+Rule 1: every CA response is checked before it is used: the CA certificate chains to the
+trusted root with the right role and brand, the signature verifies, our challenge and RRPID
+come back, the certificate issued holds *our* public key (and, for a cardholder, the hash of
+our account under PANSecret).
+Rule 2: the requester's private keys are ``PrivateKey`` objects (the HSM through the keystore);
+the PAN travels only inside EXH/EncX extra parts to the CA's key-exchange key.
+Rule 3: ``CAClient`` is transport only: it publishes to the ``ca`` role over the SET exchange
+and waits for the reply on its own instance queue; it keeps a copy of every message it sent
+and received in ``traffic`` when asked to (tests grep it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography import x509
+
+from actors.ca.wire import CERT_REQ, amqp_type, pop_signer, renewal_content, spki_der
+from broker.connection import Bus
+from broker.consumer import Delivery, consume
+from broker.topology import SET_EXCHANGE, declare_actor, instance_key
+from protocol import codec, ids, pan
+from protocol.certs import (
+    CertType,
+    cert_thumbprint,
+    load_certificate,
+    public_key_of,
+    set_extension,
+)
+from protocol.certs import (
+    KeyUse as CertKeyUse,
+)
+from protocol.chain import Expect, validate_path
+from protocol.envelope import make_exh
+from protocol.errors import ErrorCode, ProtocolError
+from protocol.keys import PrivateKey, PublicKey
+from protocol.messages import (
+    AccountKind,
+    AcctInfo,
+    BackKeyData,
+    CardCInitReq,
+    CardCInitRes,
+    CardCInitResData,
+    CertReq,
+    CertReqData,
+    CertRes,
+    CertResData,
+    CertStatusCode,
+    EntityKind,
+    Error,
+    ErrorTBS,
+    IDData,
+    KeyUse,
+    MeAqCInitReq,
+    MeAqCInitRes,
+    MeAqCInitResData,
+    MessageType,
+    PublicKeyInfo,
+    RegFieldValue,
+    RegFormReq,
+    RegFormReqData,
+    RegFormRes,
+    RegFormResData,
+    RequestType,
+)
+from protocol.revocation import RevocationState
+from protocol.signed import SignedData, open_signed
+from protocol.treatments import make_enc, make_encx, open_enck
+from protocol.wrapper import decode_message, encode_message, make_header
+
+LANGUAGE = "en"
+
+
+class CARequestError(Exception):
+    """The CA answered a SET Error (``code``) or a refusal status (``status``)."""
+
+    def __init__(
+        self, detail: str, *, code: ErrorCode | None = None, status: CertStatusCode | None = None
+    ) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.status = status
+
+
+@dataclass
+class CAClient:
+    """Sends wrapped requests to the CA role and awaits replies on ``<role>.<instance>``."""
+
+    bus: Bus
+    role: str
+    instance: str
+    clock: ids.Clock = field(default_factory=ids.SystemClock)
+    timeout: float = 15.0
+    record: bool = False
+    traffic: list[bytes] = field(default_factory=list)
+    _waiting: dict[str, asyncio.Future[tuple[str, bytes]]] = field(default_factory=dict)
+    _consumer: Any = None
+
+    async def start(self) -> CAClient:
+        channel = await self.bus.channel()
+        declared = await declare_actor(channel, self.role, self.instance)
+        self._consumer = await consume(self.bus, declared.instance.name, self._on_reply)
+        return self
+
+    async def close(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+    async def _on_reply(self, delivery: Delivery) -> None:
+        future = self._waiting.pop(delivery.correlation_id or "", None)
+        if future is not None and not future.done():
+            future.set_result((delivery.msg_type or "", delivery.body))
+
+    async def request_raw(self, msg_type: MessageType | str, data: bytes) -> tuple[str, bytes]:
+        """Send ``data`` as ``msg_type`` to the CA; (reply type, reply bytes)."""
+        kind = msg_type if isinstance(msg_type, str) else amqp_type(msg_type)
+        correlation = uuid.uuid4().hex
+        future: asyncio.Future[tuple[str, bytes]] = asyncio.get_running_loop().create_future()
+        self._waiting[correlation] = future
+        message = self.bus.message(
+            data,
+            msg_type=kind,
+            correlation_id=correlation,
+            reply_to=instance_key(self.role, self.instance),
+        )
+        if self.record:
+            self.traffic.append(data)
+        try:
+            await self.bus.publish("ca", message, exchange=SET_EXCHANGE)
+            reply = await asyncio.wait_for(future, self.timeout)
+        finally:
+            self._waiting.pop(correlation, None)
+        if self.record:
+            self.traffic.append(reply[1])
+        return reply
+
+    async def request(self, body: Any, rrpid: bytes, expect: type) -> Any:
+        """Wrap ``body``, send it, decode the reply; a SET Error raises ``CARequestError``."""
+        data = encode_message(make_header(self.clock.now_ms(), rrpid=rrpid), body)
+        _, reply = await self.request_raw(_type_of(body), data)
+        return decode_reply(reply, self.clock.now_ms(), expect)
+
+
+def _type_of(body: Any) -> MessageType:
+    from protocol.messages import MESSAGE_TYPES
+
+    return MESSAGE_TYPES[type(body)]
+
+
+def decode_reply(reply: bytes, now_ms: int, expect: type) -> Any:
+    """Decode a CA reply; SET Error → ``CARequestError`` with its code."""
+    decoded = decode_message(reply, now_ms=now_ms)
+    if isinstance(decoded.body, Error):
+        tbs = codec.decode(ErrorTBS, decoded.body.content)
+        raise CARequestError(f"CA answered {tbs.code.name}", code=tbs.code)
+    if not isinstance(decoded.body, expect):
+        raise ProtocolError(ErrorCode.MESSAGE_NOT_SUPPORTED, "unexpected reply type")
+    return decoded.body
+
+
+# --- checking what the CA sent -------------------------------------------------------------
+
+
+@dataclass
+class CAView:
+    """What a requester learnt about one CA: its certificates, checked to the root."""
+
+    root: x509.Certificate
+    brand: str
+    ca_cert: x509.Certificate
+    kx_cert: x509.Certificate
+    brand_cert: x509.Certificate
+    bci: bytes | None
+    crls: list[bytes]
+
+    def revocation(self, now_ms: int) -> RevocationState | None:
+        if self.bci is None:
+            return None
+        return RevocationState.load(self.bci, self.brand_cert, self.crls, _dt(now_ms))
+
+
+def _dt(ms: int) -> Any:
+    from actors.ca.hierarchy import to_dt
+
+    return to_dt(ms)
+
+
+def _verify_ca(
+    root: x509.Certificate,
+    brand: str,
+    ca_type: CertType,
+    certs: list[bytes],
+    bci: bytes | None,
+    crls: list[bytes],
+    now_ms: int,
+) -> CAView:
+    parsed = [load_certificate(c) for c in certs]
+    by_role: dict[tuple[CertType, CertKeyUse], x509.Certificate] = {}
+    for cert in parsed:
+        ext = set_extension(cert)
+        by_role[(ext.cert_type, ext.key_use)] = cert
+    try:
+        ca = by_role[(ca_type, CertKeyUse.SIGNATURE)]
+        kx = by_role[(ca_type, CertKeyUse.KEY_EXCHANGE)]
+        brand_cert = by_role[(CertType.BRAND, CertKeyUse.SIGNATURE)]
+    except KeyError:
+        raise ProtocolError(ErrorCode.MISSING_CERTIFICATE, "CA certificates missing") from None
+    now = _dt(now_ms)
+    validate_path(
+        brand_cert,
+        [],
+        root=root,
+        now=now,
+        expect=Expect(CertType.BRAND, CertKeyUse.SIGNATURE, brand),
+        revocation=None,
+    )
+    revocation = RevocationState.load(bci, brand_cert, crls, now) if bci is not None else None
+    for cert, use in ((ca, CertKeyUse.SIGNATURE), (kx, CertKeyUse.KEY_EXCHANGE)):
+        validate_path(
+            cert,
+            [brand_cert],
+            root=root,
+            now=now,
+            expect=Expect(ca_type, use, brand),
+            revocation=revocation,
+        )
+    return CAView(root, brand, ca, kx, brand_cert, bci, list(crls))
+
+
+def _open_signed(data: bytes, cert: x509.Certificate, content_type: str, record: type) -> Any:
+    signed = codec.decode(SignedData, data)
+    if signed.signer != cert_thumbprint(cert):
+        raise ProtocolError(ErrorCode.SIGNATURE_FAILURE, "signed by another certificate")
+    return codec.decode(record, open_signed(signed, public_key_of(cert), content_type))
+
+
+def _check_echo(got: bytes, sent: bytes, what: str) -> None:
+    if got != sent:
+        raise ProtocolError(ErrorCode.CHALLENGE_MISMATCH, f"{what} not echoed")
+
+
+def _check_issued(cert: x509.Certificate, public_key: PublicKey) -> None:
+    if spki_der(public_key_of(cert)) != spki_der(public_key):
+        raise ProtocolError(ErrorCode.INVALID_CERTIFICATE, "certificate holds another key")
+
+
+# --- cardholder --------------------------------------------------------------------------
+
+
+@dataclass
+class CardholderRegistration:
+    """The result of a cardholder registration (``pan_secret`` stays with the wallet)."""
+
+    cert: x509.Certificate
+    chain: list[x509.Certificate]
+    pan_secret: bytes = field(repr=False)
+    ca: CAView
+
+
+async def register_cardholder(
+    client: CAClient,
+    *,
+    root: x509.Certificate,
+    brand: str,
+    account: pan.Account,
+    expiry: str,
+    key: PrivateKey,
+    values: dict[str, str],
+) -> CardholderRegistration:
+    """CardCInit → RegForm → CertReq → CertRes, checking every answer (Rule 1)."""
+    now = client.clock.now_ms
+    lid = ids.new_lid()
+    # 1. CardCInit
+    rrpid, chall = ids.new_rrpid(), ids.new_challenge()
+    res1: CardCInitRes = await client.request(
+        CardCInitReq(rrpid, lid, chall, brand, AccountKind.CARD, []), rrpid, CardCInitRes
+    )
+    ca = _verify_ca(root, brand, CertType.CCA, res1.certs, res1.bci, res1.crls, now())
+    data1: CardCInitResData = _open_signed(
+        res1.signed, ca.ca_cert, "CardCInitRes", CardCInitResData
+    )
+    _check_echo(data1.chall_ee, chall, "Chall-EE")
+    _check_echo(data1.rrpid, rrpid, "RRPID")
+    if data1.ca_e_thumb != cert_thumbprint(ca.kx_cert):
+        raise ProtocolError(ErrorCode.THUMBS_MISMATCH, "CAEThumb is not the CA's kx cert")
+    kx_public = public_key_of(ca.kx_cert)
+    kx_thumb = cert_thumbprint(ca.kx_cert)
+    # 2. RegForm: the PAN only inside the EXH extra part
+    rrpid2, chall2 = ids.new_rrpid(), ids.new_challenge()
+    reg_data = RegFormReqData(rrpid2, lid, chall2, RequestType.INITIAL, LANGUAGE, _held(ca))
+    enc = await make_exh(
+        key.suite,
+        kx_public,
+        kx_thumb,
+        "RegFormReq",
+        codec.encode(reg_data),
+        codec.encode(pan.make_pan_only(account)),
+    )
+    res2: RegFormRes = await client.request(RegFormReq(enc), rrpid2, RegFormRes)
+    data2: RegFormResData = _open_signed(res2.signed, ca.ca_cert, "RegFormRes", RegFormResData)
+    _check_echo(data2.chall_ee2, chall2, "Chall-EE2")
+    if data2.form is None:
+        raise CARequestError("CA referred the registration", status=CertStatusCode.REQUEST_PENDED)
+    # 3. CertReq: EncX with the account and CardSecret extra-encrypted
+    card_secret = pan.new_secret()
+    back_key = pan.new_secret()
+    rrpid3, chall3 = ids.new_rrpid(), ids.new_challenge()
+    req_data = CertReqData(
+        rrpid3,
+        lid,
+        chall3,
+        data2.chall_ca,
+        RequestType.INITIAL,
+        data2.form.reg_form_id,
+        [RegFieldValue(k, v) for k, v in values.items()],
+        BackKeyData("aes-256-gcm", back_key),
+        [PublicKeyInfo(KeyUse.SIGNATURE, spki_der(key.public_key()))],
+        None,
+        _held(ca),
+    )
+    acct = AcctInfo(codec.encode(pan.make_pan_token(account, expiry)), card_secret)
+    enc3 = await make_encx(
+        key,
+        pop_signer(key.public_key()),
+        key.suite,
+        kx_public,
+        kx_thumb,
+        CERT_REQ,
+        codec.encode(req_data),
+        codec.encode(acct),
+    )
+    res3: CertRes = await client.request(CertReq(enc3, []), rrpid3, CertRes)
+    # 4. CertRes: EncK under our CABackKey, signed by the CCA
+    opened = open_enck(
+        back_key, res3.protected, public_key_of(ca.ca_cert), "CertRes", context=rrpid3
+    )
+    data3 = codec.decode(CertResData, opened.content)
+    _check_echo(data3.chall_ee3, chall3, "Chall-EE3")
+    status = data3.status
+    if status.code is not CertStatusCode.REQUEST_COMPLETE or status.nonce_cca is None:
+        raise CARequestError(f"CA refused: {status.code.name}", status=status.code)
+    certs = [load_certificate(c) for c in res3.certs]
+    cert = next((c for c in certs if cert_thumbprint(c) in data3.cert_thumbs), None)
+    if cert is None:
+        raise ProtocolError(ErrorCode.MISSING_CERTIFICATE, "issued certificate not attached")
+    _check_issued(cert, key.public_key())
+    secret = pan.pan_secret(card_secret, status.nonce_cca)
+    ext = set_extension(cert)
+    expected = pan.account_hash(secret, account, expiry)
+    if ext.account_hash != expected:
+        raise ProtocolError(ErrorCode.LINKAGE_FAILURE, "certificate holds another account hash")
+    chain = [ca.ca_cert, ca.brand_cert]
+    validate_path(
+        cert,
+        chain,
+        root=root,
+        now=_dt(now()),
+        expect=Expect(CertType.CARDHOLDER, CertKeyUse.SIGNATURE, brand),
+        revocation=ca.revocation(now()),
+    )
+    return CardholderRegistration(cert, chain, secret, ca)
+
+
+def _held(ca: CAView) -> list[bytes]:
+    from protocol import primitives
+    from protocol.revocation import bci_thumbprint
+
+    thumbs = [cert_thumbprint(c) for c in (ca.ca_cert, ca.kx_cert, ca.brand_cert)]
+    thumbs += [primitives.thumbprint(c) for c in ca.crls]
+    if ca.bci is not None:
+        thumbs.append(bci_thumbprint(ca.bci))
+    return thumbs
+
+
+# --- merchant and gateway ------------------------------------------------------------------
+
+
+@dataclass
+class EntityRegistration:
+    sig_cert: x509.Certificate
+    kx_cert: x509.Certificate
+    chain: list[x509.Certificate]
+    ca: CAView
+
+
+async def me_aq_init(
+    client: CAClient,
+    *,
+    root: x509.Certificate,
+    brand: str,
+    requester: EntityKind,
+    id_data: IDData,
+    request_type: RequestType = RequestType.INITIAL,
+) -> tuple[CAView, MeAqCInitResData]:
+    """Me-AqCInit: the CA's certificates (checked) and its registration form."""
+    rrpid, chall = ids.new_rrpid(), ids.new_challenge()
+    res: MeAqCInitRes = await client.request(
+        MeAqCInitReq(
+            rrpid, ids.new_lid(), chall, request_type, requester, id_data, brand, LANGUAGE, []
+        ),
+        rrpid,
+        MeAqCInitRes,
+    )
+    ca_type = CertType.MCA if requester is EntityKind.MERCHANT else CertType.PCA
+    ca = _verify_ca(root, brand, ca_type, res.certs, res.bci, res.crls, client.clock.now_ms())
+    data: MeAqCInitResData = _open_signed(res.signed, ca.ca_cert, "Me-AqCInitRes", MeAqCInitResData)
+    _check_echo(data.chall_ee, chall, "Chall-EE")
+    return ca, data
+
+
+async def build_me_aq_cert_req(
+    ca: CAView,
+    form_id: int,
+    *,
+    sig_key: PrivateKey,
+    kx_key: PrivateKey,
+    values: dict[str, str],
+    renew: tuple[PrivateKey, list[x509.Certificate]] | None = None,
+) -> tuple[CertReq, CertReqData]:
+    """An Enc CertReq for a signature and a key-exchange key (renewal: old key and chain)."""
+    from protocol.certs import certificate_der
+
+    rrpid = ids.new_rrpid()
+    data = CertReqData(
+        rrpid,
+        ids.new_lid(),
+        ids.new_challenge(),
+        None,
+        RequestType.RENEWAL if renew else RequestType.INITIAL,
+        form_id,
+        [RegFieldValue(k, v) for k, v in values.items()],
+        None,
+        [
+            PublicKeyInfo(KeyUse.SIGNATURE, spki_der(sig_key.public_key())),
+            PublicKeyInfo(KeyUse.KEY_EXCHANGE, spki_der(kx_key.public_key())),
+        ],
+        cert_thumbprint(renew[1][0]) if renew else None,
+        _held(ca),
+    )
+    content = codec.encode(data)
+    certs: list[bytes] = []
+    if renew is not None:
+        old_key, old_chain = renew
+        content = await renewal_content(old_key, cert_thumbprint(old_chain[0]), content)
+        certs = [certificate_der(c) for c in old_chain]
+    enc = await make_enc(
+        sig_key,
+        pop_signer(sig_key.public_key()),
+        sig_key.suite,
+        public_key_of(ca.kx_cert),
+        cert_thumbprint(ca.kx_cert),
+        CERT_REQ,
+        content,
+    )
+    return CertReq(enc, certs), data
+
+
+def check_me_aq_cert_res(
+    res: CertRes,
+    data: CertReqData,
+    ca: CAView,
+    cert_type: CertType,
+    sig_key: PrivateKey,
+    kx_key: PrivateKey,
+    now_ms: int,
+) -> EntityRegistration:
+    """Verify a merchant/gateway CertRes: signature, echo, both certificates hold our keys."""
+    out: CertResData = _open_signed(res.protected, ca.ca_cert, "CertRes", CertResData)
+    _check_echo(out.chall_ee3, data.chall_ee3, "Chall-EE3")
+    if out.status.code is not CertStatusCode.REQUEST_COMPLETE:
+        raise CARequestError(f"CA refused: {out.status.code.name}", status=out.status.code)
+    issued = [c for c in map(load_certificate, res.certs) if cert_thumbprint(c) in out.cert_thumbs]
+    by_use = {set_extension(c).key_use: c for c in issued}
+    sig, kx = by_use.get(CertKeyUse.SIGNATURE), by_use.get(CertKeyUse.KEY_EXCHANGE)
+    if sig is None or kx is None:
+        raise ProtocolError(ErrorCode.MISSING_CERTIFICATE, "issued certificates not attached")
+    _check_issued(sig, sig_key.public_key())
+    _check_issued(kx, kx_key.public_key())
+    chain = [ca.ca_cert, ca.brand_cert]
+    for cert, use in ((sig, CertKeyUse.SIGNATURE), (kx, CertKeyUse.KEY_EXCHANGE)):
+        validate_path(
+            cert,
+            chain,
+            root=ca.root,
+            now=_dt(now_ms),
+            expect=Expect(cert_type, use, ca.brand),
+            revocation=ca.revocation(now_ms),
+        )
+    return EntityRegistration(sig, kx, chain, ca)
+
+
+async def register_entity(
+    client: CAClient,
+    *,
+    root: x509.Certificate,
+    brand: str,
+    requester: EntityKind,
+    id_data: IDData,
+    sig_key: PrivateKey,
+    kx_key: PrivateKey,
+    values: dict[str, str],
+    renew: tuple[PrivateKey, list[x509.Certificate]] | None = None,
+) -> EntityRegistration:
+    """Me-AqCInit → CertReq (Enc) → CertRes S(CA): a merchant's or gateway's two certs."""
+    ca, init = await me_aq_init(
+        client,
+        root=root,
+        brand=brand,
+        requester=requester,
+        id_data=id_data,
+        request_type=RequestType.RENEWAL if renew else RequestType.INITIAL,
+    )
+    if init.form is None:
+        raise CARequestError("CA referred the registration", status=CertStatusCode.REQUEST_PENDED)
+    req, data = await build_me_aq_cert_req(
+        ca, init.form.reg_form_id, sig_key=sig_key, kx_key=kx_key, values=values, renew=renew
+    )
+    res: CertRes = await client.request(req, data.rrpid, CertRes)
+    cert_type = CertType.MERCHANT if requester is EntityKind.MERCHANT else CertType.GATEWAY
+    return check_me_aq_cert_res(res, data, ca, cert_type, sig_key, kx_key, client.clock.now_ms())

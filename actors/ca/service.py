@@ -1,0 +1,603 @@
+"""The CA's request handling: registration and issuance over SET messages (no transport).
+
+Rule 1: every handler runs all its checks (wrapper, decryption, signatures, challenges,
+replay, form, BIN, Luhn, expiry, key novelty) before it changes state; a failed check raises
+``ProtocolError`` (a SET Error reply) or, for a refusal of the request's content, answers a
+CertRes with a ``CertStatusCode`` and ``failed_items``; neither stores anything.
+Rule 2: effects and the reply are committed in one transaction keyed by the RRPID; the same
+request again gets the stored reply, another request under a seen RRPID or a used Chall-CA
+is refused (``replay``).
+Rule 3: the PAN is used in memory only: to check Luhn, BIN and brand and to compute the
+account hash keyed by PANSecret = CardSecret xor Nonce-CCA. It is never logged or stored.
+Rule 4: every response carries the brand's current BCI and the CRLs it names, minus what the
+requester's thumbprints show it already holds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any
+
+from cryptography import x509
+
+from actors.ca.brands import (
+    CARDHOLDER_FORM,
+    GATEWAY_FORM,
+    MERCHANT_FORM,
+    TEST_BRANDS,
+    Brand,
+    brand_named,
+    check_bin,
+    check_form,
+)
+from actors.ca.hierarchy import Hierarchy, ca_name, to_dt
+from actors.ca.wire import OpenedCertReq, amqp_type, open_cert_req, open_renewal
+from protocol import codec, ids, pan, primitives
+from protocol.certs import (
+    CertType,
+    GatewayCaps,
+    MerchantData,
+    cert_thumbprint,
+    certificate_der,
+    load_certificate,
+    public_key_of,
+    set_extension,
+    spki_hash,
+)
+from protocol.certs import KeyUse as CertKeyUse
+from protocol.chain import Expect, validate_path
+from protocol.envelope import open_exh, recipient_of
+from protocol.errors import ErrorCode, ProtocolError
+from protocol.messages import (
+    AccountKind,
+    AcctInfo,
+    CardCInitReq,
+    CardCInitRes,
+    CardCInitResData,
+    CertReq,
+    CertRes,
+    CertResData,
+    CertStatus,
+    CertStatusCode,
+    EntityKind,
+    Error,
+    ErrorTBS,
+    FailedItem,
+    KeyUse,
+    MeAqCInitReq,
+    MeAqCInitRes,
+    MeAqCInitResData,
+    MessageType,
+    RegForm,
+    RegFormReq,
+    RegFormReqData,
+    RegFormRes,
+    RegFormResData,
+    RequestType,
+)
+from protocol.revocation import RevocationState, bci_thumbprint
+from protocol.signed import sign_data
+from protocol.treatments import make_enck
+from protocol.wrapper import Decoded, decode_message, encode_message, make_header, peek_header
+from setpay.logs import get_logger
+
+log = get_logger(component="ca")
+
+CHALLENGE_LIFETIME_MS = 30 * 60 * 1000  # a RegFormRes's Chall-CA is good for 30 minutes
+
+
+class Refusal(Exception):
+    """The request is well-formed and authentic but its content is refused (a CertStatus)."""
+
+    def __init__(self, code: CertStatusCode, items: tuple[FailedItem, ...] = ()) -> None:
+        super().__init__(code.name)
+        self.code = code
+        self.items = items
+
+
+Handler = Callable[[Decoded, bytes], Awaitable[tuple[MessageType, bytes]]]
+
+
+class CAService:
+    """Answers CardCInit, Me-AqCInit, RegForm, CertReq requests for every brand of ``h``."""
+
+    def __init__(
+        self,
+        h: Hierarchy,
+        *,
+        brands: tuple[Brand, ...] = TEST_BRANDS,
+        clock: ids.Clock | None = None,
+        window_ms: int = ids.DEFAULT_WINDOW_MS,
+    ) -> None:
+        self.h = h
+        self.store = h.store
+        self.brands = brands
+        self.clock = clock or ids.SystemClock()
+        self.window_ms = window_ms
+        self.handlers: dict[MessageType, Handler] = {
+            MessageType.CARD_CINIT_REQ: self._card_cinit,
+            MessageType.ME_AQ_CINIT_REQ: self._me_aq_cinit,
+            MessageType.REG_FORM_REQ: self._reg_form,
+            MessageType.CERT_REQ: self._cert_req,
+        }
+        self._kx_names: dict[bytes, str] = {}
+
+    # -- entry point --------------------------------------------------------------------------
+
+    async def handle(self, data: bytes) -> tuple[str, bytes]:
+        """Answer one wrapped request: (AMQP message type, wrapped reply). Never raises
+        ``ProtocolError``: that becomes a SET Error reply."""
+        try:
+            decoded = decode_message(data, now_ms=self.clock.now_ms(), window_ms=self.window_ms)
+            handler = self.handlers.get(decoded.msg_type)
+            if handler is None:
+                raise ProtocolError(
+                    ErrorCode.MESSAGE_NOT_SUPPORTED, f"the CA does not take {decoded.msg_type.name}"
+                )
+            digest = hashlib.sha256(codec.encode(decoded.body)).digest()
+            stored = self._stored(decoded, digest)
+            if stored is not None:
+                return stored
+            msg_type, reply = await handler(decoded, digest)
+            return amqp_type(msg_type), reply
+        except ProtocolError as exc:
+            log.info("ca_request_refused", code=exc.code.name, detail=exc.detail)
+            return amqp_type(MessageType.ERROR), self._error(exc, data)
+
+    def _stored(self, decoded: Decoded, digest: bytes) -> tuple[str, bytes] | None:
+        """The stored reply of an identical earlier request (Rule 2)."""
+        rrpid = getattr(decoded.body, "rrpid", None) or decoded.header.rrpid
+        if rrpid is None:
+            raise ProtocolError(ErrorCode.BAD_MESSAGE_HEADER, "request without RRPID")
+        stored = self.store.reply_for(rrpid)
+        if stored is None:
+            return None
+        if stored.digest != digest:
+            raise ProtocolError(ErrorCode.REPLAY, "RRPID already used by another request")
+        log.info("ca_duplicate_answered")
+        return stored.reply_type, stored.reply
+
+    def _error(self, exc: ProtocolError, data: bytes) -> bytes:
+        header = peek_header(data)
+        tbs = ErrorTBS(
+            exc.code,
+            ids.new_challenge(),
+            None,
+            None,
+            b"" if header is None else codec.encode(header),
+        )
+        body = Error(False, codec.encode(tbs), [])
+        return encode_message(make_header(self.clock.now_ms()), body)
+
+    def _wrap(self, body: Any, rrpid: bytes) -> bytes:
+        return encode_message(make_header(self.clock.now_ms(), rrpid=rrpid), body)
+
+    def _commit(
+        self,
+        rrpid: bytes,
+        digest: bytes,
+        req: MessageType,
+        res: MessageType,
+        reply: bytes,
+        effects: Callable[[Any], None] | None = None,
+    ) -> None:
+        with self.store.transaction() as db:
+            if self.store.reply_for(rrpid) is not None:
+                raise ProtocolError(ErrorCode.REPLAY, "RRPID already used")
+            if effects is not None:
+                effects(db)
+            self.store.save_reply(
+                db, rrpid, digest, req.name, amqp_type(res), reply, self.clock.now_ms()
+            )
+
+    # -- attachments ------------------------------------------------------------------------
+
+    def _attach(
+        self, brand: str, certs: list[x509.Certificate], thumbs: list[bytes]
+    ) -> tuple[list[bytes], list[bytes], bytes | None]:
+        """Certificates, CRLs and BCI to send, minus what ``thumbs`` says is held (Rule 4)."""
+        held = set(thumbs)
+        cert_list = [certificate_der(c) for c in certs if cert_thumbprint(c) not in held]
+        crls = [d for d in self.h.current_crls(brand) if primitives.thumbprint(d) not in held]
+        bci = self.h.current_bci(brand)
+        if bci is not None and bci_thumbprint(bci) in held:
+            bci = None
+        return cert_list, crls, bci
+
+    def _bci_thumb(self, brand: str) -> bytes | None:
+        bci = self.h.current_bci(brand)
+        return None if bci is None else bci_thumbprint(bci)
+
+    async def _signed(self, ca: str, content_type: str, record: Any) -> bytes:
+        key = await self.h.key(ca)
+        signed = await sign_data(
+            key, cert_thumbprint(self.h.cert(ca)), content_type, codec.encode(record)
+        )
+        return codec.encode(signed)
+
+    def _ca_of_envelope(self, enc: bytes) -> str:
+        """The CA key-exchange certificate an envelope is addressed to (its store name)."""
+        if not self._kx_names:
+            for row in self.store.cas():
+                if row.key_use == "kx":
+                    self._kx_names[cert_thumbprint(self.h.cert(row.name))] = row.name
+        recipient = recipient_of(enc)
+        name = self._kx_names.get(recipient)
+        if name is None:
+            raise ProtocolError(ErrorCode.THUMBS_MISMATCH, "envelope not for a CA key of ours")
+        return name
+
+    # -- CardCInit --------------------------------------------------------------------------
+
+    async def _card_cinit(self, d: Decoded, digest: bytes) -> tuple[MessageType, bytes]:
+        req: CardCInitReq = d.body
+        brand = brand_named(self.brands, req.brand_id).name
+        if req.account_kind is not AccountKind.CARD:
+            raise ProtocolError(ErrorCode.INVALID_FIELD, "this CCA registers cards only")
+        cca, kx = ca_name(brand, "cca"), ca_name(brand, "cca", True)
+        data = CardCInitResData(
+            req.rrpid,
+            req.lid_ee,
+            req.chall_ee,
+            cert_thumbprint(self.h.cert(kx)),
+            self._bci_thumb(brand),
+        )
+        certs, crls, bci = self._attach(
+            brand, [self.h.cert(cca), self.h.cert(kx), *self.h.chain(cca)[1:]], req.thumbs
+        )
+        body = CardCInitRes(await self._signed(cca, "CardCInitRes", data), certs, crls, bci)
+        reply = self._wrap(body, req.rrpid)
+        self._commit(req.rrpid, digest, d.msg_type, MessageType.CARD_CINIT_RES, reply)
+        return MessageType.CARD_CINIT_RES, reply
+
+    # -- Me-AqCInit -------------------------------------------------------------------------
+
+    async def _me_aq_cinit(self, d: Decoded, digest: bytes) -> tuple[MessageType, bytes]:
+        req: MeAqCInitReq = d.body
+        brand = brand_named(self.brands, req.brand_id).name
+        if req.requester is EntityKind.MERCHANT:
+            role, form = "mca", MERCHANT_FORM
+            if not req.id_data.merchant_id:
+                raise ProtocolError(ErrorCode.INVALID_FIELD, "merchant id required")
+        elif req.requester is EntityKind.GATEWAY:
+            role, form = "pca", GATEWAY_FORM
+        else:
+            raise ProtocolError(ErrorCode.INVALID_FIELD, "cardholders use CardCInit")
+        ca, kx = ca_name(brand, role), ca_name(brand, role, True)
+        data = MeAqCInitResData(
+            req.rrpid, req.lid_ee, req.chall_ee, cert_thumbprint(self.h.cert(kx)), form, None
+        )
+        certs, crls, bci = self._attach(
+            brand, [self.h.cert(ca), self.h.cert(kx), *self.h.chain(ca)[1:]], req.thumbs
+        )
+        body = MeAqCInitRes(await self._signed(ca, "Me-AqCInitRes", data), certs, crls, bci)
+        reply = self._wrap(body, req.rrpid)
+        self._commit(req.rrpid, digest, d.msg_type, MessageType.ME_AQ_CINIT_RES, reply)
+        return MessageType.ME_AQ_CINIT_RES, reply
+
+    # -- RegForm ----------------------------------------------------------------------------
+
+    async def _reg_form(self, d: Decoded, digest: bytes) -> tuple[MessageType, bytes]:
+        req: RegFormReq = d.body
+        kx = self._ca_of_envelope(req.enc)
+        row = self.h.ca_row(kx)
+        if row.role != "cca":
+            raise ProtocolError(ErrorCode.THUMBS_MISMATCH, "RegFormReq goes to a CCA")
+        content, extra = await open_exh(
+            await self.h.key(kx), cert_thumbprint(self.h.cert(kx)), req.enc, "RegFormReq"
+        )
+        data = codec.decode(RegFormReqData, content)
+        _check_header_rrpid(d, data.rrpid)
+        account = pan.decode_pan_only(extra).account  # Luhn and shape
+        if account.kind is not pan.AccountKind.CARD:
+            raise ProtocolError(ErrorCode.INVALID_FIELD, "this CCA registers cards only")
+        brand = brand_named(self.brands, row.brand)
+        check_bin(brand, account.number)
+        if data.request_type is not RequestType.INITIAL:
+            raise ProtocolError(ErrorCode.INVALID_FIELD, "renewals skip the registration form")
+        chall_ca = ids.new_challenge()
+        cca = ca_name(row.brand, "cca")
+        res = RegFormResData(
+            data.rrpid,
+            data.lid_ee,
+            data.chall_ee2,
+            chall_ca,
+            cert_thumbprint(self.h.cert(kx)),
+            CARDHOLDER_FORM,
+            None,
+        )
+        certs, crls, bci = self._attach(row.brand, [], data.thumbs)
+        body = RegFormRes(await self._signed(cca, "RegFormRes", res), certs, crls, bci)
+        reply = self._wrap(body, data.rrpid)
+        now = self.clock.now_ms()
+
+        def effects(db: Any) -> None:
+            self.store.add_challenge(db, chall_ca, row.brand, CARDHOLDER_FORM.reg_form_id, now)
+
+        self._commit(data.rrpid, digest, d.msg_type, MessageType.REG_FORM_RES, reply, effects)
+        return MessageType.REG_FORM_RES, reply
+
+    # -- CertReq ----------------------------------------------------------------------------
+
+    async def _cert_req(self, d: Decoded, digest: bytes) -> tuple[MessageType, bytes]:
+        req: CertReq = d.body
+        kx = self._ca_of_envelope(req.enc)
+        row = self.h.ca_row(kx)
+        cardholder = row.role == "cca"
+        opened = await open_cert_req(
+            await self.h.key(kx),
+            cert_thumbprint(self.h.cert(kx)),
+            req.enc,
+            extra=cardholder,
+            renewal=bool(req.certs),
+        )
+        data = opened.data
+        _check_header_rrpid(d, data.rrpid)
+        if self.store.reply_for(data.rrpid) is not None:
+            raise ProtocolError(ErrorCode.REPLAY, "RRPID already used")
+        cert_type = {"cca": CertType.CARDHOLDER, "mca": CertType.MERCHANT}.get(
+            row.role, CertType.GATEWAY
+        )
+        old = self._check_renewal(req, opened, cert_type, row.brand)
+        if cardholder:
+            return await self._cardholder_cert(d, digest, row.brand, opened, old)
+        return await self._me_aq_cert(d, digest, row.brand, cert_type, opened, old)
+
+    def _check_renewal(
+        self, req: CertReq, opened: OpenedCertReq, cert_type: CertType, brand: str
+    ) -> x509.Certificate | None:
+        """The certificate being renewed, after every check; None for an initial request."""
+        data = opened.data
+        if opened.renewal is None:
+            if data.request_type is not RequestType.INITIAL or data.ee_thumb is not None:
+                raise ProtocolError(ErrorCode.INVALID_FIELD, "renewal without the old chain")
+            return None
+        if data.request_type is not RequestType.RENEWAL or data.ee_thumb is None:
+            raise ProtocolError(ErrorCode.INVALID_FIELD, "old chain given but not a renewal")
+        certs = [load_certificate(c) for c in req.certs]
+        old = certs[0]
+        if cert_thumbprint(old) != data.ee_thumb or opened.renewal.signer != data.ee_thumb:
+            raise ProtocolError(ErrorCode.THUMBS_MISMATCH, "EEThumb is not the renewed cert")
+        revocation = RevocationState.load(
+            self.h.current_bci(brand) or b"",
+            self.h.cert(ca_name(brand, "brand")),
+            self.h.current_crls(brand),
+            self._now(),
+        )
+        validate_path(
+            old,
+            certs[1:],
+            root=self.h.root,
+            now=self._now(),
+            expect=Expect(cert_type, CertKeyUse.SIGNATURE, brand),
+            revocation=revocation,
+        )
+        stored = self.store.cert_by_thumb(data.ee_thumb)
+        if stored is None or stored.revoked_at is not None:
+            raise ProtocolError(ErrorCode.REVOKED_CERTIFICATE, "renewed certificate not current")
+        if open_renewal(opened.renewal, public_key_of(old)) != opened.data_bytes:
+            raise ProtocolError(ErrorCode.SIGNATURE_FAILURE, "old-key signature over other data")
+        return old
+
+    def _now(self) -> datetime:
+        return to_dt(self.clock.now_ms())
+
+    def _check_keys_new(self, opened: OpenedCertReq, wanted: set[KeyUse]) -> None:
+        if set(opened.keys) != wanted:
+            raise ProtocolError(ErrorCode.INVALID_FIELD, "wrong set of public keys to certify")
+        for key in opened.keys.values():
+            if self.store.key_certified(spki_hash(key)):
+                raise Refusal(CertStatusCode.KEY_ALREADY_CERTIFIED)
+
+    async def _cardholder_cert(
+        self,
+        d: Decoded,
+        digest: bytes,
+        brand_name: str,
+        opened: OpenedCertReq,
+        old: x509.Certificate | None,
+    ) -> tuple[MessageType, bytes]:
+        data = opened.data
+        if data.ca_back_key is None:
+            raise ProtocolError(ErrorCode.INVALID_FIELD, "cardholder CertReq needs CABackKey")
+        back_key = data.ca_back_key.key
+        cca = ca_name(brand_name, "cca")
+        chall_ca = data.chall_ca
+        if old is None:
+            if chall_ca is None:
+                raise ProtocolError(ErrorCode.CHALLENGE_MISMATCH, "Chall-CA missing")
+            known = self.store.challenge(chall_ca)
+            if known is None or known[0] != brand_name:
+                raise ProtocolError(ErrorCode.CHALLENGE_MISMATCH, "Chall-CA not issued here")
+            if known[3] is not None:
+                raise ProtocolError(ErrorCode.REPLAY, "Chall-CA already used")
+            if self.clock.now_ms() - known[2] > CHALLENGE_LIFETIME_MS:
+                raise ProtocolError(ErrorCode.CHALLENGE_MISMATCH, "Chall-CA expired")
+        nonce_cca = pan.new_secret()
+        try:
+            acct = codec.decode(AcctInfo, opened.extra or b"")
+            token = pan.decode_pan_token(acct.account)  # Luhn, expiry format
+            self._check_keys_new(opened, {KeyUse.SIGNATURE})
+            if old is None:
+                check_form(CARDHOLDER_FORM, data.reg_form_id, data.values)
+            _check_card(brand_named(self.brands, brand_name), token, self.clock.now_ms())
+            if len(acct.card_secret) != pan.SECRET_BYTES:
+                raise ProtocolError(ErrorCode.INVALID_FIELD, "CardSecret size")
+            secret = pan.pan_secret(acct.card_secret, nonce_cca)
+            account_hash = pan.account_hash(secret, token.account, token.expiry)
+            del secret
+            issued, row = await self.h.issue_ee(
+                CertType.CARDHOLDER,
+                brand_name,
+                CertKeyUse.SIGNATURE,
+                opened.signature_key,
+                "ch-" + secrets.token_hex(8),
+                self.clock.now_ms(),
+                account_hash=account_hash,
+            )
+            status = CertStatus(CertStatusCode.REQUEST_COMPLETE, nonce_cca, [], [])
+            new_certs = [issued.cert]
+        except Refusal as refusal:
+            status = CertStatus(refusal.code, None, [], list(refusal.items))
+            new_certs, row = [], None
+        except ProtocolError as exc:
+            if exc.code is not ErrorCode.INVALID_FIELD:
+                raise
+            status = CertStatus(
+                CertStatusCode.INVALID_FORM_FIELDS
+                if "form" in exc.detail
+                else CertStatusCode.REJECTED_BY_CA,
+                None,
+                [exc.detail[:64]],
+                [],
+            )
+            new_certs, row = [], None
+        res = CertResData(
+            data.rrpid,
+            data.lid_ee,
+            data.chall_ee3,
+            status,
+            [cert_thumbprint(c) for c in new_certs],
+        )
+        protected = await make_enck(
+            back_key,
+            await self.h.key(cca),
+            cert_thumbprint(self.h.cert(cca)),
+            "CertRes",
+            codec.encode(res),
+            context=data.rrpid,
+        )
+        certs, crls, bci = self._attach(brand_name, self.h.chain(cca), data.thumbs)
+        body = CertRes(protected, [certificate_der(c) for c in new_certs] + certs, crls, bci)
+        reply = self._wrap(body, data.rrpid)
+        if row is None:
+            log.info("ca_cert_refused", status=status.code.name)
+            return MessageType.CERT_RES, reply  # a refusal changes nothing (Rule 1)
+
+        def effects(db: Any) -> None:
+            if chall_ca is not None and old is None:
+                if not self.store.use_challenge(db, chall_ca, data.rrpid):
+                    raise ProtocolError(ErrorCode.REPLAY, "Chall-CA already used")
+            self.h.commit_cert(db, row)
+
+        self._commit(data.rrpid, digest, d.msg_type, MessageType.CERT_RES, reply, effects)
+        log.info("ca_cert_issued", cert_type="cardholder", brand=brand_name, serial=row["serial"])
+        return MessageType.CERT_RES, reply
+
+    async def _me_aq_cert(
+        self,
+        d: Decoded,
+        digest: bytes,
+        brand_name: str,
+        cert_type: CertType,
+        opened: OpenedCertReq,
+        old: x509.Certificate | None,
+    ) -> tuple[MessageType, bytes]:
+        data = opened.data
+        role = "mca" if cert_type is CertType.MERCHANT else "pca"
+        ca = ca_name(brand_name, role)
+        rows: list[dict[str, object]] = []
+        new_certs: list[x509.Certificate] = []
+        try:
+            self._check_keys_new(opened, {KeyUse.SIGNATURE, KeyUse.KEY_EXCHANGE})
+            form: RegForm = MERCHANT_FORM if cert_type is CertType.MERCHANT else GATEWAY_FORM
+            values = check_form(form, data.reg_form_id, data.values)
+            merchant = gateway = None
+            if cert_type is CertType.MERCHANT:
+                merchant = MerchantData(
+                    values["merchant_id"], values["merchant_name"], values["mcc"]
+                )
+                if not values["mcc"].isdigit() or len(values["mcc"]) != 4:
+                    raise Refusal(
+                        CertStatusCode.INVALID_FORM_FIELDS, (FailedItem("mcc", "four digits"),)
+                    )
+                subject = values["merchant_id"]
+            else:
+                currencies = [c.strip() for c in values["currencies"].split(",") if c.strip()]
+                if not currencies or any(len(c) != 3 or not c.isalpha() for c in currencies):
+                    raise Refusal(
+                        CertStatusCode.INVALID_FORM_FIELDS,
+                        (FailedItem("currencies", "ISO 4217 codes"),),
+                    )
+                gateway = GatewayCaps(
+                    currencies, values.get("pin_debit") == "yes", values.get("sale") == "yes"
+                )
+                subject = values["gateway_id"]
+            if old is not None:
+                old_ext = set_extension(old)
+                if old_ext.merchant is not None and old_ext.merchant.merchant_id != subject:
+                    item = FailedItem("merchant_id", "differs from the renewed")
+                    raise Refusal(CertStatusCode.REJECTED_BY_CA, (item,))
+            for use, cert_use, suffix in (
+                (KeyUse.SIGNATURE, CertKeyUse.SIGNATURE, "sig"),
+                (KeyUse.KEY_EXCHANGE, CertKeyUse.KEY_EXCHANGE, "kx"),
+            ):
+                issued, row = await self.h.issue_ee(
+                    cert_type,
+                    brand_name,
+                    cert_use,
+                    opened.keys[use],
+                    f"{subject} {suffix}",
+                    self.clock.now_ms(),
+                    merchant=merchant,
+                    gateway=gateway,
+                )
+                rows.append(row)
+                new_certs.append(issued.cert)
+            status = CertStatus(CertStatusCode.REQUEST_COMPLETE, None, [], [])
+        except Refusal as refusal:
+            status = CertStatus(refusal.code, None, [], list(refusal.items))
+            rows, new_certs = [], []
+        except ProtocolError as exc:
+            if exc.code is not ErrorCode.INVALID_FIELD:
+                raise
+            status = CertStatus(CertStatusCode.INVALID_FORM_FIELDS, None, [exc.detail[:64]], [])
+            rows, new_certs = [], []
+        res = CertResData(
+            data.rrpid,
+            data.lid_ee,
+            data.chall_ee3,
+            status,
+            [cert_thumbprint(c) for c in new_certs],
+        )
+        certs, crls, bci = self._attach(brand_name, self.h.chain(ca), data.thumbs)
+        body = CertRes(
+            await self._signed(ca, "CertRes", res),
+            [certificate_der(c) for c in new_certs] + certs,
+            crls,
+            bci,
+        )
+        reply = self._wrap(body, data.rrpid)
+        if not rows:
+            log.info("ca_cert_refused", status=status.code.name)
+            return MessageType.CERT_RES, reply
+
+        def effects(db: Any) -> None:
+            for row in rows:
+                self.h.commit_cert(db, row)
+
+        self._commit(data.rrpid, digest, d.msg_type, MessageType.CERT_RES, reply, effects)
+        log.info(
+            "ca_cert_issued",
+            cert_type=cert_type.name.lower(),
+            brand=brand_name,
+            serials=[r["serial"] for r in rows],
+        )
+        return MessageType.CERT_RES, reply
+
+
+def _check_header_rrpid(d: Decoded, rrpid: bytes) -> None:
+    if d.header.rrpid != rrpid:
+        raise ProtocolError(ErrorCode.WRAPPER_MSG_MISMATCH, "header RRPID differs from body")
+
+
+def _check_card(brand: Brand, token: pan.PANToken, now_ms: int) -> None:
+    """BIN of the brand, card not expired (YYMM, valid through the end of that month)."""
+    check_bin(brand, token.account.number)
+    year, month = 2000 + int(token.expiry[:2]), int(token.expiry[2:])
+    now = to_dt(now_ms)
+    if (year, month) < (now.year, now.month):
+        raise Refusal(CertStatusCode.REJECTED_BY_CA, (FailedItem("expiry", "card expired"),))
