@@ -1,0 +1,87 @@
+"""CA fixtures over the real RabbitMQ and SoftHSM2: a keystore, an initialised hierarchy, a
+running CA actor (in this process, on the session's test vhost) and requesters.
+
+Rule 1: everything lives in the session's own vhost and token directory and is removed after.
+Rule 2: requesters get their keys from the keystore as their own broker identities.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from actors.ca.actor import CAActor
+from actors.ca.brands import TEST_BRANDS
+from actors.ca.hierarchy import Hierarchy, init_hierarchy
+from actors.ca.keys import KeystoreKeys
+from actors.ca.requester import CAClient
+from actors.ca.store import CAStore
+from keystore import messages as km
+from keystore.client import KeystoreClient
+from protocol import ids
+from protocol.keys import PrivateKey, get_suite
+from setpay.config import Settings
+from tests.fixtures_broker import *  # noqa: F403
+from tests.fixtures_keystore import *  # noqa: F403
+from tests.fixtures_keystore import KeystoreDeployment
+
+CA_IDENTITY = "ca.main"
+
+
+@dataclass
+class CAEnv:
+    settings: Settings
+    deployment: KeystoreDeployment
+    store: CAStore
+    hierarchy: Hierarchy
+    actor: CAActor
+    created: list[str]
+
+    @property
+    def root(self) -> Any:
+        return self.hierarchy.root
+
+    async def requester(self, identity: str, *, record: bool = False) -> tuple[CAClient, Any]:
+        """A CA client and a keystore client, both as broker user ``identity``."""
+        keystore = await self.deployment.client(identity)
+        role, _, instance = identity.partition(".")
+        client = CAClient(keystore.rpc.bus, role, instance, record=record)
+        await client.start()
+        return client, keystore
+
+
+async def new_key(keystore: KeystoreClient, name: str, exchange: bool = False) -> PrivateKey:
+    """A key pair created in the token for the keystore client's identity."""
+    usage = km.KeyUsage.EXCHANGE if exchange else km.KeyUsage.SIGN
+    info = await keystore.create_key(name, km.KeyKind.RSA2048, usage)
+    return await keystore.private_key(info.label)
+
+
+@pytest.fixture(scope="session")
+async def ca_env(
+    keystore_deployment: KeystoreDeployment,
+    keystore_settings: Settings,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[CAEnv]:
+    data_dir: Path = tmp_path_factory.mktemp("ca-var")
+    settings = keystore_settings.replace(data_dir=data_dir, suite="rsa2048")
+    keystore = await keystore_deployment.client(CA_IDENTITY)
+    store = CAStore.open(data_dir)
+    h = Hierarchy(store, KeystoreKeys(keystore, get_suite(settings.suite)))
+    created = await init_hierarchy(h, TEST_BRANDS, ids.SystemClock().now_ms())
+    actor = CAActor(
+        settings,
+        "main",
+        url=keystore_deployment.url_for(CA_IDENTITY),
+        keystore_queue=keystore_deployment.queue,
+    )
+    await actor.start()
+    try:
+        yield CAEnv(settings, keystore_deployment, store, h, actor, created)
+    finally:
+        await actor.stop()
+        store.close()
