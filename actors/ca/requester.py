@@ -38,7 +38,7 @@ from protocol.certs import (
 from protocol.chain import Expect, validate_path
 from protocol.envelope import make_exh
 from protocol.errors import ErrorCode, ProtocolError
-from protocol.keys import PrivateKey, PublicKey
+from protocol.keys import PrivateKey, PublicKey, Suite, suite_for_public_key
 from protocol.messages import (
     AccountKind,
     AcctInfo,
@@ -178,6 +178,10 @@ class CAView:
     bci: bytes | None
     crls: list[bytes]
 
+    @property
+    def suite(self) -> Suite:
+        return suite_for_public_key(public_key_of(self.kx_cert))
+
     def revocation(self, now_ms: int) -> RevocationState | None:
         if self.bci is None:
             return None
@@ -262,6 +266,140 @@ class CardholderRegistration:
     ca: CAView
 
 
+async def card_cinit(client: CAClient, root: x509.Certificate, brand: str, lid: bytes) -> CAView:
+    """CardCInit: the CCA's certificates, checked to ``root``, and its signed answer."""
+    rrpid, chall = ids.new_rrpid(), ids.new_challenge()
+    res: CardCInitRes = await client.request(
+        CardCInitReq(rrpid, lid, chall, brand, AccountKind.CARD, []), rrpid, CardCInitRes
+    )
+    ca = _verify_ca(root, brand, CertType.CCA, res.certs, res.bci, res.crls, client.clock.now_ms())
+    data: CardCInitResData = _open_signed(res.signed, ca.ca_cert, "CardCInitRes", CardCInitResData)
+    _check_echo(data.chall_ee, chall, "Chall-EE")
+    _check_echo(data.rrpid, rrpid, "RRPID")
+    if data.ca_e_thumb != cert_thumbprint(ca.kx_cert):
+        raise ProtocolError(ErrorCode.THUMBS_MISMATCH, "CAEThumb is not the CA's kx cert")
+    return ca
+
+
+async def build_reg_form_req(
+    ca: CAView, lid: bytes, account: pan.Account
+) -> tuple[RegFormReq, RegFormReqData]:
+    """RegFormReq = EXH(CCA, RegFormReqData, PANOnly): the PAN only in the extra part."""
+    data = RegFormReqData(
+        ids.new_rrpid(), lid, ids.new_challenge(), RequestType.INITIAL, LANGUAGE, _held(ca)
+    )
+    enc = await make_exh(
+        ca.suite,
+        public_key_of(ca.kx_cert),
+        cert_thumbprint(ca.kx_cert),
+        "RegFormReq",
+        codec.encode(data),
+        codec.encode(pan.make_pan_only(account)),
+    )
+    return RegFormReq(enc), data
+
+
+def check_reg_form_res(res: RegFormRes, sent: RegFormReqData, ca: CAView) -> RegFormResData:
+    data: RegFormResData = _open_signed(res.signed, ca.ca_cert, "RegFormRes", RegFormResData)
+    _check_echo(data.chall_ee2, sent.chall_ee2, "Chall-EE2")
+    if data.form is None:
+        raise CARequestError("CA referred the registration", status=CertStatusCode.REQUEST_PENDED)
+    return data
+
+
+@dataclass
+class PendingCertReq:
+    """A cardholder CertReq built, with what the requester keeps to read the answer."""
+
+    req: CertReq
+    data: CertReqData
+    back_key: bytes = field(repr=False)
+    card_secret: bytes = field(repr=False)
+
+
+async def build_cardholder_cert_req(
+    ca: CAView,
+    form: RegFormResData,
+    *,
+    key: PrivateKey,
+    account: pan.Account,
+    expiry: str,
+    values: dict[str, str],
+    lid: bytes,
+) -> PendingCertReq:
+    """CertReq = EncX(new key, CCA, CertReqData, AcctInfo{account, CardSecret})."""
+    assert form.form is not None
+    card_secret, back_key = pan.new_secret(), pan.new_secret()
+    data = CertReqData(
+        ids.new_rrpid(),
+        lid,
+        ids.new_challenge(),
+        form.chall_ca,
+        RequestType.INITIAL,
+        form.form.reg_form_id,
+        [RegFieldValue(k, v) for k, v in values.items()],
+        BackKeyData("aes-256-gcm", back_key),
+        [PublicKeyInfo(KeyUse.SIGNATURE, spki_der(key.public_key()))],
+        None,
+        _held(ca),
+    )
+    acct = AcctInfo(codec.encode(pan.make_pan_token(account, expiry)), card_secret)
+    enc = await make_encx(
+        key,
+        pop_signer(key.public_key()),
+        key.suite,
+        public_key_of(ca.kx_cert),
+        cert_thumbprint(ca.kx_cert),
+        CERT_REQ,
+        codec.encode(data),
+        codec.encode(acct),
+    )
+    return PendingCertReq(CertReq(enc, []), data, back_key, card_secret)
+
+
+def check_cardholder_cert_res(
+    res: CertRes,
+    pending: PendingCertReq,
+    ca: CAView,
+    *,
+    key: PrivateKey,
+    account: pan.Account,
+    expiry: str,
+    now_ms: int,
+) -> CardholderRegistration:
+    """Open the EncK CertRes with our CABackKey and check the certificate (Rule 1)."""
+    opened = open_enck(
+        pending.back_key,
+        res.protected,
+        public_key_of(ca.ca_cert),
+        "CertRes",
+        context=pending.data.rrpid,
+    )
+    data = codec.decode(CertResData, opened.content)
+    _check_echo(data.chall_ee3, pending.data.chall_ee3, "Chall-EE3")
+    status = data.status
+    if status.code is not CertStatusCode.REQUEST_COMPLETE or status.nonce_cca is None:
+        raise CARequestError(f"CA refused: {status.code.name}", status=status.code)
+    certs = [load_certificate(c) for c in res.certs]
+    cert = next((c for c in certs if cert_thumbprint(c) in data.cert_thumbs), None)
+    if cert is None:
+        raise ProtocolError(ErrorCode.MISSING_CERTIFICATE, "issued certificate not attached")
+    _check_issued(cert, key.public_key())
+    secret = pan.pan_secret(pending.card_secret, status.nonce_cca)
+    if set_extension(cert).account_hash != pan.account_hash(secret, account, expiry):
+        raise ProtocolError(ErrorCode.LINKAGE_FAILURE, "certificate holds another account hash")
+    chain = [ca.ca_cert, ca.brand_cert]
+    validate_path(
+        cert,
+        chain,
+        root=ca.root,
+        now=_dt(now_ms),
+        expect=Expect(CertType.CARDHOLDER, CertKeyUse.SIGNATURE, ca.brand),
+        revocation=ca.revocation(now_ms),
+    )
+    return CardholderRegistration(cert, chain, secret, ca)
+
+
 async def register_cardholder(
     client: CAClient,
     *,
@@ -273,97 +411,23 @@ async def register_cardholder(
     values: dict[str, str],
 ) -> CardholderRegistration:
     """CardCInit → RegForm → CertReq → CertRes, checking every answer (Rule 1)."""
-    now = client.clock.now_ms
     lid = ids.new_lid()
-    # 1. CardCInit
-    rrpid, chall = ids.new_rrpid(), ids.new_challenge()
-    res1: CardCInitRes = await client.request(
-        CardCInitReq(rrpid, lid, chall, brand, AccountKind.CARD, []), rrpid, CardCInitRes
+    ca = await card_cinit(client, root, brand, lid)
+    req2, data2 = await build_reg_form_req(ca, lid, account)
+    form = check_reg_form_res(await client.request(req2, data2.rrpid, RegFormRes), data2, ca)
+    pending = await build_cardholder_cert_req(
+        ca, form, key=key, account=account, expiry=expiry, values=values, lid=lid
     )
-    ca = _verify_ca(root, brand, CertType.CCA, res1.certs, res1.bci, res1.crls, now())
-    data1: CardCInitResData = _open_signed(
-        res1.signed, ca.ca_cert, "CardCInitRes", CardCInitResData
+    res: CertRes = await client.request(pending.req, pending.data.rrpid, CertRes)
+    return check_cardholder_cert_res(
+        res,
+        pending,
+        ca,
+        key=key,
+        account=account,
+        expiry=expiry,
+        now_ms=client.clock.now_ms(),
     )
-    _check_echo(data1.chall_ee, chall, "Chall-EE")
-    _check_echo(data1.rrpid, rrpid, "RRPID")
-    if data1.ca_e_thumb != cert_thumbprint(ca.kx_cert):
-        raise ProtocolError(ErrorCode.THUMBS_MISMATCH, "CAEThumb is not the CA's kx cert")
-    kx_public = public_key_of(ca.kx_cert)
-    kx_thumb = cert_thumbprint(ca.kx_cert)
-    # 2. RegForm: the PAN only inside the EXH extra part
-    rrpid2, chall2 = ids.new_rrpid(), ids.new_challenge()
-    reg_data = RegFormReqData(rrpid2, lid, chall2, RequestType.INITIAL, LANGUAGE, _held(ca))
-    enc = await make_exh(
-        key.suite,
-        kx_public,
-        kx_thumb,
-        "RegFormReq",
-        codec.encode(reg_data),
-        codec.encode(pan.make_pan_only(account)),
-    )
-    res2: RegFormRes = await client.request(RegFormReq(enc), rrpid2, RegFormRes)
-    data2: RegFormResData = _open_signed(res2.signed, ca.ca_cert, "RegFormRes", RegFormResData)
-    _check_echo(data2.chall_ee2, chall2, "Chall-EE2")
-    if data2.form is None:
-        raise CARequestError("CA referred the registration", status=CertStatusCode.REQUEST_PENDED)
-    # 3. CertReq: EncX with the account and CardSecret extra-encrypted
-    card_secret = pan.new_secret()
-    back_key = pan.new_secret()
-    rrpid3, chall3 = ids.new_rrpid(), ids.new_challenge()
-    req_data = CertReqData(
-        rrpid3,
-        lid,
-        chall3,
-        data2.chall_ca,
-        RequestType.INITIAL,
-        data2.form.reg_form_id,
-        [RegFieldValue(k, v) for k, v in values.items()],
-        BackKeyData("aes-256-gcm", back_key),
-        [PublicKeyInfo(KeyUse.SIGNATURE, spki_der(key.public_key()))],
-        None,
-        _held(ca),
-    )
-    acct = AcctInfo(codec.encode(pan.make_pan_token(account, expiry)), card_secret)
-    enc3 = await make_encx(
-        key,
-        pop_signer(key.public_key()),
-        key.suite,
-        kx_public,
-        kx_thumb,
-        CERT_REQ,
-        codec.encode(req_data),
-        codec.encode(acct),
-    )
-    res3: CertRes = await client.request(CertReq(enc3, []), rrpid3, CertRes)
-    # 4. CertRes: EncK under our CABackKey, signed by the CCA
-    opened = open_enck(
-        back_key, res3.protected, public_key_of(ca.ca_cert), "CertRes", context=rrpid3
-    )
-    data3 = codec.decode(CertResData, opened.content)
-    _check_echo(data3.chall_ee3, chall3, "Chall-EE3")
-    status = data3.status
-    if status.code is not CertStatusCode.REQUEST_COMPLETE or status.nonce_cca is None:
-        raise CARequestError(f"CA refused: {status.code.name}", status=status.code)
-    certs = [load_certificate(c) for c in res3.certs]
-    cert = next((c for c in certs if cert_thumbprint(c) in data3.cert_thumbs), None)
-    if cert is None:
-        raise ProtocolError(ErrorCode.MISSING_CERTIFICATE, "issued certificate not attached")
-    _check_issued(cert, key.public_key())
-    secret = pan.pan_secret(card_secret, status.nonce_cca)
-    ext = set_extension(cert)
-    expected = pan.account_hash(secret, account, expiry)
-    if ext.account_hash != expected:
-        raise ProtocolError(ErrorCode.LINKAGE_FAILURE, "certificate holds another account hash")
-    chain = [ca.ca_cert, ca.brand_cert]
-    validate_path(
-        cert,
-        chain,
-        root=root,
-        now=_dt(now()),
-        expect=Expect(CertType.CARDHOLDER, CertKeyUse.SIGNATURE, brand),
-        revocation=ca.revocation(now()),
-    )
-    return CardholderRegistration(cert, chain, secret, ca)
 
 
 def _held(ca: CAView) -> list[bytes]:

@@ -1,0 +1,121 @@
+"""End-to-end issuance through the CA actor over RabbitMQ + SoftHSM2; PAN never in clear."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+from actors.ca.hierarchy import export_pem, pem
+from actors.ca.requester import register_cardholder, register_entity
+from broker.topology import TRACE_EXCHANGE
+from protocol import pan
+from protocol.certs import CertType, KeyUse, set_extension
+from protocol.messages import EntityKind, IDData
+from tests.ca.conftest import CAEnv, new_key
+
+PAN = "4111111111111111"  # alpha BIN 411111, Luhn-valid
+EXPIRY = "3012"
+FORM = {"name": "Hanako Test", "postal_code": "100-0001"}
+MERCHANT_FORM = {"merchant_id": "M-2001", "merchant_name": "Example Books", "mcc": "5942"}
+GATEWAY_FORM = {"gateway_id": "P-1", "currencies": "JPY,USD", "pin_debit": "yes", "sale": "no"}
+
+
+def openssl_verify(tmp: Path, ca_env: CAEnv, leaf_pem: bytes, brand: str, ca: str) -> None:
+    pems = export_pem(ca_env.hierarchy)
+    (tmp / "root.pem").write_bytes(pems["root.pem"])
+    (tmp / "chain.pem").write_bytes(pems[f"{brand}.brand.pem"] + pems[f"{brand}.{ca}.pem"])
+    (tmp / "leaf.pem").write_bytes(leaf_pem)
+    out = subprocess.run(
+        ["openssl", "verify", "-CAfile", str(tmp / "root.pem"), "-untrusted",
+         str(tmp / "chain.pem"), str(tmp / "leaf.pem")],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def pan_forms(number: str) -> list[bytes]:
+    """Byte forms a leaked PAN could take: ASCII, UTF-16, packed BCD."""
+    return [number.encode(), number.encode("utf-16-le"), bytes.fromhex(number)]
+
+
+async def test_cardholder_registration_end_to_end(ca_env: CAEnv, tmp_path: Path) -> None:
+    client, keystore = await ca_env.requester("wallet.reg1", record=True)
+    key = await new_key(keystore, "card-1")
+    account = pan.Account(pan.AccountKind.CARD, PAN)
+    # The broker's trace tap copies every SET message; record them all.
+    channel = await client.bus.channel(confirms=False)
+    trace = await channel.declare_queue(exclusive=True)
+    await trace.bind(TRACE_EXCHANGE)
+    with capture_logs() as logs:
+        reg = await register_cardholder(
+            client, root=ca_env.root, brand="alpha", account=account, expiry=EXPIRY,
+            key=key, values=FORM,
+        )  # fmt: skip
+    ext = set_extension(reg.cert)
+    assert (ext.cert_type, ext.key_use, ext.brand) == (
+        CertType.CARDHOLDER,
+        KeyUse.SIGNATURE,
+        "alpha",
+    )
+    # The hash is of our account under PANSecret; without PANSecret it matches nothing.
+    assert ext.account_hash == pan.account_hash(reg.pan_secret, account, EXPIRY)
+    assert ext.account_hash != pan.account_hash(bytes(32), account, EXPIRY)
+    row = ca_env.store.cert(reg.cert.serial_number)
+    assert row is not None and row.cert_type == "cardholder" and row.issuer == "alpha.cca"
+    openssl_verify(tmp_path, ca_env, pem(reg.cert), "alpha", "cca")
+    # Least knowledge: no PAN in the database, the CA's logs or the traffic.
+    ca_env.store._db.execute("PRAGMA wal_checkpoint(FULL)")
+    blobs = [p.read_bytes() for p in ca_env.store.path.parent.iterdir() if p.is_file()]
+    log_text = repr(logs).encode()
+    assert b"ca_cert_issued" in log_text  # the logs were captured, not empty
+    assert len(client.traffic) == 6  # 3 requests, 3 replies
+    traced = []
+    while (message := await trace.get(no_ack=True, fail=False)) is not None:
+        traced.append(message.body)
+    await channel.close()
+    assert len(traced) == 6 and set(traced) == set(client.traffic)
+    blobs += [log_text, *client.traffic]
+    for blob in blobs:
+        for form in pan_forms(PAN):
+            assert form not in blob
+
+
+async def test_merchant_and_gateway_issuance(ca_env: CAEnv, tmp_path: Path) -> None:
+    client, keystore = await ca_env.requester("merchant.reg1")
+    sig, kx = await new_key(keystore, "sig-1"), await new_key(keystore, "kx-1", exchange=True)
+    reg = await register_entity(
+        client, root=ca_env.root, brand="beta", requester=EntityKind.MERCHANT,
+        id_data=IDData("M-2001", "555555", None), sig_key=sig, kx_key=kx, values=MERCHANT_FORM,
+    )  # fmt: skip
+    for cert, use in ((reg.sig_cert, KeyUse.SIGNATURE), (reg.kx_cert, KeyUse.KEY_EXCHANGE)):
+        ext = set_extension(cert)
+        assert (ext.cert_type, ext.key_use, ext.brand) == (CertType.MERCHANT, use, "beta")
+        assert ext.merchant is not None and ext.merchant.merchant_id == "M-2001"
+        openssl_verify(tmp_path, ca_env, pem(cert), "beta", "mca")
+
+    gclient, gkeys = await ca_env.requester("gateway.reg1")
+    gsig, gkx = await new_key(gkeys, "sig-1"), await new_key(gkeys, "kx-1", exchange=True)
+    greg = await register_entity(
+        gclient, root=ca_env.root, brand="alpha", requester=EntityKind.GATEWAY,
+        id_data=IDData(None, "411111", "acq-1"), sig_key=gsig, kx_key=gkx, values=GATEWAY_FORM,
+    )  # fmt: skip
+    ext = set_extension(greg.kx_cert)
+    assert (ext.cert_type, ext.key_use) == (CertType.GATEWAY, KeyUse.KEY_EXCHANGE)
+    assert ext.gateway is not None and ext.gateway.currencies == ["JPY", "USD"]
+    assert ext.gateway.pin_debit and not ext.gateway.sale
+    openssl_verify(tmp_path, ca_env, pem(greg.sig_cert), "alpha", "pca")
+    openssl_verify(tmp_path, ca_env, pem(greg.kx_cert), "alpha", "pca")
+
+
+@pytest.mark.parametrize("number", ["5555555555554444"])
+async def test_two_brands_serve_their_bins(ca_env: CAEnv, number: str) -> None:
+    client, keystore = await ca_env.requester("wallet.reg2")
+    key = await new_key(keystore, "card-beta")
+    reg = await register_cardholder(
+        client, root=ca_env.root, brand="beta", account=pan.Account(pan.AccountKind.CARD, number),
+        expiry=EXPIRY, key=key, values=FORM,
+    )  # fmt: skip
+    assert set_extension(reg.cert).brand == "beta"
