@@ -1,0 +1,242 @@
+"""Tampered, replayed and malformed registration messages get specific errors, create nothing."""
+
+from __future__ import annotations
+
+import pytest
+
+from actors.ca.requester import (
+    CAClient,
+    CARequestError,
+    build_cardholder_cert_req,
+    build_me_aq_cert_req,
+    build_reg_form_req,
+    card_cinit,
+    check_cardholder_cert_res,
+    check_reg_form_res,
+    decode_reply,
+    me_aq_init,
+)
+from protocol import codec, ids, pan
+from protocol.errors import ErrorCode
+from protocol.messages import (
+    CertReq,
+    CertRes,
+    CertStatusCode,
+    EntityKind,
+    IDData,
+    MessageType,
+    RegFormReq,
+    RegFormRes,
+)
+from protocol.wrapper import encode_message, make_header
+from tests.ca.conftest import CAEnv, new_key
+
+PAN = "4000000000000002"  # alpha BIN 400000
+EXPIRY = "3101"
+FORM = {"name": "Taro Test", "postal_code": "530-0001"}
+
+
+def counts(ca_env: CAEnv) -> tuple[int, int]:
+    certs = len(ca_env.store.certs())
+    (replies,) = ca_env.store._db.execute("SELECT count(*) FROM requests").fetchone()
+    return certs, int(replies)
+
+
+def wrap(client: CAClient, body: object, rrpid: bytes) -> bytes:
+    return encode_message(make_header(client.clock.now_ms(), rrpid=rrpid), body)
+
+
+async def send(client: CAClient, t: MessageType, data: bytes, expect: type) -> object:
+    _, reply = await client.request_raw(t, data)
+    return decode_reply(reply, client.clock.now_ms(), expect)
+
+
+def flip(data: bytes, at: int) -> bytes:
+    return data[:at] + bytes([data[at] ^ 0x01]) + data[at + 1 :]
+
+
+async def error_code(client: CAClient, t: MessageType, data: bytes) -> ErrorCode:
+    with pytest.raises(CARequestError) as info:
+        await send(client, t, data, object)
+    assert info.value.code is not None
+    return info.value.code
+
+
+@pytest.fixture
+async def cardholder(ca_env: CAEnv) -> tuple[CAClient, object]:
+    client, keystore = await ca_env.requester(f"wallet.r{ids.new_lid().hex()[:8]}")
+    return client, keystore
+
+
+async def test_cert_req_tampered_replayed_duplicated(ca_env: CAEnv, cardholder: tuple) -> None:
+    client, keystore = cardholder
+    key = await new_key(keystore, "card")
+    account = pan.Account(pan.AccountKind.CARD, PAN)
+    lid = ids.new_lid()
+    ca = await card_cinit(client, ca_env.root, "alpha", lid)
+    req2, data2 = await build_reg_form_req(ca, lid, account)
+    form = check_reg_form_res(await client.request(req2, data2.rrpid, RegFormRes), data2, ca)
+    pending = await build_cardholder_cert_req(
+        ca, form, key=key, account=account, expiry=EXPIRY, values=FORM, lid=lid
+    )
+    good = wrap(client, pending.req, pending.data.rrpid)
+    before = counts(ca_env)
+
+    # Tampered: a flipped bit anywhere in the protected part fails and changes nothing.
+    enc = pending.req.enc
+    for at in (len(enc) // 3, len(enc) - 5):
+        bad = wrap(client, CertReq(flip(enc, at), []), pending.data.rrpid)
+        code = await error_code(client, MessageType.CERT_REQ, bad)
+        assert code in (ErrorCode.DECRYPTION_FAILURE, ErrorCode.DECODING_FAILURE)
+    # Header RRPID not the body's: wrapperMsgMismatch.
+    other = wrap(client, pending.req, ids.new_rrpid())
+    assert await error_code(client, MessageType.CERT_REQ, other) is ErrorCode.WRAPPER_MSG_MISMATCH
+    # Malformed bytes and a body of the wrong shape.
+    assert await error_code(client, MessageType.CERT_REQ, b"\x93\x01") in (
+        ErrorCode.DECODING_FAILURE,
+    )
+    assert counts(ca_env) == before
+
+    res = await send(client, MessageType.CERT_REQ, good, CertRes)
+    reg = check_cardholder_cert_res(
+        res, pending, ca, key=key, account=account, expiry=EXPIRY, now_ms=client.clock.now_ms()
+    )
+    after = counts(ca_env)
+    assert after == (before[0] + 1, before[1] + 1)
+    # The same request again (a redelivery): the stored answer, no new certificate.
+    again = await send(client, MessageType.CERT_REQ, good, CertRes)
+    assert again == res and counts(ca_env) == after
+    # The same Chall-CA under a new RRPID: a replay, refused.
+    replay = await build_cardholder_cert_req(
+        ca, form, key=await new_key(keystore, "card-b"), account=account, expiry=EXPIRY,
+        values=FORM, lid=lid,
+    )  # fmt: skip
+    code = await error_code(
+        client, MessageType.CERT_REQ, wrap(client, replay.req, replay.data.rrpid)
+    )
+    assert code is ErrorCode.REPLAY
+    assert counts(ca_env) == after
+    assert reg.cert.serial_number == max(r.serial for r in ca_env.store.certs())
+
+
+async def test_reg_form_checks(ca_env: CAEnv, cardholder: tuple) -> None:
+    client, _ = cardholder
+    lid = ids.new_lid()
+    ca = await card_cinit(client, ca_env.root, "alpha", lid)
+    before = counts(ca_env)
+    (challenges_before,) = ca_env.store._db.execute("SELECT count(*) FROM challenges").fetchone()
+    # BIN of the other brand (beta) at the alpha CCA.
+    req, data = await build_reg_form_req(
+        ca, lid, pan.Account(pan.AccountKind.CARD, "5555555555554444")
+    )
+    assert (
+        await error_code(client, MessageType.REG_FORM_REQ, wrap(client, req, data.rrpid))
+        is ErrorCode.INVALID_FIELD
+    )
+    # A Luhn-invalid PAN (the requester's own helper refuses it, so build the record by hand).
+    bad_pan = pan.PANOnly(pan.Account(pan.AccountKind.CARD, "4111111111111112"), bytes(32))
+    from protocol.certs import cert_thumbprint, public_key_of
+    from protocol.envelope import make_exh
+
+    enc = await make_exh(
+        ca.suite, public_key_of(ca.kx_cert), cert_thumbprint(ca.kx_cert), "RegFormReq",
+        codec.encode(data), codec.encode(bad_pan),
+    )  # fmt: skip
+    assert (
+        await error_code(
+            client, MessageType.REG_FORM_REQ, wrap(client, RegFormReq(enc), data.rrpid)
+        )
+        is ErrorCode.INVALID_FIELD
+    )
+    # Tampered EXH.
+    bad = wrap(client, RegFormReq(flip(req.enc, len(req.enc) - 3)), data.rrpid)
+    assert await error_code(client, MessageType.REG_FORM_REQ, bad) is ErrorCode.DECRYPTION_FAILURE
+    # A message the CA does not take, inside a wrapper sent to it: messageNotSupported.
+    res_body = CertRes(b"x", [], [], None)
+    data_bytes = wrap(client, res_body, data.rrpid)
+    code = await error_code(client, MessageType.CERT_REQ, data_bytes)
+    assert code is ErrorCode.MESSAGE_NOT_SUPPORTED
+    assert counts(ca_env) == before
+    (challenges_after,) = ca_env.store._db.execute("SELECT count(*) FROM challenges").fetchone()
+    assert challenges_after == challenges_before
+
+
+async def test_cert_req_content_refusals(ca_env: CAEnv, cardholder: tuple) -> None:
+    client, keystore = cardholder
+    account = pan.Account(pan.AccountKind.CARD, PAN)
+    lid = ids.new_lid()
+    ca = await card_cinit(client, ca_env.root, "alpha", lid)
+    req2, data2 = await build_reg_form_req(ca, lid, account)
+    form = check_reg_form_res(await client.request(req2, data2.rrpid, RegFormRes), data2, ca)
+    key = await new_key(keystore, "card")
+    before = counts(ca_env)
+    cases = [
+        ({"name": "Only Name"}, EXPIRY, CertStatusCode.INVALID_FORM_FIELDS),  # postal_code
+        ({**FORM, "shoe_size": "27"}, EXPIRY, CertStatusCode.INVALID_FORM_FIELDS),
+        (FORM, "2001", CertStatusCode.REJECTED_BY_CA),  # card expired in January 2020
+    ]
+    for values, expiry, status in cases:
+        pending = await build_cardholder_cert_req(
+            ca, form, key=key, account=account, expiry=expiry, values=values, lid=lid
+        )
+        res = await client.request(pending.req, pending.data.rrpid, CertRes)
+        with pytest.raises(CARequestError) as info:
+            check_cardholder_cert_res(
+                res, pending, ca, key=key, account=account, expiry=expiry,
+                now_ms=client.clock.now_ms(),
+            )  # fmt: skip
+        assert info.value.status is status
+    assert counts(ca_env) == before  # refusals store nothing, the Chall-CA stays usable
+    pending = await build_cardholder_cert_req(
+        ca, form, key=key, account=account, expiry=EXPIRY, values=FORM, lid=lid
+    )
+    res = await client.request(pending.req, pending.data.rrpid, CertRes)
+    check_cardholder_cert_res(
+        res, pending, ca, key=key, account=account, expiry=EXPIRY, now_ms=client.clock.now_ms()
+    )
+    # The same public key again: keyAlreadyCertified.
+    lid2 = ids.new_lid()
+    req3, data3 = await build_reg_form_req(ca, lid2, account)
+    form2 = check_reg_form_res(await client.request(req3, data3.rrpid, RegFormRes), data3, ca)
+    pending = await build_cardholder_cert_req(
+        ca, form2, key=key, account=account, expiry=EXPIRY, values=FORM, lid=lid2
+    )
+    res = await client.request(pending.req, pending.data.rrpid, CertRes)
+    with pytest.raises(CARequestError) as info:
+        check_cardholder_cert_res(
+            res, pending, ca, key=key, account=account, expiry=EXPIRY, now_ms=client.clock.now_ms()
+        )
+    assert info.value.status is CertStatusCode.KEY_ALREADY_CERTIFIED
+
+
+async def test_merchant_cert_req_signed_by_another_key(ca_env: CAEnv) -> None:
+    client, keystore = await ca_env.requester("merchant.forger")
+    ca, init = await me_aq_init(
+        client, root=ca_env.root, brand="alpha", requester=EntityKind.MERCHANT,
+        id_data=IDData("M-9", None, None),
+    )  # fmt: skip
+    assert init.form is not None
+    sig, kx = await new_key(keystore, "sig"), await new_key(keystore, "kx", exchange=True)
+    other = await new_key(keystore, "other")
+    # Signed with ``other`` but asking to certify ``sig``: no proof of possession.
+    req, data = await build_me_aq_cert_req(
+        ca, init.form.reg_form_id, sig_key=other, kx_key=kx,
+        values={"merchant_id": "M-9", "merchant_name": "Forger", "mcc": "5999"},
+    )  # fmt: skip
+    from actors.ca.wire import spki_der
+    from protocol.messages import KeyUse, PublicKeyInfo
+
+    assert data.public_keys[0] == PublicKeyInfo(KeyUse.SIGNATURE, spki_der(other.public_key()))
+    before = counts(ca_env)
+    # Swap the envelope of one request into another's wrapper RRPID: mismatch.
+    bad = wrap(client, req, ids.new_rrpid())
+    assert await error_code(client, MessageType.CERT_REQ, bad) is ErrorCode.WRAPPER_MSG_MISMATCH
+    # Unknown brand at initiation.
+    with pytest.raises(CARequestError) as info:
+        await me_aq_init(
+            client, root=ca_env.root, brand="gamma", requester=EntityKind.MERCHANT,
+            id_data=IDData("M-9", None, None),
+        )  # fmt: skip
+    assert info.value.code is ErrorCode.INVALID_FIELD
+    assert counts(ca_env) == before
+    del sig
