@@ -13,8 +13,9 @@ reopened and their queues and consumers restored.
 from __future__ import annotations
 
 import asyncio
+import itertools
+import secrets
 import time
-import uuid
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -63,6 +64,16 @@ class Bus:
         self._channel_lock = asyncio.Lock()
         self._exchanges: dict[str, AbstractExchange] = {}
         self.trace = TraceTap()
+        self._trace_exchange: AbstractExchange | None = None
+        # Ids: a random 96-bit prefix per connection plus a counter -- unique like uuid4 but
+        # without a urandom call and a UUID object per message (measurable at 4,000 msg/s).
+        # Base64 letters and a dot, so an id never looks like a card number to mask_secrets.
+        self._id_prefix = secrets.token_urlsafe(12)
+        self._id_counter = itertools.count()
+
+    def new_id(self) -> str:
+        """A fresh id, unique across connections and processes (message and correlation ids)."""
+        return f"{self._id_prefix}.{next(self._id_counter):x}"
 
     async def channel(
         self, *, confirms: bool = True, prefetch: int | None = None
@@ -89,19 +100,21 @@ class Bus:
         msg_type: str | None = None,
         content_type: str | None = "application/msgpack",
     ) -> aio_pika.Message:
-        """An AMQP message stamped with this connection's ``user_id`` and a message id."""
+        """An AMQP message stamped with this connection's ``user_id`` and a message id.
+
+        No AMQP timestamp: SET messages carry their own dates, and converting one to a
+        datetime on both ends costs more than anything else in the publish path."""
         return aio_pika.Message(
             body,
             headers=dict(headers) if headers else None,
             content_type=content_type,
             delivery_mode=DeliveryMode.PERSISTENT if persistent else DeliveryMode.NOT_PERSISTENT,
-            message_id=message_id or uuid.uuid4().hex,
+            message_id=message_id or self.new_id(),
             correlation_id=correlation_id,
             reply_to=reply_to,
             expiration=expiration,
             type=msg_type,
             user_id=self.user_id,
-            timestamp=time.time(),
         )
 
     async def _publisher(self) -> AbstractRobustChannel:
@@ -196,8 +209,15 @@ class Bus:
             delay = min(delay * 2, 1.0)
 
     async def _trace_copy(self, message: aio_pika.Message, routing_key: str) -> None:
+        # A channel of its own: aiormq matches a basic.return to a publish by message id, and
+        # the copy shares its id with the original (and with a dead-letter record of it).
         try:
-            tap = await self._exchange(TRACE_EXCHANGE)
+            tap = self._trace_exchange
+            if tap is None or tap.channel.is_closed:
+                channel = await self.channel(confirms=True)
+                tap = self._trace_exchange = await channel.get_exchange(
+                    TRACE_EXCHANGE, ensure=False
+                )
         except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
             log.warning("trace_copy_failed", error=type(exc).__name__)
             return
