@@ -75,6 +75,13 @@ say "setpay $("$VENV/bin/setpay" --version | cut -d' ' -f2) ready in $VENV"
 # --- the project's own SoftHSM2 token (never the system token directory) ---------------
 "$VENV/bin/setpay" keystore init
 
+# --- RabbitMQ vhost, one user per actor identity, permissions, policies ------------------
+if command -v rabbitmqctl >/dev/null; then
+  $SUDO "$VENV/bin/setpay" broker init
+else
+  say "rabbitmqctl not on this machine: run 'setpay broker init' where the broker runs"
+fi
+
 if [ $RUN_DEMO = 1 ]; then
   say "running the demo"
   exec "$VENV/bin/setpay" demo
