@@ -110,7 +110,8 @@ def fingerprint(message: spec.Message, pan_index: bytes) -> bytes:
 
 
 class IssuerHost:
-    """The ISO 8583 server. ``latency`` delays every answer (fault injection for drills)."""
+    """The ISO 8583 server. ``latency`` and ``hold_answers`` delay answers (fault injection:
+    the request is applied, only the answer is late)."""
 
     def __init__(
         self,
@@ -130,6 +131,16 @@ class IssuerHost:
         self._writers: set[asyncio.StreamWriter] = set()
         self.handled = 0
         self.malformed = 0
+        self._gate = asyncio.Event()
+        self._gate.set()
+
+    def hold_answers(self) -> None:
+        """Fault injection: keep processing requests but send no answer until released."""
+        self._gate.clear()
+
+    def release_answers(self) -> None:
+        """Send the held answers and answer normally again."""
+        self._gate.set()
 
     @property
     def port(self) -> int:
@@ -145,6 +156,7 @@ class IssuerHost:
         """Stop listening, finish in-flight requests, close client connections."""
         if self.server is not None:
             self.server.close()
+        self._gate.set()  # held answers go out (or nowhere) so in-flight work can finish
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         for writer in list(self._writers):
@@ -178,6 +190,7 @@ class IssuerHost:
         response = await self.handle(raw)
         if response is None:
             return
+        await self._gate.wait()
         if self.latency:
             await asyncio.sleep(self.latency)
         if writer.is_closing():

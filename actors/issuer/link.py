@@ -1,0 +1,355 @@
+"""The gateway-side ISO 8583 link: request/response matching, deadlines, store-and-forward.
+
+Rule 1: answers are matched to requests by (response MTI, STAN), as jPOS QMUX does; an
+answer nobody waits for (late, or unknown) is logged and dropped.
+Rule 2: a request whose bytes may have reached the host but got no answer by its deadline
+(timeout, or the connection died) returns ``ISSUER_UNAVAILABLE`` (retryable) to the caller
+and queues a reversal advice (0420) in the journal in the same transaction; a request that
+never left (no connection) just returns the retryable decline.
+Rule 3: the SAF task forwards queued reversals oldest first - 0420/0400 then repeats
+0421/0401 with the same STAN - until the host acknowledges (00), across restarts of the
+link; a reversal the host refuses with another code is parked as failed and logged.
+Rule 4: a caller's RRN is its idempotency key: asking again for an answered RRN returns the
+journalled answer without sending; a timed-out RRN stays declined (its reversal is queued).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from actors.issuer import codes, framing, spec
+from actors.issuer.codes import ResponseCode
+from actors.issuer.errors import FramingError, LinkClosed, MessageError
+from actors.issuer.saf import Journal, SafEntry
+from actors.issuer.security import mask_account
+from setpay.logs import get_logger
+
+REPEAT_OF = {spec.REVERSAL_ADVICE: spec.REVERSAL_ADVICE_REPEAT,
+             spec.REVERSAL_REQUEST: spec.REVERSAL_REPEAT}
+
+
+@dataclass(frozen=True, slots=True)
+class LinkRequest:
+    """An authorization (0100) or financial (0200) request as the gateway asks it."""
+
+    rrn: str  # 12 characters; the caller's idempotency key
+    account: str = field(repr=False)  # PAN, or bank-branch-number for OPE debit
+    amount: int  # minor units
+    mti: str = spec.AUTH_REQUEST
+    currency: str = "392"
+    pin_block: bytes | None = field(default=None, repr=False)  # format 4 under the ZPK
+    terminal_id: str = "SETPAYGW"
+    merchant_id: str = ""
+
+    def validate(self) -> None:
+        if self.mti not in (spec.AUTH_REQUEST, spec.FINANCIAL_REQUEST):
+            raise MessageError("a link request is an 0100 or an 0200")
+        if len(self.rrn) != 12:
+            raise MessageError("RRN must be 12 characters")
+        if not 0 < self.amount < 10**12:
+            raise MessageError("amount must be 1..999999999999 minor units")
+
+
+@dataclass(frozen=True, slots=True)
+class LinkResult:
+    code: ResponseCode
+    approval_code: str = ""
+    stan: str = ""
+    timed_out: bool = False  # True: a reversal of this request is stored and forwarded
+    duplicate: bool = False  # True: answered from the journal, nothing sent
+
+    @property
+    def approved(self) -> bool:
+        return self.code.approved
+
+    @property
+    def retryable(self) -> bool:
+        return self.code.retryable
+
+
+class IsoLink:
+    """One TCP connection to the host, reconnected on demand, with a persistent SAF queue."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        journal_path: Path,
+        *,
+        acquirer: str = "4321",
+        deadline: float = 5.0,
+        connect_timeout: float = 2.0,
+        saf_retry_interval: float = 1.0,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.acquirer = acquirer
+        self.deadline = deadline
+        self.connect_timeout = connect_timeout
+        self.saf_retry_interval = saf_retry_interval
+        self.now = now
+        self.journal = Journal(journal_path)
+        self.log = get_logger(actor="issuer-link")
+        self._writer: asyncio.StreamWriter | None = None
+        self._reader_task: asyncio.Task[None] | None = None
+        self._connect_lock = asyncio.Lock()
+        self._pending: dict[tuple[str, str], asyncio.Future[spec.Message]] = {}
+        self._inflight: dict[str, asyncio.Task[LinkResult]] = {}
+        self._saf_wake = asyncio.Event()
+        self._saf_idle = asyncio.Event()
+        self._saf_task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.stray = 0
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Turn requests left unanswered by a crash into reversals, start forwarding."""
+        for rrn in self.journal.unanswered():
+            self.journal.time_out(rrn, self.journal.next_stan(), self._f7())
+            self.log.warning("recovered_unanswered", rrn=rrn)
+        self._saf_task = asyncio.create_task(self._forward())
+
+    async def close(self) -> None:
+        """Stop forwarding, fail waiting callers, close the connection and the journal."""
+        self._closing = True
+        self._saf_wake.set()
+        if self._saf_task is not None:
+            self._saf_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._saf_task
+        for task in list(self._inflight.values()):
+            with contextlib.suppress(Exception):
+                await task
+        await self._disconnect()
+        self.journal.close()
+
+    async def saf_idle(self) -> None:
+        """Wait until no reversal is pending (each queued one acknowledged or parked)."""
+        while self.journal.pending_count():
+            self._saf_idle.clear()
+            self._saf_wake.set()
+            await self._saf_idle.wait()
+
+    # -- connection -------------------------------------------------------------------------
+
+    async def _connect(self) -> asyncio.StreamWriter:
+        async with self._connect_lock:
+            if self._writer is not None and not self._writer.is_closing():
+                return self._writer
+            if self._closing:
+                raise LinkClosed("link is closing")
+            try:
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(self.host, self.port), self.connect_timeout
+                )
+            except (OSError, TimeoutError) as exc:
+                raise LinkClosed(f"cannot connect to the host: {type(exc).__name__}") from None
+            self._writer = writer
+            self._reader_task = asyncio.create_task(self._read(reader, writer))
+            self.log.info("link_connected", host=self.host, port=self.port)
+            return writer
+
+    async def _disconnect(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            with contextlib.suppress(Exception):
+                await self._writer.wait_closed()
+        if self._reader_task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader_task
+        self._writer = None
+
+    async def _read(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while (raw := await framing.read_frame(reader)) is not None:
+                self._dispatch(raw)
+        except (FramingError, ConnectionError, OSError) as exc:
+            self.log.warning("link_read_failed", error=type(exc).__name__)
+        finally:
+            writer.close()
+            if self._writer is writer:
+                self._writer = None
+            lost = LinkClosed("connection to the host lost")
+            for fut in self._pending.values():
+                if not fut.done():
+                    fut.set_exception(lost)
+            self.log.info("link_disconnected")
+
+    def _dispatch(self, raw: bytes) -> None:
+        try:
+            message = spec.unpack(raw)
+        except MessageError as exc:
+            self.stray += 1
+            self.log.warning("undecodable_answer", error=str(exc))
+            return
+        key = (str(message.get("t", "")), str(message.get("11", "")))
+        fut = self._pending.get(key)
+        if fut is None or fut.done():
+            self.stray += 1
+            self.log.warning("unmatched_answer", mti=key[0], stan=key[1],
+                             code=message.get("39"))
+            return
+        fut.set_result(message)
+
+    async def _exchange(self, message: spec.Message, *, before_send: Callable[[], None]
+                        ) -> spec.Message:
+        """Send ``message`` and await its answer within the deadline.
+
+        Raises ``LinkClosed`` before anything was sent (``before_send`` not called), and
+        ``TimeoutError`` or ``ConnectionError`` after."""
+        writer = await self._connect()
+        key = (spec.RESPONSE_TO[str(message["t"])], str(message["11"]))
+        if key in self._pending:
+            raise MessageError("a request with this STAN is already in flight")
+        payload = spec.pack(message)
+        fut: asyncio.Future[spec.Message] = asyncio.get_running_loop().create_future()
+        self._pending[key] = fut
+        try:
+            before_send()
+            try:
+                framing.write_frame(writer, payload)
+                await writer.drain()
+            except (ConnectionError, OSError) as exc:
+                raise ConnectionError(f"write failed: {type(exc).__name__}") from None
+            async with asyncio.timeout(self.deadline):
+                try:
+                    return await fut
+                except LinkClosed:
+                    raise ConnectionError("connection lost before the answer") from None
+        finally:
+            self._pending.pop(key, None)
+
+    def _f7(self) -> str:
+        return spec.transmission_time(self.now())
+
+    # -- requests ---------------------------------------------------------------------------
+
+    async def request(self, req: LinkRequest) -> LinkResult:
+        """Ask the host; a retryable decline when it cannot answer in time (Rule 2)."""
+        req.validate()
+        running = self._inflight.get(req.rrn)
+        if running is not None:
+            return await asyncio.shield(running)
+        # Shielded: a caller giving up must not cut the journal's bookkeeping short.
+        task = asyncio.create_task(self._request(req))
+        self._inflight[req.rrn] = task
+        task.add_done_callback(lambda _t: self._inflight.pop(req.rrn, None))
+        return await asyncio.shield(task)
+
+    async def _request(self, req: LinkRequest) -> LinkResult:
+        known = self.journal.get(req.rrn)
+        if known is not None:
+            if known.state == "answered":
+                return LinkResult(codes.parse(known.response_code or ""),
+                                  known.approval_code or "", known.stan, duplicate=True)
+            return LinkResult(ResponseCode.ISSUER_UNAVAILABLE, stan=known.stan,
+                              timed_out=True, duplicate=True)
+        stan = self.journal.next_stan()
+        message = self._message(req, stan)
+        log = self.log.bind(rrn=req.rrn, stan=stan, mti=req.mti,
+                            account=mask_account(req.account))
+        sent = False
+
+        def journal_sent() -> None:
+            nonlocal sent
+            self.journal.record_sent(req.rrn, message)
+            sent = True
+
+        try:
+            answer = await self._exchange(message, before_send=journal_sent)
+        except LinkClosed as exc:
+            log.warning("host_unreachable", error=str(exc))
+            return LinkResult(ResponseCode.ISSUER_UNAVAILABLE, stan=stan)
+        except (TimeoutError, ConnectionError, asyncio.CancelledError) as exc:
+            if not sent:
+                raise
+            self.journal.time_out(req.rrn, self.journal.next_stan(), self._f7())
+            self._saf_wake.set()
+            log.warning("no_answer_reversal_queued", error=type(exc).__name__)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return LinkResult(ResponseCode.ISSUER_UNAVAILABLE, stan=stan, timed_out=True)
+        code = codes.parse(str(answer.get("39", "")))
+        approval = str(answer.get("38", ""))
+        self.journal.record_answer(req.rrn, str(code), approval)
+        log.info("answered", code=str(code))
+        return LinkResult(code, approval, stan)
+
+    def _message(self, req: LinkRequest, stan: str) -> spec.Message:
+        bank = "-" in req.account
+        message: spec.Message = {
+            "t": req.mti,
+            "3": spec.DEBIT_PROCESSING if bank else spec.CARD_PROCESSING,
+            "4": f"{req.amount:012d}",
+            "7": self._f7(),
+            "11": stan,
+            "32": self.acquirer,
+            "37": req.rrn,
+            "41": req.terminal_id,
+            "49": req.currency,
+            ("102" if bank else "2"): req.account,
+        }
+        if req.merchant_id:
+            message["42"] = req.merchant_id
+        if req.pin_block is not None:
+            message["52"] = spec.pin_block_field(req.pin_block)
+        return message
+
+    async def reverse(self, rrn: str) -> bool:
+        """Queue a reversal (0400) of an answered request; False if there is none to reverse."""
+        queued = self.journal.enqueue_reversal(rrn, self.journal.next_stan(), self._f7())
+        if queued:
+            self._saf_wake.set()
+        return queued
+
+    async def echo(self) -> ResponseCode:
+        """An 0800 echo test; raises ``LinkClosed``/``TimeoutError`` if the host is silent."""
+        message = {"t": spec.ECHO_REQUEST, "7": self._f7(), "11": self.journal.next_stan(),
+                   "70": spec.ECHO_CODE}
+        answer = await self._exchange(message, before_send=lambda: None)
+        return codes.parse(str(answer.get("39", "")))
+
+    # -- store and forward ------------------------------------------------------------------
+
+    async def _forward(self) -> None:
+        while not self._closing:
+            entry = self.journal.next_pending()
+            if entry is None:
+                self._saf_idle.set()
+                self._saf_wake.clear()
+                await self._saf_wake.wait()
+                continue
+            if not await self._forward_one(entry):
+                self._saf_wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.saf_retry_interval):
+                        await self._saf_wake.wait()
+
+    async def _forward_one(self, entry: SafEntry) -> bool:
+        """One attempt; True when the entry is settled (acknowledged or parked)."""
+        message = dict(entry.message)
+        if entry.attempts:
+            message["t"] = REPEAT_OF.get(entry.mti, entry.mti)
+        log = self.log.bind(rrn=entry.rrn, mti=message["t"], stan=message["11"],
+                            attempt=entry.attempts + 1)
+        try:
+            answer = await self._exchange(message, before_send=lambda: None)
+        except (LinkClosed, TimeoutError, ConnectionError) as exc:
+            self.journal.attempted(entry.id)
+            log.info("saf_retry_later", error=type(exc).__name__)
+            return False
+        code = str(answer.get("39", ""))
+        acked = code == ResponseCode.APPROVED
+        self.journal.settle(entry.id, code, acked=acked)
+        if acked:
+            log.info("saf_acknowledged")
+        else:
+            log.error("saf_refused", code=code)
+        return True
