@@ -175,16 +175,23 @@ class Store:
             db.execute(
                 "INSERT OR REPLACE INTO accounts VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
-                    record.pan_index, record.kind, record.brand, record.last4, record.expiry,
-                    record.credit_limit, record.balance, int(record.stolen), record.pvv,
-                    record.pin_tries, record.velocity_count, record.velocity_window,
+                    record.pan_index,
+                    record.kind,
+                    record.brand,
+                    record.last4,
+                    record.expiry,
+                    record.credit_limit,
+                    record.balance,
+                    int(record.stolen),
+                    record.pvv,
+                    record.pin_tries,
+                    record.velocity_count,
+                    record.velocity_window,
                 ),
             )
 
     def account(self, pan_index: bytes) -> AccountRecord | None:
-        row = self.db.execute(
-            "SELECT * FROM accounts WHERE pan_index = ?", (pan_index,)
-        ).fetchone()
+        row = self.db.execute("SELECT * FROM accounts WHERE pan_index = ?", (pan_index,)).fetchone()
         return None if row is None else _account(row)
 
     def snapshot(self, pan_index: bytes) -> Snapshot | None:
@@ -254,8 +261,17 @@ class Store:
             db.execute(
                 "INSERT INTO transactions VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 (
-                    tx.key, tx.rrn, tx.mti, tx.fingerprint, tx.pan_index, tx.amount,
-                    str(decision.effect), "active", str(decision.code), approval, self.clock(),
+                    tx.key,
+                    tx.rrn,
+                    tx.mti,
+                    tx.fingerprint,
+                    tx.pan_index,
+                    tx.amount,
+                    str(decision.effect),
+                    "active",
+                    str(decision.code),
+                    approval,
+                    self.clock(),
                 ),
             )
             last4 = snap.account.last4 if snap else ""
@@ -264,9 +280,7 @@ class Store:
     def reverse(self, reversal_key: str, original_key: str, rrn: str) -> bool:
         """Undo the original's effect once; True if this call restored funds."""
         with self._tx() as db:
-            if db.execute(
-                "SELECT 1 FROM reversals WHERE tx_key = ?", (reversal_key,)
-            ).fetchone():
+            if db.execute("SELECT 1 FROM reversals WHERE tx_key = ?", (reversal_key,)).fetchone():
                 return False
             row = db.execute(
                 "SELECT pan_index, amount, effect, state FROM transactions WHERE tx_key = ?",
@@ -278,8 +292,17 @@ class Store:
                 db.execute(
                     "INSERT INTO transactions VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                     (
-                        original_key, rrn, "", b"", None, 0, str(Effect.TOMBSTONE),
-                        "reversed", str(ResponseCode.INVALID_TRANSACTION), "", self.clock(),
+                        original_key,
+                        rrn,
+                        "",
+                        b"",
+                        None,
+                        0,
+                        str(Effect.TOMBSTONE),
+                        "reversed",
+                        str(ResponseCode.INVALID_TRANSACTION),
+                        "",
+                        self.clock(),
                     ),
                 )
             elif row[3] == "active":

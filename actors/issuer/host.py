@@ -1,6 +1,7 @@
 """The issuer/acquirer host: an asyncio ISO 8583 server on 127.0.0.1 over ``accounts.Store``.
 
-Rule 1: decision order: unknown account 14, stolen 43, expired 54, PIN tries exhausted 75,
+Rule 1: decision order: unknown account 14, stolen 43, expired (or field 14 not the card's
+date) 54, PIN tries exhausted 75,
 wrong PIN 55 (the third wrong PIN in a row answers 75), velocity 61, funds/limit 51, else 00
 with an approval code. 0100 places a hold; 0200 posts at once.
 Rule 2: requests are idempotent by transmission key (acquirer, field 7, STAN): a repeat is
@@ -52,15 +53,22 @@ def expired(expiry: str | None, now: datetime) -> bool:
 
 
 def decide(
-    snap: Snapshot | None, *, amount: int, mti: str, pin_ok: bool | None, now: datetime
+    snap: Snapshot | None,
+    *,
+    amount: int,
+    mti: str,
+    pin_ok: bool | None,
+    now: datetime,
+    expiry: str | None = None,
 ) -> Decision:
-    """The host's decision rules (Rule 1) over a consistent account snapshot."""
+    """The host's decision rules (Rule 1) over a consistent account snapshot. ``expiry`` is
+    field 14 when the request carries it; a card's date that does not match counts as 54."""
     if snap is None:
         return Decision(ResponseCode.INVALID_CARD)
     account = snap.account
     if account.stolen:
         return Decision(ResponseCode.STOLEN_CARD)
-    if expired(account.expiry, now):
+    if expired(account.expiry, now) or (expiry is not None and expiry != account.expiry):
         return Decision(ResponseCode.EXPIRED_CARD)
     tries: int | None = None
     if account.pvv is not None:
@@ -105,7 +113,7 @@ def transmission_key(acquirer: str, f7: str, stan: str) -> str:
 
 def fingerprint(message: spec.Message, pan_index: bytes) -> bytes:
     """A digest of what the request asks, to tell a retransmission from a key collision."""
-    parts = [message.get(k, "") for k in ("t", "3", "4", "37", "41", "42", "49")]
+    parts = [message.get(k, "") for k in ("t", "3", "4", "14", "37", "41", "42", "49")]
     return hashlib.sha256("|".join(map(str, parts)).encode() + b"|" + pan_index).digest()
 
 
@@ -263,6 +271,9 @@ class IssuerHost:
         if not amount_text.isdigit():
             raise MessageError("field 4 must be digits")
         amount = int(amount_text)
+        expiry = str(message["14"]) if message.get("14") else None
+        if expiry is not None and not (len(expiry) == 4 and expiry.isdigit()):
+            raise MessageError("field 14 must be YYMM")
         reference, binding = account_reference(message)
         log = self.log.bind(mti=mti, stan=message["11"], rrn=message["37"])
         if amount <= 0:
@@ -289,11 +300,14 @@ class IssuerHost:
         now = self.now()
 
         def rules(snap: Snapshot | None) -> Decision:
-            return decide(snap, amount=amount, mti=mti, pin_ok=pin_ok, now=now)
+            return decide(snap, amount=amount, mti=mti, pin_ok=pin_ok, now=now, expiry=expiry)
 
         outcome = self.store.process(tx, rules, approval_code)
         log.info(
-            "decided", code=str(outcome.code), amount=amount, account=f"…{outcome.last4}",
+            "decided",
+            code=str(outcome.code),
+            amount=amount,
+            account=f"…{outcome.last4}",
             duplicate=outcome.duplicate,
         )
         return self._response(message, outcome.code, outcome.approval_code)
@@ -320,7 +334,10 @@ class IssuerHost:
         original = transmission_key(orig_acq, orig_f7, orig_stan)
         restored = self.store.reverse(key, original, str(message["37"]))
         self.log.info(
-            "reversed", mti=message["t"], stan=message["11"], rrn=message["37"],
+            "reversed",
+            mti=message["t"],
+            stan=message["11"],
+            rrn=message["37"],
             restored=restored,
         )
         return self._response(message, ResponseCode.APPROVED)

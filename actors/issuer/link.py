@@ -29,8 +29,10 @@ from actors.issuer.saf import Journal, SafEntry
 from actors.issuer.security import mask_account
 from setpay.logs import get_logger
 
-REPEAT_OF = {spec.REVERSAL_ADVICE: spec.REVERSAL_ADVICE_REPEAT,
-             spec.REVERSAL_REQUEST: spec.REVERSAL_REPEAT}
+REPEAT_OF = {
+    spec.REVERSAL_ADVICE: spec.REVERSAL_ADVICE_REPEAT,
+    spec.REVERSAL_REQUEST: spec.REVERSAL_REPEAT,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +44,7 @@ class LinkRequest:
     amount: int  # minor units
     mti: str = spec.AUTH_REQUEST
     currency: str = "392"
+    expiry: str | None = field(default=None, repr=False)  # YYMM, cards (field 14)
     pin_block: bytes | None = field(default=None, repr=False)  # format 4 under the ZPK
     terminal_id: str = "SETPAYGW"
     merchant_id: str = ""
@@ -193,13 +196,13 @@ class IsoLink:
         fut = self._pending.get(key)
         if fut is None or fut.done():
             self.stray += 1
-            self.log.warning("unmatched_answer", mti=key[0], stan=key[1],
-                             code=message.get("39"))
+            self.log.warning("unmatched_answer", mti=key[0], stan=key[1], code=message.get("39"))
             return
         fut.set_result(message)
 
-    async def _exchange(self, message: spec.Message, *, before_send: Callable[[], None]
-                        ) -> spec.Message:
+    async def _exchange(
+        self, message: spec.Message, *, before_send: Callable[[], None]
+    ) -> spec.Message:
         """Send ``message`` and await its answer within the deadline.
 
         Raises ``LinkClosed`` before anything was sent (``before_send`` not called), and
@@ -247,14 +250,18 @@ class IsoLink:
         known = self.journal.get(req.rrn)
         if known is not None:
             if known.state == "answered":
-                return LinkResult(codes.parse(known.response_code or ""),
-                                  known.approval_code or "", known.stan, duplicate=True)
-            return LinkResult(ResponseCode.ISSUER_UNAVAILABLE, stan=known.stan,
-                              timed_out=True, duplicate=True)
+                return LinkResult(
+                    codes.parse(known.response_code or ""),
+                    known.approval_code or "",
+                    known.stan,
+                    duplicate=True,
+                )
+            return LinkResult(
+                ResponseCode.ISSUER_UNAVAILABLE, stan=known.stan, timed_out=True, duplicate=True
+            )
         stan = self.journal.next_stan()
         message = self._message(req, stan)
-        log = self.log.bind(rrn=req.rrn, stan=stan, mti=req.mti,
-                            account=mask_account(req.account))
+        log = self.log.bind(rrn=req.rrn, stan=stan, mti=req.mti, account=mask_account(req.account))
         sent = False
 
         def journal_sent() -> None:
@@ -296,6 +303,8 @@ class IsoLink:
             "49": req.currency,
             ("102" if bank else "2"): req.account,
         }
+        if req.expiry is not None:
+            message["14"] = req.expiry
         if req.merchant_id:
             message["42"] = req.merchant_id
         if req.pin_block is not None:
@@ -311,8 +320,12 @@ class IsoLink:
 
     async def echo(self) -> ResponseCode:
         """An 0800 echo test; raises ``LinkClosed``/``TimeoutError`` if the host is silent."""
-        message = {"t": spec.ECHO_REQUEST, "7": self._f7(), "11": self.journal.next_stan(),
-                   "70": spec.ECHO_CODE}
+        message = {
+            "t": spec.ECHO_REQUEST,
+            "7": self._f7(),
+            "11": self.journal.next_stan(),
+            "70": spec.ECHO_CODE,
+        }
         answer = await self._exchange(message, before_send=lambda: None)
         return codes.parse(str(answer.get("39", "")))
 
@@ -337,8 +350,9 @@ class IsoLink:
         message = dict(entry.message)
         if entry.attempts:
             message["t"] = REPEAT_OF.get(entry.mti, entry.mti)
-        log = self.log.bind(rrn=entry.rrn, mti=message["t"], stan=message["11"],
-                            attempt=entry.attempts + 1)
+        log = self.log.bind(
+            rrn=entry.rrn, mti=message["t"], stan=message["11"], attempt=entry.attempts + 1
+        )
         try:
             answer = await self._exchange(message, before_send=lambda: None)
         except (LinkClosed, TimeoutError, ConnectionError) as exc:

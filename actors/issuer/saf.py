@@ -113,8 +113,16 @@ class Journal:
         with self._tx() as db:
             db.execute(
                 "INSERT INTO requests VALUES (?,?,?,?,?,?,?,?)",
-                (rrn, message["t"], message["11"], json.dumps(kept), "sent", None, None,
-                 self.clock()),
+                (
+                    rrn,
+                    message["t"],
+                    message["11"],
+                    json.dumps(kept),
+                    "sent",
+                    None,
+                    None,
+                    self.clock(),
+                ),
             )
 
     def forget(self, rrn: str) -> None:
@@ -168,8 +176,9 @@ class Journal:
     ) -> None:
         message: spec.Message = {"t": mti, "7": f7, "11": stan}
         message.update({k: original[k] for k in REVERSAL_FIELDS if k in original})
-        message["90"] = spec.original_data(original["t"], original["11"], original["7"],
-                                           original["32"])
+        message["90"] = spec.original_data(
+            original["t"], original["11"], original["7"], original["32"]
+        )
         db.execute(
             "INSERT INTO saf (rrn, mti, message, state, created_at) VALUES (?,?,?,?,?)",
             (rrn, mti, json.dumps(message), "pending", self.clock()),

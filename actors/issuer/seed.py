@@ -41,7 +41,7 @@ class SeedAccount:
         return self.reference.split("-")[-1]
 
 
-def test_accounts(now: datetime) -> list[SeedAccount]:
+def environment_accounts(now: datetime) -> list[SeedAccount]:
     """Cards of two brands (ok, expired, stolen, low limit, velocity) and OPE bank accounts."""
     valid = f"{(now.year + 3) % 100:02d}12"
     lapsed = f"{(now.year - 1) % 100:02d}12"
@@ -50,20 +50,28 @@ def test_accounts(now: datetime) -> list[SeedAccount]:
         SeedAccount("mc-ok", "card", "mastercard", "5555555555554444", valid, 300_000, 0),
         SeedAccount("visa-expired", "card", "visa", "4012888888881881", lapsed, 500_000, 0),
         SeedAccount(
-            "mc-stolen", "card", "mastercard", "5105105105105100", valid, 500_000, 0,
+            "mc-stolen",
+            "card",
+            "mastercard",
+            "5105105105105100",
+            valid,
+            500_000,
+            0,
             stolen=True,
         ),
         SeedAccount("visa-low-limit", "card", "visa", "4000000000000002", valid, 5_000, 0),
         SeedAccount(
-            "mc-velocity", "card", "mastercard", "2223000048400011", valid, 500_000, 0,
+            "mc-velocity",
+            "card",
+            "mastercard",
+            "2223000048400011",
+            valid,
+            500_000,
+            0,
             velocity_count=2,
         ),
-        SeedAccount(
-            "bank-ok", "bank", "ope", "0001-123-1234567", None, 0, 200_000, pin="1234"
-        ),
-        SeedAccount(
-            "bank-low", "bank", "ope", "0005-001-7654321", None, 0, 1_000, pin="987654"
-        ),
+        SeedAccount("bank-ok", "bank", "ope", "0001-123-1234567", None, 0, 200_000, pin="1234"),
+        SeedAccount("bank-low", "bank", "ope", "0005-001-7654321", None, 0, 1_000, pin="987654"),
     ]
 
 

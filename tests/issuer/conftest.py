@@ -12,7 +12,7 @@ import pytest
 from actors.issuer import framing, spec
 from actors.issuer.accounts import Store
 from actors.issuer.host import IssuerHost
-from actors.issuer.seed import SeedAccount, seed, test_accounts
+from actors.issuer.seed import SeedAccount, environment_accounts, seed
 from tests.issuer.softsecurity import SoftIssuerSecurity
 
 NOW = datetime.now(UTC)
@@ -89,7 +89,7 @@ def request(
 
 @pytest.fixture
 def accounts() -> dict[str, SeedAccount]:
-    return {a.name: a for a in test_accounts(NOW)}
+    return {a.name: a for a in environment_accounts(NOW)}
 
 
 @pytest.fixture

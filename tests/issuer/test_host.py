@@ -49,6 +49,15 @@ async def test_expired_card_is_54(client, accounts):
     assert answer["39"] == ResponseCode.EXPIRED_CARD
 
 
+async def test_wrong_expiry_is_54_and_right_expiry_approves(client, accounts):
+    """Field 14 must be the card's date when present."""
+    visa = accounts["visa-ok"]
+    wrong = {**request(visa, 1_000), "14": "0101"}
+    assert (await client.request(wrong))["39"] == ResponseCode.EXPIRED_CARD
+    right = {**request(visa, 1_000), "14": visa.expiry}
+    assert (await client.request(right))["39"] == ResponseCode.APPROVED
+
+
 async def test_stolen_card_is_43(client, accounts):
     answer = await client.request(request(accounts["mc-stolen"], 1_000))
     assert answer["39"] == ResponseCode.STOLEN_CARD
@@ -77,9 +86,7 @@ async def test_pin_debit_posts_at_once(client, accounts, store, security):
     """0200 with the right PIN on a bank account: 00 and the balance is debited now."""
     bank = accounts["bank-ok"]
     block = await security.pin_block(bank.binding, "1234")
-    answer = await client.request(
-        request(bank, 7_000, mti=spec.FINANCIAL_REQUEST, pin_block=block)
-    )
+    answer = await client.request(request(bank, 7_000, mti=spec.FINANCIAL_REQUEST, pin_block=block))
     assert answer["t"] == spec.FINANCIAL_RESPONSE
     assert answer["39"] == ResponseCode.APPROVED
     snap = await snapshot(store, security, bank)
@@ -106,7 +113,9 @@ async def test_wrong_pin_is_55_then_75_after_three(client, accounts, store, secu
         for _ in range(3)
     ]
     assert codes == [
-        ResponseCode.WRONG_PIN, ResponseCode.WRONG_PIN, ResponseCode.PIN_TRIES_EXCEEDED
+        ResponseCode.WRONG_PIN,
+        ResponseCode.WRONG_PIN,
+        ResponseCode.PIN_TRIES_EXCEEDED,
     ]
     answer = await client.request(request(bank, 100, mti="0200", pin_block=right))
     assert answer["39"] == ResponseCode.PIN_TRIES_EXCEEDED
@@ -191,8 +200,12 @@ async def test_reversal_restores_a_posting_once(client, accounts, store, securit
     assert (await client.request(original))["39"] == ResponseCode.APPROVED
     assert (await snapshot(store, security, bank)).account.balance == bank.balance - 9_000
     first = reversal(original)
-    for message in (first, first, {**first, "t": spec.REVERSAL_REPEAT}, reversal(original,
-                    stan="900002")):
+    for message in (
+        first,
+        first,
+        {**first, "t": spec.REVERSAL_REPEAT},
+        reversal(original, stan="900002"),
+    ):
         answer = await client.request(message)
         assert answer["t"] == spec.REVERSAL_RESPONSE
         assert answer["39"] == ResponseCode.APPROVED

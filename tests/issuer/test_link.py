@@ -56,11 +56,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def test_approval_and_duplicate_rrn_answered_from_journal(link, host, accounts, store,
-                                                                security):
+async def test_approval_and_duplicate_rrn_answered_from_journal(
+    link, host, accounts, store, security
+):
     """An RRN asked twice: the second answer comes from the journal; the host saw one."""
     visa = accounts["visa-ok"]
-    req = LinkRequest(rrn(1), visa.reference, 8_000)
+    req = LinkRequest(rrn(1), visa.reference, 8_000, expiry=visa.expiry)
     first = await link.request(req)
     assert first.approved and len(first.approval_code) == 6 and not first.duplicate
     handled = host.handled
@@ -122,8 +123,7 @@ async def test_unreachable_host_is_retryable_and_queues_nothing(tmp_path, accoun
         await lk.close()
 
 
-async def test_deadline_reversal_survives_link_restart(host, store, security, accounts,
-                                                       tmp_path):
+async def test_deadline_reversal_survives_link_restart(host, store, security, accounts, tmp_path):
     """The host posts a PIN debit but its answers are held: the caller gets 91 at the
     deadline and a reversal advice is journalled. The host applies that advice too, but its
     acknowledgement is also lost; the link restarts while the host is down; once the host is
@@ -171,8 +171,7 @@ async def test_deadline_reversal_survives_link_restart(host, store, security, ac
         await lk2.close()
 
 
-async def test_reversal_waits_for_the_host_after_a_restart(store, security, accounts,
-                                                            tmp_path):
+async def test_reversal_waits_for_the_host_after_a_restart(store, security, accounts, tmp_path):
     """A reversal queued while the host is down is forwarded by a restarted link once the
     host comes up, and releases the hold the original placed."""
     visa = accounts["visa-ok"]
@@ -199,8 +198,7 @@ async def test_reversal_waits_for_the_host_after_a_restart(store, security, acco
         await host2.stop()
 
 
-async def test_late_answer_is_dropped_and_reversal_forwarded(link, host, store, security,
-                                                             accounts):
+async def test_late_answer_is_dropped_and_reversal_forwarded(link, host, store, security, accounts):
     """A late answer after the deadline matches nobody; the reversal releases the hold."""
     mc = accounts["mc-ok"]
     link.deadline = 0.2
@@ -213,16 +211,24 @@ async def test_late_answer_is_dropped_and_reversal_forwarded(link, host, store, 
     assert await held(store, security, mc.reference) == 0
 
 
-async def test_crash_between_send_and_answer_is_reversed_at_start(host, store, security,
-                                                                  accounts, tmp_path):
+async def test_crash_between_send_and_answer_is_reversed_at_start(
+    host, store, security, accounts, tmp_path
+):
     """A request journalled as sent by a link that died is reversed when the link starts;
     the original, arriving late, is then refused (12)."""
     visa = accounts["visa-ok"]
     journal = Journal(tmp_path / "link.sqlite")
     original = {
-        "t": "0100", "3": "000000", "4": "000000001000", "7": "1124130000",
-        "11": journal.next_stan(), "32": "4321", "37": rrn(600), "41": "SETPAYGW",
-        "49": "392", "2": visa.reference,
+        "t": "0100",
+        "3": "000000",
+        "4": "000000001000",
+        "7": "1124130000",
+        "11": journal.next_stan(),
+        "32": "4321",
+        "37": rrn(600),
+        "41": "SETPAYGW",
+        "49": "392",
+        "2": visa.reference,
     }
     journal.record_sent(rrn(600), original)
     journal.close()
@@ -266,9 +272,7 @@ async def test_journal_and_logs_hold_no_pan_or_pin(link, accounts, security, tmp
     block = await security.pin_block(bank.binding, "1234")
     with capture_logs() as events:
         await link.request(LinkRequest(rrn(800), visa.reference, 100))
-        await link.request(
-            LinkRequest(rrn(801), bank.reference, 100, mti="0200", pin_block=block)
-        )
+        await link.request(LinkRequest(rrn(801), bank.reference, 100, mti="0200", pin_block=block))
         assert await link.reverse(rrn(801))
         await asyncio.wait_for(link.saf_idle(), 10)
     link.journal.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
