@@ -3,7 +3,7 @@
 Rule 1: no PAN, account number or PIN is stored: accounts are keyed by ``pan_index`` (keyed
 HMAC from the security module) and keep the last four digits for display; PINs exist only
 as a PVV.
-Rule 2: every request is keyed by its transmission key (acquirer, transmission time, STAN)
+Rule 2: every request is keyed by its transmission key (acquirer, time, STAN, RRN)
 and applied at most once: ``process`` runs the lookup, the decision and the write in one
 ``BEGIN IMMEDIATE`` transaction; a repeat with the same fingerprint gets the stored answer, a
 different request under a used key gets 94 and changes nothing.
@@ -120,7 +120,7 @@ class Decision:
 class TxRequest:
     """What the store needs of an authorization/financial request."""
 
-    key: str  # transmission key: acquirer:MMDDhhmmss:STAN
+    key: str  # transmission key: acquirer:MMDDhhmmss:STAN:RRN
     rrn: str
     mti: str
     fingerprint: bytes  # over the request's meaning, to tell a retry from a key collision

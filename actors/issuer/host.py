@@ -4,7 +4,7 @@ Rule 1: decision order: unknown account 14, stolen 43, expired (or field 14 not 
 date) 54, PIN tries exhausted 75,
 wrong PIN 55 (the third wrong PIN in a row answers 75), velocity 61, funds/limit 51, else 00
 with an approval code. 0100 places a hold; 0200 posts at once.
-Rule 2: requests are idempotent by transmission key (acquirer, field 7, STAN): a repeat is
+Rule 2: requests are idempotent by transmission key (acquirer, field 7, STAN, RRN): a repeat is
 answered from the store and never applied twice; reversals (0400/0420 and repeats) restore
 their original once and are always acknowledged.
 Rule 3: a message that does not decode is logged (never its bytes) and answered 30 when its
@@ -16,17 +16,14 @@ succeed. Responses echo no account number, expiry or PIN block.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import hashlib
 import secrets
-import signal
 import string
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 
 from actors.issuer import framing, spec
 from actors.issuer.accounts import Decision, Effect, Snapshot, Store, TxRequest
@@ -107,8 +104,10 @@ def account_reference(message: spec.Message) -> tuple[str, str]:
     raise MessageError("an account (field 2 or 102) is required")
 
 
-def transmission_key(acquirer: str, f7: str, stan: str) -> str:
-    return f"{acquirer}:{f7}:{stan}"
+def transmission_key(acquirer: str, f7: str, stan: str, rrn: str) -> str:
+    """The idempotency key of a request: acquirer, transmission time, STAN and RRN (two
+    acquirer nodes may reuse a STAN in the same second; their RRNs differ)."""
+    return f"{acquirer}:{f7}:{stan}:{rrn}"
 
 
 def fingerprint(message: spec.Message, pan_index: bytes) -> bytes:
@@ -282,7 +281,9 @@ class IssuerHost:
         try:
             pan_index = await self.security.pan_index(reference)
             tx = TxRequest(
-                key=transmission_key(str(message["32"]), str(message["7"]), str(message["11"])),
+                key=transmission_key(
+                    str(message["32"]), str(message["7"]), str(message["11"]), str(message["37"])
+                ),
                 rrn=str(message["37"]),
                 mti=mti,
                 fingerprint=fingerprint(message, pan_index),
@@ -330,8 +331,11 @@ class IssuerHost:
         if orig_mti not in (spec.AUTH_REQUEST, spec.FINANCIAL_REQUEST):
             raise MessageError("field 90 names no authorization or financial request")
         # Repeats (0401/0421) keep the first attempt's STAN and time, so they share its key.
-        key = "rev:" + transmission_key(str(message["32"]), str(message["7"]), str(message["11"]))
-        original = transmission_key(orig_acq, orig_f7, orig_stan)
+        rrn = str(message["37"])  # a reversal carries its original's RRN
+        key = "rev:" + transmission_key(
+            str(message["32"]), str(message["7"]), str(message["11"]), rrn
+        )
+        original = transmission_key(orig_acq, orig_f7, orig_stan, rrn)
         restored = self.store.reverse(key, original, str(message["37"]))
         self.log.info(
             "reversed",
@@ -343,43 +347,7 @@ class IssuerHost:
         return self._response(message, ResponseCode.APPROVED)
 
 
-def _parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m actors.issuer.host")
-    parser.add_argument("--db", type=Path, default=None, help="SQLite file (default data_dir)")
-    parser.add_argument("--port", type=int, default=8583)
-    parser.add_argument("--latency", type=float, default=0.0, help="delay every answer (s)")
-    return parser.parse_args(argv)
-
-
-async def _main(argv: list[str]) -> int:
-    from actors.issuer.security import PAN_INDEX_KEY, PVK_KEY, KeystoreIssuerSecurity
-    from broker.connection import connect
-    from keystore.client import KeystoreClient
-    from setpay import config, logs
-
-    args = _parse_args(argv)
-    settings = config.load()
-    logs.configure(settings.log_format, settings.log_level)
-    db = args.db or settings.data_dir / "issuer.sqlite"
-    db.parent.mkdir(parents=True, exist_ok=True)
-    bus = await connect(settings.amqp_url, name="issuer.host1")
-    client = await KeystoreClient.create(bus)
-    security = KeystoreIssuerSecurity(
-        client, pan_index_label=client.label(PAN_INDEX_KEY), pvk_label=client.label(PVK_KEY)
-    )
-    host = IssuerHost(Store(db), security, latency=args.latency)
-    await host.start("127.0.0.1", args.port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await host.stop()
-    await client.close()
-    await bus.close()
-    host.store.close()
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(asyncio.run(_main(sys.argv[1:])))
+    from actors.issuer.service import cli
+
+    sys.exit(cli(sys.argv[1:]))

@@ -166,7 +166,7 @@ async def test_deadline_reversal_survives_link_restart(host, store, security, ac
         f7 = lk2.journal.db.execute(
             "SELECT json_extract(fields, '$.7') FROM requests WHERE rrn = ?", (rrn(400),)
         ).fetchone()[0]
-        assert store.reversal_count(transmission_key("4321", f7, result.stan)) == 1
+        assert store.reversal_count(transmission_key("4321", f7, result.stan, rrn(400))) == 1
     finally:
         await lk2.close()
 
