@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from actors.issuer.accounts import AccountRecord, Store
-from actors.issuer.errors import StoreError
+from actors.issuer.errors import SecurityUnavailable, StoreError
 from actors.issuer.security import IssuerSecurity
 
 PinBlockFor = Callable[[str, str], Awaitable[bytes]]  # (binding digits, PIN) -> block under ZPK
@@ -105,3 +105,25 @@ async def seed(
                 velocity_window=spec.velocity_window,
             )
         )
+
+
+async def seed_environment(
+    store: Store,
+    security: IssuerSecurity,
+    now: datetime,
+    pin_block_for: PinBlockFor | None = None,
+) -> list[tuple[SeedAccount, str]]:
+    """Seed ``environment_accounts``; each with ``created`` or why it was skipped (a PIN
+    account needs a PIN block source and a security module that computes PVVs)."""
+    report: list[tuple[SeedAccount, str]] = []
+    for account in environment_accounts(now):
+        if account.pin is not None and pin_block_for is None:
+            report.append((account, "skipped: no PIN block source"))
+            continue
+        try:
+            await seed(store, security, [account], pin_block_for)
+        except SecurityUnavailable as exc:
+            report.append((account, f"skipped: {exc}"))
+            continue
+        report.append((account, "created"))
+    return report

@@ -58,7 +58,8 @@ class IssuerService:
         self._started_at = 0.0
         self.log = get_logger(actor=self.identity)
 
-    async def _keystore_security(self) -> IssuerSecurity:
+    async def open_keystore_security(self) -> IssuerSecurity:
+        """Connect as ``issuer.<instance>`` and bind the keystore; closed by ``stop``."""
         from broker.connection import connect
         from broker.provision import identity_url
         from keystore.client import KeystoreClient
@@ -82,7 +83,7 @@ class IssuerService:
         """Open the store and the security module, listen on 127.0.0.1, then ready."""
         self._set_state("starting")
         self._started_at = time.time()
-        security = self.security or await self._keystore_security()
+        security = self.security or await self.open_keystore_security()
         self.db_path.parent.mkdir(parents=True, exist_ok=True)
         store = Store(self.db_path)
         self._closers.append(store.close)

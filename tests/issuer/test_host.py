@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from structlog.testing import capture_logs
+
 from actors.issuer import spec
 from actors.issuer.accounts import Store
 from actors.issuer.codes import ResponseCode
@@ -242,8 +244,12 @@ async def test_echo(client):
 async def test_malformed_messages_do_not_stop_the_host(host: IssuerHost, client, accounts):
     """Garbage after a readable MTI gets 30; unreadable garbage is dropped; a frame-level
     error closes that connection only; the host keeps serving everyone."""
-    answer = await client.send_raw(b"0200\xff\xff\xff")
+    with capture_logs() as events:
+        answer = await client.send_raw(b"0200\xff\xff\xff")
     assert answer is not None
+    [event] = [e for e in events if e["event"] == "malformed_message"]
+    assert event["mti"] == "0200" and event["length"] == 7
+    assert "\\xff" not in repr(event)  # the bytes themselves are never logged
     assert spec.unpack(answer) == {"t": "0210", "39": ResponseCode.FORMAT_ERROR}
     # A decodable request missing required fields: 30 with its STAN echoed.
     answer_msg = await client.request({"t": "0100", "11": "000123"})
