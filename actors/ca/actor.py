@@ -25,15 +25,7 @@ from keystore.client import KeystoreClient
 from keystore.service import RPC_QUEUE
 from protocol import ids
 from protocol.keys import get_suite
-from protocol.messages import MessageType
 from setpay.config import Settings
-
-REQUESTS = (
-    MessageType.CARD_CINIT_REQ,
-    MessageType.ME_AQ_CINIT_REQ,
-    MessageType.REG_FORM_REQ,
-    MessageType.CERT_REQ,
-)
 
 
 class CAActor(Actor):
@@ -75,7 +67,7 @@ class CAActor(Actor):
         )
         keys = KeystoreKeys(self.keystore, get_suite(self.settings.suite))
         self.service = CAService(Hierarchy(self.store, keys), brands=self.brands, clock=self.clock)
-        for msg_type in REQUESTS:
+        for msg_type in self.service.handlers:  # every request type the service answers
             self.on(amqp_type(msg_type), self._handle)
 
     async def _handle(self, delivery: Delivery) -> Reply:

@@ -53,10 +53,11 @@ GATEWAY_FORM = RegForm(
 class Brand:
     name: str
     bins: tuple[str, ...]  # 6-digit BIN prefixes issued under this brand
+    review_mccs: tuple[str, ...] = ()  # merchant categories the acquirer approves by hand
 
 
 TEST_BRANDS: tuple[Brand, ...] = (
-    Brand("alpha", ("411111", "400000")),
+    Brand("alpha", ("411111", "400000"), review_mccs=("7995",)),  # 7995: betting
     Brand("beta", ("555555", "510000")),
 )
 

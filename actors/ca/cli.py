@@ -1,4 +1,4 @@
-"""`setpay ca init|issue|revoke|list|crl|export`: the CA operator's commands.
+"""`setpay ca init|issue|revoke|list|crl|export|pending|approve|reject`: operator commands.
 
 Rule 1: commands that sign (init, issue, revoke, crl --refresh) connect to the broker as the
 CA identity (``--url``, default ``settings.amqp_url``; its user must be ``ca.<instance>``) and
@@ -196,6 +196,32 @@ def _cmd_crl(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _cmd_pending(args: argparse.Namespace, settings: Settings) -> int:
+    store = _open_store(settings)
+    try:
+        for rrpid, state, created in store.pending_list():
+            when = to_dt(created).strftime("%Y-%m-%d %H:%M:%S")
+            print(f"{rrpid.hex()}  {state:<24} since {when}")
+    finally:
+        store.close()
+    return 0
+
+
+def _decide(args: argparse.Namespace, settings: Settings, state: str) -> int:
+    try:
+        rrpid = bytes.fromhex(args.request)
+    except ValueError:
+        raise _fail("REQUEST is the hex RRPID shown by `setpay ca pending`") from None
+    store = _open_store(settings)
+    try:
+        if not store.decide_pending(rrpid, state):
+            raise _fail(f"no request {args.request} is pending")
+    finally:
+        store.close()
+    print(f"{args.request} {state}; the requester's next CertInq gets the answer")
+    return 0
+
+
 def _cmd_export(args: argparse.Namespace, settings: Settings) -> int:
     store = _open_store(settings)
     try:
@@ -259,6 +285,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--refresh", action="store_true", help="publish new CRLs and BCIs now")
     signing(p)
     p.set_defaults(func=_cmd_crl)
+
+    p = ca_sub.add_parser("pending", help="list pended certificate requests")
+    p.set_defaults(func=_cmd_pending)
+    for verb, state in (("approve", "approved"), ("reject", "rejected")):
+        p = ca_sub.add_parser(verb, help=f"{verb} a pended request (by RRPID)")
+        p.add_argument("request", help="hex RRPID from `setpay ca pending`")
+        p.set_defaults(func=lambda a, s, state=state: _decide(a, s, state))
 
     p = ca_sub.add_parser("export", help="write every CA certificate as PEM into DIR")
     p.add_argument("dir")

@@ -46,6 +46,9 @@ from protocol.messages import (
     CardCInitReq,
     CardCInitRes,
     CardCInitResData,
+    CertInqReq,
+    CertInqReqData,
+    CertInqRes,
     CertReq,
     CertReqData,
     CertRes,
@@ -69,7 +72,7 @@ from protocol.messages import (
     RequestType,
 )
 from protocol.revocation import RevocationState
-from protocol.signed import SignedData, open_signed
+from protocol.signed import SignedData, open_signed, sign_data
 from protocol.treatments import make_enc, make_encx, open_enck
 from protocol.wrapper import decode_message, encode_message, make_header
 
@@ -525,19 +528,21 @@ async def build_me_aq_cert_req(
 
 
 def check_me_aq_cert_res(
-    res: CertRes,
-    data: CertReqData,
+    res: CertRes | CertInqRes,
+    data: CertReqData | CertInqReqData,
     ca: CAView,
     cert_type: CertType,
     sig_key: PrivateKey,
     kx_key: PrivateKey,
     now_ms: int,
 ) -> EntityRegistration:
-    """Verify a merchant/gateway CertRes: signature, echo, both certificates hold our keys."""
-    out: CertResData = _open_signed(res.protected, ca.ca_cert, "CertRes", CertResData)
+    """Verify a merchant/gateway CertRes (or CertInqRes): signature, echo, both certificates
+    hold our keys. A pended request raises ``CARequestError`` with ``status`` REQUEST_PENDED."""
+    content_type = "CertRes" if isinstance(res, CertRes) else "CertInqRes"
+    out: CertResData = _open_signed(res.protected, ca.ca_cert, content_type, CertResData)
     _check_echo(out.chall_ee3, data.chall_ee3, "Chall-EE3")
     if out.status.code is not CertStatusCode.REQUEST_COMPLETE:
-        raise CARequestError(f"CA refused: {out.status.code.name}", status=out.status.code)
+        raise CARequestError(f"CA answered {out.status.code.name}", status=out.status.code)
     issued = [c for c in map(load_certificate, res.certs) if cert_thumbprint(c) in out.cert_thumbs]
     by_use = {set_extension(c).key_use: c for c in issued}
     sig, kx = by_use.get(CertKeyUse.SIGNATURE), by_use.get(CertKeyUse.KEY_EXCHANGE)
@@ -556,6 +561,25 @@ def check_me_aq_cert_res(
             revocation=ca.revocation(now_ms),
         )
     return EntityRegistration(sig, kx, chain, ca)
+
+
+async def inquire(
+    client: CAClient,
+    pended: CertReqData,
+    ca: CAView,
+    cert_type: CertType,
+    sig_key: PrivateKey,
+    kx_key: PrivateKey,
+) -> EntityRegistration:
+    """CertInq about a pended CertReq, signed with the key awaiting its certificate."""
+    data = CertInqReqData(ids.new_rrpid(), pended.lid_ee, ids.new_challenge())
+    signed = await sign_data(
+        sig_key, pop_signer(sig_key.public_key()), "CertInqReq", codec.encode(data)
+    )
+    res: CertInqRes = await client.request(
+        CertInqReq(codec.encode(signed), []), data.rrpid, CertInqRes
+    )
+    return check_me_aq_cert_res(res, data, ca, cert_type, sig_key, kx_key, client.clock.now_ms())
 
 
 async def register_entity(

@@ -18,8 +18,9 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 from cryptography import x509
 
@@ -34,7 +35,15 @@ from actors.ca.brands import (
     check_form,
 )
 from actors.ca.hierarchy import Hierarchy, ca_name, to_dt
-from actors.ca.wire import OpenedCertReq, amqp_type, open_cert_req, open_renewal
+from actors.ca.wire import (
+    OpenedCertReq,
+    amqp_type,
+    load_spki,
+    open_cert_req,
+    open_renewal,
+    pop_signer,
+    spki_der,
+)
 from protocol import codec, ids, pan, primitives
 from protocol.certs import (
     CertType,
@@ -49,14 +58,19 @@ from protocol.certs import (
 )
 from protocol.certs import KeyUse as CertKeyUse
 from protocol.chain import Expect, validate_path
+from protocol.codec import MaxLen, ShortStr
 from protocol.envelope import open_exh, recipient_of
 from protocol.errors import ErrorCode, ProtocolError
+from protocol.keys import PublicKey
 from protocol.messages import (
     AccountKind,
     AcctInfo,
     CardCInitReq,
     CardCInitRes,
     CardCInitResData,
+    CertInqReq,
+    CertInqReqData,
+    CertInqRes,
     CertReq,
     CertRes,
     CertResData,
@@ -71,6 +85,8 @@ from protocol.messages import (
     MeAqCInitRes,
     MeAqCInitResData,
     MessageType,
+    PublicKeyInfo,
+    RegFieldValue,
     RegForm,
     RegFormReq,
     RegFormReqData,
@@ -79,7 +95,7 @@ from protocol.messages import (
     RequestType,
 )
 from protocol.revocation import RevocationState, bci_thumbprint
-from protocol.signed import sign_data
+from protocol.signed import SignedData, open_signed, sign_data
 from protocol.treatments import make_enck
 from protocol.wrapper import Decoded, decode_message, encode_message, make_header, peek_header
 from setpay.logs import get_logger
@@ -122,6 +138,7 @@ class CAService:
             MessageType.ME_AQ_CINIT_REQ: self._me_aq_cinit,
             MessageType.REG_FORM_REQ: self._reg_form,
             MessageType.CERT_REQ: self._cert_req,
+            MessageType.CERT_INQ_REQ: self._cert_inq,
         }
         self._kx_names: dict[bytes, str] = {}
 
@@ -487,6 +504,90 @@ class CAService:
         log.info("ca_cert_issued", cert_type="cardholder", brand=brand_name, serial=row["serial"])
         return MessageType.CERT_RES, reply
 
+    def _entity_profile(
+        self,
+        cert_type: CertType,
+        reg_form_id: int,
+        values_in: list[RegFieldValue],
+        old: x509.Certificate | None,
+    ) -> tuple[str, MerchantData | None, GatewayCaps | None]:
+        """Subject, merchant data, gateway capabilities from the form; ``Refusal`` if bad."""
+        form: RegForm = MERCHANT_FORM if cert_type is CertType.MERCHANT else GATEWAY_FORM
+        try:
+            values = check_form(form, reg_form_id, values_in)
+        except ProtocolError as exc:
+            raise Refusal(
+                CertStatusCode.INVALID_FORM_FIELDS, (FailedItem("form", exc.detail[:64]),)
+            ) from None
+        if cert_type is CertType.MERCHANT:
+            if not values["mcc"].isdigit() or len(values["mcc"]) != 4:
+                raise Refusal(
+                    CertStatusCode.INVALID_FORM_FIELDS, (FailedItem("mcc", "four digits"),)
+                )
+            merchant = MerchantData(values["merchant_id"], values["merchant_name"], values["mcc"])
+            subject, gateway = values["merchant_id"], None
+        else:
+            currencies = [c.strip() for c in values["currencies"].split(",") if c.strip()]
+            if not currencies or any(len(c) != 3 or not c.isalpha() for c in currencies):
+                raise Refusal(
+                    CertStatusCode.INVALID_FORM_FIELDS,
+                    (FailedItem("currencies", "ISO 4217 codes"),),
+                )
+            gateway = GatewayCaps(
+                currencies, values.get("pin_debit") == "yes", values.get("sale") == "yes"
+            )
+            subject, merchant = values["gateway_id"], None
+        if old is not None:
+            old_ext = set_extension(old)
+            if old_ext.merchant is not None and old_ext.merchant.merchant_id != subject:
+                item = FailedItem("merchant_id", "differs from the renewed")
+                raise Refusal(CertStatusCode.REJECTED_BY_CA, (item,))
+        return subject, merchant, gateway
+
+    async def _issue_pair(
+        self,
+        cert_type: CertType,
+        brand_name: str,
+        keys: dict[KeyUse, PublicKey],
+        profile: tuple[str, MerchantData | None, GatewayCaps | None],
+    ) -> tuple[list[x509.Certificate], list[dict[str, object]]]:
+        subject, merchant, gateway = profile
+        certs, rows = [], []
+        for use, cert_use, suffix in (
+            (KeyUse.SIGNATURE, CertKeyUse.SIGNATURE, "sig"),
+            (KeyUse.KEY_EXCHANGE, CertKeyUse.KEY_EXCHANGE, "kx"),
+        ):
+            issued, row = await self.h.issue_ee(
+                cert_type, brand_name, cert_use, keys[use], f"{subject} {suffix}",
+                self.clock.now_ms(), merchant=merchant, gateway=gateway,
+            )  # fmt: skip
+            rows.append(row)
+            certs.append(issued.cert)
+        return certs, rows
+
+    async def _entity_reply(
+        self,
+        content_type: str,
+        brand_name: str,
+        ca: str,
+        rrpid: bytes,
+        lid_ee: bytes,
+        chall_ee3: bytes,
+        thumbs: list[bytes],
+        status: CertStatus,
+        new_certs: list[x509.Certificate],
+    ) -> bytes:
+        res = CertResData(rrpid, lid_ee, chall_ee3, status, [cert_thumbprint(c) for c in new_certs])
+        certs, crls, bci = self._attach(brand_name, self.h.chain(ca), thumbs)
+        cls = CertRes if content_type == "CertRes" else CertInqRes
+        body = cls(
+            await self._signed(ca, content_type, res),
+            [certificate_der(c) for c in new_certs] + certs,
+            crls,
+            bci,
+        )
+        return self._wrap(body, rrpid)
+
     async def _me_aq_cert(
         self,
         d: Decoded,
@@ -497,96 +598,126 @@ class CAService:
         old: x509.Certificate | None,
     ) -> tuple[MessageType, bytes]:
         data = opened.data
-        role = "mca" if cert_type is CertType.MERCHANT else "pca"
-        ca = ca_name(brand_name, role)
+        ca = ca_name(brand_name, "mca" if cert_type is CertType.MERCHANT else "pca")
         rows: list[dict[str, object]] = []
         new_certs: list[x509.Certificate] = []
+        pended = False
         try:
             self._check_keys_new(opened, {KeyUse.SIGNATURE, KeyUse.KEY_EXCHANGE})
-            form: RegForm = MERCHANT_FORM if cert_type is CertType.MERCHANT else GATEWAY_FORM
-            values = check_form(form, data.reg_form_id, data.values)
-            merchant = gateway = None
-            if cert_type is CertType.MERCHANT:
-                merchant = MerchantData(
-                    values["merchant_id"], values["merchant_name"], values["mcc"]
-                )
-                if not values["mcc"].isdigit() or len(values["mcc"]) != 4:
-                    raise Refusal(
-                        CertStatusCode.INVALID_FORM_FIELDS, (FailedItem("mcc", "four digits"),)
-                    )
-                subject = values["merchant_id"]
+            profile = self._entity_profile(cert_type, data.reg_form_id, data.values, old)
+            brand = brand_named(self.brands, brand_name)
+            if profile[1] is not None and profile[1].category in brand.review_mccs and not old:
+                # The acquirer reviews this category by hand: pend, answer CertInq later.
+                pended = True
+                status = CertStatus(CertStatusCode.REQUEST_PENDED, None, ["acquirer review"], [])
             else:
-                currencies = [c.strip() for c in values["currencies"].split(",") if c.strip()]
-                if not currencies or any(len(c) != 3 or not c.isalpha() for c in currencies):
-                    raise Refusal(
-                        CertStatusCode.INVALID_FORM_FIELDS,
-                        (FailedItem("currencies", "ISO 4217 codes"),),
-                    )
-                gateway = GatewayCaps(
-                    currencies, values.get("pin_debit") == "yes", values.get("sale") == "yes"
+                new_certs, rows = await self._issue_pair(
+                    cert_type, brand_name, opened.keys, profile
                 )
-                subject = values["gateway_id"]
-            if old is not None:
-                old_ext = set_extension(old)
-                if old_ext.merchant is not None and old_ext.merchant.merchant_id != subject:
-                    item = FailedItem("merchant_id", "differs from the renewed")
-                    raise Refusal(CertStatusCode.REJECTED_BY_CA, (item,))
-            for use, cert_use, suffix in (
-                (KeyUse.SIGNATURE, CertKeyUse.SIGNATURE, "sig"),
-                (KeyUse.KEY_EXCHANGE, CertKeyUse.KEY_EXCHANGE, "kx"),
-            ):
-                issued, row = await self.h.issue_ee(
-                    cert_type,
-                    brand_name,
-                    cert_use,
-                    opened.keys[use],
-                    f"{subject} {suffix}",
-                    self.clock.now_ms(),
-                    merchant=merchant,
-                    gateway=gateway,
-                )
-                rows.append(row)
-                new_certs.append(issued.cert)
-            status = CertStatus(CertStatusCode.REQUEST_COMPLETE, None, [], [])
+                status = CertStatus(CertStatusCode.REQUEST_COMPLETE, None, [], [])
         except Refusal as refusal:
             status = CertStatus(refusal.code, None, [], list(refusal.items))
             rows, new_certs = [], []
-        except ProtocolError as exc:
-            if exc.code is not ErrorCode.INVALID_FIELD:
-                raise
-            status = CertStatus(CertStatusCode.INVALID_FORM_FIELDS, None, [exc.detail[:64]], [])
-            rows, new_certs = [], []
-        res = CertResData(
-            data.rrpid,
-            data.lid_ee,
-            data.chall_ee3,
-            status,
-            [cert_thumbprint(c) for c in new_certs],
-        )
-        certs, crls, bci = self._attach(brand_name, self.h.chain(ca), data.thumbs)
-        body = CertRes(
-            await self._signed(ca, "CertRes", res),
-            [certificate_der(c) for c in new_certs] + certs,
-            crls,
-            bci,
-        )
-        reply = self._wrap(body, data.rrpid)
-        if not rows:
+        reply = await self._entity_reply(
+            "CertRes", brand_name, ca, data.rrpid, data.lid_ee, data.chall_ee3, data.thumbs,
+            status, new_certs,
+        )  # fmt: skip
+        if not rows and not pended:
             log.info("ca_cert_refused", status=status.code.name)
             return MessageType.CERT_RES, reply
+        detail = PendingDetail(
+            brand_name, cert_type, data.reg_form_id, data.values,
+            spki_der(opened.keys[KeyUse.SIGNATURE]), spki_der(opened.keys[KeyUse.KEY_EXCHANGE]),
+        )  # fmt: skip
+        now = self.clock.now_ms()
 
         def effects(db: Any) -> None:
             for row in rows:
                 self.h.commit_cert(db, row)
+            if pended:
+                if self.store.pending_by_lid(data.lid_ee) is not None:
+                    raise ProtocolError(ErrorCode.REPLAY, "LID-EE already has a pending request")
+                self.store.add_pending(db, data.rrpid, data.lid_ee, codec.encode(detail), now)
 
         self._commit(data.rrpid, digest, d.msg_type, MessageType.CERT_RES, reply, effects)
-        log.info(
-            "ca_cert_issued",
-            cert_type=cert_type.name.lower(),
-            brand=brand_name,
-            serials=[r["serial"] for r in rows],
-        )
+        if pended:
+            log.info("ca_cert_pended", cert_type=cert_type.name.lower(), brand=brand_name)
+        else:
+            log.info(
+                "ca_cert_issued",
+                cert_type=cert_type.name.lower(),
+                brand=brand_name,
+                serials=[r["serial"] for r in rows],
+            )
         return MessageType.CERT_RES, reply
+
+    # -- CertInq ----------------------------------------------------------------------------
+
+    async def _cert_inq(self, d: Decoded, digest: bytes) -> tuple[MessageType, bytes]:
+        req: CertInqReq = d.body
+        signed = codec.decode(SignedData, req.signed)
+        # Which pending request is asked about decides which key must have signed: read the
+        # LID-EE first, then verify under that request's signature key before anything else.
+        peek = codec.decode(CertInqReqData, signed.content)
+        found = self.store.pending_by_lid(peek.lid_ee)
+        if found is None:
+            raise ProtocolError(ErrorCode.UNKNOWN_LID, "no pending request for this LID-EE")
+        rrpid_req, state, raw = found
+        detail = codec.decode(PendingDetail, raw)
+        sig_key = load_spki(PublicKeyInfo(KeyUse.SIGNATURE, detail.sig_spki))
+        if signed.signer != pop_signer(sig_key):
+            raise ProtocolError(ErrorCode.SIGNATURE_FAILURE, "CertInq not signed by the key")
+        data = codec.decode(CertInqReqData, open_signed(signed, sig_key, "CertInqReq"))
+        _check_header_rrpid(d, data.rrpid)
+        cert_type = CertType(detail.cert_type)
+        ca = ca_name(detail.brand, "mca" if cert_type is CertType.MERCHANT else "pca")
+        rows: list[dict[str, object]] = []
+        new_certs: list[x509.Certificate] = []
+        if state == "pending":
+            status = CertStatus(CertStatusCode.REQUEST_PENDED, None, ["acquirer review"], [])
+        elif state == "rejected":
+            status = CertStatus(CertStatusCode.REJECTED_BY_AGENT, None, [], [])
+        elif state == "approved":
+            keys = {
+                KeyUse.SIGNATURE: sig_key,
+                KeyUse.KEY_EXCHANGE: load_spki(PublicKeyInfo(KeyUse.KEY_EXCHANGE, detail.kx_spki)),
+            }
+            profile = self._entity_profile(cert_type, detail.reg_form_id, detail.values, None)
+            new_certs, rows = await self._issue_pair(cert_type, detail.brand, keys, profile)
+            status = CertStatus(CertStatusCode.REQUEST_COMPLETE, None, [], [])
+        else:  # issued: answer again with the certificates issued then
+            serials = [int(s) for s in state.split(":", 1)[1].split(",")]
+            new_certs = [self.h.cert_of_serial(s) for s in serials]
+            status = CertStatus(CertStatusCode.REQUEST_COMPLETE, None, [], [])
+        reply = await self._entity_reply(
+            "CertInqRes", detail.brand, ca, data.rrpid, data.lid_ee, data.chall_ee3, [],
+            status, new_certs,
+        )  # fmt: skip
+
+        def effects(db: Any) -> None:
+            for row in rows:
+                self.h.commit_cert(db, row)
+            if rows:
+                issued = "issued:" + ",".join(str(r["serial"]) for r in rows)
+                self.store.set_pending_state(db, rrpid_req, issued)
+
+        self._commit(data.rrpid, digest, d.msg_type, MessageType.CERT_INQ_RES, reply, effects)
+        return MessageType.CERT_INQ_RES, reply
+
+
+@dataclass(frozen=True, slots=True)
+class PendingDetail:
+    """What a pended merchant/gateway CertReq needs to be issued later (no secrets)."""
+
+    brand: ShortStr
+    cert_type: CertType
+    reg_form_id: int
+    values: Annotated[list[RegFieldValue], MaxLen(64)]
+    sig_spki: Annotated[bytes, MaxLen(2048)]
+    kx_spki: Annotated[bytes, MaxLen(2048)]
+
+
+codec.validate_schema(PendingDetail)
 
 
 def _check_header_rrpid(d: Decoded, rrpid: bytes) -> None:

@@ -70,8 +70,8 @@ CREATE TABLE IF NOT EXISTS challenges (
     used_by BLOB);                  -- RRPID of the CertReq that consumed it
 CREATE TABLE IF NOT EXISTS pending (
     rrpid BLOB PRIMARY KEY,         -- the CertReq's RRPID
-    lid_ee BLOB NOT NULL,
-    state TEXT NOT NULL,            -- pending | issued | rejected
+    lid_ee BLOB NOT NULL UNIQUE,
+    state TEXT NOT NULL,            -- pending | approved | rejected | issued:<serials>
     detail BLOB NOT NULL,           -- what the issuing step needs (never a PAN)
     created INTEGER NOT NULL);
 """
@@ -369,6 +369,22 @@ class CAStore:
             "SELECT lid_ee, state, detail FROM pending WHERE rrpid = ?", (rrpid,)
         ).fetchone()
         return None if row is None else (bytes(row[0]), str(row[1]), bytes(row[2]))
+
+    def pending_by_lid(self, lid_ee: bytes) -> tuple[bytes, str, bytes] | None:
+        """(CertReq RRPID, state, detail) of the pending request of LID-EE."""
+        row = self._db.execute(
+            "SELECT rrpid, state, detail FROM pending WHERE lid_ee = ?", (lid_ee,)
+        ).fetchone()
+        return None if row is None else (bytes(row[0]), str(row[1]), bytes(row[2]))
+
+    def decide_pending(self, rrpid: bytes, state: str) -> bool:
+        """Operator decision (``approved``/``rejected``) on a request still pending."""
+        with self.transaction() as db:
+            cur = db.execute(
+                "UPDATE pending SET state = ? WHERE rrpid = ? AND state = 'pending'",
+                (state, rrpid),
+            )
+        return cur.rowcount == 1
 
     def pending_list(self) -> list[tuple[bytes, str, int]]:
         rows = self._db.execute("SELECT rrpid, state, created FROM pending ORDER BY created")

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
 
 from actors.ca.hierarchy import export_pem, pem
-from actors.ca.requester import register_cardholder, register_entity
+from actors.ca.requester import CAClient, register_cardholder, register_entity
 from broker.topology import TRACE_EXCHANGE
-from protocol import pan
+from protocol import ids, pan
 from protocol.certs import CertType, KeyUse, set_extension
-from protocol.messages import EntityKind, IDData
+from protocol.messages import AccountKind, CardCInitReq, CardCInitRes, EntityKind, IDData
 from tests.ca.conftest import CAEnv, new_key
 
 PAN = "4111111111111111"  # alpha BIN 411111, Luhn-valid
@@ -36,6 +38,26 @@ def openssl_verify(tmp: Path, ca_env: CAEnv, leaf_pem: bytes, brand: str, ca: st
     assert out.returncode == 0, out.stdout + out.stderr
 
 
+async def until_traced(client: CAClient, trace: Any) -> None:
+    """Poll with harmless CardCInit requests until the CA's replies reach the recorder (the
+    tap of each publisher notices a new recorder within its probe interval), then drain."""
+    deadline = asyncio.get_running_loop().time() + 10
+    while asyncio.get_running_loop().time() < deadline:
+        rrpid = ids.new_rrpid()
+        body = CardCInitReq(
+            rrpid, ids.new_lid(), ids.new_challenge(), "alpha", AccountKind.CARD, []
+        )
+        await client.request(body, rrpid, CardCInitRes)
+        seen = []
+        while (message := await trace.get(no_ack=True, fail=False)) is not None:
+            seen.append(message.body)
+        if len(seen) == 2:  # request and reply both copied
+            client.traffic.clear()
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError("the trace tap never recorded the CA's replies")
+
+
 def pan_forms(number: str) -> list[bytes]:
     """Byte forms a leaked PAN could take: ASCII, UTF-16, packed BCD."""
     return [number.encode(), number.encode("utf-16-le"), bytes.fromhex(number)]
@@ -49,6 +71,7 @@ async def test_cardholder_registration_end_to_end(ca_env: CAEnv, tmp_path: Path)
     channel = await client.bus.channel(confirms=False)
     trace = await channel.declare_queue(exclusive=True)
     await trace.bind(TRACE_EXCHANGE)
+    await until_traced(client, trace)
     with capture_logs() as logs:
         reg = await register_cardholder(
             client, root=ca_env.root, brand="alpha", account=account, expiry=EXPIRY,
