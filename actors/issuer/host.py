@@ -33,6 +33,7 @@ from actors.issuer.security import IssuerSecurity
 from setpay.logs import get_logger
 
 MAX_PIN_TRIES = 3
+MAX_IN_FLIGHT_PER_CONNECTION = 256  # beyond this the host stops reading: TCP backpressure
 ECHOED = ("3", "4", "7", "11", "12", "32", "37", "41", "42", "49", "70", "90")
 _APPROVAL_ALPHABET = string.ascii_uppercase + string.digits
 
@@ -136,6 +137,7 @@ class IssuerHost:
         self.server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
+        self._handlers: set[asyncio.Task[None]] = set()
         self.handled = 0
         self.malformed = 0
         self._gate = asyncio.Event()
@@ -168,12 +170,19 @@ class IssuerHost:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         for writer in list(self._writers):
             writer.close()
+        if self._handlers:  # each sees its closed stream end and returns
+            await asyncio.gather(*self._handlers, return_exceptions=True)
         if self.server is not None:
             await self.server.wait_closed()
             self.server = None
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._writers.add(writer)
+        me = asyncio.current_task()
+        if me is not None:
+            self._handlers.add(me)
+            me.add_done_callback(self._handlers.discard)
+        slots = asyncio.Semaphore(MAX_IN_FLIGHT_PER_CONNECTION)
         try:
             while True:
                 try:
@@ -184,7 +193,9 @@ class IssuerHost:
                     return
                 if raw is None:
                     return
+                await slots.acquire()
                 task = asyncio.create_task(self._answer(raw, writer))
+                task.add_done_callback(lambda _t: slots.release())
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
         except (ConnectionError, OSError):

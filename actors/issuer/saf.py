@@ -45,6 +45,7 @@ CREATE TABLE IF NOT EXISTS saf (
     done_at REAL
 );
 """
+STAN_BLOCK: Final = 64
 # Fields a reversal copies from its original; none is sensitive.
 REVERSAL_FIELDS: Final = ("3", "4", "32", "37", "41", "42", "49")
 
@@ -75,7 +76,11 @@ class Journal:
         self.clock = clock
         self.db = sqlite3.connect(Path(path), isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL: a commit survives the process dying (the failure SAF is for); an OS crash
+        # may lose the last commits. Use FULL where the host OS itself is not trusted.
+        self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA busy_timeout=5000")
+        self._stans: list[int] = []
         self.db.executescript(_SCHEMA)
 
     def close(self) -> None:
@@ -92,12 +97,18 @@ class Journal:
         self.db.execute("COMMIT")
 
     def next_stan(self) -> str:
-        """A STAN never reused within 999,999 requests, across restarts."""
-        with self._tx() as db:
-            row = db.execute("SELECT value FROM meta WHERE key = 'stan'").fetchone()
-            stan = int(row[0]) % 999_999 + 1 if row else 1
-            db.execute("INSERT OR REPLACE INTO meta VALUES ('stan', ?)", (str(stan),))
-        return f"{stan:06d}"
+        """A STAN never reused within 999,999 requests, across restarts.
+
+        STANs are reserved in blocks of ``STAN_BLOCK`` (one commit per block); a restart
+        skips the rest of a block, which only leaves a gap."""
+        if not self._stans:
+            with self._tx() as db:
+                row = db.execute("SELECT value FROM meta WHERE key = 'stan'").fetchone()
+                last = int(row[0]) if row else 0
+                block = [(last + i) % 999_999 + 1 for i in range(STAN_BLOCK)]
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('stan', ?)", (str(block[-1]),))
+            self._stans = block[::-1]
+        return f"{self._stans.pop():06d}"
 
     def get(self, rrn: str) -> Journalled | None:
         row = self.db.execute(
