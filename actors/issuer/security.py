@@ -101,5 +101,15 @@ keystore op pin_pvv(zpk_label, pvk_label, account: str, pin_block: bytes[16]) ->
      first 8 bytes. Wipe the PIN buffer; audit (op, key labels, outcome), never the PIN.
 keystore op pin_verify(zpk_label, pvk_label, account, pin_block, pvv) -> bool
   = constant-time compare of pin_pvv(...) with pvv; invalid block -> False.
-Callers: the issuer host only (policy: identity issuer.*).
+Callers: the issuer host only (policy: role issuer gets PIN_PVV and PIN_VERIFY).
+Keys: PVK = issuer.<id>/issuer-pvk (hmac-sha256, secret); PAN index key =
+  issuer.<id>/issuer-pan-index (hmac-sha256, secret; used through the existing HMAC op with
+  input pan_index_input(account)). The ZPK is shared by the gateway (which translates the
+  cardholder's PIN block to it) and the issuer: one AES-256 key the policy lets both roles
+  use for PIN ops only (e.g. label zone/zpk, or one copy per side made by the ceremony).
+  The issuer role may not CREATE keys today, so a key ceremony
+  (`setpay keystore create-key`) must make the two issuer keys.
+Seeding the test environment needs either pin_encipher(zpk_label, account, pin) ->
+  format-4 block (test tooling only) or pin_issue(pvk_label, account, pin) -> PVV;
+  seed.seed() takes the block source as a callable.
 """
