@@ -100,6 +100,7 @@ class CAClient:
     clock: ids.Clock = field(default_factory=ids.SystemClock)
     timeout: float = 15.0
     record: bool = False
+    target: str = "ca"  # routing key: the CA role's shared queue, or "ca.<instance>"
     traffic: list[bytes] = field(default_factory=list)
     _waiting: dict[str, asyncio.Future[tuple[str, bytes]]] = field(default_factory=dict)
     _consumer: Any = None
@@ -134,7 +135,7 @@ class CAClient:
         if self.record:
             self.traffic.append(data)
         try:
-            await self.bus.publish("ca", message, exchange=SET_EXCHANGE)
+            await self.bus.publish(self.target, message, exchange=SET_EXCHANGE)
             reply = await asyncio.wait_for(future, self.timeout)
         finally:
             self._waiting.pop(correlation, None)
