@@ -13,6 +13,7 @@ from structlog.testing import capture_logs
 from actors.issuer import spec
 from actors.issuer.accounts import Store
 from actors.issuer.codes import ResponseCode
+from actors.issuer.errors import MessageError
 from actors.issuer.host import IssuerHost, transmission_key
 from actors.issuer.link import IsoLink, LinkRequest
 from actors.issuer.saf import Journal
@@ -286,3 +287,35 @@ async def test_journal_and_logs_hold_no_pan_or_pin(link, accounts, security, tmp
         data = form if isinstance(form, bytes) else form.encode()
         assert data not in blob
         assert (form.hex() if isinstance(form, bytes) else form) not in logged
+
+
+async def test_concurrent_requests_cannot_overdraw(link, accounts, store, security):
+    """Ten concurrent authorizations each for the whole low limit: exactly one approved."""
+    low = accounts["visa-low-limit"]
+    reqs = [LinkRequest(rrn(900 + i), low.reference, low.credit_limit) for i in range(10)]
+    results = await asyncio.gather(*(link.request(r) for r in reqs))
+    assert (
+        sorted(r.code for r in results)
+        == [ResponseCode.APPROVED] + [ResponseCode.INSUFFICIENT_FUNDS] * 9
+    )
+    assert await held(store, security, low.reference) == low.credit_limit
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"rrn": "SHORT"},
+        {"amount": 0},
+        {"amount": 10**12},
+        {"mti": "0400"},
+    ],
+)
+async def test_bad_link_requests_are_refused_before_sending(link, host, accounts, bad):
+    """A malformed request raises MessageError; nothing is journalled or sent."""
+    fields = {"rrn": rrn(950), "account": accounts["visa-ok"].reference, "amount": 100}
+    fields.update(bad)
+    handled = host.handled
+    with pytest.raises(MessageError):
+        await link.request(LinkRequest(**fields))
+    assert host.handled == handled
+    assert link.journal.get(str(fields["rrn"])) is None
