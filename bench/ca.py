@@ -184,7 +184,8 @@ def _cmd(args: argparse.Namespace, settings: Settings) -> int:
     with tempfile.TemporaryDirectory(prefix="setpay-bench-ca-") as tmp:
         bench_settings = settings.replace(
             data_dir=Path(tmp),
-            keystore_token_label="bench-ca",  # noqa: S106 - a label suite=args.suite or settings.suite
+            keystore_token_label="bench-ca",  # noqa: S106 - a label
+            suite=args.suite or settings.suite,
         )
         asyncio.run(_bench(bench_settings, args.n, args.concurrency, args.sign_n))
     return 0
@@ -196,5 +197,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("-n", type=int, default=40, help="registrations to run (default 40)")
     p.add_argument("--concurrency", type=int, default=4, help="registrations in flight")
     p.add_argument("--sign-n", type=int, default=400, help="raw signatures to time")
-    p.add_argument("--suite", help="rsa2048 | rsa3072 | p256 (default: settings.suite)")
+    p.add_argument(
+        "--suite", choices=("rsa2048", "rsa3072", "p256"), help="default: settings.suite"
+    )
     p.set_defaults(func=_cmd)

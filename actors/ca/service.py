@@ -44,6 +44,7 @@ from actors.ca.wire import (
     pop_signer,
     spki_der,
 )
+from keystore.errors import KeystoreError
 from protocol import codec, ids, pan, primitives
 from protocol.certs import (
     CertType,
@@ -163,6 +164,14 @@ class CAService:
         except ProtocolError as exc:
             log.info("ca_request_refused", code=exc.code.name, detail=exc.detail)
             return amqp_type(MessageType.ERROR), self._error(exc, data)
+        except KeystoreError as exc:
+            if exc.retryable:
+                raise  # keystore down: not acked, redelivered once it is back
+            # The keystore refused the CA (policy, missing key): the requester gets an
+            # answer instead of silence, the operator a log line naming the fault.
+            log.error("ca_keystore_refused", fault=exc.fault.name, text=exc.text)
+            failure = ProtocolError(ErrorCode.UNSPECIFIED_FAILURE, "CA cannot use its key")
+            return amqp_type(MessageType.ERROR), self._error(failure, data)
 
     def _stored(self, decoded: Decoded, digest: bytes) -> tuple[str, bytes] | None:
         """The stored reply of an identical earlier request (Rule 2)."""

@@ -240,3 +240,27 @@ async def test_merchant_cert_req_signed_by_another_key(ca_env: CAEnv) -> None:
     assert info.value.code is ErrorCode.INVALID_FIELD
     assert counts(ca_env) == before
     del sig
+
+
+async def test_keystore_refusal_is_answered(ca_env: CAEnv) -> None:
+    """A CA whose keystore identity may not use the CA keys answers an Error, not silence."""
+    from actors.ca.hierarchy import Hierarchy
+    from actors.ca.keys import KeystoreKeys
+    from actors.ca.service import CAService
+    from protocol.keys import get_suite
+    from protocol.messages import AccountKind, CardCInitReq, Error, ErrorTBS
+    from protocol.wrapper import decode_message
+
+    intruder = await ca_env.deployment.client("wallet.intruder")
+    keys = KeystoreKeys(intruder, get_suite(ca_env.settings.suite))
+    service = CAService(Hierarchy(ca_env.store, keys))
+    rrpid = ids.new_rrpid()
+    body = CardCInitReq(rrpid, ids.new_lid(), ids.new_challenge(), "alpha", AccountKind.CARD, [])
+    data = encode_message(make_header(ids.SystemClock().now_ms(), rrpid=rrpid), body)
+    before = counts(ca_env)
+    msg_type, reply = await service.handle(data)
+    assert msg_type == str(int(MessageType.ERROR))
+    error = decode_message(reply, now_ms=ids.SystemClock().now_ms()).body
+    assert isinstance(error, Error)
+    assert codec.decode(ErrorTBS, error.content).code is ErrorCode.UNSPECIFIED_FAILURE
+    assert counts(ca_env) == before
