@@ -15,8 +15,10 @@ requester's thumbprints show it already holds.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import secrets
+import sqlite3
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -95,7 +97,7 @@ from protocol.messages import (
     RegFormResData,
     RequestType,
 )
-from protocol.revocation import RevocationState, bci_thumbprint
+from protocol.revocation import Bci, RevocationState, bci_thumbprint
 from protocol.signed import SignedData, open_signed, sign_data
 from protocol.treatments import make_enck
 from protocol.wrapper import Decoded, decode_message, encode_message, make_header, peek_header
@@ -142,6 +144,8 @@ class CAService:
             MessageType.CERT_INQ_REQ: self._cert_inq,
         }
         self._kx_names: dict[bytes, str] = {}
+        self._bci_windows: dict[str, tuple[int, int]] = {}  # brand -> (sequence, half-life ms)
+        self._refresh_lock = asyncio.Lock()
 
     # -- entry point --------------------------------------------------------------------------
 
@@ -156,6 +160,7 @@ class CAService:
                     ErrorCode.MESSAGE_NOT_SUPPORTED, f"the CA does not take {decoded.msg_type.name}"
                 )
             digest = hashlib.sha256(codec.encode(decoded.body)).digest()
+            await self._refresh_stale_bcis()
             stored = self._stored(decoded, digest)
             if stored is not None:
                 return stored
@@ -218,6 +223,31 @@ class CAService:
             self.store.save_reply(
                 db, rrpid, digest, req.name, amqp_type(res), reply, self.clock.now_ms()
             )
+
+    # -- freshness --------------------------------------------------------------------------
+
+    async def _refresh_stale_bcis(self) -> None:
+        """Publish new CRLs and a new BCI for a brand whose BCI is past half its life, so a
+        long-running CA never hands out an expired BCI (Rule 4)."""
+        now = self.clock.now_ms()
+        for brand in self.h.brands():
+            latest = self.store.latest_bci(brand)
+            if latest is None:
+                continue
+            seq, data = latest
+            if self._bci_windows.get(brand, (0, 0))[0] != seq:
+                bci = codec.decode(Bci, codec.decode(SignedData, data).content)  # our own
+                self._bci_windows[brand] = (seq, (bci.not_before + bci.not_after) // 2)
+            if now < self._bci_windows[brand][1]:
+                continue
+            async with self._refresh_lock:
+                if self.store.latest_bci(brand) != latest:
+                    continue  # refreshed meanwhile
+                try:
+                    await self.h.publish_revocation(self.h.ca_names_of_brand(brand), [brand], now)
+                except sqlite3.IntegrityError:
+                    continue  # another CA process published the same numbers first
+                log.info("ca_bci_refreshed", brand=brand, sequence=seq + 1)
 
     # -- attachments ------------------------------------------------------------------------
 

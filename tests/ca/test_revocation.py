@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
@@ -13,13 +15,24 @@ from actors.ca.requester import (
     me_aq_init,
     register_entity,
 )
+from actors.ca.service import CAService
 from actors.ca.store import CAStore
 from protocol import ids
 from protocol.certs import CertType, KeyUse
 from protocol.chain import Expect, validate_path
 from protocol.errors import ErrorCode, ProtocolError
-from protocol.messages import EntityKind, IDData, MeAqCInitReq, MeAqCInitRes, RequestType
+from protocol.messages import (
+    AccountKind,
+    CardCInitReq,
+    CardCInitRes,
+    EntityKind,
+    IDData,
+    MeAqCInitReq,
+    MeAqCInitRes,
+    RequestType,
+)
 from protocol.revocation import RevocationState, open_bci
+from protocol.wrapper import decode_message, encode_message, make_header
 from tests.ca.conftest import CAEnv, new_key
 
 FORM = {"merchant_id": "M-3001", "merchant_name": "Revoked Books", "mcc": "5942"}
@@ -175,3 +188,34 @@ async def test_restart_keeps_revocations_and_serials(ca_env: CAEnv) -> None:
         assert info.value.code is ErrorCode.REVOKED_CERTIFICATE
     finally:
         reopened.close()
+
+
+async def test_stale_bci_is_refreshed(ca_env: CAEnv, tmp_path: Path) -> None:
+    """Four days on (BCIs live seven), the next request publishes fresh CRLs and BCI."""
+    ca_env.store._db.execute("PRAGMA wal_checkpoint(FULL)")
+    (tmp_path / "ca").mkdir()
+    shutil.copy(ca_env.store.path, tmp_path / "ca" / "ca.sqlite")
+    copy = CAStore.open(tmp_path)  # a copy: the session's CA stays at the real time
+    try:
+        clock = ids.FixedClock(now_ms() + 4 * 86_400_000)
+        service = CAService(Hierarchy(copy, ca_env.hierarchy.keys), clock=clock)
+        before = {b: copy.latest_bci(b) for b in ("alpha", "beta")}
+        rrpid = ids.new_rrpid()
+        body = CardCInitReq(rrpid, ids.new_lid(), ids.new_challenge(), "beta", AccountKind.CARD, [])
+        _, reply = await service.handle(
+            encode_message(make_header(clock.now_ms(), rrpid=rrpid), body)
+        )
+        res = decode_message(reply, now_ms=clock.now_ms()).body
+        assert isinstance(res, CardCInitRes)
+        for brand in ("alpha", "beta"):
+            latest = copy.latest_bci(brand)
+            assert latest is not None and latest[0] == before[brand][0] + 1  # type: ignore[index]
+        later = to_dt(clock.now_ms())
+        beta_brand = Hierarchy(copy, ca_env.hierarchy.keys).cert("beta.brand")
+        assert res.bci is not None and open_bci(res.bci, beta_brand, later).sequence > 1
+        # The old BCI would have expired three days later; the new one has not.
+        with pytest.raises(ProtocolError):
+            open_bci(before["beta"][1], beta_brand, later + timedelta(days=3))  # type: ignore[index]
+        open_bci(res.bci, beta_brand, later + timedelta(days=3))
+    finally:
+        copy.close()
