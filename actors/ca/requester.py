@@ -28,6 +28,7 @@ from protocol import codec, ids, pan
 from protocol.certs import (
     CertType,
     cert_thumbprint,
+    certificate_der,
     load_certificate,
     public_key_of,
     set_extension,
@@ -323,30 +324,38 @@ class PendingCertReq:
 
 async def build_cardholder_cert_req(
     ca: CAView,
-    form: RegFormResData,
+    form: RegFormResData | None,
     *,
     key: PrivateKey,
     account: pan.Account,
     expiry: str,
     values: dict[str, str],
     lid: bytes,
+    renew: tuple[PrivateKey, list[x509.Certificate]] | None = None,
 ) -> PendingCertReq:
-    """CertReq = EncX(new key, CCA, CertReqData, AcctInfo{account, CardSecret})."""
-    assert form.form is not None
+    """CertReq = EncX(new key, CCA, CertReqData, AcctInfo{account, CardSecret}); a renewal
+    (no form: ``form=None``) also carries the request signed with the old key and chain."""
+    if (form is None) != (renew is not None):
+        raise ValueError("a registration needs the form, a renewal the old key and chain")
     card_secret, back_key = pan.new_secret(), pan.new_secret()
     data = CertReqData(
         ids.new_rrpid(),
         lid,
         ids.new_challenge(),
-        form.chall_ca,
-        RequestType.INITIAL,
-        form.form.reg_form_id,
+        None if form is None else form.chall_ca,
+        RequestType.INITIAL if renew is None else RequestType.RENEWAL,
+        0 if form is None or form.form is None else form.form.reg_form_id,
         [RegFieldValue(k, v) for k, v in values.items()],
         BackKeyData("aes-256-gcm", back_key),
         [PublicKeyInfo(KeyUse.SIGNATURE, spki_der(key.public_key()))],
-        None,
+        None if renew is None else cert_thumbprint(renew[1][0]),
         _held(ca),
     )
+    content = codec.encode(data)
+    certs: list[bytes] = []
+    if renew is not None:
+        content = await renewal_content(renew[0], cert_thumbprint(renew[1][0]), content)
+        certs = [certificate_der(c) for c in renew[1]]
     acct = AcctInfo(codec.encode(pan.make_pan_token(account, expiry)), card_secret)
     enc = await make_encx(
         key,
@@ -355,10 +364,10 @@ async def build_cardholder_cert_req(
         public_key_of(ca.kx_cert),
         cert_thumbprint(ca.kx_cert),
         CERT_REQ,
-        codec.encode(data),
+        content,
         codec.encode(acct),
     )
-    return PendingCertReq(CertReq(enc, []), data, back_key, card_secret)
+    return PendingCertReq(CertReq(enc, certs), data, back_key, card_secret)
 
 
 def check_cardholder_cert_res(
@@ -491,8 +500,6 @@ async def build_me_aq_cert_req(
     renew: tuple[PrivateKey, list[x509.Certificate]] | None = None,
 ) -> tuple[CertReq, CertReqData]:
     """An Enc CertReq for a signature and a key-exchange key (renewal: old key and chain)."""
-    from protocol.certs import certificate_der
-
     rrpid = ids.new_rrpid()
     data = CertReqData(
         rrpid,

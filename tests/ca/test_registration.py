@@ -11,11 +11,27 @@ import pytest
 from structlog.testing import capture_logs
 
 from actors.ca.hierarchy import export_pem, pem
-from actors.ca.requester import CAClient, register_cardholder, register_entity
+from actors.ca.requester import (
+    CAClient,
+    CARequestError,
+    build_cardholder_cert_req,
+    card_cinit,
+    check_cardholder_cert_res,
+    register_cardholder,
+    register_entity,
+)
 from broker.topology import TRACE_EXCHANGE
 from protocol import ids, pan
 from protocol.certs import CertType, KeyUse, set_extension
-from protocol.messages import AccountKind, CardCInitReq, CardCInitRes, EntityKind, IDData
+from protocol.errors import ErrorCode
+from protocol.messages import (
+    AccountKind,
+    CardCInitReq,
+    CardCInitRes,
+    CertRes,
+    EntityKind,
+    IDData,
+)
 from tests.ca.conftest import CAEnv, new_key
 
 PAN = "4111111111111111"  # alpha BIN 411111, Luhn-valid
@@ -38,9 +54,23 @@ def openssl_verify(tmp: Path, ca_env: CAEnv, leaf_pem: bytes, brand: str, ca: st
     assert out.returncode == 0, out.stdout + out.stderr
 
 
+async def collect(trace: Any, wanted: set[bytes], timeout: float = 5.0) -> list[bytes]:
+    """Trace copies until every one of ``wanted`` arrived (copies follow the confirmed
+    publish, so they may trail the reply), or the deadline passes."""
+    got: list[bytes] = []
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not wanted <= set(got) and asyncio.get_running_loop().time() < deadline:
+        message = await trace.get(no_ack=True, fail=False)
+        if message is None:
+            await asyncio.sleep(0.02)  # polling the recorder queue
+        else:
+            got.append(message.body)
+    return got
+
+
 async def until_traced(client: CAClient, trace: Any) -> None:
-    """Poll with harmless CardCInit requests until the CA's replies reach the recorder (the
-    tap of each publisher notices a new recorder within its probe interval), then drain."""
+    """Probe with harmless CardCInit requests until the CA's reply reaches the recorder (the
+    tap of each publisher notices a new recorder within its probe interval)."""
     deadline = asyncio.get_running_loop().time() + 10
     while asyncio.get_running_loop().time() < deadline:
         rrpid = ids.new_rrpid()
@@ -48,13 +78,11 @@ async def until_traced(client: CAClient, trace: Any) -> None:
             rrpid, ids.new_lid(), ids.new_challenge(), "alpha", AccountKind.CARD, []
         )
         await client.request(body, rrpid, CardCInitRes)
-        seen = []
-        while (message := await trace.get(no_ack=True, fail=False)) is not None:
-            seen.append(message.body)
-        if len(seen) == 2:  # request and reply both copied
-            client.traffic.clear()
+        reply = client.traffic[-1]
+        seen = await collect(trace, {reply}, timeout=0.5)
+        client.traffic.clear()
+        if reply in seen:
             return
-        await asyncio.sleep(0.2)
     raise AssertionError("the trace tap never recorded the CA's replies")
 
 
@@ -95,11 +123,9 @@ async def test_cardholder_registration_end_to_end(ca_env: CAEnv, tmp_path: Path)
     log_text = repr(logs).encode()
     assert b"ca_cert_issued" in log_text  # the logs were captured, not empty
     assert len(client.traffic) == 6  # 3 requests, 3 replies
-    traced = []
-    while (message := await trace.get(no_ack=True, fail=False)) is not None:
-        traced.append(message.body)
+    traced = await collect(trace, set(client.traffic))
     await channel.close()
-    assert len(traced) == 6 and set(traced) == set(client.traffic)
+    assert sorted(traced) == sorted(client.traffic)  # every envelope, nothing else
     blobs += [log_text, *client.traffic]
     for blob in blobs:
         for form in pan_forms(PAN):
@@ -142,3 +168,36 @@ async def test_two_brands_serve_their_bins(ca_env: CAEnv, number: str) -> None:
         expiry=EXPIRY, key=key, values=FORM,
     )  # fmt: skip
     assert set_extension(reg.cert).brand == "beta"
+
+
+async def test_cardholder_renewal_signed_with_old_key(ca_env: CAEnv) -> None:
+    client, keystore = await ca_env.requester("wallet.renew1")
+    old_key, new_key_ = await new_key(keystore, "card-old"), await new_key(keystore, "card-new")
+    account = pan.Account(pan.AccountKind.CARD, PAN)
+    reg = await register_cardholder(
+        client, root=ca_env.root, brand="alpha", account=account, expiry=EXPIRY, key=old_key,
+        values=FORM,
+    )  # fmt: skip
+    lid = ids.new_lid()
+    ca = await card_cinit(client, ca_env.root, "alpha", lid)
+    pending = await build_cardholder_cert_req(
+        ca, None, key=new_key_, account=account, expiry=EXPIRY, values={}, lid=lid,
+        renew=(old_key, [reg.cert, *reg.chain]),
+    )  # fmt: skip
+    res = await client.request(pending.req, pending.data.rrpid, CertRes)
+    renewed = check_cardholder_cert_res(
+        res, pending, ca, key=new_key_, account=account, expiry=EXPIRY,
+        now_ms=client.clock.now_ms(),
+    )  # fmt: skip
+    assert renewed.cert.serial_number != reg.cert.serial_number
+    # A fresh PANSecret: the two certificates cannot be linked through their hashes.
+    assert set_extension(renewed.cert).account_hash != set_extension(reg.cert).account_hash
+    # Renewing someone else's certificate (old-key signature by another key) is refused.
+    thief = await new_key(keystore, "card-thief")
+    stolen = await build_cardholder_cert_req(
+        ca, None, key=thief, account=account, expiry=EXPIRY, values={}, lid=lid,
+        renew=(thief, [renewed.cert, *renewed.chain]),
+    )  # fmt: skip
+    with pytest.raises(CARequestError) as info:
+        await client.request(stolen.req, stolen.data.rrpid, CertRes)
+    assert info.value.code is ErrorCode.SIGNATURE_FAILURE
