@@ -10,7 +10,10 @@ is refused (``replay``).
 Rule 3: the PAN is used in memory only: to check Luhn, BIN and brand and to compute the
 account hash keyed by PANSecret = CardSecret xor Nonce-CCA. It is never logged or stored.
 Rule 4: every response carries the brand's current BCI and the CRLs it names, minus what the
-requester's thumbprints show it already holds.
+requester's thumbprints show it already holds; a BCI past half its life is replaced first.
+Rule 5: a merchant request in a category the acquirer reviews (``Brand.review_mccs``) is
+pended; a CertInq signed with the key awaiting its certificate gets the operator's decision
+(``setpay ca approve|reject``), and the certificates once issued.
 """
 
 from __future__ import annotations
