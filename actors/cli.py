@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 
 from actors import demo, runtime_cli
+from actors.ca import cli as ca_cli
 from actors.issuer import cli as issuer_cli
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add ``setpay run|up|down`` (runtime), ``setpay issuer …`` and ``setpay demo``."""
+    """Add ``setpay run|up|down``, ``setpay ca …``, ``setpay issuer …`` and ``setpay demo``."""
     runtime_cli.register(sub)
+    ca_cli.register(sub)
     issuer_cli.register(sub)
     demo.register(sub)

@@ -18,7 +18,7 @@ _READ = frozenset({Op.PUBLIC_KEY, Op.LIST})
 ROLE_OPERATIONS: dict[str, frozenset[Op]] = {
     "issuer": _READ | {Op.HMAC},
     "wallet": _READ | {Op.CREATE, Op.SIGN, Op.SEAL, Op.OPEN},
-    "ca": _READ | {Op.CREATE, Op.SIGN, Op.DECRYPT},
+    "ca": _READ | {Op.CREATE, Op.SIGN, Op.DECRYPT, Op.DERIVE},
     "gateway": _READ | {Op.CREATE, Op.SIGN, Op.DECRYPT, Op.DERIVE, Op.HMAC},
     "merchant": _READ | {Op.CREATE, Op.SIGN, Op.DECRYPT, Op.DERIVE},
 }

@@ -95,7 +95,7 @@ async def _signed_body(
     return codec.encode(await sign_data(key, signer, content_type, codec.encode(body)))
 
 
-def _check_body(
+def check_body(
     signed_bytes: bytes,
     sender: SenderKey,
     content_type: str,
@@ -149,7 +149,7 @@ async def open_enc(
 ) -> Opened:
     """Open and verify Enc(s, r, t)."""
     bulk, _, _ = await unseal(key, recipient, data, "Enc", content_type, context=context)
-    return _check_body(bulk, sender, content_type, recipient, None, None)
+    return check_body(bulk, sender, content_type, recipient, None, None)
 
 
 async def make_encx(
@@ -189,7 +189,7 @@ async def open_encx(
     bulk, _, extra = await unseal(
         key, recipient, data, "EncX", content_type, with_extra=True, context=context
     )
-    return _check_body(bulk, sender, content_type, recipient, extra, None)
+    return check_body(bulk, sender, content_type, recipient, extra, None)
 
 
 # --- EncB / EncBX -----------------------------------------------------------------------
@@ -225,7 +225,7 @@ async def open_encb(
     """Open and verify EncB; ``Opened.baggage`` is b, checked against the signed DD(b)."""
     outer = codec.decode(Baggaged, data)
     bulk, _, _ = await unseal(key, recipient, outer.envelope, "EncB", content_type, context=context)
-    return _check_body(bulk, sender, content_type, recipient, None, outer.baggage)
+    return check_body(bulk, sender, content_type, recipient, None, outer.baggage)
 
 
 async def make_encbx(
@@ -268,7 +268,7 @@ async def open_encbx(
     bulk, _, extra = await unseal(
         key, recipient, outer.envelope, "EncBX", content_type, with_extra=True, context=context
     )
-    return _check_body(bulk, sender, content_type, recipient, extra, outer.baggage)
+    return check_body(bulk, sender, content_type, recipient, extra, outer.baggage)
 
 
 # --- EncK -------------------------------------------------------------------------------
@@ -319,7 +319,7 @@ def open_enck(
     body = keywrap.aead_open(
         shared_key, env.nonce, env.ciphertext, _enck_aad(content_type, context)
     )
-    return _check_body(body, sender, content_type, _key_commitment(shared_key), None, None)
+    return check_body(body, sender, content_type, _key_commitment(shared_key), None, None)
 
 
 for _record in (EncContent, Baggaged, SymEnvelope):

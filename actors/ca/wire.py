@@ -23,7 +23,7 @@ from protocol.keys import PrivateKey, PublicKey, suite_for_public_key
 from protocol.messages import CertReqData, KeyUse, MessageType, PublicKeyInfo
 from protocol.signed import SignedData, open_signed, sign_data
 from protocol.treatments import EncContent, Opened
-from protocol.treatments import _check_body as check_enc_body  # see the report: make public
+from protocol.treatments import check_body as check_enc_body
 
 CERT_REQ = "CertReq"
 RENEWAL_CONTENT = "CertReq/renewal"
