@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from broker.credentials import CredentialsError
+from broker.provision import identity_url
 from setpay.config import Settings
 from setpay.logs import get_logger
 
@@ -110,6 +112,19 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def child_env(settings: Settings, child: Child) -> dict[str, str]:
+    """The child's environment: our data dir, and its own broker login when one is provisioned
+    (`setpay broker init`), so RabbitMQ stamps and checks its identity on every publish."""
+    env = {**os.environ, "SETPAY_DATA_DIR": str(settings.data_dir.resolve())}
+    try:
+        env["SETPAY_AMQP_URL"] = identity_url(
+            settings.data_dir, child.identity, settings.broker_vhost, settings.amqp_url
+        )
+    except CredentialsError:
+        log.warning("no_broker_login", identity=child.identity, hint="run `setpay broker init`")
+    return env
+
+
 def spawn(settings: Settings, child: Child) -> subprocess.Popen[bytes]:
     """Start ``setpay run ROLE --id ID`` as its own process and session; record its pid."""
     rd = run_dir(settings)
@@ -120,7 +135,7 @@ def spawn(settings: Settings, child: Child) -> subprocess.Popen[bytes]:
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
         start_new_session=True,  # a Ctrl-C on the terminal goes to the supervisor only
-        env={**os.environ, "SETPAY_DATA_DIR": str(settings.data_dir.resolve())},
+        env=child_env(settings, child),
     )
     logfile.close()
     (rd / f"{child.identity}.pid").write_text(str(proc.pid))
