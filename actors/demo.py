@@ -2,7 +2,7 @@
 
 Rule 1: the self-check drives the real protocol library (records, wrapper, dual signature,
 EncB with the PI as baggage) and prints what each party could and could not read.
-Rule 2: it uses software keys made for the run (``bench.protocol.BenchKey``); the HSM-backed
+Rule 2: it uses software keys made for the run (``bench.softkey.SoftwareKey``); the HSM-backed
 end-to-end demo with every party as its own process replaces it with issue #6.
 """
 
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import serialization
 
-from bench.protocol import BenchKey
+from bench.softkey import SoftwareKey
 from protocol import codec, dualsig, primitives, treatments, wrapper
 from protocol.errors import ProtocolError
 from protocol.ids import SystemClock, new_challenge, new_lid, new_rrpid, new_xid
@@ -45,12 +45,12 @@ class Check:
 
 @dataclass
 class Party:
-    key: BenchKey
+    key: SoftwareKey
     thumb: bytes
 
 
 def _party(suite: Suite, name: str) -> Party:
-    key = BenchKey(suite, name)
+    key = SoftwareKey(suite, name)
     der = key.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )

@@ -3,8 +3,8 @@
 Rule 1: every figure is printed next to the raw crypto it contains (sign, verify, OAEP
 encrypt/decrypt or ECDH, AES-GCM), measured in the same run with the same software keys, so
 the ratio shows what the protocol layer (encoding, digests, checks) adds.
-Rule 2: keys here are software keys made for the measurement only (bench is not protocol/ and
-never touches a real token); nothing is imported from tests/.
+Rule 2: keys here are software keys (``bench.softkey``) made for the measurement only (bench is
+not protocol/ and never touches a real token); nothing is imported from tests/.
 """
 
 from __future__ import annotations
@@ -17,75 +17,20 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from cryptography.exceptions import InvalidKey
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from bench.softkey import SoftwareKey
+from bench.softkey import oaep as _oaep
+from bench.softkey import raw_sign as _sign
 from protocol import codec, dualsig, primitives, treatments
-from protocol.errors import ErrorCode, ProtocolError
-from protocol.keys import PSS_SALT_LENGTH, SUITES, KeyType, PublicKey, Suite
+from protocol.keys import SUITES, KeyType, Suite
 
 PAYLOAD = 1024  # bytes of AES-GCM plaintext in the raw-op measurement (~ an AuthReq body)
 
 
-class BenchKey:
-    """A software ``protocol.keys.PrivateKey`` for measurement only."""
-
-    def __init__(self, suite: Suite, label: str) -> None:
-        self._suite = suite
-        self._label = label
-        self._key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey = (
-            rsa.generate_private_key(65537, suite.key_size)
-            if suite.key_type is KeyType.RSA
-            else ec.generate_private_key(ec.SECP256R1())
-        )
-
-    @property
-    def key_id(self) -> str:
-        return self._label
-
-    @property
-    def suite(self) -> Suite:
-        return self._suite
-
-    def public_key(self) -> PublicKey:
-        return self._key.public_key()
-
-    async def sign_digest(self, digest: bytes) -> bytes:
-        return _sign(self._key, digest)
-
-    async def decrypt(self, ciphertext: bytes) -> bytes:
-        if not isinstance(self._key, rsa.RSAPrivateKey):
-            raise ProtocolError(ErrorCode.UNSUPPORTED_ALGORITHM, "decrypt needs an RSA key")
-        try:
-            return self._key.decrypt(ciphertext, _oaep(self._suite))
-        except ValueError:
-            raise ProtocolError(ErrorCode.DECRYPTION_FAILURE, "OAEP decryption failed") from None
-
-    async def derive(self, peer_public: bytes, info: bytes, length: int) -> bytes:
-        if not isinstance(self._key, ec.EllipticCurvePrivateKey):
-            raise ProtocolError(ErrorCode.UNSUPPORTED_ALGORITHM, "derive needs an EC key")
-        try:
-            peer = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), peer_public)
-            shared = self._key.exchange(ec.ECDH(), peer)
-        except (ValueError, InvalidKey):
-            raise ProtocolError(ErrorCode.DECRYPTION_FAILURE, "bad ephemeral key") from None
-        return HKDF(hashes.SHA256(), length, salt=None, info=info).derive(shared)
-
-
-def _oaep(suite: Suite) -> padding.OAEP:
-    h = suite.oaep_hash_algorithm()
-    return padding.OAEP(mgf=padding.MGF1(h), algorithm=h, label=None)
-
-
-def _sign(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey, digest: bytes) -> bytes:
-    prehashed = utils.Prehashed(hashes.SHA256())
-    if isinstance(key, rsa.RSAPrivateKey):
-        pss = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=PSS_SALT_LENGTH)
-        return key.sign(digest, pss, prehashed)
-    return key.sign(digest, ec.ECDSA(prehashed))
+BenchKey = SoftwareKey  # the name the bench and its tests use
 
 
 def _thumb(key: BenchKey) -> bytes:
@@ -117,24 +62,24 @@ def measure_raw(suite: Suite, n: int) -> dict[str, float]:
     key = BenchKey(suite, "raw")
     pub = key.public_key()
     digest = secrets.token_bytes(32)
-    sig = _sign(key._key, digest)
+    sig = _sign(key.private_key, digest)
     gcm_key, nonce, data = secrets.token_bytes(32), secrets.token_bytes(12), bytes(PAYLOAD)
     sealed = AESGCM(gcm_key).encrypt(nonce, data, b"aad")
     raw = {
-        "sign": _time(n, lambda: _sign(key._key, digest)),
+        "sign": _time(n, lambda: _sign(key.private_key, digest)),
         "verify": _time(n, lambda: primitives.verify_digest(pub, digest, sig)),
         "gcm_seal": _time(n, lambda: AESGCM(gcm_key).encrypt(nonce, data, b"aad")),
         "gcm_open": _time(n, lambda: AESGCM(gcm_key).decrypt(nonce, sealed, b"aad")),
     }
     if isinstance(pub, rsa.RSAPublicKey):
-        assert isinstance(key._key, rsa.RSAPrivateKey)
-        priv = key._key
+        assert isinstance(key.private_key, rsa.RSAPrivateKey)
+        priv = key.private_key
         ct = pub.encrypt(bytes(180), _oaep(suite))
         raw["wrap"] = _time(n, lambda: pub.encrypt(bytes(180), _oaep(suite)))
         raw["unwrap"] = _time(n, lambda: priv.decrypt(ct, _oaep(suite)))
     else:
-        assert isinstance(key._key, ec.EllipticCurvePrivateKey)
-        priv_ec = key._key
+        assert isinstance(key.private_key, ec.EllipticCurvePrivateKey)
+        priv_ec = key.private_key
         other = ec.generate_private_key(ec.SECP256R1()).public_key()
         raw["wrap"] = _time(  # ephemeral key + ECDH, as the sender does
             n, lambda: ec.generate_private_key(ec.SECP256R1()).exchange(ec.ECDH(), pub)
