@@ -21,6 +21,7 @@ import aiormq
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustChannel
 
 from broker.connection import Bus
+from broker.draining import DrainingConsumer
 from broker.errors import BrokerError
 from broker.topology import DEAD_LETTER_EXCHANGE
 from setpay.logs import get_logger
@@ -59,7 +60,7 @@ class Delivery:
 Handler = Callable[[Delivery], Awaitable[None]]
 
 
-class Consumer:
+class Consumer(DrainingConsumer):
     """A running consumer of one queue; ``stop()`` stops it after in-flight messages finish."""
 
     def __init__(
@@ -70,35 +71,11 @@ class Consumer:
         handler: Handler,
         max_message_bytes: int,
     ) -> None:
-        self.bus = bus
-        self.queue_name = queue.name
-        self._channel = channel
-        self._queue = queue
+        super().__init__(bus, channel, queue)
         self._handler = handler
         self._max = max_message_bytes
-        self._tag: str | None = None
-        self._in_flight = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
         self.handled = 0
         self.dead_lettered = 0
-
-    @property
-    def in_flight(self) -> int:
-        return self._in_flight
-
-    async def start(self) -> None:
-        self._tag = await self._queue.consume(self._on_message)
-
-    async def _on_message(self, message: AbstractIncomingMessage) -> None:
-        self._in_flight += 1
-        self._idle.clear()
-        try:
-            await self._process(message)
-        finally:
-            self._in_flight -= 1
-            if self._in_flight == 0:
-                self._idle.set()
 
     async def _process(self, message: AbstractIncomingMessage) -> None:
         if len(message.body) > self._max:
@@ -166,18 +143,6 @@ class Consumer:
         log.warning("dead_lettered", queue=self.queue_name, reason=reason, code=str(code),
                     message_id=message.message_id, msg_type=message.type)
         await self._settle(message.ack())
-
-    async def stop(self) -> None:
-        """Stop consuming, wait for in-flight messages to be settled, close the channel."""
-        if self._tag is not None:
-            try:
-                await self._queue.cancel(self._tag)
-            except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError):
-                pass  # channel already gone: nothing more will be delivered
-            self._tag = None
-        await self._idle.wait()
-        if not self._channel.is_closed:
-            await self._channel.close()
 
 
 async def consume(

@@ -21,6 +21,7 @@ import aiormq
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustChannel
 
 from broker.connection import Bus
+from broker.draining import DrainingConsumer
 from broker.errors import BrokerError, PeerUnavailable, PublishError, RemoteError, RpcTimeout
 from setpay.logs import get_logger
 
@@ -44,36 +45,16 @@ class RpcRequest:
 RpcHandler = Callable[[RpcRequest], Awaitable[bytes]]
 
 
-class RpcServer:
+class RpcServer(DrainingConsumer):
     """Consumes one RPC queue; ``stop()`` stops consuming and waits for in-flight requests."""
 
     def __init__(
         self, bus: Bus, channel: AbstractRobustChannel, queue: AbstractQueue, handler: RpcHandler
     ) -> None:
-        self.bus = bus
-        self.queue_name = queue.name
-        self._channel = channel
-        self._queue = queue
+        super().__init__(bus, channel, queue)
         self._handler = handler
-        self._tag: str | None = None
-        self._in_flight = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
 
-    async def _start(self) -> None:
-        self._tag = await self._queue.consume(self._on_message)
-
-    async def _on_message(self, message: AbstractIncomingMessage) -> None:
-        self._in_flight += 1
-        self._idle.clear()
-        try:
-            await self._serve(message)
-        finally:
-            self._in_flight -= 1
-            if self._in_flight == 0:
-                self._idle.set()
-
-    async def _serve(self, message: AbstractIncomingMessage) -> None:
+    async def _process(self, message: AbstractIncomingMessage) -> None:
         if not message.reply_to:
             # Nobody to answer: dead-letter it (when the queue has a DLX) rather than requeue.
             log.warning("rpc_request_without_reply_to", queue=self.queue_name)
@@ -108,18 +89,6 @@ class RpcServer:
             return
         await message.ack()
 
-    async def stop(self) -> None:
-        """Stop consuming, let in-flight requests finish and reply, then close the channel."""
-        if self._tag is not None:
-            try:
-                await self._queue.cancel(self._tag)
-            except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError):
-                pass  # channel already gone: nothing more will be delivered
-            self._tag = None
-        await self._idle.wait()
-        if not self._channel.is_closed:
-            await self._channel.close()
-
 
 async def serve_rpc(
     bus: Bus,
@@ -142,7 +111,7 @@ async def serve_rpc(
         raise BrokerError(f"queue {queue!r} exists with other arguments") from exc
     server = RpcServer(bus, channel, declared, handler)
     try:
-        await server._start()
+        await server.start()
     except aiormq.exceptions.ChannelAccessRefused as exc:
         raise BrokerError(f"not allowed to consume queue {queue!r}") from exc
     return server
