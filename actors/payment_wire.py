@@ -8,10 +8,11 @@ gateway's *key-exchange* certificate. AuthRes.enc = EncB(P, M, "AuthRes" → ``A
 encoded ``AuthResBaggage``), signed with the gateway's signature key and sealed to the
 merchant's key-exchange certificate. The baggage is always present (an all-empty
 ``AuthResBaggage`` when there is no token), so the signature always binds it.
-Rule 2 (certificates): ``AuthReq.certs`` = the merchant's signature certificate and the
-cardholder's signature certificate (the one in PReq.certs), each with the CA certificates the
-sender has (MCA/CCA and Brand); the gateway picks them by thumbprint (the EncB signer and the
-PI's dual-signature signer) and validates each to its root with the role it must have.
+Rule 2 (certificates): ``AuthReq.certs`` = the merchant's signature *and* key-exchange
+certificates (AuthRes is sealed to the latter) and the cardholder's signature certificate (the
+one in PReq.certs), with the CA certificates the sender has (MCA, CCA, Brand); the gateway
+picks them by thumbprint (the EncB signer, the PI's dual-signature signer) or by role (the
+merchant key-exchange cert of the same merchant id) and validates each to its root.
 ``AuthRes.certs`` = the gateway signature certificate (+ PCA, Brand).
 Rule 3 (transport, as the CA's: actors/ca/actor.py + requester.py ``CAClient``): the merchant
 wraps the AuthReq (protocol/wrapper.py; header ids = TransIDs XID/LID-C/LID-M and the AuthTags
