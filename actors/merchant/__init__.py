@@ -1,0 +1,5 @@
+"""The server-managed POS: one service hosts the POS of many merchants."""
+
+from actors.merchant.actor import main
+
+__all__ = ["main"]

@@ -1,0 +1,100 @@
+"""The merchant POS actor process: the actor runtime around ``MerchantService``.
+
+Rule 1: the POS connects as broker user ``merchant.<instance>``; its merchants' keys are that
+identity's keys in the keystore, so no other identity can use them.
+Rule 2: cardholders reach it on routing key ``merchant.<instance>`` (PInitReq, PReq, InqReq);
+it reaches the gateway as payment_wire Rule 3 says, through a ``CAClient`` whose replies come
+to its own queue ``merchant.<instance>-gw`` (not the actor's, so a PReq in progress never waits
+behind itself).
+Rule 3: a request is acked only after its effects and reply are committed (runtime Rule 3).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from actors.ca.keys import KeystoreKeys
+from actors.ca.requester import CAClient
+from actors.merchant.service import MerchantService
+from actors.merchant.store import MerchantStore
+from actors.payment_wire import GATEWAY_ROLE
+from actors.runtime import Actor, Reply
+from broker.consumer import Delivery
+from keystore.client import KeystoreClient
+from keystore.service import RPC_QUEUE
+from protocol import ids
+from protocol.keys import get_suite
+from protocol.messages import MessageType
+from setpay.config import Settings
+
+HANDLED = (MessageType.PINIT_REQ, MessageType.PREQ, MessageType.INQ_REQ)
+
+
+class MerchantActor(Actor):
+    """Hosts the POS of every merchant in its store."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        instance: str,
+        *,
+        url: str | None = None,
+        keystore_queue: str = RPC_QUEUE,
+        gateway_target: str = GATEWAY_ROLE,
+        gateway_timeout: float | None = None,
+        clock: ids.Clock | None = None,
+        health_file: Path | None = None,
+    ) -> None:
+        super().__init__(
+            "merchant",
+            instance,
+            url or settings.amqp_url,
+            prefetch=settings.broker_prefetch,
+            health_file=health_file,
+        )
+        self.settings = settings
+        self.keystore_queue = keystore_queue
+        self.gateway_target = gateway_target
+        self.gateway_timeout = gateway_timeout or settings.broker_rpc_timeout
+        self.clock = clock or ids.SystemClock()
+        self.store: MerchantStore | None = None
+        self.keystore: KeystoreClient | None = None
+        self.keys: KeystoreKeys | None = None
+        self.gateway: CAClient | None = None
+        self.service: MerchantService | None = None
+
+    async def setup(self) -> None:
+        assert self.bus is not None
+        self.store = MerchantStore.open(self.settings.data_dir, self.instance)
+        self.keystore = await KeystoreClient.create(
+            self.bus, queue=self.keystore_queue, timeout=self.settings.broker_rpc_timeout
+        )
+        self.keys = KeystoreKeys(self.keystore, get_suite(self.settings.suite))
+        self.gateway = await CAClient(
+            self.bus,
+            self.role,
+            f"{self.instance}-gw",
+            clock=self.clock,
+            timeout=self.gateway_timeout,
+            target=self.gateway_target,
+        ).start()
+        self.service = MerchantService(self.store, self.keys.get, self.gateway, clock=self.clock)
+        for msg_type in HANDLED:
+            self.on(str(int(msg_type)), self._handle)
+
+    async def _handle(self, delivery: Delivery) -> Reply:
+        assert self.service is not None
+        return await self.service.handle(delivery.body)
+
+    async def teardown(self) -> None:
+        if self.gateway is not None:
+            await self.gateway.close()
+        if self.keystore is not None:
+            await self.keystore.close()
+        if self.store is not None:
+            self.store.close()
+
+
+def main(settings: Settings, instance: str, health_file: Path | None = None) -> Actor:
+    """Factory used by ``setpay run merchant`` (supervisor ROLES: ``actors.merchant:main``)."""
+    return MerchantActor(settings, instance, health_file=health_file)
