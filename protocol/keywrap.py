@@ -150,6 +150,20 @@ def _hkdf_pair(shared: bytes, info: bytes) -> bytes:
     return HKDF(hashes.SHA256(), 2 * KEY_BYTES, salt=None, info=info).derive(shared)
 
 
+def check_wrap_shape(key_type: KeyType, ephemeral: bytes) -> None:
+    """Refuse a wrap whose ephemeral part does not fit the recipient's key type."""
+    if key_type is KeyType.RSA:
+        if ephemeral:
+            raise _fail("unexpected ephemeral key for an RSA recipient")
+    elif len(ephemeral) != EC_POINT_BYTES:
+        raise _fail("ephemeral key missing or of the wrong length")
+
+
+def ec_info(context: bytes, ephemeral: bytes) -> bytes:
+    """The HKDF info an EC recipient derives its two keys with (Rule 3)."""
+    return _info(context, ephemeral)
+
+
 async def unwrap(
     key: PrivateKey,
     context: bytes,
@@ -159,19 +173,34 @@ async def unwrap(
     with_extra: bool,
 ) -> Unwrapped:
     """Recover the bulk key and sealed parts; their presence must match ``with_*``."""
-    if key.suite.key_type is KeyType.RSA:
-        if ephemeral:
-            raise _fail("unexpected ephemeral key for an RSA recipient")
-        plain = await key.decrypt(block)
-        inner = _decode_block(plain)
+    key_type = key.suite.key_type
+    check_wrap_shape(key_type, ephemeral)
+    if key_type is KeyType.RSA:
+        secret = await key.decrypt(block)
+    else:
+        secret = await key.derive(ephemeral, _info(context, ephemeral), 2 * KEY_BYTES)
+    return finish_unwrap(key_type, context, block, secret, with_digest, with_extra)
+
+
+def finish_unwrap(
+    key_type: KeyType,
+    context: bytes,
+    block: bytes,
+    secret: bytes,
+    with_digest: bool,
+    with_extra: bool,
+) -> Unwrapped:
+    """The half of ``unwrap`` after the private-key step; ``secret`` is the OAEP plaintext
+    (RSA) or the 2 x 32 HKDF output (EC). The keystore runs it with the token's answer."""
+    if key_type is KeyType.RSA:
+        inner = _decode_block(secret)
         if len(inner.key) != KEY_BYTES:
             raise _fail("wrapped bulk key has the wrong length")
         bulk = inner.key
     else:
-        if len(ephemeral) != EC_POINT_BYTES:
-            raise _fail("ephemeral key missing or of the wrong length")
-        keys = await key.derive(ephemeral, _info(context, ephemeral), 2 * KEY_BYTES)
-        bulk, k_extra = keys[:KEY_BYTES], keys[KEY_BYTES:]
+        if len(secret) != 2 * KEY_BYTES:
+            raise _fail("derived key material has the wrong length")
+        bulk, k_extra = secret[:KEY_BYTES], secret[KEY_BYTES:]
         if not (with_digest or with_extra):
             if block:
                 raise _fail("unexpected sealed block")
@@ -182,6 +211,14 @@ async def unwrap(
     if (inner.digest is not None) != with_digest or (inner.extra is not None) != with_extra:
         raise _fail("wrap block does not have the parts this treatment needs")
     return Unwrapped(bulk, inner.digest, inner.extra)
+
+
+def decode_key_block(plain: bytes) -> KeyBlock | None:
+    """An OAEP plaintext as a ``KeyBlock``, or None if it is not one (keystore guards)."""
+    try:
+        return codec.decode(KeyBlock, plain)
+    except ProtocolError:
+        return None
 
 
 def _decode_block(plain: bytes) -> KeyBlock:

@@ -4,14 +4,19 @@ Rule 1: a PIN is 4-12 decimal digits; anything else is refused with ``invalidFie
 Rule 2: no PIN, PIN block or PIN key ever appears in ``repr``, logs or error details.
 Rule 3: a PIN block is bound to its account number; decoding with another account fails
 (format 0: the structure breaks; format 4: the fill check fails) with ``invalidField``.
-Format 4 here is pure computation over a key given as bytes; in the product it runs where
-the PIN key lives (the keystore / HSM boundary), never in the wallet or merchant.
+Rule 4: format 4 is computed over a ``BlockCipher`` (one AES block in, one out), so the key
+may stay in a token: the keystore passes CKM_AES_ECB under the ZPK; tests pass key bytes.
+Rule 5: an OPE payment instruction carries a format 0 block (8 bytes): its confidentiality
+comes from the PI's extra-encrypted part, which only the gateway's keystore opens; there it
+is translated (``translate_to_format4``) to format 4 under the ZPK shared with the issuer.
+A 16-byte (format 4) block in a PI is refused: the cardholder shares no AES key with the HSM.
 """
 
 from __future__ import annotations
 
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Annotated
@@ -25,6 +30,9 @@ from protocol.errors import ErrorCode, ProtocolError
 _PIN = re.compile(r"[0-9]{4,12}")
 _DIGITS = re.compile(r"[0-9]+")
 AES_KEY_SIZES = (16, 24, 32)
+FORMAT0_BYTES = 8
+FORMAT4_BYTES = 16
+BlockCipher = Callable[[bytes], bytes]  # one 16-byte AES block under a key held elsewhere
 
 
 class PinBlockFormat(IntEnum):
@@ -77,7 +85,7 @@ def encode_format0(pin: str, number: str) -> bytes:
 
 def decode_format0(block: bytes, number: str) -> str:
     """The PIN of a format 0 block bound to ``number``. Raises ``ProtocolError``."""
-    if len(block) != 8:
+    if len(block) != FORMAT0_BYTES:
         raise _invalid("format 0 PIN block must be 8 bytes")
     nibbles = bytes(a ^ b for a, b in zip(block, _format0_pan_field(number), strict=True)).hex()
     return _parse_pin_nibbles(nibbles, control="0", fill="f", width=16)
@@ -127,21 +135,47 @@ def format4_pan_field(number: str) -> bytes:
     return bytes.fromhex(f"{m}{digits.rjust(12, '0')}".ljust(32, "0"))
 
 
+def _key_cipher(key: bytes, *, decrypt: bool) -> BlockCipher:
+    if len(key) not in AES_KEY_SIZES:
+        raise _invalid("PIN key must be an AES key")
+    return lambda block: _aes(key, block, decrypt=decrypt)
+
+
+def encipher_format4_with(
+    encrypt: BlockCipher, pin: str, number: str, random_fill: bytes | None = None
+) -> bytes:
+    """Format 4 with the AES encryption of the PIN key given as a block function."""
+    intermediate = encrypt(format4_pin_field(pin, random_fill))
+    return encrypt(_xor(intermediate, format4_pan_field(number)))
+
+
+def decipher_format4_with(decrypt: BlockCipher, block: bytes, number: str) -> str:
+    """The PIN of a format 4 block, the AES decryption given as a block function."""
+    if len(block) != FORMAT4_BYTES:
+        raise _invalid("format 4 PIN block must be 16 bytes")
+    pan_field = format4_pan_field(number)
+    pin_field = decrypt(_xor(decrypt(block), pan_field))
+    return _parse_pin_nibbles(pin_field[:8].hex(), control="4", fill="a", width=16)
+
+
 def encipher_format4(key: bytes, pin: str, number: str, random_fill: bytes | None = None) -> bytes:
     """ISO 9564-1:2017 format 4: AES(K, AES(K, PIN field) ⊕ PAN field), 16 bytes."""
-    intermediate = _aes(key, format4_pin_field(pin, random_fill), decrypt=False)
-    pan_field = format4_pan_field(number)
-    return _aes(key, _xor(intermediate, pan_field), decrypt=False)
+    return encipher_format4_with(_key_cipher(key, decrypt=False), pin, number, random_fill)
 
 
 def decipher_format4(key: bytes, block: bytes, number: str) -> str:
     """The PIN of a format 4 block for ``number`` under ``key``. Raises ``ProtocolError``."""
-    if len(block) != 16:
-        raise _invalid("format 4 PIN block must be 16 bytes")
-    intermediate = _aes(key, block, decrypt=True)
-    pan_field = format4_pan_field(number)
-    pin_field = _aes(key, _xor(intermediate, pan_field), decrypt=True)
-    return _parse_pin_nibbles(pin_field[:8].hex(), control="4", fill="a", width=16)
+    return decipher_format4_with(_key_cipher(key, decrypt=True), block, number)
+
+
+def translate_to_format4(pi_block: bytes, number: str, encrypt: BlockCipher) -> bytes:
+    """A PI's format 0 block for ``number``, re-enciphered as format 4 under ``encrypt``'s key.
+
+    The clear PIN exists only inside this call (the keystore's memory). Raises ``ProtocolError``.
+    """
+    if len(pi_block) != FORMAT0_BYTES:
+        raise _invalid("a payment instruction carries an 8-byte ISO 9564 format 0 PIN block")
+    return encipher_format4_with(encrypt, decode_format0(pi_block, number), number)
 
 
 def make_pin_block(

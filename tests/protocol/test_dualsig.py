@@ -8,10 +8,12 @@ import secrets
 
 import pytest
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from protocol import codec, dualsig, primitives
+from protocol import codec, dualsig, pan, pin, primitives
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.keys import SUITES, PublicKey, Suite
+from protocol.messages import PIKind
 from tests.softkeys import SoftKey
 
 PAN = "4111111111111111110"  # 19 digits, Luhn-valid: the longest PAN
@@ -81,13 +83,68 @@ async def test_merchant_and_gateway_verify_the_same_purchase(suite: Suite) -> No
     assert split == seen
 
 
-async def test_ope_pin_block_rides_in_the_extra_part(suite: Suite) -> None:
-    pin_block = bytes.fromhex("041234ffffffffff") * 2  # 16 bytes, the ISO 9564 format-4 size
-    parts, _, _ = await purchase(suite, 2, pin_block)
+BANK = pan.Account(pan.AccountKind.BANK, "1234567", bank_code="0001", branch="123")
+
+
+def bank_pan_data() -> bytes:
+    return codec.encode(pan.make_pan_data(BANK, "3012", secrets.token_bytes(32)))
+
+
+async def test_ope_pin_block_reaches_the_gateway_only_under_the_zpk(suite: Suite) -> None:
+    """The PI carries a format 0 block; the opener (the keystore's construction) answers
+    with format 4 under the ZPK; the cardholder's block is nowhere in what the gateway gets;
+    a plain key refuses the PIN-bearing PI."""
+    ch, cht = party(suite.name, "cardholder")
     ch_pub, gw, gwt, mt = keys(suite)
-    assert pin_block not in parts.pi and pin_block not in parts.oi
-    opened = await dualsig.open_at_gateway(parts.pi, gw, gwt, ch_pub, mt)
-    assert opened.pin_block == pin_block
+    block0 = pin.encode_format0("1234", BANK.pin_binding_number)
+    pi_head, oi_data = order(2)
+    parts = await dualsig.make_dual_signed(
+        ch, cht, suite, gw.public_key(), gwt, mt, pi_head, bank_pan_data(), oi_data, block0
+    )
+    assert block0 not in parts.pi and block0 not in parts.oi
+    with pytest.raises(ProtocolError) as exc:
+        await dualsig.open_at_gateway(parts.pi, gw, gwt, ch_pub, mt)
+    assert exc.value.code is ErrorCode.UNSUPPORTED_ALGORITHM
+    zpk = secrets.token_bytes(32)
+    cipher = Cipher(algorithms.AES(zpk), modes.ECB()).encryptor()
+    opener = dualsig.KeyAccountOpener(gw, cipher.update)
+    opened = await opener.open_pi_account(
+        PIKind.DUAL_SIGNED, codec.decode(dualsig.PIDualSigned, parts.pi).envelope
+    )
+    assert block0 not in codec.encode(opened)
+    view = await dualsig.open_at_gateway(
+        parts.pi, opener, gwt, ch_pub, mt, dualsig.oi_digest(oi_data)
+    )
+    assert view.pi_head == pi_head and view.pin_block is not None and len(view.pin_block) == 16
+    assert block0 not in view.pin_block
+    assert pin.decipher_format4(zpk, view.pin_block, BANK.pin_binding_number) == "1234"
+    # the merchant still verifies the same signature with H(PIData) alone
+    dualsig.verify_at_merchant(parts.pi, parts.oi, ch_pub, mt, gwt)
+
+
+async def test_pin_block_bound_to_another_account_is_refused(suite: Suite) -> None:
+    ch, cht = party(suite.name, "cardholder")
+    _, gw, gwt, mt = keys(suite)
+    block0 = pin.encode_format0("1234", "7654321")  # another account's binding
+    pi_head, oi_data = order(3)
+    parts = await dualsig.make_dual_signed(
+        ch, cht, suite, gw.public_key(), gwt, mt, pi_head, bank_pan_data(), oi_data, block0
+    )
+    opener = dualsig.KeyAccountOpener(gw, lambda b: b)
+    env = codec.decode(dualsig.PIDualSigned, parts.pi).envelope
+    with pytest.raises(ProtocolError) as exc:
+        await opener.open_pi_account(PIKind.DUAL_SIGNED, env)
+    assert exc.value.code is ErrorCode.INVALID_FIELD
+
+
+async def test_only_format0_blocks_travel_in_a_pi(suite: Suite) -> None:
+    ch, cht = party(suite.name, "cardholder")
+    _, gw, gwt, mt = keys(suite)
+    with pytest.raises(ProtocolError) as exc:
+        await dualsig.make_dual_signed(
+            ch, cht, suite, gw.public_key(), gwt, mt, b"h", bank_pan_data(), b"o", bytes(16)
+        )
+    assert exc.value.code is ErrorCode.INVALID_FIELD
 
 
 async def test_swapped_halves_fail_at_the_merchant(suite: Suite) -> None:
@@ -161,16 +218,14 @@ async def test_unsigned_purchase(suite: Suite) -> None:
     _, gw, gwt, _ = keys(suite)
     pi_head, oi_data = order(6)
     token = codec.packb([PAN, "203012", secrets.token_bytes(32)])
-    parts = await dualsig.make_unsigned(
-        suite, gw.public_key(), gwt, pi_head, token, oi_data, bytes(8)
-    )
+    parts = await dualsig.make_unsigned(suite, gw.public_key(), gwt, pi_head, token, oi_data)
     assert PAN.encode() not in parts.pi and PAN.encode() not in parts.oi
     seen = dualsig.read_unsigned_oi(parts.oi)
     assert seen.oi_data == oi_data and seen.signer is None
     opened = await dualsig.open_unsigned_at_gateway(
         parts.pi, gw, gwt, dualsig.oi_digest(seen.oi_data)
     )
-    assert (opened.pi_head, opened.pan_data, opened.pin_block) == (pi_head, token, bytes(8))
+    assert (opened.pi_head, opened.pan_data, opened.pin_block) == (pi_head, token, None)
     _, other_oi = order(7)
     with pytest.raises(ProtocolError) as exc:
         await dualsig.open_unsigned_at_gateway(parts.pi, gw, gwt, dualsig.oi_digest(other_oi))
@@ -197,29 +252,21 @@ async def test_oversize_account_part_is_refused(suite: Suite) -> None:
 
 @pytest.mark.parametrize("suite_name", ["rsa2048", "rsa2048-oaep256", "p256"])
 async def test_real_pan_data_and_pin_block_fit(suite_name: str) -> None:
-    """A's PANData for a card with a 16-byte PIN block fits every suite; the largest OPE bank
-    account fits RSA-2048 OAEP-SHA1 (the SoftHSM2 suite) and is refused clearly with SHA-256."""
-    from protocol import pan
-
+    """PANData of the longest PAN and of the largest OPE bank account, with a format 0 PIN
+    block, fit every suite (RSA-2048 OAEP-SHA-256 included: 184 of 190 bytes)."""
     suite = SUITES[suite_name]
     ch, cht = party(suite_name, "cardholder")
     gw, gwt = party(suite_name, "gateway")
     _, mt = party(suite_name, "merchant")
     card = pan.Account(pan.AccountKind.CARD, PAN)
     bank = pan.Account(pan.AccountKind.BANK, "9" * 34, bank_code="9" * 11, branch="9" * 8)
-    pin_block = bytes(16)
     for account in (card, bank):
         data = codec.encode(pan.make_pan_data(account, "3012", secrets.token_bytes(32)))
         pi_head, oi_data = order(9)
-        build = dualsig.make_dual_signed(
-            ch, cht, suite, gw.public_key(), gwt, mt, pi_head, data, oi_data, pin_block
+        parts = await dualsig.make_dual_signed(
+            ch, cht, suite, gw.public_key(), gwt, mt, pi_head, data, oi_data, bytes(8)
         )
-        if suite_name == "rsa2048-oaep256" and account is bank:
-            with pytest.raises(ProtocolError) as exc:
-                await build
-            assert exc.value.code is ErrorCode.INVALID_FIELD
-            assert "190-byte OAEP capacity" in exc.value.detail
-            continue
-        parts = await build
-        opened = await dualsig.open_at_gateway(parts.pi, gw, gwt, ch.public_key(), mt)
-        assert (opened.pan_data, opened.pin_block) == (data, pin_block)
+        # the wrap opens (a plain key then refuses the PIN-bearing account part)
+        with pytest.raises(ProtocolError) as exc:
+            await dualsig.open_at_gateway(parts.pi, gw, gwt, ch.public_key(), mt)
+        assert exc.value.code is ErrorCode.UNSUPPORTED_ALGORITHM

@@ -104,3 +104,26 @@ def test_pin_block_record_round_trips_and_hides_the_block() -> None:
         assert record.block.hex() not in repr(record) and "9876" not in repr(record)
     with pytest.raises(ProtocolError):
         pin.make_pin_block(pin.PinBlockFormat.ISO4, "9876", "4111111111111111")
+
+
+def test_translation_from_a_pi_block_to_format4_under_a_block_cipher() -> None:
+    """The keystore's translation: a format 0 block becomes format 4 under the ZPK, given
+    only as an AES block function (the key may stay in a token)."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    number = "1234567"
+    encrypt = Cipher(algorithms.AES(PIN_KEY), modes.ECB()).encryptor().update
+    decrypt = Cipher(algorithms.AES(PIN_KEY), modes.ECB()).decryptor().update
+    block0 = pin.encode_format0("24680", number)
+    block4 = pin.translate_to_format4(block0, number, encrypt)
+    assert len(block4) == 16 and block0 not in block4
+    assert pin.decipher_format4(PIN_KEY, block4, number) == "24680"
+    assert pin.decipher_format4_with(decrypt, block4, number) == "24680"
+    fill = bytes(range(8))
+    assert pin.encipher_format4_with(encrypt, "1234", number, fill) == pin.encipher_format4(
+        PIN_KEY, "1234", number, fill
+    )
+    for bad in (block4, pin.encode_format0("24680", "7654321")):
+        with pytest.raises(ProtocolError) as err:  # format 4 in a PI; another account
+            pin.translate_to_format4(bad, number, encrypt)
+        assert err.value.code is ErrorCode.INVALID_FIELD
