@@ -1,0 +1,109 @@
+"""The gateway actor process: the actor runtime around ``GatewayService``.
+
+Rule 1: the gateway connects as broker user ``gateway.<instance>``; its keys are that
+identity's keys in the keystore (``gateway.<instance>/sig`` and ``/kx``).
+Rule 2: it refuses to start without a registered identity (``setpay gateway register``).
+Rule 3: an AuthReq is acked only after its ledger row and reply are committed; a retryable
+keystore fault propagates, so the message is redelivered and answered once the keystore is
+back (the ledger makes the second pass idempotent).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from actors import payment_wire as pw
+from actors.gateway.identity import GatewayIdentity, identity_path, journal_path, ledger_path
+from actors.gateway.ledger import Ledger
+from actors.gateway.service import GatewayService
+from actors.issuer.link import IsoLink
+from actors.issuer.service import DEFAULT_PORT
+from actors.runtime import Actor, Reply
+from broker.consumer import Delivery
+from keystore.client import KeystoreClient
+from keystore.service import RPC_QUEUE
+from protocol import ids
+from setpay.config import Settings
+
+
+class GatewayActor(Actor):
+    """Serves AuthReq for the brand of its certificates."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        instance: str,
+        *,
+        url: str | None = None,
+        keystore_queue: str = RPC_QUEUE,
+        issuer_host: str = "127.0.0.1",
+        issuer_port: int = DEFAULT_PORT,
+        host_deadline: float = 5.0,
+        clock: ids.Clock | None = None,
+        health_file: Path | None = None,
+    ) -> None:
+        super().__init__(
+            "gateway",
+            instance,
+            url or settings.amqp_url,
+            prefetch=settings.broker_prefetch,
+            health_file=health_file,
+        )
+        self.settings = settings
+        self.keystore_queue = keystore_queue
+        self.issuer_host = issuer_host
+        self.issuer_port = issuer_port
+        self.host_deadline = host_deadline
+        self.clock = clock
+        self.ledger: Ledger | None = None
+        self.link: IsoLink | None = None
+        self.keystore: KeystoreClient | None = None
+        self.service: GatewayService | None = None
+
+    async def setup(self) -> None:
+        assert self.bus is not None
+        identity = GatewayIdentity.load(identity_path(self.settings.data_dir, self.instance))
+        self.keystore = await KeystoreClient.create(
+            self.bus, queue=self.keystore_queue, timeout=self.settings.broker_rpc_timeout
+        )
+        sig_key = await self.keystore.private_key(identity.sig_label)
+        kx_key = await self.keystore.private_key(identity.kx_label)
+        self.ledger = Ledger(ledger_path(self.settings.data_dir, self.instance))
+        self.link = IsoLink(
+            self.issuer_host,
+            self.issuer_port,
+            journal_path(self.settings.data_dir, self.instance),
+            deadline=self.host_deadline,
+        )
+        await self.link.start()
+        self.service = GatewayService(
+            identity, sig_key, kx_key, self.ledger, self.link, clock=self.clock
+        )
+        self.on(pw.AUTH_REQ_TYPE, self._handle)
+
+    async def _handle(self, delivery: Delivery) -> Reply | None:
+        assert self.service is not None
+        return await self.service.handle(delivery.body)
+
+    async def teardown(self) -> None:
+        if self.link is not None:
+            await self.link.close()
+        if self.keystore is not None:
+            await self.keystore.close()
+        if self.ledger is not None:
+            self.ledger.close()
+
+
+def main(settings: Settings, instance: str, health_file: Path | None = None) -> Actor:
+    """Factory used by ``setpay run gateway`` (supervisor ROLES: ``actors.gateway:main``).
+
+    The issuer host address comes from ``SETPAY_GATEWAY_ISSUER_HOST``/``_PORT`` until
+    ``Settings`` carries it."""
+    return GatewayActor(
+        settings,
+        instance,
+        issuer_host=os.environ.get("SETPAY_GATEWAY_ISSUER_HOST", "127.0.0.1"),
+        issuer_port=int(os.environ.get("SETPAY_GATEWAY_ISSUER_PORT", str(DEFAULT_PORT))),
+        health_file=health_file,
+    )

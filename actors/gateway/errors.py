@@ -1,0 +1,15 @@
+"""The gateway's one exception base.
+
+Rule 1: ``GatewayError`` is for the operator (no identity, bad configuration, ledger fault);
+protocol refusals are ``protocol.errors.ProtocolError`` and become SET Error replies.
+"""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    """The gateway cannot run or cannot record (configuration, identity, ledger)."""
+
+
+class IdentityMissing(GatewayError):
+    """No registered identity (keys + certificates) for this gateway instance."""

@@ -1,0 +1,481 @@
+"""The gateway's AuthReq handling: every set-protocol.md §3.4 check, then one authorization.
+
+Rule 1: checks run in §3.2/§3.4 order before any state change: wrapper and date; EncB unseal
+with the key-exchange key; merchant signature chain (certType merchant, this brand);
+baggage linkage; header ids = body ids; merchant id = signer's; PI dual signature with the
+cardholder chain (certType cardholder); HOIData, HOD2, XID, merchant and gateway names;
+AuthReqAmt ≤ PurchAmt in the same currency; cardholder certificate account hash. A failed
+cryptographic or structural check answers a SET Error (nothing stored); a failed business
+check answers AuthRes with an AuthCode (stored by RRPID, PI not consumed).
+Rule 2: exactly-once effects: the ledger keys every request by RRPID (a duplicate with the same
+bytes gets the stored AuthRes, other bytes get Error ``replay``) and every PI by its id (a
+second use under another RRPID gets ``piPreviouslyUsed``). The host RRN is derived from the
+RRPID, so a redelivered request mid-flight reaches the host's idempotency, not a second auth.
+Rule 3: a host timeout answers ``noReply`` (retryable; the link stores and forwards the
+reversal) and releases the PI for a new attempt under a new RRPID.
+Rule 4 (OPE hook): a PI carrying a PIN block is refused with AuthCode ``invalidTransaction``,
+reason ``pinDebitUnavailable``, until the keystore op that opens PIN PIs inside the HSM exists;
+the block is dropped at once, never stored or logged.
+Rule 5: logs and the ledger name XID, RRPID, codes and amounts, never PAN, expiry or secrets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import structlog
+from cryptography import x509
+
+from actors import payment_wire as pw
+from actors.ca.hierarchy import to_dt
+from actors.gateway.identity import GatewayIdentity
+from actors.gateway.ledger import Entry, Ledger, NewAuth, Outcome, PiUsed
+from actors.issuer import spec
+from actors.issuer.codes import ResponseCode
+from actors.issuer.link import IsoLink, LinkRequest
+from keystore.errors import KeystoreError
+from protocol import codec, dualsig, ids, pan, primitives
+from protocol.certs import (
+    CertType,
+    KeyUse,
+    cert_thumbprint,
+    certificate_der,
+    load_certificate,
+    public_key_of,
+    set_extension,
+)
+from protocol.chain import Expect, validate_path
+from protocol.envelope import Envelope
+from protocol.errors import ErrorCode, ProtocolError
+from protocol.keys import PrivateKey, PublicKey, suite_for_public_key
+from protocol.messages import (
+    AuthCode,
+    AuthReq,
+    AuthReqData,
+    AuthResBaggage,
+    AuthResData,
+    AuthResPayload,
+    CapCode,
+    CapResPayload,
+    CapTokenData,
+    CurrAmt,
+    Error,
+    ErrorTBS,
+    MessageType,
+    PIHead,
+    ResponseData,
+)
+from protocol.treatments import make_enc
+from protocol.wrapper import MessageHeader, decode_message, encode_message, make_header, peek_header
+from setpay.logs import get_logger
+
+log = get_logger(component="gateway")
+
+CAP_TOKEN = "CapToken"  # noqa: S105 - a content type, not a secret
+PI_ID_LABEL = "gateway/PI-id"
+PIN_DEBIT_UNAVAILABLE = "pinDebitUnavailable"
+# ISO 4217 alphabetic → numeric (ISO 8583 field 49) for the currencies the test brands use.
+CURRENCY_NUMERIC = {"JPY": "392", "USD": "840", "EUR": "978", "GBP": "826"}
+HOST_CODES: dict[ResponseCode, AuthCode] = {
+    ResponseCode.APPROVED: AuthCode.APPROVED,
+    ResponseCode.INVALID_TRANSACTION: AuthCode.INVALID_TRANSACTION,
+    ResponseCode.INVALID_AMOUNT: AuthCode.AMOUNT_ERROR,
+    ResponseCode.INVALID_CARD: AuthCode.INVALID_TRANSACTION,
+    ResponseCode.FORMAT_ERROR: AuthCode.SYSTEM_ERROR,
+    ResponseCode.STOLEN_CARD: AuthCode.DECLINED,
+    ResponseCode.INSUFFICIENT_FUNDS: AuthCode.DECLINED,
+    ResponseCode.EXPIRED_CARD: AuthCode.EXPIRED_CARD,
+    ResponseCode.WRONG_PIN: AuthCode.DECLINED,
+    ResponseCode.VELOCITY_EXCEEDED: AuthCode.DECLINED,
+    ResponseCode.PIN_TRIES_EXCEEDED: AuthCode.DECLINED,
+    ResponseCode.ISSUER_UNAVAILABLE: AuthCode.NO_REPLY,
+    ResponseCode.DUPLICATE_TRANSMISSION: AuthCode.DECLINED,
+    ResponseCode.SYSTEM_MALFUNCTION: AuthCode.SYSTEM_ERROR,
+}
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A business refusal: the AuthCode and a reason word for ResponseData."""
+
+    code: AuthCode
+    reason: str
+
+
+@dataclass
+class Checked:
+    """An AuthReq that passed every cryptographic and structural check (Rule 1)."""
+
+    data: AuthReqData
+    merchant_id: str
+    merchant_kx: x509.Certificate
+    refusal: Refusal | None = None
+    pi_head: bytes = b""
+    account: pan.PANData | None = field(default=None, repr=False)
+
+
+def rrn_of(rrpid: bytes) -> str:
+    """The host RRN (field 37) of an RRPID: stable, so a retry reaches host idempotency."""
+    return rrpid[:6].hex().upper()
+
+
+def pi_id_of(pi_head: bytes) -> bytes:
+    """What marks a PI as used: a labelled digest of its PIHead (no account data in it)."""
+    return primitives.labelled_digest(PI_ID_LABEL, pi_head)
+
+
+class GatewayService:
+    """Answers wrapped AuthReqs; the caller (the actor) moves bytes and acks."""
+
+    def __init__(
+        self,
+        identity: GatewayIdentity,
+        sig_key: PrivateKey,
+        kx_key: PrivateKey,
+        ledger: Ledger,
+        link: IsoLink,
+        *,
+        clock: ids.Clock | None = None,
+        window_ms: int = ids.DEFAULT_WINDOW_MS,
+    ) -> None:
+        self.identity = identity
+        self.sig_key = sig_key
+        self.kx_key = kx_key
+        self.ledger = ledger
+        self.link = link
+        self.clock = clock or ids.SystemClock()
+        self.window_ms = window_ms
+        self.sig_thumb = cert_thumbprint(identity.sig_cert)
+        self.kx_thumb = cert_thumbprint(identity.kx_cert)
+        self.kx_public: PublicKey = public_key_of(identity.kx_cert)
+        self.own_certs = [certificate_der(c) for c in (identity.sig_cert, *identity.chain)]
+        caps = set_extension(identity.kx_cert).gateway
+        self.currencies = frozenset(caps.currencies if caps else ())
+        self.sale = bool(caps and caps.sale)
+
+    # -- entry point --------------------------------------------------------------------------
+
+    async def handle(self, data: bytes) -> tuple[str, bytes] | None:
+        """Answer one wrapped AuthReq: (AMQP type, wrapped AuthRes or Error). ``None`` for an
+        Error received (never answered). Retryable keystore faults propagate (redelivery)."""
+        try:
+            decoded = decode_message(data, now_ms=self.clock.now_ms(), window_ms=self.window_ms)
+            if decoded.msg_type is MessageType.ERROR:
+                log.info("gateway_error_received")
+                return None
+            if decoded.msg_type is not MessageType.AUTH_REQ:
+                raise ProtocolError(
+                    ErrorCode.MESSAGE_NOT_SUPPORTED,
+                    f"the gateway does not take {decoded.msg_type.name}",
+                )
+            rrpid = decoded.header.rrpid
+            if rrpid is None:
+                raise ProtocolError(ErrorCode.BAD_MESSAGE_HEADER, "AuthReq without RRPID")
+            ctx = {"rrpid": rrpid.hex()}
+            if decoded.header.message_ids and decoded.header.message_ids.xid:
+                ctx["xid"] = decoded.header.message_ids.xid.hex()
+            with structlog.contextvars.bound_contextvars(**ctx):
+                return await self._auth_req(decoded.header, decoded.body, rrpid)
+        except ProtocolError as exc:
+            log.info("gateway_request_refused", code=exc.code.name, detail=exc.detail)
+            return pw.ERROR_TYPE, self._error(exc, data)
+        except KeystoreError as exc:
+            if exc.retryable:
+                raise
+            log.error("gateway_keystore_refused", fault=exc.fault.name, text=exc.text)
+            failure = ProtocolError(ErrorCode.UNSPECIFIED_FAILURE, "gateway cannot use its key")
+            return pw.ERROR_TYPE, self._error(failure, data)
+
+    async def _auth_req(
+        self, header: MessageHeader, req: AuthReq, rrpid: bytes
+    ) -> tuple[str, bytes]:
+        digest = hashlib.sha256(codec.encode(req)).digest()
+        known = self.ledger.get(rrpid)
+        if known is not None:
+            if not hmac.compare_digest(known.request_digest, digest):
+                raise ProtocolError(ErrorCode.REPLAY, "RRPID already used by another request")
+            if known.state == "done":
+                log.info("gateway_duplicate_answered")
+                return self._stored(known)
+        checked = await self._check(header, req)
+        return await self._authorize(checked, rrpid, digest)
+
+    # -- checks (Rule 1) ----------------------------------------------------------------------
+
+    def _validate(
+        self, cert: x509.Certificate, pool: list[x509.Certificate], expect: Expect
+    ) -> None:
+        validate_path(
+            cert,
+            pool,
+            root=self.identity.root,
+            now=_dt(self.clock.now_ms()),
+            expect=expect,
+            revocation=None,
+        )
+
+    async def _check(self, header: MessageHeader, req: AuthReq) -> Checked:
+        certs = [load_certificate(der) for der in req.certs]
+        by_thumb = {cert_thumbprint(c): c for c in certs}
+        brand = self.identity.brand
+        signers: dict[bytes, x509.Certificate] = {}
+
+        def merchant_key(thumb: bytes) -> PublicKey:
+            cert = by_thumb.get(thumb)
+            if cert is None:
+                raise ProtocolError(ErrorCode.MISSING_CERTIFICATE, "merchant certificate not sent")
+            self._validate(cert, certs, Expect(CertType.MERCHANT, KeyUse.SIGNATURE, brand))
+            signers[thumb] = cert
+            return public_key_of(cert)
+
+        data, pi, signer = await pw.open_auth_req(self.kx_key, self.kx_thumb, req, merchant_key)
+        pw.check_auth_header(header, data.auth_tags)
+        merchant = set_extension(signers[signer]).merchant
+        if merchant is None or merchant.merchant_id != data.auth_tags.mer_term_ids.merchant_id:
+            raise ProtocolError(ErrorCode.INVALID_FIELD, "merchant id is not the signer's")
+        merchant_kx = self._merchant_kx(certs, merchant.merchant_id)
+        checked = Checked(data, merchant.merchant_id, merchant_kx)
+        if data.payload.subsequent_auth or data.check_digests is None:
+            checked.refusal = Refusal(AuthCode.INVALID_TRANSACTION, "authTokenUnsupported")
+            return checked
+        try:
+            pid = codec.decode(dualsig.PIDualSigned, pi)
+        except ProtocolError:
+            env = codec.decode(Envelope, pi)  # PIUnsigned: an EXH envelope; else decodingFailure
+            if env.content_type != dualsig.PI_UNSIGNED:
+                raise
+            checked.refusal = Refusal(AuthCode.SIGNATURE_REQUIRED, "cardholderCertRequired")
+            return checked
+        ch_cert = by_thumb.get(pid.signature.signer)
+        if ch_cert is None:
+            raise ProtocolError(ErrorCode.MISSING_CERTIFICATE, "cardholder certificate not sent")
+        self._validate(ch_cert, certs, Expect(CertType.CARDHOLDER, KeyUse.SIGNATURE, brand))
+        view = await dualsig.open_at_gateway(
+            pi, self.kx_key, self.kx_thumb, public_key_of(ch_cert), signer
+        )
+        if view.pin_block is not None:  # Rule 4: dropped here, never kept
+            checked.refusal = Refusal(AuthCode.INVALID_TRANSACTION, PIN_DEBIT_UNAVAILABLE)
+            return checked
+        head = codec.decode(PIHead, view.pi_head)
+        account = pan.decode_pan_data(view.pan_data)
+        checked.pi_head = view.pi_head
+        checked.account = account
+        checked.refusal = self._business(data, head, view.oi_digest, signer, account, ch_cert)
+        return checked
+
+    def _merchant_kx(self, certs: list[x509.Certificate], merchant_id: str) -> x509.Certificate:
+        for cert in certs:
+            ext = set_extension(cert)
+            if (
+                ext.cert_type is CertType.MERCHANT
+                and ext.key_use is KeyUse.KEY_EXCHANGE
+                and ext.merchant is not None
+                and ext.merchant.merchant_id == merchant_id
+            ):
+                self._validate(
+                    cert, certs, Expect(CertType.MERCHANT, KeyUse.KEY_EXCHANGE, self.identity.brand)
+                )
+                return cert
+        raise ProtocolError(ErrorCode.MISSING_CERTIFICATE, "merchant key-exchange cert not sent")
+
+    def _business(
+        self,
+        data: AuthReqData,
+        head: PIHead,
+        oi_digest: bytes,
+        signer: bytes,
+        account: pan.PANData,
+        ch_cert: x509.Certificate,
+    ) -> Refusal | None:
+        digests = data.check_digests
+        assert digests is not None
+        tags = data.auth_tags
+        mismatches = (
+            ("HOIData", not hmac.compare_digest(oi_digest, digests.hoi_data)),
+            ("HOD2", not hmac.compare_digest(head.inputs.hod, digests.hod2)),
+            ("XID", head.trans_ids != tags.trans_ids),
+            ("MerchantID", head.merchant_id != tags.mer_term_ids.merchant_id),
+            ("MerchantThumb", head.merchant_thumb != signer),
+            ("GatewayThumb", head.gateway_thumb != self.kx_thumb),
+        )
+        for what, bad in mismatches:
+            if bad:
+                log.info("gateway_pi_mismatch", field=what)
+                return Refusal(AuthCode.PI_AUTH_MISMATCH, f"{what}Mismatch")
+        expected_hash = set_extension(ch_cert).account_hash
+        try:
+            if expected_hash is None:
+                raise ProtocolError(ErrorCode.INVALID_CERTIFICATE, "no account hash")
+            pan.check_account_hash(account, expected_hash)
+        except ProtocolError:
+            return Refusal(AuthCode.PI_AUTH_MISMATCH, "accountHashMismatch")
+        asked, agreed = data.payload.auth_req_amt, head.inputs.purch_amt
+        if asked.currency != agreed.currency or not 0 < asked.amount <= agreed.amount:
+            return Refusal(AuthCode.AMOUNT_ERROR, "amountAbovePurchase")
+        if asked.currency not in self.currencies or asked.currency not in CURRENCY_NUMERIC:
+            return Refusal(AuthCode.INVALID_TRANSACTION, "currencyNotSupported")
+        if data.capture_now and not self.sale:
+            return Refusal(AuthCode.CAPTURE_NOT_SUPPORTED, "saleNotSupported")
+        if account.account.kind is not pan.AccountKind.CARD:
+            return Refusal(AuthCode.INVALID_TRANSACTION, PIN_DEBIT_UNAVAILABLE)
+        return None
+
+    # -- authorization (Rules 2, 3) -------------------------------------------------------------
+
+    async def _authorize(self, checked: Checked, rrpid: bytes, digest: bytes) -> tuple[str, bytes]:
+        data = checked.data
+        amt = data.payload.auth_req_amt
+        new = NewAuth(
+            rrpid,
+            digest,
+            data.auth_tags.trans_ids.xid,
+            None,
+            checked.merchant_id,
+            amt.currency,
+            amt.amount,
+            data.capture_now,
+            None,
+        )
+        if checked.refusal is not None:
+            return await self._refuse(checked, new, checked.refusal)
+        try:
+            entry = self.ledger.reserve(
+                NewAuth(
+                    **{**_fields(new), "pi_id": pi_id_of(checked.pi_head), "rrn": rrn_of(rrpid)}
+                )
+            )
+        except PiUsed:
+            log.info("gateway_pi_reused")
+            return await self._refuse(checked, new, Refusal(AuthCode.PI_PREVIOUSLY_USED, "piUsed"))
+        if entry.state == "done":
+            return self._stored(entry)
+        account = checked.account
+        assert account is not None
+        result = await self.link.request(
+            LinkRequest(
+                rrn_of(rrpid),
+                account.account.number,
+                amt.amount,
+                mti=spec.FINANCIAL_REQUEST if data.capture_now else spec.AUTH_REQUEST,
+                currency=CURRENCY_NUMERIC[amt.currency],
+                expiry=account.expiry,
+                merchant_id=checked.merchant_id[:15].ljust(15),
+            )
+        )
+        code = HOST_CODES.get(result.code, AuthCode.DECLINED)
+        approved = code is AuthCode.APPROVED
+        auth_amt = CurrAmt(amt.currency, amt.amount if approved else 0)
+        response = ResponseData(
+            result.approval_code or None,
+            None if approved else result.code.name.lower(),
+            None,
+            rrn_of(rrpid),
+        )
+        cap_token = await self._cap_token(rrpid, auth_amt) if approved else None
+        sale = (
+            CapResPayload(CapCode.SUCCESS, auth_amt, None, None)
+            if approved and data.capture_now
+            else None
+        )
+        reply = await self._auth_res(
+            checked,
+            AuthResPayload(auth_amt, code, response),
+            sale,
+            AuthResBaggage(cap_token, None, None),
+        )
+        done = self.ledger.finish(
+            rrpid,
+            Outcome(
+                int(code),
+                auth_amt.amount,
+                str(result.code),
+                result.approval_code or None,
+                pw.AUTH_RES_TYPE,
+                reply,
+                release_pi=result.retryable,
+            ),
+        )
+        log.info(
+            "gateway_authorized",
+            auth_code=code.name,
+            host_code=str(result.code),
+            sale=data.capture_now,
+            duplicate_at_host=result.duplicate,
+        )
+        return self._stored(done)
+
+    async def _refuse(self, checked: Checked, new: NewAuth, refusal: Refusal) -> tuple[str, bytes]:
+        entry = self.ledger.reserve(new)
+        if entry.state == "done":
+            return self._stored(entry)
+        currency = checked.data.payload.auth_req_amt.currency
+        payload = AuthResPayload(
+            CurrAmt(currency, 0), refusal.code, ResponseData(None, refusal.reason, None, None)
+        )
+        reply = await self._auth_res(checked, payload, None, pw.EMPTY_BAGGAGE)
+        done = self.ledger.finish(
+            new.rrpid, Outcome(int(refusal.code), 0, None, None, pw.AUTH_RES_TYPE, reply)
+        )
+        log.info("gateway_refused", auth_code=refusal.code.name, reason=refusal.reason)
+        return self._stored(done)
+
+    async def _cap_token(self, rrpid: bytes, auth_amt: CurrAmt) -> bytes:
+        """CapToken = Enc(P, P, CapTokenData): sealed to this gateway's own key-exchange key."""
+        token = CapTokenData(rrpid, auth_amt, rrn_of(rrpid).encode("ascii"))
+        return await make_enc(
+            self.sig_key,
+            self.sig_thumb,
+            suite_for_public_key(self.kx_public),
+            self.kx_public,
+            self.kx_thumb,
+            CAP_TOKEN,
+            codec.encode(token),
+        )
+
+    async def _auth_res(
+        self,
+        checked: Checked,
+        payload: AuthResPayload,
+        sale: CapResPayload | None,
+        baggage: AuthResBaggage,
+    ) -> bytes:
+        data = AuthResData(checked.data.auth_tags, None, payload, None, sale)
+        merchant_public = public_key_of(checked.merchant_kx)
+        res = await pw.build_auth_res(
+            self.sig_key,
+            self.sig_thumb,
+            suite_for_public_key(merchant_public),
+            merchant_public,
+            cert_thumbprint(checked.merchant_kx),
+            data,
+            baggage,
+            self.own_certs,
+        )
+        return pw.wrap_auth_res(self.clock.now_ms(), res, data)
+
+    @staticmethod
+    def _stored(entry: Entry) -> tuple[str, bytes]:
+        assert entry.reply_type is not None and entry.reply is not None
+        return entry.reply_type, entry.reply
+
+    def _error(self, exc: ProtocolError, data: bytes) -> bytes:
+        header = peek_header(data)
+        tbs = ErrorTBS(
+            exc.code,
+            ids.new_challenge(),
+            None,
+            None,
+            b"" if header is None else codec.encode(header),
+        )
+        return encode_message(make_header(self.clock.now_ms()), Error(False, codec.encode(tbs), []))
+
+
+def _fields(new: NewAuth) -> dict[str, object]:
+    return {name: getattr(new, name) for name in NewAuth.__dataclass_fields__}
+
+
+def _dt(ms: int) -> datetime:
+    return to_dt(ms)
