@@ -218,7 +218,7 @@ class GatewayService:
         )
 
     async def _check(self, header: MessageHeader, req: AuthReq) -> Checked:
-        certs = [load_certificate(der) for der in req.certs]
+        certs = [_load(der) for der in req.certs]
         by_thumb = {cert_thumbprint(c): c for c in certs}
         brand = self.identity.brand
         signers: dict[bytes, x509.Certificate] = {}
@@ -471,6 +471,14 @@ class GatewayService:
             b"" if header is None else codec.encode(header),
         )
         return encode_message(make_header(self.clock.now_ms()), Error(False, codec.encode(tbs), []))
+
+
+def _load(der: bytes) -> x509.Certificate:
+    """``load_certificate``, also for the parse errors of ``cryptography`` it lets through."""
+    try:
+        return load_certificate(der)
+    except (x509.DuplicateExtension, x509.UnsupportedGeneralNameType):
+        raise ProtocolError(ErrorCode.INVALID_CERTIFICATE, "malformed certificate") from None
 
 
 def _fields(new: NewAuth) -> dict[str, object]:
