@@ -7,6 +7,10 @@ class of its ``Fault``, a keystore that is down or silent as ``KeystoreUnavailab
 (``retryable``). A reply is never guessed: no reply, no result.
 Rule 3: ``HsmPrivateKey`` implements ``protocol.keys.PrivateKey``; a failed decrypt or derive
 is a ``ProtocolError(DECRYPTION_FAILURE)`` there, as that interface promises.
+Rule 4: ``HsmAccountOpener`` implements ``protocol.dualsig.AccountOpener`` over
+``open_pi_account``: what the PI's sender got wrong becomes a ``ProtocolError`` (decryption
+failure, invalid PIN block, replay = piPreviouslyUsed); keystore trouble stays a
+``KeystoreError`` (retryable ones are retryable).
 """
 
 from __future__ import annotations
@@ -24,13 +28,17 @@ from keystore.errors import (
     DecryptionFailed,
     Fault,
     InternalError,
+    InvalidPinBlock,
     KeystoreError,
     KeystoreUnavailable,
+    PiPreviouslyUsed,
     error_for,
 )
 from keystore.service import RPC_QUEUE
+from protocol.dualsig import OpenedAccount
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.keys import KeyType, PublicKey, Suite, suite_for_public_key
+from protocol.messages import PIKind
 
 
 class KeystoreClient:
@@ -115,6 +123,38 @@ class KeystoreClient:
     async def open(self, label: str, sealed: bytes, aad: bytes = b"") -> bytes:
         return await self._blob(m.Op.OPEN, m.Open(label, sealed, aad))
 
+    async def open_pi_account(
+        self,
+        label: str,
+        kind: PIKind,
+        envelope: bytes,
+        zpk_label: str | None = None,
+        use_key: bytes | None = None,
+        oaep_hash: m.OaepHash = m.OaepHash.SHA1,
+    ) -> OpenedAccount:
+        """Open a PI envelope's wrap with key-exchange key ``label``; a PIN block comes back
+        only as format 4 under zone key ``zpk_label`` (gateway role)."""
+        record = m.OpenPiAccount(label, zpk_label, kind, envelope, oaep_hash, use_key)
+        opened: OpenedAccount = await self._call(m.Op.OPEN_PI_ACCOUNT, record)
+        return opened
+
+    async def pin_pvv(self, pvk_label: str, zpk_label: str, account: str, block: bytes) -> bytes:
+        """PVV of the PIN in format 4 ``block`` under the ZPK (issuer role)."""
+        return await self._blob(m.Op.PIN_PVV, m.PinPvv(pvk_label, zpk_label, account, block))
+
+    async def pin_verify(
+        self, pvk_label: str, zpk_label: str, account: str, block: bytes, pvv: bytes
+    ) -> bool:
+        """Whether the PIN in ``block`` has PVV ``pvv`` (constant time in the keystore)."""
+        verdict: m.Verdict = await self._call(
+            m.Op.PIN_VERIFY, m.PinVerify(pvk_label, zpk_label, account, block, pvv)
+        )
+        return verdict.ok
+
+    async def pin_encipher(self, zpk_label: str, account: str, pin: str) -> bytes:
+        """A PIN as format 4 under the ZPK (PIN issuance, test-environment seeding)."""
+        return await self._blob(m.Op.PIN_ENCIPHER, m.PinEncipher(zpk_label, account, pin))
+
     async def batch(self, items: Sequence[m.BatchItem]) -> list[bytes | KeystoreError]:
         """Run up to ``MAX_BATCH`` sign/decrypt items in one round trip; per-item results."""
         result: m.BatchResult = await self._call(m.Op.BATCH, m.Batch(list(items)))
@@ -190,3 +230,38 @@ class HsmPrivateKey:
             return await self._client.derive(self._info.label, peer_public, info, length)
         except DecryptionFailed:
             raise ProtocolError(ErrorCode.DECRYPTION_FAILURE, "bad ephemeral key") from None
+
+
+class HsmAccountOpener:
+    """``protocol.dualsig.AccountOpener`` for one gateway key (and ZPK) in the keystore.
+
+    ``use_key`` names the transaction (e.g. H(XID, RRPID)): the same caller may re-open the
+    same PIN-bearing PI with the same key after a crash; any other second opening is refused.
+    """
+
+    def __init__(
+        self,
+        client: KeystoreClient,
+        label: str,
+        zpk_label: str | None = None,
+        *,
+        use_key: bytes | None = None,
+        oaep_hash: m.OaepHash = m.OaepHash.SHA1,
+    ) -> None:
+        self.client = client
+        self.label = label
+        self.zpk_label = zpk_label
+        self.use_key = use_key
+        self.oaep_hash = oaep_hash
+
+    async def open_pi_account(self, kind: PIKind, envelope: bytes) -> OpenedAccount:
+        try:
+            return await self.client.open_pi_account(
+                self.label, kind, envelope, self.zpk_label, self.use_key, self.oaep_hash
+            )
+        except DecryptionFailed:
+            raise ProtocolError(ErrorCode.DECRYPTION_FAILURE, "PI wrap does not open") from None
+        except InvalidPinBlock:
+            raise ProtocolError(ErrorCode.INVALID_FIELD, "PIN block does not decode") from None
+        except PiPreviouslyUsed:
+            raise ProtocolError(ErrorCode.REPLAY, "piPreviouslyUsed") from None

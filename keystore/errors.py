@@ -26,6 +26,8 @@ class Fault(IntEnum):
     TOKEN_LOCKED = 9  # PIN locked or login refused: needs a security officer
     INTERNAL = 10
     UNAVAILABLE = 11  # client side: keystore not reachable or did not answer in time
+    INVALID_PIN_BLOCK = 12  # a PIN block does not decode for its account (no detail given)
+    PI_USED = 13  # a PIN-bearing payment instruction was opened before (piPreviouslyUsed)
 
 
 class KeystoreError(Exception):
@@ -85,6 +87,14 @@ class KeystoreUnavailable(KeystoreError):
     retryable = True
 
 
+class InvalidPinBlock(KeystoreError):
+    fault = Fault.INVALID_PIN_BLOCK
+
+
+class PiPreviouslyUsed(KeystoreError):
+    fault = Fault.PI_USED
+
+
 _BY_FAULT: dict[Fault, type[KeystoreError]] = {
     cls.fault: cls
     for cls in (
@@ -99,6 +109,8 @@ _BY_FAULT: dict[Fault, type[KeystoreError]] = {
         TokenLocked,
         InternalError,
         KeystoreUnavailable,
+        InvalidPinBlock,
+        PiPreviouslyUsed,
     )
 }
 

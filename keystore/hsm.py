@@ -46,6 +46,7 @@ T = TypeVar("T")
 P256_PARAMS = bytes.fromhex("06082a8648ce3d030107")
 GCM_NONCE = 12
 GCM_TAG = 16
+AES_BLOCK = 16
 
 # Errors that mean "this session (or the library's view of the token) is gone".
 _SESSION_ERRORS: tuple[type[Exception], ...] = (
@@ -438,6 +439,19 @@ class Hsm:
             except (p11.EncryptedDataInvalid, p11.EncryptedDataLenRange, p11.GeneralError):
                 # SoftHSM2 reports a GCM tag mismatch as CKR_GENERAL_ERROR.
                 raise DecryptionFailed("AES-GCM open failed") from None
+
+        return self._run(op)
+
+    def aes_block(self, label: str, block: bytes, *, decrypt: bool) -> bytes:
+        """One AES block (CKM_AES_ECB) under a token AES key: the ISO 9564 format 4 step.
+        Internal to PIN operations; never served as an op of its own."""
+        if len(block) != AES_BLOCK:
+            raise BadRequest("an AES block is 16 bytes")
+
+        def op() -> bytes:
+            key = self._usable(label, KeyUsage.SECRET, KeyKind.AES256).key
+            run = key.decrypt if decrypt else key.encrypt
+            return bytes(run(block, mechanism=Mechanism.AES_ECB))
 
         return self._run(op)
 

@@ -11,14 +11,16 @@ Rule 3: errors travel as ``Response(fault, text, b"")``: a code and a short reas
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 from typing import Annotated, Any, TypeVar
 
 from keystore.errors import BadRequest, Fault
 from protocol import codec
-from protocol.codec import Bytes32, MaxLen, Range
+from protocol.codec import Bytes32, MaxLen, Range, Size
+from protocol.dualsig import OpenedAccount
 from protocol.errors import ProtocolError
+from protocol.messages import PIKind
 
 Label = Annotated[str, MaxLen(160)]
 Text = Annotated[str, MaxLen(200)]
@@ -39,6 +41,10 @@ class Op(IntEnum):
     OPEN = 8
     LIST = 9
     BATCH = 10
+    OPEN_PI_ACCOUNT = 11  # gateway: open a PI's wrap, PIN block translated to the ZPK
+    PIN_PVV = 12  # issuer: PVV of a format 4 block under the ZPK
+    PIN_VERIFY = 13  # issuer: does a format 4 block under the ZPK match a PVV
+    PIN_ENCIPHER = 14  # issuer (PIN issuance/seeding): a PIN as format 4 under the ZPK
 
 
 class KeyKind(StrEnum):
@@ -132,6 +138,53 @@ class Open:
     aad: Annotated[bytes, MaxLen(1024)]
 
 
+Account = Annotated[str, MaxLen(19)]  # the digits a PIN block binds to
+PinBlock4 = Annotated[bytes, Size(16)]  # ISO 9564 format 4 under the ZPK
+
+
+@dataclass(frozen=True, slots=True)
+class OpenPiAccount:
+    """Open the wrap of a PI envelope with key-exchange key ``label``; a PIN block is
+    translated to format 4 under ``zpk_label``. ``use_key`` (e.g. H(XID, RRPID)) lets the
+    same caller re-open the same PIN-bearing PI for the same transaction after a crash."""
+
+    label: Label
+    zpk_label: Label | None
+    kind: PIKind
+    envelope: Annotated[bytes, MaxLen(65_536)]
+    oaep_hash: OaepHash
+    use_key: Bytes32 | None
+
+
+@dataclass(frozen=True, slots=True)
+class PinPvv:
+    label: Label  # the PVK (the caller's own hmac-sha256 key)
+    zpk_label: Label
+    account: Account = field(repr=False)
+    pin_block: PinBlock4 = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class PinVerify:
+    label: Label  # the PVK
+    zpk_label: Label
+    account: Account = field(repr=False)
+    pin_block: PinBlock4 = field(repr=False)
+    pvv: Annotated[bytes, Size(8)] = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class PinEncipher:
+    label: Label  # the ZPK
+    account: Account = field(repr=False)
+    pin: Annotated[str, MaxLen(12)] = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    ok: bool
+
+
 @dataclass(frozen=True, slots=True)
 class ListKeys:
     pass
@@ -193,6 +246,10 @@ REQUEST_RECORDS: dict[Op, type] = {
     Op.OPEN: Open,
     Op.LIST: ListKeys,
     Op.BATCH: Batch,
+    Op.OPEN_PI_ACCOUNT: OpenPiAccount,
+    Op.PIN_PVV: PinPvv,
+    Op.PIN_VERIFY: PinVerify,
+    Op.PIN_ENCIPHER: PinEncipher,
 }
 RESPONSE_RECORDS: dict[Op, type] = {
     Op.CREATE: KeyInfo,
@@ -205,6 +262,10 @@ RESPONSE_RECORDS: dict[Op, type] = {
     Op.OPEN: Blob,
     Op.LIST: KeyList,
     Op.BATCH: BatchResult,
+    Op.OPEN_PI_ACCOUNT: OpenedAccount,
+    Op.PIN_PVV: Blob,
+    Op.PIN_VERIFY: Verdict,
+    Op.PIN_ENCIPHER: Blob,
 }
 BATCH_OPS = frozenset({Op.SIGN, Op.DECRYPT})
 

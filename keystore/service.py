@@ -7,6 +7,9 @@ Rule 2: PKCS#11 runs on one dedicated thread per process (the token is not initi
 OS locking); the event loop never blocks on the token. Use several processes for more cores.
 Rule 3: every failure is answered as a ``Response`` with a ``Fault`` and a short text; an
 unexpected exception becomes ``INTERNAL`` naming only its type.
+Rule 4: a payment instruction's wrap opens only through ``open_pi_account`` (keystore/pinops):
+a plain DECRYPT whose plaintext holds a PIN-bearing account part, and a plain DERIVE for a PI
+envelope's ECDH-ES context (k_extra would open p), are ``Forbidden`` for every caller.
 """
 
 from __future__ import annotations
@@ -19,9 +22,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from keystore import messages as m
-from keystore.errors import BadRequest, Fault, InternalError, KeystoreError
+from keystore import pinops
+from keystore.errors import BadRequest, Fault, Forbidden, InternalError, KeystoreError
 from keystore.hsm import Hsm
 from keystore.policy import Policy
+from keystore.register import UsedPiRegister
+from protocol import dualsig
 from setpay.logs import get_logger
 
 RPC_QUEUE = "keystore.rpc"
@@ -30,9 +36,10 @@ RPC_QUEUE = "keystore.rpc"
 class KeystoreService:
     """Serves keystore requests for one process; ``handle`` fits ``broker.rpc.serve_rpc``."""
 
-    def __init__(self, hsm: Hsm, policy: Policy) -> None:
+    def __init__(self, hsm: Hsm, policy: Policy, register: UsedPiRegister | None = None) -> None:
         self.hsm = hsm
         self.policy = policy
+        self.register = register
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pkcs11")
         # Bound here, not at import: a worker configures logging (its log file) before this.
         self._audit = get_logger(component="keystore.audit", pid=os.getpid())
@@ -44,6 +51,8 @@ class KeystoreService:
     async def close(self) -> None:
         """Close the session and stop the PKCS#11 thread."""
         await asyncio.get_running_loop().run_in_executor(self._executor, self.hsm.close)
+        if self.register is not None:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self.register.close)
         self._executor.shutdown(wait=True)
 
     async def handle(self, request: Any) -> bytes:
@@ -72,7 +81,7 @@ class KeystoreService:
         label = getattr(record, "label", None)
 
         def impl() -> Any:
-            self.policy.check(caller, op, label)
+            self._authorize(caller, op, record)
             return self._impl(caller, op, record)
 
         return self._answer(lambda: self._audited(caller, op.name.lower(), label, impl))
@@ -89,7 +98,7 @@ class KeystoreService:
                     return self.hsm.sign(item.label, item.data)
                 if item.oaep_hash is None:
                     raise BadRequest("batch decrypt needs an OAEP hash")
-                return self.hsm.decrypt(item.label, item.data, item.oaep_hash)
+                return _no_pin(self.hsm.decrypt(item.label, item.data, item.oaep_hash))
 
             try:
                 data = self._audited(caller, item.op.name.lower(), item.label, impl)
@@ -97,6 +106,17 @@ class KeystoreService:
             except KeystoreError as exc:
                 results.append(m.ItemResult(exc.fault, exc.text[:200], b""))
         return m.ok_response(m.BatchResult(results))
+
+    def _authorize(self, caller: str | None, op: m.Op, r: Any) -> None:
+        """Role and key checks of a single request: own keys, and zone keys by grant."""
+        if op is m.Op.PIN_ENCIPHER:
+            self.policy.check(caller, op, None)
+            self.policy.check_zone_key(caller, op, r.label)
+            return
+        self.policy.check(caller, op, getattr(r, "label", None))
+        zpk = getattr(r, "zpk_label", None)
+        if zpk is not None:
+            self.policy.check_zone_key(caller, op, zpk)
 
     def _impl(self, caller: str | None, op: m.Op, r: Any) -> Any:
         hsm = self.hsm
@@ -107,9 +127,19 @@ class KeystoreService:
         if op is m.Op.SIGN:
             return m.Blob(hsm.sign(r.label, r.digest))
         if op is m.Op.DECRYPT:
-            return m.Blob(hsm.decrypt(r.label, r.ciphertext, r.oaep_hash))
+            return m.Blob(_no_pin(hsm.decrypt(r.label, r.ciphertext, r.oaep_hash)))
         if op is m.Op.DERIVE:
+            if dualsig.is_pi_wrap_info(r.info):
+                raise Forbidden("a payment instruction's wrap opens only by open_pi_account")
             return m.Blob(hsm.derive(r.label, r.peer_public, r.info, r.length))
+        if op is m.Op.OPEN_PI_ACCOUNT:
+            return pinops.open_pi_account(hsm, self.register, str(caller), r)
+        if op is m.Op.PIN_PVV:
+            return m.Blob(pinops.pin_pvv(hsm, r))
+        if op is m.Op.PIN_VERIFY:
+            return m.Verdict(pinops.pin_verify(hsm, r))
+        if op is m.Op.PIN_ENCIPHER:
+            return m.Blob(pinops.pin_encipher(hsm, r))
         if op is m.Op.HMAC:
             return m.Blob(hsm.hmac(r.label, r.data))
         if op is m.Op.SEAL:
@@ -151,3 +181,10 @@ class KeystoreService:
             return m.ok_response(run())
         except KeystoreError as exc:
             return m.error_response(exc.fault, exc.text)
+
+
+def _no_pin(plaintext: bytes) -> bytes:
+    """Rule 4: a PIN-bearing PI wrap never leaves through a plain decrypt."""
+    if dualsig.holds_pin_block(plaintext):
+        raise Forbidden("a PIN-bearing payment instruction opens only by open_pi_account")
+    return plaintext

@@ -19,11 +19,13 @@ import sys
 import time
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 from typing import Any
 
 from keystore.errors import KeystoreError, TokenUnavailable
 from keystore.hsm import Hsm, TokenConfig
 from keystore.policy import Policy
+from keystore.register import UsedPiRegister
 from keystore.service import RPC_QUEUE, KeystoreService
 from setpay import logs
 from setpay.config import Settings
@@ -43,6 +45,11 @@ class WorkerSpec:
 
     def __repr__(self) -> str:  # URL passwords and PINs stay out of reprs
         return f"WorkerSpec(queue={self.queue!r}, prefix={self.identity_prefix!r})"
+
+
+def used_pi_path(settings: Settings) -> Path:
+    """The used-PI register every worker of a deployment shares (keystore/register.py)."""
+    return settings.data_dir / "keystore-used-pi.sqlite"
 
 
 def worker_main(spec: WorkerSpec, index: int, ready: Any) -> None:
@@ -67,6 +74,7 @@ async def _serve(spec: WorkerSpec, index: int, ready: Any) -> None:
     service = KeystoreService(
         Hsm(TokenConfig(s.keystore_module, s.keystore_token_label, s.keystore_pin)),
         Policy(identity_prefix=spec.identity_prefix),
+        UsedPiRegister(used_pi_path(s)),
     )
     try:
         await service.start()

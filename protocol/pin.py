@@ -196,3 +196,17 @@ def read_pin_block(record: PinBlock, number: str, key: bytes | None = None) -> s
     if key is None:
         raise _invalid("format 4 needs a PIN key")
     return decipher_format4(key, record.block, number)
+
+
+# --- PIN verification value -----------------------------------------------------------------
+
+PVV_BYTES = 8
+PVV_LABEL = b"setpay/pvv/v1\x00"
+
+
+def pvv_input(account: str, pin: str) -> bytes:
+    """The bytes the PVV HMAC runs over: label ‖ len(account) ‖ account ‖ PIN. Only a
+    security module builds this (it holds the clear PIN)."""
+    validate_pin(pin)
+    acct = _account_digits(account).encode("ascii")
+    return PVV_LABEL + len(acct).to_bytes(1, "big") + acct + pin.encode("ascii")

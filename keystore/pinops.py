@@ -1,0 +1,120 @@
+"""PIN and payment-instruction operations inside the keystore (the HSM boundary).
+
+Rule 1: a clear PIN or PIN block exists only inside these functions' frames on the PKCS#11
+thread; results are a format 4 block under the ZPK, a PVV, or a yes/no. (Python cannot wipe
+``str`` buffers; the frames are short-lived and nothing is logged, audited or returned.)
+Rule 2: every cipher step under the ZPK runs in the token (CKM_AES_ECB); the PVV is
+CKM_SHA256_HMAC under the PVK, truncated to ``pin.PVV_BYTES``. No key is exported.
+Rule 3: ``open_pi_account`` answers with ``dualsig.OpenedAccount``: bulk key, [H(t)], DD(p),
+PANData and the translated block; a PIN-bearing PI is claimed in the used-PI register after
+every check passed, so a refused request changes nothing.
+Rule 4: protocol failures map to faults without detail that could leak data: a PIN block
+that does not decode is ``InvalidPinBlock``; a wrap that does not open is ``DecryptionFailed``.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from keystore import messages as m
+from keystore.errors import (
+    BadRequest,
+    DecryptionFailed,
+    InvalidPinBlock,
+    KeyUsageError,
+    Unsupported,
+)
+from keystore.hsm import Hsm
+from keystore.register import UsedPiRegister
+from protocol import dualsig, keywrap, pin
+from protocol.errors import ErrorCode, ProtocolError
+from protocol.keys import KeyType
+
+
+def _encrypt(hsm: Hsm, zpk: str) -> pin.BlockCipher:
+    return lambda block: hsm.aes_block(zpk, block, decrypt=False)
+
+
+def _decrypt(hsm: Hsm, zpk: str) -> pin.BlockCipher:
+    return lambda block: hsm.aes_block(zpk, block, decrypt=True)
+
+
+def open_pi_account(
+    hsm: Hsm, register: UsedPiRegister | None, caller: str, r: m.OpenPiAccount
+) -> dualsig.OpenedAccount:
+    """Unwrap a PI with the caller's key-exchange key and translate its PIN block (Rule 3)."""
+    info = hsm.key_info(r.label)
+    if info.usage is not m.KeyUsage.EXCHANGE:
+        raise KeyUsageError(f"key {r.label} is not a key-exchange key")
+    key_type = KeyType.EC if info.kind is m.KeyKind.P256 else KeyType.RSA
+    try:
+        wrap = dualsig.pi_wrap(r.kind, r.envelope)
+        keywrap.check_wrap_shape(key_type, wrap.ephemeral)
+    except ProtocolError as exc:
+        raise _fault(exc) from None
+    if key_type is KeyType.RSA:
+        secret = hsm.decrypt(r.label, wrap.key_block, r.oaep_hash)
+    else:
+        info_bytes = keywrap.ec_info(wrap.context, wrap.ephemeral)
+        secret = hsm.derive(r.label, wrap.ephemeral, info_bytes, 2 * keywrap.KEY_BYTES)
+    zpk = r.zpk_label
+
+    def translate(block: bytes, number: str) -> bytes:
+        if zpk is None:
+            raise BadRequest("a PIN-bearing PI needs a zpk_label")
+        return pin.translate_to_format4(block, number, _encrypt(hsm, zpk))
+
+    try:
+        unwrapped = keywrap.finish_unwrap(
+            key_type, wrap.context, wrap.key_block, secret, wrap.with_digest, True
+        )
+        opened = dualsig.open_account(r.kind, wrap, unwrapped, translate)
+    except ProtocolError as exc:
+        raise _fault(exc) from None
+    if opened.pin_block is not None:
+        if register is None:
+            raise Unsupported("this keystore has no used-PI register for PIN-bearing PIs")
+        register.claim(opened.account_digest, caller, r.use_key)
+    return opened
+
+
+def _pin_of(hsm: Hsm, zpk: str, account: str, block: bytes) -> str:
+    try:
+        return pin.decipher_format4_with(_decrypt(hsm, zpk), block, account)
+    except ProtocolError:
+        raise InvalidPinBlock("PIN block does not decode") from None
+
+
+def pin_pvv(hsm: Hsm, r: m.PinPvv) -> bytes:
+    """PVV of the PIN in a format 4 block under the ZPK (``InvalidPinBlock`` if it won't open)."""
+    clear = _pin_of(hsm, r.zpk_label, r.account, r.pin_block)
+    return hsm.hmac(r.label, pin.pvv_input(r.account, clear))[: pin.PVV_BYTES]
+
+
+def pin_verify(hsm: Hsm, r: m.PinVerify) -> bool:
+    """Constant-time: does the block's PIN have PVV ``r.pvv``? A block that won't open: False."""
+    try:
+        candidate = pin_pvv(hsm, m.PinPvv(r.label, r.zpk_label, r.account, r.pin_block))
+    except InvalidPinBlock:
+        # Still spend one HMAC so a bad block and a wrong PIN cost about the same.
+        hsm.hmac(r.label, pin.PVV_LABEL)
+        return False
+    return hmac.compare_digest(candidate, r.pvv)
+
+
+def pin_encipher(hsm: Hsm, r: m.PinEncipher) -> bytes:
+    """A PIN as a format 4 block under the ZPK (PIN issuance and seeding)."""
+    try:
+        return pin.encipher_format4_with(_encrypt(hsm, r.label), r.pin, r.account)
+    except ProtocolError:
+        raise BadRequest("PIN or account number malformed") from None
+
+
+def _fault(exc: ProtocolError) -> Exception:
+    if exc.code is ErrorCode.DECRYPTION_FAILURE:
+        return DecryptionFailed("payment instruction wrap does not open")
+    if exc.code is ErrorCode.INVALID_FIELD:
+        return InvalidPinBlock("PIN block does not decode for the account")
+    if exc.code is ErrorCode.UNSUPPORTED_ALGORITHM:
+        return BadRequest("a PIN-bearing PI needs a zpk_label")
+    return BadRequest(f"payment instruction malformed ({exc.code.name.lower()})")
