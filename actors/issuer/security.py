@@ -13,14 +13,16 @@ from __future__ import annotations
 
 from typing import Final, Protocol
 
-from actors.issuer.errors import SecurityUnavailable
+from actors.issuer.errors import InvalidPinBlock, SecurityUnavailable
+from protocol import pin as pin_blocks
 
-PVV_BYTES: Final = 8
+PVV_BYTES: Final = pin_blocks.PVV_BYTES
 PAN_INDEX_LABEL: Final = b"setpay/pan-index/v1\x00"
-PVV_LABEL: Final = b"setpay/pvv/v1\x00"
+PVV_LABEL: Final = pin_blocks.PVV_LABEL
 PAN_INDEX_KEY: Final = "issuer-pan-index"  # keystore key names (labels are <user>/<name>)
 PVK_KEY: Final = "issuer-pvk"
 ZPK_KEY: Final = "zpk"
+ZPK_LABEL: Final = "zone.main/zpk"  # the zone key (keystore/policy.py Rule 3), ceremony-made
 
 
 class IssuerSecurity(Protocol):
@@ -49,8 +51,7 @@ def pan_index_input(account: str) -> bytes:
 
 def pvv_input(account: str, pin: str) -> bytes:
     """The bytes the PVV HMAC runs over; only a security module ever builds this."""
-    acct = account.encode("ascii")
-    return PVV_LABEL + len(acct).to_bytes(1, "big") + acct + pin.encode("ascii")
+    return pin_blocks.pvv_input(account, pin)
 
 
 def mask_account(account: str) -> str:
@@ -59,24 +60,37 @@ def mask_account(account: str) -> str:
     return f"…{digits[-4:]}" if len(digits) >= 4 else "…"
 
 
-class HmacClient(Protocol):
-    """The slice of ``keystore.client.KeystoreClient`` the PAN index needs."""
+class SecurityClient(Protocol):
+    """The slice of ``keystore.client.KeystoreClient`` the issuer's security module needs."""
 
     async def hmac(self, label: str, data: bytes) -> bytes: ...
 
+    async def pin_pvv(
+        self, pvk_label: str, zpk_label: str, account: str, block: bytes
+    ) -> bytes: ...
+
+    async def pin_verify(
+        self, pvk_label: str, zpk_label: str, account: str, block: bytes, pvv: bytes
+    ) -> bool: ...
+
 
 class KeystoreIssuerSecurity:
-    """``IssuerSecurity`` over the keystore actor (``keystore.client.KeystoreClient``).
+    """``IssuerSecurity`` over the keystore actor (``keystore.client.KeystoreClient``): the
+    PAN index by its ``hmac`` op, PVV and PIN checks by ``pin_pvv``/``pin_verify`` with the
+    zone PIN key ``zpk_label`` (``zone.<name>/zpk``; without one, PIN ops are unavailable)."""
 
-    ``pan_index`` uses the keystore's ``hmac`` op today. The PIN ops need a keystore
-    operation that does not exist yet (``pin_pvv``; see ``PIN_OP_CONTRACT``); until it
-    does they raise ``SecurityUnavailable`` and the host declines PIN transactions with 96.
-    """
-
-    def __init__(self, client: HmacClient, *, pan_index_label: str, pvk_label: str) -> None:
+    def __init__(
+        self,
+        client: SecurityClient,
+        *,
+        pan_index_label: str,
+        pvk_label: str,
+        zpk_label: str | None = None,
+    ) -> None:
         self.client = client
         self.pan_index_label = pan_index_label
         self.pvk_label = pvk_label
+        self.zpk_label = zpk_label
 
     async def pan_index(self, pan: str) -> bytes:
         try:
@@ -84,11 +98,32 @@ class KeystoreIssuerSecurity:
         except Exception as exc:  # any keystore failure: unavailable, never a guess
             raise SecurityUnavailable(f"pan index failed: {type(exc).__name__}") from None
 
+    def _zpk(self) -> str:
+        if self.zpk_label is None:
+            raise SecurityUnavailable("no zone PIN key configured")
+        return self.zpk_label
+
     async def pvv(self, account: str, pin_block_under_zpk: bytes) -> bytes:
-        raise SecurityUnavailable("the keystore has no pin_pvv operation yet")
+        from keystore.errors import InvalidPinBlock as KeystoreInvalidPinBlock
+
+        zpk = self._zpk()
+        try:
+            return bytes(
+                await self.client.pin_pvv(self.pvk_label, zpk, account, pin_block_under_zpk)
+            )
+        except KeystoreInvalidPinBlock:
+            raise InvalidPinBlock("PIN block does not open") from None
+        except Exception as exc:  # any other keystore failure: unavailable, never a guess
+            raise SecurityUnavailable(f"pin_pvv failed: {type(exc).__name__}") from None
 
     async def verify_pin(self, account: str, pin_block_under_zpk: bytes, pvv: bytes) -> bool:
-        raise SecurityUnavailable("the keystore has no pin_pvv operation yet")
+        zpk = self._zpk()
+        try:
+            return bool(
+                await self.client.pin_verify(self.pvk_label, zpk, account, pin_block_under_zpk, pvv)
+            )
+        except Exception as exc:  # any keystore failure: unavailable, never a guess
+            raise SecurityUnavailable(f"pin_verify failed: {type(exc).__name__}") from None
 
 
 PIN_OP_CONTRACT: Final = """

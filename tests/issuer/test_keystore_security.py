@@ -1,6 +1,7 @@
 """``KeystoreIssuerSecurity`` against the real keystore (RabbitMQ + SoftHSM2): the PAN index
-comes from an HMAC key inside the token; PIN operations, not offered by the keystore yet,
-decline with a retryable 96 and store nothing."""
+is an HMAC key inside the token; PVVs and PIN checks run in the keystore with the zone PIN
+key; the host approves the right PIN, declines a wrong one, and neither the PIN nor its block
+reaches the audit log or the issuer's database."""
 
 from __future__ import annotations
 
@@ -9,87 +10,107 @@ from pathlib import Path
 
 import pytest
 
-from actors.issuer.accounts import AccountRecord, Store
+from actors.issuer.accounts import Store
 from actors.issuer.codes import ResponseCode
-from actors.issuer.errors import SecurityUnavailable
+from actors.issuer.errors import InvalidPinBlock, SecurityUnavailable
 from actors.issuer.host import IssuerHost
 from actors.issuer.link import IsoLink, LinkRequest
-from actors.issuer.security import PAN_INDEX_KEY, PVK_KEY, KeystoreIssuerSecurity
+from actors.issuer.security import PAN_INDEX_KEY, PVK_KEY, ZPK_LABEL, KeystoreIssuerSecurity
 from actors.issuer.seed import environment_accounts, seed
 from keystore import messages as m
+from keystore.errors import KeyExists
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-async def keystore_security(keystore_deployment, hsm, broker_vhost):
-    """An issuer identity whose PAN-index key was made by a key ceremony on the token
-    (the issuer role may use its keys but not create them)."""
+async def issuer_keys(keystore_deployment, hsm, broker_vhost):
+    """An issuer identity whose PAN-index key and PVK, and the zone's ZPK, were made by a key
+    ceremony on the token (the issuer role may use its keys but not create them)."""
     client = await keystore_deployment.client("issuer.itest")
     hsm.create_key(client.label(PAN_INDEX_KEY), m.KeyKind.HMAC256, m.KeyUsage.SECRET)
-    return KeystoreIssuerSecurity(
-        client, pan_index_label=client.label(PAN_INDEX_KEY), pvk_label=client.label(PVK_KEY)
+    hsm.create_key(client.label(PVK_KEY), m.KeyKind.HMAC256, m.KeyUsage.SECRET)
+    zpk = broker_vhost.prefix + ZPK_LABEL
+    try:
+        hsm.create_key(zpk, m.KeyKind.AES256, m.KeyUsage.SECRET)
+    except KeyExists:  # another module of this session made the zone key already
+        pass
+    security = KeystoreIssuerSecurity(
+        client,
+        pan_index_label=client.label(PAN_INDEX_KEY),
+        pvk_label=client.label(PVK_KEY),
+        zpk_label=zpk,
     )
+    return client, zpk, security
 
 
-async def test_pan_index_is_a_keyed_hmac_in_the_token(keystore_security):
-    a1 = await keystore_security.pan_index("4111111111111111")
-    a2 = await keystore_security.pan_index("4111111111111111")
-    b = await keystore_security.pan_index("5555555555554444")
+async def test_pan_index_is_a_keyed_hmac_in_the_token(issuer_keys):
+    _, _, security = issuer_keys
+    a1 = await security.pan_index("4111111111111111")
+    a2 = await security.pan_index("4111111111111111")
+    b = await security.pan_index("5555555555554444")
     assert a1 == a2 and len(a1) == 32 and a1 != b
     assert b"4111111111111111" not in a1
 
 
-async def test_pin_operations_are_unavailable_until_the_keystore_offers_them(
-    keystore_security,
-):
-    with pytest.raises(SecurityUnavailable):
-        await keystore_security.pvv("1234567", bytes(16))
-    with pytest.raises(SecurityUnavailable):
-        await keystore_security.verify_pin("1234567", bytes(16), bytes(8))
-
-
-async def test_host_over_keystore_security(keystore_security, tmp_path: Path):
-    """Cards seeded and authorized with the HSM-held index; a PIN debit is a retryable 96
-    that leaves nothing behind, so it can be retried once the keystore offers PIN ops."""
-    accounts = {a.name: a for a in environment_accounts(datetime.now(UTC))}
-    cards = [a for a in accounts.values() if a.pin is None]
-    store = Store(tmp_path / "issuer.sqlite")
-    await seed(store, keystore_security, cards)
-    bank = accounts["bank-ok"]
-    # A PIN-protected account; its PVV is a stand-in (the keystore cannot compute one yet).
-    store.put_account(
-        AccountRecord(
-            pan_index=await keystore_security.pan_index(bank.reference),
-            kind="bank",
-            brand="ope",
-            last4="4567",
-            expiry=None,
-            credit_limit=0,
-            balance=10_000,
-            pvv=bytes(8),
-        )
+async def test_pvv_and_verify_in_the_keystore(issuer_keys):
+    client, zpk, security = issuer_keys
+    block = await client.pin_encipher(zpk, "1234567", "1234")
+    again = await client.pin_encipher(zpk, "1234567", "1234")
+    assert len(block) == 16 and block != again  # format 4: random fill each time
+    pvv = await security.pvv("1234567", block)
+    assert len(pvv) == 8 and pvv == await security.pvv("1234567", again)
+    assert await security.verify_pin("1234567", again, pvv)
+    wrong = await client.pin_encipher(zpk, "1234567", "1235")
+    assert not await security.verify_pin("1234567", wrong, pvv)
+    assert not await security.verify_pin("7654321", block, pvv)  # bound to the account
+    with pytest.raises(InvalidPinBlock):
+        await security.pvv("1234567", bytes(16))
+    unconfigured = KeystoreIssuerSecurity(
+        client, pan_index_label=security.pan_index_label, pvk_label=security.pvk_label
     )
-    host = IssuerHost(store, keystore_security)
+    with pytest.raises(SecurityUnavailable):
+        await unconfigured.verify_pin("1234567", block, pvv)
+
+
+async def test_host_over_keystore_security(issuer_keys, keystore_deployment, tmp_path: Path):
+    """Cards and PIN accounts seeded through the keystore; a debit with the right PIN is
+    approved, a wrong one declined 55; no PIN or PIN block in the DB or the audit log."""
+    client, zpk, security = issuer_keys
+    accounts = {a.name: a for a in environment_accounts(datetime.now(UTC))}
+    store = Store(tmp_path / "issuer.sqlite")
+
+    async def block_for(binding: str, pin: str) -> bytes:
+        return await client.pin_encipher(zpk, binding, pin)
+
+    await seed(store, security, list(accounts.values()), block_for)
+    bank = accounts["bank-ok"]
+    assert bank.pin is not None
+    host = IssuerHost(store, security)
     await host.start()
     link = IsoLink("127.0.0.1", host.port, tmp_path / "link.sqlite")
     await link.start()
+    sent: list[bytes] = []
     try:
         ok = await link.request(LinkRequest("KS0000000001", accounts["visa-ok"].reference, 500))
         assert ok.code is ResponseCode.APPROVED
-        stolen = await link.request(
-            LinkRequest("KS0000000002", accounts["mc-stolen"].reference, 500)
-        )
-        assert stolen.code is ResponseCode.STOLEN_CARD
+        right = await block_for(bank.binding, bank.pin)
+        wrong = await block_for(bank.binding, "0000")
+        sent += [right, wrong]
         debit = await link.request(
-            LinkRequest("KS0000000003", bank.reference, 500, mti="0200", pin_block=bytes(16))
+            LinkRequest("KS0000000002", bank.reference, 500, mti="0200", pin_block=right)
         )
-        assert debit.code is ResponseCode.SYSTEM_MALFUNCTION and debit.retryable
-        n = store.db.execute("SELECT COUNT(*) FROM transactions").fetchone()[0]
-        assert n == 2  # the 96 left no trace: a retry is decided afresh
-        snap = store.snapshot(await keystore_security.pan_index(bank.reference))
-        assert snap is not None and snap.account.pin_tries == 0
+        assert debit.code is ResponseCode.APPROVED
+        bad = await link.request(
+            LinkRequest("KS0000000003", bank.reference, 500, mti="0200", pin_block=wrong)
+        )
+        assert bad.code is ResponseCode.WRONG_PIN
     finally:
         await link.close()
         await host.stop()
         store.close()
+    db = b"".join(p.read_bytes() for p in tmp_path.glob("issuer.sqlite*"))
+    log = keystore_deployment.log_file.read_text()
+    for block in sent:
+        assert block not in db and block.hex() not in log
+    assert bank.pin.encode() not in db and f'"{bank.pin}"' not in log
