@@ -4,6 +4,8 @@ Rule 1: a cardholder's BIN (the PAN's first six digits) picks the brand and the 
 whose BIN no brand lists is refused (``invalidField``), never registered under a guess.
 Rule 2: templates name fields only; values arrive in CertReq and are checked against the
 template (required fields present, lengths within ``max_len``, no unknown fields).
+Rule 3: a cardholder request under a BIN in ``review_bins`` is pended for the issuer's review
+(``setpay ca approve|reject``), as merchants of a ``review_mccs`` category are for the acquirer.
 """
 
 from __future__ import annotations
@@ -54,11 +56,12 @@ class Brand:
     name: str
     bins: tuple[str, ...]  # 6-digit BIN prefixes issued under this brand
     review_mccs: tuple[str, ...] = ()  # merchant categories the acquirer approves by hand
+    review_bins: tuple[str, ...] = ()  # BINs whose issuer reviews cardholder requests by hand
 
 
 TEST_BRANDS: tuple[Brand, ...] = (
     Brand("alpha", ("411111", "400000"), review_mccs=("7995",)),  # 7995: betting
-    Brand("beta", ("555555", "510000")),
+    Brand("beta", ("555555", "510000", "520000"), review_bins=("520000",)),
 )
 
 
@@ -96,3 +99,8 @@ def check_form(form: RegForm, reg_form_id: int, values: list[RegFieldValue]) -> 
         if spec.name not in out and spec.default is not None:
             out[spec.name] = spec.default
     return out
+
+
+def reviewed_bin(brand: Brand, pan_digits: str) -> bool:
+    """The issuer of this BIN reviews cardholder requests by hand (Rule 3)."""
+    return any(pan_digits.startswith(b) for b in brand.review_bins)

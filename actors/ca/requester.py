@@ -20,6 +20,7 @@ from typing import Any
 
 from cryptography import x509
 
+from actors.ca.vault import inquiry_key
 from actors.ca.wire import CERT_REQ, amqp_type, pop_signer, renewal_content, spki_der
 from broker.connection import Bus
 from broker.consumer import Delivery, consume
@@ -81,14 +82,21 @@ LANGUAGE = "en"
 
 
 class CARequestError(Exception):
-    """The CA answered a SET Error (``code``) or a refusal status (``status``)."""
+    """The CA answered a SET Error (``code``; ``verified``: signed by a CA certificate we
+    trust) or a refusal status (``status``)."""
 
     def __init__(
-        self, detail: str, *, code: ErrorCode | None = None, status: CertStatusCode | None = None
+        self,
+        detail: str,
+        *,
+        code: ErrorCode | None = None,
+        status: CertStatusCode | None = None,
+        verified: bool = False,
     ) -> None:
         super().__init__(detail)
         self.code = code
         self.status = status
+        self.verified = verified
 
 
 @dataclass
@@ -144,11 +152,20 @@ class CAClient:
             self.traffic.append(reply[1])
         return reply
 
-    async def request(self, body: Any, rrpid: bytes, expect: type) -> Any:
-        """Wrap ``body``, send it, decode the reply; a SET Error raises ``CARequestError``."""
+    async def request(
+        self,
+        body: Any,
+        rrpid: bytes,
+        expect: type,
+        *,
+        ca: CAView | None = None,
+        root: x509.Certificate | None = None,
+    ) -> Any:
+        """Wrap ``body``, send it, decode the reply; a SET Error raises ``CARequestError``
+        (a signed one is verified under ``ca``'s certificate or a chain to ``root``)."""
         data = encode_message(make_header(self.clock.now_ms(), rrpid=rrpid), body)
         _, reply = await self.request_raw(_type_of(body), data)
-        return decode_reply(reply, self.clock.now_ms(), expect)
+        return decode_reply(reply, self.clock.now_ms(), expect, ca=ca, root=root)
 
 
 def _type_of(body: Any) -> MessageType:
@@ -157,15 +174,60 @@ def _type_of(body: Any) -> MessageType:
     return MESSAGE_TYPES[type(body)]
 
 
-def decode_reply(reply: bytes, now_ms: int, expect: type) -> Any:
+def decode_reply(
+    reply: bytes,
+    now_ms: int,
+    expect: type,
+    *,
+    ca: CAView | None = None,
+    root: x509.Certificate | None = None,
+) -> Any:
     """Decode a CA reply; SET Error → ``CARequestError`` with its code."""
     decoded = decode_message(reply, now_ms=now_ms)
     if isinstance(decoded.body, Error):
-        tbs = codec.decode(ErrorTBS, decoded.body.content)
-        raise CARequestError(f"CA answered {tbs.code.name}", code=tbs.code)
+        tbs, verified = read_error(decoded.body, now_ms, ca=ca, root=root)
+        raise CARequestError(f"CA answered {tbs.code.name}", code=tbs.code, verified=verified)
     if not isinstance(decoded.body, expect):
         raise ProtocolError(ErrorCode.MESSAGE_NOT_SUPPORTED, "unexpected reply type")
     return decoded.body
+
+
+_CA_TYPES = (CertType.CCA, CertType.MCA, CertType.PCA)
+
+
+def read_error(
+    error: Error,
+    now_ms: int,
+    *,
+    ca: CAView | None = None,
+    root: x509.Certificate | None = None,
+) -> tuple[ErrorTBS, bool]:
+    """An Error's ``ErrorTBS`` and whether a CA we trust signed it: the CA certificate we hold
+    (``ca``), or an attached CA certificate chaining to ``root``. A signed Error whose
+    signature does not verify raises ``ProtocolError(signatureFailure)``."""
+    if not error.signed:
+        return codec.decode(ErrorTBS, error.content), False
+    signed = codec.decode(SignedData, error.content)
+    signer: x509.Certificate | None = None
+    if ca is not None and signed.signer == cert_thumbprint(ca.ca_cert):
+        signer = ca.ca_cert
+    elif root is not None:
+        attached = [load_certificate(c) for c in error.certs]
+        leaf = next((c for c in attached if cert_thumbprint(c) == signed.signer), None)
+        if leaf is not None and set_extension(leaf).cert_type in _CA_TYPES:
+            validate_path(
+                leaf,
+                [c for c in attached if c is not leaf],
+                root=root,
+                now=_dt(now_ms),
+                expect=Expect(set_extension(leaf).cert_type, CertKeyUse.SIGNATURE),
+                revocation=None,
+            )
+            signer = leaf
+    if signer is None:  # signed by a key we cannot place: read it, trust nothing in it
+        return codec.decode(ErrorTBS, signed.content), False
+    tbs = codec.decode(ErrorTBS, open_signed(signed, public_key_of(signer), "Error"))
+    return tbs, True
 
 
 # --- checking what the CA sent -------------------------------------------------------------
@@ -275,8 +337,9 @@ async def card_cinit(client: CAClient, root: x509.Certificate, brand: str, lid: 
     """CardCInit: the CCA's certificates, checked to ``root``, and its signed answer."""
     rrpid, chall = ids.new_rrpid(), ids.new_challenge()
     res: CardCInitRes = await client.request(
-        CardCInitReq(rrpid, lid, chall, brand, AccountKind.CARD, []), rrpid, CardCInitRes
-    )
+        CardCInitReq(rrpid, lid, chall, brand, AccountKind.CARD, []), rrpid, CardCInitRes,
+        root=root,
+    )  # fmt: skip
     ca = _verify_ca(root, brand, CertType.CCA, res.certs, res.bci, res.crls, client.clock.now_ms())
     data: CardCInitResData = _open_signed(res.signed, ca.ca_cert, "CardCInitRes", CardCInitResData)
     _check_echo(data.chall_ee, chall, "Chall-EE")
@@ -381,15 +444,32 @@ def check_cardholder_cert_res(
     now_ms: int,
 ) -> CardholderRegistration:
     """Open the EncK CertRes with our CABackKey and check the certificate (Rule 1)."""
+    return _check_cardholder_answer(
+        res, pending, ca, key=key, account=account, expiry=expiry, now_ms=now_ms,
+        enck_key=pending.back_key, rrpid=pending.data.rrpid, chall_ee3=pending.data.chall_ee3,
+    )  # fmt: skip
+
+
+def _check_cardholder_answer(
+    res: CertRes | CertInqRes,
+    pending: PendingCertReq,
+    ca: CAView,
+    *,
+    key: PrivateKey,
+    account: pan.Account,
+    expiry: str,
+    now_ms: int,
+    enck_key: bytes,
+    rrpid: bytes,
+    chall_ee3: bytes,
+) -> CardholderRegistration:
+    content_type = "CertRes" if isinstance(res, CertRes) else "CertInqRes"
     opened = open_enck(
-        pending.back_key,
-        res.protected,
-        public_key_of(ca.ca_cert),
-        "CertRes",
-        context=pending.data.rrpid,
+        enck_key, res.protected, public_key_of(ca.ca_cert), content_type, context=rrpid
     )
     data = codec.decode(CertResData, opened.content)
-    _check_echo(data.chall_ee3, pending.data.chall_ee3, "Chall-EE3")
+    _check_echo(data.chall_ee3, chall_ee3, "Chall-EE3")
+    _check_echo(data.rrpid, rrpid, "RRPID")
     status = data.status
     if status.code is not CertStatusCode.REQUEST_COMPLETE or status.nonce_cca is None:
         raise CARequestError(f"CA refused: {status.code.name}", status=status.code)
@@ -427,11 +507,11 @@ async def register_cardholder(
     lid = ids.new_lid()
     ca = await card_cinit(client, root, brand, lid)
     req2, data2 = await build_reg_form_req(ca, lid, account)
-    form = check_reg_form_res(await client.request(req2, data2.rrpid, RegFormRes), data2, ca)
+    form = check_reg_form_res(await client.request(req2, data2.rrpid, RegFormRes, ca=ca), data2, ca)
     pending = await build_cardholder_cert_req(
         ca, form, key=key, account=account, expiry=expiry, values=values, lid=lid
     )
-    res: CertRes = await client.request(pending.req, pending.data.rrpid, CertRes)
+    res: CertRes = await client.request(pending.req, pending.data.rrpid, CertRes, ca=ca)
     return check_cardholder_cert_res(
         res,
         pending,
@@ -441,6 +521,30 @@ async def register_cardholder(
         expiry=expiry,
         now_ms=client.clock.now_ms(),
     )
+
+
+async def inquire_cardholder(
+    client: CAClient,
+    pending: PendingCertReq,
+    ca: CAView,
+    *,
+    key: PrivateKey,
+    account: pan.Account,
+    expiry: str,
+) -> CardholderRegistration:
+    """CertInq about a pended cardholder CertReq, signed with the key awaiting its certificate;
+    the answer is EncK under ``inquiry_key(CABackKey, inquiry RRPID)``. Still pending or
+    refused raises ``CARequestError`` with the status."""
+    data = CertInqReqData(ids.new_rrpid(), pending.data.lid_ee, ids.new_challenge())
+    signed = await sign_data(key, pop_signer(key.public_key()), "CertInqReq", codec.encode(data))
+    res: CertInqRes = await client.request(
+        CertInqReq(codec.encode(signed), []), data.rrpid, CertInqRes, ca=ca
+    )
+    return _check_cardholder_answer(
+        res, pending, ca, key=key, account=account, expiry=expiry,
+        now_ms=client.clock.now_ms(), enck_key=inquiry_key(pending.back_key, data.rrpid),
+        rrpid=data.rrpid, chall_ee3=data.chall_ee3,
+    )  # fmt: skip
 
 
 def _held(ca: CAView) -> list[bytes]:
@@ -482,6 +586,7 @@ async def me_aq_init(
         ),
         rrpid,
         MeAqCInitRes,
+        root=root,
     )
     ca_type = CertType.MCA if requester is EntityKind.MERCHANT else CertType.PCA
     ca = _verify_ca(root, brand, ca_type, res.certs, res.bci, res.crls, client.clock.now_ms())
@@ -585,7 +690,7 @@ async def inquire(
         sig_key, pop_signer(sig_key.public_key()), "CertInqReq", codec.encode(data)
     )
     res: CertInqRes = await client.request(
-        CertInqReq(codec.encode(signed), []), data.rrpid, CertInqRes
+        CertInqReq(codec.encode(signed), []), data.rrpid, CertInqRes, ca=ca
     )
     return check_me_aq_cert_res(res, data, ca, cert_type, sig_key, kx_key, client.clock.now_ms())
 
@@ -616,6 +721,6 @@ async def register_entity(
     req, data = await build_me_aq_cert_req(
         ca, init.form.reg_form_id, sig_key=sig_key, kx_key=kx_key, values=values, renew=renew
     )
-    res: CertRes = await client.request(req, data.rrpid, CertRes)
+    res: CertRes = await client.request(req, data.rrpid, CertRes, ca=ca)
     cert_type = CertType.MERCHANT if requester is EntityKind.MERCHANT else CertType.GATEWAY
     return check_me_aq_cert_res(res, data, ca, cert_type, sig_key, kx_key, client.clock.now_ms())

@@ -11,9 +11,14 @@ Rule 3: the PAN is used in memory only: to check Luhn, BIN and brand and to comp
 account hash keyed by PANSecret = CardSecret xor Nonce-CCA. It is never logged or stored.
 Rule 4: every response carries the brand's current BCI and the CRLs it names, minus what the
 requester's thumbprints show it already holds; a BCI past half its life is replaced first.
-Rule 5: a merchant request in a category the acquirer reviews (``Brand.review_mccs``) is
-pended; a CertInq signed with the key awaiting its certificate gets the operator's decision
-(``setpay ca approve|reject``), and the certificates once issued.
+Rule 5: a merchant request in a category the acquirer reviews (``Brand.review_mccs``) or a
+cardholder request under a BIN its issuer reviews (``Brand.review_bins``) is pended; a CertInq
+signed with the key awaiting its certificate gets the operator's decision (``setpay ca
+approve|reject``), and the certificates once issued. A pended cardholder's CABackKey and
+Nonce-CCA are kept only sealed (``actors.ca.vault``).
+Rule 6: a SET Error answering a request addressed to one of our CAs (by brand and role, the
+envelope's recipient, or the pending request asked about) is signed by that CA, S(CA,
+ErrorTBS), with its certificate and brand certificate attached; otherwise it is unsigned.
 """
 
 from __future__ import annotations
@@ -38,8 +43,11 @@ from actors.ca.brands import (
     brand_named,
     check_bin,
     check_form,
+    reviewed_bin,
 )
+from actors.ca.errors import CAError
 from actors.ca.hierarchy import Hierarchy, ca_name, to_dt
+from actors.ca.vault import HeldSecrets, inquiry_key, open_held, seal_held
 from actors.ca.wire import (
     OpenedCertReq,
     amqp_type,
@@ -155,6 +163,7 @@ class CAService:
     async def handle(self, data: bytes) -> tuple[str, bytes]:
         """Answer one wrapped request: (AMQP message type, wrapped reply). Never raises
         ``ProtocolError``: that becomes a SET Error reply."""
+        decoded: Decoded | None = None
         try:
             decoded = decode_message(data, now_ms=self.clock.now_ms(), window_ms=self.window_ms)
             handler = self.handlers.get(decoded.msg_type)
@@ -171,7 +180,7 @@ class CAService:
             return amqp_type(msg_type), reply
         except ProtocolError as exc:
             log.info("ca_request_refused", code=exc.code.name, detail=exc.detail)
-            return amqp_type(MessageType.ERROR), self._error(exc, data)
+            return amqp_type(MessageType.ERROR), await self._signed_error(exc, data, decoded)
         except KeystoreError as exc:
             if exc.retryable:
                 raise  # keystore down: not acked, redelivered once it is back
@@ -194,7 +203,7 @@ class CAService:
         log.info("ca_duplicate_answered")
         return stored.reply_type, stored.reply
 
-    def _error(self, exc: ProtocolError, data: bytes) -> bytes:
+    def _error_tbs(self, exc: ProtocolError, data: bytes) -> bytes:
         header = peek_header(data)
         tbs = ErrorTBS(
             exc.code,
@@ -203,8 +212,63 @@ class CAService:
             None,
             b"" if header is None else codec.encode(header),
         )
-        body = Error(False, codec.encode(tbs), [])
+        return codec.encode(tbs)
+
+    def _error(self, exc: ProtocolError, data: bytes) -> bytes:
+        """An unsigned Error (the CA addressed cannot be told, or its key is unusable)."""
+        body = Error(False, self._error_tbs(exc, data), [])
         return encode_message(make_header(self.clock.now_ms()), body)
+
+    async def _signed_error(
+        self, exc: ProtocolError, data: bytes, decoded: Decoded | None
+    ) -> bytes:
+        """Error = S(CA, ErrorTBS) by the CA the request was addressed to, with its certificate
+        and brand certificate attached (Rule 6); unsigned when that CA cannot be told."""
+        ca = None if decoded is None else self._addressed_ca(decoded)
+        if ca is None:
+            return self._error(exc, data)
+        try:
+            key = await self.h.key(ca)
+            signed = await sign_data(
+                key, cert_thumbprint(self.h.cert(ca)), "Error", self._error_tbs(exc, data)
+            )
+        except KeystoreError as failure:
+            if failure.retryable:
+                raise
+            return self._error(exc, data)
+        certs = [certificate_der(c) for c in (self.h.cert(ca), *self.h.chain(ca)[1:2])]
+        body = Error(True, codec.encode(signed), certs)
+        return encode_message(make_header(self.clock.now_ms()), body)
+
+    def _addressed_ca(self, d: Decoded) -> str | None:
+        """The signing CA a decoded request was addressed to, if it can be told without
+        trusting anything in it beyond names we serve; None otherwise."""
+        body = d.body
+        served = set(self.h.brands())
+        try:
+            if isinstance(body, CardCInitReq):
+                return ca_name(body.brand_id, "cca") if body.brand_id in served else None
+            if isinstance(body, MeAqCInitReq):
+                role = {EntityKind.MERCHANT: "mca", EntityKind.GATEWAY: "pca"}.get(body.requester)
+                return ca_name(body.brand_id, role) if role and body.brand_id in served else None
+            if isinstance(body, (RegFormReq, CertReq)):
+                row = self.h.ca_row(self._ca_of_envelope(body.enc))
+                return ca_name(row.brand, row.role)
+            if isinstance(body, CertInqReq):
+                signed = codec.decode(SignedData, body.signed)
+                found = self.store.pending_by_lid(
+                    codec.decode(CertInqReqData, signed.content).lid_ee
+                )
+                if found is None:
+                    return None
+                detail = codec.decode(PendingDetail, found[2])
+                role = {CertType.CARDHOLDER: "cca", CertType.MERCHANT: "mca"}.get(
+                    CertType(detail.cert_type), "pca"
+                )
+                return ca_name(detail.brand, role)
+        except (ProtocolError, CAError, KeyError, ValueError):
+            return None
+        return None
 
     def _wrap(self, body: Any, rrpid: bytes) -> bytes:
         return encode_message(make_header(self.clock.now_ms(), rrpid=rrpid), body)
@@ -476,29 +540,34 @@ class CAService:
             if self.clock.now_ms() - known[2] > CHALLENGE_LIFETIME_MS:
                 raise ProtocolError(ErrorCode.CHALLENGE_MISMATCH, "Chall-CA expired")
         nonce_cca = pan.new_secret()
+        sealed: bytes | None = None
         try:
             acct = codec.decode(AcctInfo, opened.extra or b"")
             token = pan.decode_pan_token(acct.account)  # Luhn, expiry format
             self._check_keys_new(opened, {KeyUse.SIGNATURE})
             if old is None:
                 check_form(CARDHOLDER_FORM, data.reg_form_id, data.values)
-            _check_card(brand_named(self.brands, brand_name), token, self.clock.now_ms())
+            brand = brand_named(self.brands, brand_name)
+            _check_card(brand, token, self.clock.now_ms())
             if len(acct.card_secret) != pan.SECRET_BYTES:
                 raise ProtocolError(ErrorCode.INVALID_FIELD, "CardSecret size")
             secret = pan.pan_secret(acct.card_secret, nonce_cca)
             account_hash = pan.account_hash(secret, token.account, token.expiry)
             del secret
-            issued, row = await self.h.issue_ee(
-                CertType.CARDHOLDER,
-                brand_name,
-                CertKeyUse.SIGNATURE,
-                opened.signature_key,
-                "ch-" + secrets.token_hex(8),
-                self.clock.now_ms(),
-                account_hash=account_hash,
-            )
-            status = CertStatus(CertStatusCode.REQUEST_COMPLETE, nonce_cca, [], [])
-            new_certs = [issued.cert]
+            if old is None and reviewed_bin(brand, token.account.number):
+                # The issuer reviews this BIN by hand (Rule 5): keep what the later answer
+                # needs sealed to our own key-exchange key, issue nothing yet.
+                sealed = await self._seal_held(
+                    brand_name, data.rrpid, HeldSecrets(back_key, nonce_cca, account_hash)
+                )
+                status = CertStatus(CertStatusCode.REQUEST_PENDED, None, ["issuer review"], [])
+                new_certs, row = [], None
+            else:
+                issued, row = await self._issue_cardholder(
+                    brand_name, opened.signature_key, account_hash
+                )
+                status = CertStatus(CertStatusCode.REQUEST_COMPLETE, nonce_cca, [], [])
+                new_certs = [issued.cert]
         except Refusal as refusal:
             status = CertStatus(refusal.code, None, [], list(refusal.items))
             new_certs, row = [], None
@@ -532,19 +601,63 @@ class CAService:
         certs, crls, bci = self._attach(brand_name, self.h.chain(cca), data.thumbs)
         body = CertRes(protected, [certificate_der(c) for c in new_certs] + certs, crls, bci)
         reply = self._wrap(body, data.rrpid)
-        if row is None:
+        if row is None and sealed is None:
             log.info("ca_cert_refused", status=status.code.name)
             return MessageType.CERT_RES, reply  # a refusal changes nothing (Rule 1)
+        detail = PendingDetail(
+            brand_name, CertType.CARDHOLDER, data.reg_form_id, [],
+            spki_der(opened.signature_key), b"",
+        )  # fmt: skip
+        now = self.clock.now_ms()
 
         def effects(db: Any) -> None:
             if chall_ca is not None and old is None:
                 if not self.store.use_challenge(db, chall_ca, data.rrpid):
                     raise ProtocolError(ErrorCode.REPLAY, "Chall-CA already used")
-            self.h.commit_cert(db, row)
+            if row is not None:
+                self.h.commit_cert(db, row)
+            if sealed is not None:
+                if self.store.pending_by_lid(data.lid_ee) is not None:
+                    raise ProtocolError(ErrorCode.REPLAY, "LID-EE already has a pending request")
+                self.store.add_pending(db, data.rrpid, data.lid_ee, codec.encode(detail), now)
+                self.store.add_held(db, data.rrpid, sealed)
 
         self._commit(data.rrpid, digest, d.msg_type, MessageType.CERT_RES, reply, effects)
-        log.info("ca_cert_issued", cert_type="cardholder", brand=brand_name, serial=row["serial"])
+        if row is None:
+            log.info("ca_cert_pended", cert_type="cardholder", brand=brand_name)
+        else:
+            log.info(
+                "ca_cert_issued", cert_type="cardholder", brand=brand_name, serial=row["serial"]
+            )
         return MessageType.CERT_RES, reply
+
+    async def _issue_cardholder(
+        self, brand_name: str, key: PublicKey, account_hash: bytes
+    ) -> tuple[Any, dict[str, object]]:
+        return await self.h.issue_ee(
+            CertType.CARDHOLDER,
+            brand_name,
+            CertKeyUse.SIGNATURE,
+            key,
+            "ch-" + secrets.token_hex(8),  # opaque: the subject names no person or card
+            self.clock.now_ms(),
+            account_hash=account_hash,
+        )
+
+    async def _held_key(self, brand_name: str) -> tuple[Any, bytes]:
+        kx = ca_name(brand_name, "cca", True)
+        return await self.h.key(kx), cert_thumbprint(self.h.cert(kx))
+
+    async def _seal_held(self, brand_name: str, rrpid: bytes, held: HeldSecrets) -> bytes:
+        key, thumb = await self._held_key(brand_name)
+        return await seal_held(key, thumb, rrpid, held)
+
+    async def _open_held(self, brand_name: str, rrpid: bytes) -> HeldSecrets:
+        sealed = self.store.held(rrpid)
+        if sealed is None:  # a pended cardholder request always has one (same transaction)
+            raise ProtocolError(ErrorCode.UNSPECIFIED_FAILURE, "pended request lost its seal")
+        key, thumb = await self._held_key(brand_name)
+        return await open_held(key, thumb, rrpid, sealed)
 
     def _entity_profile(
         self,
@@ -712,6 +825,8 @@ class CAService:
         data = codec.decode(CertInqReqData, open_signed(signed, sig_key, "CertInqReq"))
         _check_header_rrpid(d, data.rrpid)
         cert_type = CertType(detail.cert_type)
+        if cert_type is CertType.CARDHOLDER:
+            return await self._cardholder_inq(d, digest, data, rrpid_req, state, detail, sig_key)
         ca = ca_name(detail.brand, "mca" if cert_type is CertType.MERCHANT else "pca")
         rows: list[dict[str, object]] = []
         new_certs: list[x509.Certificate] = []
@@ -735,15 +850,77 @@ class CAService:
             "CertInqRes", detail.brand, ca, data.rrpid, data.lid_ee, data.chall_ee3, [],
             status, new_certs,
         )  # fmt: skip
+        self._commit_inq(d, digest, data.rrpid, rrpid_req, rows, reply)
+        return MessageType.CERT_INQ_RES, reply
+
+    def _commit_inq(
+        self,
+        d: Decoded,
+        digest: bytes,
+        rrpid: bytes,
+        rrpid_req: bytes,
+        rows: list[dict[str, object]],
+        reply: bytes,
+    ) -> None:
+        """Commit a CertInq answer; certificates issued on approval mark the request issued."""
 
         def effects(db: Any) -> None:
+            if rows and self.store.pending_state(db, rrpid_req) != "approved":
+                # Another inquiry issued meanwhile: this one issues nothing (ask again).
+                raise ProtocolError(ErrorCode.UNSPECIFIED_FAILURE, "request answered meanwhile")
             for row in rows:
                 self.h.commit_cert(db, row)
             if rows:
                 issued = "issued:" + ",".join(str(r["serial"]) for r in rows)
                 self.store.set_pending_state(db, rrpid_req, issued)
 
-        self._commit(data.rrpid, digest, d.msg_type, MessageType.CERT_INQ_RES, reply, effects)
+        self._commit(rrpid, digest, d.msg_type, MessageType.CERT_INQ_RES, reply, effects)
+
+    async def _cardholder_inq(
+        self,
+        d: Decoded,
+        digest: bytes,
+        data: CertInqReqData,
+        rrpid_req: bytes,
+        state: str,
+        detail: PendingDetail,
+        sig_key: PublicKey,
+    ) -> tuple[MessageType, bytes]:
+        """CertInq of a pended cardholder request: answered EncK under a key derived from the
+        request's CABackKey (``vault.inquiry_key``), with Nonce-CCA once issued."""
+        held = await self._open_held(detail.brand, rrpid_req)
+        cca = ca_name(detail.brand, "cca")
+        rows: list[dict[str, object]] = []
+        new_certs: list[x509.Certificate] = []
+        if state == "pending":
+            status = CertStatus(CertStatusCode.REQUEST_PENDED, None, ["issuer review"], [])
+        elif state == "rejected":
+            status = CertStatus(CertStatusCode.REJECTED_BY_AGENT, None, [], [])
+        else:
+            if state == "approved":
+                issued, row = await self._issue_cardholder(detail.brand, sig_key, held.account_hash)
+                new_certs, rows = [issued.cert], [row]
+            else:  # issued: answer again with the certificate issued then
+                new_certs = [self.h.cert_of_serial(int(state.split(":", 1)[1]))]
+            status = CertStatus(CertStatusCode.REQUEST_COMPLETE, held.nonce_cca, [], [])
+        res = CertResData(
+            data.rrpid, data.lid_ee, data.chall_ee3, status, [cert_thumbprint(c) for c in new_certs]
+        )
+        protected = await make_enck(
+            inquiry_key(held.back_key, data.rrpid),
+            await self.h.key(cca),
+            cert_thumbprint(self.h.cert(cca)),
+            "CertInqRes",
+            codec.encode(res),
+            context=data.rrpid,
+        )
+        del held
+        certs, crls, bci = self._attach(detail.brand, self.h.chain(cca), [])
+        body = CertInqRes(protected, [certificate_der(c) for c in new_certs] + certs, crls, bci)
+        reply = self._wrap(body, data.rrpid)
+        self._commit_inq(d, digest, data.rrpid, rrpid_req, rows, reply)
+        if rows:
+            log.info("ca_cert_issued", cert_type="cardholder", brand=detail.brand)
         return MessageType.CERT_INQ_RES, reply
 
 

@@ -8,6 +8,8 @@ Rule 3: the PAN is never stored. A cardholder certificate row holds the certific
 account hash is keyed by PANSecret) and opaque ids only.
 Rule 4: request ids (RRPIDs) and challenges are remembered with the reply sent; a repeated
 identical request gets the stored reply, a different request under a seen id is a replay.
+Rule 5: what a pended cardholder request leaves behind (CABackKey, Nonce-CCA) is stored only
+sealed (``held``, see ``actors.ca.vault``); a version-1 database gains that table on open.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: table ``held``
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -74,6 +76,9 @@ CREATE TABLE IF NOT EXISTS pending (
     state TEXT NOT NULL,            -- pending | approved | rejected | issued:<serials>
     detail BLOB NOT NULL,           -- what the issuing step needs (never a PAN)
     created INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS held (
+    rrpid BLOB PRIMARY KEY REFERENCES pending(rrpid),
+    sealed BLOB NOT NULL);          -- vault.HeldSecrets sealed to the CCA's kx key
 """
 
 
@@ -132,6 +137,8 @@ class CAStore:
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
                 (str(SCHEMA_VERSION),),
             )
+        if self.meta("schema_version") == "1":  # v1 -> v2 only added a table, made above
+            self.set_meta("schema_version", str(SCHEMA_VERSION))
         version = self.meta("schema_version")
         if version != str(SCHEMA_VERSION):
             raise RuntimeError(f"CA database schema {version}, code expects {SCHEMA_VERSION}")
@@ -392,3 +399,16 @@ class CAStore:
 
     def set_pending_state(self, db: sqlite3.Connection, rrpid: bytes, state: str) -> None:
         db.execute("UPDATE pending SET state = ? WHERE rrpid = ?", (state, rrpid))
+
+    def add_held(self, db: sqlite3.Connection, rrpid: bytes, sealed: bytes) -> None:
+        """Keep the sealed secrets of pended request ``rrpid`` (Rule 5)."""
+        db.execute("INSERT INTO held (rrpid, sealed) VALUES (?, ?)", (rrpid, sealed))
+
+    def held(self, rrpid: bytes) -> bytes | None:
+        row = self._db.execute("SELECT sealed FROM held WHERE rrpid = ?", (rrpid,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def pending_state(self, db: sqlite3.Connection, rrpid: bytes) -> str | None:
+        """The state of pending request ``rrpid`` as seen inside the caller's transaction."""
+        row = db.execute("SELECT state FROM pending WHERE rrpid = ?", (rrpid,)).fetchone()
+        return None if row is None else str(row[0])

@@ -7,6 +7,7 @@ Rule 2: requesters get their keys from the keystore as their own broker identiti
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,16 @@ class CAEnv:
         client = CAClient(keystore.rpc.bus, role, instance, record=record)
         await client.start()
         return client, keystore
+
+
+def files_bytes(folder: Path) -> list[bytes]:
+    """The bytes of every file in ``folder``, read by a child process: opening and closing a
+    database file in this process would drop SQLite's POSIX locks on it (a later open of the
+    same database then fails with a disk I/O error)."""
+    out = []
+    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+        out.append(subprocess.run(["cat", str(path)], capture_output=True, check=True).stdout)
+    return out
 
 
 async def new_key(keystore: KeystoreClient, name: str, exchange: bool = False) -> PrivateKey:

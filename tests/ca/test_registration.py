@@ -32,7 +32,7 @@ from protocol.messages import (
     EntityKind,
     IDData,
 )
-from tests.ca.conftest import CAEnv, new_key
+from tests.ca.conftest import CAEnv, files_bytes, new_key
 
 PAN = "4111111111111111"  # alpha BIN 411111, Luhn-valid
 EXPIRY = "3012"
@@ -119,7 +119,7 @@ async def test_cardholder_registration_end_to_end(ca_env: CAEnv, tmp_path: Path)
     openssl_verify(tmp_path, ca_env, pem(reg.cert), "alpha", "cca")
     # Least knowledge: no PAN in the database, the CA's logs or the traffic.
     ca_env.store._db.execute("PRAGMA wal_checkpoint(FULL)")
-    blobs = [p.read_bytes() for p in ca_env.store.path.parent.iterdir() if p.is_file()]
+    blobs = files_bytes(ca_env.store.path.parent)
     log_text = repr(logs).encode()
     assert b"ca_cert_issued" in log_text  # the logs were captured, not empty
     assert len(client.traffic) == 6  # 3 requests, 3 replies
