@@ -343,7 +343,7 @@ class MerchantService:
         trust.validate(leaf, certs, CertType.CARDHOLDER, KeyUse.SIGNATURE, self.clock.now_ms())
         merchant_thumb = cert_thumbprint(load_certificate(m.sig_cert))
         dualsig.verify_oi_at_merchant(
-            req.pi, req.oi_data, req.pi_digest, public_key_of(leaf), merchant_thumb, pe_thumb
+            req.pi, req.oi_data, req.pi_data_digest, public_key_of(leaf), merchant_thumb, pe_thumb
         )
         return leaf, [c for c in certs if c != leaf]
 

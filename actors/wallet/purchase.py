@@ -1,0 +1,159 @@
+"""The cardholder side of a purchase: PInitReq, PInitRes checks, PReq, PRes/InqRes checks.
+
+Rule 1: nothing from the merchant is used before it is checked: the merchant's signature
+certificate and the gateway key-exchange certificate named by PEThumb are validated to the
+trusted root for the brand (with the BCI and CRLs the PInitRes carries), the signature
+verifies, our RRPID and Chall-C come back, the header repeats the body's ids.
+Rule 2: the PI is sealed to the gateway key PEThumb names, and the dual signature names that
+gateway and the merchant certificate; the account data goes only into the PI's extra part.
+Rule 3: failures are ``ProtocolError``; pure functions but for the injected signing key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cryptography import x509
+
+from actors.merchant.order import hod
+from actors.merchant.trust import Trust, load_all, pick
+from actors.wallet.vault import CardSecrets
+from protocol import codec, dualsig, ids, pan
+from protocol.certs import (
+    CertType,
+    KeyUse,
+    cert_thumbprint,
+    certificate_der,
+    public_key_of,
+    set_extension,
+)
+from protocol.errors import ErrorCode, ProtocolError
+from protocol.keys import PrivateKey, suite_for_public_key
+from protocol.messages import (
+    CurrAmt,
+    InqReq,
+    InqReqData,
+    OIData,
+    PIHead,
+    PIKind,
+    PInitReq,
+    PInitRes,
+    PInitResData,
+    PReq,
+    PResData,
+    PurchaseInputs,
+    TransIDs,
+)
+from protocol.signed import SignedData, open_signed
+from protocol.wrapper import SW_IDENT, MessageHeader, check_header_trans_ids
+
+LANGUAGE = "en"
+
+
+@dataclass(frozen=True)
+class Offer:
+    """A checked PInitRes: the session ids and the certificates they name (Rule 1)."""
+
+    data: PInitResData
+    merchant_cert: x509.Certificate
+    merchant_id: str
+    gateway_cert: x509.Certificate
+    brand: str
+    bin: str
+
+
+def pinit_req(account: pan.Account, brand: str, lid_m: bytes) -> PInitReq:
+    """A PInitReq for the order ``lid_m`` with fresh RRPID, LID-C and Chall-C."""
+    return PInitReq(
+        ids.new_rrpid(), LANGUAGE, ids.new_lid(), lid_m, ids.new_challenge(), brand,
+        account.number[:6], account.kind, [],
+    )  # fmt: skip
+
+
+def check_pinit_res(
+    res: PInitRes, header: MessageHeader, sent: PInitReq, root: x509.Certificate, now_ms: int
+) -> Offer:
+    """Check a PInitRes against what we sent (Rule 1)."""
+    certs = load_all(res.certs)
+    trust = Trust.load(root, sent.brand_id, certs, res.bci, res.crls, now_ms)
+    signed = codec.decode(SignedData, res.signed)
+    merchant = pick(certs, signed.signer)
+    trust.validate(merchant, certs, CertType.MERCHANT, KeyUse.SIGNATURE, now_ms)
+    data = codec.decode(PInitResData, open_signed(signed, public_key_of(merchant), "PInitRes"))
+    if data.rrpid != sent.rrpid:
+        raise ProtocolError(ErrorCode.UNKNOWN_RRPID, "PInitRes answers another request")
+    if data.chall_c != sent.chall_c:
+        raise ProtocolError(ErrorCode.CHALLENGE_MISMATCH, "Chall-C not echoed")
+    check_header_trans_ids(header, data.trans_ids, data.rrpid)
+    if (data.trans_ids.lid_c, data.trans_ids.lid_m) != (sent.lid_c, sent.lid_m):
+        raise ProtocolError(ErrorCode.UNKNOWN_LID, "PInitRes for another order")
+    gateway = pick(certs, data.pe_thumb)
+    trust.validate(gateway, certs, CertType.GATEWAY, KeyUse.KEY_EXCHANGE, now_ms)
+    merchant_data = set_extension(merchant).merchant
+    if merchant_data is None:
+        raise ProtocolError(ErrorCode.INVALID_CERTIFICATE, "merchant certificate without id")
+    return Offer(data, merchant, merchant_data.merchant_id, gateway, sent.brand_id, sent.bin)
+
+
+async def build_preq(
+    offer: Offer,
+    key: PrivateKey,
+    card_cert: x509.Certificate,
+    chain: list[x509.Certificate],
+    card: CardSecrets,
+    description: str,
+    amount: CurrAmt,
+) -> tuple[PReq, OIData]:
+    """PReq = {PIDualSigned, OIDualSigned} for the checked ``offer`` (Rule 2)."""
+    trans = offer.data.trans_ids
+    od_salt = ids.new_challenge()
+    order_digest = hod(description, amount, od_salt)
+    oi = OIData(
+        trans, ids.new_rrpid(), offer.data.chall_c, order_digest, od_salt, offer.data.chall_m,
+        offer.brand, offer.bin,
+    )  # fmt: skip
+    merchant_thumb = cert_thumbprint(offer.merchant_cert)
+    gateway_thumb = cert_thumbprint(offer.gateway_cert)
+    head = PIHead(
+        trans, PurchaseInputs(order_digest, amount), offer.merchant_id, merchant_thumb,
+        gateway_thumb, None, pan.trans_stain(card.card_secret, trans.xid), SW_IDENT, None,
+        card.account.kind, None,
+    )  # fmt: skip
+    pan_data = codec.encode(pan.make_pan_data(card.account, card.expiry, card.pan_secret))
+    gateway_public = public_key_of(offer.gateway_cert)
+    parts = await dualsig.make_dual_signed(
+        key, cert_thumbprint(card_cert), suite_for_public_key(gateway_public), gateway_public,
+        gateway_thumb, merchant_thumb, codec.encode(head), pan_data, codec.encode(oi),
+    )  # fmt: skip
+    certs = [certificate_der(card_cert), *(certificate_der(c) for c in chain)]
+    return PReq(PIKind.DUAL_SIGNED, parts.pi, parts.oi_data, parts.pi_digest, certs), oi
+
+
+def inq_req(trans: TransIDs) -> tuple[InqReq, InqReqData]:
+    """An unsigned InqReq with a fresh RRPID and Chall-C2."""
+    data = InqReqData(trans, ids.new_rrpid(), ids.new_challenge())
+    return InqReq(False, codec.encode(data), []), data
+
+
+def check_result(
+    signed_bytes: bytes,
+    header: MessageHeader,
+    merchant_cert: x509.Certificate,
+    content_type: str,
+    rrpid: bytes,
+    challenge: bytes,
+    trans: TransIDs,
+) -> PResData:
+    """Check a PRes/InqRes: signed by the merchant of the session, our ids and challenge."""
+    signed = codec.decode(SignedData, signed_bytes)
+    if signed.signer != cert_thumbprint(merchant_cert):
+        raise ProtocolError(ErrorCode.SIGNATURE_FAILURE, "signed by another certificate")
+    data = codec.decode(PResData, open_signed(signed, public_key_of(merchant_cert), content_type))
+    if data.rrpid != rrpid:
+        raise ProtocolError(ErrorCode.UNKNOWN_RRPID, "answer to another request")
+    if data.chall_c != challenge:
+        raise ProtocolError(ErrorCode.CHALLENGE_MISMATCH, "challenge not echoed")
+    if data.trans_ids != trans:
+        raise ProtocolError(ErrorCode.UNKNOWN_XID, "answer about another purchase")
+    check_header_trans_ids(header, data.trans_ids, data.rrpid)
+    return data

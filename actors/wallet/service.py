@@ -1,0 +1,302 @@
+"""The server-managed wallet: many cardholders, their cards, keys and purchases.
+
+Rule 1: every call authenticates the cardholder by passphrase (scrypt hash, constant-time
+compare) before it touches a card; a card is used only by the cardholder who enrolled it.
+Rule 2: each card's signature key is generated in the token under the wallet identity
+(label ``<identity>/card-<card_id>``); card data is stored sealed (actors/wallet/vault.py)
+and opened only in memory for the purchase that needs it.
+Rule 3: enrolment is cardholder registration with the CA (actors/ca/requester.py steps, each
+answer checked); a purchase is PInit → PReq → PRes with the merchant (actors/wallet/
+purchase.py), every answer checked before it is believed.
+Rule 4: errors reaching the caller are ``WalletError``; they name the SET code or the step,
+never a PAN, passphrase or secret.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography import x509
+
+from actors.ca.requester import (
+    CAClient,
+    CARequestError,
+    build_cardholder_cert_req,
+    build_reg_form_req,
+    card_cinit,
+    check_cardholder_cert_res,
+    check_reg_form_res,
+)
+from actors.merchant.trust import load_all
+from actors.wallet import purchase
+from actors.wallet.errors import AuthenticationFailed, WalletError
+from actors.wallet.peer import PeerClient
+from actors.wallet.store import CardRow, PurchaseRow, WalletStore
+from actors.wallet.vault import CardSecrets, Vault, new_passphrase_record, passphrase_matches
+from keystore import messages as km
+from keystore.client import KeystoreClient
+from keystore.errors import KeystoreError
+from protocol import codec, ids, pan
+from protocol.certs import certificate_der, load_certificate
+from protocol.errors import ErrorCode, ProtocolError
+from protocol.messages import (
+    MESSAGE_TYPES,
+    CertRes,
+    CompletionCode,
+    CurrAmt,
+    Error,
+    ErrorTBS,
+    InqRes,
+    MessageType,
+    PInitRes,
+    PRes,
+    RegFormRes,
+    TransIDs,
+)
+from protocol.states import cardholder_purchase
+from protocol.wrapper import MessageHeader, decode_message, encode_message, make_header
+from setpay.logs import get_logger
+
+log = get_logger(component="wallet")
+
+
+@dataclass(frozen=True, slots=True)
+class CardInfo:
+    card_id: str
+    brand: str
+    hint: str  # last four digits, for the cardholder to recognise the card
+
+
+@dataclass(frozen=True, slots=True)
+class PurchaseResult:
+    xid: bytes
+    completion: CompletionCode
+    auth_code: int | None
+
+
+def _amqp(body: object) -> str:
+    return str(int(MESSAGE_TYPES[type(body)]))
+
+
+class WalletService:
+    """Cardholder operations (Rules 1-4); transport-free but for the injected clients."""
+
+    def __init__(
+        self,
+        store: WalletStore,
+        keystore: KeystoreClient,
+        peers: PeerClient,
+        ca: CAClient,
+        *,
+        root: x509.Certificate | None,
+        clock: ids.Clock | None = None,
+    ) -> None:
+        self.store = store
+        self.keystore = keystore
+        self.vault = Vault(keystore)
+        self.peers = peers
+        self.ca = ca
+        self.root = root
+        self.clock = clock or ids.SystemClock()
+
+    async def start(self) -> None:
+        await self.vault.ensure_key()
+
+    # -- cardholders ----------------------------------------------------------------------------
+
+    def register(self, user: str, passphrase: str) -> None:
+        """A new cardholder with this passphrase (only its scrypt hash is stored)."""
+        if not user or len(user) > 64:
+            raise WalletError("user name must be 1-64 characters")
+        try:
+            salt, digest, n = new_passphrase_record(passphrase)
+        except ValueError as exc:
+            raise WalletError(str(exc)) from None
+        if not self.store.add_cardholder(user, salt, digest, n, self.clock.now_ms()):
+            raise WalletError(f"cardholder {user!r} exists")
+
+    def authenticate(self, user: str, passphrase: str) -> None:
+        record = self.store.cardholder(user)
+        if record is None or not passphrase_matches(passphrase, *record):
+            log.info("wallet_auth_failed")
+            raise AuthenticationFailed("unknown cardholder or wrong passphrase")
+
+    def cards(self, user: str, passphrase: str) -> list[CardInfo]:
+        self.authenticate(user, passphrase)
+        return [CardInfo(c.card_id, c.brand, c.hint) for c in self.store.cards(user)]
+
+    def _card(self, user: str, card_id: str) -> CardRow:
+        card = self.store.card(card_id)
+        if card is None or card.user != user:
+            raise WalletError("no such card")
+        return card
+
+    def _root(self) -> x509.Certificate:
+        if self.root is None:
+            raise WalletError("the wallet has no trusted root certificate configured")
+        return self.root
+
+    # -- enrolment ------------------------------------------------------------------------------
+
+    async def enroll(
+        self,
+        user: str,
+        passphrase: str,
+        *,
+        brand: str,
+        account: pan.Account,
+        expiry: str,
+        values: dict[str, str],
+    ) -> str:
+        """Register a card with the CA; returns its card id (Rules 2, 3)."""
+        self.authenticate(user, passphrase)
+        try:
+            account.validate()
+            pan.validate_expiry(expiry)
+        except ProtocolError as exc:
+            raise WalletError(f"card data refused: {exc.detail}") from None
+        root = self._root()
+        card_id = secrets.token_hex(8)
+        try:
+            info = await self.keystore.create_key(
+                f"card-{card_id}", km.KeyKind.RSA2048, km.KeyUsage.SIGN
+            )
+            key = await self.keystore.private_key(info.label)
+            client = self.ca
+            lid = ids.new_lid()
+            ca = await card_cinit(client, root, brand, lid)
+            req2, data2 = await build_reg_form_req(ca, lid, account)
+            form = check_reg_form_res(
+                await client.request(req2, data2.rrpid, RegFormRes), data2, ca
+            )
+            pending = await build_cardholder_cert_req(
+                ca, form, key=key, account=account, expiry=expiry, values=values, lid=lid
+            )
+            res: CertRes = await client.request(pending.req, pending.data.rrpid, CertRes)
+            reg = check_cardholder_cert_res(
+                res, pending, ca, key=key, account=account, expiry=expiry,
+                now_ms=self.clock.now_ms(),
+            )  # fmt: skip
+            card = CardSecrets(account, expiry, reg.pan_secret, pending.card_secret)
+            sealed = await self.vault.seal(card_id, card)
+        except CARequestError as exc:
+            raise WalletError(f"CA refused the card ({exc})") from None
+        except ProtocolError as exc:
+            raise WalletError(f"registration failed: {exc.code.name}") from None
+        except (KeystoreError, TimeoutError) as exc:
+            raise WalletError(f"registration failed: {type(exc).__name__}") from None
+        hint = account.number[-4:]
+        row = CardRow(
+            card_id, user, brand, hint, info.label, certificate_der(reg.cert),
+            [certificate_der(c) for c in reg.chain], certificate_der(root), sealed,
+        )  # fmt: skip
+        self.store.add_card(row, self.clock.now_ms())
+        log.info("wallet_card_enrolled", card_id=card_id, brand=brand)
+        return card_id
+
+    # -- purchase -------------------------------------------------------------------------------
+
+    async def buy(
+        self,
+        user: str,
+        passphrase: str,
+        *,
+        card_id: str,
+        merchant: str,
+        lid_m: bytes,
+        description: str,
+        amount: CurrAmt,
+    ) -> PurchaseResult:
+        """PInit → PReq → PRes with the merchant at routing key ``merchant`` (Rule 3)."""
+        self.authenticate(user, passphrase)
+        row = self._card(user, card_id)
+        root = load_certificate(row.root)
+        machine = cardholder_purchase()
+        try:
+            card = await self.vault.open(card_id, row.sealed)
+            init = purchase.pinit_req(card.account, row.brand, lid_m)
+            header = make_header(
+                self.clock.now_ms(), lid_c=init.lid_c, lid_m=lid_m, rrpid=init.rrpid
+            )
+            machine.send(MessageType.PINIT_REQ)
+            res, res_header = await self._reply(merchant, header, init, PInitRes)
+            offer = purchase.check_pinit_res(res, res_header, init, root, self.clock.now_ms())
+            machine.receive(MessageType.PINIT_RES)
+            key = await self.keystore.private_key(row.key_label)
+            preq, oi = await purchase.build_preq(
+                offer, key, load_certificate(row.cert), load_all(row.chain), card,
+                description, amount,
+            )  # fmt: skip
+            trans = oi.trans_ids
+            machine.send(MessageType.PREQ)
+            saved = PurchaseRow(
+                trans.xid, card_id, merchant, codec.encode(trans),
+                certificate_der(offer.merchant_cert), description, amount.currency,
+                amount.amount, machine.to_bytes(), None, None,
+            )  # fmt: skip
+            self.store.save_purchase(saved, self.clock.now_ms())
+            pheader = make_header(
+                self.clock.now_ms(), xid=trans.xid, lid_c=trans.lid_c, lid_m=trans.lid_m,
+                rrpid=oi.rrpid,
+            )  # fmt: skip
+            pres, pres_header = await self._reply(merchant, pheader, preq, PRes)
+            data = purchase.check_result(
+                pres.signed, pres_header, offer.merchant_cert, "PRes", oi.rrpid, oi.chall_c,
+                trans,
+            )  # fmt: skip
+        except ProtocolError as exc:
+            raise WalletError(f"purchase failed: {exc.code.name}") from None
+        except (KeystoreError, TimeoutError) as exc:
+            raise WalletError(f"purchase failed: {type(exc).__name__}") from None
+        machine.receive(MessageType.PRES)
+        auth_code = None if data.auth_status is None else int(data.auth_status.auth_code)
+        self.store.save_purchase(
+            PurchaseRow(
+                saved.xid, saved.card_id, saved.merchant, saved.trans_ids, saved.merchant_cert,
+                saved.description, saved.currency, saved.amount, machine.to_bytes(),
+                int(data.completion), auth_code,
+            ),
+            self.clock.now_ms(),
+        )  # fmt: skip
+        log.info("wallet_purchase_done", xid=trans.xid.hex(), completion=data.completion.name)
+        return PurchaseResult(trans.xid, data.completion, auth_code)
+
+    async def _reply(
+        self, target: str, header: MessageHeader, body: object, expect: type
+    ) -> tuple[Any, MessageHeader]:
+        """Send one message; the reply body (of type ``expect``) and its header."""
+        _, reply = await self.peers.request(target, _amqp(body), encode_message(header, body))
+        decoded = decode_message(reply, now_ms=self.clock.now_ms())
+        if isinstance(decoded.body, Error):
+            code = codec.decode(ErrorTBS, decoded.body.content).code
+            raise WalletError(f"merchant refused: {code.name}")
+        if not isinstance(decoded.body, expect):
+            raise ProtocolError(ErrorCode.MESSAGE_NOT_SUPPORTED, "unexpected reply type")
+        return decoded.body, decoded.header
+
+    async def inquire(self, user: str, passphrase: str, xid: bytes) -> PurchaseResult:
+        """InqReq → InqRes about one of this cardholder's purchases."""
+        self.authenticate(user, passphrase)
+        row = self.store.purchase(xid)
+        if row is None or self._card(user, row.card_id).user != user:
+            raise WalletError("no such purchase")
+        trans = codec.decode(TransIDs, row.trans_ids)
+        req, data = purchase.inq_req(trans)
+        header = make_header(
+            self.clock.now_ms(), xid=trans.xid, lid_c=trans.lid_c, lid_m=trans.lid_m,
+            rrpid=data.rrpid,
+        )  # fmt: skip
+        try:
+            res, res_header = await self._reply(row.merchant, header, req, InqRes)
+            out = purchase.check_result(
+                res.signed, res_header, load_certificate(row.merchant_cert), "InqRes",
+                data.rrpid, data.chall_c2, trans,
+            )  # fmt: skip
+        except ProtocolError as exc:
+            raise WalletError(f"inquiry failed: {exc.code.name}") from None
+        except TimeoutError:
+            raise WalletError("inquiry failed: merchant silent") from None
+        auth_code = None if out.auth_status is None else int(out.auth_status.auth_code)
+        return PurchaseResult(xid, out.completion, auth_code)

@@ -1,0 +1,229 @@
+"""Wallet ⇄ merchant ⇄ gateway purchases over RabbitMQ + SoftHSM2 + the CA: the merchant
+authorizes with a PI it cannot read, keeps no PAN, and refuses tampered or replayed PReqs
+without changing state."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+from actors.merchant.store import MerchantStore
+from actors.wallet import purchase
+from actors.wallet.errors import WalletError
+from protocol import codec, dualsig, pan
+from protocol.certs import load_certificate
+from protocol.detached import DetachedSignature
+from protocol.errors import ErrorCode
+from protocol.ids import SystemClock
+from protocol.messages import (
+    AuthCode,
+    CompletionCode,
+    CurrAmt,
+    Error,
+    ErrorTBS,
+    MessageType,
+    PInitRes,
+    PReq,
+)
+from protocol.states import Machine, MerchantOrder
+from protocol.wrapper import decode_message, encode_message, make_header
+from tests.merchant.conftest import MERCHANT_ID, PurchaseEnv
+
+PAN = "4111111111111111"
+EXPIRY = "3012"
+USER, PASS = "hanako", "correct horse battery"
+FORM = {"name": "Hanako Test", "postal_code": "100-0001"}
+ROUTE = "merchant.pos1"
+
+
+def leaked(blob: bytes, secrets_: list[bytes]) -> bool:
+    forms = [PAN.encode(), PAN.encode("utf-16-le"), bytes.fromhex(PAN), PAN[4:].encode()]
+    return any(f in blob for f in forms + secrets_)
+
+
+def merchant_db_bytes(env: PurchaseEnv) -> bytes:
+    return b"".join(p.read_bytes() for p in Path(env.merchant_dir).rglob("*.sqlite*"))
+
+
+@pytest.fixture(scope="module")
+async def card(purchase_env: PurchaseEnv) -> str:
+    wallet = purchase_env.wallet
+    wallet.register(USER, PASS)
+    return await wallet.enroll(
+        USER, PASS, brand="alpha", account=pan.Account(pan.AccountKind.CARD, PAN),
+        expiry=EXPIRY, values=FORM,
+    )  # fmt: skip
+
+
+async def test_purchase_end_to_end_without_pan_at_the_merchant(
+    purchase_env: PurchaseEnv, card: str
+) -> None:
+    """PInit → PReq → AuthReq/AuthRes → PRes; the gateway reads the PAN, the merchant never."""
+    env = purchase_env
+    service = env.merchant.service
+    assert service is not None
+    amount = CurrAmt("JPY", 12_800)
+    lid_m = service.create_order(MERCHANT_ID, "2 books: SET explained", amount)
+    with capture_logs() as logs:
+        result = await env.wallet.buy(
+            USER, PASS, card_id=card, merchant=ROUTE, lid_m=lid_m,
+            description="2 books: SET explained", amount=amount,
+        )  # fmt: skip
+    assert result.completion is CompletionCode.AUTHORIZATION_PERFORMED
+    assert result.auth_code == AuthCode.APPROVED
+    # The gateway opened the PI: the account and PANSecret match the cardholder certificate.
+    view = env.gateway.seen[-1]
+    pan_data = pan.decode_pan_data(view.pan_data)
+    assert pan_data.account.number == PAN
+    row = env.merchant.store.order(lid_m)  # type: ignore[union-attr]
+    assert row is not None and row.cap_token == env.gateway.cap_tokens[-1]  # kept opaque
+    assert Machine.from_bytes(row.state).state == MerchantOrder.DONE
+    # Least knowledge: nothing the merchant received, stored or logged holds the PAN or
+    # the secrets that travel with it.
+    secrets_ = [pan_data.pan_secret, pan_data.ex_nonce]
+    assert env.received and not any(leaked(m, secrets_) for m in env.received)
+    assert not any(leaked(m, secrets_) for m in env.gateway.sent)  # AuthRes it received
+    assert not leaked(merchant_db_bytes(env), secrets_)
+    assert PAN not in repr(logs) and PAN[-8:] not in repr(logs)
+    # Inquiry answers the stored outcome.
+    inq = await env.wallet.inquire(USER, PASS, result.xid)
+    assert (inq.completion, inq.auth_code) == (result.completion, result.auth_code)
+
+
+async def test_duplicate_preq_gets_stored_pres_and_no_second_authorization(
+    purchase_env: PurchaseEnv, card: str
+) -> None:
+    """The same PReq again is answered from the store; the gateway is not asked twice."""
+    env = purchase_env
+    preqs = [
+        m for m in env.received if decode_message(m, now_ms=_now()).msg_type is MessageType.PREQ
+    ]
+    assert preqs
+    authorizations = len(env.gateway.seen)
+    first = await env.wallet.peers.request(ROUTE, str(int(MessageType.PREQ)), preqs[-1])
+    again = await env.wallet.peers.request(ROUTE, str(int(MessageType.PREQ)), preqs[-1])
+    assert first[1] == again[1]
+    assert decode_message(first[1], now_ms=_now()).msg_type is MessageType.PRES
+    assert len(env.gateway.seen) == authorizations
+
+
+def _now() -> int:
+    return SystemClock().now_ms()
+
+
+async def _offer(env: PurchaseEnv, card: str, lid_m: bytes) -> tuple[purchase.Offer, object]:
+    """Run PInit by hand, as the wallet does, and return the checked offer."""
+    wallet = env.wallet
+    row = wallet.store.card(card)
+    assert row is not None
+    secrets_ = await wallet.vault.open(card, row.sealed)
+    init = purchase.pinit_req(secrets_.account, "alpha", lid_m)
+    header = make_header(_now(), lid_c=init.lid_c, lid_m=lid_m, rrpid=init.rrpid)
+    res, res_header = await wallet._reply(ROUTE, header, init, PInitRes)
+    offer = purchase.check_pinit_res(res, res_header, init, load_certificate(row.root), _now())
+    return offer, secrets_
+
+
+async def _send_preq(env: PurchaseEnv, preq: PReq, oi: object) -> bytes:
+    trans = oi.trans_ids  # type: ignore[attr-defined]
+    header = make_header(
+        _now(),
+        xid=trans.xid,
+        lid_c=trans.lid_c,
+        lid_m=trans.lid_m,
+        rrpid=oi.rrpid,  # type: ignore[attr-defined]
+    )
+    _, reply = await env.wallet.peers.request(
+        ROUTE, str(int(MessageType.PREQ)), encode_message(header, preq)
+    )
+    return reply
+
+
+def _error_code(reply: bytes) -> ErrorCode | None:
+    body = decode_message(reply, now_ms=_now()).body
+    return codec.decode(ErrorTBS, body.content).code if isinstance(body, Error) else None
+
+
+async def test_tampered_and_misdirected_preqs_are_refused_without_state_change(
+    purchase_env: PurchaseEnv, card: str
+) -> None:
+    """Amount mismatch, a flipped signature byte, a PReq replayed into another session: each
+    gets a SET Error and the order stays as it was; the genuine PReq then succeeds."""
+    env = purchase_env
+    service, store = env.merchant.service, env.merchant.store
+    assert service is not None and isinstance(store, MerchantStore)
+    wallet = env.wallet
+    row = wallet.store.card(card)
+    assert row is not None
+    key = await wallet.keystore.private_key(row.key_label)
+    cert, chain = load_certificate(row.cert), [load_certificate(c) for c in row.chain]
+    amount = CurrAmt("JPY", 5_000)
+    lid_m = service.create_order(MERCHANT_ID, "1 lamp", amount)
+    offer, secrets_ = await _offer(env, card, lid_m)
+    before = store.order(lid_m)
+    authorizations = len(env.gateway.seen)
+
+    # 1. The cardholder signed another amount than the merchant's order: HOD differs.
+    cheaper, oi = await purchase.build_preq(
+        offer,
+        key,
+        cert,
+        chain,
+        secrets_,
+        "1 lamp",
+        CurrAmt("JPY", 50),  # type: ignore[arg-type]
+    )
+    assert _error_code(await _send_preq(env, cheaper, oi)) is ErrorCode.LINKAGE_FAILURE
+    # 2. One flipped byte in the dual signature.
+    good, good_oi = await purchase.build_preq(
+        offer,
+        key,
+        cert,
+        chain,
+        secrets_,
+        "1 lamp",
+        amount,  # type: ignore[arg-type]
+    )
+    pid = codec.decode(dualsig.PIDualSigned, good.pi)
+    flipped = bytearray(pid.signature.signature)
+    flipped[-1] ^= 0x01
+    forged = dualsig.PIDualSigned(
+        DetachedSignature(pid.signature.content_type, pid.signature.signer, bytes(flipped)),
+        pid.envelope,
+    )
+    bad = PReq(good.pi_kind, codec.encode(forged), good.oi_data, good.pi_data_digest, good.certs)
+    assert _error_code(await _send_preq(env, bad, good_oi)) is ErrorCode.SIGNATURE_FAILURE
+    # 3. The PI of the earlier, finished purchase swapped into this session's PReq.
+    old = [m for m in env.received if decode_message(m, now_ms=_now()).msg_type is MessageType.PREQ]
+    old_pi = decode_message(old[0], now_ms=_now()).body.pi
+    swapped = PReq(good.pi_kind, old_pi, good.oi_data, good.pi_data_digest, good.certs)
+    assert _error_code(await _send_preq(env, swapped, good_oi)) is ErrorCode.SIGNATURE_FAILURE
+    # Nothing changed for the order under attack, the gateway was not asked.
+    assert store.order(lid_m) == before
+    assert len(env.gateway.seen) == authorizations
+    assert Machine.from_bytes(before.state).state == MerchantOrder.PINIT_SENT  # type: ignore[union-attr]
+    # The genuine PReq still goes through.
+    reply = await _send_preq(env, good, good_oi)
+    assert _error_code(reply) is None
+    assert len(env.gateway.seen) == authorizations + 1
+    # And once done, a second PReq for the same XID is refused.
+    again, again_oi = await purchase.build_preq(
+        offer,
+        key,
+        cert,
+        chain,
+        secrets_,
+        "1 lamp",
+        amount,  # type: ignore[arg-type]
+    )
+    assert _error_code(await _send_preq(env, again, again_oi)) is ErrorCode.REPLAY
+
+
+async def test_wallet_refuses_wrong_passphrase(purchase_env: PurchaseEnv, card: str) -> None:
+    """A wrong passphrase gets no card list and no purchase."""
+    with pytest.raises(WalletError, match="wrong passphrase"):
+        purchase_env.wallet.cards(USER, "not the passphrase")
+    cards = purchase_env.wallet.cards(USER, PASS)
+    assert [c.card_id for c in cards] == [card] and cards[0].hint == PAN[-4:]
