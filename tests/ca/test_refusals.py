@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from actors.ca.requester import (
@@ -15,20 +17,35 @@ from actors.ca.requester import (
     check_reg_form_res,
     decode_reply,
     me_aq_init,
+    read_error,
+    register_entity,
 )
+from actors.ca.wire import CERT_REQ, pop_signer, renewal_content, spki_der
 from protocol import codec, ids, pan
-from protocol.errors import ErrorCode
+from protocol.certs import cert_thumbprint, certificate_der, public_key_of
+from protocol.errors import ErrorCode, ProtocolError
 from protocol.messages import (
+    AccountKind,
+    CardCInitReq,
+    CardCInitRes,
     CertReq,
+    CertReqData,
     CertRes,
     CertStatusCode,
     EntityKind,
+    Error,
     IDData,
+    KeyUse,
     MessageType,
+    PublicKeyInfo,
+    RegFieldValue,
     RegFormReq,
     RegFormRes,
+    RequestType,
 )
-from protocol.wrapper import encode_message, make_header
+from protocol.signed import SignedData
+from protocol.treatments import make_enc
+from protocol.wrapper import decode_message, encode_message, make_header
 from tests.ca.conftest import CAEnv, new_key
 
 PAN = "4000000000000002"  # alpha BIN 400000
@@ -264,3 +281,75 @@ async def test_keystore_refusal_is_answered(ca_env: CAEnv) -> None:
     assert isinstance(error, Error)
     assert codec.decode(ErrorTBS, error.content).code is ErrorCode.UNSPECIFIED_FAILURE
     assert counts(ca_env) == before
+
+
+MERCHANT_FORM = {"merchant_id": "M-77", "merchant_name": "Thumbs Test", "mcc": "5999"}
+
+
+async def test_renewal_naming_another_cert_is_thumbs_mismatch(ca_env: CAEnv) -> None:
+    """A renewal whose EEThumb names someone else's certificate (signed with the requester's
+    own old key) is refused with thumbsMismatch, in an Error the MCA signed; nothing changes."""
+    victim_client, victim_ks = await ca_env.requester("merchant.victim")
+    victim = await register_entity(
+        victim_client, root=ca_env.root, brand="alpha", requester=EntityKind.MERCHANT,
+        id_data=IDData("M-77", None, None), sig_key=await new_key(victim_ks, "sig"),
+        kx_key=await new_key(victim_ks, "kx", exchange=True), values=MERCHANT_FORM,
+    )  # fmt: skip
+    client, keystore = await ca_env.requester("merchant.thief")
+    ca, init = await me_aq_init(
+        client, root=ca_env.root, brand="alpha", requester=EntityKind.MERCHANT,
+        id_data=IDData("M-77", None, None), request_type=RequestType.RENEWAL,
+    )  # fmt: skip
+    assert init.form is not None
+    own_old = await new_key(keystore, "old")
+    sig, kx = await new_key(keystore, "sig"), await new_key(keystore, "kx", exchange=True)
+    victim_thumb = cert_thumbprint(victim.sig_cert)
+    data = CertReqData(
+        ids.new_rrpid(), ids.new_lid(), ids.new_challenge(), None, RequestType.RENEWAL,
+        init.form.reg_form_id, [RegFieldValue(k, v) for k, v in MERCHANT_FORM.items()], None,
+        [PublicKeyInfo(KeyUse.SIGNATURE, spki_der(sig.public_key())),
+         PublicKeyInfo(KeyUse.KEY_EXCHANGE, spki_der(kx.public_key()))],
+        victim_thumb, [],
+    )  # fmt: skip
+    content = await renewal_content(own_old, pop_signer(own_old.public_key()), codec.encode(data))
+    enc = await make_enc(
+        sig, pop_signer(sig.public_key()), sig.suite, public_key_of(ca.kx_cert),
+        cert_thumbprint(ca.kx_cert), CERT_REQ, content,
+    )  # fmt: skip
+    chain = [certificate_der(c) for c in (victim.sig_cert, *victim.chain)]
+    before = counts(ca_env)
+    with pytest.raises(CARequestError) as info:
+        await client.request(CertReq(enc, chain), data.rrpid, CertRes, ca=ca)
+    assert info.value.code is ErrorCode.THUMBS_MISMATCH
+    assert info.value.verified  # S(MCA, ErrorTBS), checked under the MCA certificate we hold
+    assert counts(ca_env) == before
+
+
+async def test_errors_signed_where_the_requester_can_verify(
+    ca_env: CAEnv, cardholder: tuple
+) -> None:
+    client, _ = cardholder
+    # CardCInit for a served brand but not a card: the alpha CCA signs; the requester has no
+    # CA view yet and verifies the attached CCA certificate up to the root.
+    rrpid = ids.new_rrpid()
+    body = CardCInitReq(rrpid, ids.new_lid(), ids.new_challenge(), "alpha", AccountKind.BANK, [])
+    with pytest.raises(CARequestError) as info:
+        await client.request(body, rrpid, CardCInitRes, root=ca_env.root)
+    assert info.value.code is ErrorCode.INVALID_FIELD and info.value.verified
+    _, reply = await client.request_raw(
+        MessageType.CARD_CINIT_REQ, wrap(client, body, rrpid)
+    )  # same RRPID, same body: refused again (refusals are not stored), same signer
+    error = decode_message(reply, now_ms=client.clock.now_ms()).body
+    assert isinstance(error, Error) and error.signed
+    signed = codec.decode(SignedData, error.content)
+    assert signed.signer == cert_thumbprint(ca_env.hierarchy.cert("alpha.cca"))
+    # A tampered signature no longer verifies: the requester does not take it as the CA's.
+    forged = Error(True, codec.encode(replace(signed, signature=flip(signed.signature, 3))),
+                   error.certs)  # fmt: skip
+    with pytest.raises(ProtocolError) as bad:
+        read_error(forged, client.clock.now_ms(), root=ca_env.root)
+    assert bad.value.code is ErrorCode.SIGNATURE_FAILURE
+    # Unreadable bytes name no CA: the Error is unsigned, and says so.
+    with pytest.raises(CARequestError) as info:
+        await send(client, MessageType.CARD_CINIT_REQ, b"\x93\x01", object)
+    assert info.value.code is ErrorCode.DECODING_FAILURE and not info.value.verified
