@@ -227,3 +227,32 @@ async def test_wallet_refuses_wrong_passphrase(purchase_env: PurchaseEnv, card: 
         purchase_env.wallet.cards(USER, "not the passphrase")
     cards = purchase_env.wallet.cards(USER, PASS)
     assert [c.card_id for c in cards] == [card] and cards[0].hint == PAN[-4:]
+
+
+async def test_wallet_actor_enrols_a_card_as_its_own_identity(
+    purchase_env: PurchaseEnv, tmp_path: Path
+) -> None:
+    """``actors.wallet`` as an actor: root from its data dir, a card enrolled, sealed at rest."""
+    from actors.wallet.actor import WalletActor
+    from protocol.certs import certificate_der
+
+    dep = purchase_env.ca.deployment
+    (tmp_path / "wallet").mkdir()
+    (tmp_path / "wallet" / "root.der").write_bytes(certificate_der(purchase_env.ca.root))
+    settings = purchase_env.ca.settings.replace(data_dir=tmp_path)
+    actor = WalletActor(settings, "w2", url=dep.url_for("wallet.w2"), keystore_queue=dep.queue)
+    await actor.start()
+    try:
+        assert actor.service is not None
+        actor.service.register("taro", "another long passphrase")
+        beta = "5555555555554444"
+        card_id = await actor.service.enroll(
+            "taro", "another long passphrase", brand="beta",
+            account=pan.Account(pan.AccountKind.CARD, beta), expiry=EXPIRY, values=FORM,
+        )  # fmt: skip
+        cards = actor.service.cards("taro", "another long passphrase")
+        assert [(c.card_id, c.brand, c.hint) for c in cards] == [(card_id, "beta", "4444")]
+    finally:
+        await actor.stop()
+    db = b"".join(p.read_bytes() for p in (tmp_path / "wallet").glob("*.sqlite*"))
+    assert beta.encode() not in db and b"another long passphrase" not in db

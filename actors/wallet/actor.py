@@ -1,0 +1,78 @@
+"""The wallet actor process: the actor runtime around ``WalletService``.
+
+Rule 1: the wallet connects as broker user ``wallet.<instance>``; card keys and the vault key
+are that identity's keys in the keystore.
+Rule 2: it reaches the CA and merchants through clients with queues of their own
+(``wallet.<instance>-ca``, ``wallet.<instance>-peer``); it takes no unsolicited SET message.
+Rule 3: the trusted root is ``<data_dir>/wallet/root.der`` (``setpay ca export``); without it
+the wallet starts but refuses enrolment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from actors.ca.requester import CAClient
+from actors.runtime import Actor
+from actors.wallet.peer import PeerClient
+from actors.wallet.service import WalletService
+from actors.wallet.store import WalletStore
+from keystore.client import KeystoreClient
+from keystore.service import RPC_QUEUE
+from protocol.certs import load_certificate
+from setpay.config import Settings
+
+
+class WalletActor(Actor):
+    """Hosts the wallets of many cardholders (``self.service`` once started)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        instance: str,
+        *,
+        url: str | None = None,
+        keystore_queue: str = RPC_QUEUE,
+        health_file: Path | None = None,
+    ) -> None:
+        super().__init__(
+            "wallet", instance, url or settings.amqp_url,
+            prefetch=settings.broker_prefetch, health_file=health_file,
+        )  # fmt: skip
+        self.settings = settings
+        self.keystore_queue = keystore_queue
+        self.store: WalletStore | None = None
+        self.keystore: KeystoreClient | None = None
+        self.peers: PeerClient | None = None
+        self.ca: CAClient | None = None
+        self.service: WalletService | None = None
+
+    async def setup(self) -> None:
+        assert self.bus is not None
+        self.store = WalletStore.open(self.settings.data_dir, self.instance)
+        self.keystore = await KeystoreClient.create(
+            self.bus, queue=self.keystore_queue, timeout=self.settings.broker_rpc_timeout
+        )
+        timeout = self.settings.broker_rpc_timeout
+        self.peers = await PeerClient(self.bus, self.role, f"{self.instance}-peer", timeout).start()
+        self.ca = await CAClient(
+            self.bus, self.role, f"{self.instance}-ca", timeout=timeout
+        ).start()
+        root_file = Path(self.settings.data_dir) / "wallet" / "root.der"
+        root = load_certificate(root_file.read_bytes()) if root_file.is_file() else None
+        self.service = WalletService(self.store, self.keystore, self.peers, self.ca, root=root)
+        await self.service.start()
+
+    async def teardown(self) -> None:
+        for client in (self.peers, self.ca):
+            if client is not None:
+                await client.close()
+        if self.keystore is not None:
+            await self.keystore.close()
+        if self.store is not None:
+            self.store.close()
+
+
+def main(settings: Settings, instance: str, health_file: Path | None = None) -> Actor:
+    """Factory used by ``setpay run wallet`` (supervisor ROLES: ``actors.wallet:main``)."""
+    return WalletActor(settings, instance, health_file=health_file)
