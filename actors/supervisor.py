@@ -38,7 +38,7 @@ ROLES: dict[str, str] = {
     "gateway": "actors.gateway:main",
     "issuer": "actors.issuer:main",
     "merchant": "actors.merchant:main",
-    "wallet": "actors.cardholder:main",
+    "wallet": "actors.wallet:main",
     "echo": "actors.runtime_echo:main",
 }
 # `python -m setpay.cli` would load the CLI as __main__, a second copy of CommandError.
