@@ -65,11 +65,35 @@ def files_bytes(folder: Path) -> list[bytes]:
     return out
 
 
-async def new_key(keystore: KeystoreClient, name: str, exchange: bool = False) -> PrivateKey:
+async def new_key(
+    keystore: KeystoreClient,
+    name: str,
+    exchange: bool = False,
+    kind: km.KeyKind = km.KeyKind.RSA2048,
+) -> PrivateKey:
     """A key pair created in the token for the keystore client's identity."""
     usage = km.KeyUsage.EXCHANGE if exchange else km.KeyUsage.SIGN
-    info = await keystore.create_key(name, km.KeyKind.RSA2048, usage)
+    info = await keystore.create_key(name, kind, usage)
     return await keystore.private_key(info.label)
+
+
+async def start_ca(deployment: KeystoreDeployment, settings: Settings) -> CAEnv:
+    """Initialise a hierarchy in ``settings.data_dir`` (suite ``settings.suite``) and start the
+    CA actor ``ca.main`` on the deployment's vhost; stop it with ``stop_ca``."""
+    keystore = await deployment.client(CA_IDENTITY)
+    store = CAStore.open(settings.data_dir)
+    h = Hierarchy(store, KeystoreKeys(keystore, get_suite(settings.suite)))
+    created = await init_hierarchy(h, TEST_BRANDS, ids.SystemClock().now_ms())
+    actor = CAActor(
+        settings, "main", url=deployment.url_for(CA_IDENTITY), keystore_queue=deployment.queue
+    )
+    await actor.start()
+    return CAEnv(settings, deployment, store, h, actor, created)
+
+
+async def stop_ca(env: CAEnv) -> None:
+    await env.actor.stop()
+    env.store.close()
 
 
 @pytest.fixture(scope="session")
@@ -79,20 +103,10 @@ async def ca_env(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[CAEnv]:
     data_dir: Path = tmp_path_factory.mktemp("ca-var")
-    settings = keystore_settings.replace(data_dir=data_dir, suite="rsa2048")
-    keystore = await keystore_deployment.client(CA_IDENTITY)
-    store = CAStore.open(data_dir)
-    h = Hierarchy(store, KeystoreKeys(keystore, get_suite(settings.suite)))
-    created = await init_hierarchy(h, TEST_BRANDS, ids.SystemClock().now_ms())
-    actor = CAActor(
-        settings,
-        "main",
-        url=keystore_deployment.url_for(CA_IDENTITY),
-        keystore_queue=keystore_deployment.queue,
+    env = await start_ca(
+        keystore_deployment, keystore_settings.replace(data_dir=data_dir, suite="rsa2048")
     )
-    await actor.start()
     try:
-        yield CAEnv(settings, keystore_deployment, store, h, actor, created)
+        yield env
     finally:
-        await actor.stop()
-        store.close()
+        await stop_ca(env)
