@@ -21,7 +21,7 @@ from actors.issuer.link import IsoLink
 from actors.issuer.service import DEFAULT_PORT
 from actors.runtime import Actor, Reply
 from broker.consumer import Delivery
-from keystore.client import KeystoreClient
+from keystore.client import HsmAccountOpener, KeystoreClient
 from keystore.service import RPC_QUEUE
 from protocol import ids
 from setpay.config import Settings
@@ -77,8 +77,19 @@ class GatewayActor(Actor):
             deadline=self.host_deadline,
         )
         await self.link.start()
+        keystore = self.keystore
+
+        def pi_opener(use_key: bytes) -> HsmAccountOpener:
+            return HsmAccountOpener(keystore, identity.kx_label, None, use_key=use_key)
+
         self.service = GatewayService(
-            identity, sig_key, kx_key, self.ledger, self.link, clock=self.clock
+            identity,
+            sig_key,
+            kx_key,
+            self.ledger,
+            self.link,
+            pi_opener=pi_opener,
+            clock=self.clock,
         )
         self.on(pw.AUTH_REQ_TYPE, self._handle)
 

@@ -13,9 +13,12 @@ second use under another RRPID gets ``piPreviouslyUsed``). The host RRN is deriv
 RRPID, so a redelivered request mid-flight reaches the host's idempotency, not a second auth.
 Rule 3: a host timeout answers ``noReply`` (retryable; the link stores and forwards the
 reversal) and releases the PI for a new attempt under a new RRPID.
-Rule 4 (OPE hook): a PI carrying a PIN block is refused with AuthCode ``invalidTransaction``,
-reason ``pinDebitUnavailable``, until the keystore op that opens PIN PIs inside the HSM exists;
-the block is dropped at once, never stored or logged.
+Rule 4 (OPE hook): PIs open through the keystore's ``open_pi_account`` (an ``AccountOpener``),
+so a PIN block never reaches this process in clear. Without a zone PIN key (``zpk_label``)
+the keystore refuses a PIN-bearing PI and the gateway answers AuthCode ``invalidTransaction``,
+reason ``pinDebitUnavailable``; with one, the format 4 block comes back but PIN debit (0200
+with field 52 to the host) is not wired yet, so the answer is the same. A second opening of a
+PIN-bearing PI refused by the keystore's used-PI register answers ``piPreviouslyUsed``.
 Rule 5: logs and the ledger name XID, RRPID, codes and amounts, never PAN, expiry or secrets.
 """
 
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -36,7 +40,7 @@ from actors.gateway.ledger import Entry, Ledger, NewAuth, Outcome, PiUsed
 from actors.issuer import spec
 from actors.issuer.codes import ResponseCode
 from actors.issuer.link import IsoLink, LinkRequest
-from keystore.errors import KeystoreError
+from keystore.errors import BadRequest, KeystoreError
 from protocol import codec, dualsig, ids, pan, primitives
 from protocol.certs import (
     CertType,
@@ -97,6 +101,11 @@ HOST_CODES: dict[ResponseCode, AuthCode] = {
 }
 
 
+# Opens a PI's wrap for one transaction (``use_key``): the keystore's ``HsmAccountOpener`` in
+# the actor, or a plain key for card-only PIs.
+PiOpenerFactory = Callable[[bytes], "dualsig.AccountOpener | PrivateKey"]
+
+
 @dataclass(frozen=True)
 class Refusal:
     """A business refusal: the AuthCode and a reason word for ResponseData."""
@@ -138,10 +147,14 @@ class GatewayService:
         ledger: Ledger,
         link: IsoLink,
         *,
+        pi_opener: PiOpenerFactory | None = None,
+        zpk_label: str | None = None,
         clock: ids.Clock | None = None,
         window_ms: int = ids.DEFAULT_WINDOW_MS,
     ) -> None:
         self.identity = identity
+        self.pi_opener: PiOpenerFactory = pi_opener or (lambda _use_key: kx_key)
+        self.zpk_label = zpk_label
         self.sig_key = sig_key
         self.kx_key = kx_key
         self.ledger = ledger
@@ -253,10 +266,25 @@ class GatewayService:
         if ch_cert is None:
             raise ProtocolError(ErrorCode.MISSING_CERTIFICATE, "cardholder certificate not sent")
         self._validate(ch_cert, certs, Expect(CertType.CARDHOLDER, KeyUse.SIGNATURE, brand))
-        view = await dualsig.open_at_gateway(
-            pi, self.kx_key, self.kx_thumb, public_key_of(ch_cert), signer
+        use_key = primitives.labelled_digest(
+            PI_ID_LABEL, data.auth_tags.trans_ids.xid + data.auth_tags.rrpid
         )
-        if view.pin_block is not None:  # Rule 4: dropped here, never kept
+        try:
+            view = await dualsig.open_at_gateway(
+                pi, self.pi_opener(use_key), self.kx_thumb, public_key_of(ch_cert), signer
+            )
+        except BadRequest:
+            if self.zpk_label is not None:
+                raise
+            # Rule 4: without a zone PIN key the keystore refuses to open a PIN-bearing PI.
+            checked.refusal = Refusal(AuthCode.INVALID_TRANSACTION, PIN_DEBIT_UNAVAILABLE)
+            return checked
+        except ProtocolError as exc:
+            if exc.code is not ErrorCode.REPLAY:  # the keystore's used-PI register said so
+                raise
+            checked.refusal = Refusal(AuthCode.PI_PREVIOUSLY_USED, "piUsed")
+            return checked
+        if view.pin_block is not None:  # format 4 under the ZPK: PIN debit is not wired yet
             checked.refusal = Refusal(AuthCode.INVALID_TRANSACTION, PIN_DEBIT_UNAVAILABLE)
             return checked
         head = codec.decode(PIHead, view.pi_head)

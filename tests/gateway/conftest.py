@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,7 @@ from protocol.messages import (
     MerTermIDs,
     OIData,
     PIHead,
+    PinEntry,
     PurchaseInputs,
     TransIDs,
 )
@@ -81,7 +82,7 @@ class Card:
     chain: list[x509.Certificate]
     number: str
     expiry: str
-    pan_secret: bytes
+    pan_secret: bytes = field(repr=False)
 
     @property
     def thumb(self) -> bytes:
@@ -127,6 +128,7 @@ class GatewayEnv:
         *,
         auth_amount: int | None = None,
         capture_now: bool = False,
+        pin_block: bytes | None = None,
     ) -> Purchase:
         """Cardholder side (dual signature) and merchant side (AuthReqData) of one order."""
         c = self.cards[card]
@@ -148,7 +150,7 @@ class GatewayEnv:
             "setpay-test-wallet",
             None,
             pan.AccountKind.CARD,
-            None,
+            None if pin_block is None else PinEntry.PIN_SECURE,
         )
         pan_data = pan.make_pan_data(
             pan.Account(pan.AccountKind.CARD, c.number), c.expiry, c.pan_secret
@@ -164,6 +166,7 @@ class GatewayEnv:
             codec.encode(head),
             codec.encode(pan_data),
             oi,
+            pin_block,
         )
         # The merchant's own check before it forwards the PI unopened.
         dualsig.verify_oi_at_merchant(
@@ -219,6 +222,14 @@ class GatewayEnv:
             return int(
                 db.execute("SELECT COUNT(*) FROM transactions WHERE rrn = ?", (rrn,)).fetchone()[0]
             )
+
+
+def error_code_or_none(reply: bytes) -> Any:
+    """The SET Error code of a reply, or None if the reply is not an Error."""
+    decoded = decode_message(reply, now_ms=ids.SystemClock().now_ms())
+    if not isinstance(decoded.body, Error):
+        return None
+    return codec.decode(ErrorTBS, decoded.body.content).code
 
 
 def error_code(reply: bytes) -> Any:

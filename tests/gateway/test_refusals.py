@@ -11,7 +11,7 @@ from protocol import codec, ids
 from protocol.errors import ErrorCode
 from protocol.messages import AuthCode, AuthReq, AuthTags
 from protocol.wrapper import decode_message
-from tests.gateway.conftest import ORDER_DESC, GatewayEnv, error_code
+from tests.gateway.conftest import ORDER_DESC, GatewayEnv, error_code, error_code_or_none
 
 
 def ledger_rows(env: GatewayEnv) -> int:
@@ -118,3 +118,26 @@ async def test_gateway_never_sees_the_order_and_stores_no_pan(gateway_env: Gatew
         blob = path.read_bytes()
         assert card.number.encode() not in blob, path.name
         assert ORDER_DESC not in blob, path.name
+
+
+async def test_pin_bearing_pi_never_authorizes_and_changes_nothing(gateway_env: GatewayEnv) -> None:
+    """Without a zone PIN key the keystore will not open a PIN-bearing PI (Rule 4 of the
+    service): no host request, no ledger row, no PIN block in the logs, no approval."""
+    block = bytes.fromhex("041234ffffffffff")
+    p = await gateway_env.purchase("ok", 1_800, pin_block=block)
+    rows = ledger_rows(gateway_env)
+    with capture_logs() as logs:
+        _, reply = await gateway_env.send(await gateway_env.wrap(p.data, p.pi))
+    decoded = decode_message(reply, now_ms=ids.SystemClock().now_ms())
+    assert not isinstance(decoded.body, AuthReq)
+    assert gateway_env.host_count(rrn_of(p.data.auth_tags.rrpid)) == 0
+    assert block.hex() not in repr(logs) and block not in repr(logs).encode()
+    if error_code_or_none(reply) is None:  # once keystore BadRequest faults surface as such
+        res, _ = await gateway_env.answer(reply)
+        assert (res.payload.auth_code, res.payload.response.reason) == (
+            AuthCode.INVALID_TRANSACTION,
+            "pinDebitUnavailable",
+        )
+        assert ledger_rows(gateway_env) == rows + 1
+    else:
+        assert ledger_rows(gateway_env) == rows
