@@ -6,6 +6,7 @@ import argparse
 
 from actors import demo, runtime_cli
 from actors.ca import cli as ca_cli
+from actors.gateway import cli as gateway_cli
 from actors.issuer import cli as issuer_cli
 
 
@@ -13,5 +14,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add ``setpay run|up|down``, ``setpay ca …``, ``setpay issuer …`` and ``setpay demo``."""
     runtime_cli.register(sub)
     ca_cli.register(sub)
+    gateway_cli.register(sub)
     issuer_cli.register(sub)
     demo.register(sub)

@@ -364,7 +364,12 @@ def load_certificate(der: bytes) -> x509.Certificate:
         _ = (cert.subject, cert.issuer, cert.extensions, cert.not_valid_before_utc)
         _ = (cert.not_valid_after_utc, cert.signature_algorithm_parameters, cert.serial_number)
         public_key_of(cert)
-    except (ValueError, UnsupportedAlgorithm):
+    except (
+        ValueError,
+        UnsupportedAlgorithm,
+        x509.DuplicateExtension,
+        x509.UnsupportedGeneralNameType,
+    ):
         raise ProtocolError(ErrorCode.INVALID_CERTIFICATE, "certificate is not valid DER") from None
     return cert
 

@@ -64,6 +64,9 @@ class Settings:
     keystore_so_pin: str = "12345678"
     keystore_workers: int = 2
 
+    issuer_host: str = "127.0.0.1"  # the ISO 8583 issuer/acquirer host the gateway reaches
+    issuer_port: int = 8583
+
     @property
     def softhsm_conf(self) -> Path:
         """SoftHSM2 config file that points the library at our own token directory."""

@@ -10,7 +10,6 @@ back (the ledger makes the second pass idempotent).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from actors import payment_wire as pw
@@ -107,14 +106,12 @@ class GatewayActor(Actor):
 
 
 def main(settings: Settings, instance: str, health_file: Path | None = None) -> Actor:
-    """Factory used by ``setpay run gateway`` (supervisor ROLES: ``actors.gateway:main``).
-
-    The issuer host address comes from ``SETPAY_GATEWAY_ISSUER_HOST``/``_PORT`` until
-    ``Settings`` carries it."""
+    """Factory used by ``setpay run gateway`` (supervisor ROLES: ``actors.gateway:main``);
+    the issuer host is ``settings.issuer_host``/``issuer_port``."""
     return GatewayActor(
         settings,
         instance,
-        issuer_host=os.environ.get("SETPAY_GATEWAY_ISSUER_HOST", "127.0.0.1"),
-        issuer_port=int(os.environ.get("SETPAY_GATEWAY_ISSUER_PORT", str(DEFAULT_PORT))),
+        issuer_host=settings.issuer_host,
+        issuer_port=settings.issuer_port,
         health_file=health_file,
     )

@@ -25,7 +25,11 @@ from setpay.config import Settings
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     svc = service.IssuerService(
-        settings, args.id, port=args.port, db_path=args.db, latency=args.latency
+        settings,
+        args.id,
+        port=args.port or settings.issuer_port,
+        db_path=args.db,
+        latency=args.latency,
     )
     return asyncio.run(svc.run())
 
@@ -64,6 +68,7 @@ async def echo(port: int, *, host: str = "127.0.0.1", deadline: float = 2.0) -> 
 
 
 def _echo(args: argparse.Namespace, settings: Settings) -> int:
+    args.port = args.port or settings.issuer_port
     try:
         code = asyncio.run(echo(args.port))
     except (IssuerError, TimeoutError) as exc:
@@ -78,7 +83,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     cmds = parser.add_subparsers(dest="issuer_command", metavar="COMMAND", required=True)
     serve = cmds.add_parser("serve", help="run the host on 127.0.0.1")
     serve.add_argument("--id", default="host1", help="instance (identity issuer.<id>)")
-    serve.add_argument("--port", type=int, default=service.DEFAULT_PORT)
+    serve.add_argument("--port", type=int, default=None, help="default: issuer_port")
     serve.add_argument("--db", type=Path, default=None, help="SQLite file")
     serve.add_argument("--latency", type=float, default=0.0, help="delay every answer (s)")
     serve.set_defaults(func=_serve)
@@ -87,5 +92,5 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     seed.add_argument("--db", type=Path, default=None)
     seed.set_defaults(func=_seed)
     ping = cmds.add_parser("echo", help="send an 0800 echo test to a host")
-    ping.add_argument("--port", type=int, default=service.DEFAULT_PORT)
+    ping.add_argument("--port", type=int, default=None, help="default: issuer_port")
     ping.set_defaults(func=_echo)

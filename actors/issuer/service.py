@@ -26,7 +26,7 @@ from actors.issuer.security import PAN_INDEX_KEY, PVK_KEY, IssuerSecurity, Keyst
 from setpay.config import Settings
 from setpay.logs import get_logger
 
-DEFAULT_PORT = 8583  # until Settings has issuer_port
+DEFAULT_PORT = 8583  # the ISO 8583 port by convention; Settings.issuer_port configures it
 
 
 class IssuerService:
@@ -147,7 +147,7 @@ class IssuerService:
 
 def main(settings: Settings, instance: str, health_file: Path | None = None) -> IssuerService:
     """Factory for ``setpay run issuer`` (see ``actors.supervisor.ROLES``)."""
-    return IssuerService(settings, instance, health_file=health_file)
+    return IssuerService(settings, instance, port=settings.issuer_port, health_file=health_file)
 
 
 def cli(argv: list[str]) -> int:
