@@ -127,24 +127,16 @@ class KeystoreIssuerSecurity:
 
 
 PIN_OP_CONTRACT: Final = """
-keystore op pin_pvv(zpk_label, pvk_label, account: str, pin_block: bytes[16]) -> bytes[8]
-  1. Decipher the ISO 9564 format-4 block with the AES ZPK inside the token (CKM_AES_ECB
-     decrypt of the two blocks as in protocol.pin.decipher_format4); a block that does not
-     decode for `account` -> Fault invalid_pin_block (no detail).
-  2. validate_pin; build pvv_input(account, pin) in keystore memory only.
-  3. CKM_SHA256_HMAC with the PVK (generic secret, sensitive, non-extractable); return the
-     first 8 bytes. Wipe the PIN buffer; audit (op, key labels, outcome), never the PIN.
-keystore op pin_verify(zpk_label, pvk_label, account, pin_block, pvv) -> bool
-  = constant-time compare of pin_pvv(...) with pvv; invalid block -> False.
-Callers: the issuer host only (policy: role issuer gets PIN_PVV and PIN_VERIFY).
-Keys: PVK = issuer.<id>/issuer-pvk (hmac-sha256, secret); PAN index key =
-  issuer.<id>/issuer-pan-index (hmac-sha256, secret; used through the existing HMAC op with
-  input pan_index_input(account)). The ZPK is shared by the gateway (which translates the
-  cardholder's PIN block to it) and the issuer: one AES-256 key the policy lets both roles
-  use for PIN ops only (e.g. label zone/zpk, or one copy per side made by the ceremony).
-  The issuer role may not CREATE keys today, so a key ceremony
-  (`setpay keystore create-key`) must make the two issuer keys.
-Seeding the test environment needs either pin_encipher(zpk_label, account, pin) ->
-  format-4 block (test tooling only) or pin_issue(pvk_label, account, pin) -> PVV;
-  seed.seed() takes the block source as a callable.
+Implemented in keystore/pinops.py (client methods on keystore.client.KeystoreClient):
+pin_pvv(pvk_label, zpk_label, account, pin_block[16]) -> bytes[8]
+  format 4 block deciphered under the ZPK in the token (CKM_AES_ECB); a block that does not
+  decode for `account` -> Fault INVALID_PIN_BLOCK; PVV = CKM_SHA256_HMAC(PVK,
+  protocol.pin.pvv_input(account, PIN))[:8]. Audited by op and labels only.
+pin_verify(pvk_label, zpk_label, account, pin_block, pvv) -> bool  (constant-time compare;
+  a block that does not open -> False)
+pin_encipher(zpk_label, account, pin) -> format 4 block under the ZPK (issuance / seeding)
+Roles: issuer gets all three; the PVK and PAN-index key are issuer.<id>/issuer-pvk and
+  issuer.<id>/issuer-pan-index (hmac-sha256, made by a key ceremony). The ZPK is the zone key
+  zone.main/zpk (aes256), usable by the identities keystore.policy.DEFAULT_ZONE_GRANTS lists
+  (gateway.*, issuer.*) through PIN operations only; the gateway uses it in open_pi_account.
 """

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 
 import pytest
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from protocol import codec, detached, dualsig, envelope, linkage, primitives, treatments
+from protocol import codec, detached, dualsig, envelope, linkage, pan, pin, primitives, treatments
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.keys import SUITES, Suite
 from tests.softkeys import SoftKey
@@ -128,6 +129,18 @@ async def make_sample(suite: Suite, name: str) -> Sample:
             _sync(lambda d: dualsig.verify_at_merchant(parts.pi, d, sp, mt, rt)),
             {E.DECODING_FAILURE, E.SIGNATURE_FAILURE},
         )
+    if name == "PIDualSigned+PIN":  # OPE: opened the keystore's way, PIN block to the ZPK
+        account = pan.Account(pan.AccountKind.BANK, "1234567", bank_code="0001")
+        data = codec.encode(pan.make_pan_data(account, "3012", bytes(32)))
+        block = pin.encode_format0("1234", "1234567")
+        parts = await dualsig.make_dual_signed(s, st, suite, rp, rt, mt, b"h", data, b"oi", block)
+        zpk = Cipher(algorithms.AES(bytes(32)), modes.ECB()).encryptor().update
+        opener = dualsig.KeyAccountOpener(r, zpk)
+        return Sample(
+            parts.pi,
+            lambda d: dualsig.open_at_gateway(d, opener, rt, sp, mt, dualsig.oi_digest(b"oi")),
+            SIGNED_ENVELOPE_CODES,
+        )
     if name == "PIUnsigned":
         parts = await dualsig.make_unsigned(suite, rp, rt, b"h", b"pan", b"oi")
         return Sample(
@@ -140,7 +153,7 @@ async def make_sample(suite: Suite, name: str) -> Sample:
 
 TREATMENTS = [
     "DD", "SO", "E", "EH", "EX", "EXH", "Enc", "EncB", "EncX", "EncBX", "EncK",
-    "PIDualSigned", "OIDualSigned", "PIUnsigned",
+    "PIDualSigned", "PIDualSigned+PIN", "OIDualSigned", "PIUnsigned",
 ]  # fmt: skip
 
 
@@ -179,6 +192,7 @@ MUST_SEE = {
     "EncBX": {E.DECRYPTION_FAILURE, E.LINKAGE_FAILURE},
     "EncK": {E.DECRYPTION_FAILURE},
     "PIDualSigned": {E.DECRYPTION_FAILURE, E.SIGNATURE_FAILURE},
+    "PIDualSigned+PIN": {E.DECRYPTION_FAILURE, E.SIGNATURE_FAILURE},
     "OIDualSigned": {E.SIGNATURE_FAILURE},
     "PIUnsigned": {E.DECRYPTION_FAILURE},
 }
