@@ -39,6 +39,10 @@ RRPID_HEADER = "x-setpay-rrpid"
 ERROR_TYPE = "Error"
 
 
+class ActorNotReady(Exception):
+    """The actor cannot start until an operator step is done (the message names the step)."""
+
+
 @dataclass(frozen=True, slots=True)
 class ErrorRecord:
     """The minimal SET Error reply used until the full SET Error message exists."""

@@ -84,10 +84,12 @@ def run_role(settings: Settings, role: str, instance: str | None = None) -> int:
     instance = instance or DEFAULT_INSTANCE.get(role, "main")
     health = run_dir(settings) / f"{role}.{instance}.health"
     actor = factory(settings, instance, health_file=health)
-    from actors.runtime import run_actor
+    from actors.runtime import ActorNotReady, run_actor
 
     try:
         return asyncio.run(run_actor(actor))
+    except ActorNotReady as exc:
+        raise SupervisorError(f"{role}.{instance} cannot start: {exc}") from None
     finally:
         health.unlink(missing_ok=True)
 

@@ -13,13 +13,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from actors.ca.brands import TEST_BRANDS, Brand
-from actors.ca.errors import CAError
 from actors.ca.hierarchy import ROOT, Hierarchy
 from actors.ca.keys import KeystoreKeys
 from actors.ca.service import CAService
 from actors.ca.store import CAStore
 from actors.ca.wire import amqp_type
-from actors.runtime import Actor, Reply
+from actors.runtime import Actor, ActorNotReady, Reply
 from broker.consumer import Delivery
 from keystore.client import KeystoreClient
 from keystore.service import RPC_QUEUE
@@ -61,7 +60,7 @@ class CAActor(Actor):
         assert self.bus is not None
         self.store = CAStore.open(self.settings.data_dir)
         if self.store.ca(ROOT) is None:
-            raise CAError("no CA hierarchy in the database: run `setpay ca init` first")
+            raise ActorNotReady("no CA hierarchy in the database: run `setpay ca init` first")
         self.keystore = await KeystoreClient.create(
             self.bus, queue=self.keystore_queue, timeout=self.settings.broker_rpc_timeout
         )

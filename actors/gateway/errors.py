@@ -6,10 +6,12 @@ protocol refusals are ``protocol.errors.ProtocolError`` and become SET Error rep
 
 from __future__ import annotations
 
+from actors.runtime import ActorNotReady
+
 
 class GatewayError(Exception):
     """The gateway cannot run or cannot record (configuration, identity, ledger)."""
 
 
-class IdentityMissing(GatewayError):
+class IdentityMissing(GatewayError, ActorNotReady):
     """No registered identity (keys + certificates) for this gateway instance."""

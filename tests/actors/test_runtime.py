@@ -157,9 +157,12 @@ async def test_up_runs_echo_as_a_separate_process_and_down_stops_it(
     assert "actor_stopped" in log  # stopped by SIGTERM through drain, not killed
 
 
-def test_run_refuses_unknown_and_unwritten_roles(tmp_path) -> None:
+def test_run_refuses_unknown_and_unprepared_roles(tmp_path) -> None:
+    """Unknown roles and roles whose operator set-up is missing fail with one clear line."""
     env = {**os.environ, "SETPAY_DATA_DIR": str(tmp_path)}
     unknown = setpay(["run", "nosuchrole"], env)
     assert unknown.returncode == 2 and "unknown role" in unknown.stderr
-    missing = setpay(["run", "gateway"], env)
-    assert missing.returncode == 2 and "not available yet" in missing.stderr
+    unprepared = setpay(["run", "gateway"], env)
+    assert unprepared.returncode == 2, unprepared.stderr
+    assert "setpay gateway register" in unprepared.stderr
+    assert "Traceback" not in unprepared.stderr
