@@ -33,7 +33,7 @@ from setpay.logs import get_logger
 log = get_logger(component="supervisor")
 
 ROLES: dict[str, str] = {
-    "keystore": "keystore.service:main",
+    "keystore": "keystore.process:main",
     "ca": "actors.ca:main",
     "gateway": "actors.gateway:main",
     "issuer": "actors.issuer:main",
@@ -120,7 +120,11 @@ def child_env(settings: Settings, child: Child) -> dict[str, str]:
     env = {**os.environ, "SETPAY_DATA_DIR": str(settings.data_dir.resolve())}
     try:
         env["SETPAY_AMQP_URL"] = identity_url(
-            settings.data_dir, child.identity, settings.broker_vhost, settings.amqp_url
+            settings.data_dir,
+            child.identity,
+            settings.broker_vhost,
+            settings.amqp_url,
+            user_prefix=settings.broker_user_prefix,
         )
     except CredentialsError:
         log.warning("no_broker_login", identity=child.identity, hint="run `setpay broker init`")

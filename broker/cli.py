@@ -20,7 +20,7 @@ def _init(args: argparse.Namespace, settings: Settings) -> int:
                 base_url=settings.amqp_url,
                 admin_user=settings.broker_admin_user,
                 admin_password=settings.broker_admin_password,
-                user_prefix=args.user_prefix,
+                user_prefix=args.user_prefix or settings.broker_user_prefix,
             )
         )
     except BrokerError as exc:

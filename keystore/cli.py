@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 
 from keystore.errors import KeystoreError
 from keystore.messages import KeyKind, KeyUsage, owner_of
@@ -51,29 +50,13 @@ def _cmd_create_key(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-async def _serve(settings: Settings, url: str, queue: str, workers: int) -> None:
-    from keystore.worker import KeystorePool, WorkerSpec
-
-    pool = KeystorePool(WorkerSpec(settings, amqp_url=url, queue=queue), workers)
-    await pool.start()
-    print(f"keystore serving {queue!r} with {workers} worker processes; Ctrl-C stops")
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    watcher = asyncio.create_task(pool.watch())
-    try:
-        await stop.wait()
-    finally:
-        watcher.cancel()
-        await pool.stop()
-
-
 def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    use_softhsm_conf(settings)
+    from keystore.process import KeystoreProcess
+
+    proc = KeystoreProcess(settings, url=args.url, queue=args.queue, workers=args.workers)
+    print(f"keystore serving {args.queue!r} with {proc.workers} worker processes; Ctrl-C stops")
     try:
-        asyncio.run(_serve(settings, args.url or settings.amqp_url, args.queue,
-                           args.workers or settings.keystore_workers))  # fmt: skip
+        asyncio.run(proc.run())
     except KeystoreError as exc:
         raise _error(exc) from None
     return 0

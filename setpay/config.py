@@ -57,6 +57,7 @@ class Settings:
     broker_prefetch: int = 64
     broker_rpc_timeout: float = 10.0
     broker_max_message_bytes: int = 1_048_576
+    broker_user_prefix: str = ""  # prefixes every identity's broker user (test vhosts)
 
     keystore_module: str = field(default_factory=_default_pkcs11_module)
     keystore_token_label: str = "setpay"  # noqa: S105 - a label, not a secret
