@@ -80,8 +80,11 @@ class KeystoreClient:
             raise KeystoreUnavailable(f"keystore unreachable ({type(exc).__name__})") from None
         try:
             response = m.decode(m.Response, raw)
-            if response.fault is not Fault.OK:
-                raise error_for(response.fault, response.text)
+        except BadRequest:
+            raise InternalError("keystore answered with a malformed response") from None
+        if response.fault is not Fault.OK:
+            raise error_for(response.fault, response.text)  # the keystore's own refusal
+        try:
             return m.decode(m.RESPONSE_RECORDS[op], response.body)
         except BadRequest:
             raise InternalError("keystore answered with a malformed response") from None

@@ -132,12 +132,10 @@ async def test_pin_bearing_pi_never_authorizes_and_changes_nothing(gateway_env: 
     assert not isinstance(decoded.body, AuthReq)
     assert gateway_env.host_count(rrn_of(p.data.auth_tags.rrpid)) == 0
     assert block.hex() not in repr(logs) and block not in repr(logs).encode()
-    if error_code_or_none(reply) is None:  # once keystore BadRequest faults surface as such
-        res, _ = await gateway_env.answer(reply)
-        assert (res.payload.auth_code, res.payload.response.reason) == (
-            AuthCode.INVALID_TRANSACTION,
-            "pinDebitUnavailable",
-        )
-        assert ledger_rows(gateway_env) == rows + 1
-    else:
-        assert ledger_rows(gateway_env) == rows
+    assert error_code_or_none(reply) is None
+    res, _ = await gateway_env.answer(reply)
+    assert (res.payload.auth_code, res.payload.response.reason) == (
+        AuthCode.INVALID_TRANSACTION,
+        "pinDebitUnavailable",
+    )
+    assert ledger_rows(gateway_env) == rows + 1
