@@ -154,7 +154,7 @@ def oi_digest(oi_data: bytes) -> bytes:
 
 def account_digest(content_type: str, account: bytes) -> bytes:
     """DD(AccountPart): the digest EX/EXH put beside t in the bulk part (envelope rule 2)."""
-    return linkage.digest_of(envelope._extra_label(content_type), account)
+    return linkage.digest_of(envelope.extra_label(content_type), account)
 
 
 def _account(pan_data: bytes, pin_block: bytes | None) -> bytes:
@@ -243,7 +243,7 @@ def pi_wrap(kind: PIKind, data: bytes) -> PiWrap:
             ErrorCode.DECODING_FAILURE,
             f"expected content type {content_type}, got {env.content_type}",
         )
-    context = envelope._context(treatment, content_type, env.recipient, b"")
+    context = envelope.context_bytes(treatment, content_type, env.recipient, b"")
     return PiWrap(content_type, context, env.ephemeral, env.key_block, with_digest)
 
 
@@ -357,7 +357,7 @@ async def _open_pi(
             raise ProtocolError(ErrorCode.DECRYPTION_FAILURE, "wrap lacks the content digest")
         linkage.check_digest(
             opened.content_digest,
-            envelope._hash_label(wrap.content_type),
+            envelope.hash_label(wrap.content_type),
             bulk.content,
             "enveloped content",
         )

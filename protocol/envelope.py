@@ -35,7 +35,8 @@ class Envelope:
     ciphertext: bytes
 
 
-def _context(treatment: str, content_type: str, recipient: bytes, context: bytes) -> bytes:
+def context_bytes(treatment: str, content_type: str, recipient: bytes, context: bytes) -> bytes:
+    """What the wrap and the AEAD bind: treatment, content type, recipient, caller context."""
     return codec.packb(["setpay/v1/" + treatment, content_type, recipient, context])
 
 
@@ -51,7 +52,7 @@ async def seal(
     context: bytes = b"",
 ) -> bytes:
     """Encoded envelope of ``bulk`` for ``recipient`` with ``digest``/``extra`` in the wrap."""
-    ctx = _context(treatment, content_type, recipient, context)
+    ctx = context_bytes(treatment, content_type, recipient, context)
     key, ephemeral, block = keywrap.wrap(suite, recipient_public, ctx, digest, extra)
     nonce, ciphertext = keywrap.aead_seal(key, bulk, ctx)
     return codec.encode(Envelope(content_type, recipient, ephemeral, block, nonce, ciphertext))
@@ -76,7 +77,7 @@ async def unseal(
         )
     if not hmac.compare_digest(env.recipient, recipient):
         raise ProtocolError(ErrorCode.DECRYPTION_FAILURE, "envelope is for another recipient")
-    ctx = _context(treatment, content_type, recipient, context)
+    ctx = context_bytes(treatment, content_type, recipient, context)
     opened = await keywrap.unwrap(key, ctx, env.ephemeral, env.key_block, with_digest, with_extra)
     bulk = keywrap.aead_open(opened.key, env.nonce, env.ciphertext, ctx)
     return bulk, opened.digest, opened.extra
@@ -87,11 +88,13 @@ def recipient_of(data: bytes) -> bytes:
     return codec.decode(Envelope, data).recipient
 
 
-def _extra_label(content_type: str) -> str:
+def extra_label(content_type: str) -> str:
+    """Label of the digest that links a content to its extra-encrypted part (EX/EncX)."""
     return content_type + "/extra"
 
 
-def _hash_label(content_type: str) -> str:
+def hash_label(content_type: str) -> str:
+    """Label of H(t) sealed in the wrap block (EH/EXH)."""
     return content_type + "/enveloped"
 
 
@@ -129,7 +132,7 @@ async def make_eh(
     context: bytes = b"",
 ) -> bytes:
     """EH(r, t): E with H(t) sealed in the wrap."""
-    digest = linkage.digest_of(_hash_label(content_type), content)
+    digest = linkage.digest_of(hash_label(content_type), content)
     return await seal(
         suite, recipient_public, recipient, "EH", content_type, content, digest, context=context
     )
@@ -143,7 +146,7 @@ async def open_eh(
         key, recipient, data, "EH", content_type, with_digest=True, context=context
     )
     assert digest is not None  # unseal enforces the block's shape
-    linkage.check_digest(digest, _hash_label(content_type), bulk, "enveloped content")
+    linkage.check_digest(digest, hash_label(content_type), bulk, "enveloped content")
     return bulk
 
 
@@ -160,7 +163,7 @@ async def make_ex(
     context: bytes = b"",
 ) -> bytes:
     """EX(r, t, p): bulk part L(t, p), p extra-encrypted in the wrap."""
-    bulk = linkage.make_linked(content, _extra_label(content_type), extra)
+    bulk = linkage.make_linked(content, extra_label(content_type), extra)
     return await seal(
         suite, recipient_public, recipient, "EX", content_type, bulk, extra=extra, context=context
     )
@@ -187,8 +190,8 @@ async def make_exh(
     context: bytes = b"",
 ) -> bytes:
     """EXH(r, t, p): EX with H(t) also sealed in the wrap (integrity without a signature)."""
-    bulk = linkage.make_linked(content, _extra_label(content_type), extra)
-    digest = linkage.digest_of(_hash_label(content_type), content)
+    bulk = linkage.make_linked(content, extra_label(content_type), extra)
+    digest = linkage.digest_of(hash_label(content_type), content)
     return await seal(
         suite, recipient_public, recipient, "EXH", content_type, bulk, digest, extra, context
     )
@@ -203,12 +206,12 @@ async def open_exh(
     )
     assert digest is not None and extra is not None
     content = _open_bulk_link(bulk, content_type, extra)
-    linkage.check_digest(digest, _hash_label(content_type), content, "enveloped content")
+    linkage.check_digest(digest, hash_label(content_type), content, "enveloped content")
     return content, extra
 
 
 def _open_bulk_link(bulk: bytes, content_type: str, extra: bytes) -> bytes:
-    return linkage.open_linked(bulk, _extra_label(content_type), extra).content
+    return linkage.open_linked(bulk, extra_label(content_type), extra).content
 
 
 codec.validate_schema(Envelope)

@@ -21,7 +21,7 @@ from typing import Annotated
 
 from protocol import codec, keywrap, linkage, primitives
 from protocol.codec import Bytes32, Size
-from protocol.envelope import seal, unseal
+from protocol.envelope import extra_label, seal, unseal
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.keys import PrivateKey, PublicKey, Suite
 from protocol.linkage import DigestedData
@@ -69,10 +69,6 @@ class Opened:
     baggage: bytes | None = None
 
 
-def _extra_label(content_type: str) -> str:
-    return content_type + "/extra"
-
-
 def _baggage_label(content_type: str) -> str:
     return content_type + "/baggage"
 
@@ -89,7 +85,7 @@ async def _signed_body(
     body = EncContent(
         recipient,
         content,
-        None if extra is None else linkage.dd(_extra_label(content_type), extra),
+        None if extra is None else linkage.dd(extra_label(content_type), extra),
         None if baggage is None else linkage.dd(_baggage_label(content_type), baggage),
     )
     return codec.encode(await sign_data(key, signer, content_type, codec.encode(body)))
@@ -109,7 +105,7 @@ def check_body(
     if not hmac.compare_digest(body.recipient, recipient):
         raise ProtocolError(ErrorCode.THUMBS_MISMATCH, "signed for another recipient")
     for what, link, data, label in (
-        ("extra part", body.extra, extra, _extra_label(content_type)),
+        ("extra part", body.extra, extra, extra_label(content_type)),
         ("baggage", body.baggage, baggage, _baggage_label(content_type)),
     ):
         if (link is None) != (data is None):
