@@ -1,9 +1,12 @@
-"""`setpay demo`: for now, the protocol self-check of one purchase, run in this process.
+"""`setpay demo`: purchases through the live test environment; ``--selfcheck`` for the old
+in-process protocol self-check.
 
+Rule 0: without ``--selfcheck`` the demo uses the environment `setpay up` started, or brings
+one up (actors/environment.py), and runs the cases of actors/demo_cases.py through the
+wallet's and the POS's thin clients; ``--purchases N --concurrency C`` drives load instead.
 Rule 1: the self-check drives the real protocol library (records, wrapper, dual signature,
 EncB with the PI as baggage) and prints what each party could and could not read.
-Rule 2: it uses software keys made for the run (``bench.softkey.SoftwareKey``); the HSM-backed
-end-to-end demo with every party as its own process replaces it with issue #6.
+Rule 2: the self-check uses software keys made for the run (``bench.softkey.SoftwareKey``).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from protocol.messages import (
     TransIDs,
 )
 from protocol.pan import Account, AccountKind, make_pan_data, new_secret, pan_secret, trans_stain
+from setpay.config import Settings
 
 DEMO_PAN = "4111111111111111"  # the well-known Visa test number
 ORDER = "2 x espresso beans, 1 kg"
@@ -165,10 +169,10 @@ async def run_selfcheck(suite: Suite) -> list[Check]:
     return checks
 
 
-def _cmd(args: argparse.Namespace, settings: object) -> int:
-    print("setpay demo: protocol self-check (software keys; the multi-process demo comes next)")
+def _selfcheck(args: argparse.Namespace) -> int:
+    print("setpay demo --selfcheck: protocol self-check in this process (software keys)")
     failed = 0
-    for name in args.suites.split(","):
+    for name in (args.suites or "rsa2048,p256").split(","):
         checks = asyncio.run(run_selfcheck(SUITES[name]))
         print(f"\nsuite {name}")
         print(f"  {'step':44} {'result':7} detail")
@@ -179,9 +183,55 @@ def _cmd(args: argparse.Namespace, settings: object) -> int:
     return 1 if failed else 0
 
 
+async def _live(args: argparse.Namespace, settings: Settings) -> int:
+    from actors import demo_cases
+    from actors.environment import client_url
+
+    bus, wallet, pos = await demo_cases.connect_clients(client_url(settings))
+    try:
+        if args.purchases:
+            result = await demo_cases.run_load(wallet, pos, args.purchases, args.concurrency)
+            rate = await asyncio.to_thread(demo_cases.raw_sign_rate, settings)
+            print(f"\npurchases   {result.purchases} at concurrency {args.concurrency}")
+            print(f"throughput  {result.rate:.1f} purchases/s ({result.seconds:.1f} s)")
+            print(f"latency     p50 {result.p50_ms:.1f} ms   p99 {result.p99_ms:.1f} ms")
+            for outcome, n in result.outcomes.most_common():
+                print(f"outcome     {outcome:<44} {n}")
+            for code, n in result.errors.most_common():
+                print(f"error       {code:<44} {n}")
+            print(f"raw RSA-2048 sign in SoftHSM2, one process: {rate:.0f}/s "
+                  f"(purchases/s = {result.rate / rate:.3f} of it)")  # fmt: skip
+            return 1 if result.errors else 0
+        rows = await demo_cases.run_cases(wallet, pos)
+    finally:
+        await bus.close()
+    demo_cases.print_rows(rows)
+    bad = [r for r in rows if not r.ok]
+    print(f"\n{len(rows) - len(bad)} of {len(rows)} rows as expected")
+    return 1 if bad else 0
+
+
+def _cmd(args: argparse.Namespace, settings: Settings) -> int:
+    if args.selfcheck or args.suites:
+        return _selfcheck(args)
+    from actors.environment import SetupError, ensure
+    from setpay.cli import CommandError
+
+    try:
+        ensure(settings)
+    except SetupError as exc:
+        raise CommandError(str(exc)) from None
+    return asyncio.run(_live(args, settings))
+
+
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add ``setpay demo``."""
-    p = sub.add_parser("demo", help="run the demo (for now: the protocol self-check)")
-    p.add_argument("--suites", default="rsa2048,p256", help="comma-separated suite names")
+    p = sub.add_parser(
+        "demo", help="bring up (or use) the test environment and run purchases through it"
+    )
+    p.add_argument("--selfcheck", action="store_true",
+                   help="only the in-process protocol self-check (software keys)")  # fmt: skip
+    p.add_argument("--suites", help="self-check suites, comma-separated (implies --selfcheck)")
+    p.add_argument("--purchases", type=int, default=0, help="load: number of purchases")
+    p.add_argument("--concurrency", type=int, default=8, help="load: purchases in flight")
     p.set_defaults(func=_cmd)
-

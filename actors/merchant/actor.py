@@ -7,6 +7,8 @@ it reaches the gateway as payment_wire Rule 3 says, through a ``CAClient`` whose
 to its own queue ``merchant.<instance>-gw`` (not the actor's, so a PReq in progress never waits
 behind itself).
 Rule 3: a request is acked only after its effects and reply are committed (runtime Rule 3).
+Rule 4: the operator's thin client reaches it on RPC queue ``merchant.<instance>.api``
+(actors/merchant/api.py).
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ from pathlib import Path
 
 from actors.ca.keys import KeystoreKeys
 from actors.ca.requester import CAClient
+from actors.merchant.api import serve_api
 from actors.merchant.service import MerchantService
 from actors.merchant.store import MerchantStore
 from actors.payment_wire import GATEWAY_ROLE
 from actors.runtime import Actor, Reply
 from broker.consumer import Delivery
+from broker.rpc import RpcServer
 from keystore.client import KeystoreClient
 from keystore.service import RPC_QUEUE
 from protocol import ids
@@ -62,6 +66,7 @@ class MerchantActor(Actor):
         self.keys: KeystoreKeys | None = None
         self.gateway: CAClient | None = None
         self.service: MerchantService | None = None
+        self.api: RpcServer | None = None
 
     async def setup(self) -> None:
         assert self.bus is not None
@@ -81,12 +86,15 @@ class MerchantActor(Actor):
         self.service = MerchantService(self.store, self.keys.get, self.gateway, clock=self.clock)
         for msg_type in HANDLED:
             self.on(str(int(msg_type)), self._handle)
+        self.api = await serve_api(self.bus, self.service, self.instance)
 
     async def _handle(self, delivery: Delivery) -> Reply:
         assert self.service is not None
         return await self.service.handle(delivery.body)
 
     async def teardown(self) -> None:
+        if self.api is not None:
+            await self.api.stop()
         if self.gateway is not None:
             await self.gateway.close()
         if self.keystore is not None:

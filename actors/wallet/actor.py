@@ -6,6 +6,8 @@ Rule 2: it reaches the CA and merchants through clients with queues of their own
 (``wallet.<instance>-ca``, ``wallet.<instance>-peer``); it takes no unsolicited SET message.
 Rule 3: the trusted root is ``<data_dir>/wallet/root.der`` (``setpay ca export``); without it
 the wallet starts but refuses enrolment.
+Rule 4: cardholders' thin clients reach it on RPC queue ``wallet.<instance>.api``
+(actors/wallet/api.py).
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ from pathlib import Path
 
 from actors.ca.requester import CAClient
 from actors.runtime import Actor
+from actors.wallet.api import serve_api
 from actors.wallet.peer import PeerClient
 from actors.wallet.service import WalletService
 from actors.wallet.store import WalletStore
+from broker.rpc import RpcServer
 from keystore.client import KeystoreClient
 from keystore.service import RPC_QUEUE
 from protocol.certs import load_certificate
@@ -46,6 +50,7 @@ class WalletActor(Actor):
         self.peers: PeerClient | None = None
         self.ca: CAClient | None = None
         self.service: WalletService | None = None
+        self.api: RpcServer | None = None
 
     async def setup(self) -> None:
         assert self.bus is not None
@@ -62,8 +67,11 @@ class WalletActor(Actor):
         root = load_certificate(root_file.read_bytes()) if root_file.is_file() else None
         self.service = WalletService(self.store, self.keystore, self.peers, self.ca, root=root)
         await self.service.start()
+        self.api = await serve_api(self.bus, self.service, self.instance)
 
     async def teardown(self) -> None:
+        if self.api is not None:
+            await self.api.stop()
         for client in (self.peers, self.ca):
             if client is not None:
                 await client.close()

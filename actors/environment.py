@@ -1,0 +1,417 @@
+"""The test environment `setpay demo` needs: found running, or provisioned and started.
+
+Rule 1: an environment started by `setpay up` (supervisor pid alive, wallet and merchant
+health files ready) is used as it is; nothing is provisioned or restarted.
+Rule 2: otherwise every step is idempotent and uses the project's own commands where they
+exist: `setpay keystore init`, `setpay broker init`, key ceremonies with `setpay keystore
+create-key`, `setpay ca init`; the gateway and the merchants register with the CA as their
+own broker identities; the issuer host's accounts are seeded; then the roles start as
+separate processes under `setpay up`, after a keystore started with `setpay keystore serve`
+(the supervisor has no keystore role yet), its pid under ``run/`` so `setpay down` stops it.
+Rule 3: what is printed names steps and identities only: no password, PAN or key material.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from actors import supervisor
+from actors.issuer.seed import SeedAccount
+from setpay.config import Settings
+
+WALLET_INSTANCE = "main"
+POS_INSTANCE = "pos1"
+GATEWAY_INSTANCE = "pg1"
+ISSUER_INSTANCE = "host1"
+BRAND = "alpha"
+# Merchants the POS hosts in the test environment: (merchant id, name, MCC).
+MERCHANTS: tuple[tuple[str, str, str], ...] = (
+    ("M-1001", "Example Books", "5942"),
+    ("M-1002", "Example Coffee", "5814"),
+    ("M-1003", "Example Music", "5735"),
+)
+UP_ROLES = ("ca", "gateway", "merchant", "wallet")  # keystore, issuer: no supervisor role yet
+READY_TIMEOUT = 60.0
+
+
+class SetupError(Exception):
+    """The environment cannot be brought up; the message names the step and why."""
+
+
+def _valid(now: datetime) -> str:
+    return f"{(now.year + 3) % 100:02d}12"
+
+
+def demo_accounts(now: datetime) -> list[SeedAccount]:
+    """Issuer accounts under the CA's test brand ``alpha`` (BINs 411111/400000), so their
+    cards can enrol: an expired and a stolen card, and load-test cards with high limits.
+    Published-style test numbers, Luhn-valid; the test environment only."""
+    lapsed = f"{(now.year - 1) % 100:02d}12"
+    valid = _valid(now)
+    big = 10**12
+    accounts = [
+        SeedAccount("alpha-expired", "card", BRAND, "4000000000000010", lapsed, 500_000, 0),
+        SeedAccount(
+            "alpha-stolen", "card", BRAND, "4000000000000028", valid, 500_000, 0, stolen=True
+        ),
+    ]
+    accounts += [
+        SeedAccount(f"alpha-load{i}", "card", BRAND, number, valid, big, 0, velocity_count=10**9)
+        for i, number in enumerate(LOAD_PANS)
+    ]
+    return accounts
+
+
+def _luhn_complete(prefix: str) -> str:
+    """``prefix`` plus its Luhn check digit."""
+    total = 0
+    for i, ch in enumerate(reversed(prefix)):
+        d = int(ch)
+        if i % 2 == 0:
+            d = d * 2 - 9 if d * 2 > 9 else d * 2
+        total += d
+    return prefix + str((10 - total % 10) % 10)
+
+
+LOAD_PANS: tuple[str, ...] = tuple(_luhn_complete(f"411111000000{i:03d}") for i in range(8))
+
+
+@dataclass
+class Environment:
+    """Where the environment runs and whether this call started it."""
+
+    settings: Settings
+    started: bool
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def running(settings: Settings) -> bool:
+    """An environment started by `setpay up` is up: supervisor alive, wallet/merchant ready."""
+    pidfile = settings.data_dir / "run" / "supervisor.pid"
+    try:
+        pid = int(pidfile.read_text().strip())
+    except (OSError, ValueError):
+        return False
+    if not _alive(pid):
+        return False
+    children = [
+        supervisor.Child("wallet", WALLET_INSTANCE),
+        supervisor.Child("merchant", POS_INSTANCE),
+    ]
+    return all((supervisor.read_health(settings, c) or {}).get("ready") for c in children)
+
+
+def _env(settings: Settings) -> dict[str, str]:
+    return {**os.environ, "SETPAY_DATA_DIR": str(settings.data_dir.resolve())}
+
+
+def _setpay(settings: Settings, *args: str, ok_if: str | None = None) -> str:
+    """Run one `setpay` command; its stdout. ``ok_if``: a failure whose text has it is fine."""
+    proc = subprocess.run(  # noqa: S603 - our own interpreter and CLI, no shell
+        [*supervisor.SETPAY, *args], capture_output=True, text=True, env=_env(settings),
+        timeout=300, check=False,
+    )  # fmt: skip
+    if proc.returncode != 0 and not (ok_if and ok_if in proc.stderr + proc.stdout):
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise SetupError(f"`setpay {' '.join(args[:2])}` failed: {tail[0]}")
+    return proc.stdout
+
+
+def _url(settings: Settings, identity: str) -> str:
+    from broker.provision import identity_url
+
+    return identity_url(settings.data_dir, identity, settings.broker_vhost, settings.amqp_url)
+
+
+def client_url(settings: Settings) -> str:
+    """The thin clients' login: the broker admin on the environment's vhost."""
+    from urllib.parse import quote, urlsplit
+
+    parts = urlsplit(settings.amqp_url)
+    auth = f"{quote(settings.broker_admin_user, safe='')}:" + quote(
+        settings.broker_admin_password, safe=""
+    )
+    port = f":{parts.port}" if parts.port else ""
+    host = parts.hostname or "127.0.0.1"
+    return f"{parts.scheme or 'amqp'}://{auth}@{host}{port}/{quote(settings.broker_vhost, safe='')}"
+
+
+def _start_detached(
+    settings: Settings, identity: str, args: tuple[str, ...]
+) -> subprocess.Popen[bytes] | None:
+    """`setpay ARGS` as ``identity``, detached, pid and log under run/ (so `setpay down`
+    stops it); None if it runs already."""
+    rd = supervisor.run_dir(settings)
+    pidfile = rd / f"{identity}.pid"
+    try:
+        if _alive(int(pidfile.read_text().strip())):
+            return None
+    except (OSError, ValueError):
+        pass
+    log = (rd / f"{identity}.log").open("ab")
+    env = {**_env(settings), "SETPAY_AMQP_URL": _url(settings, identity)}
+    proc = subprocess.Popen(  # noqa: S603 - our own interpreter and CLI, no shell
+        [*supervisor.SETPAY, *args], stdout=log, stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL, start_new_session=True, env=env,
+    )  # fmt: skip
+    log.close()
+    pidfile.write_text(str(proc.pid))
+    return proc
+
+
+def _start_keystore(settings: Settings) -> None:
+    proc = _start_detached(settings, "keystore.main", ("keystore", "serve"))
+    if proc is not None:
+        asyncio.run(_wait_queue(settings, "keystore.rpc", proc))
+
+
+def _start_issuer(settings: Settings) -> None:
+    """`setpay issuer serve`; ready when its port answers an 0800 echo."""
+    from actors.issuer.cli import echo
+
+    identity = f"issuer.{ISSUER_INSTANCE}"
+    proc = _start_detached(settings, identity, ("issuer", "serve", "--id", ISSUER_INSTANCE))
+    deadline = time.monotonic() + READY_TIMEOUT
+    while proc is not None:
+        try:
+            asyncio.run(echo(settings.issuer_port, deadline=1.0))
+            return
+        except Exception:  # not listening yet
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SetupError(f"issuer host did not start (run/{identity}.log)") from None
+            time.sleep(0.2)
+
+
+async def _wait_queue(settings: Settings, queue: str, proc: subprocess.Popen[bytes]) -> None:
+    """Wait until ``queue`` has a consumer (the keystore workers are serving)."""
+    from broker.connection import connect
+    from broker.rpc import RpcClient
+
+    bus = await connect(client_url(settings), name="setpay-environment")
+    try:
+        rpc = await RpcClient.create(bus)
+        deadline = time.monotonic() + READY_TIMEOUT
+        while not await rpc._has_consumer(queue):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SetupError("the keystore did not start (see run/keystore.main.log)")
+            await asyncio.sleep(0.2)
+        await rpc.close()
+    finally:
+        await bus.close()
+
+
+def _start_roles(settings: Settings, roles: tuple[str, ...]) -> None:
+    supervisor.start_detached(settings, roles)
+    children = [supervisor.Child(r, supervisor.DEFAULT_INSTANCE.get(r, "main")) for r in roles]
+    deadline = time.monotonic() + READY_TIMEOUT
+    while time.monotonic() < deadline:
+        if all((supervisor.read_health(settings, c) or {}).get("ready") for c in children):
+            return
+        time.sleep(0.2)
+    late = [
+        c.identity for c in children
+        if not (supervisor.read_health(settings, c) or {}).get("ready")
+    ]  # fmt: skip
+    raise SetupError(f"not ready within {READY_TIMEOUT:g}s: {', '.join(late)} (see run/)")
+
+
+# The thin-client API queues (actors/wallet/api.py, actors/merchant/api.py) per identity.
+API_QUEUES = {f"wallet.{WALLET_INSTANCE}": f"wallet.{WALLET_INSTANCE}.api",
+              f"merchant.{POS_INSTANCE}": f"merchant.{POS_INSTANCE}.api"}  # fmt: skip
+
+
+async def _declare_reply_queues(settings: Settings) -> None:
+    """Declare and bind, as the admin, the extra ``set.<role>.<name>`` reply queues the
+    definitions list: an identity may not bind to ``setpay.set`` itself. (Stopgap until
+    `broker init` declares them.)"""
+    from broker.connection import connect
+    from broker.provision import load_definitions
+    from broker.topology import declare_actor
+
+    bus = await connect(client_url(settings), name="setpay-environment")
+    try:
+        channel = await bus.channel(confirms=False)
+        for identity in load_definitions().identities:
+            for queue in identity.queues:
+                prefix = f"set.{identity.role}."
+                if queue.startswith(prefix):
+                    await declare_actor(channel, identity.role, queue[len(prefix):],
+                                        passive=False)  # fmt: skip
+    finally:
+        await bus.close()
+
+
+def _grant_api_queues(settings: Settings) -> None:
+    """Let the wallet and POS identities serve their API queues. (Stopgap until
+    deploy/rabbitmq/definitions.toml lists them; a no-op once it does.)"""
+    import re
+
+    from broker import admin
+
+    granted = admin.list_permissions(settings.broker_vhost)
+    for user, queue in API_QUEUES.items():
+        perms = granted.get(user)
+        if perms is None or re.fullmatch(perms[2], queue):
+            continue
+        extra = re.escape(queue)
+        admin.set_permissions(settings.broker_vhost, user, f"{perms[0][:-2]}|{extra})$",
+                              perms[1], f"{perms[2][:-2]}|{extra})$")  # fmt: skip
+
+
+def _root_der(settings: Settings) -> bytes:
+    from actors.ca.hierarchy import Hierarchy
+    from actors.ca.store import CAStore
+    from protocol.certs import certificate_der
+
+    store = CAStore.open(settings.data_dir)
+    try:
+        return certificate_der(Hierarchy(store, keys=None).root)  # type: ignore[arg-type]
+    finally:
+        store.close()
+
+
+async def _register_parties(settings: Settings, say: Callable[[str], None]) -> None:
+    """Gateway and merchants obtain certificates as their own identities; the POS learns
+    the gateway's key-exchange certificate."""
+    from actors.ca.keys import KeystoreKeys
+    from actors.ca.requester import CAClient
+    from actors.gateway import identity as gw_ident
+    from actors.merchant.enroll import enroll_merchant
+    from actors.merchant.store import MerchantStore
+    from broker.connection import connect
+    from keystore.client import KeystoreClient
+    from protocol.certs import certificate_der, load_certificate
+    from protocol.keys import get_suite
+
+    root = load_certificate(_root_der(settings))
+    path = gw_ident.identity_path(settings.data_dir, GATEWAY_INSTANCE)
+    if path.exists():
+        gateway = gw_ident.GatewayIdentity.load(path)
+        say(f"gateway.{GATEWAY_INSTANCE}: registered already")
+    else:
+        bus = await connect(_url(settings, f"gateway.{GATEWAY_INSTANCE}"), name="env-gateway")
+        try:
+            keystore = await KeystoreClient.create(bus, timeout=settings.broker_rpc_timeout)
+            client = await CAClient(bus, "gateway", GATEWAY_INSTANCE).start()
+            gateway = await gw_ident.register(
+                client, keystore, root=root, brand=BRAND, gateway_id="P-0001",
+                acquirer_bin="411111", currencies="JPY,USD",
+            )  # fmt: skip
+            await client.close()
+            await keystore.close()
+        finally:
+            await bus.close()
+        gateway.save(path)
+        say(f"gateway.{GATEWAY_INSTANCE}: certificates issued by the CA")
+    store = MerchantStore.open(settings.data_dir, POS_INSTANCE)
+    bus = await connect(_url(settings, f"merchant.{POS_INSTANCE}"), name="env-merchant")
+    try:
+        keystore = await KeystoreClient.create(bus, timeout=settings.broker_rpc_timeout)
+        keys = KeystoreKeys(keystore, get_suite(settings.suite))
+        client = await CAClient(bus, "merchant", POS_INSTANCE).start()
+        for merchant_id, name, mcc in MERCHANTS:
+            if store.merchant(merchant_id) is not None:
+                continue
+            await enroll_merchant(store, keys, client, root=root, brand=BRAND,
+                                  merchant_id=merchant_id, name=name, mcc=mcc)  # fmt: skip
+            say(f"merchant {merchant_id} at merchant.{POS_INSTANCE}: certificates issued")
+        store.save_gateway(
+            BRAND, certificate_der(gateway.kx_cert), [certificate_der(c) for c in gateway.chain],
+            client.clock.now_ms(),
+        )  # fmt: skip
+        await client.close()
+        await keystore.close()
+    finally:
+        await bus.close()
+        store.close()
+
+
+async def _seed_issuer(settings: Settings) -> list[str]:
+    """`setpay issuer seed` (the catalogue) plus this demo's alpha-brand accounts."""
+    from actors.issuer.accounts import Store
+    from actors.issuer.seed import seed, seed_environment
+    from actors.issuer.service import IssuerService
+
+    svc = IssuerService(settings, ISSUER_INSTANCE)
+    try:
+        security = await svc.open_keystore_security()
+        svc.db_path.parent.mkdir(parents=True, exist_ok=True)
+        store = Store(svc.db_path)
+        try:
+            now = datetime.now(UTC)
+            report = await seed_environment(store, security, now)
+            extra = demo_accounts(now)
+            await seed(store, security, extra)
+        finally:
+            store.close()
+    finally:
+        await svc.stop()
+    created = [a.name for a, status in report if status == "created"]
+    return created + [a.name for a in extra]
+
+
+def ensure(settings: Settings, say: Callable[[str], None] = print) -> Environment:
+    """The running environment (Rule 1), or provision and start one (Rule 2)."""
+    if running(settings):
+        say(f"using the environment `setpay up` started under {settings.data_dir}")
+        return Environment(settings, started=False)
+    say(f"bringing up the test environment in {settings.data_dir}, vhost {settings.broker_vhost}")
+    _setpay(settings, "keystore", "init")
+    say("keystore: token ready")
+    _setpay(settings, "broker", "init")
+    asyncio.run(_declare_reply_queues(settings))
+    _grant_api_queues(settings)
+    say("broker: vhost, identities and permissions applied")
+    for label, kind in ((f"issuer.{ISSUER_INSTANCE}/issuer-pan-index", "hmac-sha256"),
+                        (f"issuer.{ISSUER_INSTANCE}/issuer-pvk", "hmac-sha256"),
+                        ("zone.main/zpk", "aes256")):  # fmt: skip
+        _setpay(settings, "keystore", "create-key", "--label", label, "--kind", kind,
+                "--usage", "secret", ok_if="exists")  # fmt: skip
+    say("keystore: issuer and zone keys present (key ceremony)")
+    _start_keystore(settings)
+    say("keystore: serving")
+    out = _setpay(settings, "ca", "init", "--url", _url(settings, "ca.main"))
+    say(f"ca: {out.strip() or 'hierarchy ready'}")
+    _start_roles(settings, ("ca",))
+    try:
+        asyncio.run(_register_parties(settings, say))
+        accounts = asyncio.run(_seed_issuer(settings))
+        say(f"issuer.{ISSUER_INSTANCE}: {len(accounts)} accounts seeded")
+        wallet_root = Path(settings.data_dir) / "wallet" / "root.der"
+        wallet_root.parent.mkdir(parents=True, exist_ok=True)
+        wallet_root.write_bytes(_root_der(settings))
+    finally:
+        _stop_supervisor(settings)
+    _start_issuer(settings)
+    _start_roles(settings, UP_ROLES)
+    say(f"up: {', '.join(UP_ROLES)}, keystore, issuer; `setpay down` stops them")
+    return Environment(settings, started=True)
+
+
+def _stop_supervisor(settings: Settings) -> None:
+    """Stop the bootstrap supervisor (not the keystore: the environment keeps it)."""
+    rd = supervisor.run_dir(settings)
+    try:
+        pid = int((rd / "supervisor.pid").read_text().strip())
+    except (OSError, ValueError):
+        return
+    supervisor.stop_pids({"supervisor": pid}, 20.0)
+    deadline = time.monotonic() + 20.0
+    while (rd / "supervisor.pid").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)

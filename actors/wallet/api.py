@@ -1,0 +1,226 @@
+"""The wallet's thin-client API: enroll, cards, buy and inquire over an RPC queue.
+
+Rule 1: the API is the RPC queue ``wallet.<instance>.api`` (broker/rpc.py: direct reply-to,
+not traced); requests and replies are codec records, decoded strictly.
+Rule 2: every call carries the cardholder's user name and passphrase; the service checks them
+before it touches a card (actors/wallet/service.py Rule 1). The first ``enroll`` of an unknown
+user name creates that cardholder with the passphrase given.
+Rule 3: a failure is answered as ``ApiReply(ok=False, error=...)`` with the ``WalletError``
+text (no PAN, passphrase or secret); the client raises it as ``WalletError``.
+Rule 4: a passphrase or PAN never appears in a repr, log line or error text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Annotated
+
+from actors.wallet.errors import AuthenticationFailed, WalletError
+from actors.wallet.service import WalletService
+from broker.connection import Bus
+from broker.errors import BrokerError
+from broker.rpc import RpcClient, RpcRequest, RpcServer, serve_rpc
+from protocol import codec, pan
+from protocol.codec import MaxLen
+from protocol.errors import ProtocolError
+from protocol.messages import CompletionCode, CurrAmt
+from setpay.logs import get_logger
+
+log = get_logger(component="wallet.api")
+
+Name = Annotated[str, MaxLen(64)]
+Text = Annotated[str, MaxLen(4096)]
+
+
+def api_queue(instance: str) -> str:
+    """The RPC queue of wallet instance ``instance`` (Rule 1)."""
+    return f"wallet.{instance}.api"
+
+
+class ApiOp(StrEnum):
+    ENROLL = "enroll"
+    CARDS = "cards"
+    BUY = "buy"
+    INQUIRE = "inquire"
+
+
+@dataclass(frozen=True, slots=True)
+class FormField:
+    name: Name
+    value: Annotated[str, MaxLen(256)] = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class EnrollArgs:
+    brand: Name
+    number: Annotated[str, MaxLen(34)] = field(repr=False)
+    expiry: Annotated[str, MaxLen(4)] = field(repr=False)
+    form: list[FormField] = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class BuyArgs:
+    card_id: Name
+    merchant: Name  # routing key of the merchant POS, e.g. ``merchant.pos1``
+    lid_m: Annotated[bytes, MaxLen(64)]
+    description: Text
+    currency: Annotated[str, MaxLen(3)]
+    amount: int
+
+
+@dataclass(frozen=True, slots=True)
+class InquireArgs:
+    xid: Annotated[bytes, MaxLen(64)]
+
+
+@dataclass(frozen=True, slots=True)
+class ApiRequest:
+    op: ApiOp
+    user: Name
+    passphrase: Annotated[str, MaxLen(256)] = field(repr=False)
+    args: bytes = b""  # the op's args record, encoded
+
+
+@dataclass(frozen=True, slots=True)
+class CardEntry:
+    card_id: Name
+    brand: Name
+    hint: Annotated[str, MaxLen(4)]
+
+
+@dataclass(frozen=True, slots=True)
+class CardList:
+    cards: list[CardEntry]
+
+
+@dataclass(frozen=True, slots=True)
+class Enrolled:
+    card_id: Name
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """A purchase's outcome as the merchant signed it: completion and authorization code."""
+
+    xid: Annotated[bytes, MaxLen(64)]
+    completion: int
+    auth_code: int | None
+
+    @property
+    def completion_code(self) -> CompletionCode:
+        return CompletionCode(self.completion)
+
+
+@dataclass(frozen=True, slots=True)
+class ApiReply:
+    ok: bool
+    error: Annotated[str, MaxLen(512)] | None
+    body: bytes
+
+
+for _record in (FormField, EnrollArgs, BuyArgs, InquireArgs, ApiRequest, CardEntry, CardList,
+                Enrolled, Outcome, ApiReply):  # fmt: skip
+    codec.validate_schema(_record)
+
+
+class WalletApi:
+    """Answers API requests with ``service`` (Rules 2, 3)."""
+
+    def __init__(self, service: WalletService) -> None:
+        self.service = service
+
+    async def handle(self, request: RpcRequest) -> bytes:
+        try:
+            req = codec.decode(ApiRequest, request.body)
+            body = await self._dispatch(req)
+        except WalletError as exc:
+            return codec.encode(ApiReply(False, str(exc)[:512], b""))
+        except ProtocolError as exc:
+            log.info("wallet_api_bad_request", code=exc.code.name)
+            return codec.encode(ApiReply(False, f"bad request: {exc.code.name}", b""))
+        return codec.encode(ApiReply(True, None, body))
+
+    async def _dispatch(self, req: ApiRequest) -> bytes:
+        svc = self.service
+        if req.op is ApiOp.ENROLL:
+            args = codec.decode(EnrollArgs, req.args)
+            if svc.store.cardholder(req.user) is None:
+                svc.register(req.user, req.passphrase)
+            card_id = await svc.enroll(
+                req.user, req.passphrase, brand=args.brand,
+                account=pan.Account(pan.AccountKind.CARD, args.number), expiry=args.expiry,
+                values={f.name: f.value for f in args.form},
+            )  # fmt: skip
+            return codec.encode(Enrolled(card_id))
+        if req.op is ApiOp.CARDS:
+            cards = svc.cards(req.user, req.passphrase)
+            return codec.encode(CardList([CardEntry(c.card_id, c.brand, c.hint) for c in cards]))
+        if req.op is ApiOp.BUY:
+            b = codec.decode(BuyArgs, req.args)
+            result = await svc.buy(
+                req.user, req.passphrase, card_id=b.card_id, merchant=b.merchant,
+                lid_m=b.lid_m, description=b.description, amount=CurrAmt(b.currency, b.amount),
+            )  # fmt: skip
+            return codec.encode(Outcome(result.xid, int(result.completion), result.auth_code))
+        args_i = codec.decode(InquireArgs, req.args)
+        result = await svc.inquire(req.user, req.passphrase, args_i.xid)
+        return codec.encode(Outcome(result.xid, int(result.completion), result.auth_code))
+
+
+async def serve_api(bus: Bus, service: WalletService, instance: str) -> RpcServer:
+    """Serve ``wallet.<instance>.api`` with ``service`` until the returned server stops."""
+    return await serve_rpc(bus, api_queue(instance), WalletApi(service).handle)
+
+
+class WalletClient:
+    """The cardholder's thin client: one method per API operation; failures are WalletError."""
+
+    def __init__(self, rpc: RpcClient, instance: str = "main", timeout: float = 60.0) -> None:
+        self.rpc = rpc
+        self.queue = api_queue(instance)
+        self.timeout = timeout
+
+    @classmethod
+    async def create(cls, bus: Bus, instance: str = "main", timeout: float = 60.0) -> WalletClient:
+        return cls(await RpcClient.create(bus, default_timeout=timeout), instance, timeout)
+
+    async def _call(self, op: ApiOp, user: str, passphrase: str, args: object | None) -> bytes:
+        request = ApiRequest(op, user, passphrase, b"" if args is None else codec.encode(args))
+        try:
+            raw = await self.rpc.call(self.queue, codec.encode(request), timeout=self.timeout)
+        except BrokerError as exc:
+            raise WalletError(f"wallet service unreachable: {type(exc).__name__}") from None
+        reply = codec.decode(ApiReply, raw)
+        if not reply.ok:
+            text = reply.error or "wallet error"
+            if text.startswith("unknown cardholder or wrong passphrase"):
+                raise AuthenticationFailed(text)
+            raise WalletError(text)
+        return reply.body
+
+    async def enroll(
+        self, user: str, passphrase: str, *, brand: str, number: str, expiry: str,
+        form: dict[str, str],
+    ) -> str:  # fmt: skip
+        """Register a card with the CA through the wallet; returns the card id."""
+        fields_ = [FormField(k, v) for k, v in form.items()]
+        body = await self._call(
+            ApiOp.ENROLL, user, passphrase, EnrollArgs(brand, number, expiry, fields_)
+        )
+        return codec.decode(Enrolled, body).card_id
+
+    async def cards(self, user: str, passphrase: str) -> list[CardEntry]:
+        return codec.decode(CardList, await self._call(ApiOp.CARDS, user, passphrase, None)).cards
+
+    async def buy(
+        self, user: str, passphrase: str, *, card_id: str, merchant: str, lid_m: bytes,
+        description: str, amount: CurrAmt,
+    ) -> Outcome:  # fmt: skip
+        """Pay for order ``lid_m`` at ``merchant`` with card ``card_id``."""
+        args = BuyArgs(card_id, merchant, lid_m, description, amount.currency, amount.amount)
+        return codec.decode(Outcome, await self._call(ApiOp.BUY, user, passphrase, args))
+
+    async def inquire(self, user: str, passphrase: str, xid: bytes) -> Outcome:
+        body = await self._call(ApiOp.INQUIRE, user, passphrase, InquireArgs(xid))
+        return codec.decode(Outcome, body)
