@@ -8,6 +8,7 @@ from actors import demo, runtime_cli
 from actors.ca import cli as ca_cli
 from actors.gateway import cli as gateway_cli
 from actors.issuer import cli as issuer_cli
+from actors.wallet import cli as wallet_cli
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -17,3 +18,4 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     gateway_cli.register(sub)
     issuer_cli.register(sub)
     demo.register(sub)
+    wallet_cli.register(sub)
