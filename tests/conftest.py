@@ -1,3 +1,7 @@
-"""Shared fixtures: a throw-away RabbitMQ vhost and a private SoftHSM2 token per test run."""
+"""Shared fixtures: a throw-away RabbitMQ vhost, a private SoftHSM2 token and a CA per test run."""
 
-pytest_plugins = ["tests.fixtures_broker", "tests.fixtures_keystore"]
+pytest_plugins = [
+    "tests.fixtures_broker",
+    "tests.fixtures_keystore",
+    "tests.fixtures_ca",
+]

@@ -19,10 +19,8 @@ from broker.consumer import CODE_HEADER, QUEUE_HEADER
 from broker.topology import DEAD_LETTER_QUEUE, SET_EXCHANGE, declare_actor
 from protocol import codec
 from protocol.errors import ErrorCode
-from tests import fixtures_broker
 
 pytestmark = pytest.mark.integration
-broker_vhost = fixtures_broker.broker_vhost  # until tests/conftest.py registers the plugin
 
 
 async def requester(url: str):

@@ -18,10 +18,8 @@ from broker.connection import connect
 from broker.errors import BrokerError
 from broker.rpc import RpcClient, RpcRequest, serve_rpc
 from broker.topology import SET_EXCHANGE, declare_actor
-from tests import fixtures_broker
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-broker_vhost = fixtures_broker.broker_vhost
 
 FAST = "?reconnect_interval=0.3"  # aio-pika reads it from the URL (default 5 s)
 

@@ -3,6 +3,7 @@ unroutable SET message is reported whether or not a recorder is bound."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import pytest
@@ -43,6 +44,13 @@ async def test_unroutable_set_message_is_reported_with_and_without_a_recorder(
         await bus.close()
 
 
+async def until(condition, timeout: float = 5.0) -> None:
+    """Wait for ``condition`` to hold (checked on every loop turn), failing after ``timeout``."""
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.005)
+
+
 async def test_tap_stops_copying_when_the_recorder_leaves(broker_vhost) -> None:
     role = f"l{uuid.uuid4().hex[:6]}"
     bus = await connect(broker_vhost.url, name="t")
@@ -55,7 +63,7 @@ async def test_tap_stops_copying_when_the_recorder_leaves(broker_vhost) -> None:
         assert bus.trace.recording and bus.trace.copies == 1
         await recorder.delete(if_unused=False, if_empty=False)
         await bus.publish(role, b"two", exchange=SET_EXCHANGE)  # its copy is returned
-        assert not bus.trace.recording
+        await until(lambda: not bus.trace.recording)  # the return arrives asynchronously
         await bus.publish(role, b"three", exchange=SET_EXCHANGE)  # no probe due: no copy
         assert bus.trace.copies == 1
     finally:

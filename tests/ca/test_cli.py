@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from actors.ca import cli
-from tests.ca.conftest import CA_IDENTITY, CAEnv
+from tests.fixtures_ca import CA_IDENTITY, CAEnv
 
 
 def run(ca_env: CAEnv, *argv: str) -> int:

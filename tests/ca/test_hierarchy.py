@@ -10,7 +10,7 @@ from actors.ca.hierarchy import export_pem, init_hierarchy
 from actors.ca.store import CAStore
 from protocol import ids
 from protocol.certs import CertType, KeyUse, set_extension
-from tests.ca.conftest import CAEnv
+from tests.fixtures_ca import CAEnv
 
 
 def test_hierarchy_has_every_ca(ca_env: CAEnv) -> None:

@@ -20,9 +20,9 @@ from protocol import pan
 from protocol.certs import CertType, public_key_of, set_extension
 from protocol.messages import EntityKind, IDData
 from setpay.config import Settings
-from tests.ca.conftest import CAEnv, files_bytes, new_key, start_ca, stop_ca
 from tests.ca.test_registration import GATEWAY_FORM, MERCHANT_FORM, openssl_verify
 from tests.fixtures_broker import make_vhost
+from tests.fixtures_ca import CAEnv, files_bytes, new_key, start_ca, stop_ca
 from tests.fixtures_keystore import start_deployment
 
 PAN = "5555555555554444"  # beta BIN 555555

@@ -37,7 +37,7 @@ from protocol.messages import (
     RegFormRes,
 )
 from protocol.signed import sign_data
-from tests.ca.conftest import CAEnv, files_bytes, new_key
+from tests.fixtures_ca import CAEnv, files_bytes, new_key
 
 REVIEWED = {"merchant_id": "M-7995", "merchant_name": "Lucky Bets", "mcc": "7995"}
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from actors.ca.requester import register_cardholder
 from protocol import pan
 from protocol.certs import CertType, set_extension
-from tests.ca.conftest import CA_IDENTITY, CAEnv, new_key
+from tests.fixtures_ca import CA_IDENTITY, CAEnv, new_key
 
 ROOT = Path(__file__).resolve().parents[2]
 PAN = "4111111111111111"

@@ -46,7 +46,7 @@ from protocol.messages import (
 from protocol.signed import SignedData
 from protocol.treatments import make_enc
 from protocol.wrapper import decode_message, encode_message, make_header
-from tests.ca.conftest import CAEnv, new_key
+from tests.fixtures_ca import CAEnv, new_key
 
 PAN = "4000000000000002"  # alpha BIN 400000
 EXPIRY = "3101"

@@ -32,7 +32,7 @@ from protocol.messages import (
     EntityKind,
     IDData,
 )
-from tests.ca.conftest import CAEnv, files_bytes, new_key
+from tests.fixtures_ca import CAEnv, files_bytes, new_key
 
 PAN = "4111111111111111"  # alpha BIN 411111, Luhn-valid
 EXPIRY = "3012"

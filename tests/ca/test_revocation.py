@@ -33,7 +33,7 @@ from protocol.messages import (
 )
 from protocol.revocation import RevocationState, open_bci
 from protocol.wrapper import decode_message, encode_message, make_header
-from tests.ca.conftest import CAEnv, new_key
+from tests.fixtures_ca import CAEnv, new_key
 
 FORM = {"merchant_id": "M-3001", "merchant_name": "Revoked Books", "mcc": "5942"}
 

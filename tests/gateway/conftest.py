@@ -49,7 +49,7 @@ from protocol.messages import (
     TransIDs,
 )
 from protocol.wrapper import decode_message
-from tests.ca.conftest import CAEnv, ca_env, new_key  # noqa: F401 - the session CA fixture
+from tests.fixtures_ca import CAEnv, new_key
 
 MERCHANT_ID = "M-3001"
 BRAND = "alpha"
@@ -240,7 +240,7 @@ def error_code(reply: bytes) -> Any:
 
 @pytest.fixture(scope="session")
 async def gateway_env(
-    ca_env: CAEnv,  # noqa: F811
+    ca_env: CAEnv,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[GatewayEnv]:
     from tests.issuer.softsecurity import SoftIssuerSecurity

@@ -46,8 +46,7 @@ from protocol.messages import (
     ResponseData,
 )
 from protocol.wrapper import decode_message
-from tests.ca.conftest import *  # noqa: F403
-from tests.ca.conftest import CAEnv
+from tests.fixtures_ca import CAEnv
 
 MERCHANT_ID = "M-3001"
 GATEWAY_ROUTE = "gateway.ptest"

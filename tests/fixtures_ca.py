@@ -26,8 +26,6 @@ from keystore.client import KeystoreClient
 from protocol import ids
 from protocol.keys import PrivateKey, get_suite
 from setpay.config import Settings
-from tests.fixtures_broker import *  # noqa: F403
-from tests.fixtures_keystore import *  # noqa: F403
 from tests.fixtures_keystore import KeystoreDeployment
 
 CA_IDENTITY = "ca.main"
