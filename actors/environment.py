@@ -231,49 +231,6 @@ def _start_roles(settings: Settings, roles: tuple[str, ...]) -> None:
     raise SetupError(f"not ready within {READY_TIMEOUT:g}s: {', '.join(late)} (see run/)")
 
 
-# The thin-client API queues (actors/wallet/api.py, actors/merchant/api.py) per identity.
-API_QUEUES = {f"wallet.{WALLET_INSTANCE}": f"wallet.{WALLET_INSTANCE}.api",
-              f"merchant.{POS_INSTANCE}": f"merchant.{POS_INSTANCE}.api"}  # fmt: skip
-
-
-async def _declare_reply_queues(settings: Settings) -> None:
-    """Declare and bind, as the admin, the extra ``set.<role>.<name>`` reply queues the
-    definitions list: an identity may not bind to ``setpay.set`` itself. (Stopgap until
-    `broker init` declares them.)"""
-    from broker.connection import connect
-    from broker.provision import load_definitions
-    from broker.topology import declare_actor
-
-    bus = await connect(client_url(settings), name="setpay-environment")
-    try:
-        channel = await bus.channel(confirms=False)
-        for identity in load_definitions().identities:
-            for queue in identity.queues:
-                prefix = f"set.{identity.role}."
-                if queue.startswith(prefix):
-                    await declare_actor(channel, identity.role, queue[len(prefix):],
-                                        passive=False)  # fmt: skip
-    finally:
-        await bus.close()
-
-
-def _grant_api_queues(settings: Settings) -> None:
-    """Let the wallet and POS identities serve their API queues. (Stopgap until
-    deploy/rabbitmq/definitions.toml lists them; a no-op once it does.)"""
-    import re
-
-    from broker import admin
-
-    granted = admin.list_permissions(settings.broker_vhost)
-    for user, queue in API_QUEUES.items():
-        perms = granted.get(user)
-        if perms is None or re.fullmatch(perms[2], queue):
-            continue
-        extra = re.escape(queue)
-        admin.set_permissions(settings.broker_vhost, user, f"{perms[0][:-2]}|{extra})$",
-                              perms[1], f"{perms[2][:-2]}|{extra})$")  # fmt: skip
-
-
 def _root_der(settings: Settings) -> bytes:
     from actors.ca.hierarchy import Hierarchy
     from actors.ca.store import CAStore
@@ -375,8 +332,6 @@ def ensure(settings: Settings, say: Callable[[str], None] = print) -> Environmen
     _setpay(settings, "keystore", "init")
     say("keystore: token ready")
     _setpay(settings, "broker", "init")
-    asyncio.run(_declare_reply_queues(settings))
-    _grant_api_queues(settings)
     say("broker: vhost, identities and permissions applied")
     for label, kind in ((f"issuer.{ISSUER_INSTANCE}/issuer-pan-index", "hmac-sha256"),
                         (f"issuer.{ISSUER_INSTANCE}/issuer-pvk", "hmac-sha256"),

@@ -36,7 +36,7 @@ ROLES: dict[str, str] = {
     "keystore": "keystore.process:main",
     "ca": "actors.ca:main",
     "gateway": "actors.gateway:main",
-    "issuer": "actors.issuer:main",
+    "issuer": "actors.issuer.service:main",
     "merchant": "actors.merchant:main",
     "wallet": "actors.wallet:main",
     "echo": "actors.runtime_echo:main",

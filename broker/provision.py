@@ -199,6 +199,14 @@ async def _apply_topology(report: Report, defs: Definitions, url: str) -> None:
             declared = await declare_actor(channel, identity.role, identity.instance,
                                            passive=False)
             queues += [declared.role.name, declared.instance.name]
+            # Extra `set.<role>.<name>` queues (reply queues) are declared and bound here, as
+            # the admin: identities may not bind to the shared SET exchange themselves.
+            prefix = f"set.{identity.role}."
+            for extra in identity.queues:
+                if extra.startswith(prefix):
+                    more = await declare_actor(channel, identity.role, extra[len(prefix):],
+                                               passive=False)
+                    queues.append(more.instance.name)
     finally:
         await bus.close()
     for name in COMMON_EXCHANGES:
