@@ -37,6 +37,7 @@ from actors import payment_wire as pw
 from actors.ca.hierarchy import to_dt
 from actors.gateway.identity import GatewayIdentity
 from actors.gateway.ledger import Entry, Ledger, NewAuth, Outcome, PiUsed
+from actors.gateway.trust import RevocationCache
 from actors.issuer import spec
 from actors.issuer.codes import ResponseCode
 from actors.issuer.link import IsoLink, LinkRequest
@@ -151,8 +152,15 @@ class GatewayService:
         zpk_label: str | None = None,
         clock: ids.Clock | None = None,
         window_ms: int = ids.DEFAULT_WINDOW_MS,
+        trust: RevocationCache | None = None,
+        require_bci: bool = False,
     ) -> None:
         self.identity = identity
+        # Revocation (actors/gateway/trust.py): the BCI/CRLs held beside the ledger. Without a
+        # BCI held, ``require_bci`` refuses (missingCertificate); otherwise CRLs are skipped
+        # until the operator's refresh brings one (see trust.refresh_from_ca).
+        self.trust = trust or RevocationCache(ledger.path.parent / "trust.sqlite", identity.root)
+        self.require_bci = require_bci
         self.pi_opener: PiOpenerFactory = pi_opener or (lambda _use_key: kx_key)
         self.zpk_label = zpk_label
         self.sig_key = sig_key
@@ -221,13 +229,17 @@ class GatewayService:
     def _validate(
         self, cert: x509.Certificate, pool: list[x509.Certificate], expect: Expect
     ) -> None:
+        now_ms = self.clock.now_ms()
+        revocation = self.trust.state(self.identity.brand, now_ms)
+        if revocation is None and self.require_bci:
+            raise ProtocolError(ErrorCode.MISSING_CERTIFICATE, "gateway holds no BCI")
         validate_path(
             cert,
             pool,
             root=self.identity.root,
-            now=_dt(self.clock.now_ms()),
+            now=_dt(now_ms),
             expect=expect,
-            revocation=None,
+            revocation=revocation,
         )
 
     async def _check(self, header: MessageHeader, req: AuthReq) -> Checked:

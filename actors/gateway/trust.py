@@ -1,0 +1,289 @@
+"""A party's revocation cache: the current BCI of each brand and the CRLs it names (SQLite).
+
+Rule 1: a BCI is taken only after its Brand CA certificate validates to the trusted root and
+the BCI verifies under it (``protocol.revocation.open_bci``); a forged or expired one raises
+``ProtocolError`` and changes nothing, not even the CRLs offered beside it.
+Rule 2: a verified BCI with a higher sequence than the one held replaces it (and the CRLs the
+new one does not name are dropped); a lower or equal sequence is stale and ignored. CRLs are
+kept only when the held BCI names their number; each is verified under its issuer when a path
+uses it (``RevocationState.check``), and a named CRL not held is ``missingCertificate``.
+Rule 3: everything arrives through ``offer`` — from CA responses (``refresh_from_ca``, the
+operator's path), and from certificates/CRLs/BCIs attached to SET messages; the cache is
+stored with its thumbprints (SHA-256 of the exact bytes) so peers can be told what is held.
+Rule 4: ``state`` re-reads the database when another connection (the operator's CLI) changed
+it, and checks the BCI's validity window at every use.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Final
+
+from cryptography import x509
+
+from actors.ca.hierarchy import to_dt
+from actors.ca.requester import CAClient, me_aq_init
+from protocol import codec, primitives
+from protocol.certs import (
+    CertType,
+    KeyUse,
+    cert_thumbprint,
+    certificate_der,
+    load_certificate,
+    set_extension,
+)
+from protocol.chain import Expect, validate_path
+from protocol.errors import ErrorCode, ProtocolError
+from protocol.messages import EntityKind, IDData
+from protocol.revocation import Bci, RevocationState, bci_thumbprint, crl_number, open_bci
+from protocol.signed import SignedData
+from setpay.logs import get_logger
+
+log = get_logger(component="trust")
+
+SCHEMA_VERSION: Final = 1
+MAX_CRLS_PER_BRAND: Final = 64  # the BCI names one per CA; room for bad copies, bounded
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS trust_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS trust_bci (
+    brand TEXT PRIMARY KEY, sequence INTEGER NOT NULL, thumb BLOB NOT NULL,
+    bci BLOB NOT NULL, brand_cert BLOB NOT NULL, updated INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS trust_crl (
+    thumb BLOB PRIMARY KEY, brand TEXT NOT NULL, number INTEGER NOT NULL,
+    crl BLOB NOT NULL, added INTEGER NOT NULL);
+"""
+
+
+class Offered(Enum):
+    """What ``offer`` did with a BCI."""
+
+    REPLACED = "replaced"  # newer than the one held (or the first one): now current
+    CURRENT = "current"  # the very BCI held
+    STALE = "stale"  # older or same sequence, other bytes: ignored
+    NONE = "none"  # no BCI offered (CRLs only)
+
+
+@dataclass(frozen=True)
+class Held:
+    """The current BCI of one brand, its Brand CA certificate and the CRLs held for it."""
+
+    brand: str
+    sequence: int
+    bci: bytes
+    brand_cert: x509.Certificate
+    crls: tuple[bytes, ...]
+
+    def thumbs(self) -> list[bytes]:
+        """Thumbprints of the BCI and CRLs held (for a request's ``Thumbs``)."""
+        return [bci_thumbprint(self.bci), *(primitives.thumbprint(c) for c in self.crls)]
+
+
+def _signer_of(bci: bytes) -> bytes:
+    return codec.decode(SignedData, bci).signer
+
+
+def _crl_number_of(der: bytes) -> int | None:
+    try:
+        return crl_number(x509.load_der_x509_crl(der))
+    except (ValueError, ProtocolError):
+        return None  # garbage cannot be a CRL a BCI names
+
+
+class RevocationCache:
+    """Current BCI + CRLs per brand for one party, in SQLite (Rules 1-4)."""
+
+    def __init__(self, path: Path, root: x509.Certificate) -> None:
+        self.path = path
+        self.root = root
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, isolation_level=None, timeout=10.0)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+        self._db.execute(
+            "INSERT OR IGNORE INTO trust_meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+        )
+        self._states: dict[str, tuple[int, RevocationState]] = {}
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # -- reading --------------------------------------------------------------------------------
+
+    def held(self, brand: str) -> Held | None:
+        """The BCI and CRLs held for ``brand``, or None."""
+        row = self._db.execute(
+            "SELECT sequence, bci, brand_cert FROM trust_bci WHERE brand = ?", (brand,)
+        ).fetchone()
+        if row is None:
+            return None
+        crls = tuple(
+            r[0]
+            for r in self._db.execute(
+                "SELECT crl FROM trust_crl WHERE brand = ? ORDER BY added, thumb", (brand,)
+            )
+        )
+        return Held(brand, int(row[0]), bytes(row[1]), load_certificate(bytes(row[2])), crls)
+
+    def state(self, brand: str, now_ms: int) -> RevocationState | None:
+        """The revocation view of ``brand`` for chain validation; None if no BCI is held.
+        An expired BCI raises ``ProtocolError(expiredCertificate)`` (refresh it)."""
+        version = int(self._db.execute("PRAGMA data_version").fetchone()[0])
+        cached = self._states.get(brand)
+        if cached is not None and cached[0] == version:
+            bci = cached[1].bci
+            if not bci.not_before <= now_ms <= bci.not_after:
+                raise ProtocolError(ErrorCode.EXPIRED_CERTIFICATE, "BCI outside its validity")
+            return cached[1]
+        held = self.held(brand)
+        if held is None:
+            return None
+        state = RevocationState.load(held.bci, held.brand_cert, held.crls, to_dt(now_ms))
+        self._states[brand] = (version, state)
+        return state
+
+    # -- offering -------------------------------------------------------------------------------
+
+    def _brand_cert(
+        self, bci: bytes, candidates: Iterable[x509.Certificate], now_ms: int
+    ) -> x509.Certificate:
+        signer = _signer_of(bci)
+        for cert in candidates:
+            if cert_thumbprint(cert) != signer:
+                continue
+            ext = set_extension(cert)
+            validate_path(
+                cert,
+                [],
+                root=self.root,
+                now=to_dt(now_ms),
+                expect=Expect(CertType.BRAND, KeyUse.SIGNATURE, ext.brand),
+                revocation=None,
+            )
+            return cert
+        raise ProtocolError(ErrorCode.MISSING_CERTIFICATE, "Brand CA certificate of the BCI absent")
+
+    def offer(
+        self,
+        certs: Iterable[x509.Certificate],
+        bci: bytes | None,
+        crls: Iterable[bytes],
+        now_ms: int,
+    ) -> Offered:
+        """Take what a message or CA response brought (Rules 1, 2). ``certs``: certificates
+        that came with it (the Brand CA certificate of the BCI among them, or already held).
+        Raises ``ProtocolError`` for a BCI that does not verify; nothing is stored then."""
+        crl_list = list(crls)
+        if bci is None:
+            for brand in [r[0] for r in self._db.execute("SELECT brand FROM trust_bci")]:
+                held = self.held(brand)
+                assert held is not None
+                self._add_crls(held, crl_list, now_ms)
+            return Offered.NONE
+        candidates = list(certs)
+        signer = _signer_of(bci)
+        for row in self._db.execute("SELECT brand_cert FROM trust_bci"):
+            cert = load_certificate(bytes(row[0]))
+            if cert_thumbprint(cert) == signer:
+                candidates.append(cert)
+        brand_cert = self._brand_cert(bci, candidates, now_ms)
+        new = open_bci(bci, brand_cert, to_dt(now_ms))  # forged or expired: raises, no change
+        held = self.held(new.brand)
+        if held is not None and bci_thumbprint(held.bci) == bci_thumbprint(bci):
+            self._add_crls(held, crl_list, now_ms)
+            return Offered.CURRENT
+        if held is not None and new.sequence <= held.sequence:
+            log.info("trust_bci_stale", brand=new.brand, offered=new.sequence, held=held.sequence)
+            self._add_crls(held, crl_list, now_ms)
+            return Offered.STALE
+        self._replace(new, bci, brand_cert, crl_list, now_ms)
+        log.info(
+            "trust_bci_replaced",
+            brand=new.brand,
+            sequence=new.sequence,
+            previous=None if held is None else held.sequence,
+        )
+        return Offered.REPLACED
+
+    def _replace(
+        self, new: Bci, bci: bytes, brand_cert: x509.Certificate, crls: list[bytes], now_ms: int
+    ) -> None:
+        numbers = {entry.number for entry in new.crls}
+        self._states.pop(new.brand, None)  # our own commits do not move data_version
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO trust_bci VALUES (?,?,?,?,?,?)",
+                (
+                    new.brand,
+                    new.sequence,
+                    bci_thumbprint(bci),
+                    bci,
+                    certificate_der(brand_cert),
+                    now_ms,
+                ),
+            )
+            for thumb, number in db.execute(
+                "SELECT thumb, number FROM trust_crl WHERE brand = ?", (new.brand,)
+            ).fetchall():
+                if number not in numbers:
+                    db.execute("DELETE FROM trust_crl WHERE thumb = ?", (thumb,))
+            self._insert_crls(db, new.brand, numbers, crls, now_ms)
+
+    def _add_crls(self, held: Held, crls: list[bytes], now_ms: int) -> int:
+        if not crls:
+            return 0
+        bci = codec.decode(Bci, codec.decode(SignedData, held.bci).content)  # verified on entry
+        self._states.pop(held.brand, None)
+        with self._tx() as db:
+            return self._insert_crls(db, held.brand, {e.number for e in bci.crls}, crls, now_ms)
+
+    @staticmethod
+    def _insert_crls(
+        db: sqlite3.Connection, brand: str, numbers: set[int], crls: list[bytes], now_ms: int
+    ) -> int:
+        count = int(
+            db.execute("SELECT COUNT(*) FROM trust_crl WHERE brand = ?", (brand,)).fetchone()[0]
+        )
+        added = 0
+        for der in crls:
+            number = _crl_number_of(der)
+            if number is None or number not in numbers or count >= MAX_CRLS_PER_BRAND:
+                continue
+            cur = db.execute(
+                "INSERT OR IGNORE INTO trust_crl VALUES (?,?,?,?,?)",
+                (primitives.thumbprint(der), brand, number, der, now_ms),
+            )
+            added += cur.rowcount
+            count += cur.rowcount
+        return added
+
+
+async def refresh_from_ca(
+    client: CAClient,
+    cache: RevocationCache,
+    *,
+    brand: str,
+    requester: EntityKind,
+    id_data: IDData,
+) -> Offered:
+    """The operator's refresh: ask the brand's MCA/PCA (Me-AqCInit) for its current BCI and
+    CRLs, checked to the root by the requester, and offer them to ``cache``."""
+    view, _ = await me_aq_init(
+        client, root=cache.root, brand=brand, requester=requester, id_data=id_data
+    )
+    return cache.offer([view.brand_cert], view.bci, view.crls, client.clock.now_ms())

@@ -1,0 +1,222 @@
+"""Revocation at the gateway over real RabbitMQ, SoftHSM2, the CA and the issuer host.
+
+A certificate the CA revoked is refused (SET Error revokedCertificate, nothing stored) once the
+gateway holds the BCI and CRL published with the revocation, and accepted before; a newer BCI
+replaces an older one, an older or forged one changes nothing, and a CRL the BCI names but the
+gateway lacks is missingCertificate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from actors.ca.hierarchy import ca_name, to_dt
+from actors.ca.requester import CAClient, register_cardholder, register_entity
+from actors.gateway.service import rrn_of
+from actors.gateway.trust import Offered, RevocationCache, refresh_from_ca
+from protocol import codec, ids, pan
+from protocol.certs import CertType, KeyUse, cert_thumbprint
+from protocol.chain import Expect, validate_path
+from protocol.errors import ErrorCode, ProtocolError
+from protocol.messages import AuthCode, EntityKind, IDData
+from protocol.revocation import BCI_CONTENT_TYPE, BCI_VERSION, Bci
+from protocol.signed import sign_data
+from tests.fixtures_ca import new_key
+from tests.gateway.conftest import ACCOUNTS, BRAND, MERCHANT_ID, Card, GatewayEnv, error_code
+from tests.softkeys import SoftKey
+
+
+def now_ms() -> int:
+    return ids.SystemClock().now_ms()
+
+
+@dataclass
+class Ops:
+    """The gateway operator's CA link (refresh) and a wallet/merchant identity for new certs."""
+
+    gw_client: CAClient
+    wallet: CAClient
+    wallet_keys: Any
+    merchant: CAClient
+    merchant_keys: Any
+
+    async def refresh(self, cache: RevocationCache) -> Offered:
+        return await refresh_from_ca(
+            self.gw_client, cache, brand=BRAND, requester=EntityKind.GATEWAY,
+            id_data=IDData(None, "411111", "P-3001"),
+        )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+async def ops(gateway_env: GatewayEnv) -> AsyncIterator[Ops]:
+    gw_client, gw_keys = await gateway_env.ca.requester("gateway.gwrev")
+    wallet, wallet_keys = await gateway_env.ca.requester("wallet.wrev")
+    merchant, merchant_keys = await gateway_env.ca.requester("merchant.mrev")
+    try:
+        yield Ops(gw_client, wallet, wallet_keys, merchant, merchant_keys)
+    finally:
+        for client in (gw_client, wallet, merchant):
+            await client.close()
+        for keys in (gw_keys, wallet_keys, merchant_keys):
+            await keys.close()
+
+
+@pytest.fixture
+async def trust(gateway_env: GatewayEnv, tmp_path: Path) -> AsyncIterator[RevocationCache]:
+    """A fresh revocation cache put into the running gateway for one test."""
+    service = gateway_env.actor.service
+    assert service is not None
+    cache = RevocationCache(tmp_path / "trust.sqlite", gateway_env.ca.root)
+    saved = service.trust
+    service.trust = cache
+    try:
+        yield cache
+    finally:
+        service.trust = saved
+        cache.close()
+
+
+async def _approved(env: GatewayEnv, card: str, amount: int) -> None:
+    p = await env.purchase(card, amount)
+    res, _ = await env.authorize(p, card)
+    assert res.payload.auth_code is AuthCode.APPROVED
+
+
+async def _refused(env: GatewayEnv, card: str, amount: int) -> ErrorCode:
+    """The gateway's Error code for a purchase; asserts nothing was recorded or sent on."""
+    ledger = env.actor.ledger
+    assert ledger is not None
+    before = ledger.count()
+    p = await env.purchase(card, amount)
+    _, reply = await env.send(await env.wrap(p.data, p.pi, card))
+    assert ledger.count() == before
+    assert env.host_count(rrn_of(p.data.auth_tags.rrpid)) == 0
+    return error_code(reply)  # type: ignore[no-any-return]
+
+
+async def test_revoked_cardholder_refused_once_gateway_holds_new_bci(
+    gateway_env: GatewayEnv, ops: Ops, trust: RevocationCache
+) -> None:
+    account = ACCOUNTS["ok"]
+    key = await new_key(ops.wallet_keys, "card-rev")
+    expiry = gateway_env.cards["ok"].expiry
+    reg = await register_cardholder(
+        ops.wallet, root=gateway_env.ca.root, brand=BRAND,
+        account=pan.Account(pan.AccountKind.CARD, account.reference), expiry=expiry, key=key,
+        values={"name": "Taro Revoked", "postal_code": "100-0001"},
+    )  # fmt: skip
+    gateway_env.cards["rev"] = Card(
+        key, reg.cert, list(reg.chain), account.reference, expiry, reg.pan_secret
+    )
+    assert await ops.refresh(trust) is Offered.REPLACED
+    held = trust.held(BRAND)
+    assert held is not None
+    await _approved(gateway_env, "rev", 1_200)
+
+    assert await gateway_env.ca.hierarchy.revoke(reg.cert.serial_number, "keyCompromise", now_ms())
+    # Until the new BCI reaches it the gateway cannot know (the old one is still in date).
+    await _approved(gateway_env, "rev", 1_300)
+    assert await ops.refresh(trust) is Offered.REPLACED
+    newer = trust.held(BRAND)
+    assert newer is not None and newer.sequence == held.sequence + 1
+    assert await _refused(gateway_env, "rev", 1_400) is ErrorCode.REVOKED_CERTIFICATE
+    # Other cardholders of the same CCA are still served under the new BCI.
+    await _approved(gateway_env, "ok", 1_500)
+    # The same BCI again is current, not a change.
+    assert await ops.refresh(trust) is Offered.CURRENT
+
+
+async def test_revoked_merchant_refused(
+    gateway_env: GatewayEnv, ops: Ops, trust: RevocationCache
+) -> None:
+    sig = await new_key(ops.merchant_keys, "sig-rev")
+    kx = await new_key(ops.merchant_keys, "kx-rev", exchange=True)
+    reg = await register_entity(
+        ops.merchant, root=gateway_env.ca.root, brand=BRAND, requester=EntityKind.MERCHANT,
+        id_data=IDData(MERCHANT_ID, "411111", None), sig_key=sig, kx_key=kx,
+        values={"merchant_id": MERCHANT_ID, "merchant_name": "Example Books", "mcc": "5942"},
+    )  # fmt: skip
+    env = dataclasses.replace(
+        gateway_env, m_sig=sig, m_kx=kx, m_certs=[reg.sig_cert, reg.kx_cert, *reg.chain]
+    )
+    await ops.refresh(trust)
+    await _approved(env, "ok", 1_100)
+    assert await gateway_env.ca.hierarchy.revoke(reg.sig_cert.serial_number, "superseded", now_ms())
+    assert await ops.refresh(trust) is Offered.REPLACED
+    assert await _refused(env, "ok", 1_100) is ErrorCode.REVOKED_CERTIFICATE
+    await _approved(gateway_env, "ok", 1_100)  # the merchant's other certificate holder
+
+
+async def test_stale_bci_ignored_forged_refused_missing_crl(
+    gateway_env: GatewayEnv, ops: Ops, trust: RevocationCache, tmp_path: Path
+) -> None:
+    ca = gateway_env.ca
+    await ops.refresh(trust)
+    old = trust.held(BRAND)
+    assert old is not None
+    brand_cert = ca.hierarchy.cert(ca_name(BRAND, "brand"))
+    # A new CRL of the CCA and a new BCI, nothing revoked: the operator's refresh takes it.
+    await ca.hierarchy.publish_revocation([ca_name(BRAND, "cca")], [BRAND], now_ms())
+    assert await ops.refresh(trust) is Offered.REPLACED
+    new = trust.held(BRAND)
+    assert new is not None and new.sequence == old.sequence + 1
+    # The older BCI arriving later (a peer that was not refreshed) changes nothing.
+    assert trust.offer([brand_cert], old.bci, old.crls, now_ms()) is Offered.STALE
+    assert trust.held(BRAND) == new
+
+    # A forged BCI with a far higher sequence: signed by a key that is not the Brand CA's.
+    forged_bci = Bci(
+        BCI_VERSION, new.sequence + 100, BRAND, now_ms() - 1000, now_ms() + 86_400_000, []
+    )
+    signed = await sign_data(
+        SoftKey(), cert_thumbprint(brand_cert), BCI_CONTENT_TYPE, codec.encode(forged_bci)
+    )
+    with pytest.raises(ProtocolError) as info:
+        trust.offer([brand_cert], codec.encode(signed), [], now_ms())
+    assert info.value.code is ErrorCode.SIGNATURE_FAILURE
+    # A genuine BCI with one byte of its signature changed.
+    tampered = bytearray(new.bci)
+    tampered[-5] ^= 0x01
+    with pytest.raises(ProtocolError) as info:
+        trust.offer([brand_cert], bytes(tampered), [], now_ms())
+    assert info.value.code is ErrorCode.SIGNATURE_FAILURE
+    assert trust.held(BRAND) == new
+
+    # Holding the new BCI without the CRLs it names: missingCertificate, until they arrive.
+    card = gateway_env.cards["ok"]
+    bare = RevocationCache(tmp_path / "bare.sqlite", ca.root)
+    try:
+        assert bare.offer([brand_cert], new.bci, [], now_ms()) is Offered.REPLACED
+        state = bare.state(BRAND, now_ms())
+        expect = Expect(CertType.CARDHOLDER, KeyUse.SIGNATURE, BRAND)
+        with pytest.raises(ProtocolError) as info:
+            validate_path(
+                card.cert, card.chain, root=ca.root, now=to_dt(now_ms()), expect=expect,
+                revocation=state,
+            )  # fmt: skip
+        assert info.value.code is ErrorCode.MISSING_CERTIFICATE
+        assert bare.offer([], None, new.crls, now_ms()) is Offered.NONE
+        validate_path(
+            card.cert, card.chain, root=ca.root, now=to_dt(now_ms()), expect=expect,
+            revocation=bare.state(BRAND, now_ms()),
+        )  # fmt: skip
+    finally:
+        bare.close()
+
+
+async def test_require_bci_refuses_without_one(
+    gateway_env: GatewayEnv, trust: RevocationCache
+) -> None:
+    service = gateway_env.actor.service
+    assert service is not None and trust.held(BRAND) is None
+    service.require_bci = True
+    try:
+        assert await _refused(gateway_env, "ok", 1_000) is ErrorCode.MISSING_CERTIFICATE
+    finally:
+        service.require_bci = False
