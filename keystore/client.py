@@ -134,10 +134,11 @@ class KeystoreClient:
         zpk_label: str | None = None,
         use_key: bytes | None = None,
         oaep_hash: m.OaepHash = m.OaepHash.SHA1,
+        pin_seal: bytes | None = None,
     ) -> OpenedAccount:
-        """Open a PI envelope's wrap with key-exchange key ``label``; a PIN block comes back
-        only as format 4 under zone key ``zpk_label`` (gateway role)."""
-        record = m.OpenPiAccount(label, zpk_label, kind, envelope, oaep_hash, use_key)
+        """Open a PI envelope's wrap with key-exchange key ``label``; the PIN in ``pin_seal``
+        comes back only as format 4 under zone key ``zpk_label`` (gateway role)."""
+        record = m.OpenPiAccount(label, zpk_label, kind, envelope, oaep_hash, use_key, pin_seal)
         opened: OpenedAccount = await self._call(m.Op.OPEN_PI_ACCOUNT, record)
         return opened
 
@@ -257,10 +258,12 @@ class HsmAccountOpener:
         self.use_key = use_key
         self.oaep_hash = oaep_hash
 
-    async def open_pi_account(self, kind: PIKind, envelope: bytes) -> OpenedAccount:
+    async def open_pi_account(
+        self, kind: PIKind, envelope: bytes, pin_seal: bytes | None = None
+    ) -> OpenedAccount:
         try:
             return await self.client.open_pi_account(
-                self.label, kind, envelope, self.zpk_label, self.use_key, self.oaep_hash
+                self.label, kind, envelope, self.zpk_label, self.use_key, self.oaep_hash, pin_seal
             )
         except DecryptionFailed:
             raise ProtocolError(ErrorCode.DECRYPTION_FAILURE, "PI wrap does not open") from None

@@ -144,9 +144,10 @@ PinBlock4 = Annotated[bytes, Size(16)]  # ISO 9564 format 4 under the ZPK
 
 @dataclass(frozen=True, slots=True)
 class OpenPiAccount:
-    """Open the wrap of a PI envelope with key-exchange key ``label``; a PIN block is
-    translated to format 4 under ``zpk_label``. ``use_key`` (e.g. H(XID, RRPID)) lets the
-    same caller re-open the same PIN-bearing PI for the same transaction after a crash."""
+    """Open the wrap of a PI envelope with key-exchange key ``label``; the PIN seal the PI
+    names is opened and its block translated to format 4 under ``zpk_label``.
+    ``use_key`` (e.g. H(XID, RRPID)) lets the same caller re-open the same PIN-bearing PI
+    for the same transaction after a crash."""
 
     label: Label
     zpk_label: Label | None
@@ -154,6 +155,7 @@ class OpenPiAccount:
     envelope: Annotated[bytes, MaxLen(65_536)]
     oaep_hash: OaepHash
     use_key: Bytes32 | None
+    pin_seal: Annotated[bytes, MaxLen(4096)] | None = None  # OPE: the thin client's seal
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,8 +6,10 @@ thread; results are a format 4 block under the ZPK, a PVV, or a yes/no. (Python 
 Rule 2: every cipher step under the ZPK runs in the token (CKM_AES_ECB); the PVV is
 CKM_SHA256_HMAC under the PVK, truncated to ``pin.PVV_BYTES``. No key is exported.
 Rule 3: ``open_pi_account`` answers with ``dualsig.OpenedAccount``: bulk key, [H(t)], DD(p),
-PANData and the translated block; a PIN-bearing PI is claimed in the used-PI register after
-every check passed, so a refused request changes nothing.
+PANData and the translated block (the thin client's PIN seal, named by its digest in p, is
+opened here with the same key-exchange key for the XID of the PI's own PIHead); a
+PIN-bearing PI is claimed in the used-PI register after every check passed, so a refused
+request changes nothing.
 Rule 4: protocol failures map to faults without detail that could leak data: a PIN block
 that does not decode is ``InvalidPinBlock``; a wrap that does not open is ``DecryptionFailed``.
 """
@@ -59,16 +61,26 @@ def open_pi_account(
         secret = hsm.derive(r.label, wrap.ephemeral, info_bytes, 2 * keywrap.KEY_BYTES)
     zpk = r.zpk_label
 
-    def translate(block: bytes, number: str) -> bytes:
+    def open_pin(xid: bytes, sealed: bytes, number: str) -> bytes:
         if zpk is None:
             raise BadRequest("a PIN-bearing PI needs a zpk_label")
+        seal = pin.seal_wrap(sealed, xid)
+        if seal.recipient != wrap.recipient:
+            raise ProtocolError(ErrorCode.DECRYPTION_FAILURE, "PIN seal for another gateway")
+        keywrap.check_wrap_shape(key_type, seal.ephemeral)
+        if key_type is KeyType.RSA:
+            seal_secret = hsm.decrypt(r.label, seal.key_block, r.oaep_hash)
+        else:
+            seal_info = keywrap.ec_info(seal.context, seal.ephemeral)
+            seal_secret = hsm.derive(r.label, seal.ephemeral, seal_info, 2 * keywrap.KEY_BYTES)
+        block = pin.finish_open_seal(key_type, seal, seal_secret)
         return pin.translate_to_format4(block, number, _encrypt(hsm, zpk))
 
     try:
         unwrapped = keywrap.finish_unwrap(
             key_type, wrap.context, wrap.key_block, secret, wrap.with_digest, True
         )
-        opened = dualsig.open_account(r.kind, wrap, unwrapped, translate)
+        opened = dualsig.open_account(r.kind, wrap, unwrapped, r.pin_seal, open_pin)
     except ProtocolError as exc:
         raise _fault(exc) from None
     if opened.pin_block is not None:

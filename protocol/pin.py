@@ -6,10 +6,13 @@ Rule 3: a PIN block is bound to its account number; decoding with another accoun
 (format 0: the structure breaks; format 4: the fill check fails) with ``invalidField``.
 Rule 4: format 4 is computed over a ``BlockCipher`` (one AES block in, one out), so the key
 may stay in a token: the keystore passes CKM_AES_ECB under the ZPK; tests pass key bytes.
-Rule 5: an OPE payment instruction carries a format 0 block (8 bytes): its confidentiality
-comes from the PI's extra-encrypted part, which only the gateway's keystore opens; there it
-is translated (``translate_to_format4``) to format 4 under the ZPK shared with the issuer.
-A 16-byte (format 4) block in a PI is refused: the cardholder shares no AES key with the HSM.
+Rule 5: the cardholder's thin client seals its format 0 block (8 bytes) to the gateway's
+key-exchange certificate (``seal_pin``: content type "PINBlock", the block in the wrap's
+sealed part, context = the purchase's XID), so the server wallet never holds a clear PIN.
+Only the gateway's keystore opens the seal (``seal_wrap`` + ``finish_open_seal`` with the
+token's decrypt/derive) and translates the block (``translate_to_format4``) to format 4
+under the ZPK shared with the issuer. A seal opened for another XID fails to decrypt.
+A 16-byte (format 4) block in a seal is refused: the cardholder shares no AES key with the HSM.
 """
 
 from __future__ import annotations
@@ -23,9 +26,10 @@ from typing import Annotated
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from protocol import codec
+from protocol import codec, envelope, keywrap
 from protocol.codec import MaxLen
 from protocol.errors import ErrorCode, ProtocolError
+from protocol.keys import KeyType, PrivateKey, PublicKey, Suite
 
 _PIN = re.compile(r"[0-9]{4,12}")
 _DIGITS = re.compile(r"[0-9]+")
@@ -210,3 +214,79 @@ def pvv_input(account: str, pin: str) -> bytes:
     validate_pin(pin)
     acct = _account_digits(account).encode("ascii")
     return PVV_LABEL + len(acct).to_bytes(1, "big") + acct + pin.encode("ascii")
+
+
+# --- the thin client's PIN seal (Rule 5) ------------------------------------------------------
+
+PIN_SEAL = "PINBlock"
+_SEAL_TREATMENT = "PIN"
+
+
+@dataclass(frozen=True, slots=True)
+class SealWrap:
+    """The parts of a PIN seal the private-key holder needs, and the context they bind."""
+
+    recipient: bytes
+    context: bytes
+    ephemeral: bytes
+    key_block: bytes
+    nonce: bytes
+    ciphertext: bytes = field(repr=False)
+
+
+async def seal_pin(
+    suite: Suite, gateway_public: PublicKey, gateway: bytes, xid: bytes, pin: str, number: str
+) -> bytes:
+    """Thin client: the format 0 block of ``pin`` for account ``number``, sealed to the
+    gateway key-exchange key (thumbprint ``gateway``) for purchase ``xid`` only."""
+    record = codec.encode(PinBlock(PinBlockFormat.ISO0, encode_format0(pin, number)))
+    return await envelope.seal(
+        suite, gateway_public, gateway, _SEAL_TREATMENT, PIN_SEAL, b"", extra=record, context=xid
+    )
+
+
+def seal_wrap(sealed: bytes, xid: bytes) -> SealWrap:
+    """The wrap of a PIN seal, its context bound to ``xid``; refuses another content type."""
+    env = codec.decode(envelope.Envelope, sealed)
+    if env.content_type != PIN_SEAL:
+        raise ProtocolError(ErrorCode.DECODING_FAILURE, "not a PIN seal")
+    context = envelope.context_bytes(_SEAL_TREATMENT, PIN_SEAL, env.recipient, xid)
+    return SealWrap(
+        env.recipient, context, env.ephemeral, env.key_block, env.nonce, env.ciphertext
+    )
+
+
+def finish_open_seal(key_type: KeyType, wrap: SealWrap, secret: bytes) -> bytes:
+    """The format 0 block of a PIN seal, given the private-key step's ``secret`` (OAEP
+    plaintext or HKDF output, as ``keywrap.finish_unwrap`` takes it). Only a keystore runs
+    this. Raises ``ProtocolError`` (DECRYPTION_FAILURE for another XID or a damaged seal)."""
+    opened = keywrap.finish_unwrap(key_type, wrap.context, wrap.key_block, secret, False, True)
+    if keywrap.aead_open(opened.key, wrap.nonce, wrap.ciphertext, wrap.context) != b"":
+        raise ProtocolError(ErrorCode.DECRYPTION_FAILURE, "PIN seal has an unexpected body")
+    assert opened.extra is not None  # finish_unwrap enforces the block's shape
+    record = codec.decode(PinBlock, opened.extra)
+    if record.format is not PinBlockFormat.ISO0 or len(record.block) != FORMAT0_BYTES:
+        raise _invalid("a PIN seal carries an 8-byte ISO 9564 format 0 PIN block")
+    return record.block
+
+
+async def open_pin_seal(key: PrivateKey, sealed: bytes, xid: bytes) -> bytes:
+    """``finish_open_seal`` with a ``PrivateKey`` (software keys in tests and tools)."""
+    wrap = seal_wrap(sealed, xid)
+    key_type = key.suite.key_type
+    keywrap.check_wrap_shape(key_type, wrap.ephemeral)
+    if key_type is KeyType.RSA:
+        secret = await key.decrypt(wrap.key_block)
+    else:
+        info = keywrap.ec_info(wrap.context, wrap.ephemeral)
+        secret = await key.derive(wrap.ephemeral, info, 2 * keywrap.KEY_BYTES)
+    return finish_open_seal(key_type, wrap, secret)
+
+
+def is_pin_seal_block(extra: bytes) -> bool:
+    """True if a wrap's sealed part is a PIN seal's block (keystore guard for plain decrypt)."""
+    try:
+        codec.decode(PinBlock, extra)
+    except ProtocolError:
+        return False
+    return True

@@ -3,6 +3,8 @@
 Rule 1: the gateway connects as broker user ``gateway.<instance>``; its keys are that
 identity's keys in the keystore (``gateway.<instance>/sig`` and ``/kx``).
 Rule 2: it refuses to start without a registered identity (``setpay gateway register``).
+Rule 4: ``zpk_label`` names the zone PIN key PIN-bearing PIs are translated to (``main``
+uses ``zone.main/zpk`` under the deployment's user prefix); without it OPE debit is refused.
 Rule 3: an AuthReq is acked only after its ledger row and reply are committed; a retryable
 keystore fault propagates, so the message is redelivered and answered once the keystore is
 back (the ledger makes the second pass idempotent).
@@ -17,6 +19,7 @@ from actors.gateway.identity import GatewayIdentity, identity_path, journal_path
 from actors.gateway.ledger import Ledger
 from actors.gateway.service import GatewayService
 from actors.issuer.link import IsoLink
+from actors.issuer.security import ZPK_LABEL
 from actors.issuer.service import DEFAULT_PORT
 from actors.runtime import Actor, Reply
 from broker.consumer import Delivery
@@ -39,6 +42,7 @@ class GatewayActor(Actor):
         issuer_host: str = "127.0.0.1",
         issuer_port: int = DEFAULT_PORT,
         host_deadline: float = 5.0,
+        zpk_label: str | None = None,
         clock: ids.Clock | None = None,
         health_file: Path | None = None,
     ) -> None:
@@ -54,6 +58,7 @@ class GatewayActor(Actor):
         self.issuer_host = issuer_host
         self.issuer_port = issuer_port
         self.host_deadline = host_deadline
+        self.zpk_label = zpk_label
         self.clock = clock
         self.ledger: Ledger | None = None
         self.link: IsoLink | None = None
@@ -77,9 +82,10 @@ class GatewayActor(Actor):
         )
         await self.link.start()
         keystore = self.keystore
+        zpk = self.zpk_label
 
         def pi_opener(use_key: bytes) -> HsmAccountOpener:
-            return HsmAccountOpener(keystore, identity.kx_label, None, use_key=use_key)
+            return HsmAccountOpener(keystore, identity.kx_label, zpk, use_key=use_key)
 
         self.service = GatewayService(
             identity,
@@ -88,6 +94,7 @@ class GatewayActor(Actor):
             self.ledger,
             self.link,
             pi_opener=pi_opener,
+            zpk_label=zpk,
             clock=self.clock,
         )
         self.on(pw.AUTH_REQ_TYPE, self._handle)
@@ -113,5 +120,6 @@ def main(settings: Settings, instance: str, health_file: Path | None = None) -> 
         instance,
         issuer_host=settings.issuer_host,
         issuer_port=settings.issuer_port,
+        zpk_label=f"{settings.broker_user_prefix}{ZPK_LABEL}",
         health_file=health_file,
     )

@@ -16,9 +16,10 @@ reversal) and releases the PI for a new attempt under a new RRPID.
 Rule 4 (OPE hook): PIs open through the keystore's ``open_pi_account`` (an ``AccountOpener``),
 so a PIN block never reaches this process in clear. Without a zone PIN key (``zpk_label``)
 the keystore refuses a PIN-bearing PI and the gateway answers AuthCode ``invalidTransaction``,
-reason ``pinDebitUnavailable``; with one, the format 4 block comes back but PIN debit (0200
-with field 52 to the host) is not wired yet, so the answer is the same. A second opening of a
-PIN-bearing PI refused by the keystore's used-PI register answers ``piPreviouslyUsed``.
+reason ``pinDebitUnavailable``; with one, the format 4 block under the ZPK comes back and goes
+to the host as field 52 of an 0200 (OPE purchases are sales; bank accounts as field 102).
+A bank account without a PIN is refused (``pinRequired``). A second opening of a PIN-bearing
+PI refused by the keystore's used-PI register answers ``piPreviouslyUsed``.
 Rule 5: logs and the ledger name XID, RRPID, codes and amounts, never PAN, expiry or secrets.
 """
 
@@ -125,6 +126,14 @@ class Checked:
     refusal: Refusal | None = None
     pi_head: bytes = b""
     account: pan.PANData | None = field(default=None, repr=False)
+    pin_block: bytes | None = field(default=None, repr=False)  # format 4 under the ZPK
+
+
+def host_account(account: pan.Account) -> str:
+    """The host's account reference: the PAN, or ``bank-branch-number`` (field 102)."""
+    if account.kind is pan.AccountKind.CARD:
+        return account.number
+    return "-".join(part for part in (account.bank_code, account.branch, account.number) if part)
 
 
 def rrn_of(rrpid: bytes) -> str:
@@ -296,14 +305,15 @@ class GatewayService:
                 raise
             checked.refusal = Refusal(AuthCode.PI_PREVIOUSLY_USED, "piUsed")
             return checked
-        if view.pin_block is not None:  # format 4 under the ZPK: PIN debit is not wired yet
-            checked.refusal = Refusal(AuthCode.INVALID_TRANSACTION, PIN_DEBIT_UNAVAILABLE)
-            return checked
         head = codec.decode(PIHead, view.pi_head)
         account = pan.decode_pan_data(view.pan_data)
         checked.pi_head = view.pi_head
         checked.account = account
+        checked.pin_block = view.pin_block
         checked.refusal = self._business(data, head, view.oi_digest, signer, account, ch_cert)
+        if checked.refusal is None and account.account.kind is not pan.AccountKind.CARD:
+            if view.pin_block is None:
+                checked.refusal = Refusal(AuthCode.INVALID_TRANSACTION, "pinRequired")
         return checked
 
     def _merchant_kx(self, certs: list[x509.Certificate], merchant_id: str) -> x509.Certificate:
@@ -359,8 +369,6 @@ class GatewayService:
             return Refusal(AuthCode.INVALID_TRANSACTION, "currencyNotSupported")
         if data.capture_now and not self.sale:
             return Refusal(AuthCode.CAPTURE_NOT_SUPPORTED, "saleNotSupported")
-        if account.account.kind is not pan.AccountKind.CARD:
-            return Refusal(AuthCode.INVALID_TRANSACTION, PIN_DEBIT_UNAVAILABLE)
         return None
 
     # -- authorization (Rules 2, 3) -------------------------------------------------------------
@@ -394,14 +402,16 @@ class GatewayService:
             return self._stored(entry)
         account = checked.account
         assert account is not None
+        debit = checked.pin_block is not None  # OPE: a sale, PIN in field 52 (Rule 4)
         result = await self.link.request(
             LinkRequest(
                 rrn_of(rrpid),
-                account.account.number,
+                host_account(account.account),
                 amt.amount,
-                mti=spec.FINANCIAL_REQUEST if data.capture_now else spec.AUTH_REQUEST,
+                mti=spec.FINANCIAL_REQUEST if data.capture_now or debit else spec.AUTH_REQUEST,
                 currency=CURRENCY_NUMERIC[amt.currency],
-                expiry=account.expiry,
+                expiry=account.expiry if account.account.kind is pan.AccountKind.CARD else None,
+                pin_block=checked.pin_block,
                 merchant_id=checked.merchant_id[:15].ljust(15),
             )
         )

@@ -27,6 +27,7 @@ from actors.issuer.accounts import Store
 from actors.issuer.host import IssuerHost
 from actors.issuer.seed import SeedAccount, seed
 from protocol import codec, dualsig, ids, linkage, pan
+from protocol import pin as pin_blocks
 from protocol.certs import cert_thumbprint, certificate_der, public_key_of
 from protocol.keys import PrivateKey, suite_for_public_key
 from protocol.messages import (
@@ -128,7 +129,7 @@ class GatewayEnv:
         *,
         auth_amount: int | None = None,
         capture_now: bool = False,
-        pin_block: bytes | None = None,
+        pin: str | None = None,
     ) -> Purchase:
         """Cardholder side (dual signature) and merchant side (AuthReqData) of one order."""
         c = self.cards[card]
@@ -150,12 +151,17 @@ class GatewayEnv:
             "setpay-test-wallet",
             None,
             pan.AccountKind.CARD,
-            None if pin_block is None else PinEntry.PIN_SECURE,
+            None if pin is None else PinEntry.PIN_SECURE,
         )
         pan_data = pan.make_pan_data(
             pan.Account(pan.AccountKind.CARD, c.number), c.expiry, c.pan_secret
         )
         gw_kx = public_key_of(self.identity.kx_cert)
+        seal = None
+        if pin is not None:  # the thin client's seal, bound to this XID
+            seal = await pin_blocks.seal_pin(
+                suite_for_public_key(gw_kx), gw_kx, self.gw_kx_thumb, trans.xid, pin, c.number
+            )
         parts = await dualsig.make_dual_signed(
             c.key,
             c.thumb,
@@ -166,7 +172,7 @@ class GatewayEnv:
             codec.encode(head),
             codec.encode(pan_data),
             oi,
-            pin_block,
+            seal,
         )
         # The merchant's own check before it forwards the PI unopened.
         dualsig.verify_oi_at_merchant(

@@ -7,7 +7,7 @@ import sqlite3
 from structlog.testing import capture_logs
 
 from actors.gateway.service import rrn_of
-from protocol import codec, ids
+from protocol import codec, ids, pin
 from protocol.errors import ErrorCode
 from protocol.messages import AuthCode, AuthReq, AuthTags
 from protocol.wrapper import decode_message
@@ -123,8 +123,9 @@ async def test_gateway_never_sees_the_order_and_stores_no_pan(gateway_env: Gatew
 async def test_pin_bearing_pi_never_authorizes_and_changes_nothing(gateway_env: GatewayEnv) -> None:
     """Without a zone PIN key the keystore will not open a PIN-bearing PI (Rule 4 of the
     service): no host request, no ledger row, no PIN block in the logs, no approval."""
-    block = bytes.fromhex("041234ffffffffff")
-    p = await gateway_env.purchase("ok", 1_800, pin_block=block)
+    card = gateway_env.cards["ok"]
+    block = pin.encode_format0("1234", card.number)
+    p = await gateway_env.purchase("ok", 1_800, pin="1234")
     rows = ledger_rows(gateway_env)
     with capture_logs() as logs:
         _, reply = await gateway_env.send(await gateway_env.wrap(p.data, p.pi))

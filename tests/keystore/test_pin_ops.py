@@ -17,7 +17,7 @@ from keystore.policy import Policy
 from protocol import codec, dualsig, pan, pin, primitives
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.keys import SUITES
-from protocol.messages import PIKind
+from protocol.messages import CurrAmt, PIHead, PIKind, PinEntry, PurchaseInputs, TransIDs
 from tests.softkeys import SoftKey
 
 pytestmark = pytest.mark.integration
@@ -49,7 +49,17 @@ async def ope(keystore_deployment, hsm, broker_vhost):
     return gateway, issuer, zpk, keys
 
 
-async def make_pi(suite_name: str, info: m.KeyInfo, pin_block: bytes | None):
+def pi_head(xid: bytes) -> bytes:
+    trans = TransIDs(b"lid-c", None, xid, 1_700_000_000_000, None, "en")
+    return codec.encode(PIHead(
+        trans, PurchaseInputs(bytes(32), CurrAmt("JPY", 1)), "M-1", bytes(32), bytes(32), None,
+        bytes(32), "t", None, pan.AccountKind.BANK, PinEntry.PIN_ANY,
+    ))  # fmt: skip
+
+
+async def make_pi(suite_name: str, info: m.KeyInfo, pin_code: str | None, number: str = ""):
+    """A PI to the keystore's gateway key; with ``pin_code`` the thin client's seal of it
+    (bound to ``number``, the bank account by default) rides beside the PI."""
     suite = SUITES[suite_name]
     public = serialization.load_der_public_key(info.public_key)
     gwt = primitives.thumbprint(info.public_key)
@@ -57,17 +67,12 @@ async def make_pi(suite_name: str, info: m.KeyInfo, pin_block: bytes | None):
     cht, mt = secrets.token_bytes(32), secrets.token_bytes(32)
     data = codec.encode(pan.make_pan_data(BANK, "3012", secrets.token_bytes(32)))
     oi_data = codec.packb(["OIData", secrets.token_bytes(8)])
+    xid = secrets.token_bytes(32)
+    seal = None
+    if pin_code is not None:
+        seal = await pin.seal_pin(suite, public, gwt, xid, pin_code, number or BANK.number)
     parts = await dualsig.make_dual_signed(
-        ch,
-        cht,
-        suite,
-        public,
-        gwt,
-        mt,
-        b"PIHead",
-        data,
-        oi_data,
-        pin_block,  # type: ignore[arg-type]
+        ch, cht, suite, public, gwt, mt, pi_head(xid), data, oi_data, seal
     )
     return parts, ch.public_key(), gwt, mt, data
 
@@ -77,16 +82,18 @@ async def test_gateway_gets_the_pin_only_under_the_zpk(ope, suite_name, keystore
     gateway, issuer, zpk, keys = ope
     info = keys[suite_name]
     block0 = pin.encode_format0(PIN, BANK.number)
-    parts, ch_pub, gwt, mt, data = await make_pi(suite_name, info, block0)
+    parts, ch_pub, gwt, mt, data = await make_pi(suite_name, info, PIN)
     opener = HsmAccountOpener(gateway, info.label, zpk)
     view = await dualsig.open_at_gateway(parts.pi, opener, gwt, ch_pub, mt)
     assert view.pan_data == data and view.pin_block is not None and len(view.pin_block) == 16
     # nothing the gateway process received holds the cardholder's block or the clear PIN:
     # the keystore's answer for a second, fresh PI, checked as the bytes that crossed the bus
-    fresh, *_ = await make_pi(suite_name, info, block0)
-    envelope = codec.decode(dualsig.PIDualSigned, fresh.pi).envelope
+    fresh, *_ = await make_pi(suite_name, info, PIN)
+    pid = codec.decode(dualsig.PIDualSigned, fresh.pi)
     answer = codec.encode(
-        await gateway.open_pi_account(info.label, PIKind.DUAL_SIGNED, envelope, zpk)
+        await gateway.open_pi_account(
+            info.label, PIKind.DUAL_SIGNED, pid.envelope, zpk, pin_seal=pid.pin_seal
+        )
     )
     assert block0 not in answer and bytes.fromhex("04" + PIN) not in answer
     assert block0 not in view.pin_block and block0 not in view.pan_data
@@ -112,7 +119,7 @@ async def test_gateway_gets_the_pin_only_under_the_zpk(ope, suite_name, keystore
 async def test_same_transaction_may_reopen_with_its_use_key(ope):
     gateway, _, zpk, keys = ope
     info = keys["p256"]
-    parts, ch_pub, gwt, mt, _ = await make_pi("p256", info, pin.encode_format0(PIN, BANK.number))
+    parts, ch_pub, gwt, mt, _ = await make_pi("p256", info, PIN)
     first = HsmAccountOpener(gateway, info.label, zpk, use_key=b"\x01" * 32)
     a = await dualsig.open_at_gateway(parts.pi, first, gwt, ch_pub, mt)
     b = await dualsig.open_at_gateway(parts.pi, first, gwt, ch_pub, mt)  # crash-retry
@@ -139,16 +146,20 @@ async def test_plain_private_key_path(ope, suite_name):
     opener = HsmAccountOpener(gateway, info.label)  # card-only needs no ZPK
     view = await dualsig.open_at_gateway(card_only.pi, opener, gwt, ch_pub, mt)
     assert view.pan_data == data and view.pin_block is None
-    pin_pi, *_ = await make_pi(suite_name, info, pin.encode_format0(PIN, BANK.number))
+    pin_pi, *_ = await make_pi(suite_name, info, PIN)
     with pytest.raises(Forbidden):
         await dualsig.open_at_gateway(pin_pi.pi, key, gwt, ch_pub, mt)
+    # nor does the seal itself open with a plain decrypt/derive (it holds the clear block)
+    xid = secrets.token_bytes(32)
+    seal = await pin.seal_pin(SUITES[suite_name], key.public_key(), gwt, xid, PIN, BANK.number)
+    with pytest.raises(Forbidden):
+        await pin.open_pin_seal(key, seal, xid)
 
 
 async def test_bad_pin_block_and_foreign_keys_are_refused(ope):
     gateway, issuer, zpk, keys = ope
     info = keys["rsa2048"]
-    wrong_account = pin.encode_format0(PIN, "7654321")
-    parts, ch_pub, gwt, mt, _ = await make_pi("rsa2048", info, wrong_account)
+    parts, ch_pub, gwt, mt, _ = await make_pi("rsa2048", info, PIN, "7654321")
     opener = HsmAccountOpener(gateway, info.label, zpk)
     with pytest.raises(ProtocolError) as exc:
         await dualsig.open_at_gateway(parts.pi, opener, gwt, ch_pub, mt)

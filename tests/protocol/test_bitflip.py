@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from protocol import codec, detached, dualsig, envelope, linkage, pan, pin, primitives, treatments
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.keys import SUITES, Suite
+from protocol.messages import CurrAmt, PIHead, PinEntry, PurchaseInputs, TransIDs
 from tests.softkeys import SoftKey
 
 E = ErrorCode
@@ -132,8 +133,14 @@ async def make_sample(suite: Suite, name: str) -> Sample:
     if name == "PIDualSigned+PIN":  # OPE: opened the keystore's way, PIN block to the ZPK
         account = pan.Account(pan.AccountKind.BANK, "1234567", bank_code="0001")
         data = codec.encode(pan.make_pan_data(account, "3012", bytes(32)))
-        block = pin.encode_format0("1234", "1234567")
-        parts = await dualsig.make_dual_signed(s, st, suite, rp, rt, mt, b"h", data, b"oi", block)
+        xid = bytes(range(32))
+        head = codec.encode(PIHead(
+            TransIDs(b"lid-c", None, xid, 1_700_000_000_000, None, "en"),
+            PurchaseInputs(bytes(32), CurrAmt("JPY", 1)), "M-1", bytes(32), bytes(32), None,
+            bytes(32), "t", None, pan.AccountKind.BANK, PinEntry.PIN_ANY,
+        ))  # fmt: skip
+        seal = await pin.seal_pin(suite, rp, rt, xid, "1234", "1234567")
+        parts = await dualsig.make_dual_signed(s, st, suite, rp, rt, mt, head, data, b"oi", seal)
         zpk = Cipher(algorithms.AES(bytes(32)), modes.ECB()).encryptor().update
         opener = dualsig.KeyAccountOpener(r, zpk)
         return Sample(

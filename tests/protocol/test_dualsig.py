@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from protocol import codec, dualsig, pan, pin, primitives
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.keys import SUITES, PublicKey, Suite
-from protocol.messages import PIKind
+from protocol.messages import CurrAmt, PIHead, PIKind, PinEntry, PurchaseInputs, TransIDs
 from tests.softkeys import SoftKey
 
 PAN = "4111111111111111110"  # 19 digits, Luhn-valid: the longest PAN
@@ -90,27 +90,52 @@ def bank_pan_data() -> bytes:
     return codec.encode(pan.make_pan_data(BANK, "3012", secrets.token_bytes(32)))
 
 
-async def test_ope_pin_block_reaches_the_gateway_only_under_the_zpk(suite: Suite) -> None:
-    """The PI carries a format 0 block; the opener (the keystore's construction) answers
-    with format 4 under the ZPK; the cardholder's block is nowhere in what the gateway gets;
-    a plain key refuses the PIN-bearing PI."""
+def real_head(xid: bytes, kind: pan.AccountKind = pan.AccountKind.BANK) -> bytes:
+    """A PIHead record (the keystore reads the XID a PIN seal is bound to from it)."""
+    trans = TransIDs(b"lid-c", None, xid, 1_700_000_000_000, None, "en")
+    head = PIHead(
+        trans, PurchaseInputs(bytes(32), CurrAmt("JPY", 1_000)), "M-1", bytes(32), bytes(32),
+        None, bytes(32), "test", None, kind, PinEntry.PIN_ANY,
+    )  # fmt: skip
+    return codec.encode(head)
+
+
+async def pin_purchase(
+    suite: Suite, pin_code: str, number: str, seal_xid: bytes | None = None
+) -> tuple[dualsig.PurchaseParts, bytes, bytes, bytes]:
+    """A PIN-bearing purchase: (parts, PIHead, OIData, seal). ``seal_xid``: seal for another."""
     ch, cht = party(suite.name, "cardholder")
-    ch_pub, gw, gwt, mt = keys(suite)
-    block0 = pin.encode_format0("1234", BANK.pin_binding_number)
-    pi_head, oi_data = order(2)
+    _, gw, gwt, mt = keys(suite)
+    xid = secrets.token_bytes(32)
+    pi_head, oi_data = real_head(xid), codec.packb(["OIData", xid])
+    seal = await pin.seal_pin(suite, gw.public_key(), gwt, seal_xid or xid, pin_code, number)
     parts = await dualsig.make_dual_signed(
-        ch, cht, suite, gw.public_key(), gwt, mt, pi_head, bank_pan_data(), oi_data, block0
+        ch, cht, suite, gw.public_key(), gwt, mt, pi_head, bank_pan_data(), oi_data, seal
     )
-    assert block0 not in parts.pi and block0 not in parts.oi
+    return parts, pi_head, oi_data, seal
+
+
+def zpk_opener(gw: SoftKey, zpk: bytes) -> dualsig.KeyAccountOpener:
+    return dualsig.KeyAccountOpener(gw, Cipher(algorithms.AES(zpk), modes.ECB()).encryptor().update)
+
+
+async def test_ope_pin_block_reaches_the_gateway_only_under_the_zpk(suite: Suite) -> None:
+    """The thin client's seal rides beside the PI; the opener (the keystore's construction)
+    answers with format 4 under the ZPK; the clear block is nowhere in the PI, the OI or
+    what the gateway gets; a plain key refuses the PIN-bearing PI."""
+    ch_pub, gw, gwt, mt = keys(suite)
+    parts, pi_head, oi_data, seal = await pin_purchase(suite, "1234", BANK.pin_binding_number)
+    block0 = pin.encode_format0("1234", BANK.pin_binding_number)
+    for data in (parts.pi, parts.oi, seal):
+        assert block0 not in data and b"1234" not in data
+    assert codec.decode(dualsig.PIDualSigned, parts.pi).pin_seal == seal
     with pytest.raises(ProtocolError) as exc:
         await dualsig.open_at_gateway(parts.pi, gw, gwt, ch_pub, mt)
     assert exc.value.code is ErrorCode.UNSUPPORTED_ALGORITHM
     zpk = secrets.token_bytes(32)
-    cipher = Cipher(algorithms.AES(zpk), modes.ECB()).encryptor()
-    opener = dualsig.KeyAccountOpener(gw, cipher.update)
-    opened = await opener.open_pi_account(
-        PIKind.DUAL_SIGNED, codec.decode(dualsig.PIDualSigned, parts.pi).envelope
-    )
+    opener = zpk_opener(gw, zpk)
+    pid = codec.decode(dualsig.PIDualSigned, parts.pi)
+    opened = await opener.open_pi_account(PIKind.DUAL_SIGNED, pid.envelope, pid.pin_seal)
     assert block0 not in codec.encode(opened)
     view = await dualsig.open_at_gateway(
         parts.pi, opener, gwt, ch_pub, mt, dualsig.oi_digest(oi_data)
@@ -122,29 +147,53 @@ async def test_ope_pin_block_reaches_the_gateway_only_under_the_zpk(suite: Suite
     dualsig.verify_at_merchant(parts.pi, parts.oi, ch_pub, mt, gwt)
 
 
-async def test_pin_block_bound_to_another_account_is_refused(suite: Suite) -> None:
-    ch, cht = party(suite.name, "cardholder")
-    _, gw, gwt, mt = keys(suite)
-    block0 = pin.encode_format0("1234", "7654321")  # another account's binding
-    pi_head, oi_data = order(3)
-    parts = await dualsig.make_dual_signed(
-        ch, cht, suite, gw.public_key(), gwt, mt, pi_head, bank_pan_data(), oi_data, block0
-    )
-    opener = dualsig.KeyAccountOpener(gw, lambda b: b)
-    env = codec.decode(dualsig.PIDualSigned, parts.pi).envelope
+async def test_pin_seal_is_bound_to_the_purchase(suite: Suite) -> None:
+    """A seal made for another XID does not decrypt; a stripped, swapped or added seal
+    breaks the dual signature (PIData holds H(seal)) or the keystore's shape check."""
+    ch_pub, gw, gwt, mt = keys(suite)
+    opener = zpk_opener(gw, secrets.token_bytes(32))
+    moved, _, _, _ = await pin_purchase(suite, "1234", BANK.number, secrets.token_bytes(32))
     with pytest.raises(ProtocolError) as exc:
-        await opener.open_pi_account(PIKind.DUAL_SIGNED, env)
+        await dualsig.open_at_gateway(moved.pi, opener, gwt, ch_pub, mt)
+    assert exc.value.code is ErrorCode.DECRYPTION_FAILURE
+    one, _, _, seal_one = await pin_purchase(suite, "1234", BANK.number)
+    _, _, _, seal_two = await pin_purchase(suite, "1234", BANK.number)
+    pid = codec.decode(dualsig.PIDualSigned, one.pi)
+    swapped = codec.encode(dualsig.PIDualSigned(pid.signature, pid.envelope, seal_two))
+    stripped = codec.encode(dualsig.PIDualSigned(pid.signature, pid.envelope, None))
+    for pi, code in ((swapped, ErrorCode.DECRYPTION_FAILURE), (stripped, ErrorCode.INVALID_FIELD)):
+        with pytest.raises(ProtocolError) as exc:
+            await dualsig.open_at_gateway(pi, opener, gwt, ch_pub, mt)
+        assert exc.value.code is code
+    plain, _, _ = await purchase(suite, 4)
+    pid = codec.decode(dualsig.PIDualSigned, plain.pi)
+    added = codec.encode(dualsig.PIDualSigned(pid.signature, pid.envelope, seal_one))
+    with pytest.raises(ProtocolError) as exc:
+        await dualsig.open_at_gateway(added, opener, gwt, ch_pub, mt)
     assert exc.value.code is ErrorCode.INVALID_FIELD
 
 
-async def test_only_format0_blocks_travel_in_a_pi(suite: Suite) -> None:
-    ch, cht = party(suite.name, "cardholder")
-    _, gw, gwt, mt = keys(suite)
+async def test_pin_block_bound_to_another_account_is_refused(suite: Suite) -> None:
+    _, gw, _, _ = keys(suite)
+    parts, _, _, _ = await pin_purchase(suite, "1234", "7654321")  # another account's binding
+    pid = codec.decode(dualsig.PIDualSigned, parts.pi)
     with pytest.raises(ProtocolError) as exc:
-        await dualsig.make_dual_signed(
-            ch, cht, suite, gw.public_key(), gwt, mt, b"h", bank_pan_data(), b"o", bytes(16)
+        await zpk_opener(gw, secrets.token_bytes(32)).open_pi_account(
+            PIKind.DUAL_SIGNED, pid.envelope, pid.pin_seal
         )
     assert exc.value.code is ErrorCode.INVALID_FIELD
+
+
+async def test_only_pin_seals_to_this_gateway_travel_in_a_pi(suite: Suite) -> None:
+    ch, cht = party(suite.name, "cardholder")
+    _, gw, gwt, mt = keys(suite)
+    other = await pin.seal_pin(suite, gw.public_key(), bytes(32), b"x" * 32, "1234", "1234567")
+    for bad in (bytes(16), other):
+        with pytest.raises(ProtocolError) as exc:
+            await dualsig.make_dual_signed(
+                ch, cht, suite, gw.public_key(), gwt, mt, b"h", bank_pan_data(), b"o", bad
+            )
+        assert exc.value.code in (ErrorCode.INVALID_FIELD, ErrorCode.DECODING_FAILURE)
 
 
 async def test_swapped_halves_fail_at_the_merchant(suite: Suite) -> None:
@@ -251,22 +300,31 @@ async def test_oversize_account_part_is_refused(suite: Suite) -> None:
 
 
 @pytest.mark.parametrize("suite_name", ["rsa2048", "rsa2048-oaep256", "p256"])
-async def test_real_pan_data_and_pin_block_fit(suite_name: str) -> None:
-    """PANData of the longest PAN and of the largest OPE bank account, with a format 0 PIN
-    block, fit every suite (RSA-2048 OAEP-SHA-256 included: 184 of 190 bytes)."""
+async def test_real_pan_data_and_pin_seal_fit(suite_name: str) -> None:
+    """PANData of the longest PAN and of the largest OPE bank account, PIN-sealed, fit every
+    suite (RSA-2048 OAEP-SHA-256 included: the seal rides beside the wrap, not in it)."""
     suite = SUITES[suite_name]
     ch, cht = party(suite_name, "cardholder")
     gw, gwt = party(suite_name, "gateway")
     _, mt = party(suite_name, "merchant")
     card = pan.Account(pan.AccountKind.CARD, PAN)
-    bank = pan.Account(pan.AccountKind.BANK, "9" * 34, bank_code="9" * 11, branch="9" * 8)
+    # a PIN block binds at most 19 account digits (ISO 9564), so that is the longest here
+    bank = pan.Account(pan.AccountKind.BANK, "9" * 19, bank_code="9" * 11, branch="9" * 8)
     for account in (card, bank):
         data = codec.encode(pan.make_pan_data(account, "3012", secrets.token_bytes(32)))
-        pi_head, oi_data = order(9)
+        xid = secrets.token_bytes(32)
+        pi_head, oi_data = real_head(xid, account.kind), b"oi"
+        seal = await pin.seal_pin(suite, gw.public_key(), gwt, xid, "123456789012", account.number)
         parts = await dualsig.make_dual_signed(
-            ch, cht, suite, gw.public_key(), gwt, mt, pi_head, data, oi_data, bytes(8)
+            ch, cht, suite, gw.public_key(), gwt, mt, pi_head, data, oi_data, seal
         )
         # the wrap opens (a plain key then refuses the PIN-bearing account part)
         with pytest.raises(ProtocolError) as exc:
             await dualsig.open_at_gateway(parts.pi, gw, gwt, ch.public_key(), mt)
         assert exc.value.code is ErrorCode.UNSUPPORTED_ALGORITHM
+        view = await dualsig.open_at_gateway(
+            parts.pi, zpk_opener(gw, bytes(32)), gwt, ch.public_key(), mt
+        )
+        assert pin.decipher_format4(bytes(32), view.pin_block or b"", account.number) == (
+            "123456789012"
+        )
