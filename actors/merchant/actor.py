@@ -99,6 +99,8 @@ class MerchantActor(Actor):
             await self.gateway.close()
         if self.keystore is not None:
             await self.keystore.close()
+        if self.service is not None:
+            self.service.close()
         if self.store is not None:
             self.store.close()
 

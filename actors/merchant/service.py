@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 from cryptography import x509
 
+from actors.gateway.trust import RevocationCache
 from actors.merchant.errors import MerchantError
 from actors.merchant.order import hod
 from actors.merchant.store import MerchantRow, MerchantStore, OrderRow
@@ -131,6 +132,9 @@ class MerchantService:
         window_ms: int = ids.DEFAULT_WINDOW_MS,
     ) -> None:
         self.store = store
+        # Revocation caches (actors/gateway/trust.py) beside the POS database, one per root:
+        # seeded with the BCI/CRLs of registration, fed by AuthRes and the operator's refresh.
+        self._trust_caches: dict[bytes, RevocationCache] = {}
         self.keys = keys
         self.gateway = gateway
         self.clock = clock or ids.SystemClock()
@@ -232,11 +236,36 @@ class MerchantService:
             raise ProtocolError(ErrorCode.UNSPECIFIED_FAILURE, "merchant no longer hosted")
         return row
 
+    def trust_cache(self, root: x509.Certificate) -> RevocationCache:
+        """The revocation cache of ``root``'s hierarchy (opened on first use)."""
+        thumb = cert_thumbprint(root)
+        cache = self._trust_caches.get(thumb)
+        if cache is None:
+            path = self.store.path.with_name(
+                f"{self.store.path.stem}-trust-{thumb[:4].hex()}.sqlite"
+            )
+            cache = self._trust_caches[thumb] = RevocationCache(path, root)
+        return cache
+
+    def close(self) -> None:
+        for cache in self._trust_caches.values():
+            cache.close()
+        self._trust_caches.clear()
+
+    def _revocation_data(self, m: MerchantRow) -> tuple[bytes | None, list[bytes]]:
+        """The current BCI and CRLs for ``m``'s brand: the cache's, seeded on first use with
+        what the CA gave at registration."""
+        cache = self.trust_cache(load_certificate(m.root))
+        held = cache.held(m.brand)
+        if held is None and m.bci is not None:
+            cache.offer(load_all(m.chain), m.bci, m.crls, self.clock.now_ms())
+            held = cache.held(m.brand)
+        return (m.bci, m.crls) if held is None else (held.bci, list(held.crls))
+
     def _trust(self, m: MerchantRow) -> Trust:
         certs = load_all(m.chain)
-        return Trust.load(
-            load_certificate(m.root), m.brand, certs, m.bci, m.crls, self.clock.now_ms()
-        )
+        bci, crls = self._revocation_data(m)
+        return Trust.load(load_certificate(m.root), m.brand, certs, bci, crls, self.clock.now_ms())
 
     def _gateway_cert(
         self, brand: str, trust: Trust
@@ -289,7 +318,8 @@ class MerchantService:
             now = self.clock.now_ms()
             trans = TransIDs(req.lid_c, req.lid_m, ids.new_xid(), now, None, req.language)
             pe_thumb = cert_thumbprint(gw_kx)
-            bci_thumb = None if m.bci is None else bci_thumbprint(m.bci)
+            held_bci, held_crls = self._revocation_data(m)
+            bci_thumb = None if held_bci is None else bci_thumbprint(held_bci)
             data = PInitResData(
                 trans, req.rrpid, req.chall_c, ids.new_challenge(), pe_thumb, bci_thumb
             )
@@ -297,8 +327,8 @@ class MerchantService:
             certs = [m.sig_cert, *m.chain, certificate_der(gw_kx)]
             certs += [certificate_der(c) for c in gw_chain]
             certs = [c for c in dict.fromkeys(certs) if thumbprint(c) not in held]
-            crls = [c for c in m.crls if thumbprint(c) not in held]
-            bci = None if bci_thumb is None or bci_thumb in held else m.bci
+            crls = [c for c in held_crls if thumbprint(c) not in held]
+            bci = None if bci_thumb is None or bci_thumb in held else held_bci
             body = PInitRes(await self._sign(m, "PInitRes", data), certs, crls, bci)
             reply = encode_message(self._header(trans, req.rrpid), body)
             machine.receive(MessageType.PINIT_REQ)
@@ -447,6 +477,12 @@ class MerchantService:
             raise ProtocolError(ErrorCode.UNKNOWN_RRPID, "AuthRes answers another AuthReq")
         if data.auth_tags.trans_ids != oi.trans_ids:
             raise ProtocolError(ErrorCode.UNKNOWN_XID, "AuthRes for another purchase")
+        if res.bci is not None or res.crls:
+            try:  # BCI/CRLs ride outside the signature: taken only if they verify themselves
+                cache = self.trust_cache(trust.root)
+                cache.offer([*certs, trust.brand_cert], res.bci, res.crls, self.clock.now_ms())
+            except ProtocolError as exc:
+                log.warning("merchant_bci_refused", code=exc.code.name, detail=exc.detail)
         return data, baggage
 
     async def _authorize(
