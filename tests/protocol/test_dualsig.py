@@ -44,15 +44,13 @@ def order(n: int) -> tuple[bytes, bytes]:
     return codec.packb(["PIHead", xid, 1000 + n]), codec.packb(["OIData", xid, f"order {n}"])
 
 
-async def purchase(
-    suite: Suite, n: int, pin_block: bytes | None = None
-) -> tuple[dualsig.PurchaseParts, bytes, bytes]:
+async def purchase(suite: Suite, n: int) -> tuple[dualsig.PurchaseParts, bytes, bytes]:
     ch, cht = party(suite.name, "cardholder")
     gw, gwt = party(suite.name, "gateway")
     _, mt = party(suite.name, "merchant")
     pi_head, oi_data = order(n)
     parts = await dualsig.make_dual_signed(
-        ch, cht, suite, gw.public_key(), gwt, mt, pi_head, pan_data(), oi_data, pin_block
+        ch, cht, suite, gw.public_key(), gwt, mt, pi_head, pan_data(), oi_data
     )
     return parts, pi_head, oi_data
 
