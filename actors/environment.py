@@ -312,7 +312,22 @@ async def _seed_issuer(settings: Settings) -> list[str]:
         store = Store(svc.db_path)
         try:
             now = datetime.now(UTC)
-            report = await seed_environment(store, security, now)
+            client = getattr(security, "client", None)
+            zpk = f"{settings.broker_user_prefix}zone.main/zpk"
+
+            async def pin_block_for(number: str, pin: str) -> bytes:
+                # PIN issuance inside the keystore: the block comes back under the ZPK only.
+                from actors.issuer.errors import SecurityUnavailable
+                from keystore.errors import KeystoreError
+
+                assert client is not None
+                try:
+                    return bytes(await client.pin_encipher(zpk, number, pin))
+                except KeystoreError as exc:  # the account is reported skipped, not fatal
+                    raise SecurityUnavailable(f"pin_encipher: {type(exc).__name__}") from None
+
+            source = pin_block_for if client is not None else None
+            report = await seed_environment(store, security, now, source)
             extra = demo_accounts(now)
             await seed(store, security, extra)
         finally:

@@ -22,7 +22,13 @@ from typing import Any
 
 from actors.issuer.accounts import Store
 from actors.issuer.host import IssuerHost
-from actors.issuer.security import PAN_INDEX_KEY, PVK_KEY, IssuerSecurity, KeystoreIssuerSecurity
+from actors.issuer.security import (
+    PAN_INDEX_KEY,
+    PVK_KEY,
+    ZPK_LABEL,
+    IssuerSecurity,
+    KeystoreIssuerSecurity,
+)
 from setpay.config import Settings
 from setpay.logs import get_logger
 
@@ -77,6 +83,7 @@ class IssuerService:
             client,
             pan_index_label=client.label(PAN_INDEX_KEY),
             pvk_label=client.label(PVK_KEY),
+            zpk_label=f"{self.settings.broker_user_prefix}{ZPK_LABEL}",  # OPE PIN checks
         )
 
     async def start(self) -> None:
