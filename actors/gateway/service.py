@@ -494,6 +494,7 @@ class GatewayService:
     ) -> bytes:
         data = AuthResData(checked.data.auth_tags, None, payload, None, sale)
         merchant_public = public_key_of(checked.merchant_kx)
+        held = self.trust.held(self.identity.brand)  # AuthReq has no Thumbs: send what we hold
         res = await pw.build_auth_res(
             self.sig_key,
             self.sig_thumb,
@@ -503,6 +504,8 @@ class GatewayService:
             data,
             baggage,
             self.own_certs,
+            crls=None if held is None else list(held.crls),
+            bci=None if held is None else held.bci,
         )
         return pw.wrap_auth_res(self.clock.now_ms(), res, data)
 

@@ -27,6 +27,7 @@ from protocol.errors import ErrorCode, ProtocolError
 from protocol.messages import AuthCode, EntityKind, IDData
 from protocol.revocation import BCI_CONTENT_TYPE, BCI_VERSION, Bci
 from protocol.signed import sign_data
+from protocol.wrapper import decode_message
 from tests.fixtures_ca import new_key
 from tests.gateway.conftest import ACCOUNTS, BRAND, MERCHANT_ID, Card, GatewayEnv, error_code
 from tests.softkeys import SoftKey
@@ -126,8 +127,14 @@ async def test_revoked_cardholder_refused_once_gateway_holds_new_bci(
     newer = trust.held(BRAND)
     assert newer is not None and newer.sequence == held.sequence + 1
     assert await _refused(gateway_env, "rev", 1_400) is ErrorCode.REVOKED_CERTIFICATE
-    # Other cardholders of the same CCA are still served under the new BCI.
-    await _approved(gateway_env, "ok", 1_500)
+    # Other cardholders of the same CCA are still served under the new BCI, and the AuthRes
+    # passes that BCI and its CRLs on to the merchant.
+    p = await gateway_env.purchase("ok", 1_500)
+    _, reply = await gateway_env.send(await gateway_env.wrap(p.data, p.pi))
+    body = decode_message(reply, now_ms=now_ms()).body
+    assert body.bci == newer.bci and set(body.crls) == set(newer.crls)
+    res, _ = await gateway_env.answer(reply)
+    assert res.payload.auth_code is AuthCode.APPROVED
     # The same BCI again is current, not a change.
     assert await ops.refresh(trust) is Offered.CURRENT
 
