@@ -38,10 +38,10 @@ from actors import payment_wire as pw
 from actors.ca.hierarchy import to_dt
 from actors.gateway.identity import GatewayIdentity
 from actors.gateway.ledger import Entry, Ledger, NewAuth, Outcome, PiUsed
-from actors.gateway.trust import RevocationCache
 from actors.issuer import spec
 from actors.issuer.codes import ResponseCode
 from actors.issuer.link import IsoLink, LinkRequest
+from actors.trust import RevocationCache
 from keystore.errors import BadRequest, KeystoreError
 from protocol import codec, dualsig, ids, pan, primitives
 from protocol.certs import (
@@ -165,7 +165,7 @@ class GatewayService:
         require_bci: bool = False,
     ) -> None:
         self.identity = identity
-        # Revocation (actors/gateway/trust.py): the BCI/CRLs held beside the ledger. Without a
+        # Revocation (actors/trust.py): the BCI/CRLs held beside the ledger. Without a
         # BCI held, ``require_bci`` refuses (missingCertificate); otherwise CRLs are skipped
         # until the operator's refresh brings one (see trust.refresh_from_ca).
         self.trust = trust or RevocationCache(ledger.path.parent / "trust.sqlite", identity.root)

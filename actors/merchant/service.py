@@ -26,7 +26,6 @@ from typing import Any, Protocol
 
 from cryptography import x509
 
-from actors.gateway.trust import RevocationCache
 from actors.merchant.errors import MerchantError
 from actors.merchant.order import hod
 from actors.merchant.store import MerchantRow, MerchantStore, OrderRow
@@ -39,6 +38,7 @@ from actors.payment_wire import (
     open_auth_res,
     wrap_auth_req,
 )
+from actors.trust import RevocationCache
 from broker.errors import BrokerError
 from keystore.errors import KeystoreError
 from protocol import codec, dualsig, ids
@@ -132,7 +132,7 @@ class MerchantService:
         window_ms: int = ids.DEFAULT_WINDOW_MS,
     ) -> None:
         self.store = store
-        # Revocation caches (actors/gateway/trust.py) beside the POS database, one per root:
+        # Revocation caches (actors/trust.py) beside the POS database, one per root:
         # seeded with the BCI/CRLs of registration, fed by AuthRes and the operator's refresh.
         self._trust_caches: dict[bytes, RevocationCache] = {}
         self.keys = keys

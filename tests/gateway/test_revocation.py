@@ -19,7 +19,7 @@ import pytest
 from actors.ca.hierarchy import ca_name, to_dt
 from actors.ca.requester import CAClient, register_cardholder, register_entity
 from actors.gateway.service import rrn_of
-from actors.gateway.trust import Offered, RevocationCache, refresh_from_ca
+from actors.trust import Offered, RevocationCache, refresh_from_ca
 from protocol import codec, ids, pan
 from protocol.certs import CertType, KeyUse, cert_thumbprint
 from protocol.chain import Expect, validate_path

@@ -8,7 +8,7 @@ PInitRes hands out the newest BCI held.
 
 from __future__ import annotations
 
-from actors.gateway.trust import Offered, refresh_from_ca
+from actors.trust import Offered, refresh_from_ca
 from actors.wallet.errors import WalletError
 from protocol import ids, pan
 from protocol.certs import load_certificate
