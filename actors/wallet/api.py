@@ -8,6 +8,10 @@ user name creates that cardholder with the passphrase given.
 Rule 3: a failure is answered as ``ApiReply(ok=False, error=...)`` with the ``WalletError``
 text (no PAN, passphrase or secret); the client raises it as ``WalletError``.
 Rule 4: a passphrase or PAN never appears in a repr, log line or error text.
+Rule 5: OPE PIN debit: START answers the XID, the gateway certificates and (PIN accounts only,
+to the authenticated cardholder, like ENROLL's card number) the digits the PIN block binds;
+the thin client validates the gateway certificate to the root it trusts, seals the PIN with
+``pin.seal_pin`` itself (``seal_for``) and sends only the seal with FINISH.
 """
 
 from __future__ import annotations
@@ -16,15 +20,22 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Annotated
 
+from cryptography import x509
+
+from actors.wallet import purchase
 from actors.wallet.errors import AuthenticationFailed, WalletError
 from actors.wallet.service import WalletService
 from broker.connection import Bus
 from broker.errors import BrokerError
 from broker.rpc import RpcClient, RpcRequest, RpcServer, serve_rpc
-from protocol import codec, pan
+from protocol import codec, ids, pan
+from protocol.certs import cert_thumbprint, load_certificate, public_key_of
 from protocol.codec import MaxLen
+from protocol.dualsig import MAX_PIN_SEAL
 from protocol.errors import ProtocolError
-from protocol.messages import CompletionCode, CurrAmt
+from protocol.keys import suite_for_public_key
+from protocol.messages import BCIBytes, CertDER, CertList, CompletionCode, CRLList, CurrAmt
+from protocol.pin import seal_pin, validate_pin
 from setpay.logs import get_logger
 
 log = get_logger(component="wallet.api")
@@ -42,6 +53,8 @@ class ApiOp(StrEnum):
     ENROLL = "enroll"
     CARDS = "cards"
     BUY = "buy"
+    START = "start"  # PInit: returns ``StartedPurchase``; then FINISH with an optional PIN seal
+    FINISH = "finish"
     INQUIRE = "inquire"
 
 
@@ -57,6 +70,7 @@ class EnrollArgs:
     number: Annotated[str, MaxLen(34)] = field(repr=False)
     expiry: Annotated[str, MaxLen(4)] = field(repr=False)
     form: list[FormField] = field(repr=False)
+    pin_account: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +81,27 @@ class BuyArgs:
     description: Text
     currency: Annotated[str, MaxLen(3)]
     amount: int
+
+
+@dataclass(frozen=True, slots=True)
+class StartedPurchase:
+    """START's answer: the id FINISH names, the XID and the gateway certificates the PIN seal
+    is made for (service.Started)."""
+
+    purchase_id: Name
+    xid: Annotated[bytes, MaxLen(64)]
+    gateway_cert: CertDER
+    brand: Name
+    certs: CertList
+    crls: CRLList
+    bci: BCIBytes | None
+    pin_binding: Annotated[str, MaxLen(34)] | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class FinishArgs:
+    purchase_id: Name
+    pin_seal: Annotated[bytes, MaxLen(MAX_PIN_SEAL)] | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,8 +154,8 @@ class ApiReply:
     body: bytes
 
 
-for _record in (FormField, EnrollArgs, BuyArgs, InquireArgs, ApiRequest, CardEntry, CardList,
-                Enrolled, Outcome, ApiReply):  # fmt: skip
+for _record in (FormField, EnrollArgs, BuyArgs, StartedPurchase, FinishArgs, InquireArgs,
+                ApiRequest, CardEntry, CardList, Enrolled, Outcome, ApiReply):  # fmt: skip
     codec.validate_schema(_record)
 
 
@@ -150,7 +185,7 @@ class WalletApi:
             card_id = await svc.enroll(
                 req.user, req.passphrase, brand=args.brand,
                 account=pan.Account(pan.AccountKind.CARD, args.number), expiry=args.expiry,
-                values={f.name: f.value for f in args.form},
+                values={f.name: f.value for f in args.form}, pin_account=args.pin_account,
             )  # fmt: skip
             return codec.encode(Enrolled(card_id))
         if req.op is ApiOp.CARDS:
@@ -163,6 +198,19 @@ class WalletApi:
                 lid_m=b.lid_m, description=b.description, amount=CurrAmt(b.currency, b.amount),
             )  # fmt: skip
             return codec.encode(Outcome(result.xid, int(result.completion), result.auth_code))
+        if req.op is ApiOp.START:
+            b = codec.decode(BuyArgs, req.args)
+            st = await svc.start_purchase(
+                req.user, req.passphrase, card_id=b.card_id, merchant=b.merchant,
+                lid_m=b.lid_m, description=b.description, amount=CurrAmt(b.currency, b.amount),
+            )  # fmt: skip
+            out = StartedPurchase(st.purchase_id, st.xid, st.gateway_cert, st.brand, st.certs,
+                                  st.crls, st.bci, st.pin_binding)  # fmt: skip
+            return codec.encode(out)
+        if req.op is ApiOp.FINISH:
+            f = codec.decode(FinishArgs, req.args)
+            result = await svc.finish_purchase(req.user, req.passphrase, f.purchase_id, f.pin_seal)
+            return codec.encode(Outcome(result.xid, int(result.completion), result.auth_code))
         args_i = codec.decode(InquireArgs, req.args)
         result = await svc.inquire(req.user, req.passphrase, args_i.xid)
         return codec.encode(Outcome(result.xid, int(result.completion), result.auth_code))
@@ -171,6 +219,30 @@ class WalletApi:
 async def serve_api(bus: Bus, service: WalletService, instance: str) -> RpcServer:
     """Serve ``wallet.<instance>.api`` with ``service`` until the returned server stops."""
     return await serve_rpc(bus, api_queue(instance), WalletApi(service).handle)
+
+
+async def seal_for(
+    started: StartedPurchase, root: x509.Certificate, pin: str, now_ms: int | None = None
+) -> bytes:
+    """Thin client (Rule 5): validate the gateway certificate ``started`` names to ``root``
+    with the BCI/CRLs the merchant sent, then seal the format 0 block of ``pin`` to it for
+    this XID. Raises ``WalletError`` (no PIN in its text)."""
+    if started.pin_binding is None:
+        raise WalletError("this card takes no PIN")
+    now = ids.SystemClock().now_ms() if now_ms is None else now_ms
+    try:
+        validate_pin(pin)
+        gateway = purchase.validate_gateway(
+            root, started.brand, started.certs, started.bci, started.crls,
+            cert_thumbprint(load_certificate(started.gateway_cert)), now,
+        )  # fmt: skip
+        public = public_key_of(gateway)
+        return await seal_pin(
+            suite_for_public_key(public), public, cert_thumbprint(gateway), started.xid, pin,
+            started.pin_binding,
+        )  # fmt: skip
+    except ProtocolError as exc:
+        raise WalletError(f"PIN not sealed: {exc.code.name}") from None
 
 
 class WalletClient:
@@ -201,13 +273,13 @@ class WalletClient:
 
     async def enroll(
         self, user: str, passphrase: str, *, brand: str, number: str, expiry: str,
-        form: dict[str, str],
+        form: dict[str, str], pin_account: bool = False,
     ) -> str:  # fmt: skip
-        """Register a card with the CA through the wallet; returns the card id."""
+        """Register a card with the CA through the wallet; returns the card id.
+        ``pin_account``: the issuer keeps a PIN for it, so purchases need ``buy_with_pin``."""
         fields_ = [FormField(k, v) for k, v in form.items()]
-        body = await self._call(
-            ApiOp.ENROLL, user, passphrase, EnrollArgs(brand, number, expiry, fields_)
-        )
+        args = EnrollArgs(brand, number, expiry, fields_, pin_account)
+        body = await self._call(ApiOp.ENROLL, user, passphrase, args)
         return codec.decode(Enrolled, body).card_id
 
     async def cards(self, user: str, passphrase: str) -> list[CardEntry]:
@@ -220,6 +292,38 @@ class WalletClient:
         """Pay for order ``lid_m`` at ``merchant`` with card ``card_id``."""
         args = BuyArgs(card_id, merchant, lid_m, description, amount.currency, amount.amount)
         return codec.decode(Outcome, await self._call(ApiOp.BUY, user, passphrase, args))
+
+    async def start_purchase(
+        self, user: str, passphrase: str, *, card_id: str, merchant: str, lid_m: bytes,
+        description: str, amount: CurrAmt,
+    ) -> StartedPurchase:  # fmt: skip
+        """PInit for order ``lid_m``: the purchase id, XID and gateway certificates."""
+        args = BuyArgs(card_id, merchant, lid_m, description, amount.currency, amount.amount)
+        return codec.decode(StartedPurchase, await self._call(ApiOp.START, user, passphrase, args))
+
+    async def finish_purchase(
+        self, user: str, passphrase: str, purchase_id: str, pin_seal: bytes | None = None
+    ) -> Outcome:
+        """PReq for a started purchase, with the PIN seal a PIN account needs."""
+        body = await self._call(ApiOp.FINISH, user, passphrase, FinishArgs(purchase_id, pin_seal))
+        return codec.decode(Outcome, body)
+
+    async def buy_with_pin(
+        self, user: str, passphrase: str, *, root: x509.Certificate, pin: str | None,
+        card_id: str, merchant: str, lid_m: bytes, description: str, amount: CurrAmt,
+    ) -> Outcome:  # fmt: skip
+        """start → (PIN account: validate the gateway certificate to ``root`` and seal ``pin``
+        here, in the thin client) → finish. ``pin`` is used only if the card needs one."""
+        started = await self.start_purchase(
+            user, passphrase, card_id=card_id, merchant=merchant, lid_m=lid_m,
+            description=description, amount=amount,
+        )  # fmt: skip
+        seal = None
+        if started.pin_binding is not None:
+            if pin is None:
+                raise WalletError("this card is a PIN account: a PIN is needed")
+            seal = await seal_for(started, root, pin)
+        return await self.finish_purchase(user, passphrase, started.purchase_id, seal)
 
     async def inquire(self, user: str, passphrase: str, xid: bytes) -> Outcome:
         body = await self._call(ApiOp.INQUIRE, user, passphrase, InquireArgs(xid))

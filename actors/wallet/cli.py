@@ -4,6 +4,10 @@ Rule 1: the passphrase and the card number are read from ``SETPAY_WALLET_PASSPHR
 ``SETPAY_WALLET_PAN`` or prompted without echo, never taken from the command line, never
 printed; cards are shown by id, brand and last four digits.
 Rule 2: a wallet refusal is a ``CommandError`` with the wallet's one-line reason.
+Rule 3: ``buy`` is start → finish; for a PIN account (OPE debit) the PIN is read from
+``SETPAY_WALLET_PIN`` or a hidden prompt, the gateway certificate is validated to the root
+this client trusts (``--root``, default ``<data_dir>/wallet/root.der``) and the PIN is sealed
+here (api.seal_for): the wallet receives only the seal.
 """
 
 from __future__ import annotations
@@ -12,7 +16,10 @@ import argparse
 import asyncio
 import getpass
 import os
+from pathlib import Path
 from typing import Any
+
+from cryptography import x509
 
 from actors.wallet.errors import WalletError
 from setpay.config import Settings
@@ -22,10 +29,21 @@ def _secret(env: str, prompt: str) -> str:
     return os.environ.get(env) or getpass.getpass(prompt)
 
 
+def _trusted_root(args: argparse.Namespace, settings: Settings) -> x509.Certificate:
+    from protocol.certs import load_certificate
+    from protocol.errors import ProtocolError
+
+    path = Path(args.root) if args.root else Path(settings.data_dir) / "wallet" / "root.der"
+    try:
+        return load_certificate(path.read_bytes())
+    except (OSError, ProtocolError):
+        raise WalletError(f"no trusted root certificate at {path}") from None
+
+
 async def _run(args: argparse.Namespace, settings: Settings) -> int:
     from actors.demo_cases import describe
     from actors.environment import client_url
-    from actors.wallet.api import WalletClient
+    from actors.wallet.api import WalletClient, seal_for
     from broker.connection import connect
     from protocol.messages import CurrAmt
 
@@ -37,17 +55,23 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
             number = _secret("SETPAY_WALLET_PAN", "card number: ")
             form: dict[str, Any] = dict(f.split("=", 1) for f in args.field)
             card = await client.enroll(args.user, passphrase, brand=args.brand, number=number,
-                                       expiry=args.expiry, form=form)  # fmt: skip
+                                       expiry=args.expiry, form=form,
+                                       pin_account=args.pin_account)  # fmt: skip
             print(f"enrolled card {card} (…{number[-4:]})")
         elif args.wallet_cmd == "cards":
             for c in await client.cards(args.user, passphrase):
                 print(f"{c.card_id}  {c.brand:<8} …{c.hint}")
         elif args.wallet_cmd == "buy":
-            out = await client.buy(
+            started = await client.start_purchase(
                 args.user, passphrase, card_id=args.card, merchant=args.merchant,
                 lid_m=bytes.fromhex(args.order), description=args.description,
                 amount=CurrAmt(args.currency, args.amount),
             )  # fmt: skip
+            seal = None
+            if started.pin_binding is not None:
+                root = _trusted_root(args, settings)
+                seal = await seal_for(started, root, _secret("SETPAY_WALLET_PIN", "PIN: "))
+            out = await client.finish_purchase(args.user, passphrase, started.purchase_id, seal)
             print(f"xid {out.xid.hex()}  {describe(out)}")
         else:
             out = await client.inquire(args.user, passphrase, bytes.fromhex(args.xid))
@@ -81,6 +105,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
             p.add_argument("--brand", required=True)
             p.add_argument("--expiry", required=True, help="YYMM")
             p.add_argument("--field", action="append", default=[], help="form value NAME=VALUE")
+            p.add_argument("--pin-account", action="store_true",
+                           help="the issuer keeps a PIN for this card (OPE debit)")  # fmt: skip
         elif name == "buy":
             p.add_argument("--card", required=True)
             p.add_argument("--merchant", default="merchant.pos1", help="POS routing key")
@@ -88,5 +114,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
             p.add_argument("--description", required=True)
             p.add_argument("--amount", type=int, required=True)
             p.add_argument("--currency", default="JPY")
+            p.add_argument("--root", help="root certificate (DER) this client trusts, for PIN "
+                           "accounts; default <data_dir>/wallet/root.der")  # fmt: skip
         elif name == "inquire":
             p.add_argument("--xid", required=True, help="hex XID printed by buy")

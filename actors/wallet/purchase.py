@@ -60,6 +60,9 @@ class Offer:
     gateway_cert: x509.Certificate
     brand: str
     bin: str
+    certs: list[bytes]  # the PInitRes's certificates, BCI and CRLs, for the thin client
+    crls: list[bytes]
+    bci: bytes | None
 
 
 def pinit_req(account: pan.Account, brand: str, lid_m: bytes) -> PInitReq:
@@ -92,7 +95,28 @@ def check_pinit_res(
     merchant_data = set_extension(merchant).merchant
     if merchant_data is None:
         raise ProtocolError(ErrorCode.INVALID_CERTIFICATE, "merchant certificate without id")
-    return Offer(data, merchant, merchant_data.merchant_id, gateway, sent.brand_id, sent.bin)
+    return Offer(
+        data, merchant, merchant_data.merchant_id, gateway, sent.brand_id, sent.bin,
+        res.certs, res.crls, res.bci,
+    )  # fmt: skip
+
+
+def validate_gateway(
+    root: x509.Certificate,
+    brand: str,
+    certs_der: list[bytes],
+    bci: bytes | None,
+    crls: list[bytes],
+    gateway_thumb: bytes,
+    now_ms: int,
+) -> x509.Certificate:
+    """The gateway key-exchange certificate ``gateway_thumb`` names, validated to ``root`` for
+    ``brand`` with the BCI and CRLs given (what the thin client checks before sealing a PIN)."""
+    certs = load_all(certs_der)
+    trust = Trust.load(root, brand, certs, bci, crls, now_ms)
+    gateway = pick(certs, gateway_thumb)
+    trust.validate(gateway, certs, CertType.GATEWAY, KeyUse.KEY_EXCHANGE, now_ms)
+    return gateway
 
 
 async def build_preq(
@@ -103,8 +127,10 @@ async def build_preq(
     card: CardSecrets,
     description: str,
     amount: CurrAmt,
+    pin_seal: bytes | None = None,
 ) -> tuple[PReq, OIData]:
-    """PReq = {PIDualSigned, OIDualSigned} for the checked ``offer`` (Rule 2)."""
+    """PReq = {PIDualSigned, OIDualSigned} for the checked ``offer`` (Rule 2); ``pin_seal``
+    is the thin client's ``pin.seal_pin`` for this XID (OPE), carried beside the PI."""
     trans = offer.data.trans_ids
     od_salt = ids.new_challenge()
     order_digest = hod(description, amount, od_salt)
@@ -124,6 +150,7 @@ async def build_preq(
     parts = await dualsig.make_dual_signed(
         key, cert_thumbprint(card_cert), suite_for_public_key(gateway_public), gateway_public,
         gateway_thumb, merchant_thumb, codec.encode(head), pan_data, codec.encode(oi),
+        pin_seal=pin_seal,
     )  # fmt: skip
     certs = [certificate_der(card_cert), *(certificate_der(c) for c in chain)]
     return PReq(PIKind.DUAL_SIGNED, parts.pi, parts.oi_data, parts.pi_digest, certs), oi

@@ -10,12 +10,17 @@ answer checked); a purchase is PInit → PReq → PRes with the merchant (actors
 purchase.py), every answer checked before it is believed.
 Rule 4: errors reaching the caller are ``WalletError``; they name the SET code or the step,
 never a PAN, passphrase or secret.
+Rule 5: a purchase is two calls: ``start_purchase`` (PInit; the offer is kept in memory under
+a random id for ``PENDING_SECONDS``) and ``finish_purchase`` (PReq with the thin client's
+``pin.seal_pin`` for a PIN account). The wallet never sees a clear PIN or PIN block; a PIN
+account's purchase without a seal, or a card's with one, is refused.
 """
 
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography import x509
@@ -60,6 +65,8 @@ from protocol.wrapper import MessageHeader, decode_message, encode_message, make
 from setpay.logs import get_logger
 
 log = get_logger(component="wallet")
+PENDING_SECONDS = 300.0  # a started purchase not finished by then is forgotten
+MAX_PENDING = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +74,32 @@ class CardInfo:
     card_id: str
     brand: str
     hint: str  # last four digits, for the cardholder to recognise the card
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """A purchase after PInit: what the thin client needs to seal a PIN (Rule 5)."""
+
+    purchase_id: str
+    xid: bytes
+    gateway_cert: bytes  # DER of the key-exchange certificate PEThumb names, validated
+    brand: str
+    certs: list[bytes]  # the PInitRes's certificates, BCI and CRLs: the thin client revalidates
+    crls: list[bytes]
+    bci: bytes | None
+    pin_binding: str | None = field(default=None, repr=False)  # PIN account: the block binds it
+
+
+@dataclass
+class _Pending:
+    user: str
+    card: CardRow
+    merchant: str
+    offer: purchase.Offer
+    machine: Any
+    description: str
+    amount: CurrAmt
+    started: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +133,7 @@ class WalletService:
         self.ca = ca
         self.root = root
         self.clock = clock or ids.SystemClock()
+        self._pending: dict[str, _Pending] = {}
 
     async def start(self) -> None:
         await self.vault.ensure_key()
@@ -149,8 +183,10 @@ class WalletService:
         account: pan.Account,
         expiry: str,
         values: dict[str, str],
+        pin_account: bool = False,
     ) -> str:
-        """Register a card with the CA; returns its card id (Rules 2, 3)."""
+        """Register a card with the CA; returns its card id (Rules 2, 3). ``pin_account``: the
+        issuer keeps a PIN for it (OPE debit), so its purchases need the thin client's seal."""
         self.authenticate(user, passphrase)
         try:
             account.validate()
@@ -190,15 +226,15 @@ class WalletService:
         hint = account.number[-4:]
         row = CardRow(
             card_id, user, brand, hint, info.label, certificate_der(reg.cert),
-            [certificate_der(c) for c in reg.chain], certificate_der(root), sealed,
+            [certificate_der(c) for c in reg.chain], certificate_der(root), sealed, pin_account,
         )  # fmt: skip
         self.store.add_card(row, self.clock.now_ms())
-        log.info("wallet_card_enrolled", card_id=card_id, brand=brand)
+        log.info("wallet_card_enrolled", card_id=card_id, brand=brand, pin=pin_account)
         return card_id
 
     # -- purchase -------------------------------------------------------------------------------
 
-    async def buy(
+    async def start_purchase(
         self,
         user: str,
         passphrase: str,
@@ -208,8 +244,9 @@ class WalletService:
         lid_m: bytes,
         description: str,
         amount: CurrAmt,
-    ) -> PurchaseResult:
-        """PInit → PReq → PRes with the merchant at routing key ``merchant`` (Rule 3)."""
+    ) -> Started:
+        """PInit with the merchant at routing key ``merchant``; the checked offer waits for
+        ``finish_purchase`` (Rules 3, 5)."""
         self.authenticate(user, passphrase)
         row = self._card(user, card_id)
         root = load_certificate(row.root)
@@ -224,15 +261,55 @@ class WalletService:
             res, res_header = await self._reply(merchant, header, init, PInitRes)
             offer = purchase.check_pinit_res(res, res_header, init, root, self.clock.now_ms())
             machine.receive(MessageType.PINIT_RES)
+        except ProtocolError as exc:
+            raise WalletError(f"purchase failed: {exc.code.name}") from None
+        except (KeystoreError, TimeoutError) as exc:
+            raise WalletError(f"purchase failed: {type(exc).__name__}") from None
+        purchase_id = secrets.token_hex(16)
+        self._expire_pending()
+        self._pending[purchase_id] = _Pending(
+            user, row, merchant, offer, machine, description, amount, time.monotonic()
+        )
+        return Started(
+            purchase_id, offer.data.trans_ids.xid, certificate_der(offer.gateway_cert),
+            offer.brand, offer.certs, offer.crls, offer.bci,
+            card.account.pin_binding_number if row.pin else None,
+        )  # fmt: skip
+
+    def _expire_pending(self) -> None:
+        now = time.monotonic()
+        for key in [k for k, p in self._pending.items() if now - p.started > PENDING_SECONDS]:
+            del self._pending[key]
+        while len(self._pending) >= MAX_PENDING:  # oldest first: dicts keep insertion order
+            del self._pending[next(iter(self._pending))]
+
+    async def finish_purchase(
+        self, user: str, passphrase: str, purchase_id: str, pin_seal: bytes | None = None
+    ) -> PurchaseResult:
+        """PReq → PRes for a started purchase; ``pin_seal`` is the thin client's sealed PIN
+        block (required for a PIN account, refused otherwise; Rule 5)."""
+        self.authenticate(user, passphrase)
+        pending = self._pending.get(purchase_id)
+        if pending is None or pending.user != user:
+            raise WalletError("no such started purchase (expired or finished)")
+        row, offer, machine = pending.card, pending.offer, pending.machine
+        if row.pin and pin_seal is None:
+            raise WalletError("this card is a PIN account: the purchase needs a sealed PIN")
+        if not row.pin and pin_seal is not None:
+            raise WalletError("this card takes no PIN")
+        del self._pending[purchase_id]  # one PReq per offer, whatever happens next
+        merchant, description, amount = pending.merchant, pending.description, pending.amount
+        try:
+            card = await self.vault.open(row.card_id, row.sealed)
             key = await self.keystore.private_key(row.key_label)
             preq, oi = await purchase.build_preq(
                 offer, key, load_certificate(row.cert), load_all(row.chain), card,
-                description, amount,
+                description, amount, pin_seal,
             )  # fmt: skip
             trans = oi.trans_ids
             machine.send(MessageType.PREQ)
             saved = PurchaseRow(
-                trans.xid, card_id, merchant, codec.encode(trans),
+                trans.xid, row.card_id, merchant, codec.encode(trans),
                 certificate_der(offer.merchant_cert), description, amount.currency,
                 amount.amount, machine.to_bytes(), None, None,
             )  # fmt: skip
@@ -260,8 +337,31 @@ class WalletService:
             ),
             self.clock.now_ms(),
         )  # fmt: skip
-        log.info("wallet_purchase_done", xid=trans.xid.hex(), completion=data.completion.name)
+        log.info("wallet_purchase_done", xid=trans.xid.hex(), completion=data.completion.name,
+                 pin=pin_seal is not None)  # fmt: skip
         return PurchaseResult(trans.xid, data.completion, auth_code)
+
+    async def buy(
+        self,
+        user: str,
+        passphrase: str,
+        *,
+        card_id: str,
+        merchant: str,
+        lid_m: bytes,
+        description: str,
+        amount: CurrAmt,
+    ) -> PurchaseResult:
+        """A card purchase in one call: ``start_purchase`` then ``finish_purchase`` without a
+        PIN (a PIN account needs the thin client's seal: use the two steps)."""
+        started = await self.start_purchase(
+            user, passphrase, card_id=card_id, merchant=merchant, lid_m=lid_m,
+            description=description, amount=amount,
+        )  # fmt: skip
+        if started.pin_binding is not None:
+            self._pending.pop(started.purchase_id, None)
+            raise WalletError("this card is a PIN account: the purchase needs a sealed PIN")
+        return await self.finish_purchase(user, passphrase, started.purchase_id)
 
     async def _reply(
         self, target: str, header: MessageHeader, body: object, expect: type

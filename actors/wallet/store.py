@@ -15,7 +15,7 @@ from pathlib import Path
 
 from protocol import codec
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: cards.pin (OPE PIN accounts)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -26,7 +26,7 @@ CREATE TABLE IF NOT EXISTS cards (
     card_id TEXT PRIMARY KEY, user TEXT NOT NULL REFERENCES cardholders(user),
     brand TEXT NOT NULL, hint TEXT NOT NULL, key_label TEXT NOT NULL,
     cert BLOB NOT NULL, chain BLOB NOT NULL, root BLOB NOT NULL, sealed BLOB NOT NULL,
-    created INTEGER NOT NULL);
+    created INTEGER NOT NULL, pin INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS purchases (
     xid BLOB PRIMARY KEY, card_id TEXT NOT NULL REFERENCES cards(card_id),
     merchant TEXT NOT NULL, trans_ids BLOB NOT NULL, merchant_cert BLOB NOT NULL,
@@ -46,6 +46,7 @@ class CardRow:
     chain: list[bytes]
     root: bytes
     sealed: bytes
+    pin: bool = False  # an OPE PIN account: a purchase needs the thin client's PIN seal
 
 
 @dataclass(frozen=True)
@@ -78,9 +79,12 @@ class WalletStore:
         db.row_factory = sqlite3.Row
         db.execute("PRAGMA journal_mode=WAL")
         db.executescript(_SCHEMA)
+        columns = {r[1] for r in db.execute("PRAGMA table_info(cards)")}
         with db:
+            if "pin" not in columns:  # a version 1 database: cards had no PIN flag
+                db.execute("ALTER TABLE cards ADD COLUMN pin INTEGER NOT NULL DEFAULT 0")
             db.execute(
-                "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+                "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
             )
         return cls(db, path)
 
@@ -105,15 +109,16 @@ class WalletStore:
     def add_card(self, row: CardRow, now_ms: int) -> None:
         with self.db:
             self.db.execute(
-                "INSERT INTO cards VALUES (?,?,?,?,?,?,?,?,?,?)",
+                "INSERT INTO cards (card_id, user, brand, hint, key_label, cert, chain, root,"
+                " sealed, created, pin) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 (row.card_id, row.user, row.brand, row.hint, row.key_label, row.cert,
-                 codec.packb(row.chain), row.root, row.sealed, now_ms),
+                 codec.packb(row.chain), row.root, row.sealed, now_ms, int(row.pin)),
             )  # fmt: skip
 
     def _card(self, r: sqlite3.Row) -> CardRow:
         return CardRow(
             r["card_id"], r["user"], r["brand"], r["hint"], r["key_label"], r["cert"],
-            list(codec.unpackb(r["chain"])), r["root"], r["sealed"],
+            list(codec.unpackb(r["chain"])), r["root"], r["sealed"], bool(r["pin"]),
         )  # fmt: skip
 
     def card(self, card_id: str) -> CardRow | None:
