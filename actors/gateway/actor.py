@@ -96,6 +96,7 @@ class GatewayActor(Actor):
             pi_opener=pi_opener,
             zpk_label=zpk,
             clock=self.clock,
+            require_bci=True,  # seeded from registration: never authorize without revocation data
         )
         self.on(pw.AUTH_REQ_TYPE, self._handle)
 

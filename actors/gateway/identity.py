@@ -51,6 +51,9 @@ class GatewayIdentity:
     chain: tuple[x509.Certificate, ...]  # PCA, Brand
     sig_label: str
     kx_label: str
+    # Revocation data the CA handed out at registration: the gateway's cache starts from it.
+    bci: bytes | None = None
+    crls: tuple[bytes, ...] = ()
 
     def save(self, path: Path) -> None:
         def b64(c: x509.Certificate) -> str:
@@ -64,6 +67,8 @@ class GatewayIdentity:
             "chain": [b64(c) for c in self.chain],
             "sig_label": self.sig_label,
             "kx_label": self.kx_label,
+            "bci": base64.b64encode(self.bci).decode("ascii") if self.bci else None,
+            "crls": [base64.b64encode(c).decode("ascii") for c in self.crls],
         }
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
@@ -90,6 +95,8 @@ class GatewayIdentity:
                 tuple(cert(v) for v in doc["chain"]),
                 doc["sig_label"],
                 doc["kx_label"],
+                base64.b64decode(doc["bci"]) if doc.get("bci") else None,
+                tuple(base64.b64decode(c) for c in doc.get("crls", [])),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise GatewayError(f"unreadable gateway identity {path}: {exc}") from None
@@ -134,5 +141,13 @@ async def register(
         values=values,
     )
     return GatewayIdentity(
-        brand, root, reg.sig_cert, reg.kx_cert, tuple(reg.chain), labels[SIG_NAME], labels[KX_NAME]
+        brand,
+        root,
+        reg.sig_cert,
+        reg.kx_cert,
+        tuple(reg.chain),
+        labels[SIG_NAME],
+        labels[KX_NAME],
+        reg.ca.bci,
+        tuple(reg.ca.crls),
     )

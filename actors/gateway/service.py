@@ -169,6 +169,11 @@ class GatewayService:
         # BCI held, ``require_bci`` refuses (missingCertificate); otherwise CRLs are skipped
         # until the operator's refresh brings one (see trust.refresh_from_ca).
         self.trust = trust or RevocationCache(ledger.path.parent / "trust.sqlite", identity.root)
+        if identity.bci is not None and self.trust.held(identity.brand) is None:
+            # start from what the CA handed out at registration; newer ones replace it
+            self.trust.offer(
+                identity.chain, identity.bci, identity.crls, (clock or ids.SystemClock()).now_ms()
+            )
         self.require_bci = require_bci
         self.pi_opener: PiOpenerFactory = pi_opener or (lambda _use_key: kx_key)
         self.zpk_label = zpk_label

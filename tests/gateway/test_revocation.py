@@ -222,8 +222,26 @@ async def test_require_bci_refuses_without_one(
 ) -> None:
     service = gateway_env.actor.service
     assert service is not None and trust.held(BRAND) is None
-    service.require_bci = True
+    previous, service.require_bci = service.require_bci, True
     try:
         assert await _refused(gateway_env, "ok", 1_000) is ErrorCode.MISSING_CERTIFICATE
     finally:
-        service.require_bci = False
+        service.require_bci = previous
+
+
+async def test_gateway_starts_with_the_bci_of_its_registration(
+    gateway_env: GatewayEnv, tmp_path: Path
+) -> None:
+    """The CA's BCI and CRLs from registration are kept in the identity (and survive
+    save/load), and the running gateway holds them from its first request on."""
+    from actors.gateway.identity import GatewayIdentity
+
+    identity = gateway_env.identity
+    assert identity.bci is not None and identity.crls
+    path = tmp_path / "identity.json"
+    identity.save(path)
+    again = GatewayIdentity.load(path)
+    assert (again.bci, again.crls) == (identity.bci, identity.crls)
+    held = gateway_env.actor.service.trust.held(BRAND)
+    assert held is not None
+    assert gateway_env.actor.service.require_bci
