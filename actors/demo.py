@@ -17,6 +17,7 @@ import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from bench.softkey import SoftwareKey
@@ -183,6 +184,16 @@ def _selfcheck(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _client_root(settings: Settings) -> x509.Certificate | None:
+    """The root the environment gave the thin clients (``<data_dir>/wallet/root.der``)."""
+    from protocol.certs import load_certificate
+
+    try:
+        return load_certificate((settings.data_dir / "wallet" / "root.der").read_bytes())
+    except (OSError, ProtocolError):
+        return None
+
+
 async def _live(args: argparse.Namespace, settings: Settings) -> int:
     from actors import demo_cases
     from actors.environment import client_url
@@ -202,7 +213,7 @@ async def _live(args: argparse.Namespace, settings: Settings) -> int:
             print(f"raw RSA-2048 sign in SoftHSM2, one process: {rate:.0f}/s "
                   f"(purchases/s = {result.rate / rate:.3f} of it)")  # fmt: skip
             return 1 if result.errors else 0
-        rows = await demo_cases.run_cases(wallet, pos)
+        rows = await demo_cases.run_cases(wallet, pos, _client_root(settings))
     finally:
         await bus.close()
     demo_cases.print_rows(rows)

@@ -8,6 +8,8 @@ Rule 2: each case names the outcome it expects; a row whose outcome differs is m
 the demo fails. A case the system cannot run yet is shown as "not available yet", never faked.
 Rule 3: cards are enrolled once per cardholder and reused; rows show the last four digits
 only.
+Rule 4: OPE PIN debit is a sale; the PIN is sealed by the thin client (api.seal_for, against
+the root the environment gave the wallet's clients), so the wallet sees only the seal.
 """
 
 from __future__ import annotations
@@ -20,7 +22,18 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from actors.environment import BRAND, LOAD_PANS, MERCHANTS, POS_INSTANCE, WALLET_INSTANCE, _valid
+from cryptography import x509
+
+from actors.environment import (
+    BRAND,
+    DEBIT_PAN,
+    DEBIT_PIN,
+    LOAD_PANS,
+    MERCHANTS,
+    POS_INSTANCE,
+    WALLET_INSTANCE,
+    _valid,
+)
 from actors.merchant.api import MerchantClient
 from actors.merchant.errors import MerchantError
 from actors.wallet.api import Outcome, WalletClient
@@ -30,6 +43,7 @@ from setpay.config import Settings
 
 PASSPHRASE = "demo passphrase, test environment only"  # noqa: S105 - demo cardholders
 FORM = {"name": "Demo Cardholder", "postal_code": "100-0001"}
+WRONG_PIN = "58204617"  # not DEBIT_PIN: the issuer answers 55
 CURRENCY = "JPY"
 
 
@@ -55,10 +69,13 @@ def describe(outcome: Outcome) -> str:
 class Shopper:
     """One cardholder with one card, through the thin clients."""
 
-    def __init__(self, wallet: WalletClient, user: str, number: str) -> None:
+    def __init__(
+        self, wallet: WalletClient, user: str, number: str, *, pin_account: bool = False
+    ) -> None:
         self.wallet = wallet
         self.user = user
         self.number = number
+        self.pin_account = pin_account
         self.card_id = ""
 
     async def card(self) -> str:
@@ -73,9 +90,20 @@ class Shopper:
                 return self.card_id
         self.card_id = await self.wallet.enroll(
             self.user, PASSPHRASE, brand=BRAND, number=self.number,
-            expiry=_valid_now(), form=FORM,
+            expiry=_valid_now(), form=FORM, pin_account=self.pin_account,
         )  # fmt: skip
         return self.card_id
+
+    async def debit(self, pos: MerchantClient, merchant_id: str, amount: int,
+                    root: x509.Certificate, pin: str) -> Outcome:  # fmt: skip
+        """OPE PIN debit: a sale, the PIN sealed here to the gateway (Rule 4)."""
+        description = f"demo PIN debit at {merchant_id}: {amount} {CURRENCY}"
+        value = CurrAmt(CURRENCY, amount)
+        lid_m = await pos.create_order(merchant_id, description, value, sale=True)
+        return await self.wallet.buy_with_pin(
+            self.user, PASSPHRASE, root=root, pin=pin, card_id=self.card_id, merchant=pos.route,
+            lid_m=lid_m, description=description, amount=value,
+        )  # fmt: skip
 
     async def buy(self, pos: MerchantClient, merchant_id: str, amount: int,
                   *, sale: bool = False) -> Outcome:  # fmt: skip
@@ -106,17 +134,22 @@ async def _timed(coro: Any) -> tuple[str, float]:
 
 APPROVED = "AUTHORIZATION_PERFORMED/APPROVED"
 DECLINED = "AUTHORIZATION_PERFORMED/DECLINED"
+SALE_APPROVED = "CAPTURE_PERFORMED/APPROVED"
+EXPIRED = "AUTHORIZATION_PERFORMED/EXPIRED_CARD"
 
 
-async def run_cases(wallet: WalletClient, pos: MerchantClient) -> list[Row]:
-    """The acceptance cases of issue #6 (Rules 1, 2)."""
+async def run_cases(
+    wallet: WalletClient, pos: MerchantClient, root: x509.Certificate | None = None
+) -> list[Row]:
+    """The acceptance cases of issue #6 (Rules 1, 2); the OPE rows need the trusted ``root``."""
     rows: list[Row] = []
     m1, m2, m3 = (m[0] for m in MERCHANTS)
     good = Shopper(wallet, "demo-alice", LOAD_PANS[0])
     low = Shopper(wallet, "demo-bob", "4000000000000002")
     expired = Shopper(wallet, "demo-carol", "4000000000000010")
     stolen = Shopper(wallet, "demo-dave", "4000000000000028")
-    for shopper in (good, low, expired, stolen):
+    debit = Shopper(wallet, "demo-erin", DEBIT_PAN, pin_account=True)
+    for shopper in (good, low, expired, stolen, debit):
         outcome, ms = await _timed(shopper.card())
         ok = outcome == shopper.card_id
         rows.append(Row("wallet+CA", f"enroll card …{shopper.number[-4:]}", "enrolled",
@@ -124,10 +157,9 @@ async def run_cases(wallet: WalletClient, pos: MerchantClient) -> list[Row]:
     cases = [
         ("credit purchase, approved", good, m1, 3_200, False, APPROVED),
         ("credit, insufficient funds", low, m2, 20_000, False, DECLINED),
-        ("credit, expired card", expired, m1, 1_500, False,
-         "AUTHORIZATION_PERFORMED/EXPIRED_CARD"),
+        ("credit, expired card", expired, m1, 1_500, False, EXPIRED),
         ("credit, stolen card", stolen, m3, 2_000, False, DECLINED),
-        ("sale, capture now", good, m3, 4_800, True, "CAPTURE_PERFORMED/APPROVED"),
+        ("sale, capture now", good, m3, 4_800, True, SALE_APPROVED),
     ]
     first: Outcome | None = None
     for case, shopper, merchant_id, amount, sale, expect in cases:
@@ -140,9 +172,14 @@ async def run_cases(wallet: WalletClient, pos: MerchantClient) -> list[Row]:
             outcome = f"error: {exc}"
         rows.append(Row("issuer via gateway", f"{case} ({merchant_id})", expect, outcome,
                         (time.perf_counter() - start) * 1000))  # fmt: skip
-    for case in ("OPE debit, right PIN", "OPE debit, wrong PIN"):
-        missing = "not available yet (the wallet builds no PIN-bearing PI)"
-        rows.append(Row("issuer via gateway", case, "-", missing, 0.0))
+    ope = [("OPE debit, right PIN", DEBIT_PIN, SALE_APPROVED),
+           ("OPE debit, wrong PIN", WRONG_PIN, DECLINED)]  # fmt: skip
+    for case, pin, expect in ope:
+        if root is None:
+            rows.append(Row("issuer via gateway", case, "-", "not available (no root)", 0.0))
+            continue
+        outcome, ms = await _timed(debit.debit(pos, m2, 2_500, root, pin))
+        rows.append(Row("issuer via gateway", f"{case} ({m2})", expect, outcome, ms))
     if first is not None:
         outcome, ms = await _timed(wallet.inquire(good.user, PASSPHRASE, first.xid))
         rows.append(Row("merchant", "inquiry about the approved purchase", APPROVED, outcome, ms))

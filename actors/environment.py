@@ -66,6 +66,11 @@ def demo_accounts(now: datetime) -> list[SeedAccount]:
         SeedAccount(f"alpha-load{i}", "card", BRAND, number, valid, big, 0, velocity_count=10**9)
         for i, number in enumerate(LOAD_PANS)
     ]
+    # OPE debit: the CA registers card accounts only, so the PIN account is a card number the
+    # issuer keeps a PIN for (its PVV); the wallet enrols it with pin_account=True.
+    debit = SeedAccount("alpha-pin-debit", "card", BRAND, DEBIT_PAN, valid, 500_000, 0,
+                        pin=DEBIT_PIN, velocity_count=10**9)  # fmt: skip
+    accounts.append(debit)
     return accounts
 
 
@@ -81,6 +86,8 @@ def _luhn_complete(prefix: str) -> str:
 
 
 LOAD_PANS: tuple[str, ...] = tuple(_luhn_complete(f"411111000000{i:03d}") for i in range(8))
+DEBIT_PAN = _luhn_complete("400000000000905")  # the OPE PIN account (a card number, see above)
+DEBIT_PIN = "73918264"  # the test environment's PIN for DEBIT_PAN (test data)
 
 
 @dataclass
@@ -302,6 +309,7 @@ async def _register_parties(settings: Settings, say: Callable[[str], None]) -> N
 async def _seed_issuer(settings: Settings) -> list[str]:
     """`setpay issuer seed` (the catalogue) plus this demo's alpha-brand accounts."""
     from actors.issuer.accounts import Store
+    from actors.issuer.errors import SecurityUnavailable
     from actors.issuer.seed import seed, seed_environment
     from actors.issuer.service import IssuerService
 
@@ -328,14 +336,21 @@ async def _seed_issuer(settings: Settings) -> list[str]:
 
             source = pin_block_for if client is not None else None
             report = await seed_environment(store, security, now, source)
-            extra = demo_accounts(now)
-            await seed(store, security, extra)
+            for account in demo_accounts(now):
+                if account.pin is not None and source is None:
+                    report.append((account, "skipped: no PIN block source"))
+                    continue
+                try:
+                    await seed(store, security, [account], source)
+                except SecurityUnavailable as exc:
+                    report.append((account, f"skipped: {exc}"))
+                    continue
+                report.append((account, "created"))
         finally:
             store.close()
     finally:
         await svc.stop()
-    created = [a.name for a, status in report if status == "created"]
-    return created + [a.name for a in extra]
+    return [a.name for a, status in report if status == "created"]
 
 
 def ensure(settings: Settings, say: Callable[[str], None] = print) -> Environment:
