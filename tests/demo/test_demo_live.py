@@ -21,14 +21,25 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
-from actors.demo_cases import APPROVED, DECLINED, SALE_APPROVED, WRONG_PIN
-from actors.environment import DEBIT_PAN, DEBIT_PIN, LOAD_PANS
+from actors import demo_cases
+from actors.demo_cases import APPROVED, DECLINED, PASSPHRASE, SALE_APPROVED, WRONG_PIN
+from actors.environment import DEBIT_PAN, DEBIT_PIN, LOAD_PANS, client_url
+from actors.wallet.api import StartedPurchase, seal_for
+from actors.wallet.errors import WalletError
 from broker import admin
+from protocol.certs import CertType, load_certificate, set_extension
+from protocol.messages import CurrAmt
 from protocol.pin import encode_format0
+from setpay.config import load
 from tests.fixtures_ca import files_bytes
 
 pytestmark = pytest.mark.integration
@@ -41,16 +52,23 @@ PANS = (LOAD_PANS[0], "4000000000000002", "4000000000000010", "4000000000000028"
 
 
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
+def demo_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The environment variables of this module's throw-away environment (data dir, vhost)."""
     data_dir = tmp_path_factory.mktemp("demo-var")
     vhost = f"setpay-test-demo-{secrets.token_hex(4)}"
+    return {**os.environ, "SETPAY_DATA_DIR": str(data_dir), "SETPAY_BROKER_VHOST": vhost,
+            "SETPAY_KEYSTORE_WORKERS": "1", "SETPAY_LOG_FORMAT": "json"}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def demo_run(demo_env: dict[str, str]) -> Iterator[tuple[Path, str]]:
+    env = demo_env
+    data_dir, vhost = Path(env["SETPAY_DATA_DIR"]), env["SETPAY_BROKER_VHOST"]
     shared = ROOT / "var" / "broker" / "credentials.json"
     if shared.exists():
         (data_dir / "broker").mkdir()
         shutil.copy2(shared, data_dir / "broker" / "credentials.json")
     existing = set(admin.list_users())
-    env = {**os.environ, "SETPAY_DATA_DIR": str(data_dir), "SETPAY_BROKER_VHOST": vhost,
-           "SETPAY_KEYSTORE_WORKERS": "1", "SETPAY_LOG_FORMAT": "json"}  # fmt: skip
     try:
         proc = subprocess.run(
             [*SETPAY, "demo"], env=env, capture_output=True, text=True, timeout=300,
@@ -144,3 +162,68 @@ def test_no_pin_or_clear_pin_block_in_party_databases_and_logs(
         for blob in blobs:
             assert token.search(blob) is None
             assert not any(form in blob for form in forms)
+
+
+def _other_root() -> x509.Certificate:
+    """A self-signed CA certificate the environment's gateway does not chain to."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "not the SET root")])
+    now = datetime.now(UTC)
+    return (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1)).not_valid_after(now + timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+
+
+async def test_thin_client_pin_purchase_refusals_and_finish(
+    demo_run: tuple[Path, str], demo_env: dict[str, str]
+) -> None:
+    """Against the live environment: the wallet hands the thin client the gateway certificate,
+    refuses a PIN account without a seal and a card with one, and the thin client refuses a
+    gateway it cannot validate; the same started purchase then finishes with the seal."""
+    data_dir, out = demo_run
+    assert "rows as expected" in out
+    root = load_certificate((data_dir / "wallet" / "root.der").read_bytes())
+    bus, wallet, pos = await demo_cases.connect_clients(client_url(load(demo_env)))
+    try:
+        erin = demo_cases.Shopper(wallet, "demo-erin", DEBIT_PAN, pin_account=True)
+        alice = demo_cases.Shopper(wallet, "demo-alice", LOAD_PANS[0])
+        await erin.card()
+        await alice.card()
+        value = CurrAmt("JPY", 700)
+
+        async def start(shopper: demo_cases.Shopper) -> StartedPurchase:
+            lid_m = await pos.create_order("M-1001", "thin client", value, sale=True)
+            return await wallet.start_purchase(
+                shopper.user, PASSPHRASE, card_id=shopper.card_id, merchant=pos.route,
+                lid_m=lid_m, description="thin client", amount=value,
+            )  # fmt: skip
+
+        started = await start(erin)
+        assert started.pin_binding == DEBIT_PAN and DEBIT_PAN not in repr(started)
+        gateway = load_certificate(started.gateway_cert)
+        assert set_extension(gateway).cert_type is CertType.GATEWAY
+        with pytest.raises(WalletError, match="PIN not sealed"):
+            await seal_for(started, _other_root(), DEBIT_PIN)
+        with pytest.raises(WalletError) as bad_pin:
+            await seal_for(started, root, "12ab")
+        assert "12ab" not in str(bad_pin.value)
+        with pytest.raises(WalletError, match="needs a sealed PIN"):
+            await wallet.finish_purchase(erin.user, PASSPHRASE, started.purchase_id)
+        seal = await seal_for(started, root, DEBIT_PIN)
+        card = await start(alice)
+        assert card.pin_binding is None
+        with pytest.raises(WalletError, match="takes no PIN"):
+            await wallet.finish_purchase(alice.user, PASSPHRASE, card.purchase_id, seal)
+        # The refusals consumed nothing: the PIN purchase still finishes, once.
+        done = await wallet.finish_purchase(erin.user, PASSPHRASE, started.purchase_id, seal)
+        assert demo_cases.describe(done) == SALE_APPROVED and done.xid == started.xid
+        with pytest.raises(WalletError, match="no such started purchase"):
+            await wallet.finish_purchase(erin.user, PASSPHRASE, started.purchase_id, seal)
+        with pytest.raises(WalletError, match="PIN account"):
+            await erin.buy(pos, "M-1001", 700)
+    finally:
+        await bus.close()
