@@ -17,8 +17,8 @@ it, and checks the BCI's validity window at every use.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -43,6 +43,7 @@ from protocol.messages import EntityKind, IDData
 from protocol.revocation import Bci, RevocationState, bci_thumbprint, crl_number, open_bci
 from protocol.signed import SignedData
 from setpay.logs import get_logger
+from setpay.sqlite import transaction
 
 log = get_logger(component="trust")
 
@@ -113,15 +114,9 @@ class RevocationCache:
     def close(self) -> None:
         self._db.close()
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
+        """One atomic change (setpay/sqlite.py): committed on exit, rolled back on error."""
+        return transaction(self._db)
 
     # -- reading --------------------------------------------------------------------------------
 

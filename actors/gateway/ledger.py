@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 from actors.gateway.errors import GatewayError
+from setpay.sqlite import transaction
 
 SCHEMA_VERSION: Final = 1
 _SCHEMA: Final = """
@@ -111,15 +112,9 @@ class Ledger:
     def close(self) -> None:
         self._db.close()
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
+        """One atomic change (setpay/sqlite.py): committed on exit, rolled back on error."""
+        return transaction(self._db)
 
     def get(self, rrpid: bytes) -> Entry | None:
         row = self._db.execute(

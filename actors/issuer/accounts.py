@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -27,6 +27,7 @@ from typing import Final
 
 from actors.issuer.codes import ResponseCode
 from actors.issuer.errors import StoreError
+from setpay.sqlite import transaction
 
 SCHEMA_VERSION: Final = 1
 _SCHEMA: Final = """
@@ -155,15 +156,9 @@ class Store:
     def close(self) -> None:
         self.db.close()
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.db
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
+    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
+        """One atomic change (setpay/sqlite.py): committed on exit, rolled back on error."""
+        return transaction(self.db)
 
     # -- accounts ---------------------------------------------------------------------------
 

@@ -13,13 +13,13 @@ again gets the same reply, another request under that RRPID is a replay.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
 from protocol import codec
 from protocol.messages import CurrAmt
+from setpay.sqlite import transaction
 
 SCHEMA_VERSION = 1
 
@@ -118,16 +118,9 @@ class MerchantStore:
     def close(self) -> None:
         self.db.close()
 
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One atomic change: committed on exit, rolled back on any exception."""
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.db
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
+    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        """One atomic change (setpay/sqlite.py): committed on exit, rolled back on error."""
+        return transaction(self.db)
 
     # -- merchants and gateways ---------------------------------------------------------------
 
