@@ -18,16 +18,16 @@ from actors.ca.keys import KeystoreKeys
 from actors.ca.service import CAService
 from actors.ca.store import CAStore
 from actors.ca.wire import amqp_type
+from actors.party import PartyActor
 from actors.runtime import Actor, ActorNotReady, Reply
 from broker.consumer import Delivery
-from keystore.client import KeystoreClient
 from keystore.service import RPC_QUEUE
 from protocol import ids
 from protocol.keys import get_suite
 from setpay.config import Settings
 
 
-class CAActor(Actor):
+class CAActor(PartyActor):
     """Serves certificate requests of every brand in the store."""
 
     def __init__(
@@ -43,17 +43,15 @@ class CAActor(Actor):
     ) -> None:
         super().__init__(
             "ca",
+            settings,
             instance,
-            url or settings.amqp_url,
-            prefetch=settings.broker_prefetch,
+            url=url,
+            keystore_queue=keystore_queue,
             health_file=health_file,
         )
-        self.settings = settings
-        self.keystore_queue = keystore_queue
         self.brands = brands
         self.clock = clock
         self.store: CAStore | None = None
-        self.keystore: KeystoreClient | None = None
         self.service: CAService | None = None
 
     async def setup(self) -> None:
@@ -61,9 +59,7 @@ class CAActor(Actor):
         self.store = CAStore.open(self.settings.data_dir)
         if self.store.ca(ROOT) is None:
             raise ActorNotReady("no CA hierarchy in the database: run `setpay ca init` first")
-        self.keystore = await KeystoreClient.create(
-            self.bus, queue=self.keystore_queue, timeout=self.settings.broker_rpc_timeout
-        )
+        await self.connect_keystore()
         keys = KeystoreKeys(self.keystore, get_suite(self.settings.suite))
         self.service = CAService(Hierarchy(self.store, keys), brands=self.brands, clock=self.clock)
         for msg_type in self.service.handlers:  # every request type the service answers

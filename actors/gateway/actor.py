@@ -21,15 +21,16 @@ from actors.gateway.service import GatewayService
 from actors.issuer.link import IsoLink
 from actors.issuer.security import ZPK_LABEL
 from actors.issuer.service import DEFAULT_PORT
+from actors.party import PartyActor
 from actors.runtime import Actor, Reply
 from broker.consumer import Delivery
-from keystore.client import HsmAccountOpener, KeystoreClient
+from keystore.client import HsmAccountOpener
 from keystore.service import RPC_QUEUE
 from protocol import ids
 from setpay.config import Settings
 
 
-class GatewayActor(Actor):
+class GatewayActor(PartyActor):
     """Serves AuthReq for the brand of its certificates."""
 
     def __init__(
@@ -48,13 +49,12 @@ class GatewayActor(Actor):
     ) -> None:
         super().__init__(
             "gateway",
+            settings,
             instance,
-            url or settings.amqp_url,
-            prefetch=settings.broker_prefetch,
+            url=url,
+            keystore_queue=keystore_queue,
             health_file=health_file,
         )
-        self.settings = settings
-        self.keystore_queue = keystore_queue
         self.issuer_host = issuer_host
         self.issuer_port = issuer_port
         self.host_deadline = host_deadline
@@ -62,15 +62,12 @@ class GatewayActor(Actor):
         self.clock = clock
         self.ledger: Ledger | None = None
         self.link: IsoLink | None = None
-        self.keystore: KeystoreClient | None = None
         self.service: GatewayService | None = None
 
     async def setup(self) -> None:
         assert self.bus is not None
         identity = GatewayIdentity.load(identity_path(self.settings.data_dir, self.instance))
-        self.keystore = await KeystoreClient.create(
-            self.bus, queue=self.keystore_queue, timeout=self.settings.broker_rpc_timeout
-        )
+        await self.connect_keystore()
         sig_key = await self.keystore.private_key(identity.sig_label)
         kx_key = await self.keystore.private_key(identity.kx_label)
         self.ledger = Ledger(ledger_path(self.settings.data_dir, self.instance))

@@ -20,11 +20,11 @@ from actors.ca.requester import CAClient
 from actors.merchant.api import serve_api
 from actors.merchant.service import MerchantService
 from actors.merchant.store import MerchantStore
+from actors.party import PartyActor
 from actors.payment_wire import GATEWAY_ROLE
 from actors.runtime import Actor, Reply
 from broker.consumer import Delivery
 from broker.rpc import RpcServer
-from keystore.client import KeystoreClient
 from keystore.service import RPC_QUEUE
 from protocol import ids
 from protocol.keys import get_suite
@@ -34,7 +34,7 @@ from setpay.config import Settings
 HANDLED = (MessageType.PINIT_REQ, MessageType.PREQ, MessageType.INQ_REQ)
 
 
-class MerchantActor(Actor):
+class MerchantActor(PartyActor):
     """Hosts the POS of every merchant in its store."""
 
     def __init__(
@@ -51,18 +51,16 @@ class MerchantActor(Actor):
     ) -> None:
         super().__init__(
             "merchant",
+            settings,
             instance,
-            url or settings.amqp_url,
-            prefetch=settings.broker_prefetch,
+            url=url,
+            keystore_queue=keystore_queue,
             health_file=health_file,
         )
-        self.settings = settings
-        self.keystore_queue = keystore_queue
         self.gateway_target = gateway_target
         self.gateway_timeout = gateway_timeout or settings.broker_rpc_timeout
         self.clock = clock or ids.SystemClock()
         self.store: MerchantStore | None = None
-        self.keystore: KeystoreClient | None = None
         self.keys: KeystoreKeys | None = None
         self.gateway: CAClient | None = None
         self.service: MerchantService | None = None
@@ -71,9 +69,7 @@ class MerchantActor(Actor):
     async def setup(self) -> None:
         assert self.bus is not None
         self.store = MerchantStore.open(self.settings.data_dir, self.instance)
-        self.keystore = await KeystoreClient.create(
-            self.bus, queue=self.keystore_queue, timeout=self.settings.broker_rpc_timeout
-        )
+        await self.connect_keystore()
         self.keys = KeystoreKeys(self.keystore, get_suite(self.settings.suite))
         self.gateway = await CAClient(
             self.bus,

@@ -15,19 +15,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from actors.ca.requester import CAClient
+from actors.party import PartyActor
 from actors.runtime import Actor
 from actors.wallet.api import serve_api
 from actors.wallet.peer import PeerClient
 from actors.wallet.service import WalletService
 from actors.wallet.store import WalletStore
 from broker.rpc import RpcServer
-from keystore.client import KeystoreClient
 from keystore.service import RPC_QUEUE
 from protocol.certs import load_certificate
 from setpay.config import Settings
 
 
-class WalletActor(Actor):
+class WalletActor(PartyActor):
     """Hosts the wallets of many cardholders (``self.service`` once started)."""
 
     def __init__(
@@ -40,13 +40,14 @@ class WalletActor(Actor):
         health_file: Path | None = None,
     ) -> None:
         super().__init__(
-            "wallet", instance, url or settings.amqp_url,
-            prefetch=settings.broker_prefetch, health_file=health_file,
-        )  # fmt: skip
-        self.settings = settings
-        self.keystore_queue = keystore_queue
+            "wallet",
+            settings,
+            instance,
+            url=url,
+            keystore_queue=keystore_queue,
+            health_file=health_file,
+        )
         self.store: WalletStore | None = None
-        self.keystore: KeystoreClient | None = None
         self.peers: PeerClient | None = None
         self.ca: CAClient | None = None
         self.service: WalletService | None = None
@@ -55,9 +56,7 @@ class WalletActor(Actor):
     async def setup(self) -> None:
         assert self.bus is not None
         self.store = WalletStore.open(self.settings.data_dir, self.instance)
-        self.keystore = await KeystoreClient.create(
-            self.bus, queue=self.keystore_queue, timeout=self.settings.broker_rpc_timeout
-        )
+        await self.connect_keystore()
         timeout = self.settings.broker_rpc_timeout
         self.peers = await PeerClient(self.bus, self.role, f"{self.instance}-peer", timeout).start()
         self.ca = await CAClient(

@@ -1,0 +1,47 @@
+"""What every SET party actor shares: its settings and the keystore that holds its keys.
+
+Rule 1: a party never holds a private key; ``connect_keystore`` gives it the keystore client
+through which it signs and decrypts (the keystore authorises it by its broker login).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from actors.runtime import Actor
+from keystore.client import KeystoreClient
+from keystore.service import RPC_QUEUE
+from setpay.config import Settings
+
+
+class PartyActor(Actor):
+    """An actor of a SET party (CA, gateway, merchant POS, wallet)."""
+
+    def __init__(
+        self,
+        role: str,
+        settings: Settings,
+        instance: str,
+        *,
+        url: str | None = None,
+        keystore_queue: str = RPC_QUEUE,
+        health_file: Path | None = None,
+    ) -> None:
+        super().__init__(
+            role,
+            instance,
+            url or settings.amqp_url,
+            prefetch=settings.broker_prefetch,
+            health_file=health_file,
+        )
+        self.settings = settings
+        self.keystore_queue = keystore_queue
+        self.keystore: KeystoreClient | None = None
+
+    async def connect_keystore(self) -> KeystoreClient:
+        """The keystore client over this actor's own connection (call from ``setup``)."""
+        assert self.bus is not None
+        self.keystore = await KeystoreClient.create(
+            self.bus, queue=self.keystore_queue, timeout=self.settings.broker_rpc_timeout
+        )
+        return self.keystore
