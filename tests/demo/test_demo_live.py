@@ -2,9 +2,7 @@
 issuer host, POS, wallet as separate processes over the real RabbitMQ and SoftHSM2) in a
 throw-away vhost and data dir, and every outcome row is the expected one.
 
-Rule 1: broker users are broker-wide and have no test prefix in the supervisor yet, so the
-test reuses the machine's identity passwords (the checkout's ``var/broker/credentials.json``)
-instead of resetting them; users it had to create are deleted, with the vhost, afterwards.
+Rule 1: one `setpay demo` run serves the whole package (tests/demo/conftest.py ``demo_run``).
 Rule 2: the merchant's database and log hold no PAN of any card the demo used.
 Rule 3: OPE PIN debit goes through the real processes: the right PIN is a captured sale, the
 wrong one is declined with the issuer's 55; neither PIN nor its clear format 0 block is in
@@ -14,13 +12,7 @@ the wallet's, merchant's or gateway's databases or logs (files read by a child p
 from __future__ import annotations
 
 import json
-import os
 import re
-import secrets
-import shutil
-import subprocess
-import sys
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -35,7 +27,6 @@ from actors.demo_cases import APPROVED, DECLINED, PASSPHRASE, SALE_APPROVED, WRO
 from actors.environment import DEBIT_PAN, DEBIT_PIN, LOAD_PANS, client_url
 from actors.wallet.api import StartedPurchase, seal_for
 from actors.wallet.errors import WalletError
-from broker import admin
 from protocol.certs import CertType, load_certificate, set_extension
 from protocol.messages import CurrAmt
 from protocol.pin import encode_format0
@@ -44,44 +35,7 @@ from tests.fixtures_ca import files_bytes
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
-SETPAY = (sys.executable, "-c", "import sys; from setpay.cli import main; sys.exit(main())")
-IDENTITIES = ("keystore.main", "ca.main", "gateway.pg1", "issuer.host1", "merchant.pos1",
-              "wallet.main")  # fmt: skip
 PANS = (LOAD_PANS[0], "4000000000000002", "4000000000000010", "4000000000000028", DEBIT_PAN)
-
-
-@pytest.fixture(scope="module")
-def demo_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """The environment variables of this module's throw-away environment (data dir, vhost)."""
-    data_dir = tmp_path_factory.mktemp("demo-var")
-    vhost = f"setpay-test-demo-{secrets.token_hex(4)}"
-    return {**os.environ, "SETPAY_DATA_DIR": str(data_dir), "SETPAY_BROKER_VHOST": vhost,
-            "SETPAY_KEYSTORE_WORKERS": "1", "SETPAY_LOG_FORMAT": "json"}  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def demo_run(demo_env: dict[str, str]) -> Iterator[tuple[Path, str]]:
-    env = demo_env
-    data_dir, vhost = Path(env["SETPAY_DATA_DIR"]), env["SETPAY_BROKER_VHOST"]
-    shared = ROOT / "var" / "broker" / "credentials.json"
-    if shared.exists():
-        (data_dir / "broker").mkdir()
-        shutil.copy2(shared, data_dir / "broker" / "credentials.json")
-    existing = set(admin.list_users())
-    try:
-        proc = subprocess.run(
-            [*SETPAY, "demo"], env=env, capture_output=True, text=True, timeout=300,
-            cwd=ROOT, check=False,
-        )  # fmt: skip
-        yield data_dir, proc.stdout + "\n--stderr--\n" + proc.stderr
-    finally:
-        subprocess.run([*SETPAY, "down", "--grace", "5"], env=env, capture_output=True,
-                       timeout=120, check=False)  # fmt: skip
-        for user in set(IDENTITIES) - existing:
-            if user in set(admin.list_users()):
-                admin.delete_user(user)
-        admin.delete_vhost(vhost)
 
 
 def _row(out: str, case: str) -> str:
