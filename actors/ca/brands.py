@@ -1,7 +1,9 @@
 """Brands the CA serves: BIN ranges and registration form templates.
 
 Rule 1: a cardholder's BIN (the PAN's first six digits) picks the brand and the form; a PAN
-whose BIN no brand lists is refused (``invalidField``), never registered under a guess.
+whose BIN no brand lists is refused (``invalidField``), never registered under a guess. An OPE
+bank account is registered only under a brand that lists its bank code (``bank_codes``); Luhn
+and BIN apply to cards only.
 Rule 2: templates name fields only; values arrive in CertReq and are checked against the
 template (required fields present, lengths within ``max_len``, no unknown fields).
 Rule 3: a cardholder request under a BIN in ``review_bins`` is pended for the issuer's review
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from protocol import pan
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.messages import RegField, RegFieldValue, RegForm
 
@@ -57,10 +60,12 @@ class Brand:
     bins: tuple[str, ...]  # 6-digit BIN prefixes issued under this brand
     review_mccs: tuple[str, ...] = ()  # merchant categories the acquirer approves by hand
     review_bins: tuple[str, ...] = ()  # BINs whose issuer reviews cardholder requests by hand
+    bank_codes: tuple[str, ...] = ()  # OPE: banks whose accounts this brand registers
 
 
 TEST_BRANDS: tuple[Brand, ...] = (
-    Brand("alpha", ("411111", "400000"), review_mccs=("7995",)),  # 7995: betting
+    # 7995: betting; bank 0001: the issuer host's OPE bank (actors/issuer/seed.py)
+    Brand("alpha", ("411111", "400000"), review_mccs=("7995",), bank_codes=("0001",)),
     Brand("beta", ("555555", "510000", "520000"), review_bins=("520000",)),
 )
 
@@ -76,6 +81,20 @@ def check_bin(brand: Brand, pan_digits: str) -> None:
     """The PAN's BIN belongs to ``brand`` (Rule 1). Raises ``ProtocolError(invalidField)``."""
     if not any(pan_digits.startswith(b) for b in brand.bins):
         raise ProtocolError(ErrorCode.INVALID_FIELD, f"BIN not issued under brand {brand.name}")
+
+
+def check_account(brand: Brand, account: pan.Account) -> None:
+    """A card's BIN, or a bank account's bank code, belongs to ``brand`` (Rule 1). Raises
+    ``ProtocolError(invalidField)``."""
+    if account.kind is pan.AccountKind.CARD:
+        check_bin(brand, account.number)
+    elif account.bank_code not in brand.bank_codes:
+        raise ProtocolError(ErrorCode.INVALID_FIELD, f"bank not served under brand {brand.name}")
+
+
+def takes_banks(brand: Brand) -> bool:
+    """Whether ``brand`` registers any OPE bank account."""
+    return bool(brand.bank_codes)
 
 
 def check_form(form: RegForm, reg_form_id: int, values: list[RegFieldValue]) -> dict[str, str]:
@@ -101,6 +120,8 @@ def check_form(form: RegForm, reg_form_id: int, values: list[RegFieldValue]) -> 
     return out
 
 
-def reviewed_bin(brand: Brand, pan_digits: str) -> bool:
-    """The issuer of this BIN reviews cardholder requests by hand (Rule 3)."""
-    return any(pan_digits.startswith(b) for b in brand.review_bins)
+def reviewed_bin(brand: Brand, account: pan.Account) -> bool:
+    """The issuer of this card's BIN reviews cardholder requests by hand (Rule 3)."""
+    if account.kind is not pan.AccountKind.CARD:
+        return False
+    return any(account.number.startswith(b) for b in brand.review_bins)

@@ -9,6 +9,8 @@ request again gets the stored reply, another request under a seen RRPID or a use
 is refused (``replay``).
 Rule 3: the PAN is used in memory only: to check Luhn, BIN and brand and to compute the
 account hash keyed by PANSecret = CardSecret xor Nonce-CCA. It is never logged or stored.
+An OPE bank account is registered under a brand that lists its bank code (no Luhn, BIN or
+expiry check: those are card properties); the same account hash covers it.
 Rule 4: every response carries the brand's current BCI and the CRLs it names, minus what the
 requester's thumbprints show it already holds; a BCI past half its life is replaced first.
 Rule 5: a merchant request in a category the acquirer reviews (``Brand.review_mccs``) or a
@@ -41,9 +43,10 @@ from actors.ca.brands import (
     TEST_BRANDS,
     Brand,
     brand_named,
-    check_bin,
+    check_account,
     check_form,
     reviewed_bin,
+    takes_banks,
 )
 from actors.ca.errors import CAError
 from actors.ca.hierarchy import Hierarchy, ca_name, to_dt
@@ -357,8 +360,9 @@ class CAService:
 
     async def _card_cinit(self, d: Decoded, digest: bytes) -> tuple[MessageType, bytes]:
         req: CardCInitReq = d.body
-        brand = brand_named(self.brands, req.brand_id).name
-        if req.account_kind is not AccountKind.CARD:
+        served = brand_named(self.brands, req.brand_id)
+        brand = served.name
+        if req.account_kind is AccountKind.BANK and not takes_banks(served):
             raise ProtocolError(ErrorCode.INVALID_FIELD, "this CCA registers cards only")
         cca, kx = ca_name(brand, "cca"), ca_name(brand, "cca", True)
         data = CardCInitResData(
@@ -414,11 +418,8 @@ class CAService:
         )
         data = codec.decode(RegFormReqData, content)
         _check_header_rrpid(d, data.rrpid)
-        account = pan.decode_pan_only(extra).account  # Luhn and shape
-        if account.kind is not pan.AccountKind.CARD:
-            raise ProtocolError(ErrorCode.INVALID_FIELD, "this CCA registers cards only")
-        brand = brand_named(self.brands, row.brand)
-        check_bin(brand, account.number)
+        account = pan.decode_pan_only(extra).account  # Luhn (cards) and shape
+        check_account(brand_named(self.brands, row.brand), account)
         if data.request_type is not RequestType.INITIAL:
             raise ProtocolError(ErrorCode.INVALID_FIELD, "renewals skip the registration form")
         chall_ca = ids.new_challenge()
@@ -554,7 +555,7 @@ class CAService:
             secret = pan.pan_secret(acct.card_secret, nonce_cca)
             account_hash = pan.account_hash(secret, token.account, token.expiry)
             del secret
-            if old is None and reviewed_bin(brand, token.account.number):
+            if old is None and reviewed_bin(brand, token.account):
                 # The issuer reviews this BIN by hand (Rule 5): keep what the later answer
                 # needs sealed to our own key-exchange key, issue nothing yet.
                 sealed = await self._seal_held(
@@ -945,8 +946,10 @@ def _check_header_rrpid(d: Decoded, rrpid: bytes) -> None:
 
 
 def _check_card(brand: Brand, token: pan.PANToken, now_ms: int) -> None:
-    """BIN of the brand, card not expired (YYMM, valid through the end of that month)."""
-    check_bin(brand, token.account.number)
+    """BIN (bank code) of the brand; a card not expired (YYMM, valid through that month)."""
+    check_account(brand, token.account)
+    if token.account.kind is not pan.AccountKind.CARD:
+        return
     year, month = 2000 + int(token.expiry[:2]), int(token.expiry[2:])
     now = to_dt(now_ms)
     if (year, month) < (now.year, now.month):

@@ -329,10 +329,10 @@ async def test_errors_signed_where_the_requester_can_verify(
     ca_env: CAEnv, cardholder: tuple
 ) -> None:
     client, _ = cardholder
-    # CardCInit for a served brand but not a card: the alpha CCA signs; the requester has no
-    # CA view yet and verifies the attached CCA certificate up to the root.
+    # CardCInit for a bank account under a brand that takes none: the beta CCA signs; the
+    # requester has no CA view yet and verifies the attached CCA certificate up to the root.
     rrpid = ids.new_rrpid()
-    body = CardCInitReq(rrpid, ids.new_lid(), ids.new_challenge(), "alpha", AccountKind.BANK, [])
+    body = CardCInitReq(rrpid, ids.new_lid(), ids.new_challenge(), "beta", AccountKind.BANK, [])
     with pytest.raises(CARequestError) as info:
         await client.request(body, rrpid, CardCInitRes, root=ca_env.root)
     assert info.value.code is ErrorCode.INVALID_FIELD and info.value.verified
@@ -342,7 +342,7 @@ async def test_errors_signed_where_the_requester_can_verify(
     error = decode_message(reply, now_ms=client.clock.now_ms()).body
     assert isinstance(error, Error) and error.signed
     signed = codec.decode(SignedData, error.content)
-    assert signed.signer == cert_thumbprint(ca_env.hierarchy.cert("alpha.cca"))
+    assert signed.signer == cert_thumbprint(ca_env.hierarchy.cert("beta.cca"))
     # A tampered signature no longer verifies: the requester does not take it as the CA's.
     forged = Error(True, codec.encode(replace(signed, signature=flip(signed.signature, 3))),
                    error.certs)  # fmt: skip

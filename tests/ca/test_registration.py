@@ -201,3 +201,28 @@ async def test_cardholder_renewal_signed_with_old_key(ca_env: CAEnv) -> None:
     with pytest.raises(CARequestError) as info:
         await client.request(stolen.req, stolen.data.rrpid, CertRes)
     assert info.value.code is ErrorCode.SIGNATURE_FAILURE
+
+
+async def test_ope_bank_account_registers_under_a_brand_serving_its_bank(ca_env: CAEnv) -> None:
+    """A bank account (no Luhn, no BIN) registers under alpha, which lists bank 0001; a bank
+    no brand lists, or a brand listing no bank, is refused with invalidField, issuing nothing."""
+    client, keystore = await ca_env.requester("wallet.bank1")
+    key = await new_key(keystore, "bank-1")
+    account = pan.Account(pan.AccountKind.BANK, "1234567", bank_code="0001", branch="123")
+    reg = await register_cardholder(
+        client, root=ca_env.root, brand="alpha", account=account, expiry=EXPIRY, key=key,
+        values=FORM,
+    )  # fmt: skip
+    ext = set_extension(reg.cert)
+    assert (ext.cert_type, ext.brand) == (CertType.CARDHOLDER, "alpha")
+    assert ext.account_hash == pan.account_hash(reg.pan_secret, account, EXPIRY)
+    issued = len(ca_env.store.certs())
+    for brand, bank in (("alpha", "0005"), ("beta", "0001")):
+        other = pan.Account(pan.AccountKind.BANK, "7654321", bank_code=bank, branch="001")
+        with pytest.raises(CARequestError) as info:
+            await register_cardholder(
+                client, root=ca_env.root, brand=brand, account=other, expiry=EXPIRY, key=key,
+                values=FORM,
+            )  # fmt: skip
+        assert info.value.code is ErrorCode.INVALID_FIELD, (brand, bank)
+    assert len(ca_env.store.certs()) == issued
