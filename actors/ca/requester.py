@@ -333,11 +333,15 @@ class CardholderRegistration:
     ca: CAView
 
 
-async def card_cinit(client: CAClient, root: x509.Certificate, brand: str, lid: bytes) -> CAView:
-    """CardCInit: the CCA's certificates, checked to ``root``, and its signed answer."""
+async def card_cinit(
+    client: CAClient, root: x509.Certificate, brand: str, lid: bytes,
+    account_kind: AccountKind = AccountKind.CARD,
+) -> CAView:  # fmt: skip
+    """CardCInit for an ``account_kind`` account: the CCA's certificates, checked to ``root``,
+    and its signed answer."""
     rrpid, chall = ids.new_rrpid(), ids.new_challenge()
     res: CardCInitRes = await client.request(
-        CardCInitReq(rrpid, lid, chall, brand, AccountKind.CARD, []), rrpid, CardCInitRes,
+        CardCInitReq(rrpid, lid, chall, brand, account_kind, []), rrpid, CardCInitRes,
         root=root,
     )  # fmt: skip
     ca = _verify_ca(root, brand, CertType.CCA, res.certs, res.bci, res.crls, client.clock.now_ms())
@@ -505,7 +509,7 @@ async def register_cardholder(
 ) -> CardholderRegistration:
     """CardCInit → RegForm → CertReq → CertRes, checking every answer (Rule 1)."""
     lid = ids.new_lid()
-    ca = await card_cinit(client, root, brand, lid)
+    ca = await card_cinit(client, root, brand, lid, account.kind)
     req2, data2 = await build_reg_form_req(ca, lid, account)
     form = check_reg_form_res(await client.request(req2, data2.rrpid, RegFormRes, ca=ca), data2, ca)
     pending = await build_cardholder_cert_req(

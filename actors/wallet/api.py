@@ -71,6 +71,8 @@ class EnrollArgs:
     expiry: Annotated[str, MaxLen(4)] = field(repr=False)
     form: list[FormField] = field(repr=False)
     pin_account: bool = False
+    bank_code: Annotated[str, MaxLen(11)] = ""  # set: an OPE bank account, ``number`` its no.
+    branch: Annotated[str, MaxLen(8)] = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,9 +184,10 @@ class WalletApi:
             args = codec.decode(EnrollArgs, req.args)
             if svc.store.cardholder(req.user) is None:
                 svc.register(req.user, req.passphrase)
+            kind = pan.AccountKind.BANK if args.bank_code else pan.AccountKind.CARD
+            account = pan.Account(kind, args.number, args.bank_code, args.branch)
             card_id = await svc.enroll(
-                req.user, req.passphrase, brand=args.brand,
-                account=pan.Account(pan.AccountKind.CARD, args.number), expiry=args.expiry,
+                req.user, req.passphrase, brand=args.brand, account=account, expiry=args.expiry,
                 values={f.name: f.value for f in args.form}, pin_account=args.pin_account,
             )  # fmt: skip
             return codec.encode(Enrolled(card_id))
@@ -273,12 +276,13 @@ class WalletClient:
 
     async def enroll(
         self, user: str, passphrase: str, *, brand: str, number: str, expiry: str,
-        form: dict[str, str], pin_account: bool = False,
+        form: dict[str, str], pin_account: bool = False, bank_code: str = "", branch: str = "",
     ) -> str:  # fmt: skip
-        """Register a card with the CA through the wallet; returns the card id.
-        ``pin_account``: the issuer keeps a PIN for it, so purchases need ``buy_with_pin``."""
+        """Register a card (or, with ``bank_code``, an OPE bank account ``number``) with the CA
+        through the wallet; returns the card id. ``pin_account``: the issuer keeps a PIN for
+        it, so purchases need ``buy_with_pin``."""
         fields_ = [FormField(k, v) for k, v in form.items()]
-        args = EnrollArgs(brand, number, expiry, fields_, pin_account)
+        args = EnrollArgs(brand, number, expiry, fields_, pin_account, bank_code, branch)
         body = await self._call(ApiOp.ENROLL, user, passphrase, args)
         return codec.decode(Enrolled, body).card_id
 

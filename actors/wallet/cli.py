@@ -52,11 +52,13 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
     try:
         client = await WalletClient.create(bus, args.instance)
         if args.wallet_cmd == "enroll":
-            number = _secret("SETPAY_WALLET_PAN", "card number: ")
+            what = "account number: " if args.bank_code else "card number: "
+            number = _secret("SETPAY_WALLET_PAN", what)
             form: dict[str, Any] = dict(f.split("=", 1) for f in args.field)
             card = await client.enroll(args.user, passphrase, brand=args.brand, number=number,
                                        expiry=args.expiry, form=form,
-                                       pin_account=args.pin_account)  # fmt: skip
+                                       pin_account=args.pin_account,
+                                       bank_code=args.bank_code, branch=args.branch)  # fmt: skip
             print(f"enrolled card {card} (…{number[-4:]})")
         elif args.wallet_cmd == "cards":
             for c in await client.cards(args.user, passphrase):
@@ -107,6 +109,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
             p.add_argument("--field", action="append", default=[], help="form value NAME=VALUE")
             p.add_argument("--pin-account", action="store_true",
                            help="the issuer keeps a PIN for this card (OPE debit)")  # fmt: skip
+            p.add_argument("--bank-code", default="",
+                           help="enrol an OPE bank account of this bank (the number read is "
+                           "its account number)")  # fmt: skip
+            p.add_argument("--branch", default="", help="the bank account's branch code")
         elif name == "buy":
             p.add_argument("--card", required=True)
             p.add_argument("--merchant", default="merchant.pos1", help="POS routing key")

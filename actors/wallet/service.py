@@ -202,7 +202,7 @@ class WalletService:
             key = await self.keystore.private_key(info.label)
             client = self.ca
             lid = ids.new_lid()
-            ca = await card_cinit(client, root, brand, lid)
+            ca = await card_cinit(client, root, brand, lid, account.kind)
             req2, data2 = await build_reg_form_req(ca, lid, account)
             form = check_reg_form_res(
                 await client.request(req2, data2.rrpid, RegFormRes), data2, ca
