@@ -8,8 +8,10 @@ Rule 2: each case names the outcome it expects; a row whose outcome differs is m
 the demo fails. A case the system cannot run yet is shown as "not available yet", never faked.
 Rule 3: cards are enrolled once per cardholder and reused; rows show the last four digits
 only.
-Rule 4: OPE PIN debit is a sale; the PIN is sealed by the thin client (api.seal_for, against
-the root the environment gave the wallet's clients), so the wallet sees only the seal.
+Rule 4: OPE PIN debit is a sale from the seeded bank account (bank-branch-number, field 102
+at the issuer), right PIN first (it resets the try counter), then a wrong one; the PIN is
+sealed by the thin client (api.seal_for, against the root the environment gave the wallet's
+clients), so the wallet sees only the seal.
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ from cryptography import x509
 
 from actors.environment import (
     BRAND,
-    DEBIT_PAN,
+    DEBIT_BANK,
+    DEBIT_BRANCH,
+    DEBIT_NUMBER,
     DEBIT_PIN,
     LOAD_PANS,
     MERCHANTS,
@@ -43,7 +47,7 @@ from setpay.config import Settings
 
 PASSPHRASE = "demo passphrase, test environment only"  # noqa: S105 - demo cardholders
 FORM = {"name": "Demo Cardholder", "postal_code": "100-0001"}
-WRONG_PIN = "58204617"  # not DEBIT_PIN: the issuer answers 55
+WRONG_PIN = "58204617"  # not DEBIT_PIN: the issuer answers 55 (one of its 3 tries)
 CURRENCY = "JPY"
 
 
@@ -67,16 +71,25 @@ def describe(outcome: Outcome) -> str:
 
 
 class Shopper:
-    """One cardholder with one card, through the thin clients."""
+    """One cardholder with one card (or, with ``bank_code``, one OPE bank account), through
+    the thin clients."""
 
     def __init__(
-        self, wallet: WalletClient, user: str, number: str, *, pin_account: bool = False
-    ) -> None:
+        self, wallet: WalletClient, user: str, number: str, *, pin_account: bool = False,
+        bank_code: str = "", branch: str = "",
+    ) -> None:  # fmt: skip
         self.wallet = wallet
         self.user = user
         self.number = number
         self.pin_account = pin_account
+        self.bank_code = bank_code
+        self.branch = branch
         self.card_id = ""
+
+    @property
+    def label(self) -> str:
+        """What the enrol row names: card or bank account, last four digits only."""
+        return f"{'account' if self.bank_code else 'card'} …{self.number[-4:]}"
 
     async def card(self) -> str:
         """Enroll the card unless this cardholder has it already (Rule 3)."""
@@ -91,6 +104,7 @@ class Shopper:
         self.card_id = await self.wallet.enroll(
             self.user, PASSPHRASE, brand=BRAND, number=self.number,
             expiry=_valid_now(), form=FORM, pin_account=self.pin_account,
+            bank_code=self.bank_code, branch=self.branch,
         )  # fmt: skip
         return self.card_id
 
@@ -114,6 +128,12 @@ class Shopper:
             self.user, PASSPHRASE, card_id=self.card_id, merchant=pos.route, lid_m=lid_m,
             description=description, amount=value,
         )  # fmt: skip
+
+
+def debit_shopper(wallet: WalletClient) -> Shopper:
+    """The OPE PIN debit cardholder: the seeded bank account, enrolled as a PIN account."""
+    return Shopper(wallet, "demo-erin", DEBIT_NUMBER, pin_account=True, bank_code=DEBIT_BANK,
+                   branch=DEBIT_BRANCH)  # fmt: skip
 
 
 def _valid_now() -> str:
@@ -148,11 +168,11 @@ async def run_cases(
     low = Shopper(wallet, "demo-bob", "4000000000000002")
     expired = Shopper(wallet, "demo-carol", "4000000000000010")
     stolen = Shopper(wallet, "demo-dave", "4000000000000028")
-    debit = Shopper(wallet, "demo-erin", DEBIT_PAN, pin_account=True)
+    debit = debit_shopper(wallet)
     for shopper in (good, low, expired, stolen, debit):
         outcome, ms = await _timed(shopper.card())
         ok = outcome == shopper.card_id
-        rows.append(Row("wallet+CA", f"enroll card …{shopper.number[-4:]}", "enrolled",
+        rows.append(Row("wallet+CA", f"enroll {shopper.label}", "enrolled",
                         "enrolled" if ok else outcome, ms))  # fmt: skip
     cases = [
         ("credit purchase, approved", good, m1, 3_200, False, APPROVED),

@@ -66,11 +66,7 @@ def demo_accounts(now: datetime) -> list[SeedAccount]:
         SeedAccount(f"alpha-load{i}", "card", BRAND, number, valid, big, 0, velocity_count=10**9)
         for i, number in enumerate(LOAD_PANS)
     ]
-    # OPE debit: the CA registers card accounts only, so the PIN account is a card number the
-    # issuer keeps a PIN for (its PVV); the wallet enrols it with pin_account=True.
-    debit = SeedAccount("alpha-pin-debit", "card", BRAND, DEBIT_PAN, valid, 500_000, 0,
-                        pin=DEBIT_PIN, velocity_count=10**9)  # fmt: skip
-    accounts.append(debit)
+    # OPE debit uses the catalogue's bank account (DEBIT_NAME, seeded by seed_environment).
     return accounts
 
 
@@ -86,8 +82,19 @@ def _luhn_complete(prefix: str) -> str:
 
 
 LOAD_PANS: tuple[str, ...] = tuple(_luhn_complete(f"411111000000{i:03d}") for i in range(8))
-DEBIT_PAN = _luhn_complete("400000000000905")  # the OPE PIN account (a card number, see above)
-DEBIT_PIN = "73918264"  # the test environment's PIN for DEBIT_PAN (test data)
+
+
+def _debit_account() -> SeedAccount:
+    from actors.issuer.seed import environment_accounts
+
+    return next(a for a in environment_accounts(datetime.now(UTC)) if a.name == DEBIT_NAME)
+
+
+# OPE PIN debit: the issuer catalogue's bank account (actors/issuer/seed.py), registered with
+# the CA under brand alpha (bank 0001) and enrolled by the wallet as a PIN account.
+DEBIT_NAME = "bank-ok"
+DEBIT_BANK, DEBIT_BRANCH, DEBIT_NUMBER = _debit_account().reference.split("-")
+DEBIT_PIN: str = _debit_account().pin or ""  # the seeded PIN (test data)
 
 
 @dataclass
@@ -350,7 +357,11 @@ async def _seed_issuer(settings: Settings) -> list[str]:
             store.close()
     finally:
         await svc.stop()
-    return [a.name for a, status in report if status == "created"]
+    created = [a.name for a, status in report if status == "created"]
+    if DEBIT_NAME not in created:  # the OPE rows need its PVV, made inside the keystore
+        why = next((status for a, status in report if a.name == DEBIT_NAME), "not seeded")
+        raise SetupError(f"issuer seed: OPE account {DEBIT_NAME} {why}")
+    return created
 
 
 def ensure(settings: Settings, say: Callable[[str], None] = print) -> Environment:

@@ -4,15 +4,19 @@ throw-away vhost and data dir, and every outcome row is the expected one.
 
 Rule 1: one `setpay demo` run serves the whole package (tests/demo/conftest.py ``demo_run``).
 Rule 2: the merchant's database and log hold no PAN of any card the demo used.
-Rule 3: OPE PIN debit goes through the real processes: the right PIN is a captured sale, the
-wrong one is declined with the issuer's 55; neither PIN nor its clear format 0 block is in
-the wallet's, merchant's or gateway's databases or logs (files read by a child process).
+Rule 3: OPE PIN debit from the seeded bank account goes through the real processes: the
+gateway sends it as field 102 (debit processing code), the right PIN is a captured sale, the
+wrong one is declined with the issuer's 55; neither PIN, its clear format 0 block nor the
+account number is in the wallet's, merchant's or gateway's databases or logs (files read by
+a child process).
 """
 
 from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -24,7 +28,15 @@ from cryptography.x509.oid import NameOID
 
 from actors import demo_cases
 from actors.demo_cases import APPROVED, DECLINED, PASSPHRASE, SALE_APPROVED, WRONG_PIN
-from actors.environment import DEBIT_PAN, DEBIT_PIN, LOAD_PANS, client_url
+from actors.environment import (
+    DEBIT_BANK,
+    DEBIT_BRANCH,
+    DEBIT_NUMBER,
+    DEBIT_PIN,
+    LOAD_PANS,
+    client_url,
+)
+from actors.issuer.spec import DEBIT_PROCESSING
 from actors.wallet.api import StartedPurchase, seal_for
 from actors.wallet.errors import WalletError
 from protocol.certs import CertType, load_certificate, set_extension
@@ -35,7 +47,11 @@ from tests.fixtures_ca import files_bytes
 
 pytestmark = pytest.mark.integration
 
-PANS = (LOAD_PANS[0], "4000000000000002", "4000000000000010", "4000000000000028", DEBIT_PAN)
+PANS = (LOAD_PANS[0], "4000000000000002", "4000000000000010", "4000000000000028")
+BANK_REF = f"{DEBIT_BANK}-{DEBIT_BRANCH}-{DEBIT_NUMBER}"  # the host's field 102
+ACCOUNT_FORMS = (DEBIT_NUMBER.encode(), DEBIT_NUMBER.encode("utf-16-le"), BANK_REF.encode())
+# A 4-digit PIN as a token: no digit, letter (hex) or decimal point next to it.
+PIN_TOKEN = rb"(?<![0-9A-Za-z.])%s(?![0-9A-Za-z.])"
 
 
 def _row(out: str, case: str) -> str:
@@ -48,6 +64,7 @@ def test_every_outcome_row_is_the_expected_one(demo_run: tuple[Path, str]) -> No
     _, out = demo_run
     for pan in PANS:
         assert "enrolled" in _row(out, f"enroll card …{pan[-4:]}")
+    assert "enrolled" in _row(out, f"enroll account …{DEBIT_NUMBER[-4:]}")
     assert APPROVED in _row(out, "credit purchase, approved")
     assert DECLINED in _row(out, "credit, insufficient funds")
     assert "AUTHORIZATION_PERFORMED/EXPIRED_CARD" in _row(out, "credit, expired card")
@@ -68,6 +85,8 @@ def test_merchant_database_and_log_hold_no_pan(demo_run: tuple[Path, str]) -> No
     for pan in PANS:
         for form in (pan.encode(), pan[4:].encode(), pan.encode("utf-16-le")):
             assert not any(form in blob for blob in blobs)
+    for form in ACCOUNT_FORMS:
+        assert not any(form in blob for blob in blobs)
 
 
 def _party_files(data_dir: Path) -> list[bytes]:
@@ -85,19 +104,40 @@ def _party_files(data_dir: Path) -> list[bytes]:
     return blobs
 
 
+def _journal_fields(data_dir: Path) -> dict[str, dict[str, str]]:
+    """STAN -> the non-sensitive fields the gateway's link journalled, read by a child
+    process (tests/fixtures_ca.files_bytes says why)."""
+    script = (
+        "import json, sqlite3, sys; db = sqlite3.connect(f'file:{sys.argv[1]}?mode=ro', "
+        "uri=True); print(json.dumps(dict(db.execute('SELECT stan, fields FROM requests'))))"
+    )
+    path = data_dir / "gateway" / "pg1" / "link.sqlite"
+    run = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True,
+                         text=True, check=True)  # fmt: skip
+    return {stan: json.loads(fields) for stan, fields in json.loads(run.stdout).items()}
+
+
 def test_ope_pin_debit_rows_and_the_issuers_55(demo_run: tuple[Path, str]) -> None:
     data_dir, out = demo_run
-    assert "enrolled" in _row(out, f"enroll card …{DEBIT_PAN[-4:]}")
+    assert "enrolled" in _row(out, f"enroll account …{DEBIT_NUMBER[-4:]}")
     assert SALE_APPROVED in _row(out, "OPE debit, right PIN")
     assert DECLINED in _row(out, "OPE debit, wrong PIN")
-    # The issuer's answers to the PIN account, as the gateway's link logged them: 0200 (a
-    # sale with field 52), 00 for the right PIN, 55 (wrong PIN) for the wrong one.
-    answers = []
+    # The issuer's answers to the bank account, as the gateway's link logged them (account
+    # masked to its last four digits): 0200 (a sale with field 52), 00 for the right PIN,
+    # 55 (wrong PIN) for the wrong one.
+    answers, stans = [], []
     for line in (data_dir / "run" / "gateway.pg1.log").read_text().splitlines():
-        if '"answered"' in line and DEBIT_PAN[-4:] in line:
+        if '"answered"' in line and DEBIT_NUMBER[-4:] in line:
             event = json.loads(line[line.index("{") :])
             answers.append((event["mti"], event["code"]))
+            stans.append(event["stan"])
     assert answers == [("0200", "00"), ("0200", "55")]
+    # The account went as field 102 (bank-branch-number), not field 2: the debit processing
+    # code; neither account field is journalled.
+    journal = _journal_fields(data_dir)
+    for stan in stans:
+        assert journal[stan]["3"] == DEBIT_PROCESSING
+        assert "2" not in journal[stan] and "102" not in journal[stan]
 
 
 def test_no_pin_or_clear_pin_block_in_party_databases_and_logs(
@@ -108,14 +148,16 @@ def test_no_pin_or_clear_pin_block_in_party_databases_and_logs(
     blobs = _party_files(data_dir)
     assert any(b"wallet_purchase_done" in blob for blob in blobs)  # the logs were read
     for pin in (DEBIT_PIN, WRONG_PIN):
-        block = encode_format0(pin, DEBIT_PAN)
+        block = encode_format0(pin, DEBIT_NUMBER)
         # The PIN as a token of its own (digits around it would be another number).
-        token = re.compile(rb"(?<![0-9])" + pin.encode() + rb"(?![0-9])")
+        token = re.compile(PIN_TOKEN % pin.encode())
         forms = (pin.encode("utf-16-le"), block, block.hex().encode(),
                  block.hex().upper().encode())  # fmt: skip
         for blob in blobs:
             assert token.search(blob) is None
             assert not any(form in blob for form in forms)
+    for blob in blobs:
+        assert not any(form in blob for form in ACCOUNT_FORMS)
 
 
 def _other_root() -> x509.Certificate:
@@ -143,7 +185,7 @@ async def test_thin_client_pin_purchase_refusals_and_finish(
     root = load_certificate((data_dir / "wallet" / "root.der").read_bytes())
     bus, wallet, pos = await demo_cases.connect_clients(client_url(load(demo_env)))
     try:
-        erin = demo_cases.Shopper(wallet, "demo-erin", DEBIT_PAN, pin_account=True)
+        erin = demo_cases.debit_shopper(wallet)
         alice = demo_cases.Shopper(wallet, "demo-alice", LOAD_PANS[0])
         await erin.card()
         await alice.card()
@@ -157,7 +199,7 @@ async def test_thin_client_pin_purchase_refusals_and_finish(
             )  # fmt: skip
 
         started = await start(erin)
-        assert started.pin_binding == DEBIT_PAN and DEBIT_PAN not in repr(started)
+        assert started.pin_binding == DEBIT_NUMBER and DEBIT_NUMBER not in repr(started)
         gateway = load_certificate(started.gateway_cert)
         assert set_extension(gateway).cert_type is CertType.GATEWAY
         with pytest.raises(WalletError, match="PIN not sealed"):

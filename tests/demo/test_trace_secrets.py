@@ -2,8 +2,9 @@
 
 Rule 1: a recorder queue is bound to the trace exchange before the purchases, so every SET
 envelope the processes publish during them is copied to it (broker/trace.py Rule 2).
-Rule 2: the purchases are an OPE PIN debit with the right and the wrong PIN and a credit
-purchase, through the thin clients, against the environment of tests/demo/conftest.py.
+Rule 2: the purchases are an OPE PIN debit from the bank account with the right and the wrong
+PIN and a credit purchase, through the thin clients, against the environment of
+tests/demo/conftest.py.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from actors import demo_cases
 from actors.demo_cases import DECLINED, SALE_APPROVED, WRONG_PIN
-from actors.environment import DEBIT_PAN, DEBIT_PIN, LOAD_PANS, client_url
+from actors.environment import DEBIT_NUMBER, DEBIT_PIN, LOAD_PANS, client_url
 from actors.payment_wire import AUTH_REQ_TYPE
 from broker.topology import TRACE_EXCHANGE
 from protocol.certs import load_certificate
@@ -25,20 +26,21 @@ from protocol.messages import MessageType
 from protocol.pin import encode_format0
 from setpay.config import load
 from tests.broker.test_trace import until
+from tests.demo.test_demo_live import ACCOUNT_FORMS, PANS, PIN_TOKEN
 
 pytestmark = pytest.mark.integration
 
-PANS = (LOAD_PANS[0], "4000000000000002", "4000000000000010", "4000000000000028", DEBIT_PAN)
 PREQ_TYPE = str(int(MessageType.PREQ))
 
 
 def _secret_forms() -> list[bytes]:
-    """Every PAN and clear PIN block of the environment, raw, as text, hex and UTF-16."""
-    forms: list[bytes] = []
+    """Every PAN, the bank account number and every clear PIN block of the environment, raw,
+    as text, hex and UTF-16."""
+    forms: list[bytes] = list(ACCOUNT_FORMS)
     for number in PANS:
         forms += [number.encode(), number[4:].encode(), number.encode("utf-16-le")]
     for pin in (DEBIT_PIN, WRONG_PIN):
-        block = encode_format0(pin, DEBIT_PAN)
+        block = encode_format0(pin, DEBIT_NUMBER)
         forms += [pin.encode("utf-16-le"), block, block.hex().encode(),
                   block.hex().upper().encode()]  # fmt: skip
     return forms
@@ -57,7 +59,7 @@ async def test_trace_holds_no_pin_pin_block_or_pan(
         recorder = await channel.declare_queue(exclusive=True)
         await recorder.bind(TRACE_EXCHANGE)
         await asyncio.sleep(1.2)  # past every process's probe interval (Rule 1)
-        erin = demo_cases.Shopper(wallet, "demo-erin", DEBIT_PAN, pin_account=True)
+        erin = demo_cases.debit_shopper(wallet)
         alice = demo_cases.Shopper(wallet, "demo-alice", LOAD_PANS[0])
         await erin.card()
         await alice.card()
@@ -78,8 +80,7 @@ async def test_trace_holds_no_pin_pin_block_or_pan(
     finally:
         await bus.close()
     forms = _secret_forms()
-    pin_tokens = [re.compile(rb"(?<![0-9])" + p.encode() + rb"(?![0-9])")
-                  for p in (DEBIT_PIN, WRONG_PIN)]  # fmt: skip
+    pin_tokens = [re.compile(PIN_TOKEN % p.encode()) for p in (DEBIT_PIN, WRONG_PIN)]
     for message in recorded:
         blob = message.body + repr(message.headers).encode()
         assert not any(form in blob for form in forms), message.type
