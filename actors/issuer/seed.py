@@ -70,7 +70,7 @@ def environment_accounts(now: datetime) -> list[SeedAccount]:
             0,
             velocity_count=2,
         ),
-        SeedAccount("bank-ok", "bank", "ope", "0001-123-1234567", None, 0, 200_000, pin="1234"),
+        SeedAccount("bank-ok", "bank", "ope", "0001-123-1234567", None, 0, 200_000, pin="739146"),
         SeedAccount("bank-low", "bank", "ope", "0005-001-7654321", None, 0, 1_000, pin="987654"),
     ]
 

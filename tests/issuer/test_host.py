@@ -87,7 +87,7 @@ async def test_velocity_is_61(client, accounts):
 async def test_pin_debit_posts_at_once(client, accounts, store, security):
     """0200 with the right PIN on a bank account: 00 and the balance is debited now."""
     bank = accounts["bank-ok"]
-    block = await security.pin_block(bank.binding, "1234")
+    block = await security.pin_block(bank.binding, "739146")
     answer = await client.request(request(bank, 7_000, mti=spec.FINANCIAL_REQUEST, pin_block=block))
     assert answer["t"] == spec.FINANCIAL_RESPONSE
     assert answer["39"] == ResponseCode.APPROVED
@@ -109,7 +109,7 @@ async def test_wrong_pin_is_55_then_75_after_three(client, accounts, store, secu
     """Two wrong PINs give 55, the third 75; afterwards even the right PIN gets 75."""
     bank = accounts["bank-ok"]
     wrong = await security.pin_block(bank.binding, "9999")
-    right = await security.pin_block(bank.binding, "1234")
+    right = await security.pin_block(bank.binding, "739146")
     codes = [
         (await client.request(request(bank, 100, mti="0200", pin_block=wrong)))["39"]
         for _ in range(3)
@@ -129,7 +129,7 @@ async def test_wrong_pin_is_55_then_75_after_three(client, accounts, store, secu
 async def test_right_pin_resets_the_try_counter(client, accounts, store, security):
     bank = accounts["bank-ok"]
     wrong = await security.pin_block(bank.binding, "4321")
-    right = await security.pin_block(bank.binding, "1234")
+    right = await security.pin_block(bank.binding, "739146")
     await client.request(request(bank, 100, mti="0200", pin_block=wrong))
     assert (await snapshot(store, security, bank)).account.pin_tries == 1
     answer = await client.request(request(bank, 100, mti="0200", pin_block=right))
@@ -142,7 +142,7 @@ async def test_missing_or_foreign_pin_block_is_55(client, accounts, security):
     bank, other = accounts["bank-ok"], accounts["bank-low"]
     answer = await client.request(request(bank, 100, mti="0200"))
     assert answer["39"] == ResponseCode.WRONG_PIN
-    foreign = await security.pin_block(other.binding, "1234")
+    foreign = await security.pin_block(other.binding, "739146")
     answer = await client.request(request(bank, 100, mti="0200", pin_block=foreign))
     assert answer["39"] == ResponseCode.WRONG_PIN
 
@@ -150,7 +150,7 @@ async def test_missing_or_foreign_pin_block_is_55(client, accounts, security):
 async def test_duplicate_request_is_answered_from_the_store(client, accounts, store, security):
     """The same STAN/RRN/time twice: same answer and approval code, applied once."""
     bank = accounts["bank-ok"]
-    block = await security.pin_block(bank.binding, "1234")
+    block = await security.pin_block(bank.binding, "739146")
     message = request(bank, 5_000, mti=spec.FINANCIAL_REQUEST, pin_block=block)
     first = await client.request(message)
     second = await client.request(message)
@@ -197,7 +197,7 @@ async def test_reversal_restores_a_posting_once(client, accounts, store, securit
     """0400 after an 0200 restores the balance; the same reversal again, a repeat (0401) and
     a second reversal of the same original are acknowledged without a second credit."""
     bank = accounts["bank-ok"]
-    block = await security.pin_block(bank.binding, "1234")
+    block = await security.pin_block(bank.binding, "739146")
     original = request(bank, 9_000, mti=spec.FINANCIAL_REQUEST, pin_block=block)
     assert (await client.request(original))["39"] == ResponseCode.APPROVED
     assert (await snapshot(store, security, bank)).account.balance == bank.balance - 9_000

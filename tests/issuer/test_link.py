@@ -97,7 +97,7 @@ async def test_concurrent_requests_are_matched_by_stan(link, accounts, security)
 
 async def test_pin_debit_through_the_link(link, accounts, store, security):
     bank = accounts["bank-ok"]
-    block = await security.pin_block(bank.binding, "1234")
+    block = await security.pin_block(bank.binding, "739146")
     ok = await link.request(
         LinkRequest(rrn(200), bank.reference, 3_000, mti=spec.FINANCIAL_REQUEST, pin_block=block)
     )
@@ -131,7 +131,7 @@ async def test_deadline_reversal_survives_link_restart(host, store, security, ac
     back the reversal is forwarded again (as a repeat, 0421), acknowledged, and the debit was
     credited back exactly once."""
     bank = accounts["bank-ok"]
-    block = await security.pin_block(bank.binding, "1234")
+    block = await security.pin_block(bank.binding, "739146")
     req = LinkRequest(rrn(400), bank.reference, 20_000, mti="0200", pin_block=block)
     port = host.port
     lk = make_link(port, tmp_path, deadline=0.2)
@@ -252,7 +252,7 @@ async def test_crash_between_send_and_answer_is_reversed_at_start(
 
 async def test_explicit_reversal_restores_a_debit(link, accounts, store, security):
     bank = accounts["bank-ok"]
-    block = await security.pin_block(bank.binding, "1234")
+    block = await security.pin_block(bank.binding, "739146")
     req = LinkRequest(rrn(700), bank.reference, 4_000, mti="0200", pin_block=block)
     assert (await link.request(req)).approved
     assert await link.reverse(rrn(700))
@@ -270,7 +270,7 @@ async def test_journal_and_logs_hold_no_pan_or_pin(link, accounts, security, tmp
     """A card request, a PIN debit and its reversal: neither the journal files nor the log
     events of the link and the host contain the account number, the PIN or the PIN block."""
     visa, bank = accounts["visa-ok"], accounts["bank-ok"]
-    block = await security.pin_block(bank.binding, "1234")
+    block = await security.pin_block(bank.binding, "739146")
     with capture_logs() as events:
         await link.request(LinkRequest(rrn(800), visa.reference, 100))
         await link.request(LinkRequest(rrn(801), bank.reference, 100, mti="0200", pin_block=block))
@@ -280,7 +280,7 @@ async def test_journal_and_logs_hold_no_pan_or_pin(link, accounts, security, tmp
     blob = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("link"))
     logged = repr(events)
     assert "answered" in logged and "decided" in logged
-    for needle in (visa.reference, bank.reference, bank.binding, "1234"):
+    for needle in (visa.reference, bank.reference, bank.binding, "739146"):
         assert needle.encode() not in blob, needle
         assert needle not in logged, needle
     for form in (block, block.hex(), block.hex().upper()):
