@@ -1,1 +1,2 @@
-"""Benchmarks: every figure is reported next to the raw cost it contains, measured in the same run."""
+"""Benchmarks: every figure is reported next to the raw cost it contains, measured in the same
+run."""
