@@ -260,15 +260,16 @@ def _root_der(settings: Settings) -> bytes:
 async def _register_parties(settings: Settings, say: Callable[[str], None]) -> None:
     """Gateway and merchants obtain certificates as their own identities; the POS learns
     the gateway's key-exchange certificate."""
-    from actors.ca.keys import KeystoreKeys
-    from actors.ca.requester import CAClient
     from actors.gateway import identity as gw_ident
     from actors.merchant.enroll import enroll_merchant
     from actors.merchant.store import MerchantStore
     from broker.connection import connect
+    from broker.peer import PeerLink
     from keystore.client import KeystoreClient
+    from keystore.keyring import KeystoreKeys
     from protocol.certs import certificate_der, load_certificate
     from protocol.keys import get_suite
+    from protocol.requester import CAClient
 
     root = load_certificate(_root_der(settings))
     path = gw_ident.identity_path(settings.data_dir, GATEWAY_INSTANCE)
@@ -279,7 +280,7 @@ async def _register_parties(settings: Settings, say: Callable[[str], None]) -> N
         bus = await connect(_url(settings, f"gateway.{GATEWAY_INSTANCE}"), name="env-gateway")
         try:
             keystore = await KeystoreClient.create(bus, timeout=settings.broker_rpc_timeout)
-            client = await CAClient(bus, "gateway", GATEWAY_INSTANCE).start()
+            client = CAClient(await PeerLink(bus, "gateway", GATEWAY_INSTANCE).start())
             gateway = await gw_ident.register(
                 client, keystore, root=root, brand=BRAND, gateway_id="P-0001",
                 acquirer_bin="411111", currencies="JPY,USD",
@@ -295,7 +296,7 @@ async def _register_parties(settings: Settings, say: Callable[[str], None]) -> N
     try:
         keystore = await KeystoreClient.create(bus, timeout=settings.broker_rpc_timeout)
         keys = KeystoreKeys(keystore, get_suite(settings.suite))
-        client = await CAClient(bus, "merchant", POS_INSTANCE).start()
+        client = CAClient(await PeerLink(bus, "merchant", POS_INSTANCE).start())
         for merchant_id, name, mcc in MERCHANTS:
             if store.merchant(merchant_id) is not None:
                 continue

@@ -26,8 +26,6 @@ from typing import Final
 
 from cryptography import x509
 
-from actors.ca.hierarchy import to_dt
-from actors.ca.requester import CAClient, me_aq_init
 from protocol import codec, primitives
 from protocol.certs import (
     CertType,
@@ -39,7 +37,9 @@ from protocol.certs import (
 )
 from protocol.chain import Expect, validate_path
 from protocol.errors import ErrorCode, ProtocolError
+from protocol.ids import to_dt
 from protocol.messages import EntityKind, IDData
+from protocol.requester import CAClient, me_aq_init
 from protocol.revocation import Bci, RevocationState, bci_thumbprint, crl_number, open_bci
 from protocol.signed import SignedData
 from setpay.logs import get_logger

@@ -56,17 +56,18 @@ async def _bench(settings: Settings, n: int, concurrency: int, sign_n: int) -> N
     from actors.ca.actor import CAActor
     from actors.ca.brands import TEST_BRANDS
     from actors.ca.hierarchy import Hierarchy, init_hierarchy
-    from actors.ca.keys import KeystoreKeys, key_kind
-    from actors.ca.requester import CAClient, register_cardholder
     from actors.ca.store import CAStore
     from broker import admin
     from broker.connection import connect
+    from broker.peer import PeerLink
     from keystore import messages as km
     from keystore.client import KeystoreClient
+    from keystore.keyring import KeystoreKeys, key_kind
     from keystore.token import init_token, use_softhsm_conf
     from keystore.worker import KeystorePool, WorkerSpec
     from protocol import ids, pan
     from protocol.keys import get_suite
+    from protocol.requester import CAClient, register_cardholder
 
     suite = get_suite(settings.suite)
     vhost = f"setpay-bench-ca-{secrets.token_hex(4)}"
@@ -110,7 +111,7 @@ async def _bench(settings: Settings, n: int, concurrency: int, sign_n: int) -> N
 
         wallet_bus = await connect(user("wallet.bench"), name="bench-wallet")
         wallet_keys = await KeystoreClient.create(wallet_bus)
-        client = await CAClient(wallet_bus, "wallet", "bench", timeout=60).start()
+        client = CAClient(await PeerLink(wallet_bus, "wallet", "bench", timeout=60).start())
 
         # Raw costs in the same run: HSM sign through the keystore, then in software.
         sign_label = (

@@ -13,6 +13,7 @@ from __future__ import annotations
 import secrets
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Protocol, runtime_checkable
 
 from protocol.errors import ErrorCode, ProtocolError
@@ -67,6 +68,16 @@ class FixedClock:
 
     def advance(self, delta_ms: int) -> None:
         self.ms += delta_ms
+
+
+def to_dt(ms: int) -> datetime:
+    """Milliseconds since the Unix epoch as an aware UTC datetime (certificates, CRLs)."""
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+def to_ms(when: datetime) -> int:
+    """An aware datetime as milliseconds since the Unix epoch (the wire's timestamps)."""
+    return int(when.timestamp() * 1000)
 
 
 def check_date(date_ms: int, now_ms: int, window_ms: int = DEFAULT_WINDOW_MS) -> None:

@@ -88,6 +88,12 @@ class Decoded(NamedTuple):
     body: Any
 
 
+def amqp_type(msg_type: MessageType) -> str:
+    """The AMQP ``type`` property a message of ``msg_type`` travels under: its decimal number
+    (the runtime refuses a message whose AMQP type disagrees with its wrapper)."""
+    return str(int(msg_type))
+
+
 def make_header(
     now_ms: int,
     *,

@@ -18,13 +18,14 @@ import pytest
 from actors.ca.actor import CAActor
 from actors.ca.brands import TEST_BRANDS
 from actors.ca.hierarchy import Hierarchy, init_hierarchy
-from actors.ca.keys import KeystoreKeys
-from actors.ca.requester import CAClient
 from actors.ca.store import CAStore
+from broker.peer import PeerLink
 from keystore import messages as km
 from keystore.client import KeystoreClient
+from keystore.keyring import KeystoreKeys
 from protocol import ids
 from protocol.keys import PrivateKey, get_suite
+from protocol.requester import CAClient
 from setpay.config import Settings
 from tests.fixtures_keystore import KeystoreDeployment
 
@@ -48,8 +49,7 @@ class CAEnv:
         """A CA client and a keystore client, both as broker user ``identity``."""
         keystore = await self.deployment.client(identity)
         role, _, instance = identity.partition(".")
-        client = CAClient(keystore.rpc.bus, role, instance, record=record)
-        await client.start()
+        client = CAClient(await PeerLink(keystore.rpc.bus, role, instance, record=record).start())
         return client, keystore
 
 

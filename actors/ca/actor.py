@@ -14,16 +14,16 @@ from pathlib import Path
 
 from actors.ca.brands import TEST_BRANDS, Brand
 from actors.ca.hierarchy import ROOT, Hierarchy
-from actors.ca.keys import KeystoreKeys
 from actors.ca.service import CAService
 from actors.ca.store import CAStore
-from actors.ca.wire import amqp_type
 from actors.party import PartyActor
 from actors.runtime import Actor, ActorNotReady, Reply
 from broker.consumer import Delivery
+from keystore.keyring import KeystoreKeys
 from keystore.service import RPC_QUEUE
 from protocol import ids
 from protocol.keys import get_suite
+from protocol.wrapper import amqp_type
 from setpay.config import Settings
 
 

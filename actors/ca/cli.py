@@ -28,9 +28,9 @@ from actors.ca.hierarchy import (
     pem,
     to_dt,
 )
-from actors.ca.keys import KeystoreKeys
 from actors.ca.store import CAStore
 from keystore.errors import KeystoreError
+from keystore.keyring import KeystoreKeys
 from keystore.service import RPC_QUEUE
 from protocol import ids, primitives
 from protocol.certs import CertType, GatewayCaps, KeyUse, MerchantData

@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from actors.ca.brands import Brand
 from actors.ca.errors import CAError
-from actors.ca.keys import KeySource
 from actors.ca.store import CARow, CAStore
+from keystore.keyring import KeySource
 from protocol.certs import (
     CertType,
     GatewayCaps,
@@ -34,6 +34,7 @@ from protocol.certs import (
     set_extension,
     spki_hash,
 )
+from protocol.ids import to_dt, to_ms
 from protocol.keys import PrivateKey, PublicKey
 from protocol.revocation import certificate_crl_id, issue_bci, issue_crl
 
@@ -55,14 +56,6 @@ REASONS = (
     "superseded",
     "cessationOfOperation",
 )
-
-
-def to_dt(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC)
-
-
-def to_ms(when: datetime) -> int:
-    return int(when.timestamp() * 1000)
 
 
 def ca_name(brand: str, role: str, exchange: bool = False) -> str:

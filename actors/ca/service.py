@@ -49,19 +49,19 @@ from actors.ca.brands import (
     takes_banks,
 )
 from actors.ca.errors import CAError
-from actors.ca.hierarchy import Hierarchy, ca_name, to_dt
-from actors.ca.vault import HeldSecrets, inquiry_key, open_held, seal_held
-from actors.ca.wire import (
+from actors.ca.hierarchy import Hierarchy, ca_name
+from actors.ca.vault import HeldSecrets, open_held, seal_held
+from keystore.errors import KeystoreError
+from protocol import codec, ids, pan, primitives
+from protocol.certreq import (
     OpenedCertReq,
-    amqp_type,
+    inquiry_key,
     load_spki,
     open_cert_req,
     open_renewal,
     pop_signer,
     spki_der,
 )
-from keystore.errors import KeystoreError
-from protocol import codec, ids, pan, primitives
 from protocol.certs import (
     CertType,
     GatewayCaps,
@@ -78,6 +78,7 @@ from protocol.chain import Expect, validate_path
 from protocol.codec import MaxLen, ShortStr
 from protocol.envelope import open_exh, recipient_of
 from protocol.errors import ErrorCode, ProtocolError
+from protocol.ids import to_dt
 from protocol.keys import PublicKey
 from protocol.messages import (
     AccountKind,
@@ -114,7 +115,14 @@ from protocol.messages import (
 from protocol.revocation import Bci, RevocationState, bci_thumbprint
 from protocol.signed import SignedData, open_signed, sign_data
 from protocol.treatments import make_enck
-from protocol.wrapper import Decoded, decode_message, encode_message, make_header, peek_header
+from protocol.wrapper import (
+    Decoded,
+    amqp_type,
+    decode_message,
+    encode_message,
+    make_header,
+    peek_header,
+)
 from setpay.logs import get_logger
 
 log = get_logger(component="ca")

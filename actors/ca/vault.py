@@ -8,16 +8,13 @@ derive, which the ``ca`` role may do); the database never holds them in clear.
 Rule 2: a seal is bound to the CertReq's RRPID (in the envelope's AAD and KDF context): a
 sealed value copied to another request's row does not open.
 Rule 3: each CertInq answer is EncK under a key derived from the CABackKey and the inquiry's
-RRPID (``inquiry_key``), so no EncK key protects more than one message.
+RRPID (``protocol.certreq.inquiry_key``), so no EncK key protects more than one message.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Annotated
-
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from protocol import codec
 from protocol.codec import MaxLen
@@ -26,7 +23,6 @@ from protocol.keys import PrivateKey
 
 TREATMENT = "CA/at-rest"
 CONTENT_TYPE = "PendedCardholder"
-_INQUIRY_INFO = b"setpay/v1/CertInqRes/EncK"
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,8 +59,3 @@ async def open_held(
     """Open a seal made by ``seal_held`` for ``rrpid``; ``ProtocolError`` if it does not open."""
     bulk, _, _ = await unseal(kx_key, kx_thumb, sealed, TREATMENT, CONTENT_TYPE, context=rrpid)
     return codec.decode(HeldSecrets, bulk)
-
-
-def inquiry_key(back_key: bytes, inquiry_rrpid: bytes) -> bytes:
-    """The EncK key of the CertInqRes answering inquiry ``inquiry_rrpid`` (Rule 3)."""
-    return HKDF(hashes.SHA256(), 32, salt=inquiry_rrpid, info=_INQUIRY_INFO).derive(back_key)

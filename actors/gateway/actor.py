@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from actors import payment_wire as pw
 from actors.gateway.identity import GatewayIdentity, identity_path, journal_path, ledger_path
 from actors.gateway.ledger import Ledger
 from actors.gateway.service import GatewayService
@@ -27,6 +26,7 @@ from broker.consumer import Delivery
 from keystore.client import HsmAccountOpener
 from keystore.service import RPC_QUEUE
 from protocol import ids
+from protocol import payment as pw
 from setpay.config import Settings
 
 

@@ -15,12 +15,13 @@ from pathlib import Path
 
 from cryptography import x509
 
-from actors.ca.requester import CAClient, CARequestError
 from actors.gateway import identity as ident
 from actors.gateway.errors import GatewayError
 from actors.gateway.identity import GatewayIdentity, identity_path
+from broker.peer import PeerLink
 from protocol.certs import cert_thumbprint
 from protocol.errors import ProtocolError
+from protocol.requester import CAClient, CARequestError
 from setpay.cli import CommandError
 from setpay.config import Settings
 
@@ -46,7 +47,7 @@ async def _register(args: argparse.Namespace, settings: Settings) -> int:
         raise CommandError(f"cannot connect as {identity}: {exc}") from None
     try:
         keystore = await KeystoreClient.create(bus, timeout=settings.broker_rpc_timeout)
-        client = await CAClient(bus, "gateway", args.id).start()
+        client = CAClient(await PeerLink(bus, "gateway", args.id).start())
         try:
             gw = await ident.register(
                 client,

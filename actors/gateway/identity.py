@@ -17,12 +17,12 @@ from pathlib import Path
 
 from cryptography import x509
 
-from actors.ca.requester import CAClient, register_entity
 from actors.gateway.errors import GatewayError, IdentityMissing
 from keystore import messages as km
 from keystore.client import KeystoreClient
 from protocol.certs import certificate_der, load_certificate
 from protocol.messages import EntityKind, IDData
+from protocol.requester import CAClient, register_entity
 
 SIG_NAME = "sig"
 KX_NAME = "kx"

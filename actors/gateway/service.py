@@ -34,8 +34,6 @@ from datetime import datetime
 import structlog
 from cryptography import x509
 
-from actors import payment_wire as pw
-from actors.ca.hierarchy import to_dt
 from actors.gateway.identity import GatewayIdentity
 from actors.gateway.ledger import Entry, Ledger, NewAuth, Outcome, PiUsed
 from actors.issuer import spec
@@ -44,6 +42,7 @@ from actors.issuer.link import IsoLink, LinkRequest
 from actors.trust import RevocationCache
 from keystore.errors import BadRequest, KeystoreError
 from protocol import codec, dualsig, ids, pan, primitives
+from protocol import payment as pw
 from protocol.certs import (
     CertType,
     KeyUse,
@@ -56,6 +55,7 @@ from protocol.certs import (
 from protocol.chain import Expect, validate_path
 from protocol.envelope import Envelope
 from protocol.errors import ErrorCode, ProtocolError
+from protocol.ids import to_dt
 from protocol.keys import PrivateKey, PublicKey, suite_for_public_key
 from protocol.messages import (
     AuthCode,

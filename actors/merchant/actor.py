@@ -15,20 +15,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from actors.ca.keys import KeystoreKeys
-from actors.ca.requester import CAClient
 from actors.merchant.api import serve_api
 from actors.merchant.service import MerchantService
 from actors.merchant.store import MerchantStore
 from actors.party import PartyActor
-from actors.payment_wire import GATEWAY_ROLE
 from actors.runtime import Actor, Reply
 from broker.consumer import Delivery
+from broker.peer import PeerLink
 from broker.rpc import RpcServer
+from keystore.keyring import KeystoreKeys
 from keystore.service import RPC_QUEUE
 from protocol import ids
 from protocol.keys import get_suite
 from protocol.messages import MessageType
+from protocol.payment import GATEWAY_ROLE
 from setpay.config import Settings
 
 HANDLED = (MessageType.PINIT_REQ, MessageType.PREQ, MessageType.INQ_REQ)
@@ -62,7 +62,7 @@ class MerchantActor(PartyActor):
         self.clock = clock or ids.SystemClock()
         self.store: MerchantStore | None = None
         self.keys: KeystoreKeys | None = None
-        self.gateway: CAClient | None = None
+        self.gateway: PeerLink | None = None
         self.service: MerchantService | None = None
         self.api: RpcServer | None = None
 
@@ -71,11 +71,10 @@ class MerchantActor(PartyActor):
         self.store = MerchantStore.open(self.settings.data_dir, self.instance)
         await self.connect_keystore()
         self.keys = KeystoreKeys(self.keystore, get_suite(self.settings.suite))
-        self.gateway = await CAClient(
+        self.gateway = await PeerLink(
             self.bus,
             self.role,
             f"{self.instance}-gw",
-            clock=self.clock,
             timeout=self.gateway_timeout,
             target=self.gateway_target,
         ).start()

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from cryptography import x509
 
-from actors.ca.keys import KeystoreKeys
-from actors.ca.requester import CAClient, register_entity
 from actors.merchant.store import MerchantRow, MerchantStore
+from keystore.keyring import KeystoreKeys
 from protocol.certs import certificate_der
 from protocol.messages import EntityKind, IDData
+from protocol.requester import CAClient, register_entity
 
 
 async def enroll_merchant(

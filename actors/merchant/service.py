@@ -27,17 +27,7 @@ from typing import Any, Protocol
 from cryptography import x509
 
 from actors.merchant.errors import MerchantError
-from actors.merchant.order import hod
 from actors.merchant.store import MerchantRow, MerchantStore, OrderRow
-from actors.merchant.trust import Trust, load_all, pick
-from actors.payment_wire import (
-    AUTH_REQ_TYPE,
-    ERROR_TYPE,
-    build_auth_req,
-    check_auth_header,
-    open_auth_res,
-    wrap_auth_req,
-)
 from actors.trust import RevocationCache
 from broker.errors import BrokerError
 from keystore.errors import KeystoreError
@@ -85,10 +75,20 @@ from protocol.messages import (
     PResData,
     TransIDs,
 )
+from protocol.order import hod
+from protocol.payment import (
+    AUTH_REQ_TYPE,
+    ERROR_TYPE,
+    build_auth_req,
+    check_auth_header,
+    open_auth_res,
+    wrap_auth_req,
+)
 from protocol.primitives import thumbprint
 from protocol.revocation import bci_thumbprint
 from protocol.signed import SignedData, open_signed, sign_data
 from protocol.states import Machine, MerchantOrder, merchant_order
+from protocol.trustview import Trust, load_all, pick
 from protocol.wrapper import (
     Decoded,
     check_header_trans_ids,
@@ -108,7 +108,7 @@ KeySource = Callable[[str], Awaitable[PrivateKey]]
 class GatewayLink(Protocol):
     """Sends a wrapped request to the gateway and returns (reply type, reply bytes)."""
 
-    async def request_raw(self, msg_type: MessageType | str, data: bytes) -> tuple[str, bytes]: ...
+    async def request_raw(self, msg_type: str, data: bytes) -> tuple[str, bytes]: ...
 
 
 def _amqp(t: MessageType) -> str:

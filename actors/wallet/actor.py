@@ -14,16 +14,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from actors.ca.requester import CAClient
 from actors.party import PartyActor
 from actors.runtime import Actor
 from actors.wallet.api import serve_api
-from actors.wallet.peer import PeerClient
 from actors.wallet.service import WalletService
 from actors.wallet.store import WalletStore
+from broker.peer import PeerLink
 from broker.rpc import RpcServer
 from keystore.service import RPC_QUEUE
 from protocol.certs import load_certificate
+from protocol.requester import CAClient
 from setpay.config import Settings
 
 
@@ -48,7 +48,7 @@ class WalletActor(PartyActor):
             health_file=health_file,
         )
         self.store: WalletStore | None = None
-        self.peers: PeerClient | None = None
+        self.peers: PeerLink | None = None
         self.ca: CAClient | None = None
         self.service: WalletService | None = None
         self.api: RpcServer | None = None
@@ -58,10 +58,12 @@ class WalletActor(PartyActor):
         self.store = WalletStore.open(self.settings.data_dir, self.instance)
         await self.connect_keystore()
         timeout = self.settings.broker_rpc_timeout
-        self.peers = await PeerClient(self.bus, self.role, f"{self.instance}-peer", timeout).start()
-        self.ca = await CAClient(
-            self.bus, self.role, f"{self.instance}-ca", timeout=timeout
+        self.peers = await PeerLink(
+            self.bus, self.role, f"{self.instance}-peer", timeout=timeout
         ).start()
+        self.ca = CAClient(
+            await PeerLink(self.bus, self.role, f"{self.instance}-ca", timeout=timeout).start()
+        )
         root_file = Path(self.settings.data_dir) / "wallet" / "root.der"
         root = load_certificate(root_file.read_bytes()) if root_file.is_file() else None
         self.service = WalletService(self.store, self.keystore, self.peers, self.ca, root=root)

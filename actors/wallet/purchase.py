@@ -15,8 +15,6 @@ from dataclasses import dataclass
 
 from cryptography import x509
 
-from actors.merchant.order import hod
-from actors.merchant.trust import Trust, load_all, pick
 from actors.wallet.vault import CardSecrets
 from protocol import codec, dualsig, ids, pan
 from protocol.certs import (
@@ -44,7 +42,9 @@ from protocol.messages import (
     PurchaseInputs,
     TransIDs,
 )
+from protocol.order import hod
 from protocol.signed import SignedData, open_signed
+from protocol.trustview import Trust, load_all, pick
 from protocol.wrapper import SW_IDENT, MessageHeader, check_header_trans_ids
 
 LANGUAGE = "en"

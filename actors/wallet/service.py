@@ -25,21 +25,11 @@ from typing import Any
 
 from cryptography import x509
 
-from actors.ca.requester import (
-    CAClient,
-    CARequestError,
-    build_cardholder_cert_req,
-    build_reg_form_req,
-    card_cinit,
-    check_cardholder_cert_res,
-    check_reg_form_res,
-)
-from actors.merchant.trust import load_all
 from actors.wallet import purchase
 from actors.wallet.errors import AuthenticationFailed, WalletError
-from actors.wallet.peer import PeerClient
 from actors.wallet.store import CardRow, PurchaseRow, WalletStore
 from actors.wallet.vault import CardSecrets, Vault, new_passphrase_record, passphrase_matches
+from broker.peer import PeerLink
 from keystore import messages as km
 from keystore.client import KeystoreClient
 from keystore.errors import KeystoreError
@@ -60,7 +50,17 @@ from protocol.messages import (
     RegFormRes,
     TransIDs,
 )
+from protocol.requester import (
+    CAClient,
+    CARequestError,
+    build_cardholder_cert_req,
+    build_reg_form_req,
+    card_cinit,
+    check_cardholder_cert_res,
+    check_reg_form_res,
+)
 from protocol.states import cardholder_purchase
+from protocol.trustview import load_all
 from protocol.wrapper import MessageHeader, decode_message, encode_message, make_header
 from setpay.logs import get_logger
 
@@ -120,7 +120,7 @@ class WalletService:
         self,
         store: WalletStore,
         keystore: KeystoreClient,
-        peers: PeerClient,
+        peers: PeerLink,
         ca: CAClient,
         *,
         root: x509.Certificate | None,

@@ -14,11 +14,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from actors.ca.hierarchy import pem
-from actors.ca.requester import register_cardholder, register_entity
 from keystore.messages import KeyKind
 from protocol import pan
 from protocol.certs import CertType, public_key_of, set_extension
 from protocol.messages import EntityKind, IDData
+from protocol.requester import register_cardholder, register_entity
 from setpay.config import Settings
 from tests.ca.test_registration import GATEWAY_FORM, MERCHANT_FORM, openssl_verify
 from tests.fixtures_broker import make_vhost

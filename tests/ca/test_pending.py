@@ -8,22 +8,9 @@ import argparse
 import pytest
 
 from actors.ca import cli
-from actors.ca.requester import (
-    CARequestError,
-    build_cardholder_cert_req,
-    build_me_aq_cert_req,
-    build_reg_form_req,
-    card_cinit,
-    check_cardholder_cert_res,
-    check_me_aq_cert_res,
-    check_reg_form_res,
-    inquire,
-    inquire_cardholder,
-    me_aq_init,
-)
 from actors.ca.vault import open_held
-from actors.ca.wire import pop_signer
 from protocol import codec, ids, pan
+from protocol.certreq import pop_signer
 from protocol.certs import CertType, cert_thumbprint, set_extension
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.messages import (
@@ -35,6 +22,19 @@ from protocol.messages import (
     EntityKind,
     IDData,
     RegFormRes,
+)
+from protocol.requester import (
+    CARequestError,
+    build_cardholder_cert_req,
+    build_me_aq_cert_req,
+    build_reg_form_req,
+    card_cinit,
+    check_cardholder_cert_res,
+    check_me_aq_cert_res,
+    check_reg_form_res,
+    inquire,
+    inquire_cardholder,
+    me_aq_init,
 )
 from protocol.signed import sign_data
 from tests.fixtures_ca import CAEnv, files_bytes, new_key

@@ -10,9 +10,9 @@ import sys
 import time
 from pathlib import Path
 
-from actors.ca.requester import register_cardholder
 from protocol import pan
 from protocol.certs import CertType, set_extension
+from protocol.requester import register_cardholder
 from tests.fixtures_ca import CA_IDENTITY, CAEnv, new_key
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -6,22 +6,8 @@ from dataclasses import replace
 
 import pytest
 
-from actors.ca.requester import (
-    CAClient,
-    CARequestError,
-    build_cardholder_cert_req,
-    build_me_aq_cert_req,
-    build_reg_form_req,
-    card_cinit,
-    check_cardholder_cert_res,
-    check_reg_form_res,
-    decode_reply,
-    me_aq_init,
-    read_error,
-    register_entity,
-)
-from actors.ca.wire import CERT_REQ, pop_signer, renewal_content, spki_der
 from protocol import codec, ids, pan
+from protocol.certreq import CERT_REQ, pop_signer, renewal_content, spki_der
 from protocol.certs import cert_thumbprint, certificate_der, public_key_of
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.messages import (
@@ -42,6 +28,20 @@ from protocol.messages import (
     RegFormReq,
     RegFormRes,
     RequestType,
+)
+from protocol.requester import (
+    CAClient,
+    CARequestError,
+    build_cardholder_cert_req,
+    build_me_aq_cert_req,
+    build_reg_form_req,
+    card_cinit,
+    check_cardholder_cert_res,
+    check_reg_form_res,
+    decode_reply,
+    me_aq_init,
+    read_error,
+    register_entity,
 )
 from protocol.signed import SignedData
 from protocol.treatments import make_enc
@@ -240,7 +240,7 @@ async def test_merchant_cert_req_signed_by_another_key(ca_env: CAEnv) -> None:
         ca, init.form.reg_form_id, sig_key=other, kx_key=kx,
         values={"merchant_id": "M-9", "merchant_name": "Forger", "mcc": "5999"},
     )  # fmt: skip
-    from actors.ca.wire import spki_der
+    from protocol.certreq import spki_der
     from protocol.messages import KeyUse, PublicKeyInfo
 
     assert data.public_keys[0] == PublicKeyInfo(KeyUse.SIGNATURE, spki_der(other.public_key()))
@@ -262,8 +262,8 @@ async def test_merchant_cert_req_signed_by_another_key(ca_env: CAEnv) -> None:
 async def test_keystore_refusal_is_answered(ca_env: CAEnv) -> None:
     """A CA whose keystore identity may not use the CA keys answers an Error, not silence."""
     from actors.ca.hierarchy import Hierarchy
-    from actors.ca.keys import KeystoreKeys
     from actors.ca.service import CAService
+    from keystore.keyring import KeystoreKeys
     from protocol.keys import get_suite
     from protocol.messages import AccountKind, CardCInitReq, Error, ErrorTBS
     from protocol.wrapper import decode_message

@@ -11,15 +11,6 @@ import pytest
 from structlog.testing import capture_logs
 
 from actors.ca.hierarchy import export_pem, pem
-from actors.ca.requester import (
-    CAClient,
-    CARequestError,
-    build_cardholder_cert_req,
-    card_cinit,
-    check_cardholder_cert_res,
-    register_cardholder,
-    register_entity,
-)
 from broker.topology import TRACE_EXCHANGE
 from protocol import ids, pan
 from protocol.certs import CertType, KeyUse, set_extension
@@ -31,6 +22,15 @@ from protocol.messages import (
     CertRes,
     EntityKind,
     IDData,
+)
+from protocol.requester import (
+    CAClient,
+    CARequestError,
+    build_cardholder_cert_req,
+    card_cinit,
+    check_cardholder_cert_res,
+    register_cardholder,
+    register_entity,
 )
 from tests.fixtures_ca import CAEnv, files_bytes, new_key
 

@@ -8,19 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from actors.ca.hierarchy import Hierarchy, to_dt
-from actors.ca.requester import (
-    CARequestError,
-    _held,
-    me_aq_init,
-    register_entity,
-)
+from actors.ca.hierarchy import Hierarchy
 from actors.ca.service import CAService
 from actors.ca.store import CAStore
 from protocol import ids
 from protocol.certs import CertType, KeyUse
 from protocol.chain import Expect, validate_path
 from protocol.errors import ErrorCode, ProtocolError
+from protocol.ids import to_dt
 from protocol.messages import (
     AccountKind,
     CardCInitReq,
@@ -30,6 +25,12 @@ from protocol.messages import (
     MeAqCInitReq,
     MeAqCInitRes,
     RequestType,
+)
+from protocol.requester import (
+    CARequestError,
+    _held,
+    me_aq_init,
+    register_entity,
 )
 from protocol.revocation import RevocationState, open_bci
 from protocol.wrapper import decode_message, encode_message, make_header

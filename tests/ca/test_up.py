@@ -20,18 +20,19 @@ from pathlib import Path
 
 from cryptography import x509
 
-from actors.ca.requester import CAClient, register_cardholder
 from actors.ca.store import CAStore
 from actors.supervisor import SETPAY
 from broker import admin
 from broker.connection import connect
 from broker.credentials import credentials_path
+from broker.peer import PeerLink
 from broker.provision import identity_url
 from keystore.client import KeystoreClient
 from keystore.messages import KeyKind, KeyUsage
 from keystore.worker import KeystorePool, WorkerSpec
 from protocol import pan
 from protocol.certs import CertType, set_extension
+from protocol.requester import CAClient, register_cardholder
 from setpay.config import Settings
 
 BASE = "amqp://guest:guest@127.0.0.1:5672/"
@@ -100,7 +101,7 @@ async def test_setpay_up_ca_serves_a_registration(
                 f"card-{secrets.token_hex(3)}", KeyKind.P256, KeyUsage.SIGN
             )
             key = await keystore.private_key(info.label)
-            client = await CAClient(bus, "wallet", "main").start()
+            client = CAClient(await PeerLink(bus, "wallet", "main").start())
             reg = await register_cardholder(
                 client, root=root_cert(data_dir), brand="alpha",
                 account=pan.Account(pan.AccountKind.CARD, PAN), expiry="3012", key=key,

@@ -19,10 +19,10 @@ from aio_pika.abc import AbstractIncomingMessage
 from actors import demo_cases
 from actors.demo_cases import DECLINED, SALE_APPROVED, WRONG_PIN
 from actors.environment import DEBIT_NUMBER, DEBIT_PIN, LOAD_PANS, client_url
-from actors.payment_wire import AUTH_REQ_TYPE
 from broker.topology import TRACE_EXCHANGE
 from protocol.certs import load_certificate
 from protocol.messages import MessageType
+from protocol.payment import AUTH_REQ_TYPE
 from protocol.pin import encode_format0
 from setpay.config import load
 from tests.broker.test_trace import until

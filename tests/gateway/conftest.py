@@ -19,14 +19,14 @@ from typing import Any
 import pytest
 from cryptography import x509
 
-from actors import payment_wire as pw
-from actors.ca.requester import CAClient, register_cardholder, register_entity
 from actors.gateway.actor import GatewayActor
 from actors.gateway.identity import GatewayIdentity, identity_path, ledger_path, register
 from actors.issuer.accounts import Store
 from actors.issuer.host import IssuerHost
 from actors.issuer.seed import SeedAccount, seed
+from broker.peer import PeerLink
 from protocol import codec, dualsig, ids, linkage, pan
+from protocol import payment as pw
 from protocol import pin as pin_blocks
 from protocol.certs import cert_thumbprint, certificate_der, public_key_of
 from protocol.keys import PrivateKey, suite_for_public_key
@@ -49,6 +49,7 @@ from protocol.messages import (
     PurchaseInputs,
     TransIDs,
 )
+from protocol.requester import CAClient, register_cardholder, register_entity
 from protocol.wrapper import decode_message
 from tests.fixtures_ca import CAEnv, new_key
 
@@ -285,8 +286,9 @@ async def gateway_env(
         values={"merchant_id": MERCHANT_ID, "merchant_name": "Example Books", "mcc": "5942"},
     )  # fmt: skip
     await m_client.close()
-    to_gateway = CAClient(m_keys.rpc.bus, "merchant", "m1", target=pw.GATEWAY_ROLE)
-    await to_gateway.start()
+    to_gateway = CAClient(
+        await PeerLink(m_keys.rpc.bus, "merchant", "m1", target=pw.GATEWAY_ROLE).start()
+    )
 
     w_client, w_keys = await ca_env.requester("wallet.w1")
     cards: dict[str, Card] = {}

@@ -16,15 +16,16 @@ from typing import Any
 
 import pytest
 
-from actors.ca.hierarchy import ca_name, to_dt
-from actors.ca.requester import CAClient, register_cardholder, register_entity
+from actors.ca.hierarchy import ca_name
 from actors.gateway.service import rrn_of
 from actors.trust import Offered, RevocationCache, refresh_from_ca
 from protocol import codec, ids, pan
 from protocol.certs import CertType, KeyUse, cert_thumbprint
 from protocol.chain import Expect, validate_path
 from protocol.errors import ErrorCode, ProtocolError
+from protocol.ids import to_dt
 from protocol.messages import AuthCode, EntityKind, IDData
+from protocol.requester import CAClient, register_cardholder, register_entity
 from protocol.revocation import BCI_CONTENT_TYPE, BCI_VERSION, Bci
 from protocol.signed import sign_data
 from protocol.wrapper import decode_message

@@ -15,18 +15,16 @@ from typing import Any
 
 import pytest
 
-from actors import payment_wire as pw
-from actors.ca.keys import KeystoreKeys
-from actors.ca.requester import CAClient, EntityRegistration, register_entity
 from actors.merchant.actor import MerchantActor
 from actors.merchant.enroll import enroll_merchant
-from actors.merchant.trust import Trust, load_all, pick
-from actors.wallet.peer import PeerClient
 from actors.wallet.service import WalletService
 from actors.wallet.store import WalletStore
 from broker.consumer import Delivery, consume
+from broker.peer import PeerLink
 from broker.topology import SET_EXCHANGE, declare_actor
+from keystore.keyring import KeystoreKeys
 from protocol import codec, dualsig, ids
+from protocol import payment as pw
 from protocol.certs import (
     CertType,
     KeyUse,
@@ -45,6 +43,8 @@ from protocol.messages import (
     IDData,
     ResponseData,
 )
+from protocol.requester import CAClient, EntityRegistration, register_entity
+from protocol.trustview import Trust, load_all, pick
 from protocol.wrapper import decode_message
 from tests.fixtures_ca import CAEnv
 
@@ -134,7 +134,7 @@ async def purchase_env(
     gw_keystore = await dep.client("gateway.ptest")
     gw_keys = KeystoreKeys(gw_keystore, get_suite("rsa2048"))
     gw_sig, gw_kx = await gw_keys.create("sig", False), await gw_keys.create("kx", True)
-    gw_ca = await CAClient(gw_keystore.rpc.bus, "gateway", "ptest-ca").start()
+    gw_ca = CAClient(await PeerLink(gw_keystore.rpc.bus, "gateway", "ptest-ca").start())
     reg = await register_entity(
         gw_ca, root=ca_env.root, brand="alpha", requester=EntityKind.GATEWAY,
         id_data=IDData(None, None, "P-T"),
@@ -148,7 +148,7 @@ async def purchase_env(
     merchant_dir = tmp_path_factory.mktemp("merchant-var")
     settings = ca_env.settings.replace(data_dir=merchant_dir)
     m_keystore = await dep.client("merchant.pos1")
-    m_ca = await CAClient(m_keystore.rpc.bus, "merchant", "pos1-ca").start()
+    m_ca = CAClient(await PeerLink(m_keystore.rpc.bus, "merchant", "pos1-ca").start())
     actor = MerchantActor(
         settings, "pos1", url=dep.url_for("merchant.pos1"), keystore_queue=dep.queue,
         gateway_target=GATEWAY_ROUTE, gateway_timeout=5.0,
@@ -171,8 +171,8 @@ async def purchase_env(
     # The wallet service (in-process) as identity wallet.w1.
     w_keystore = await dep.client("wallet.w1")
     bus = w_keystore.rpc.bus
-    peers = await PeerClient(bus, "wallet", "w1-peer", timeout=15.0).start()
-    w_ca = await CAClient(bus, "wallet", "w1-ca").start()
+    peers = await PeerLink(bus, "wallet", "w1-peer", timeout=15.0).start()
+    w_ca = CAClient(await PeerLink(bus, "wallet", "w1-ca").start())
     store = WalletStore.open(tmp_path_factory.mktemp("wallet-var"), "w1")
     wallet = WalletService(store, w_keystore, peers, w_ca, root=ca_env.root)
     await wallet.start()

@@ -6,26 +6,19 @@ come back, the certificate issued holds *our* public key (and, for a cardholder,
 our account under PANSecret).
 Rule 2: the requester's private keys are ``PrivateKey`` objects (the HSM through the keystore);
 the PAN travels only inside EXH/EncX extra parts to the CA's key-exchange key.
-Rule 3: ``CAClient`` is transport only: it publishes to the ``ca`` role over the SET exchange
-and waits for the reply on its own instance queue; it keeps a copy of every message it sent
-and received in ``traffic`` when asked to (tests grep it).
+Rule 3: ``CAClient`` wraps and reads; the bytes move over an injected ``Transport`` (the
+actors' ``broker.peer.PeerLink`` to the ``ca`` role), so this module does no I/O itself.
 """
 
 from __future__ import annotations
 
-import asyncio
-import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from cryptography import x509
 
-from actors.ca.vault import inquiry_key
-from actors.ca.wire import CERT_REQ, amqp_type, pop_signer, renewal_content, spki_der
-from broker.connection import Bus
-from broker.consumer import Delivery, consume
-from broker.topology import SET_EXCHANGE, declare_actor, instance_key
 from protocol import codec, ids, pan
+from protocol.certreq import CERT_REQ, inquiry_key, pop_signer, renewal_content, spki_der
 from protocol.certs import (
     CertType,
     cert_thumbprint,
@@ -40,6 +33,7 @@ from protocol.certs import (
 from protocol.chain import Expect, validate_path
 from protocol.envelope import make_exh
 from protocol.errors import ErrorCode, ProtocolError
+from protocol.ids import to_dt
 from protocol.keys import PrivateKey, PublicKey, Suite, suite_for_public_key
 from protocol.messages import (
     AccountKind,
@@ -76,7 +70,7 @@ from protocol.messages import (
 from protocol.revocation import RevocationState
 from protocol.signed import SignedData, open_signed, sign_data
 from protocol.treatments import make_enc, make_encx, open_enck
-from protocol.wrapper import decode_message, encode_message, make_header
+from protocol.wrapper import amqp_type, decode_message, encode_message, make_header
 
 LANGUAGE = "en"
 
@@ -99,58 +93,36 @@ class CARequestError(Exception):
         self.verified = verified
 
 
+class Transport(Protocol):
+    """Moves one wrapped request to its party and returns (reply type, reply bytes); in the
+    actors this is ``broker.peer.PeerLink``."""
+
+    traffic: list[bytes]
+
+    async def request_raw(self, msg_type: str, data: bytes) -> tuple[str, bytes]: ...
+
+    async def close(self) -> None: ...
+
+
 @dataclass
 class CAClient:
-    """Sends wrapped requests to the CA role and awaits replies on ``<role>.<instance>``."""
+    """Wraps requests to a CA and reads its replies over ``link`` (Rule 3)."""
 
-    bus: Bus
-    role: str
-    instance: str
+    link: Transport
     clock: ids.Clock = field(default_factory=ids.SystemClock)
-    timeout: float = 15.0
-    record: bool = False
-    target: str = "ca"  # routing key: the CA role's shared queue, or "ca.<instance>"
-    traffic: list[bytes] = field(default_factory=list)
-    _waiting: dict[str, asyncio.Future[tuple[str, bytes]]] = field(default_factory=dict)
-    _consumer: Any = None
 
-    async def start(self) -> CAClient:
-        channel = await self.bus.channel()
-        declared = await declare_actor(channel, self.role, self.instance)
-        self._consumer = await consume(self.bus, declared.instance.name, self._on_reply)
-        return self
+    @property
+    def traffic(self) -> list[bytes]:
+        """Every body sent and received, when the link records (tests grep it)."""
+        return self.link.traffic
 
     async def close(self) -> None:
-        if self._consumer is not None:
-            await self._consumer.stop()
-
-    async def _on_reply(self, delivery: Delivery) -> None:
-        future = self._waiting.pop(delivery.correlation_id or "", None)
-        if future is not None and not future.done():
-            future.set_result((delivery.msg_type or "", delivery.body))
+        await self.link.close()
 
     async def request_raw(self, msg_type: MessageType | str, data: bytes) -> tuple[str, bytes]:
-        """Send ``data`` as ``msg_type`` to the CA; (reply type, reply bytes)."""
+        """Send ``data`` as ``msg_type``; (reply type, reply bytes)."""
         kind = msg_type if isinstance(msg_type, str) else amqp_type(msg_type)
-        correlation = uuid.uuid4().hex
-        future: asyncio.Future[tuple[str, bytes]] = asyncio.get_running_loop().create_future()
-        self._waiting[correlation] = future
-        message = self.bus.message(
-            data,
-            msg_type=kind,
-            correlation_id=correlation,
-            reply_to=instance_key(self.role, self.instance),
-        )
-        if self.record:
-            self.traffic.append(data)
-        try:
-            await self.bus.publish(self.target, message, exchange=SET_EXCHANGE)
-            reply = await asyncio.wait_for(future, self.timeout)
-        finally:
-            self._waiting.pop(correlation, None)
-        if self.record:
-            self.traffic.append(reply[1])
-        return reply
+        return await self.link.request_raw(kind, data)
 
     async def request(
         self,
@@ -256,8 +228,6 @@ class CAView:
 
 
 def _dt(ms: int) -> Any:
-    from actors.ca.hierarchy import to_dt
-
     return to_dt(ms)
 
 

@@ -29,7 +29,6 @@ Rule 4: failures of these functions are ``ProtocolError`` (from the treatments a
 
 from __future__ import annotations
 
-from actors.ca.wire import amqp_type
 from protocol import codec
 from protocol.keys import PrivateKey, PublicKey, Suite
 from protocol.messages import (
@@ -42,7 +41,13 @@ from protocol.messages import (
     MessageType,
 )
 from protocol.treatments import SenderKey, make_encb, open_encb
-from protocol.wrapper import MessageHeader, check_header_trans_ids, encode_message, make_header
+from protocol.wrapper import (
+    MessageHeader,
+    amqp_type,
+    check_header_trans_ids,
+    encode_message,
+    make_header,
+)
 
 AUTH_REQ = "AuthReq"  # content type of AuthReqData
 AUTH_RES = "AuthRes"  # content type of AuthResData

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 from cryptography import x509
 
-from actors.ca.hierarchy import to_dt
 from protocol.certs import CertType, KeyUse, cert_thumbprint, load_certificate, set_extension
 from protocol.chain import Expect, ValidatedPath, validate_path
 from protocol.errors import ErrorCode, ProtocolError
+from protocol.ids import to_dt
 from protocol.revocation import RevocationState
 
 

@@ -7,9 +7,9 @@ import secrets
 
 import pytest
 
-from actors import payment_wire as pw
-from actors.ca.wire import pop_signer
 from protocol import codec, ids
+from protocol import payment as pw
+from protocol.certreq import pop_signer
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.keys import SUITES
 from protocol.messages import (

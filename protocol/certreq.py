@@ -7,30 +7,29 @@ verifies under it and the id matches.
 Rule 2: a renewal additionally carries the request signed with the *old* key: the Enc content
 is an encoded ``SignedData`` (content type ``RENEWAL_CONTENT``) over the ``CertReqData``
 bytes, signer = the old certificate's thumbprint; ``CertReq.certs`` carries the old chain.
-Rule 3: AMQP message types are the decimal ``MessageType`` numbers (``amqp_type``).
+Rule 3: a CertInq answer is EncK under a key derived from the CABackKey and the inquiry's
+RRPID (``inquiry_key``), so no EncK key protects more than one message.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from protocol import codec, primitives
 from protocol.envelope import unseal
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.keys import PrivateKey, PublicKey, suite_for_public_key
-from protocol.messages import CertReqData, KeyUse, MessageType, PublicKeyInfo
+from protocol.messages import CertReqData, KeyUse, PublicKeyInfo
 from protocol.signed import SignedData, open_signed, sign_data
 from protocol.treatments import EncContent, Opened
 from protocol.treatments import check_body as check_enc_body
 
 CERT_REQ = "CertReq"
 RENEWAL_CONTENT = "CertReq/renewal"
-
-
-def amqp_type(msg_type: MessageType) -> str:
-    return str(int(msg_type))
+_INQUIRY_INFO = b"setpay/v1/CertInqRes/EncK"
 
 
 def spki_der(public_key: PublicKey) -> bytes:
@@ -104,3 +103,8 @@ async def open_cert_req(
 def open_renewal(nested: SignedData, old_public: PublicKey) -> bytes:
     """Verify the old-key signature of a renewal; returns the signed CertReqData bytes."""
     return open_signed(nested, old_public, RENEWAL_CONTENT)
+
+
+def inquiry_key(back_key: bytes, inquiry_rrpid: bytes) -> bytes:
+    """The EncK key of the CertInqRes answering inquiry ``inquiry_rrpid`` (Rule 3)."""
+    return HKDF(hashes.SHA256(), 32, salt=inquiry_rrpid, info=_INQUIRY_INFO).derive(back_key)
