@@ -2,13 +2,14 @@
 
 Rule 1: lifecycle is setup -> start (declare topology, consume) -> ready -> drain (stop
 consuming, finish in-flight work) -> stop (close the bus); SIGTERM/SIGINT trigger drain+stop.
-Rule 2: handlers are registered by message type (a plain ``str``); an unknown type is
-dead-lettered with its reason, never crashes the actor.
-Rule 3: a handler's ``ProtocolError`` becomes a SET Error reply built by an injectable
-``error_reply`` (default: a minimal ``ErrorRecord(code, detail)`` from ``protocol.codec``);
-the message is then acked -- a failed check changes no state and is answered, not retried.
-Rule 4: every log line of a handled message carries ``actor``, ``msg_type`` and, when the
-message names them (headers ``x-setpay-xid`` / ``x-setpay-rrpid``), ``xid`` and ``rrpid``.
+Rule 2: handlers are registered by AMQP message type (a plain ``str``); a party serves every
+type through its one SET entrypoint (``serve_set``, ``actors/entrypoint.py``); a type nobody
+handles is dead-lettered with its reason, never crashes the actor.
+Rule 3: a handler's ``ProtocolError`` becomes the one SET Error record
+(``protocol.set_error.build_error``); the message is then acked -- a failed check changes no
+state and is answered, not retried.
+Rule 4: every log line of a handled message carries ``actor`` and the AMQP ``msg_type``; the
+SET entrypoint adds the wrapper's verified type, ``xid`` and ``rrpid``.
 """
 
 from __future__ import annotations
@@ -21,44 +22,26 @@ import os
 import signal
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import structlog
 
+from actors.entrypoint import SetEntry, SetService
 from broker.connection import Bus, connect
 from broker.consumer import Consumer, Delivery, Rejected, consume
 from broker.topology import SET_EXCHANGE, QueueLimits, declare_actor, instance_key
-from protocol import codec
 from protocol.errors import ProtocolError
+from protocol.set_error import ERROR_TYPE, build_error
 from setpay.logs import get_logger
-
-XID_HEADER = "x-setpay-xid"
-RRPID_HEADER = "x-setpay-rrpid"
-ERROR_TYPE = "Error"
 
 
 class ActorNotReady(Exception):
     """The actor cannot start until an operator step is done (the message names the step)."""
 
 
-@dataclass(frozen=True, slots=True)
-class ErrorRecord:
-    """The minimal SET Error reply used until the full SET Error message exists."""
-
-    code: int
-    detail: str
-
-
 Reply = tuple[str, bytes]  # (message type, body)
 MessageHandler = Callable[[Delivery], Awaitable[Reply | None]]
-ErrorReplier = Callable[[ProtocolError, Delivery], Reply]
-
-
-def default_error_reply(error: ProtocolError, delivery: Delivery) -> Reply:
-    """``ErrorRecord(code, detail)`` encoded with the project codec, type ``Error``."""
-    return ERROR_TYPE, codec.encode(ErrorRecord(code=int(error.code), detail=error.detail[:256]))
 
 
 class State(enum.StrEnum):
@@ -80,7 +63,6 @@ class Actor:
         *,
         prefetch: int = 64,
         limits: QueueLimits | None = None,
-        error_reply: ErrorReplier = default_error_reply,
         health_file: Path | None = None,
     ) -> None:
         self.role = role
@@ -89,11 +71,11 @@ class Actor:
         self.url = url
         self.prefetch = prefetch
         self.limits = limits or QueueLimits()
-        self.error_reply = error_reply
         self.health_file = health_file
         self.state = State.NEW
         self.bus: Bus | None = None
         self.handlers: dict[str, MessageHandler] = {}
+        self.default_handler: MessageHandler | None = None
         self.ready = asyncio.Event()
         self._consumers: list[Consumer] = []
         self._stop_requested = asyncio.Event()
@@ -108,6 +90,16 @@ class Actor:
         if key in self.handlers:
             raise ValueError(f"a handler for {key!r} is already registered")
         self.handlers[key] = handler
+
+    def serve_set(self, service: SetService) -> SetEntry:
+        """Route every message on this actor's queues through one SET entrypoint (Rule 2)."""
+        entry = SetEntry(service)
+
+        async def on_message(delivery: Delivery) -> Reply | None:
+            return await entry.handle(delivery.msg_type or "", delivery.body)
+
+        self.default_handler = on_message
+        return entry
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -207,19 +199,15 @@ class Actor:
     async def _dispatch(self, delivery: Delivery) -> None:
         msg_type = delivery.msg_type or ""
         context: dict[str, Any] = {"actor": self.identity, "msg_type": msg_type}
-        for header, name in ((XID_HEADER, "xid"), (RRPID_HEADER, "rrpid")):
-            value = delivery.headers.get(header)
-            if value is not None:
-                context[name] = value.hex() if isinstance(value, bytes) else str(value)
         with structlog.contextvars.bound_contextvars(**context):
-            handler = self.handlers.get(msg_type)
+            handler = self.handlers.get(msg_type, self.default_handler)
             if handler is None:
                 raise Rejected(f"unknown message type {msg_type!r}", "unknown-type")
             try:
                 reply = await handler(delivery)
             except ProtocolError as exc:
                 self.log.info("protocol_error", code=exc.code.name)
-                reply = self.error_reply(exc, delivery)
+                reply = ERROR_TYPE, await build_error(exc, delivery.body, int(time.time() * 1000))
             if reply is not None:
                 await self._reply(delivery, reply)
 
@@ -229,13 +217,9 @@ class Actor:
             self.log.info("reply_without_reply_to", reply_type=reply[0])
             return
         msg_type, body = reply
-        headers = {
-            k: v for k, v in delivery.headers.items() if k in (XID_HEADER, RRPID_HEADER)
-        }
         message = self.bus.message(
             body,
             msg_type=msg_type,
-            headers=headers,
             correlation_id=delivery.correlation_id or delivery.message_id,
             reply_to=instance_key(self.role, self.instance),
         )

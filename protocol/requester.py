@@ -51,8 +51,6 @@ from protocol.messages import (
     CertResData,
     CertStatusCode,
     EntityKind,
-    Error,
-    ErrorTBS,
     IDData,
     KeyUse,
     MeAqCInitReq,
@@ -68,9 +66,10 @@ from protocol.messages import (
     RequestType,
 )
 from protocol.revocation import RevocationState
+from protocol.set_error import RemoteError, expect_reply
 from protocol.signed import SignedData, open_signed, sign_data
 from protocol.treatments import make_enc, make_encx, open_enck
-from protocol.wrapper import amqp_type, decode_message, encode_message, make_header
+from protocol.wrapper import amqp_type, encode_message, make_header
 
 LANGUAGE = "en"
 
@@ -104,7 +103,7 @@ class Transport(Protocol):
     async def close(self) -> None: ...
 
 
-@dataclass
+@dataclass(slots=True)
 class CAClient:
     """Wraps requests to a CA and reads its replies over ``link`` (Rule 3)."""
 
@@ -154,52 +153,14 @@ def decode_reply(
     ca: CAView | None = None,
     root: x509.Certificate | None = None,
 ) -> Any:
-    """Decode a CA reply; SET Error → ``CARequestError`` with its code."""
-    decoded = decode_message(reply, now_ms=now_ms)
-    if isinstance(decoded.body, Error):
-        tbs, verified = read_error(decoded.body, now_ms, ca=ca, root=root)
-        raise CARequestError(f"CA answered {tbs.code.name}", code=tbs.code, verified=verified)
-    if not isinstance(decoded.body, expect):
-        raise ProtocolError(ErrorCode.MESSAGE_NOT_SUPPORTED, "unexpected reply type")
+    """Decode a CA reply; a SET Error (read by ``protocol.set_error.read_error``) raises
+    ``CARequestError`` with its code."""
+    trusted = None if ca is None else ca.ca_cert
+    try:
+        decoded = expect_reply(reply, now_ms, expect, who="CA", trusted=trusted, root=root)
+    except RemoteError as exc:
+        raise CARequestError(str(exc), code=exc.code, verified=exc.verified) from None
     return decoded.body
-
-
-_CA_TYPES = (CertType.CCA, CertType.MCA, CertType.PCA)
-
-
-def read_error(
-    error: Error,
-    now_ms: int,
-    *,
-    ca: CAView | None = None,
-    root: x509.Certificate | None = None,
-) -> tuple[ErrorTBS, bool]:
-    """An Error's ``ErrorTBS`` and whether a CA we trust signed it: the CA certificate we hold
-    (``ca``), or an attached CA certificate chaining to ``root``. A signed Error whose
-    signature does not verify raises ``ProtocolError(signatureFailure)``."""
-    if not error.signed:
-        return codec.decode(ErrorTBS, error.content), False
-    signed = codec.decode(SignedData, error.content)
-    signer: x509.Certificate | None = None
-    if ca is not None and signed.signer == cert_thumbprint(ca.ca_cert):
-        signer = ca.ca_cert
-    elif root is not None:
-        attached = [load_certificate(c) for c in error.certs]
-        leaf = next((c for c in attached if cert_thumbprint(c) == signed.signer), None)
-        if leaf is not None and set_extension(leaf).cert_type in _CA_TYPES:
-            validate_path(
-                leaf,
-                [c for c in attached if c is not leaf],
-                root=root,
-                now=_dt(now_ms),
-                expect=Expect(set_extension(leaf).cert_type, CertKeyUse.SIGNATURE),
-                revocation=None,
-            )
-            signer = leaf
-    if signer is None:  # signed by a key we cannot place: read it, trust nothing in it
-        return codec.decode(ErrorTBS, signed.content), False
-    tbs = codec.decode(ErrorTBS, open_signed(signed, public_key_of(signer), "Error"))
-    return tbs, True
 
 
 # --- checking what the CA sent -------------------------------------------------------------

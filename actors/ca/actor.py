@@ -17,13 +17,11 @@ from actors.ca.hierarchy import ROOT, Hierarchy
 from actors.ca.service import CAService
 from actors.ca.store import CAStore
 from actors.party import PartyActor
-from actors.runtime import Actor, ActorNotReady, Reply
-from broker.consumer import Delivery
+from actors.runtime import Actor, ActorNotReady
 from keystore.keyring import KeystoreKeys
 from keystore.service import RPC_QUEUE
 from protocol import ids
 from protocol.keys import get_suite
-from protocol.wrapper import amqp_type
 from setpay.config import Settings
 
 
@@ -62,12 +60,7 @@ class CAActor(PartyActor):
         await self.connect_keystore()
         keys = KeystoreKeys(self.keystore, get_suite(self.settings.suite))
         self.service = CAService(Hierarchy(self.store, keys), brands=self.brands, clock=self.clock)
-        for msg_type in self.service.handlers:  # every request type the service answers
-            self.on(amqp_type(msg_type), self._handle)
-
-    async def _handle(self, delivery: Delivery) -> Reply:
-        assert self.service is not None
-        return await self.service.handle(delivery.body)
+        self.serve_set(self.service)
 
     async def teardown(self) -> None:
         if self.keystore is not None:

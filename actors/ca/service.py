@@ -26,6 +26,7 @@ ErrorTBS), with its certificate and brand certificate attached; otherwise it is 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import secrets
 import sqlite3
@@ -51,7 +52,7 @@ from actors.ca.brands import (
 from actors.ca.errors import CAError
 from actors.ca.hierarchy import Hierarchy, ca_name
 from actors.ca.vault import HeldSecrets, open_held, seal_held
-from keystore.errors import KeystoreError
+from actors.entrypoint import SetHandler
 from protocol import codec, ids, pan, primitives
 from protocol.certreq import (
     OpenedCertReq,
@@ -95,8 +96,6 @@ from protocol.messages import (
     CertStatus,
     CertStatusCode,
     EntityKind,
-    Error,
-    ErrorTBS,
     FailedItem,
     KeyUse,
     MeAqCInitReq,
@@ -113,15 +112,14 @@ from protocol.messages import (
     RequestType,
 )
 from protocol.revocation import Bci, RevocationState, bci_thumbprint
+from protocol.set_error import ErrorSigner
 from protocol.signed import SignedData, open_signed, sign_data
 from protocol.treatments import make_enck
 from protocol.wrapper import (
     Decoded,
     amqp_type,
-    decode_message,
     encode_message,
     make_header,
-    peek_header,
 )
 from setpay.logs import get_logger
 
@@ -158,48 +156,33 @@ class CAService:
         self.brands = brands
         self.clock = clock or ids.SystemClock()
         self.window_ms = window_ms
-        self.handlers: dict[MessageType, Handler] = {
+        self._handlers: dict[MessageType, Handler] = {
             MessageType.CARD_CINIT_REQ: self._card_cinit,
             MessageType.ME_AQ_CINIT_REQ: self._me_aq_cinit,
             MessageType.REG_FORM_REQ: self._reg_form,
             MessageType.CERT_REQ: self._cert_req,
             MessageType.CERT_INQ_REQ: self._cert_inq,
         }
+        # What the entrypoint dispatches to: each handler behind the stored-reply check (Rule 2).
+        self.handlers: dict[MessageType, SetHandler] = {
+            t: functools.partial(self._answer, handler) for t, handler in self._handlers.items()
+        }
         self._kx_names: dict[bytes, str] = {}
         self._bci_windows: dict[str, tuple[int, int]] = {}  # brand -> (sequence, half-life ms)
         self._refresh_lock = asyncio.Lock()
 
-    # -- entry point --------------------------------------------------------------------------
+    # -- what the SET entrypoint asks (actors/entrypoint.py) -----------------------------------
 
-    async def handle(self, data: bytes) -> tuple[str, bytes]:
-        """Answer one wrapped request: (AMQP message type, wrapped reply). Never raises
-        ``ProtocolError``: that becomes a SET Error reply."""
-        decoded: Decoded | None = None
-        try:
-            decoded = decode_message(data, now_ms=self.clock.now_ms(), window_ms=self.window_ms)
-            handler = self.handlers.get(decoded.msg_type)
-            if handler is None:
-                raise ProtocolError(
-                    ErrorCode.MESSAGE_NOT_SUPPORTED, f"the CA does not take {decoded.msg_type.name}"
-                )
-            digest = hashlib.sha256(codec.encode(decoded.body)).digest()
-            await self._refresh_stale_bcis()
-            stored = self._stored(decoded, digest)
-            if stored is not None:
-                return stored
-            msg_type, reply = await handler(decoded, digest)
-            return amqp_type(msg_type), reply
-        except ProtocolError as exc:
-            log.info("ca_request_refused", code=exc.code.name, detail=exc.detail)
-            return amqp_type(MessageType.ERROR), await self._signed_error(exc, data, decoded)
-        except KeystoreError as exc:
-            if exc.retryable:
-                raise  # keystore down: not acked, redelivered once it is back
-            # The keystore refused the CA (policy, missing key): the requester gets an
-            # answer instead of silence, the operator a log line naming the fault.
-            log.error("ca_keystore_refused", fault=exc.fault.name, text=exc.text)
-            failure = ProtocolError(ErrorCode.UNSPECIFIED_FAILURE, "CA cannot use its key")
-            return amqp_type(MessageType.ERROR), self._error(failure, data)
+    party = "CA"
+
+    async def _answer(self, handler: Handler, decoded: Decoded) -> tuple[str, bytes]:
+        digest = hashlib.sha256(codec.encode(decoded.body)).digest()
+        await self._refresh_stale_bcis()
+        stored = self._stored(decoded, digest)
+        if stored is not None:
+            return stored
+        msg_type, reply = await handler(decoded, digest)
+        return amqp_type(msg_type), reply
 
     def _stored(self, decoded: Decoded, digest: bytes) -> tuple[str, bytes] | None:
         """The stored reply of an identical earlier request (Rule 2)."""
@@ -214,42 +197,14 @@ class CAService:
         log.info("ca_duplicate_answered")
         return stored.reply_type, stored.reply
 
-    def _error_tbs(self, exc: ProtocolError, data: bytes) -> bytes:
-        header = peek_header(data)
-        tbs = ErrorTBS(
-            exc.code,
-            ids.new_challenge(),
-            None,
-            None,
-            b"" if header is None else codec.encode(header),
-        )
-        return codec.encode(tbs)
-
-    def _error(self, exc: ProtocolError, data: bytes) -> bytes:
-        """An unsigned Error (the CA addressed cannot be told, or its key is unusable)."""
-        body = Error(False, self._error_tbs(exc, data), [])
-        return encode_message(make_header(self.clock.now_ms()), body)
-
-    async def _signed_error(
-        self, exc: ProtocolError, data: bytes, decoded: Decoded | None
-    ) -> bytes:
-        """Error = S(CA, ErrorTBS) by the CA the request was addressed to, with its certificate
-        and brand certificate attached (Rule 6); unsigned when that CA cannot be told."""
-        ca = None if decoded is None else self._addressed_ca(decoded)
+    async def error_signer(self, decoded: Decoded) -> ErrorSigner | None:
+        """The CA the request was addressed to signs the Error, its certificate and brand
+        certificate attached (Rule 6); ``None`` (unsigned) when that CA cannot be told."""
+        ca = self._addressed_ca(decoded)
         if ca is None:
-            return self._error(exc, data)
-        try:
-            key = await self.h.key(ca)
-            signed = await sign_data(
-                key, cert_thumbprint(self.h.cert(ca)), "Error", self._error_tbs(exc, data)
-            )
-        except KeystoreError as failure:
-            if failure.retryable:
-                raise
-            return self._error(exc, data)
+            return None
         certs = [certificate_der(c) for c in (self.h.cert(ca), *self.h.chain(ca)[1:2])]
-        body = Error(True, codec.encode(signed), certs)
-        return encode_message(make_header(self.clock.now_ms()), body)
+        return ErrorSigner(await self.h.key(ca), cert_thumbprint(self.h.cert(ca)), certs)
 
     def _addressed_ca(self, d: Decoded) -> str | None:
         """The signing CA a decoded request was addressed to, if it can be told without

@@ -21,12 +21,10 @@ from actors.issuer.link import IsoLink
 from actors.issuer.security import ZPK_LABEL
 from actors.issuer.service import DEFAULT_PORT
 from actors.party import PartyActor
-from actors.runtime import Actor, Reply
-from broker.consumer import Delivery
+from actors.runtime import Actor
 from keystore.client import HsmAccountOpener
 from keystore.service import RPC_QUEUE
 from protocol import ids
-from protocol import payment as pw
 from setpay.config import Settings
 
 
@@ -95,11 +93,7 @@ class GatewayActor(PartyActor):
             clock=self.clock,
             require_bci=True,  # seeded from registration: never authorize without revocation data
         )
-        self.on(pw.AUTH_REQ_TYPE, self._handle)
-
-    async def _handle(self, delivery: Delivery) -> Reply | None:
-        assert self.service is not None
-        return await self.service.handle(delivery.body)
+        self.serve_set(self.service)
 
     async def teardown(self) -> None:
         if self.link is not None:

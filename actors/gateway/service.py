@@ -31,16 +31,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-import structlog
 from cryptography import x509
 
+from actors.entrypoint import SetHandler
 from actors.gateway.identity import GatewayIdentity
 from actors.gateway.ledger import Entry, Ledger, NewAuth, Outcome, PiUsed
 from actors.issuer import spec
 from actors.issuer.codes import ResponseCode
 from actors.issuer.link import IsoLink, LinkRequest
 from actors.trust import RevocationCache
-from keystore.errors import BadRequest, KeystoreError
+from keystore.errors import BadRequest
 from protocol import codec, dualsig, ids, pan, primitives
 from protocol import payment as pw
 from protocol.certs import (
@@ -68,14 +68,13 @@ from protocol.messages import (
     CapResPayload,
     CapTokenData,
     CurrAmt,
-    Error,
-    ErrorTBS,
     MessageType,
     PIHead,
     ResponseData,
 )
+from protocol.set_error import ErrorSigner
 from protocol.treatments import make_enc
-from protocol.wrapper import MessageHeader, decode_message, encode_message, make_header, peek_header
+from protocol.wrapper import Decoded, MessageHeader
 from setpay.logs import get_logger
 
 log = get_logger(component="gateway")
@@ -190,39 +189,25 @@ class GatewayService:
         caps = set_extension(identity.kx_cert).gateway
         self.currencies = frozenset(caps.currencies if caps else ())
         self.sale = bool(caps and caps.sale)
+        self._handlers: dict[MessageType, SetHandler] = {MessageType.AUTH_REQ: self._on_auth_req}
 
-    # -- entry point --------------------------------------------------------------------------
+    # -- what the SET entrypoint asks (actors/entrypoint.py) -----------------------------------
 
-    async def handle(self, data: bytes) -> tuple[str, bytes] | None:
-        """Answer one wrapped AuthReq: (AMQP type, wrapped AuthRes or Error). ``None`` for an
-        Error received (never answered). Retryable keystore faults propagate (redelivery)."""
-        try:
-            decoded = decode_message(data, now_ms=self.clock.now_ms(), window_ms=self.window_ms)
-            if decoded.msg_type is MessageType.ERROR:
-                log.info("gateway_error_received")
-                return None
-            if decoded.msg_type is not MessageType.AUTH_REQ:
-                raise ProtocolError(
-                    ErrorCode.MESSAGE_NOT_SUPPORTED,
-                    f"the gateway does not take {decoded.msg_type.name}",
-                )
-            rrpid = decoded.header.rrpid
-            if rrpid is None:
-                raise ProtocolError(ErrorCode.BAD_MESSAGE_HEADER, "AuthReq without RRPID")
-            ctx = {"rrpid": rrpid.hex()}
-            if decoded.header.message_ids and decoded.header.message_ids.xid:
-                ctx["xid"] = decoded.header.message_ids.xid.hex()
-            with structlog.contextvars.bound_contextvars(**ctx):
-                return await self._auth_req(decoded.header, decoded.body, rrpid)
-        except ProtocolError as exc:
-            log.info("gateway_request_refused", code=exc.code.name, detail=exc.detail)
-            return pw.ERROR_TYPE, self._error(exc, data)
-        except KeystoreError as exc:
-            if exc.retryable:
-                raise
-            log.error("gateway_keystore_refused", fault=exc.fault.name, text=exc.text)
-            failure = ProtocolError(ErrorCode.UNSPECIFIED_FAILURE, "gateway cannot use its key")
-            return pw.ERROR_TYPE, self._error(failure, data)
+    party = "gateway"
+
+    @property
+    def handlers(self) -> dict[MessageType, SetHandler]:
+        return self._handlers
+
+    async def error_signer(self, decoded: Decoded) -> ErrorSigner | None:
+        """The gateway answers its Errors unsigned."""
+        return None
+
+    async def _on_auth_req(self, decoded: Decoded) -> tuple[str, bytes]:
+        rrpid = decoded.header.rrpid
+        if rrpid is None:
+            raise ProtocolError(ErrorCode.BAD_MESSAGE_HEADER, "AuthReq without RRPID")
+        return await self._auth_req(decoded.header, decoded.body, rrpid)
 
     async def _auth_req(
         self, header: MessageHeader, req: AuthReq, rrpid: bytes
@@ -518,17 +503,6 @@ class GatewayService:
     def _stored(entry: Entry) -> tuple[str, bytes]:
         assert entry.reply_type is not None and entry.reply is not None
         return entry.reply_type, entry.reply
-
-    def _error(self, exc: ProtocolError, data: bytes) -> bytes:
-        header = peek_header(data)
-        tbs = ErrorTBS(
-            exc.code,
-            ids.new_challenge(),
-            None,
-            None,
-            b"" if header is None else codec.encode(header),
-        )
-        return encode_message(make_header(self.clock.now_ms()), Error(False, codec.encode(tbs), []))
 
 
 def _load(der: bytes) -> x509.Certificate:

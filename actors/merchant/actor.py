@@ -19,19 +19,15 @@ from actors.merchant.api import serve_api
 from actors.merchant.service import MerchantService
 from actors.merchant.store import MerchantStore
 from actors.party import PartyActor
-from actors.runtime import Actor, Reply
-from broker.consumer import Delivery
+from actors.runtime import Actor
 from broker.peer import PeerLink
 from broker.rpc import RpcServer
 from keystore.keyring import KeystoreKeys
 from keystore.service import RPC_QUEUE
 from protocol import ids
 from protocol.keys import get_suite
-from protocol.messages import MessageType
 from protocol.payment import GATEWAY_ROLE
 from setpay.config import Settings
-
-HANDLED = (MessageType.PINIT_REQ, MessageType.PREQ, MessageType.INQ_REQ)
 
 
 class MerchantActor(PartyActor):
@@ -79,13 +75,8 @@ class MerchantActor(PartyActor):
             target=self.gateway_target,
         ).start()
         self.service = MerchantService(self.store, self.keys.get, self.gateway, clock=self.clock)
-        for msg_type in HANDLED:
-            self.on(str(int(msg_type)), self._handle)
+        self.serve_set(self.service)
         self.api = await serve_api(self.bus, self.service, self.instance)
-
-    async def _handle(self, delivery: Delivery) -> Reply:
-        assert self.service is not None
-        return await self.service.handle(delivery.body)
 
     async def teardown(self) -> None:
         if self.api is not None:

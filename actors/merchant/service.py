@@ -26,11 +26,11 @@ from typing import Any, Protocol
 
 from cryptography import x509
 
+from actors.entrypoint import SetHandler
 from actors.merchant.errors import MerchantError
 from actors.merchant.store import MerchantRow, MerchantStore, OrderRow
 from actors.trust import RevocationCache
 from broker.errors import BrokerError
-from keystore.errors import KeystoreError
 from protocol import codec, dualsig, ids
 from protocol.certs import (
     CertType,
@@ -58,8 +58,6 @@ from protocol.messages import (
     CheckDigests,
     CompletionCode,
     CurrAmt,
-    Error,
-    ErrorTBS,
     InqReq,
     InqReqData,
     InqRes,
@@ -78,7 +76,6 @@ from protocol.messages import (
 from protocol.order import hod
 from protocol.payment import (
     AUTH_REQ_TYPE,
-    ERROR_TYPE,
     build_auth_req,
     check_auth_header,
     open_auth_res,
@@ -86,16 +83,15 @@ from protocol.payment import (
 )
 from protocol.primitives import thumbprint
 from protocol.revocation import bci_thumbprint
+from protocol.set_error import ErrorSigner, RemoteError, expect_reply
 from protocol.signed import SignedData, open_signed, sign_data
 from protocol.states import Machine, MerchantOrder, merchant_order
 from protocol.trustview import Trust, load_all, pick
 from protocol.wrapper import (
     Decoded,
     check_header_trans_ids,
-    decode_message,
     encode_message,
     make_header,
-    peek_header,
 )
 from setpay.logs import get_logger
 
@@ -139,7 +135,7 @@ class MerchantService:
         self.gateway = gateway
         self.clock = clock or ids.SystemClock()
         self.window_ms = window_ms
-        self.handlers: dict[MessageType, Callable[[Decoded], Awaitable[tuple[str, bytes]]]] = {
+        self.handlers: dict[MessageType, SetHandler] = {
             MessageType.PINIT_REQ: self._pinit,
             MessageType.PREQ: self._preq,
             MessageType.INQ_REQ: self._inq,
@@ -178,40 +174,13 @@ class MerchantService:
         )  # fmt: skip
         return lid_m
 
-    # -- entry point ----------------------------------------------------------------------------
+    # -- what the SET entrypoint asks (actors/entrypoint.py) -----------------------------------
 
-    async def handle(self, data: bytes) -> tuple[str, bytes]:
-        """Answer one wrapped request: (AMQP type, wrapped reply). A ``ProtocolError``
-        becomes a SET Error reply; a retryable keystore failure propagates (redelivery)."""
-        try:
-            decoded = decode_message(data, now_ms=self.clock.now_ms(), window_ms=self.window_ms)
-            handler = self.handlers.get(decoded.msg_type)
-            if handler is None:
-                raise ProtocolError(
-                    ErrorCode.MESSAGE_NOT_SUPPORTED,
-                    f"the POS does not take {decoded.msg_type.name}",
-                )
-            return await handler(decoded)
-        except ProtocolError as exc:
-            log.info("merchant_request_refused", code=exc.code.name, detail=exc.detail)
-            return ERROR_TYPE, self._error(exc, data)
-        except KeystoreError as exc:
-            if exc.retryable:
-                raise
-            log.error("merchant_keystore_refused", fault=exc.fault.name)
-            failure = ProtocolError(ErrorCode.UNSPECIFIED_FAILURE, "merchant cannot use its key")
-            return ERROR_TYPE, self._error(failure, data)
+    party = "merchant"
 
-    def _error(self, exc: ProtocolError, data: bytes) -> bytes:
-        header = peek_header(data)
-        tbs = ErrorTBS(
-            exc.code,
-            ids.new_challenge(),
-            None,
-            None,
-            b"" if header is None else codec.encode(header),
-        )
-        return encode_message(make_header(self.clock.now_ms()), Error(False, codec.encode(tbs), []))
+    async def error_signer(self, decoded: Decoded) -> ErrorSigner | None:
+        """The POS answers its Errors unsigned."""
+        return None
 
     def _lock(self, lid_m: bytes) -> asyncio.Lock:
         lock = self._locks.get(lid_m)
@@ -458,9 +427,9 @@ class MerchantService:
     async def _open_auth_res(
         self, m: MerchantRow, trust: Trust, reply: bytes, auth_rrpid: bytes, oi: OIData
     ) -> tuple[AuthResData, AuthResBaggage]:
-        decoded = decode_message(reply, now_ms=self.clock.now_ms(), window_ms=self.window_ms)
-        if not isinstance(decoded.body, AuthRes):
-            raise ProtocolError(ErrorCode.MESSAGE_NOT_SUPPORTED, "gateway answered no AuthRes")
+        decoded = expect_reply(
+            reply, self.clock.now_ms(), AuthRes, who="gateway", window_ms=self.window_ms
+        )
         res: AuthRes = decoded.body
         certs = load_all(res.certs)
 
@@ -501,7 +470,7 @@ class MerchantService:
         if self.gateway is None:
             raise ProtocolError(ErrorCode.UNSPECIFIED_FAILURE, "no gateway link configured")
         try:
-            reply_type, reply = await self.gateway.request_raw(AUTH_REQ_TYPE, wrapped)
+            _, reply = await self.gateway.request_raw(AUTH_REQ_TYPE, wrapped)
         except (TimeoutError, BrokerError) as exc:
             log.warning("merchant_gateway_silent", xid=xid, error=type(exc).__name__)
             pres = PResData(
@@ -517,9 +486,11 @@ class MerchantService:
         cap_token = acq_card_msg = None
         cols: dict[str, object] = {}
         try:
-            if reply_type == ERROR_TYPE:
-                raise ProtocolError(ErrorCode.UNSPECIFIED_FAILURE, "gateway answered a SET Error")
             data, baggage = await self._open_auth_res(m, trust, reply, auth_rrpid, oi)
+        except RemoteError as exc:  # the gateway refused: its code, read by read_error
+            log.warning("merchant_auth_refused", xid=xid, code=exc.code.name)
+            machine.receive(MessageType.ERROR)
+            completion = CompletionCode.ORDER_REJECTED
         except ProtocolError as exc:
             log.warning("merchant_auth_failed", xid=xid, code=exc.code.name, detail=exc.detail)
             machine.receive(MessageType.ERROR)

@@ -35,14 +35,12 @@ from keystore.client import KeystoreClient
 from keystore.errors import KeystoreError
 from protocol import codec, ids, pan
 from protocol.certs import certificate_der, load_certificate
-from protocol.errors import ErrorCode, ProtocolError
+from protocol.errors import ProtocolError
 from protocol.messages import (
     MESSAGE_TYPES,
     CertRes,
     CompletionCode,
     CurrAmt,
-    Error,
-    ErrorTBS,
     InqRes,
     MessageType,
     PInitRes,
@@ -59,9 +57,10 @@ from protocol.requester import (
     check_cardholder_cert_res,
     check_reg_form_res,
 )
+from protocol.set_error import RemoteError, expect_reply
 from protocol.states import cardholder_purchase
 from protocol.trustview import load_all
-from protocol.wrapper import MessageHeader, decode_message, encode_message, make_header
+from protocol.wrapper import MessageHeader, encode_message, make_header
 from setpay.logs import get_logger
 
 log = get_logger(component="wallet")
@@ -368,12 +367,10 @@ class WalletService:
     ) -> tuple[Any, MessageHeader]:
         """Send one message; the reply body (of type ``expect``) and its header."""
         _, reply = await self.peers.request(target, _amqp(body), encode_message(header, body))
-        decoded = decode_message(reply, now_ms=self.clock.now_ms())
-        if isinstance(decoded.body, Error):
-            code = codec.decode(ErrorTBS, decoded.body.content).code
-            raise WalletError(f"merchant refused: {code.name}")
-        if not isinstance(decoded.body, expect):
-            raise ProtocolError(ErrorCode.MESSAGE_NOT_SUPPORTED, "unexpected reply type")
+        try:
+            decoded = expect_reply(reply, self.clock.now_ms(), expect, who="merchant")
+        except RemoteError as exc:  # read by protocol.set_error.read_error
+            raise WalletError(str(exc)) from None
         return decoded.body, decoded.header
 
     async def inquire(self, user: str, passphrase: str, xid: bytes) -> PurchaseResult:

@@ -11,14 +11,15 @@ import uuid
 
 import pytest
 
-from actors.runtime import ERROR_TYPE, XID_HEADER, ErrorRecord
 from actors.runtime_echo import EchoActor
 from actors.supervisor import SETPAY
 from broker.connection import connect
 from broker.consumer import CODE_HEADER, QUEUE_HEADER
 from broker.topology import DEAD_LETTER_QUEUE, SET_EXCHANGE, declare_actor
-from protocol import codec
 from protocol.errors import ErrorCode
+from protocol.messages import Error, ErrorTBS
+from protocol.set_error import ERROR_TYPE, read_error
+from protocol.wrapper import decode_message
 
 pytestmark = pytest.mark.integration
 
@@ -39,8 +40,7 @@ async def test_actor_dispatches_replies_and_maps_protocol_errors(broker_vhost) -
     try:
         assert actor.health()["ready"] is True
         target = f"echo.{actor.instance}"
-        await bus.publish(target, bus.message(b"ping", msg_type="Echo", reply_to=reply_key,
-                                              headers={XID_HEADER: "01" * 32}),
+        await bus.publish(target, bus.message(b"ping", msg_type="Echo", reply_to=reply_key),
                           exchange=SET_EXCHANGE)
         await bus.publish("echo", bus.message(b"x", msg_type="Fail", reply_to=reply_key),
                           exchange=SET_EXCHANGE)
@@ -50,10 +50,13 @@ async def test_actor_dispatches_replies_and_maps_protocol_errors(broker_vhost) -
             got.append(message)
         by_type = {m.type: m for m in got}
         assert by_type["EchoReply"].body == b"ping"
-        assert by_type["EchoReply"].headers[XID_HEADER] == "01" * 32
         assert by_type["EchoReply"].user_id == "guest"
-        error = codec.decode(ErrorRecord, by_type[ERROR_TYPE].body)
-        assert error == ErrorRecord(code=int(ErrorCode.INVALID_FIELD), detail="fail on purpose")
+        # the runtime's fallback is the one SET Error record, read by the one reader
+        error = decode_message(by_type[ERROR_TYPE].body, now_ms=_now_ms()).body
+        assert isinstance(error, Error)
+        tbs, verified = read_error(error, _now_ms())
+        assert isinstance(tbs, ErrorTBS) and tbs.code is ErrorCode.INVALID_FIELD
+        assert not verified
         # unknown type: dead-lettered with its reason, actor keeps answering
         await bus.publish(target, bus.message(b"?", msg_type="Nope"), exchange=SET_EXCHANGE)
         await bus.publish(target, bus.message(b"again", msg_type="Echo", reply_to=reply_key),
@@ -164,3 +167,9 @@ def test_run_refuses_unknown_and_unprepared_roles(tmp_path) -> None:
     assert unprepared.returncode == 2, unprepared.stderr
     assert "setpay gateway register" in unprepared.stderr
     assert "Traceback" not in unprepared.stderr
+
+
+def _now_ms() -> int:
+    import time
+
+    return int(time.time() * 1000)

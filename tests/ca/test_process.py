@@ -51,7 +51,7 @@ async def test_ca_process_serves_registration(ca_env: CAEnv, tmp_path: Path) -> 
     try:
         wait_ready(ca_env.settings.data_dir / "run" / "ca.p2.health", proc)
         client, keystore = await ca_env.requester("wallet.proc1")
-        client.target = "ca.p2"  # this process's own queue, not the shared one
+        client.link.target = "ca.p2"  # this process's own queue, not the shared one
         key = await new_key(keystore, "card")
         account = pan.Account(pan.AccountKind.CARD, PAN)
         reg = await register_cardholder(

@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import pytest
 
+from actors.entrypoint import SetEntry
 from protocol import codec, ids, pan
 from protocol.certreq import CERT_REQ, pop_signer, renewal_content, spki_der
 from protocol.certs import cert_thumbprint, certificate_der, public_key_of
@@ -40,9 +41,9 @@ from protocol.requester import (
     check_reg_form_res,
     decode_reply,
     me_aq_init,
-    read_error,
     register_entity,
 )
+from protocol.set_error import read_error
 from protocol.signed import SignedData
 from protocol.treatments import make_enc
 from protocol.wrapper import decode_message, encode_message, make_header
@@ -171,8 +172,11 @@ async def test_reg_form_checks(ca_env: CAEnv, cardholder: tuple) -> None:
     # A message the CA does not take, inside a wrapper sent to it: messageNotSupported.
     res_body = CertRes(b"x", [], [], None)
     data_bytes = wrap(client, res_body, data.rrpid)
-    code = await error_code(client, MessageType.CERT_REQ, data_bytes)
+    code = await error_code(client, MessageType.CERT_RES, data_bytes)
     assert code is ErrorCode.MESSAGE_NOT_SUPPORTED
+    # The same bytes under another AMQP type: the entrypoint refuses the disagreement first.
+    code = await error_code(client, MessageType.CERT_REQ, data_bytes)
+    assert code is ErrorCode.WRAPPER_MSG_MISMATCH
     assert counts(ca_env) == before
     (challenges_after,) = ca_env.store._db.execute("SELECT count(*) FROM challenges").fetchone()
     assert challenges_after == challenges_before
@@ -275,7 +279,7 @@ async def test_keystore_refusal_is_answered(ca_env: CAEnv) -> None:
     body = CardCInitReq(rrpid, ids.new_lid(), ids.new_challenge(), "alpha", AccountKind.CARD, [])
     data = encode_message(make_header(ids.SystemClock().now_ms(), rrpid=rrpid), body)
     before = counts(ca_env)
-    msg_type, reply = await service.handle(data)
+    msg_type, reply = await SetEntry(service).handle(None, data)
     assert msg_type == str(int(MessageType.ERROR))
     error = decode_message(reply, now_ms=ids.SystemClock().now_ms()).body
     assert isinstance(error, Error)

@@ -96,7 +96,7 @@ async def test_cardholder_registration_end_to_end(ca_env: CAEnv, tmp_path: Path)
     key = await new_key(keystore, "card-1")
     account = pan.Account(pan.AccountKind.CARD, PAN)
     # The broker's trace tap copies every SET message; record them all.
-    channel = await client.bus.channel(confirms=False)
+    channel = await client.link.bus.channel(confirms=False)
     trace = await channel.declare_queue(exclusive=True)
     await trace.bind(TRACE_EXCHANGE)
     await until_traced(client, trace)

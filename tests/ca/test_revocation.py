@@ -11,6 +11,7 @@ import pytest
 from actors.ca.hierarchy import Hierarchy
 from actors.ca.service import CAService
 from actors.ca.store import CAStore
+from actors.entrypoint import SetEntry
 from protocol import ids
 from protocol.certs import CertType, KeyUse
 from protocol.chain import Expect, validate_path
@@ -203,7 +204,7 @@ async def test_stale_bci_is_refreshed(ca_env: CAEnv, tmp_path: Path) -> None:
         before = {b: copy.latest_bci(b) for b in ("alpha", "beta")}
         rrpid = ids.new_rrpid()
         body = CardCInitReq(rrpid, ids.new_lid(), ids.new_challenge(), "beta", AccountKind.CARD, [])
-        _, reply = await service.handle(
+        _, reply = await SetEntry(service).handle(None,
             encode_message(make_header(clock.now_ms(), rrpid=rrpid), body)
         )
         res = decode_message(reply, now_ms=clock.now_ms()).body

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from actors.entrypoint import SetEntry
 from actors.gateway.ledger import Ledger
 from actors.gateway.service import GatewayService, rrn_of
 from actors.issuer.accounts import Store
@@ -36,14 +37,14 @@ async def test_host_timeout_is_no_reply_with_reversal_and_pi_released(
     try:
         p = await gateway_env.purchase("ok", 1_700)
         wrapped = await gateway_env.wrap(p.data, p.pi)
-        reply = await service.handle(wrapped)
+        reply = await SetEntry(service).handle(None, wrapped)
         assert reply is not None
         res, _ = await gateway_env.answer(reply[1])
         assert res.payload.auth_code is AuthCode.NO_REPLY
         rrn = rrn_of(p.data.auth_tags.rrpid)
         assert link.journal.saf_entries(rrn), "a reversal is stored for forwarding"
         # Same RRPID again: the stored answer, the host is not asked twice.
-        assert await service.handle(wrapped) == reply
+        assert await SetEntry(service).handle(None, wrapped) == reply
         journalled = link.journal.get(rrn)
         assert journalled is not None and journalled.state == "timed_out"
         # The PI was released: the merchant may retry the purchase under a new RRPID.
@@ -53,7 +54,7 @@ async def test_host_timeout_is_no_reply_with_reversal_and_pi_released(
             AuthTags(ids.new_rrpid(), tags.mer_term_ids, tags.date, tags.trans_ids),
             p.data.check_digests, p.data.payload, False, None,
         )  # fmt: skip
-        reply = await service.handle(await gateway_env.wrap(retry, p.pi))
+        reply = await SetEntry(service).handle(None, await gateway_env.wrap(retry, p.pi))
         assert reply is not None
         ok, _ = await gateway_env.answer(reply[1])
         assert ok.payload.auth_code is AuthCode.APPROVED

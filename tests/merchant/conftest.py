@@ -161,13 +161,14 @@ async def purchase_env(
     )  # fmt: skip
     actor.service.add_gateway("alpha", reg.kx_cert, reg.chain)
     received: list[bytes] = []
-    handle = actor.service.handle
+    handle = actor.default_handler  # the SET entrypoint every message goes through
+    assert handle is not None
 
-    async def recording(data: bytes) -> tuple[str, bytes]:
-        received.append(data)
-        return await handle(data)
+    async def recording(delivery: Delivery) -> tuple[str, bytes] | None:
+        received.append(delivery.body)
+        return await handle(delivery)
 
-    actor.service.handle = recording  # type: ignore[method-assign]
+    actor.default_handler = recording
     # The wallet service (in-process) as identity wallet.w1.
     w_keystore = await dep.client("wallet.w1")
     bus = w_keystore.rpc.bus

@@ -8,6 +8,7 @@ PInitRes hands out the newest BCI held.
 
 from __future__ import annotations
 
+from actors.entrypoint import SetEntry
 from actors.trust import Offered, refresh_from_ca
 from actors.wallet.errors import WalletError
 from protocol import ids, pan
@@ -113,7 +114,7 @@ async def test_pinit_hands_out_the_newest_bci_held(purchase_env: PurchaseEnv) ->
             AccountKind.CARD, thumbs,
         )  # fmt: skip
         now = ids.SystemClock().now_ms()
-        _, reply = await service.handle(
+        _, reply = await SetEntry(service).handle(None,
             encode_message(make_header(now, lid_c=req.lid_c, lid_m=lid_m, rrpid=req.rrpid), req)
         )
         body = decode_message(reply, now_ms=now).body
