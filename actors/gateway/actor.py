@@ -18,15 +18,15 @@ from actors import payment_wire as pw
 from actors.gateway.identity import GatewayIdentity, identity_path, journal_path, ledger_path
 from actors.gateway.ledger import Ledger
 from actors.gateway.service import GatewayService
-from actors.issuer.link import IsoLink
-from actors.issuer.security import ZPK_LABEL
-from actors.issuer.service import DEFAULT_PORT
+from actors.iso8583.link import IsoLink
+from actors.iso8583.security import ZPK_LABEL
 from actors.party import PartyActor
 from actors.runtime import Actor, Reply
 from broker.consumer import Delivery
 from keystore.client import HsmAccountOpener
 from keystore.service import RPC_QUEUE
 from protocol import ids
+from setpay.config import DEFAULT_ISSUER_PORT as DEFAULT_PORT
 from setpay.config import Settings
 
 
