@@ -16,10 +16,11 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
 ENV_PREFIX = "SETPAY_"
+DEFAULT_ISSUER_PORT: Final = 8583  # the ISO 8583 port by convention; ``issuer_port`` sets it
 SECRET_FIELDS = frozenset({"keystore_pin", "keystore_so_pin", "broker_admin_password"})
 
 _SOFTHSM_CANDIDATES = (
@@ -66,7 +67,7 @@ class Settings:
     keystore_workers: int = 2
 
     issuer_host: str = "127.0.0.1"  # the ISO 8583 issuer/acquirer host the gateway reaches
-    issuer_port: int = 8583
+    issuer_port: int = DEFAULT_ISSUER_PORT
 
     @property
     def softhsm_conf(self) -> Path:

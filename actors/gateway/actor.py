@@ -17,14 +17,14 @@ from pathlib import Path
 from actors.gateway.identity import GatewayIdentity, identity_path, journal_path, ledger_path
 from actors.gateway.ledger import Ledger
 from actors.gateway.service import GatewayService
-from actors.issuer.link import IsoLink
-from actors.issuer.security import ZPK_LABEL
-from actors.issuer.service import DEFAULT_PORT
+from actors.iso8583.link import IsoLink
+from actors.iso8583.security import ZPK_LABEL
 from actors.party import PartyActor
 from actors.runtime import Actor
 from keystore.client import HsmAccountOpener
 from keystore.service import RPC_QUEUE
 from protocol import ids
+from setpay.config import DEFAULT_ISSUER_PORT as DEFAULT_PORT
 from setpay.config import Settings
 
 

@@ -36,9 +36,9 @@ from cryptography import x509
 from actors.entrypoint import SetHandler
 from actors.gateway.identity import GatewayIdentity
 from actors.gateway.ledger import Entry, Ledger, NewAuth, Outcome, PiUsed
-from actors.issuer import spec
-from actors.issuer.codes import ResponseCode
-from actors.issuer.link import IsoLink, LinkRequest
+from actors.iso8583 import spec
+from actors.iso8583.codes import ResponseCode
+from actors.iso8583.link import IsoLink, LinkRequest
 from actors.trust import RevocationCache
 from keystore.errors import BadRequest
 from protocol import codec, dualsig, ids, pan, primitives

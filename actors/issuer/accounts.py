@@ -25,7 +25,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Final
 
-from actors.issuer.codes import ResponseCode
+from actors.iso8583.codes import ResponseCode
 from actors.issuer.errors import StoreError
 from setpay.sqlite import transaction
 

@@ -13,11 +13,11 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
+from actors.iso8583.codes import ResponseCode
+from actors.iso8583.errors import Iso8583Error
+from actors.iso8583.link import IsoLink
 from actors.issuer import service
 from actors.issuer.accounts import Store
-from actors.issuer.codes import ResponseCode
-from actors.issuer.errors import IssuerError
-from actors.issuer.link import IsoLink
 from actors.issuer.seed import seed_environment
 from setpay.cli import CommandError
 from setpay.config import Settings
@@ -71,7 +71,7 @@ def _echo(args: argparse.Namespace, settings: Settings) -> int:
     args.port = args.port or settings.issuer_port
     try:
         code = asyncio.run(echo(args.port))
-    except (IssuerError, TimeoutError) as exc:
+    except (Iso8583Error, TimeoutError) as exc:
         raise CommandError(f"no echo from 127.0.0.1:{args.port}: {exc or 'timeout'}") from None
     print(f"echo 127.0.0.1:{args.port}: {code.value}")
     return 0 if code.approved else 1

@@ -21,14 +21,14 @@ import contextlib
 import hashlib
 import secrets
 import string
-import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from actors.issuer import framing, spec
+from actors.iso8583 import framing, spec
+from actors.iso8583.codes import ResponseCode
+from actors.iso8583.errors import FramingError, MessageError
 from actors.issuer.accounts import Decision, Effect, Snapshot, Store, TxRequest
-from actors.issuer.codes import ResponseCode
-from actors.issuer.errors import FramingError, IssuerError, MessageError, SecurityUnavailable
+from actors.issuer.errors import SecurityUnavailable
 from actors.issuer.security import IssuerSecurity
 from setpay.logs import get_logger
 
@@ -243,7 +243,7 @@ class IssuerHost:
         self.handled += 1
         try:
             return spec.pack(answer)
-        except IssuerError as exc:
+        except MessageError as exc:
             self.log.error("response_unpackable", mti=mti, error=str(exc))
             return None
 
@@ -259,7 +259,7 @@ class IssuerHost:
         answer = self._response(base, ResponseCode.FORMAT_ERROR)
         try:
             return spec.pack(answer)
-        except IssuerError:
+        except MessageError:
             return spec.pack({"t": spec.RESPONSE_TO[mti], "39": str(ResponseCode.FORMAT_ERROR)})
 
     def _response(
@@ -356,9 +356,3 @@ class IssuerHost:
             restored=restored,
         )
         return self._response(message, ResponseCode.APPROVED)
-
-
-if __name__ == "__main__":
-    from actors.issuer.service import cli
-
-    sys.exit(cli(sys.argv[1:]))

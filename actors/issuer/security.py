@@ -1,12 +1,12 @@
-"""The PIN/PAN security interface the host needs, masking helpers, and the keystore binding.
+"""The issuer's PIN/PAN security interface (PAN index, PVV) and its keystore binding.
 
 Rule 1: clear PANs enter only ``pan_index``; clear PINs never enter this process: PINs
-arrive as ISO 9564 format-4 blocks under the zone PIN key (ZPK) and are opened only inside
-the security module, which returns a PVV or a yes/no.
+arrive as ISO 9564 format-4 blocks under the network's zone PIN key
+(``actors.iso8583.security.ZPK_LABEL``) and are opened only inside the security module,
+which returns a PVV or a yes/no.
 Rule 2: PVV = HMAC-SHA256(PVK, "setpay/pvv/v1" ‖ len(account) ‖ account ‖ PIN) truncated to
 ``PVV_BYTES``; the PAN index = HMAC-SHA256(PAN-index key, "setpay/pan-index/v1" ‖ account).
-Both keys live in the HSM; the DB holds only their outputs.
-Rule 3: ``mask_account`` is the one way an account appears in logs or display: last 4 only.
+Both keys live in the HSM; the DB holds only their outputs; both are the issuer's alone.
 """
 
 from __future__ import annotations
@@ -21,8 +21,6 @@ PAN_INDEX_LABEL: Final = b"setpay/pan-index/v1\x00"
 PVV_LABEL: Final = pin_blocks.PVV_LABEL
 PAN_INDEX_KEY: Final = "issuer-pan-index"  # keystore key names (labels are <user>/<name>)
 PVK_KEY: Final = "issuer-pvk"
-ZPK_KEY: Final = "zpk"
-ZPK_LABEL: Final = "zone.main/zpk"  # the zone key (keystore/policy.py Rule 3), ceremony-made
 
 
 class IssuerSecurity(Protocol):
@@ -52,12 +50,6 @@ def pan_index_input(account: str) -> bytes:
 def pvv_input(account: str, pin: str) -> bytes:
     """The bytes the PVV HMAC runs over; only a security module ever builds this."""
     return pin_blocks.pvv_input(account, pin)
-
-
-def mask_account(account: str) -> str:
-    """``…1234``: the last four digits, for display and logs."""
-    digits = "".join(ch for ch in account if ch.isdigit())
-    return f"…{digits[-4:]}" if len(digits) >= 4 else "…"
 
 
 class SecurityClient(Protocol):
@@ -137,6 +129,7 @@ pin_verify(pvk_label, zpk_label, account, pin_block, pvv) -> bool  (constant-tim
 pin_encipher(zpk_label, account, pin) -> format 4 block under the ZPK (issuance / seeding)
 Roles: issuer gets all three; the PVK and PAN-index key are issuer.<id>/issuer-pvk and
   issuer.<id>/issuer-pan-index (hmac-sha256, made by a key ceremony). The ZPK is the zone key
-  zone.main/zpk (aes256), usable by the identities keystore.policy.DEFAULT_ZONE_GRANTS lists
-  (gateway.*, issuer.*) through PIN operations only; the gateway uses it in open_pi_account.
+  zone.main/zpk (aes256; actors.iso8583.security.ZPK_LABEL), usable by the identities
+  keystore.policy.DEFAULT_ZONE_GRANTS lists (gateway.*, issuer.*) through PIN operations only;
+  the gateway uses it in open_pi_account.
 """

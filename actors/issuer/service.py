@@ -20,19 +20,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from actors.iso8583.security import ZPK_LABEL
 from actors.issuer.accounts import Store
 from actors.issuer.host import IssuerHost
-from actors.issuer.security import (
-    PAN_INDEX_KEY,
-    PVK_KEY,
-    ZPK_LABEL,
-    IssuerSecurity,
-    KeystoreIssuerSecurity,
-)
-from setpay.config import Settings
+from actors.issuer.security import PAN_INDEX_KEY, PVK_KEY, IssuerSecurity, KeystoreIssuerSecurity
+from setpay.config import DEFAULT_ISSUER_PORT, Settings
 from setpay.logs import get_logger
-
-DEFAULT_PORT = 8583  # the ISO 8583 port by convention; Settings.issuer_port configures it
 
 
 class IssuerService:
@@ -43,7 +36,7 @@ class IssuerService:
         settings: Settings,
         instance: str = "host1",
         *,
-        port: int = DEFAULT_PORT,
+        port: int = DEFAULT_ISSUER_PORT,
         db_path: Path | None = None,
         security: IssuerSecurity | None = None,
         health_file: Path | None = None,
@@ -158,20 +151,20 @@ def main(settings: Settings, instance: str, health_file: Path | None = None) -> 
 
 
 def cli(argv: list[str]) -> int:
-    """``python -m actors.issuer.host [--port N] [--db FILE] [--latency S] [--id host1]``."""
+    """``python -m actors.issuer.service [--port N] [--db FILE] [--latency S] [--id host1]``;
+    the port defaults to ``Settings.issuer_port``."""
     from setpay import config, logs
 
-    parser = argparse.ArgumentParser(prog="python -m actors.issuer.host")
+    parser = argparse.ArgumentParser(prog="python -m actors.issuer.service")
     parser.add_argument("--id", default="host1", help="instance name (identity issuer.<id>)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser.add_argument("--port", type=int, default=None, help="default: issuer_port")
     parser.add_argument("--db", type=Path, default=None, help="SQLite file")
     parser.add_argument("--latency", type=float, default=0.0, help="delay every answer (s)")
     args = parser.parse_args(argv)
     settings = config.load()
     logs.configure(settings.log_format, settings.log_level)
-    service = IssuerService(
-        settings, args.id, port=args.port, db_path=args.db, latency=args.latency
-    )
+    port = settings.issuer_port if args.port is None else args.port
+    service = IssuerService(settings, args.id, port=port, db_path=args.db, latency=args.latency)
     return asyncio.run(service.run())
 
 

@@ -36,7 +36,7 @@ from actors.environment import (
     LOAD_PANS,
     client_url,
 )
-from actors.issuer.spec import DEBIT_PROCESSING
+from actors.iso8583.spec import DEBIT_PROCESSING
 from actors.wallet.api import StartedPurchase, seal_for
 from actors.wallet.errors import WalletError
 from protocol.certs import CertType, load_certificate, set_extension

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from actors.gateway.service import rrn_of
-from actors.issuer import spec
+from actors.iso8583 import spec
 from protocol.messages import AuthCode, CapCode
 from tests.gateway.conftest import GatewayEnv
 

@@ -7,9 +7,9 @@ from pathlib import Path
 from actors.entrypoint import SetEntry
 from actors.gateway.ledger import Ledger
 from actors.gateway.service import GatewayService, rrn_of
+from actors.iso8583.link import IsoLink
 from actors.issuer.accounts import Store
 from actors.issuer.host import IssuerHost
-from actors.issuer.link import IsoLink
 from actors.issuer.seed import seed
 from protocol import ids
 from protocol.messages import AuthCode, AuthReqData, AuthTags

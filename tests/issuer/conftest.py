@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from actors.issuer import framing, spec
+from actors.iso8583 import framing, spec
 from actors.issuer.accounts import Store
 from actors.issuer.host import IssuerHost
 from actors.issuer.seed import SeedAccount, environment_accounts, seed

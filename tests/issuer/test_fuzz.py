@@ -9,7 +9,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from actors.issuer import spec
+from actors.iso8583 import spec
 from actors.issuer.accounts import Store
 from actors.issuer.host import IssuerHost
 from actors.issuer.seed import environment_accounts, seed

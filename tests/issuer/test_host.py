@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from structlog.testing import capture_logs
 
-from actors.issuer import spec
+from actors.iso8583 import spec
+from actors.iso8583.codes import ResponseCode
 from actors.issuer.accounts import Store
-from actors.issuer.codes import ResponseCode
 from actors.issuer.host import IssuerHost
 from actors.issuer.seed import SeedAccount
 from tests.issuer.conftest import RawClient, request

@@ -10,12 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from actors.iso8583.codes import ResponseCode
+from actors.iso8583.link import IsoLink, LinkRequest
+from actors.iso8583.security import ZPK_LABEL
 from actors.issuer.accounts import Store
-from actors.issuer.codes import ResponseCode
 from actors.issuer.errors import InvalidPinBlock, SecurityUnavailable
 from actors.issuer.host import IssuerHost
-from actors.issuer.link import IsoLink, LinkRequest
-from actors.issuer.security import PAN_INDEX_KEY, PVK_KEY, ZPK_LABEL, KeystoreIssuerSecurity
+from actors.issuer.security import PAN_INDEX_KEY, PVK_KEY, KeystoreIssuerSecurity
 from actors.issuer.seed import environment_accounts, seed
 from keystore import messages as m
 from keystore.errors import KeyExists

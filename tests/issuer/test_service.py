@@ -7,9 +7,9 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
+from actors.iso8583.codes import ResponseCode
+from actors.iso8583.link import IsoLink, LinkRequest
 from actors.issuer.accounts import Store
-from actors.issuer.codes import ResponseCode
-from actors.issuer.link import IsoLink, LinkRequest
 from actors.issuer.seed import environment_accounts, seed
 from actors.issuer.service import IssuerService
 from setpay.config import Settings

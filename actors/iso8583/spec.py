@@ -19,7 +19,7 @@ import iso8583.specs
 from iso8583.decoder import DecodeError
 from iso8583.encoder import EncodeError
 
-from actors.issuer.errors import MessageError
+from actors.iso8583.errors import MessageError
 
 Message = dict[str, Any]
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from actors.issuer import spec
+from actors.iso8583 import spec
 from setpay.sqlite import transaction
 
 _SCHEMA: Final = """

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from actors.issuer import spec
+from actors.iso8583 import spec
+from actors.iso8583.codes import ResponseCode
+from actors.iso8583.errors import MessageError
+from actors.iso8583.link import IsoLink, LinkRequest
+from actors.iso8583.saf import Journal
 from actors.issuer.accounts import Store
-from actors.issuer.codes import ResponseCode
-from actors.issuer.errors import MessageError
 from actors.issuer.host import IssuerHost, transmission_key
-from actors.issuer.link import IsoLink, LinkRequest
-from actors.issuer.saf import Journal
 from tests.issuer.conftest import RawClient
 from tests.issuer.softsecurity import SoftIssuerSecurity
 

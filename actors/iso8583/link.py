@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from actors.issuer import codes, framing, spec
-from actors.issuer.codes import ResponseCode
-from actors.issuer.errors import FramingError, LinkClosed, MessageError
-from actors.issuer.saf import Journal, SafEntry
-from actors.issuer.security import mask_account
+from actors.iso8583 import codes, framing, spec
+from actors.iso8583.codes import ResponseCode
+from actors.iso8583.errors import FramingError, LinkClosed, MessageError
+from actors.iso8583.saf import Journal, SafEntry
+from actors.iso8583.security import mask_account
 from setpay.logs import get_logger
 
 REPEAT_OF = {

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import struct
 
-from actors.issuer.errors import FramingError
+from actors.iso8583.errors import FramingError
 
 MAX_FRAME = 0xFFFF
 _PREFIX = struct.Struct(">H")
