@@ -389,7 +389,7 @@ class PIHead:
     sw_ident: SWIdent
     acq_back_key: BackKeyData | None
     account_kind: AccountKind
-    pin_entry: PinEntry | None  # set iff dualsig.AccountPart.pin_block is present (OPE)
+    pin_entry: PinEntry | None  # OPE: how the PIN was entered; set iff PIData.pin_seal is
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,8 +24,7 @@ from actors.runtime import Actor
 from keystore.client import HsmAccountOpener
 from keystore.service import RPC_QUEUE
 from protocol import ids
-from setpay.config import DEFAULT_ISSUER_PORT as DEFAULT_PORT
-from setpay.config import Settings
+from setpay.config import DEFAULT_ISSUER_PORT, Settings
 
 
 class GatewayActor(PartyActor):
@@ -39,7 +38,7 @@ class GatewayActor(PartyActor):
         url: str | None = None,
         keystore_queue: str = RPC_QUEUE,
         issuer_host: str = "127.0.0.1",
-        issuer_port: int = DEFAULT_PORT,
+        issuer_port: int = DEFAULT_ISSUER_PORT,
         host_deadline: float = 5.0,
         zpk_label: str | None = None,
         clock: ids.Clock | None = None,

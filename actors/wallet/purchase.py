@@ -34,6 +34,7 @@ from protocol.messages import (
     OIData,
     PIHead,
     PIKind,
+    PinEntry,
     PInitReq,
     PInitRes,
     PInitResData,
@@ -143,7 +144,7 @@ async def build_preq(
     head = PIHead(
         trans, PurchaseInputs(order_digest, amount), offer.merchant_id, merchant_thumb,
         gateway_thumb, None, pan.trans_stain(card.card_secret, trans.xid), SW_IDENT, None,
-        card.account.kind, None,
+        card.account.kind, None if pin_seal is None else PinEntry.PIN_ANY,
     )  # fmt: skip
     pan_data = codec.encode(pan.make_pan_data(card.account, card.expiry, card.pan_secret))
     gateway_public = public_key_of(offer.gateway_cert)
