@@ -266,7 +266,7 @@ async def _register_parties(settings: Settings, say: Callable[[str], None]) -> N
     from broker.connection import connect
     from broker.peer import PeerLink
     from keystore.client import KeystoreClient
-    from keystore.keyring import KeystoreKeys
+    from keystore.keyring import KeyRing
     from protocol.certs import certificate_der, load_certificate
     from protocol.keys import get_suite
     from protocol.requester import CAClient
@@ -280,9 +280,13 @@ async def _register_parties(settings: Settings, say: Callable[[str], None]) -> N
         bus = await connect(_url(settings, f"gateway.{GATEWAY_INSTANCE}"), name="env-gateway")
         try:
             keystore = await KeystoreClient.create(bus, timeout=settings.broker_rpc_timeout)
-            client = CAClient(await PeerLink(bus, "gateway", GATEWAY_INSTANCE).start())
+            client = CAClient(
+                await PeerLink(bus, "gateway", GATEWAY_INSTANCE).start(),
+                oaep_hash=get_suite(settings.suite).oaep_hash,
+            )
             gateway = await gw_ident.register(
-                client, keystore, root=root, brand=BRAND, gateway_id="P-0001",
+                client, KeyRing(keystore, get_suite(settings.suite)), root=root, brand=BRAND,
+                gateway_id="P-0001",
                 acquirer_bin="411111", currencies="JPY,USD",
             )  # fmt: skip
             await client.close()
@@ -295,8 +299,11 @@ async def _register_parties(settings: Settings, say: Callable[[str], None]) -> N
     bus = await connect(_url(settings, f"merchant.{POS_INSTANCE}"), name="env-merchant")
     try:
         keystore = await KeystoreClient.create(bus, timeout=settings.broker_rpc_timeout)
-        keys = KeystoreKeys(keystore, get_suite(settings.suite))
-        client = CAClient(await PeerLink(bus, "merchant", POS_INSTANCE).start())
+        keys = KeyRing(keystore, get_suite(settings.suite))
+        client = CAClient(
+            await PeerLink(bus, "merchant", POS_INSTANCE).start(),
+            oaep_hash=get_suite(settings.suite).oaep_hash,
+        )
         for merchant_id, name, mcc in MERCHANTS:
             if store.merchant(merchant_id) is not None:
                 continue

@@ -1,7 +1,8 @@
 """What every SET party actor shares: its settings and the keystore that holds its keys.
 
 Rule 1: a party never holds a private key; ``connect_keystore`` gives it the keystore client
-through which it signs and decrypts (the keystore authorises it by its broker login).
+(the keystore authorises it by its broker login) and its key ring (``keystore.keyring``),
+bound to the configured suite: the only way the party creates or uses a private key.
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ from pathlib import Path
 
 from actors.runtime import Actor
 from keystore.client import KeystoreClient
+from keystore.keyring import KeyRing
 from keystore.service import RPC_QUEUE
+from protocol.keys import get_suite
 from setpay.config import Settings
 
 
@@ -37,6 +40,7 @@ class PartyActor(Actor):
         self.settings = settings
         self.keystore_queue = keystore_queue
         self.keystore: KeystoreClient | None = None
+        self.keys: KeyRing | None = None
 
     async def connect_keystore(self) -> KeystoreClient:
         """The keystore client over this actor's own connection (call from ``setup``)."""
@@ -44,4 +48,5 @@ class PartyActor(Actor):
         self.keystore = await KeystoreClient.create(
             self.bus, queue=self.keystore_queue, timeout=self.settings.broker_rpc_timeout
         )
+        self.keys = KeyRing(self.keystore, get_suite(self.settings.suite))
         return self.keystore

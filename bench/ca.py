@@ -62,7 +62,7 @@ async def _bench(settings: Settings, n: int, concurrency: int, sign_n: int) -> N
     from broker.peer import PeerLink
     from keystore import messages as km
     from keystore.client import KeystoreClient
-    from keystore.keyring import KeystoreKeys, key_kind
+    from keystore.keyring import KeyRing, key_kind
     from keystore.token import init_token, use_softhsm_conf
     from keystore.worker import KeystorePool, WorkerSpec
     from protocol import ids, pan
@@ -102,7 +102,7 @@ async def _bench(settings: Settings, n: int, concurrency: int, sign_n: int) -> N
         ca_keys = await KeystoreClient.create(ca_bus)
         store = CAStore.open(settings.data_dir)
         t0 = time.perf_counter()
-        await init_hierarchy(Hierarchy(store, KeystoreKeys(ca_keys, suite)), TEST_BRANDS,
+        await init_hierarchy(Hierarchy(store, KeyRing(ca_keys, suite)), TEST_BRANDS,
                              ids.SystemClock().now_ms())  # fmt: skip
         print(f"hierarchy: {len(store.cas())} CAs in {time.perf_counter() - t0:.1f} s")
         actor = CAActor(settings, "main", url=ca_url)
@@ -131,7 +131,7 @@ async def _bench(settings: Settings, n: int, concurrency: int, sign_n: int) -> N
         keygen = time.perf_counter() - t0
 
         account = pan.Account(pan.AccountKind.CARD, PAN)
-        root = Hierarchy(store, KeystoreKeys(ca_keys, suite)).root
+        root = Hierarchy(store, KeyRing(ca_keys, suite)).root
         hist = HdrHistogram(1, 60_000_000, 3)
         queue: asyncio.Queue[int] = asyncio.Queue()
         for i in range(n):

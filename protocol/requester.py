@@ -109,6 +109,7 @@ class CAClient:
 
     link: Transport
     clock: ids.Clock = field(default_factory=ids.SystemClock)
+    oaep_hash: str = "sha1"  # the requester's suite (its key ring's), for what it seals
 
     @property
     def traffic(self) -> list[bytes]:
@@ -177,10 +178,11 @@ class CAView:
     brand_cert: x509.Certificate
     bci: bytes | None
     crls: list[bytes]
+    oaep_hash: str = "sha1"  # the requester's suite: what it seals to the CA's key under
 
     @property
     def suite(self) -> Suite:
-        return suite_for_public_key(public_key_of(self.kx_cert))
+        return suite_for_public_key(public_key_of(self.kx_cert), self.oaep_hash)
 
     def revocation(self, now_ms: int) -> RevocationState | None:
         if self.bci is None:
@@ -276,6 +278,7 @@ async def card_cinit(
         root=root,
     )  # fmt: skip
     ca = _verify_ca(root, brand, CertType.CCA, res.certs, res.bci, res.crls, client.clock.now_ms())
+    ca.oaep_hash = client.oaep_hash
     data: CardCInitResData = _open_signed(res.signed, ca.ca_cert, "CardCInitRes", CardCInitResData)
     _check_echo(data.chall_ee, chall, "Chall-EE")
     _check_echo(data.rrpid, rrpid, "RRPID")
@@ -525,6 +528,7 @@ async def me_aq_init(
     )
     ca_type = CertType.MCA if requester is EntityKind.MERCHANT else CertType.PCA
     ca = _verify_ca(root, brand, ca_type, res.certs, res.bci, res.crls, client.clock.now_ms())
+    ca.oaep_hash = client.oaep_hash
     data: MeAqCInitResData = _open_signed(res.signed, ca.ca_cert, "Me-AqCInitRes", MeAqCInitResData)
     _check_echo(data.chall_ee, chall, "Chall-EE")
     return ca, data

@@ -22,7 +22,7 @@ from actors.ca.store import CAStore
 from broker.peer import PeerLink
 from keystore import messages as km
 from keystore.client import KeystoreClient
-from keystore.keyring import KeystoreKeys
+from keystore.keyring import KeyRing
 from protocol import ids
 from protocol.keys import PrivateKey, get_suite
 from protocol.requester import CAClient
@@ -80,7 +80,7 @@ async def start_ca(deployment: KeystoreDeployment, settings: Settings) -> CAEnv:
     CA actor ``ca.main`` on the deployment's vhost; stop it with ``stop_ca``."""
     keystore = await deployment.client(CA_IDENTITY)
     store = CAStore.open(settings.data_dir)
-    h = Hierarchy(store, KeystoreKeys(keystore, get_suite(settings.suite)))
+    h = Hierarchy(store, KeyRing(keystore, get_suite(settings.suite)))
     created = await init_hierarchy(h, TEST_BRANDS, ids.SystemClock().now_ms())
     actor = CAActor(
         settings, "main", url=deployment.url_for(CA_IDENTITY), keystore_queue=deployment.queue

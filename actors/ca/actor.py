@@ -18,10 +18,8 @@ from actors.ca.service import CAService
 from actors.ca.store import CAStore
 from actors.party import PartyActor
 from actors.runtime import Actor, ActorNotReady
-from keystore.keyring import KeystoreKeys
 from keystore.service import RPC_QUEUE
 from protocol import ids
-from protocol.keys import get_suite
 from setpay.config import Settings
 
 
@@ -58,8 +56,10 @@ class CAActor(PartyActor):
         if self.store.ca(ROOT) is None:
             raise ActorNotReady("no CA hierarchy in the database: run `setpay ca init` first")
         await self.connect_keystore()
-        keys = KeystoreKeys(self.keystore, get_suite(self.settings.suite))
-        self.service = CAService(Hierarchy(self.store, keys), brands=self.brands, clock=self.clock)
+        assert self.keys is not None
+        self.service = CAService(
+            Hierarchy(self.store, self.keys), brands=self.brands, clock=self.clock
+        )
         self.serve_set(self.service)
 
     async def teardown(self) -> None:

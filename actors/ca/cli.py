@@ -30,7 +30,7 @@ from actors.ca.hierarchy import (
 )
 from actors.ca.store import CAStore
 from keystore.errors import KeystoreError
-from keystore.keyring import KeystoreKeys
+from keystore.keyring import KeyRing
 from keystore.service import RPC_QUEUE
 from protocol import ids, primitives
 from protocol.certs import CertType, GatewayCaps, KeyUse, MerchantData
@@ -64,7 +64,7 @@ async def _with_hierarchy(
         )
         store = CAStore.open(settings.data_dir)
         try:
-            keys = KeystoreKeys(client, get_suite(settings.suite))
+            keys = KeyRing(client, get_suite(settings.suite))
             return await work(Hierarchy(store, keys))
         finally:
             store.close()

@@ -21,6 +21,7 @@ from actors.iso8583.link import IsoLink
 from actors.iso8583.security import ZPK_LABEL
 from actors.party import PartyActor
 from actors.runtime import Actor
+from keystore import messages as km
 from keystore.client import HsmAccountOpener
 from keystore.service import RPC_QUEUE
 from protocol import ids
@@ -65,8 +66,9 @@ class GatewayActor(PartyActor):
         assert self.bus is not None
         identity = GatewayIdentity.load(identity_path(self.settings.data_dir, self.instance))
         await self.connect_keystore()
-        sig_key = await self.keystore.private_key(identity.sig_label)
-        kx_key = await self.keystore.private_key(identity.kx_label)
+        assert self.keys is not None
+        sig_key = await self.keys.get(identity.sig_label)
+        kx_key = await self.keys.get(identity.kx_label)
         self.ledger = Ledger(ledger_path(self.settings.data_dir, self.instance))
         self.link = IsoLink(
             self.issuer_host,
@@ -75,11 +77,14 @@ class GatewayActor(PartyActor):
             deadline=self.host_deadline,
         )
         await self.link.start()
-        keystore = self.keystore
+        keystore, ring = self.keystore, self.keys
         zpk = self.zpk_label
+        oaep = km.OaepHash(ring.suite.oaep_hash)
 
         def pi_opener(use_key: bytes) -> HsmAccountOpener:
-            return HsmAccountOpener(keystore, identity.kx_label, zpk, use_key=use_key)
+            return HsmAccountOpener(
+                keystore, identity.kx_label, zpk, use_key=use_key, oaep_hash=oaep
+            )
 
         self.service = GatewayService(
             identity,
@@ -90,6 +95,7 @@ class GatewayActor(PartyActor):
             pi_opener=pi_opener,
             zpk_label=zpk,
             clock=self.clock,
+            peer_suite=ring.peer_suite,
             require_bci=True,  # seeded from registration: never authorize without revocation data
         )
         self.serve_set(self.service)

@@ -21,6 +21,7 @@ from actors.gateway.identity import GatewayIdentity, identity_path
 from broker.peer import PeerLink
 from protocol.certs import cert_thumbprint
 from protocol.errors import ProtocolError
+from protocol.keys import get_suite
 from protocol.requester import CAClient, CARequestError
 from setpay.cli import CommandError
 from setpay.config import Settings
@@ -37,6 +38,7 @@ async def _register(args: argparse.Namespace, settings: Settings) -> int:
     from broker.connection import connect
     from broker.provision import identity_url
     from keystore.client import KeystoreClient
+    from keystore.keyring import KeyRing
 
     root = _root(Path(args.root))
     identity = f"gateway.{args.id}"
@@ -47,11 +49,14 @@ async def _register(args: argparse.Namespace, settings: Settings) -> int:
         raise CommandError(f"cannot connect as {identity}: {exc}") from None
     try:
         keystore = await KeystoreClient.create(bus, timeout=settings.broker_rpc_timeout)
-        client = CAClient(await PeerLink(bus, "gateway", args.id).start())
+        client = CAClient(
+            await PeerLink(bus, "gateway", args.id).start(),
+            oaep_hash=get_suite(settings.suite).oaep_hash,
+        )
         try:
             gw = await ident.register(
                 client,
-                keystore,
+                KeyRing(keystore, get_suite(settings.suite)),
                 root=root,
                 brand=args.brand,
                 gateway_id=args.gateway_id,

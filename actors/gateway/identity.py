@@ -18,8 +18,7 @@ from pathlib import Path
 from cryptography import x509
 
 from actors.gateway.errors import GatewayError, IdentityMissing
-from keystore import messages as km
-from keystore.client import KeystoreClient
+from keystore.keyring import KeyRing
 from protocol.certs import certificate_der, load_certificate
 from protocol.messages import EntityKind, IDData
 from protocol.requester import CAClient, register_entity
@@ -104,7 +103,7 @@ class GatewayIdentity:
 
 async def register(
     client: CAClient,
-    keystore: KeystoreClient,
+    keys: KeyRing,
     *,
     root: x509.Certificate,
     brand: str,
@@ -114,16 +113,11 @@ async def register(
     sale: bool = True,
     pin_debit: bool = True,
 ) -> GatewayIdentity:
-    """Create both keys in the token (or reuse them) and have the CA certify them."""
-    existing = {info.label for info in await keystore.list_keys()}
-    labels = {}
-    for name, usage in ((SIG_NAME, km.KeyUsage.SIGN), (KX_NAME, km.KeyUsage.EXCHANGE)):
-        label = keystore.label(name)
-        if label not in existing:
-            await keystore.create_key(name, km.KeyKind.RSA2048, usage)
-        labels[name] = label
-    sig_key = await keystore.private_key(labels[SIG_NAME])
-    kx_key = await keystore.private_key(labels[KX_NAME])
+    """Create both keys of the ring's suite in the token (or reuse them) and have the CA
+    certify them."""
+    sig_key = await keys.create(SIG_NAME, exchange=False)
+    kx_key = await keys.create(KX_NAME, exchange=True)
+    labels = {SIG_NAME: keys.label(SIG_NAME), KX_NAME: keys.label(KX_NAME)}
     values = {
         "gateway_id": gateway_id,
         "currencies": currencies,

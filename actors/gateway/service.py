@@ -56,7 +56,7 @@ from protocol.chain import Expect, validate_path
 from protocol.envelope import Envelope
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.ids import to_dt
-from protocol.keys import PrivateKey, PublicKey, suite_for_public_key
+from protocol.keys import PrivateKey, PublicKey, Suite, suite_for_public_key
 from protocol.messages import (
     AuthCode,
     AuthReq,
@@ -162,6 +162,7 @@ class GatewayService:
         window_ms: int = ids.DEFAULT_WINDOW_MS,
         trust: RevocationCache | None = None,
         require_bci: bool = False,
+        peer_suite: Callable[[PublicKey], Suite] = suite_for_public_key,
     ) -> None:
         self.identity = identity
         # Revocation (actors/trust.py): the BCI/CRLs held beside the ledger. Without a
@@ -174,6 +175,7 @@ class GatewayService:
                 identity.chain, identity.bci, identity.crls, (clock or ids.SystemClock()).now_ms()
             )
         self.require_bci = require_bci
+        self.peer_suite = peer_suite  # the key ring's: peers' keys under our suite's OAEP hash
         self.pi_opener: PiOpenerFactory = pi_opener or (lambda _use_key: kx_key)
         self.zpk_label = zpk_label
         self.sig_key = sig_key
@@ -468,7 +470,7 @@ class GatewayService:
         return await make_enc(
             self.sig_key,
             self.sig_thumb,
-            suite_for_public_key(self.kx_public),
+            self.peer_suite(self.kx_public),
             self.kx_public,
             self.kx_thumb,
             CAP_TOKEN,
@@ -488,7 +490,7 @@ class GatewayService:
         res = await pw.build_auth_res(
             self.sig_key,
             self.sig_thumb,
-            suite_for_public_key(merchant_public),
+            self.peer_suite(merchant_public),
             merchant_public,
             cert_thumbprint(checked.merchant_kx),
             data,

@@ -22,10 +22,8 @@ from actors.party import PartyActor
 from actors.runtime import Actor
 from broker.peer import PeerLink
 from broker.rpc import RpcServer
-from keystore.keyring import KeystoreKeys
 from keystore.service import RPC_QUEUE
 from protocol import ids
-from protocol.keys import get_suite
 from protocol.payment import GATEWAY_ROLE
 from setpay.config import Settings
 
@@ -57,7 +55,6 @@ class MerchantActor(PartyActor):
         self.gateway_timeout = gateway_timeout or settings.broker_rpc_timeout
         self.clock = clock or ids.SystemClock()
         self.store: MerchantStore | None = None
-        self.keys: KeystoreKeys | None = None
         self.gateway: PeerLink | None = None
         self.service: MerchantService | None = None
         self.api: RpcServer | None = None
@@ -66,7 +63,7 @@ class MerchantActor(PartyActor):
         assert self.bus is not None
         self.store = MerchantStore.open(self.settings.data_dir, self.instance)
         await self.connect_keystore()
-        self.keys = KeystoreKeys(self.keystore, get_suite(self.settings.suite))
+        assert self.keys is not None
         self.gateway = await PeerLink(
             self.bus,
             self.role,
@@ -74,7 +71,10 @@ class MerchantActor(PartyActor):
             timeout=self.gateway_timeout,
             target=self.gateway_target,
         ).start()
-        self.service = MerchantService(self.store, self.keys.get, self.gateway, clock=self.clock)
+        self.service = MerchantService(
+            self.store, self.keys.get, self.gateway, clock=self.clock,
+            peer_suite=self.keys.peer_suite,
+        )  # fmt: skip
         self.serve_set(self.service)
         self.api = await serve_api(self.bus, self.service, self.instance)
 

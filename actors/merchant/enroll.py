@@ -12,7 +12,7 @@ from __future__ import annotations
 from cryptography import x509
 
 from actors.merchant.store import MerchantRow, MerchantStore
-from keystore.keyring import KeystoreKeys
+from keystore.keyring import KeyRing
 from protocol.certs import certificate_der
 from protocol.messages import EntityKind, IDData
 from protocol.requester import CAClient, register_entity
@@ -20,7 +20,7 @@ from protocol.requester import CAClient, register_entity
 
 async def enroll_merchant(
     store: MerchantStore,
-    keys: KeystoreKeys,
+    keys: KeyRing,
     ca: CAClient,
     *,
     root: x509.Certificate,

@@ -42,7 +42,7 @@ from protocol.certs import (
     set_extension,
 )
 from protocol.errors import ErrorCode, ProtocolError
-from protocol.keys import PrivateKey, PublicKey, suite_for_public_key
+from protocol.keys import PrivateKey, PublicKey, Suite, suite_for_public_key
 from protocol.messages import (
     AccountKind,
     AuthCode,
@@ -98,7 +98,7 @@ from setpay.logs import get_logger
 log = get_logger(component="merchant")
 
 MAX_DESCRIPTION = 4096
-KeySource = Callable[[str], Awaitable[PrivateKey]]
+KeyLookup = Callable[[str], Awaitable[PrivateKey]]  # a KeyRing's ``get``
 
 
 class GatewayLink(Protocol):
@@ -121,13 +121,15 @@ class MerchantService:
     def __init__(
         self,
         store: MerchantStore,
-        keys: KeySource,
+        keys: KeyLookup,
         gateway: GatewayLink | None,
         *,
         clock: ids.Clock | None = None,
         window_ms: int = ids.DEFAULT_WINDOW_MS,
+        peer_suite: Callable[[PublicKey], Suite] = suite_for_public_key,
     ) -> None:
         self.store = store
+        self.peer_suite = peer_suite  # the key ring's: the gateway's key under our OAEP hash
         # Revocation caches (actors/trust.py) beside the POS database, one per root:
         # seeded with the BCI/CRLs of registration, fed by AuthRes and the operator's refresh.
         self._trust_caches: dict[bytes, RevocationCache] = {}
@@ -415,7 +417,7 @@ class MerchantService:
         auth_req = await build_auth_req(
             key,
             cert_thumbprint(load_certificate(m.sig_cert)),
-            suite_for_public_key(gw_public),
+            self.peer_suite(gw_public),
             gw_public,
             order.pe_thumb or b"",
             data,

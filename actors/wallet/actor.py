@@ -23,6 +23,7 @@ from broker.peer import PeerLink
 from broker.rpc import RpcServer
 from keystore.service import RPC_QUEUE
 from protocol.certs import load_certificate
+from protocol.keys import get_suite
 from protocol.requester import CAClient
 from setpay.config import Settings
 
@@ -62,11 +63,15 @@ class WalletActor(PartyActor):
             self.bus, self.role, f"{self.instance}-peer", timeout=timeout
         ).start()
         self.ca = CAClient(
-            await PeerLink(self.bus, self.role, f"{self.instance}-ca", timeout=timeout).start()
+            await PeerLink(self.bus, self.role, f"{self.instance}-ca", timeout=timeout).start(),
+            oaep_hash=get_suite(self.settings.suite).oaep_hash,
         )
         root_file = Path(self.settings.data_dir) / "wallet" / "root.der"
         root = load_certificate(root_file.read_bytes()) if root_file.is_file() else None
-        self.service = WalletService(self.store, self.keystore, self.peers, self.ca, root=root)
+        self.service = WalletService(
+            self.store, self.keystore, self.peers, self.ca, root=root,
+            suite=get_suite(self.settings.suite),
+        )  # fmt: skip
         await self.service.start()
         self.api = await serve_api(self.bus, self.service, self.instance)
 

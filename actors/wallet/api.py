@@ -98,6 +98,7 @@ class StartedPurchase:
     crls: CRLList
     bci: BCIBytes | None
     pin_binding: Annotated[str, MaxLen(34)] | None = field(default=None, repr=False)
+    oaep_hash: Annotated[str, MaxLen(8)] = "sha1"  # the wallet's suite (key ring)
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,7 +209,7 @@ class WalletApi:
                 lid_m=b.lid_m, description=b.description, amount=CurrAmt(b.currency, b.amount),
             )  # fmt: skip
             out = StartedPurchase(st.purchase_id, st.xid, st.gateway_cert, st.brand, st.certs,
-                                  st.crls, st.bci, st.pin_binding)  # fmt: skip
+                                  st.crls, st.bci, st.pin_binding, st.oaep_hash)  # fmt: skip
             return codec.encode(out)
         if req.op is ApiOp.FINISH:
             f = codec.decode(FinishArgs, req.args)
@@ -241,7 +242,8 @@ async def seal_for(
         )  # fmt: skip
         public = public_key_of(gateway)
         return await seal_pin(
-            suite_for_public_key(public), public, cert_thumbprint(gateway), started.xid, pin,
+            suite_for_public_key(public, started.oaep_hash), public, cert_thumbprint(gateway),
+            started.xid, pin,
             started.pin_binding,
         )  # fmt: skip
     except ProtocolError as exc:

@@ -11,6 +11,7 @@ Rule 3: failures are ``ProtocolError``; pure functions but for the injected sign
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -26,7 +27,7 @@ from protocol.certs import (
     set_extension,
 )
 from protocol.errors import ErrorCode, ProtocolError
-from protocol.keys import PrivateKey, suite_for_public_key
+from protocol.keys import PrivateKey, PublicKey, Suite, suite_for_public_key
 from protocol.messages import (
     CurrAmt,
     InqReq,
@@ -129,6 +130,8 @@ async def build_preq(
     description: str,
     amount: CurrAmt,
     pin_seal: bytes | None = None,
+    *,
+    peer_suite: Callable[[PublicKey], Suite] = suite_for_public_key,
 ) -> tuple[PReq, OIData]:
     """PReq = {PIDualSigned, OIDualSigned} for the checked ``offer`` (Rule 2); ``pin_seal``
     is the thin client's ``pin.seal_pin`` for this XID (OPE), carried beside the PI."""
@@ -149,7 +152,7 @@ async def build_preq(
     pan_data = codec.encode(pan.make_pan_data(card.account, card.expiry, card.pan_secret))
     gateway_public = public_key_of(offer.gateway_cert)
     parts = await dualsig.make_dual_signed(
-        key, cert_thumbprint(card_cert), suite_for_public_key(gateway_public), gateway_public,
+        key, cert_thumbprint(card_cert), peer_suite(gateway_public), gateway_public,
         gateway_thumb, merchant_thumb, codec.encode(head), pan_data, codec.encode(oi),
         pin_seal=pin_seal,
     )  # fmt: skip

@@ -30,12 +30,13 @@ from actors.wallet.errors import AuthenticationFailed, WalletError
 from actors.wallet.store import CardRow, PurchaseRow, WalletStore
 from actors.wallet.vault import CardSecrets, Vault, new_passphrase_record, passphrase_matches
 from broker.peer import PeerLink
-from keystore import messages as km
 from keystore.client import KeystoreClient
 from keystore.errors import KeystoreError
+from keystore.keyring import KeyRing
 from protocol import codec, ids, pan
 from protocol.certs import certificate_der, load_certificate
 from protocol.errors import ProtocolError
+from protocol.keys import Suite, get_suite
 from protocol.messages import (
     MESSAGE_TYPES,
     CertRes,
@@ -87,6 +88,7 @@ class Started:
     crls: list[bytes]
     bci: bytes | None
     pin_binding: str | None = field(default=None, repr=False)  # PIN account: the block binds it
+    oaep_hash: str = "sha1"  # the wallet's suite: the thin client seals under the same hash
 
 
 @dataclass
@@ -124,9 +126,11 @@ class WalletService:
         *,
         root: x509.Certificate | None,
         clock: ids.Clock | None = None,
+        suite: Suite | None = None,
     ) -> None:
         self.store = store
         self.keystore = keystore
+        self.keys = KeyRing(keystore, suite or get_suite("rsa2048"))  # cards' keys, this suite
         self.vault = Vault(keystore)
         self.peers = peers
         self.ca = ca
@@ -195,10 +199,7 @@ class WalletService:
         root = self._root()
         card_id = secrets.token_hex(8)
         try:
-            info = await self.keystore.create_key(
-                f"card-{card_id}", km.KeyKind.RSA2048, km.KeyUsage.SIGN
-            )
-            key = await self.keystore.private_key(info.label)
+            key = await self.keys.create(f"card-{card_id}", exchange=False)
             client = self.ca
             lid = ids.new_lid()
             ca = await card_cinit(client, root, brand, lid, account.kind)
@@ -224,7 +225,7 @@ class WalletService:
             raise WalletError(f"registration failed: {type(exc).__name__}") from None
         hint = account.number[-4:]
         row = CardRow(
-            card_id, user, brand, hint, info.label, certificate_der(reg.cert),
+            card_id, user, brand, hint, key.key_id, certificate_der(reg.cert),
             [certificate_der(c) for c in reg.chain], certificate_der(root), sealed, pin_account,
         )  # fmt: skip
         self.store.add_card(row, self.clock.now_ms())
@@ -272,7 +273,7 @@ class WalletService:
         return Started(
             purchase_id, offer.data.trans_ids.xid, certificate_der(offer.gateway_cert),
             offer.brand, offer.certs, offer.crls, offer.bci,
-            card.account.pin_binding_number if row.pin else None,
+            card.account.pin_binding_number if row.pin else None, self.keys.suite.oaep_hash,
         )  # fmt: skip
 
     def _expire_pending(self) -> None:
@@ -300,10 +301,10 @@ class WalletService:
         merchant, description, amount = pending.merchant, pending.description, pending.amount
         try:
             card = await self.vault.open(row.card_id, row.sealed)
-            key = await self.keystore.private_key(row.key_label)
+            key = await self.keys.get(row.key_label)
             preq, oi = await purchase.build_preq(
                 offer, key, load_certificate(row.cert), load_all(row.chain), card,
-                description, amount, pin_seal,
+                description, amount, pin_seal, peer_suite=self.keys.peer_suite,
             )  # fmt: skip
             trans = oi.trans_ids
             machine.send(MessageType.PREQ)

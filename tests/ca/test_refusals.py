@@ -267,13 +267,13 @@ async def test_keystore_refusal_is_answered(ca_env: CAEnv) -> None:
     """A CA whose keystore identity may not use the CA keys answers an Error, not silence."""
     from actors.ca.hierarchy import Hierarchy
     from actors.ca.service import CAService
-    from keystore.keyring import KeystoreKeys
+    from keystore.keyring import KeyRing
     from protocol.keys import get_suite
     from protocol.messages import AccountKind, CardCInitReq, Error, ErrorTBS
     from protocol.wrapper import decode_message
 
     intruder = await ca_env.deployment.client("wallet.intruder")
-    keys = KeystoreKeys(intruder, get_suite(ca_env.settings.suite))
+    keys = KeyRing(intruder, get_suite(ca_env.settings.suite))
     service = CAService(Hierarchy(ca_env.store, keys))
     rrpid = ids.new_rrpid()
     body = CardCInitReq(rrpid, ids.new_lid(), ids.new_challenge(), "alpha", AccountKind.CARD, [])

@@ -25,11 +25,12 @@ from actors.issuer.accounts import Store
 from actors.issuer.host import IssuerHost
 from actors.issuer.seed import SeedAccount, seed
 from broker.peer import PeerLink
+from keystore.keyring import KeyRing
 from protocol import codec, dualsig, ids, linkage, pan
 from protocol import payment as pw
 from protocol import pin as pin_blocks
 from protocol.certs import cert_thumbprint, certificate_der, public_key_of
-from protocol.keys import PrivateKey, suite_for_public_key
+from protocol.keys import PrivateKey, get_suite, suite_for_public_key
 from protocol.messages import (
     AuthReqData,
     AuthReqPayload,
@@ -262,7 +263,8 @@ async def gateway_env(
 
     gw_client, gw_keys = await ca_env.requester("gateway.gw1")
     identity = await register(
-        gw_client, gw_keys, root=ca_env.root, brand=BRAND, gateway_id="P-3001",
+        gw_client, KeyRing(gw_keys, get_suite(ca_env.settings.suite)), root=ca_env.root,
+        brand=BRAND, gateway_id="P-3001",
         acquirer_bin="411111",
     )  # fmt: skip
     await gw_client.close()

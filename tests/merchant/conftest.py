@@ -22,7 +22,7 @@ from actors.wallet.store import WalletStore
 from broker.consumer import Delivery, consume
 from broker.peer import PeerLink
 from broker.topology import SET_EXCHANGE, declare_actor
-from keystore.keyring import KeystoreKeys
+from keystore.keyring import KeyRing
 from protocol import codec, dualsig, ids
 from protocol import payment as pw
 from protocol.certs import (
@@ -132,7 +132,7 @@ async def purchase_env(
     dep = ca_env.deployment
     # The gateway: its own identity, keys and certificates, and a queue of its own.
     gw_keystore = await dep.client("gateway.ptest")
-    gw_keys = KeystoreKeys(gw_keystore, get_suite("rsa2048"))
+    gw_keys = KeyRing(gw_keystore, get_suite("rsa2048"))
     gw_sig, gw_kx = await gw_keys.create("sig", False), await gw_keys.create("kx", True)
     gw_ca = CAClient(await PeerLink(gw_keystore.rpc.bus, "gateway", "ptest-ca").start())
     reg = await register_entity(
@@ -156,7 +156,7 @@ async def purchase_env(
     await actor.start()
     assert actor.store is not None and actor.service is not None
     await enroll_merchant(
-        actor.store, KeystoreKeys(m_keystore, get_suite("rsa2048")), m_ca, root=ca_env.root,
+        actor.store, KeyRing(m_keystore, get_suite("rsa2048")), m_ca, root=ca_env.root,
         brand="alpha", merchant_id=MERCHANT_ID, name="Example Books", mcc="5942",
     )  # fmt: skip
     actor.service.add_gateway("alpha", reg.kx_cert, reg.chain)
