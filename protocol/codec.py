@@ -272,6 +272,15 @@ def _scan(data: bytes, max_values: int, max_memory: int) -> None:
         if b < 0x80:  # positive fixint: cached
             pos += 1
             continue
+        if b == 0xC4:  # bin 8, the commonest header in our records (digests, nonces)
+            length = data[pos + 1] if pos + 1 < end else end
+            pos += 2
+            if length > end - pos:
+                raise _fail("not valid msgpack (truncated)")
+            if length > 1:
+                memory += _BIN_COST + length
+            pos += length
+            continue
         if b >= 0xE0:  # negative fixint: -5..-1 cached
             pos += 1
             if b < 0xFB:
@@ -294,7 +303,7 @@ def _scan(data: bytes, max_values: int, max_memory: int) -> None:
             pos += size
             memory += cost
             continue
-        elif b in (0xC4, 0xC5, 0xC6, 0xD9, 0xDA, 0xDB):  # bin / str with 1-, 2-, 4-byte length
+        elif b in (0xC5, 0xC6, 0xD9, 0xDA, 0xDB):  # bin / str with a 1-, 2- or 4-byte length
             width = 1 << (b - 0xC4 if b < 0xC7 else b - 0xD9)
             length = (_U8 if width == 1 else _U16 if width == 2 else _U32)(data, pos + 1)[0]
             pos += 1 + width
