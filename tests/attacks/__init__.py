@@ -1,0 +1,1 @@
+"""Insider attacks: a party with a real broker login sending what no honest party would."""
