@@ -48,5 +48,6 @@ class PartyActor(Actor):
         self.keystore = await KeystoreClient.create(
             self.bus, queue=self.keystore_queue, timeout=self.settings.broker_rpc_timeout
         )
+        self.closing(self.keystore.close, "keystore")
         self.keys = KeyRing(self.keystore, get_suite(self.settings.suite))
         return self.keystore

@@ -1,7 +1,9 @@
 """The actor base every SET party runs on: lifecycle, handler registry, replies, health.
 
-Rule 1: lifecycle is setup -> start (declare topology, consume) -> ready -> drain (stop
-consuming, finish in-flight work) -> stop (close the bus); SIGTERM/SIGINT trigger drain+stop.
+Rule 1: the lifecycle is ``setpay.lifecycle.Service``'s, the one every process has: start
+(connect, declare the topology, the actor's ``setup``, consume) -> ready -> drain (stop
+consuming, finish in-flight work) -> stop (close what ``setup`` declared with ``closing``,
+last first, then the bus); SIGTERM/SIGINT trigger drain and stop.
 Rule 2: handlers are registered by AMQP message type (a plain ``str``); a party serves every
 type through its one SET entrypoint (``serve_set``, ``actors/entrypoint.py``); a type nobody
 handles is dead-lettered with its reason, never crashes the actor.
@@ -15,11 +17,7 @@ SET entrypoint adds the wrapper's verified type, ``xid`` and ``rrpid``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
-import json
-import os
-import signal
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -33,26 +31,13 @@ from broker.consumer import Consumer, Delivery, Rejected, consume
 from broker.topology import SET_EXCHANGE, QueueLimits, declare_actor, instance_key
 from protocol.errors import ProtocolError
 from protocol.set_error import ERROR_TYPE, build_error
-from setpay.logs import get_logger
-
-
-class ActorNotReady(Exception):
-    """The actor cannot start until an operator step is done (the message names the step)."""
-
+from setpay.lifecycle import Service, State
 
 Reply = tuple[str, bytes]  # (message type, body)
 MessageHandler = Callable[[Delivery], Awaitable[Reply | None]]
 
 
-class State(enum.StrEnum):
-    NEW = "new"
-    STARTING = "starting"
-    READY = "ready"
-    DRAINING = "draining"
-    STOPPED = "stopped"
-
-
-class Actor:
+class Actor(Service):
     """One actor instance ``<role>.<instance>`` consuming its own queue and its role's queue."""
 
     def __init__(
@@ -65,22 +50,16 @@ class Actor:
         limits: QueueLimits | None = None,
         health_file: Path | None = None,
     ) -> None:
+        super().__init__(f"{role}.{instance}", health_file=health_file)
         self.role = role
         self.instance = instance
-        self.identity = f"{role}.{instance}"
         self.url = url
         self.prefetch = prefetch
         self.limits = limits or QueueLimits()
-        self.health_file = health_file
-        self.state = State.NEW
         self.bus: Bus | None = None
         self.handlers: dict[str, MessageHandler] = {}
         self.default_handler: MessageHandler | None = None
-        self.ready = asyncio.Event()
         self._consumers: list[Consumer] = []
-        self._stop_requested = asyncio.Event()
-        self._started_at = 0.0
-        self.log = get_logger(actor=self.identity)
 
     # -- registry ---------------------------------------------------------------------------
 
@@ -101,19 +80,16 @@ class Actor:
         self.default_handler = on_message
         return entry
 
-    # -- lifecycle --------------------------------------------------------------------------
+    # -- lifecycle (setpay.lifecycle.Service) ---------------------------------------------------
 
     async def setup(self) -> None:
-        """Hook: open stores, clients, register handlers. Runs before consuming starts."""
+        """Hook: open stores and clients (each declared with ``closing``), register handlers.
+        Runs after the bus is up and before consuming starts."""
 
-    async def teardown(self) -> None:
-        """Hook: close what ``setup`` opened. Runs after in-flight work finished."""
-
-    async def start(self) -> None:
-        """Connect, declare the topology, run ``setup``, start consuming; then ready."""
-        self._set_state(State.STARTING)
-        self._started_at = time.time()
+    async def on_start(self) -> None:
+        """Connect, declare the topology, run ``setup``, start consuming."""
         self.bus = await connect(self.url, name=self.identity)
+        self.closing(self.bus.close, "bus")  # closed last: after everything ``setup`` opened
         channel = await self.bus.channel()
         declared = await declare_actor(channel, self.role, self.instance, self.limits)
         await self.setup()
@@ -127,72 +103,25 @@ class Actor:
                     max_message_bytes=self.limits.max_message_bytes,
                 )
             )
-        self._set_state(State.READY)
-        self.ready.set()
-        self.log.info("actor_ready")
 
-    async def drain(self) -> None:
+    async def on_drain(self) -> None:
         """Stop taking messages and wait until every in-flight one is settled."""
-        if self.state in (State.DRAINING, State.STOPPED):
-            return
-        self._set_state(State.DRAINING)
         await asyncio.gather(*(c.stop() for c in self._consumers))
 
-    async def stop(self) -> None:
-        """Drain, run ``teardown``, close the connection."""
-        await self.drain()
-        if self.state is State.STOPPED:
-            return
-        try:
-            await self.teardown()
-        finally:
-            if self.bus is not None:
-                await self.bus.close()
-            self._set_state(State.STOPPED)
-            self.log.info("actor_stopped")
+    def is_ready(self) -> bool:
+        return self.state is State.READY and self._connected()
 
-    def request_stop(self) -> None:
-        """Ask ``run`` to drain and stop (what SIGTERM/SIGINT do)."""
-        self._stop_requested.set()
-
-    async def run(self) -> int:
-        """Start, serve until SIGTERM/SIGINT or ``request_stop``, then drain and stop."""
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.request_stop)
-        try:
-            await self.start()
-            await self._stop_requested.wait()
-            self.log.info("actor_stop_requested")
-        finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
-            await self.stop()
-        return 0
-
-    # -- health -----------------------------------------------------------------------------
-
-    def health(self) -> dict[str, Any]:
-        """Liveness/readiness facts: state, connection, in-flight and handled counts."""
-        connected = bool(self.bus and not self.bus.connection.is_closed)
+    def health_extra(self) -> dict[str, Any]:
+        """Connection, in-flight, handled and dead-lettered counts."""
         return {
-            "actor": self.identity,
-            "pid": os.getpid(),
-            "state": str(self.state),
-            "ready": self.state is State.READY and connected,
-            "connected": connected,
+            "connected": self._connected(),
             "in_flight": sum(c.in_flight for c in self._consumers),
             "handled": sum(c.handled for c in self._consumers),
             "dead_lettered": sum(c.dead_lettered for c in self._consumers),
-            "started_at": self._started_at,
         }
 
-    def _set_state(self, state: State) -> None:
-        self.state = state
-        if self.health_file is not None:
-            tmp = self.health_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self.health()))
-            tmp.replace(self.health_file)  # atomic: readers never see half a file
+    def _connected(self) -> bool:
+        return bool(self.bus and not self.bus.connection.is_closed)
 
     # -- dispatch ---------------------------------------------------------------------------
 
@@ -226,10 +155,3 @@ class Actor:
         # A BrokerError here propagates: the request is not acked, so it is redelivered
         # and (handlers being idempotent) answered again.
         await self.bus.publish(delivery.reply_to, message, exchange=SET_EXCHANGE)
-
-
-async def run_actor(actor: Actor) -> int:
-    """Run ``actor`` until signalled; suppress the cancellation noise of a Ctrl-C."""
-    with contextlib.suppress(asyncio.CancelledError):
-        return await actor.run()
-    return 130

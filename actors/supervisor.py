@@ -84,11 +84,11 @@ def run_role(settings: Settings, role: str, instance: str | None = None) -> int:
     instance = instance or DEFAULT_INSTANCE.get(role, "main")
     health = run_dir(settings) / f"{role}.{instance}.health"
     actor = factory(settings, instance, health_file=health)
-    from actors.runtime import ActorNotReady, run_actor
+    from setpay.lifecycle import NotReady, run_service
 
     try:
-        return asyncio.run(run_actor(actor))
-    except ActorNotReady as exc:
+        return asyncio.run(run_service(actor))
+    except NotReady as exc:
         raise SupervisorError(f"{role}.{instance} cannot start: {exc}") from None
     finally:
         health.unlink(missing_ok=True)

@@ -2,26 +2,24 @@
 
 Rule 1: this process never loads PKCS#11 itself; each worker (spawned) logs in on its own.
 Rule 2: workers that die are restarted; on a stop signal, in-flight requests finish first.
+Rule 3: its lifecycle and health are ``setpay.lifecycle.Service``'s, the one every process has.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import signal
+import contextlib
 from pathlib import Path
+from typing import Any
 
 from keystore.service import RPC_QUEUE
 from keystore.token import use_softhsm_conf
 from keystore.worker import KeystorePool, WorkerSpec
 from setpay.config import Settings
-from setpay.logs import get_logger
-
-log = get_logger(component="keystore")
+from setpay.lifecycle import Service
 
 
-class KeystoreProcess:
+class KeystoreProcess(Service):
     """Runs ``workers`` keystore workers on ``queue`` until signalled."""
 
     def __init__(
@@ -33,6 +31,7 @@ class KeystoreProcess:
         workers: int = 0,
         health_file: Path | None = None,
     ) -> None:
+        super().__init__("keystore", health_file=health_file)
         self.settings = settings
         self.spec = WorkerSpec(
             settings,
@@ -41,34 +40,24 @@ class KeystoreProcess:
             identity_prefix=settings.broker_user_prefix,
         )
         self.workers = workers or settings.keystore_workers
-        self.health_file = health_file
+        self.pool: KeystorePool | None = None
 
-    def _health(self, state: str) -> None:
-        if self.health_file is None:
-            return
-        tmp = self.health_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"actor": "keystore", "state": state, "pid": os.getpid()}))
-        tmp.replace(self.health_file)
-
-    async def run(self) -> int:
+    async def on_start(self) -> None:
         use_softhsm_conf(self.settings)
-        pool = KeystorePool(self.spec, self.workers)
+        pool = self.pool = KeystorePool(self.spec, self.workers)
         await pool.start()
-        log.info("keystore_ready", queue=self.spec.queue, workers=self.workers)
-        self._health("ready")
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+        self.closing(pool.stop, "worker pool")  # Rule 2: workers drain their in-flight work
         watcher = asyncio.create_task(pool.watch())
-        try:
-            await stop.wait()
-        finally:
-            self._health("stopping")
-            watcher.cancel()
-            await pool.stop()
-            log.info("keystore_stopped")
-        return 0
+        self.closing(lambda: _cancel(watcher), "worker watcher")  # stops restarts first
+
+    def health_extra(self) -> dict[str, Any]:
+        return {"queue": self.spec.queue, "workers": self.workers}
+
+
+async def _cancel(task: asyncio.Task[Any]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def main(settings: Settings, instance: str, health_file: Path | None = None) -> KeystoreProcess:

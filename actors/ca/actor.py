@@ -17,10 +17,11 @@ from actors.ca.hierarchy import ROOT, Hierarchy
 from actors.ca.service import CAService
 from actors.ca.store import CAStore
 from actors.party import PartyActor
-from actors.runtime import Actor, ActorNotReady
+from actors.runtime import Actor
 from keystore.service import RPC_QUEUE
 from protocol import ids
 from setpay.config import Settings
+from setpay.lifecycle import NotReady
 
 
 class CAActor(PartyActor):
@@ -53,20 +54,15 @@ class CAActor(PartyActor):
     async def setup(self) -> None:
         assert self.bus is not None
         self.store = CAStore.open(self.settings.data_dir)
+        self.closing(self.store.close, "store")
         if self.store.ca(ROOT) is None:
-            raise ActorNotReady("no CA hierarchy in the database: run `setpay ca init` first")
+            raise NotReady("no CA hierarchy in the database: run `setpay ca init` first")
         await self.connect_keystore()
         assert self.keys is not None
         self.service = CAService(
             Hierarchy(self.store, self.keys), brands=self.brands, clock=self.clock
         )
         self.serve_set(self.service)
-
-    async def teardown(self) -> None:
-        if self.keystore is not None:
-            await self.keystore.close()
-        if self.store is not None:
-            self.store.close()
 
 
 def main(settings: Settings, instance: str, health_file: Path | None = None) -> Actor:

@@ -70,6 +70,7 @@ class GatewayActor(PartyActor):
         sig_key = await self.keys.get(identity.sig_label)
         kx_key = await self.keys.get(identity.kx_label)
         self.ledger = Ledger(ledger_path(self.settings.data_dir, self.instance))
+        self.closing(self.ledger.close, "ledger")
         self.link = IsoLink(
             self.issuer_host,
             self.issuer_port,
@@ -77,6 +78,7 @@ class GatewayActor(PartyActor):
             deadline=self.host_deadline,
         )
         await self.link.start()
+        self.closing(self.link.close, "issuer link")
         keystore, ring = self.keystore, self.keys
         zpk = self.zpk_label
         oaep = km.OaepHash(ring.suite.oaep_hash)
@@ -99,14 +101,6 @@ class GatewayActor(PartyActor):
             require_bci=True,  # seeded from registration: never authorize without revocation data
         )
         self.serve_set(self.service)
-
-    async def teardown(self) -> None:
-        if self.link is not None:
-            await self.link.close()
-        if self.keystore is not None:
-            await self.keystore.close()
-        if self.ledger is not None:
-            self.ledger.close()
 
 
 def main(settings: Settings, instance: str, health_file: Path | None = None) -> Actor:

@@ -6,12 +6,12 @@ protocol refusals are ``protocol.errors.ProtocolError`` and become SET Error rep
 
 from __future__ import annotations
 
-from actors.runtime import ActorNotReady
+from setpay.lifecycle import NotReady
 
 
 class GatewayError(Exception):
     """The gateway cannot run or cannot record (configuration, identity, ledger)."""
 
 
-class IdentityMissing(GatewayError, ActorNotReady):
+class IdentityMissing(GatewayError, NotReady):
     """No registered identity (keys + certificates) for this gateway instance."""

@@ -62,6 +62,7 @@ class MerchantActor(PartyActor):
     async def setup(self) -> None:
         assert self.bus is not None
         self.store = MerchantStore.open(self.settings.data_dir, self.instance)
+        self.closing(self.store.close, "store")
         await self.connect_keystore()
         assert self.keys is not None
         self.gateway = await PeerLink(
@@ -71,24 +72,15 @@ class MerchantActor(PartyActor):
             timeout=self.gateway_timeout,
             target=self.gateway_target,
         ).start()
+        self.closing(self.gateway.close, "gateway link")
         self.service = MerchantService(
             self.store, self.keys.get, self.gateway, clock=self.clock,
             peer_suite=self.keys.peer_suite,
         )  # fmt: skip
+        self.closing(self.service.close, "trust caches")
         self.serve_set(self.service)
         self.api = await serve_api(self.bus, self.service, self.instance)
-
-    async def teardown(self) -> None:
-        if self.api is not None:
-            await self.api.stop()
-        if self.gateway is not None:
-            await self.gateway.close()
-        if self.keystore is not None:
-            await self.keystore.close()
-        if self.service is not None:
-            self.service.close()
-        if self.store is not None:
-            self.store.close()
+        self.closing(self.api.stop, "api")
 
 
 def main(settings: Settings, instance: str, health_file: Path | None = None) -> Actor:

@@ -57,15 +57,18 @@ class WalletActor(PartyActor):
     async def setup(self) -> None:
         assert self.bus is not None
         self.store = WalletStore.open(self.settings.data_dir, self.instance)
+        self.closing(self.store.close, "store")
         await self.connect_keystore()
         timeout = self.settings.broker_rpc_timeout
         self.peers = await PeerLink(
             self.bus, self.role, f"{self.instance}-peer", timeout=timeout
         ).start()
+        self.closing(self.peers.close, "peer link")
         self.ca = CAClient(
             await PeerLink(self.bus, self.role, f"{self.instance}-ca", timeout=timeout).start(),
             oaep_hash=get_suite(self.settings.suite).oaep_hash,
         )
+        self.closing(self.ca.close, "CA link")
         root_file = Path(self.settings.data_dir) / "wallet" / "root.der"
         root = load_certificate(root_file.read_bytes()) if root_file.is_file() else None
         self.service = WalletService(
@@ -74,17 +77,7 @@ class WalletActor(PartyActor):
         )  # fmt: skip
         await self.service.start()
         self.api = await serve_api(self.bus, self.service, self.instance)
-
-    async def teardown(self) -> None:
-        if self.api is not None:
-            await self.api.stop()
-        for client in (self.peers, self.ca):
-            if client is not None:
-                await client.close()
-        if self.keystore is not None:
-            await self.keystore.close()
-        if self.store is not None:
-            self.store.close()
+        self.closing(self.api.stop, "api")
 
 
 def main(settings: Settings, instance: str, health_file: Path | None = None) -> Actor:
