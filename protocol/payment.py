@@ -14,12 +14,12 @@ one in PReq.certs), with the CA certificates the sender has (MCA, CCA, Brand); t
 picks them by thumbprint (the EncB signer, the PI's dual-signature signer) or by role (the
 merchant key-exchange cert of the same merchant id) and validates each to its root.
 ``AuthRes.certs`` = the gateway signature certificate (+ PCA, Brand).
-Rule 3 (transport, as the CA's: actors/ca/actor.py + requester.py ``CAClient``): the merchant
+Rule 3 (transport, as the CA's: the parties' ``broker.peer.PeerLink``): the merchant
 wraps the AuthReq (protocol/wrapper.py; header ids = TransIDs XID/LID-C/LID-M and the AuthTags
 RRPID, see ``wrap_auth_req``) and publishes it on the SET exchange to routing key
 ``gateway`` (the role queue, or ``gateway.<instance>``) with AMQP type
 ``amqp_type(MessageType.AUTH_REQ)``, a correlation id and ``reply_to`` = its own instance
-key; ``CAClient(bus, role, instance, target="gateway")`` does exactly that. The gateway
+key; ``PeerLink(bus, role, instance, target="gateway")`` does exactly that. The gateway
 answers on ``reply_to`` with the wrapped AuthRes (type ``amqp_type(MessageType.AUTH_RES)``)
 or a wrapped, unsigned SET Error (type ``amqp_type(MessageType.ERROR)``) whose ErrorMsg holds
 the offending header. The same AuthReq sent twice (same RRPID, same bytes) gets the same

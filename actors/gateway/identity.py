@@ -2,7 +2,7 @@
 
 Rule 1: keys are created inside the token as ``gateway.<instance>/sig`` and ``/kx`` by the
 keystore; this module only ever holds their labels and public certificates.
-Rule 2: ``register`` obtains the certificates through actors/ca/requester.py (Me-AqCInit →
+Rule 2: ``register`` obtains the certificates through protocol/requester.py (Me-AqCInit →
 CertReq → CertRes, all checked there) and ``save`` writes them, with the trusted root, as
 JSON (DER in base64) under ``<data_dir>/gateway/<instance>/identity.json``; the actor refuses
 to start without that file (``IdentityMissing``).

@@ -3,9 +3,9 @@
 Rule 1: the POS connects as broker user ``merchant.<instance>``; its merchants' keys are that
 identity's keys in the keystore, so no other identity can use them.
 Rule 2: cardholders reach it on routing key ``merchant.<instance>`` (PInitReq, PReq, InqReq);
-it reaches the gateway as payment_wire Rule 3 says, through a ``CAClient`` whose replies come
-to its own queue ``merchant.<instance>-gw`` (not the actor's, so a PReq in progress never waits
-behind itself).
+it reaches the gateway as protocol/payment.py Rule 3 says, through a ``broker.peer.PeerLink``
+whose replies come to its own queue ``merchant.<instance>-gw`` (not the actor's, so a PReq in
+progress never waits behind itself).
 Rule 3: a request is acked only after its effects and reply are committed (runtime Rule 3).
 Rule 4: the operator's thin client reaches it on RPC queue ``merchant.<instance>.api``
 (actors/merchant/api.py).

@@ -3,7 +3,7 @@
 Rule 1: the signature and key-exchange keys are generated inside the token under the POS
 identity ``merchant.<instance>`` (labels ``<identity>/<merchant_id>-sig|-kx``); only their
 labels and certificates are stored.
-Rule 2: the certificates come from the CA through ``actors/ca/requester.register_entity``,
+Rule 2: the certificates come from the CA through ``protocol.requester.register_entity``,
 which checks every answer; the CA's chain, BCI and CRLs are kept to answer PInitReqs.
 """
 

@@ -22,6 +22,7 @@ import asyncio
 import hashlib
 import weakref
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from cryptography import x509
@@ -113,6 +114,24 @@ def _amqp(t: MessageType) -> str:
 
 def _digest(body: Any) -> bytes:
     return hashlib.sha256(codec.encode(body)).digest()
+
+
+@dataclass
+class _Purchase:
+    """One PReq between its checks and its PRes: what was verified, and the AuthReq decided."""
+
+    m: MerchantRow
+    trust: Trust
+    order: OrderRow
+    oi: OIData
+    req: PReq
+    machine: Machine
+    digest: bytes
+    leaf: x509.Certificate
+    ch_chain: list[x509.Certificate]
+    gw_kx: x509.Certificate
+    auth_req: bytes | None = None
+    auth_rrpid: bytes | None = None
 
 
 class MerchantService:
@@ -349,6 +368,9 @@ class MerchantService:
         return leaf, [c for c in certs if c != leaf]
 
     async def _preq(self, d: Decoded) -> tuple[str, bytes]:
+        """PReq: verify everything, decide (the AuthReq), commit it, then authorize and reply.
+        The order's lock is held throughout: it is what makes the PRes exactly-once when the
+        same PReq arrives twice at once (other orders are never blocked by it)."""
         req: PReq = d.body
         if req.pi_kind is not PIKind.DUAL_SIGNED:
             raise ProtocolError(ErrorCode.SIGNATURE_REQUIRED, "this POS takes signed PReqs only")
@@ -362,58 +384,56 @@ class MerchantService:
             stored = self._stored(oi.rrpid, digest)
             if stored is not None:
                 return stored
-            order = self.store.order(found.lid_m)
-            assert order is not None and order.pe_thumb is not None
-            machine = Machine.from_bytes(order.state)
-            resume = machine.state == MerchantOrder.AUTH_SENT and order.preq_digest == digest
-            if machine.state != MerchantOrder.PINIT_SENT and not resume:
-                raise ProtocolError(ErrorCode.REPLAY, "a PReq for this XID was already received")
-            m = self._merchant(order.merchant_id)
-            trust = self._trust(m)
-            self._check_session(order, oi)
-            leaf, ch_chain = self._check_cardholder(req, trust, m, order.pe_thumb)
-            if resume:
-                assert order.auth_req is not None and order.auth_rrpid is not None
-                wrapped, auth_rrpid = order.auth_req, order.auth_rrpid
-            else:
-                wrapped, auth_rrpid = await self._auth_req(m, trust, order, oi, req, leaf, ch_chain)
-                machine.receive(MessageType.PREQ)
-                machine.send(MessageType.AUTH_REQ)
-                with self.store.transaction() as db:
+            p = self._verify_preq(found.lid_m, req, oi, digest)  # verify: no effect yet
+            if p.auth_req is None:
+                p.auth_req, p.auth_rrpid = await self._auth_req(p)  # decide
+                p.machine.receive(MessageType.PREQ)
+                p.machine.send(MessageType.AUTH_REQ)
+                with self.store.transaction() as db:  # commit before the gateway sees it
                     self.store.update_order(
-                        db, order.lid_m, self.clock.now_ms(), state=machine.to_bytes(),
-                        preq_digest=digest, cardholder_thumb=cert_thumbprint(leaf),
-                        auth_req=wrapped, auth_rrpid=auth_rrpid,
+                        db, p.order.lid_m, self.clock.now_ms(), state=p.machine.to_bytes(),
+                        preq_digest=digest, cardholder_thumb=cert_thumbprint(p.leaf),
+                        auth_req=p.auth_req, auth_rrpid=p.auth_rrpid,
                     )  # fmt: skip
-            return await self._authorize(m, trust, order, oi, machine, wrapped, auth_rrpid, digest)
+            return await self._authorize(p)  # authorize, commit the PRes, reply
 
-    async def _auth_req(
-        self,
-        m: MerchantRow,
-        trust: Trust,
-        order: OrderRow,
-        oi: OIData,
-        req: PReq,
-        leaf: x509.Certificate,
-        ch_chain: list[x509.Certificate],
-    ) -> tuple[bytes, bytes]:
-        """Build and wrap AuthReq = EncB(M, P, AuthReqData, PI): the PI is unopened baggage."""
+    def _verify_preq(self, lid_m: bytes, req: PReq, oi: OIData, digest: bytes) -> _Purchase:
+        """Every check of a PReq (state, session, cardholder chain and dual signature, the
+        gateway key the cardholder sealed to), before any state changes."""
+        order = self.store.order(lid_m)
+        assert order is not None and order.pe_thumb is not None
+        machine = Machine.from_bytes(order.state)
+        resume = machine.state == MerchantOrder.AUTH_SENT and order.preq_digest == digest
+        if machine.state != MerchantOrder.PINIT_SENT and not resume:
+            raise ProtocolError(ErrorCode.REPLAY, "a PReq for this XID was already received")
+        m = self._merchant(order.merchant_id)
+        trust = self._trust(m)
+        self._check_session(order, oi)
+        leaf, ch_chain = self._check_cardholder(req, trust, m, order.pe_thumb)
         gw_kx, _ = self._gateway_cert(m.brand, trust)
         if cert_thumbprint(gw_kx) != order.pe_thumb:
             raise ProtocolError(ErrorCode.THUMBS_MISMATCH, "gateway key changed since PInitRes")
+        p = _Purchase(m, trust, order, oi, req, machine, digest, leaf, ch_chain, gw_kx)
+        if resume:  # committed AuthReq, no answer yet (a crash or a silent gateway): resend it
+            p.auth_req, p.auth_rrpid = order.auth_req, order.auth_rrpid
+        return p
+
+    async def _auth_req(self, p: _Purchase) -> tuple[bytes, bytes]:
+        """Build and wrap AuthReq = EncB(M, P, AuthReqData, PI): the PI is unopened baggage."""
+        m, order, oi = p.m, p.order, p.oi
         now = self.clock.now_ms()
         rrpid = ids.new_rrpid()
         data = AuthReqData(
             AuthTags(rrpid, MerTermIDs(m.merchant_id, None, None), now, oi.trans_ids),
-            CheckDigests(dualsig.oi_digest(req.oi_data), oi.hod),
+            CheckDigests(dualsig.oi_digest(p.req.oi_data), oi.hod),
             AuthReqPayload(False, order.amount, None, None, None),
             order.sale,
             None,
         )
         key = await self.keys(m.sig_label)
-        gw_public = public_key_of(gw_kx)
-        certs = [m.sig_cert, m.kx_cert, *m.chain, certificate_der(leaf)]
-        certs += [certificate_der(c) for c in ch_chain]
+        gw_public = public_key_of(p.gw_kx)
+        certs = [m.sig_cert, m.kx_cert, *m.chain, certificate_der(p.leaf)]
+        certs += [certificate_der(c) for c in p.ch_chain]
         auth_req = await build_auth_req(
             key,
             cert_thumbprint(load_certificate(m.sig_cert)),
@@ -421,7 +441,7 @@ class MerchantService:
             gw_public,
             order.pe_thumb or b"",
             data,
-            req.pi,
+            p.req.pi,
             list(dict.fromkeys(certs)),
         )
         return wrap_auth_req(now, auth_req, data), rrpid
@@ -456,18 +476,11 @@ class MerchantService:
                 log.warning("merchant_bci_refused", code=exc.code.name, detail=exc.detail)
         return data, baggage
 
-    async def _authorize(
-        self,
-        m: MerchantRow,
-        trust: Trust,
-        order: OrderRow,
-        oi: OIData,
-        machine: Machine,
-        wrapped: bytes,
-        auth_rrpid: bytes,
-        digest: bytes,
-    ) -> tuple[str, bytes]:
+    async def _authorize(self, p: _Purchase) -> tuple[str, bytes]:
         """Send the committed AuthReq, then answer and store the PRes (Rules 3, 4)."""
+        m, trust, order, oi, machine = p.m, p.trust, p.order, p.oi, p.machine
+        assert p.auth_req is not None and p.auth_rrpid is not None
+        wrapped, auth_rrpid, digest = p.auth_req, p.auth_rrpid, p.digest
         xid = oi.trans_ids.xid.hex()
         if self.gateway is None:
             raise ProtocolError(ErrorCode.UNSPECIFIED_FAILURE, "no gateway link configured")

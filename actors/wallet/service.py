@@ -5,7 +5,7 @@ compare) before it touches a card; a card is used only by the cardholder who enr
 Rule 2: each card's signature key is generated in the token under the wallet identity
 (label ``<identity>/card-<card_id>``); card data is stored sealed (actors/wallet/vault.py)
 and opened only in memory for the purchase that needs it.
-Rule 3: enrolment is cardholder registration with the CA (actors/ca/requester.py steps, each
+Rule 3: enrolment is cardholder registration with the CA (protocol/requester.py steps, each
 answer checked); a purchase is PInit → PReq → PRes with the merchant (actors/wallet/
 purchase.py), every answer checked before it is believed.
 Rule 4: errors reaching the caller are ``WalletError``; they name the SET code or the step,

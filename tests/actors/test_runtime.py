@@ -155,7 +155,7 @@ async def test_up_runs_echo_as_a_separate_process_and_down_stops_it(
     with pytest.raises(ProcessLookupError):
         os.kill(child_pid, 0)
     log = (run / "echo.main.log").read_text()
-    assert "actor_stopped" in log  # stopped by SIGTERM through drain, not killed
+    assert "service_stopped" in log  # stopped by SIGTERM through drain, not killed
 
 
 def test_run_refuses_unknown_and_unprepared_roles(tmp_path) -> None:

@@ -3,7 +3,7 @@ gateway actor in this process, a registered merchant that talks to it and three 
 
 Rule 1: one deployment per session (RSA keys are slow in SoftHSM2); tests use fresh XIDs and
 RRPIDs, so they do not depend on each other.
-Rule 2: the test plays cardholder and merchant with actors/payment_wire.py and
+Rule 2: the test plays cardholder and merchant with protocol/payment.py and
 protocol/dualsig.py; every key (cardholder, merchant, gateway) lives in the keystore's token.
 """
 
@@ -191,7 +191,7 @@ class GatewayEnv:
         return Purchase(data, parts.pi, oi)
 
     async def wrap(self, data: AuthReqData, pi: bytes, card: str = "ok") -> bytes:
-        """The merchant's wrapped AuthReq (payment_wire), with every certificate needed."""
+        """The merchant's wrapped AuthReq (protocol/payment.py), with every certificate needed."""
         c = self.cards[card]
         certs: list[bytes] = []
         for cert in (*self.m_certs, c.cert, *c.chain):

@@ -2,7 +2,7 @@
 POS actor, a wallet service and a test gateway that opens AuthReqs with its real keys.
 
 Rule 1: every party is its own broker identity with its own keys in the token; the test
-gateway uses ``actors/payment_wire`` and ``protocol.dualsig`` exactly as a gateway must.
+gateway uses ``protocol/payment.py`` and ``protocol.dualsig`` exactly as a gateway must.
 Rule 2: everything lives in the session's vhost and temporary directories.
 """
 

@@ -1,4 +1,4 @@
-"""actors/payment_wire.py: AuthReq/AuthRes build and open round trips, tamper and key checks."""
+"""protocol/payment.py: AuthReq/AuthRes build and open round trips, tamper and key checks."""
 
 from __future__ import annotations
 
