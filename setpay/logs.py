@@ -134,6 +134,15 @@ class LineWriter:
     log = debug = info = warn = warning = error = critical = exception = fatal = msg
 
 
+class _ToStructlog(logging.Handler):
+    """Routes libraries' stdlib logging (aio-pika, aiormq) into the same JSON lines."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        structlog.get_logger(logger=record.name).log(
+            record.levelno, record.getMessage(), exc_info=record.exc_info
+        )
+
+
 _writer: LineWriter | None = None
 
 
@@ -173,6 +182,8 @@ def configure(
         logger_factory=lambda *_: writer,
         cache_logger_on_first_use=False,
     )
+    # Libraries' warnings and errors become lines of this format too, never raw text.
+    logging.basicConfig(handlers=[_ToStructlog()], level=logging.WARNING, force=True)
 
 
 def get_logger(**bind: Any) -> Any:
