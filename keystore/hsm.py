@@ -10,12 +10,23 @@ re-open (re-initialising the library when needed) and one retry; a second failur
 ``TokenUnavailable``. A locked or wrong PIN is ``TokenLocked`` and is not retried.
 Rule 4: only ECDH's raw shared secret leaves the token (a session object, destroyed at once),
 because SoftHSM2 offers only the null KDF; HKDF runs here, inside the keystore process.
+Rule 5: key creation holds an exclusive lock shared by every process of the token
+(``TokenConfig.write_lock``). SoftHSM2's file store re-reads the token directory only when
+the token's generation counter on disk differs from the one the process last saw, and a
+process that creates an object stores the counter *after its own increment*: a key another
+process created between this process's last index and its own creation is then invisible
+to it until some third write (seen as ``NoSuchKey`` for a key just created on another
+keystore worker). Under the lock a process indexes (the label lookup) and then writes with
+no other writer in between, so its counter never swallows another process's increment.
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -39,6 +50,8 @@ from keystore.errors import (
     Unsupported,
 )
 from keystore.messages import KeyInfo, KeyKind, KeyUsage, OaepHash
+from protocol.keys import SUITES
+from protocol.keys import KeyType as SuiteKeyType
 
 T = TypeVar("T")
 
@@ -90,9 +103,19 @@ class TokenConfig:
     module: str
     token_label: str
     pin: str
+    # The file every process of this token locks around key creation (Rule 5); by default
+    # ``$SOFTHSM2_CONF.lock``, since that file names the token directory all of them share.
+    write_lock: str | None = None
 
     def __repr__(self) -> str:  # the PIN never appears in reprs or logs
         return f"TokenConfig(module={self.module!r}, token_label={self.token_label!r})"
+
+    def write_lock_path(self) -> str | None:
+        """The lock file of Rule 5, or None when no shared SoftHSM2 store is configured."""
+        if self.write_lock:
+            return self.write_lock
+        conf = os.environ.get("SOFTHSM2_CONF")
+        return f"{conf}.lock" if conf else None
 
 
 class Hsm:
@@ -104,7 +127,23 @@ class Hsm:
         self._session: Any = None
         self._cache: dict[str, _Entry] = {}
         self._owner_thread: int | None = None
+        self._lock_fd: int | None = None
         self.reopens = 0
+
+    @contextmanager
+    def _token_writes(self) -> Iterator[None]:
+        """Hold the token's cross-process write lock (Rule 5) for the ``with`` body."""
+        if self._lock_fd is None:
+            path = self._config.write_lock_path()
+            if path is None:
+                yield
+                return
+            self._lock_fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     # --- session lifecycle ----------------------------------------------------------------
 
@@ -227,9 +266,14 @@ class Hsm:
         """Generate a key inside the token under ``label``; ``KeyExists`` if taken."""
         if kind.asymmetric == (usage is KeyUsage.SECRET):
             raise BadRequest(f"key kind {kind.value} cannot have usage {usage.value}")
-        return self._run(lambda: self._create(label, kind, usage))
+        def locked() -> KeyInfo:
+            with self._token_writes():
+                return self._create(label, kind, usage)
+
+        return self._run(locked)
 
     def _create(self, label: str, kind: KeyKind, usage: KeyUsage) -> KeyInfo:
+        # The lookups below are also SoftHSM2's re-index before this process writes (Rule 5).
         if (
             label in self._cache
             or self._find(label, ObjectClass.PRIVATE_KEY) is not None
@@ -356,13 +400,12 @@ class Hsm:
                     )
                 )
             except (p11.MechanismInvalid, p11.MechanismParamInvalid, p11.FunctionNotSupported):
-                raise Unsupported(f"token does not implement RSA-OAEP-{oaep_hash.value}") from None
+                raise _no_oaep(label, entry.info.kind, oaep_hash) from None
             except p11.ArgumentsBad:
-                # SoftHSM2 2.6 answers CKR_ARGUMENTS_BAD for every OAEP hash but SHA-1.
+                # SoftHSM2 2.6 answers CKR_ARGUMENTS_BAD for every OAEP hash but SHA-1: it
+                # checks the parameters before the ciphertext, so this is the mechanism.
                 if oaep_hash is not OaepHash.SHA1:
-                    raise Unsupported(
-                        f"token does not implement RSA-OAEP-{oaep_hash.value}"
-                    ) from None
+                    raise _no_oaep(label, entry.info.kind, oaep_hash) from None
                 raise DecryptionFailed("OAEP decryption failed") from None
             except (p11.EncryptedDataInvalid, p11.EncryptedDataLenRange, p11.DataLenRange,
                     p11.DataInvalid, p11.GeneralError):  # fmt: skip
@@ -454,6 +497,21 @@ class Hsm:
             return bytes(run(block, mechanism=Mechanism.AES_ECB))
 
         return self._run(op)
+
+
+def _no_oaep(label: str, kind: KeyKind, oaep_hash: OaepHash) -> Unsupported:
+    """The refusal of a decrypt whose OAEP hash the token lacks: mechanism, suite and key."""
+    bits = {KeyKind.RSA2048: 2048, KeyKind.RSA3072: 3072}.get(kind)
+    suites = sorted(
+        s.name for s in SUITES.values()
+        if s.key_type is SuiteKeyType.RSA and s.key_size == bits and s.oaep_hash == oaep_hash
+    )  # fmt: skip
+    suite = ", ".join(suites) or f"{kind.value} with OAEP-{oaep_hash.value}"
+    name = {OaepHash.SHA1: "SHA-1", OaepHash.SHA256: "SHA-256"}[oaep_hash]
+    return Unsupported(
+        f"token lacks CKM_RSA_PKCS_OAEP with {name} (hash and MGF1), which suite {suite} "
+        f"needs: key {label} cannot decrypt for it"
+    )
 
 
 def _gcm(nonce: bytes, aad: bytes) -> GCMParams:

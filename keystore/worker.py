@@ -15,7 +15,6 @@ import multiprocessing as mp
 import os
 import queue as queue_mod
 import signal
-import sys
 import time
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
@@ -55,13 +54,10 @@ def used_pi_path(settings: Settings) -> Path:
 def worker_main(spec: WorkerSpec, index: int, ready: Any) -> None:
     """Entry point of a spawned worker process."""
     os.environ["SOFTHSM2_CONF"] = str(spec.settings.softhsm_conf.resolve())
-    stream = open(spec.log_file, "a", buffering=1) if spec.log_file else sys.stderr
-    logs.configure(spec.settings.log_format, spec.settings.log_level, stream=stream)
-    try:
-        asyncio.run(_serve(spec, index, ready))
-    finally:
-        if stream is not sys.stderr:
-            stream.close()
+    # The process's entry point: the one place its logging is configured. Every worker
+    # appends to the same file (or inherited stderr), one whole line per write.
+    logs.configure(spec.settings.log_format, spec.settings.log_level, path=spec.log_file)
+    asyncio.run(_serve(spec, index, ready))
 
 
 async def _serve(spec: WorkerSpec, index: int, ready: Any) -> None:
@@ -145,7 +141,11 @@ class KeystorePool:
         """Spawn every worker and wait until each serves the queue."""
         for index in range(self.workers):
             self._spawn(index)
-        await asyncio.to_thread(self._await_ready, set(range(self.workers)), timeout)
+        try:
+            await asyncio.to_thread(self._await_ready, set(range(self.workers)), timeout)
+        except BaseException:
+            self.kill()  # a half-started pool leaves no worker behind
+            raise
 
     async def restart_dead(self, timeout: float = 60.0) -> list[int]:
         """Respawn workers that exited; return their indexes."""

@@ -7,8 +7,11 @@ under that rule: it drops fields whose name says "secret" and masks PAN-like dig
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import re
+import select
 import sys
 from collections.abc import Mapping, MutableMapping
 from typing import Any
@@ -60,31 +63,106 @@ def mask_secrets(_logger: Any, _method: str, event_dict: MutableMapping[str, Any
     return event_dict
 
 
-_configured = False
+# A line is at most PIPE_BUF bytes: POSIX makes a write() of that size to a pipe whole, and
+# Linux makes an O_APPEND write() to a regular file whole; so lines of several processes
+# sharing one file (keystore workers, supervisor children) never interleave.
+MAX_LINE = select.PIPE_BUF
+# Before rendering, long strings are cut so that a traceback keeps its informative tail.
+MAX_VALUE = 1500
 
 
-class _StderrLogger:
-    """Writes each line to whatever ``sys.stderr`` is *now* (safe when tests swap it)."""
+def _cap(value: Any) -> Any:
+    if isinstance(value, str) and len(value) > MAX_VALUE:
+        return f"…[{len(value) - MAX_VALUE} chars cut]" + value[-MAX_VALUE:]
+    return value
+
+
+def cap_values(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> Any:
+    """structlog processor: cut top-level strings to ``MAX_VALUE`` chars (keeping the end)."""
+    for key, value in event_dict.items():
+        event_dict[key] = _cap(value)
+    return event_dict
+
+
+def line_bytes(message: str) -> bytes:
+    """``message`` and its newline as at most ``MAX_LINE`` bytes; an oversized line becomes a
+    short JSON record naming its size, so a JSON log stays JSON line by line."""
+    data = (message + "\n").encode("utf-8", "replace")
+    if len(data) <= MAX_LINE:
+        return data
+    # ensure_ascii: at most 6 bytes per char of head, so 400 chars stay far below MAX_LINE.
+    summary = {"event": "log_line_cut", "level": "warning", "bytes": len(data),
+               "head": message[:400]}  # fmt: skip
+    return (json.dumps(summary, ensure_ascii=True) + "\n").encode()
+
+
+class LineWriter:
+    """structlog logger writing each line whole: one ``write()`` of line and newline.
+
+    With ``path``, the file is opened once with O_APPEND (shared safely by processes);
+    without, lines go to whatever ``sys.stderr`` is *now* (safe when tests swap it).
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+        self._fd: int | None = None
+        if path is not None:
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+            self._fd = os.open(path, flags, 0o640)
+
+    def close(self) -> None:
+        """Close the file, if this writer opened one."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
 
     def msg(self, message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
+        data = line_bytes(message)
+        if self._fd is not None:
+            os.write(self._fd, data)
+            return
+        stream = sys.stderr
+        try:
+            fd = stream.fileno()
+        except (AttributeError, OSError, ValueError):
+            # A swapped-in text stream (pytest capture): one write call of the whole line.
+            stream.write(data.decode("utf-8", "replace"))
+            stream.flush()
+            return
+        stream.flush()  # anything print()ed before must come out first
+        os.write(fd, data)
 
     log = debug = info = warn = warning = error = critical = exception = fatal = msg
 
 
-def configure(log_format: str = "auto", level: str = "info", stream: Any = None) -> None:
-    """Configure structlog for this process (idempotent; the last call wins).
+class _ToStructlog(logging.Handler):
+    """Routes libraries' stdlib logging (aio-pika, aiormq) into the same JSON lines."""
 
-    Lines go to ``stream`` when given, else to the current ``sys.stderr`` at each call.
+    def emit(self, record: logging.LogRecord) -> None:
+        structlog.get_logger(logger=record.name).log(
+            record.levelno, record.getMessage(), exc_info=record.exc_info
+        )
+
+
+_writer: LineWriter | None = None
+
+
+def configure(
+    log_format: str = "auto", level: str = "info", path: str | os.PathLike[str] | None = None
+) -> None:
+    """Configure structlog for this process; called by entry points only, never by libraries.
+
+    Lines go to ``path`` (O_APPEND, shareable between processes) when given, else to the
+    current ``sys.stderr``; each line is one ``write()`` of at most ``MAX_LINE`` bytes.
+    A later call replaces the earlier one (and closes its file).
     """
-    global _configured
-    factory: Any = (
-        structlog.PrintLoggerFactory(stream) if stream else (lambda *_: _StderrLogger())
-    )
-    stream = stream or sys.stderr
-    use_console = log_format == "console" or (log_format == "auto" and stream.isatty())
+    global _writer
+    if _writer is not None:
+        _writer.close()
+    _writer = writer = LineWriter(path)
+    tty = path is None and sys.stderr.isatty()
+    use_console = log_format == "console" or (log_format == "auto" and tty)
     renderer: Any = (
-        structlog.dev.ConsoleRenderer(colors=stream.isatty())
+        structlog.dev.ConsoleRenderer(colors=tty)
         if use_console
         else structlog.processors.JSONRenderer()
     )
@@ -95,20 +173,20 @@ def configure(log_format: str = "auto", level: str = "info", stream: Any = None)
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             mask_secrets,
+            cap_values,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
         ),
-        logger_factory=factory,
+        logger_factory=lambda *_: writer,
         cache_logger_on_first_use=False,
     )
-    _configured = True
+    # Libraries' warnings and errors become lines of this format too, never raw text.
+    logging.basicConfig(handlers=[_ToStructlog()], level=logging.WARNING, force=True)
 
 
 def get_logger(**bind: Any) -> Any:
-    """A lazy structlog logger with ``bind`` context: it follows later ``configure`` calls,
-    so module-level loggers pick up a worker's format and level."""
-    if not _configured:
-        configure()
+    """A lazy structlog logger with ``bind`` context; it follows the entry point's
+    ``configure`` whenever that runs, so libraries bind loggers at import time freely."""
     return structlog.get_logger(**bind)
