@@ -75,6 +75,7 @@ class IssuerService:
             self.identity,
             self.settings.broker_vhost,
             self.settings.amqp_url,
+            user_prefix=self.settings.broker_user_prefix,
         )
         bus = await connect(url, name=self.identity)
         client = await KeystoreClient.create(bus)
