@@ -34,12 +34,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import aio_pika
 import aio_pika.abc
 import aiormq.exceptions
 
-from broker.credentials import CredentialsError
+from broker.credentials import CredentialsError, credentials_path
 from broker.provision import identity_url
 from setpay.config import Settings
 from setpay.logs import get_logger
@@ -269,19 +270,29 @@ class EnvironmentLocked(SupervisorError):
     """Another environment's supervisor holds the vhost (Rule 3)."""
 
 
+def lock_url(settings: Settings) -> str:
+    """Where the children run, so where the lock is taken: the broker admin on
+    ``broker_vhost`` once `setpay broker init` gave them logins there, else ``amqp_url`` (the
+    login and vhost unprovisioned children use)."""
+    if credentials_path(settings.data_dir).exists():
+        return settings.admin_url()
+    return settings.amqp_url
+
+
 async def hold_lock(settings: Settings) -> aio_pika.abc.AbstractConnection:
-    """Declare ``LOCK_QUEUE`` exclusive on the vhost as the broker admin; the returned
-    connection holds it until closed. ``EnvironmentLocked`` if another supervisor holds it."""
+    """Declare ``LOCK_QUEUE`` exclusive on the environment's vhost; the returned connection
+    holds it until closed. ``EnvironmentLocked`` if another supervisor holds it."""
+    url = lock_url(settings)
+    vhost = unquote(urlsplit(url).path[1:]) or "/"
     # A plain (not robust) connection: a robust one would silently re-declare the queue after
     # a reconnect, and could then be the second holder without anyone being told.
     try:
         connection = await aio_pika.connect(
-            settings.admin_url(), client_properties={"connection_name": "setpay-supervisor"}
+            url, client_properties={"connection_name": "setpay-supervisor"}
         )
     except (ConnectionError, aiormq.exceptions.AMQPError) as exc:
         raise SupervisorError(
-            f"cannot connect to vhost {settings.broker_vhost!r} as the broker admin "
-            f"({type(exc).__name__}); run `setpay broker init`"
+            f"cannot connect to vhost {vhost!r} ({type(exc).__name__}); run `setpay broker init`"
         ) from None
     try:
         channel = await connection.channel()
@@ -289,7 +300,7 @@ async def hold_lock(settings: Settings) -> aio_pika.abc.AbstractConnection:
     except aiormq.exceptions.ChannelLockedResource:
         await connection.close()
         raise EnvironmentLocked(
-            f"another environment is running on vhost {settings.broker_vhost!r} (its supervisor "
+            f"another environment is running on vhost {vhost!r} (its supervisor "
             f"holds the exclusive queue {LOCK_QUEUE!r}); give this one its own "
             "SETPAY_BROKER_VHOST, SETPAY_BROKER_USER_PREFIX, SETPAY_ISSUER_PORT and data dir"
         ) from None
