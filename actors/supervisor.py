@@ -34,13 +34,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import aio_pika
 import aio_pika.abc
 import aiormq.exceptions
 
-from broker.credentials import CredentialsError, credentials_path
+from broker.credentials import CredentialsError
 from broker.provision import identity_url
 from setpay.config import Settings
 from setpay.logs import get_logger
@@ -270,20 +269,10 @@ class EnvironmentLocked(SupervisorError):
     """Another environment's supervisor holds the vhost (Rule 3)."""
 
 
-def lock_url(settings: Settings) -> str:
-    """Where the children run, so where the lock is taken: the broker admin on
-    ``broker_vhost`` once `setpay broker init` gave them logins there, else ``amqp_url`` (the
-    login and vhost unprovisioned children use)."""
-    if credentials_path(settings.data_dir).exists():
-        return settings.admin_url()
-    return settings.amqp_url
-
-
 async def hold_lock(settings: Settings) -> aio_pika.abc.AbstractConnection:
-    """Declare ``LOCK_QUEUE`` exclusive on the environment's vhost; the returned connection
-    holds it until closed. ``EnvironmentLocked`` if another supervisor holds it."""
-    url = lock_url(settings)
-    vhost = unquote(urlsplit(url).path[1:]) or "/"
+    """Declare ``LOCK_QUEUE`` exclusive on ``broker_vhost`` as the broker admin; the returned
+    connection holds it until closed. ``EnvironmentLocked`` if another supervisor holds it."""
+    url, vhost = settings.admin_url(), settings.broker_vhost
     # A plain (not robust) connection: a robust one would silently re-declare the queue after
     # a reconnect, and could then be the second holder without anyone being told.
     try:
