@@ -480,7 +480,8 @@ def wait_ready(settings: Settings, roles: Sequence[str], timeout: float) -> None
 def down(settings: Settings, grace: float = 15.0) -> dict[str, str]:
     """Stop the supervisor and every process recorded under run/ (Rule 4); how each ended."""
     rd = run_dir(settings)
-    outcome: dict[str, str] = {}
+    # Children the supervisor stops itself are reported as "stopped".
+    outcome = {f.stem: "stopped" for f in rd.glob("*.pid") if f.stem != "supervisor"}
     supervisor = recorded_pid(rd / "supervisor.pid")
     if supervisor is not None:
         # It drains its children itself: the grace period plus a margin for its own exit.
