@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from protocol.softkey import SoftwareKey
 from protocol import codec, dualsig, primitives, treatments, wrapper
 from protocol.errors import ProtocolError
 from protocol.ids import SystemClock, new_challenge, new_lid, new_rrpid, new_xid
@@ -35,6 +34,7 @@ from protocol.messages import (
     TransIDs,
 )
 from protocol.pan import Account, AccountKind, make_pan_data, new_secret, pan_secret, trans_stain
+from protocol.softkey import SoftwareKey
 from setpay.config import Settings
 
 DEMO_PAN = "4111111111111111"  # the well-known Visa test number

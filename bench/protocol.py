@@ -21,11 +21,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from protocol import codec, dualsig, primitives, treatments
+from protocol.keys import SUITES, KeyType, Suite
 from protocol.softkey import SoftwareKey
 from protocol.softkey import oaep as _oaep
 from protocol.softkey import raw_sign as _sign
-from protocol import codec, dualsig, primitives, treatments
-from protocol.keys import SUITES, KeyType, Suite
 
 PAYLOAD = 1024  # bytes of AES-GCM plaintext in the raw-op measurement (~ an AuthReq body)
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import itertools
 
-from protocol.softkey import RawKey, SoftwareKey
 from protocol.keys import DEFAULT_SUITE, Suite
+from protocol.softkey import RawKey, SoftwareKey
 
 _counter = itertools.count(1)
 
