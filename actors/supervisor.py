@@ -356,7 +356,18 @@ async def _supervise(settings: Settings, roles: Sequence[str], grace: float,
         restarts: dict[Child, int] = {}
         retry_at: dict[Child, float] = {}
         announced = False
+        relock_at = 0.0
         while not stop.is_set():
+            if lock.is_closed and time.monotonic() >= relock_at:
+                # The broker restarted or dropped us: take the lock again before anyone else.
+                try:
+                    lock = await hold_lock(settings)
+                    log.warning("environment_lock_retaken", vhost=settings.broker_vhost)
+                except EnvironmentLocked as exc:
+                    log.error("environment_lock_lost", reason=str(exc))
+                    relock_at = time.monotonic() + 10.0
+                except SupervisorError:
+                    relock_at = time.monotonic() + 1.0  # the broker is not back yet
             wanted = read_roles(settings)
             # Every other role signs through the keystore: it starts once the keystore is ready.
             keystore_ready = "keystore" not in wanted or states.get("keystore.main") == "ready"
@@ -409,7 +420,8 @@ async def _supervise(settings: Settings, roles: Sequence[str], grace: float,
             (rd / f"{child.identity}.pid").unlink(missing_ok=True)
         for name in ("roles", "supervisor.health"):
             (rd / name).unlink(missing_ok=True)
-        await lock.close()
+        if not lock.is_closed:
+            await lock.close()
     return 0
 
 

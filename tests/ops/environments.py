@@ -148,8 +148,21 @@ def remove_env(env: Env, *, vhost: bool = True) -> None:
         for pid in env.processes():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        for user in admin.list_users():
-            if user.startswith(env.prefix):
-                admin.delete_user(user)
-        if vhost and env.vhost in admin.list_vhosts():
-            admin.delete_vhost(env.vhost)
+        # Other runs on this machine restart the broker now and then: retry while it is away.
+        _retrying(lambda: [admin.delete_user(u) for u in admin.list_users()
+                           if u.startswith(env.prefix)])  # fmt: skip
+        if vhost:
+            _retrying(lambda: env.vhost in admin.list_vhosts() and admin.delete_vhost(env.vhost))
+
+
+def _retrying(step: Callable[[], object], timeout: float = 120.0) -> None:
+    """Run ``step``, retrying an ``AdminError`` until ``timeout`` s have passed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            step()
+            return
+        except admin.AdminError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
