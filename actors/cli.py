@@ -1,10 +1,12 @@
-"""`setpay` subcommands of the actors layer: running actors and the demo."""
+"""`setpay` subcommands of the actors layer: running actors and the parties' commands.
+
+The demo is registered by the top (``cli.main``): nothing below it imports the demo."""
 
 from __future__ import annotations
 
 import argparse
 
-from actors import demo, runtime_cli
+from actors import runtime_cli
 from actors.ca import cli as ca_cli
 from actors.gateway import cli as gateway_cli
 from actors.issuer import cli as issuer_cli
@@ -12,10 +14,9 @@ from actors.wallet import cli as wallet_cli
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add ``setpay run|up|down``, ``setpay ca …``, ``setpay issuer …`` and ``setpay demo``."""
+    """Add ``setpay run|up|down``, ``setpay ca|gateway|issuer|wallet …``."""
     runtime_cli.register(sub)
     ca_cli.register(sub)
     gateway_cli.register(sub)
     issuer_cli.register(sub)
-    demo.register(sub)
     wallet_cli.register(sub)

@@ -6,7 +6,7 @@ one up (actors/environment.py), and runs the cases of actors/demo_cases.py throu
 wallet's and the POS's thin clients; ``--purchases N --concurrency C`` drives load instead.
 Rule 1: the self-check drives the real protocol library (records, wrapper, dual signature,
 EncB with the PI as baggage) and prints what each party could and could not read.
-Rule 2: the self-check uses software keys made for the run (``bench.softkey.SoftwareKey``).
+Rule 2: the self-check uses software keys made for the run (``protocol.softkey.SoftwareKey``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from bench.softkey import SoftwareKey
 from protocol import codec, dualsig, primitives, treatments, wrapper
 from protocol.errors import ProtocolError
 from protocol.ids import SystemClock, new_challenge, new_lid, new_rrpid, new_xid
@@ -35,6 +34,7 @@ from protocol.messages import (
     TransIDs,
 )
 from protocol.pan import Account, AccountKind, make_pan_data, new_secret, pan_secret, trans_stain
+from protocol.softkey import SoftwareKey
 from setpay.config import Settings
 
 DEMO_PAN = "4111111111111111"  # the well-known Visa test number
@@ -196,9 +196,8 @@ def _client_root(settings: Settings) -> x509.Certificate | None:
 
 async def _live(args: argparse.Namespace, settings: Settings) -> int:
     from actors import demo_cases
-    from actors.environment import client_url
 
-    bus, wallet, pos = await demo_cases.connect_clients(client_url(settings))
+    bus, wallet, pos = await demo_cases.connect_clients(settings.admin_url())
     try:
         if args.purchases:
             result = await demo_cases.run_load(wallet, pos, args.purchases, args.concurrency)

@@ -42,7 +42,7 @@ from actors.merchant.api import MerchantClient
 from actors.merchant.errors import MerchantError
 from actors.wallet.api import Outcome, WalletClient
 from actors.wallet.errors import WalletError
-from protocol.messages import AuthCode, CompletionCode, CurrAmt
+from protocol.messages import AuthCode, CurrAmt
 from setpay.config import Settings
 
 PASSPHRASE = "demo passphrase, test environment only"  # noqa: S105 - demo cardholders
@@ -62,12 +62,6 @@ class Row:
     @property
     def ok(self) -> bool:
         return self.expected == "-" or self.outcome == self.expected
-
-
-def describe(outcome: Outcome) -> str:
-    """``COMPLETION/AUTH_CODE`` as the merchant signed it."""
-    auth = "-" if outcome.auth_code is None else AuthCode(outcome.auth_code).name
-    return f"{CompletionCode(outcome.completion).name}/{auth}"
 
 
 class Shopper:
@@ -146,7 +140,7 @@ async def _timed(coro: Any) -> tuple[str, float]:
     start = time.perf_counter()
     try:
         result = await coro
-        outcome = describe(result) if isinstance(result, Outcome) else str(result)
+        outcome = result.describe() if isinstance(result, Outcome) else str(result)
     except (WalletError, MerchantError) as exc:
         outcome = f"error: {exc}"
     return outcome, (time.perf_counter() - start) * 1000
@@ -186,7 +180,7 @@ async def run_cases(
         start = time.perf_counter()
         try:
             result = await shopper.buy(pos, merchant_id, amount, sale=sale)
-            outcome = describe(result)
+            outcome = result.describe()
             first = first or result
         except (WalletError, MerchantError) as exc:
             outcome = f"error: {exc}"
@@ -253,9 +247,9 @@ async def run_load(wallet: WalletClient, pos: MerchantClient, purchases: int,
             start = time.perf_counter()
             try:
                 result = await shopper.buy(pos, merchant_id, 100 + i % 900)
-                outcomes[describe(result)] += 1
+                outcomes[result.describe()] += 1
                 if result.auth_code != AuthCode.APPROVED:
-                    errors[describe(result)] += 1
+                    errors[result.describe()] += 1
             except (WalletError, MerchantError) as exc:
                 errors[str(exc)[:60]] += 1
             histogram.record_value(max(1, int((time.perf_counter() - start) * 1e6)))

@@ -1,14 +1,18 @@
 """The test environment `setpay demo` needs: found running, or provisioned and started.
 
-Rule 1: an environment started by `setpay up` (supervisor pid alive, wallet and merchant
-health files ready) is used as it is; nothing is provisioned or restarted.
-Rule 2: otherwise every step is idempotent and uses the project's own commands where they
-exist: `setpay keystore init`, `setpay broker init`, key ceremonies with `setpay keystore
-create-key`, `setpay ca init`; the gateway and the merchants register with the CA as their
-own broker identities; the issuer host's accounts are seeded; then the roles start as
-separate processes under `setpay up`, after a keystore started with `setpay keystore serve`
-(the supervisor has no keystore role yet), its pid under ``run/`` so `setpay down` stops it.
-Rule 3: what is printed names steps and identities only: no password, PAN or key material.
+Rule 1: an environment started by `setpay up` (its supervisor reports every role ready) is
+used as it is; nothing is provisioned or restarted.
+Rule 2: otherwise every process is started by one supervisor (actors/supervisor.py), started
+first so that it holds the vhost's environment lock before anything changes on the broker
+and so that `setpay down` stops the environment at any point of its start-up; roles are added
+to it as their prerequisites are met: keystore, then the CA (after `setpay ca init`), then
+the gateway, issuer host, merchant POS and wallet (after registration and seeding). Every
+step is idempotent and uses the project's own commands where they exist: `setpay keystore
+init`, `setpay broker init`, key ceremonies with `setpay keystore create-key`, `setpay ca
+init`. A start-up that fails stops what it started.
+Rule 3: broker logins and key labels carry ``broker_user_prefix``, so a second environment
+beside another (own vhost, user prefix, issuer port and data dir) never touches the first's.
+Rule 4: what is printed names steps and identities only: no password, PAN or key material.
 """
 
 from __future__ import annotations
@@ -16,13 +20,13 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from actors import supervisor
+from actors.iso8583.security import ZPK_LABEL
 from actors.issuer.seed import SeedAccount
 from setpay.config import Settings
 
@@ -37,8 +41,9 @@ MERCHANTS: tuple[tuple[str, str, str], ...] = (
     ("M-1002", "Example Coffee", "5814"),
     ("M-1003", "Example Music", "5735"),
 )
-UP_ROLES = ("ca", "gateway", "merchant", "wallet")  # keystore, issuer: no supervisor role yet
-READY_TIMEOUT = 60.0
+# Roles added once the CA has registered the gateway and merchants and the issuer is seeded.
+SERVICE_ROLES = ("gateway", "issuer", "merchant", "wallet")
+READY_TIMEOUT = 120.0
 
 
 class SetupError(Exception):
@@ -105,30 +110,12 @@ class Environment:
     started: bool
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def running(settings: Settings) -> bool:
-    """An environment started by `setpay up` is up: supervisor alive, wallet/merchant ready."""
-    pidfile = settings.data_dir / "run" / "supervisor.pid"
-    try:
-        pid = int(pidfile.read_text().strip())
-    except (OSError, ValueError):
-        return False
-    if not _alive(pid):
-        return False
-    children = [
-        supervisor.Child("wallet", WALLET_INSTANCE),
-        supervisor.Child("merchant", POS_INSTANCE),
-    ]
-    return all((supervisor.read_health(settings, c) or {}).get("ready") for c in children)
+    """An environment `setpay up` started is up: its supervisor reports every role ready."""
+    states = supervisor.supervisor_health(settings) or {}
+    return all(
+        states.get(supervisor.child_of(role).identity) == "ready" for role in supervisor.UP_ROLES
+    )
 
 
 def _env(settings: Settings) -> dict[str, str]:
@@ -150,99 +137,17 @@ def _setpay(settings: Settings, *args: str, ok_if: str | None = None) -> str:
 def _url(settings: Settings, identity: str) -> str:
     from broker.provision import identity_url
 
-    return identity_url(settings.data_dir, identity, settings.broker_vhost, settings.amqp_url)
-
-
-def client_url(settings: Settings) -> str:
-    """The thin clients' login: the broker admin on the environment's vhost."""
-    from urllib.parse import quote, urlsplit
-
-    parts = urlsplit(settings.amqp_url)
-    auth = f"{quote(settings.broker_admin_user, safe='')}:" + quote(
-        settings.broker_admin_password, safe=""
-    )
-    port = f":{parts.port}" if parts.port else ""
-    host = parts.hostname or "127.0.0.1"
-    return f"{parts.scheme or 'amqp'}://{auth}@{host}{port}/{quote(settings.broker_vhost, safe='')}"
-
-
-def _start_detached(
-    settings: Settings, identity: str, args: tuple[str, ...]
-) -> subprocess.Popen[bytes] | None:
-    """`setpay ARGS` as ``identity``, detached, pid and log under run/ (so `setpay down`
-    stops it); None if it runs already."""
-    rd = supervisor.run_dir(settings)
-    pidfile = rd / f"{identity}.pid"
-    try:
-        if _alive(int(pidfile.read_text().strip())):
-            return None
-    except (OSError, ValueError):
-        pass
-    log = (rd / f"{identity}.log").open("ab")
-    env = {**_env(settings), "SETPAY_AMQP_URL": _url(settings, identity)}
-    proc = subprocess.Popen(  # noqa: S603 - our own interpreter and CLI, no shell
-        [*supervisor.SETPAY, *args], stdout=log, stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL, start_new_session=True, env=env,
-    )  # fmt: skip
-    log.close()
-    pidfile.write_text(str(proc.pid))
-    return proc
-
-
-def _start_keystore(settings: Settings) -> None:
-    proc = _start_detached(settings, "keystore.main", ("keystore", "serve"))
-    if proc is not None:
-        asyncio.run(_wait_queue(settings, "keystore.rpc", proc))
-
-
-def _start_issuer(settings: Settings) -> None:
-    """`setpay issuer serve`; ready when its port answers an 0800 echo."""
-    from actors.issuer.cli import echo
-
-    identity = f"issuer.{ISSUER_INSTANCE}"
-    proc = _start_detached(settings, identity, ("issuer", "serve", "--id", ISSUER_INSTANCE))
-    deadline = time.monotonic() + READY_TIMEOUT
-    while proc is not None:
-        try:
-            asyncio.run(echo(settings.issuer_port, deadline=1.0))
-            return
-        except Exception:  # not listening yet
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SetupError(f"issuer host did not start (run/{identity}.log)") from None
-            time.sleep(0.2)
-
-
-async def _wait_queue(settings: Settings, queue: str, proc: subprocess.Popen[bytes]) -> None:
-    """Wait until ``queue`` has a consumer (the keystore workers are serving)."""
-    from broker.connection import connect
-    from broker.rpc import RpcClient
-
-    bus = await connect(client_url(settings), name="setpay-environment")
-    try:
-        rpc = await RpcClient.create(bus)
-        deadline = time.monotonic() + READY_TIMEOUT
-        while not await rpc._has_consumer(queue):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SetupError("the keystore did not start (see run/keystore.main.log)")
-            await asyncio.sleep(0.2)
-        await rpc.close()
-    finally:
-        await bus.close()
+    return identity_url(settings.data_dir, identity, settings.broker_vhost, settings.amqp_url,
+                        user_prefix=settings.broker_user_prefix)  # fmt: skip
 
 
 def _start_roles(settings: Settings, roles: tuple[str, ...]) -> None:
-    supervisor.start_detached(settings, roles)
-    children = [supervisor.Child(r, supervisor.DEFAULT_INSTANCE.get(r, "main")) for r in roles]
-    deadline = time.monotonic() + READY_TIMEOUT
-    while time.monotonic() < deadline:
-        if all((supervisor.read_health(settings, c) or {}).get("ready") for c in children):
-            return
-        time.sleep(0.2)
-    late = [
-        c.identity for c in children
-        if not (supervisor.read_health(settings, c) or {}).get("ready")
-    ]  # fmt: skip
-    raise SetupError(f"not ready within {READY_TIMEOUT:g}s: {', '.join(late)} (see run/)")
+    """Have the environment's supervisor run ``roles`` too; wait until they are ready."""
+    try:
+        supervisor.add_roles(settings, roles)
+        supervisor.wait_ready(settings, roles, READY_TIMEOUT)
+    except supervisor.SupervisorError as exc:
+        raise SetupError(f"starting {', '.join(roles)}: {exc}") from None
 
 
 def _root_der(settings: Settings) -> bytes:
@@ -336,7 +241,7 @@ async def _seed_issuer(settings: Settings) -> list[str]:
         try:
             now = datetime.now(UTC)
             client = getattr(security, "client", None)
-            zpk = f"{settings.broker_user_prefix}zone.main/zpk"
+            zpk = f"{settings.broker_user_prefix}{ZPK_LABEL}"
 
             async def pin_block_for(number: str, pin: str) -> bytes:
                 # PIN issuance inside the keystore: the block comes back under the ZPK only.
@@ -372,50 +277,60 @@ async def _seed_issuer(settings: Settings) -> list[str]:
     return created
 
 
+def _broker_init(settings: Settings, say: Callable[[str], None]) -> None:
+    _setpay(settings, "broker", "init")
+    say("broker: vhost, identities and permissions applied")
+
+
 def ensure(settings: Settings, say: Callable[[str], None] = print) -> Environment:
     """The running environment (Rule 1), or provision and start one (Rule 2)."""
+    from broker import admin
+
     if running(settings):
         say(f"using the environment `setpay up` started under {settings.data_dir}")
         return Environment(settings, started=False)
     say(f"bringing up the test environment in {settings.data_dir}, vhost {settings.broker_vhost}")
     _setpay(settings, "keystore", "init")
     say("keystore: token ready")
-    _setpay(settings, "broker", "init")
-    say("broker: vhost, identities and permissions applied")
-    for label, kind in ((f"issuer.{ISSUER_INSTANCE}/issuer-pan-index", "hmac-sha256"),
-                        (f"issuer.{ISSUER_INSTANCE}/issuer-pvk", "hmac-sha256"),
-                        ("zone.main/zpk", "aes256")):  # fmt: skip
+    # The supervisor takes the vhost's lock before `broker init` may reset any password, but
+    # it needs the vhost to exist: a vhost that does not exist yet is nobody else's.
+    fresh = settings.broker_vhost not in admin.list_vhosts()
+    if fresh:
+        _broker_init(settings, say)
+    try:
+        supervisor.start_detached(settings, ())
+        supervisor.wait_ready(settings, (), READY_TIMEOUT)
+    except supervisor.SupervisorError as exc:
+        raise SetupError(f"supervisor: {exc}") from None
+    try:
+        _provision_and_start(settings, say, broker_init=not fresh)
+    except BaseException:
+        supervisor.down(settings, grace=10.0)
+        raise
+    return Environment(settings, started=True)
+
+
+def _provision_and_start(settings: Settings, say: Callable[[str], None], *,
+                         broker_init: bool) -> None:  # fmt: skip
+    if broker_init:
+        _broker_init(settings, say)
+    prefix = settings.broker_user_prefix
+    for label, kind in ((f"{prefix}issuer.{ISSUER_INSTANCE}/issuer-pan-index", "hmac-sha256"),
+                        (f"{prefix}issuer.{ISSUER_INSTANCE}/issuer-pvk", "hmac-sha256"),
+                        (f"{prefix}{ZPK_LABEL}", "aes256")):  # fmt: skip
         _setpay(settings, "keystore", "create-key", "--label", label, "--kind", kind,
                 "--usage", "secret", ok_if="exists")  # fmt: skip
     say("keystore: issuer and zone keys present (key ceremony)")
-    _start_keystore(settings)
+    _start_roles(settings, ("keystore",))
     say("keystore: serving")
     out = _setpay(settings, "ca", "init", "--url", _url(settings, "ca.main"))
     say(f"ca: {out.strip() or 'hierarchy ready'}")
     _start_roles(settings, ("ca",))
-    try:
-        asyncio.run(_register_parties(settings, say))
-        accounts = asyncio.run(_seed_issuer(settings))
-        say(f"issuer.{ISSUER_INSTANCE}: {len(accounts)} accounts seeded")
-        wallet_root = Path(settings.data_dir) / "wallet" / "root.der"
-        wallet_root.parent.mkdir(parents=True, exist_ok=True)
-        wallet_root.write_bytes(_root_der(settings))
-    finally:
-        _stop_supervisor(settings)
-    _start_issuer(settings)
-    _start_roles(settings, UP_ROLES)
-    say(f"up: {', '.join(UP_ROLES)}, keystore, issuer; `setpay down` stops them")
-    return Environment(settings, started=True)
-
-
-def _stop_supervisor(settings: Settings) -> None:
-    """Stop the bootstrap supervisor (not the keystore: the environment keeps it)."""
-    rd = supervisor.run_dir(settings)
-    try:
-        pid = int((rd / "supervisor.pid").read_text().strip())
-    except (OSError, ValueError):
-        return
-    supervisor.stop_pids({"supervisor": pid}, 20.0)
-    deadline = time.monotonic() + 20.0
-    while (rd / "supervisor.pid").exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
+    asyncio.run(_register_parties(settings, say))
+    accounts = asyncio.run(_seed_issuer(settings))
+    say(f"issuer.{ISSUER_INSTANCE}: {len(accounts)} accounts seeded")
+    wallet_root = Path(settings.data_dir) / "wallet" / "root.der"
+    wallet_root.parent.mkdir(parents=True, exist_ok=True)
+    wallet_root.write_bytes(_root_der(settings))
+    _start_roles(settings, SERVICE_ROLES)
+    say(f"up: keystore, ca, {', '.join(SERVICE_ROLES)}; `setpay down` stops them")

@@ -2,13 +2,13 @@
 
 Rule 1: `run` runs one actor in the foreground until SIGTERM/SIGINT (in-flight work finishes).
 Rule 2: `up` starts the test environment under a supervisor (background unless
-`--foreground`) and waits for readiness; `down` stops it (SIGTERM, grace, SIGKILL).
+`--foreground`) and waits for readiness; it fails at once if the supervisor stops or refuses
+(another environment on the vhost). `down` stops it at any point of its start-up.
 """
 
 from __future__ import annotations
 
 import argparse
-import time
 
 from actors import supervisor
 from setpay.cli import CommandError
@@ -23,7 +23,10 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _roles(args: argparse.Namespace) -> list[str]:
-    roles = [r for r in (args.roles or "").split(",") if r] or list(supervisor.UP_ROLES)
+    """``--roles`` as a list: absent means the whole environment, empty means none yet."""
+    if args.roles is None:
+        return list(supervisor.UP_ROLES)
+    roles = [r for r in args.roles.split(",") if r]
     unknown = [r for r in roles if r not in supervisor.ROLES]
     if unknown:
         raise CommandError(f"unknown role(s): {', '.join(unknown)}")
@@ -34,22 +37,16 @@ def _up(args: argparse.Namespace, settings: Settings) -> int:
     roles = _roles(args)
     try:
         if args.foreground:
-            return supervisor.supervise(settings, roles, ready_timeout=args.timeout)
-        available = [r for r in roles if supervisor.resolve(r)]
-        if not available:
+            return supervisor.supervise(settings, roles)
+        if roles and not any(supervisor.resolve(r) for r in roles):
             raise CommandError("none of the requested roles is available yet")
         pid = supervisor.start_detached(settings, roles)
+        supervisor.wait_ready(settings, roles, args.timeout)
     except supervisor.SupervisorError as exc:
         raise CommandError(str(exc)) from None
-    children = [supervisor.Child(r, supervisor.DEFAULT_INSTANCE.get(r, "main")) for r in available]
-    deadline = time.monotonic() + args.timeout
-    while time.monotonic() < deadline:
-        health = [supervisor.read_health(settings, c) for c in children]
-        if all(h and h.get("ready") for h in health):
-            print(f"up: supervisor pid {pid}; ready: {', '.join(c.identity for c in children)}")
-            return 0
-        time.sleep(0.2)
-    raise CommandError(f"not ready within {args.timeout:g}s; see {supervisor.run_dir(settings)}")
+    ready = [supervisor.child_of(r).identity for r in roles if supervisor.resolve(r)]
+    print(f"up: supervisor pid {pid}; ready: {', '.join(ready) or 'no roles yet'}")
+    return 0
 
 
 def _down(args: argparse.Namespace, settings: Settings) -> int:

@@ -1,17 +1,27 @@
-"""Runs actors as separate OS processes: ``run`` one role, ``up`` all, ``down`` stops them.
+"""Runs actors as separate OS processes: ``run`` one role, ``up`` an environment, ``down``.
 
 Rule 1: roles are found through ``ROLES`` (role -> "module:factory"); a role whose module
 does not exist yet is skipped by ``up`` and refused by ``run`` with a clear error. A factory
 is called ``factory(settings, instance, health_file=...)`` and returns an ``Actor``.
-Rule 2: state lives under ``<data_dir>/run/``: ``<identity>.pid``, ``<identity>.health``
-(JSON written by the actor), ``<identity>.log``, ``supervisor.pid``.
-Rule 3: ``down`` sends SIGTERM, waits ``grace`` seconds for in-flight work to finish, then
-SIGKILLs what is left, and removes the pid files.
+Rule 2: state lives under ``<data_dir>/run/``. ``supervisor.pid`` is written before the
+supervisor runs anything (by whoever spawns it, then by itself); ``<identity>.pid`` the moment
+a child is spawned; ``<identity>.health`` by each actor; ``supervisor.health`` (each child's
+state) by the supervisor; ``roles`` holds the roles it keeps running (``add_roles`` extends
+it); ``supervisor.error`` says why a supervisor refused to start.
+Rule 3: one environment per vhost. The supervisor holds the exclusive queue ``LOCK_QUEUE`` on
+its vhost for its lifetime; RabbitMQ refuses a second exclusive declare (RESOURCE_LOCKED), so
+a second environment on the same vhost refuses to start instead of consuming the first's
+messages. The broker drops the lock with the connection, so a killed supervisor leaves none.
+Rule 4: ``down`` stops an environment at any point of its start-up: SIGTERM to the supervisor,
+which stops its children (SIGTERM, ``grace``, SIGKILL) and exits; then every child still
+recorded is stopped the same way (the supervisor was killed); then the pid files are removed.
+A pid is acted on only if its process started before its pid file was written (no reuse).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import importlib.util
 import json
@@ -24,6 +34,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import aio_pika
+import aio_pika.abc
+import aiormq.exceptions
 
 from broker.credentials import CredentialsError
 from broker.provision import identity_url
@@ -41,8 +55,9 @@ ROLES: dict[str, str] = {
     "wallet": "actors.wallet:main",
     "echo": "actors.runtime_echo:main",
 }
-# `python -m setpay.cli` would load the CLI as __main__, a second copy of CommandError.
-SETPAY = (sys.executable, "-c", "import sys; from setpay.cli import main; sys.exit(main())")
+# The `setpay` command as this interpreter runs it (children inherit PYTHONPATH and cwd).
+SETPAY = (sys.executable, "-m", "cli")
+LOCK_QUEUE = "setpay.environment.lock"
 # The test environment `setpay up` brings up, in start order (keystore first: others sign).
 UP_ROLES: tuple[str, ...] = ("keystore", "ca", "gateway", "issuer", "merchant", "wallet")
 DEFAULT_INSTANCE: dict[str, str] = {
@@ -104,14 +119,63 @@ class Child:
         return f"{self.role}.{self.instance}"
 
 
-def _pid_alive(pid: int) -> bool:
+def child_of(role: str) -> Child:
+    """The child the supervisor runs for ``role`` (its default instance)."""
+    return Child(role, DEFAULT_INSTANCE.get(role, "main"))
+
+
+# -- processes ---------------------------------------------------------------------------------
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """Fields of /proc/<pid>/stat after the command name, or None if there is no such pid."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return raw.rpartition(")")[2].split()
+
+
+def pid_alive(pid: int) -> bool:
+    """``pid`` runs: it exists and is not a zombie (an exited child nobody reaped yet)."""
+    fields = _proc_stat(pid)
+    return fields is not None and fields[0] not in ("Z", "X")
+
+
+def _started_at(pid: int) -> float | None:
+    """When ``pid`` started, in seconds since the epoch (Linux /proc), or None."""
+    fields = _proc_stat(pid)
+    if fields is None:
+        return None
+    try:
+        btime = next(
+            int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+            if line.startswith("btime ")
+        )  # fmt: skip
+    except (OSError, StopIteration, ValueError):
+        return None
+    return btime + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+
+
+def recorded_pid(pidfile: Path) -> int | None:
+    """The live process ``pidfile`` records, or None: missing, malformed, exited, or a reused
+    pid (a process that started after the file was written is not the one it names)."""
+    try:
+        pid = int(pidfile.read_text().strip())
+        written = pidfile.stat().st_mtime
+    except (OSError, ValueError):
+        return None
+    started = _started_at(pid)
+    # btime has one-second resolution: allow that much slack.
+    if started is None or not pid_alive(pid) or started > written + 1.0:
+        return None
+    return pid
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def child_env(settings: Settings, child: Child) -> dict[str, str]:
@@ -132,8 +196,10 @@ def child_env(settings: Settings, child: Child) -> dict[str, str]:
 
 
 def spawn(settings: Settings, child: Child) -> subprocess.Popen[bytes]:
-    """Start ``setpay run ROLE --id ID`` as its own process and session; record its pid."""
+    """Start ``setpay run ROLE --id ID`` as its own process and session; record its pid at
+    once (Rule 2), after removing a health file a previous run may have left."""
     rd = run_dir(settings)
+    (rd / f"{child.identity}.health").unlink(missing_ok=True)
     logfile = (rd / f"{child.identity}.log").open("ab")
     proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module, no shell
         [*SETPAY, "run", child.role, "--id", child.instance],
@@ -149,6 +215,7 @@ def spawn(settings: Settings, child: Child) -> subprocess.Popen[bytes]:
 
 
 def read_health(settings: Settings, child: Child) -> dict[str, Any] | None:
+    """The child's last health report, or None if it wrote none (yet)."""
     path = run_dir(settings) / f"{child.identity}.health"
     try:
         return dict(json.loads(path.read_text()))
@@ -156,23 +223,9 @@ def read_health(settings: Settings, child: Child) -> dict[str, Any] | None:
         return None
 
 
-def wait_ready(
-    settings: Settings, children: Sequence[Child], procs: dict[Child, subprocess.Popen[bytes]],
-    timeout: float,
-) -> list[Child]:
-    """Wait until every child reports ready; return those that did not (died or timed out)."""
-    deadline = time.monotonic() + timeout
-    pending = list(children)
-    while pending and time.monotonic() < deadline:
-        for child in list(pending):
-            health = read_health(settings, child)
-            if health and health.get("ready"):
-                pending.remove(child)
-            elif procs[child].poll() is not None:
-                pending.remove(child)
-                return [child, *pending]
-        time.sleep(0.1)
-    return pending
+def is_ready(health: dict[str, Any] | None) -> bool:
+    """A health report says ready (actors write ``ready: true``, the keystore ``state``)."""
+    return bool(health) and (health.get("ready") is True or health.get("state") == "ready")
 
 
 def stop_pids(pids: dict[str, int], grace: float) -> dict[str, str]:
@@ -186,14 +239,15 @@ def stop_pids(pids: dict[str, int], grace: float) -> dict[str, str]:
             outcome[name] = "not running"
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline and any(
-        _pid_alive(pid) for n, pid in pids.items() if outcome[n] == "terminated"
+        pid_alive(pid) for n, pid in pids.items() if outcome[n] == "terminated"
     ):
         _reap()
         time.sleep(0.05)
     for name, pid in pids.items():
         _reap()
-        if outcome[name] == "terminated" and _pid_alive(pid):
-            os.kill(pid, signal.SIGKILL)
+        if outcome[name] == "terminated" and pid_alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
             outcome[name] = "killed"
     _reap()
     return outcome
@@ -208,85 +262,253 @@ def _reap() -> None:
         pass
 
 
-def supervise(settings: Settings, roles: Sequence[str], *, ready_timeout: float = 30.0,
-              grace: float = 10.0, max_restarts: int = 5) -> int:
-    """Start ``roles`` as processes, restart any that dies, stop all on SIGTERM/SIGINT."""
-    children = [Child(r, DEFAULT_INSTANCE.get(r, "main")) for r in roles if resolve(r)]
-    skipped = [r for r in roles if r not in {c.role for c in children}]
-    if skipped:
-        log.info("roles_not_available", roles=skipped)
-    if not children:
-        raise SupervisorError("none of the requested roles is available yet")
-    rd = run_dir(settings)
-    (rd / "supervisor.pid").write_text(str(os.getpid()))
-    stopping = False
+# -- the supervisor ----------------------------------------------------------------------------
 
-    def on_signal(_sig: int, _frame: Any) -> None:
-        nonlocal stopping
-        stopping = True
 
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    procs = {c: spawn(settings, c) for c in children}
-    restarts = dict.fromkeys(children, 0)
+class EnvironmentLocked(SupervisorError):
+    """Another environment's supervisor holds the vhost (Rule 3)."""
+
+
+async def hold_lock(settings: Settings) -> aio_pika.abc.AbstractConnection:
+    """Declare ``LOCK_QUEUE`` exclusive on ``broker_vhost`` as the broker admin; the returned
+    connection holds it until closed. ``EnvironmentLocked`` if another supervisor holds it."""
+    url, vhost = settings.admin_url(), settings.broker_vhost
+    # A plain (not robust) connection: a robust one would silently re-declare the queue after
+    # a reconnect, and could then be the second holder without anyone being told.
     try:
-        late = wait_ready(settings, children, procs, ready_timeout)
-        if late:
-            log.error("roles_not_ready", roles=[c.identity for c in late])
-        else:
-            log.info("environment_ready", actors=[c.identity for c in children])
-        while not stopping:
+        connection = await aio_pika.connect(
+            url, client_properties={"connection_name": "setpay-supervisor"}
+        )
+    except (ConnectionError, aiormq.exceptions.AMQPError) as exc:
+        raise SupervisorError(
+            f"cannot connect to vhost {vhost!r} ({type(exc).__name__}); run `setpay broker init`"
+        ) from None
+    try:
+        channel = await connection.channel()
+        await channel.declare_queue(LOCK_QUEUE, exclusive=True, auto_delete=True)
+    except aiormq.exceptions.ChannelLockedResource:
+        await connection.close()
+        raise EnvironmentLocked(
+            f"another environment is running on vhost {vhost!r} (its supervisor "
+            f"holds the exclusive queue {LOCK_QUEUE!r}); give this one its own "
+            "SETPAY_BROKER_VHOST, SETPAY_BROKER_USER_PREFIX, SETPAY_ISSUER_PORT and data dir"
+        ) from None
+    except BaseException:
+        await connection.close()
+        raise
+    return connection
+
+
+def read_roles(settings: Settings) -> list[str]:
+    """The roles the running supervisor keeps up (``run/roles``), in start order."""
+    try:
+        return [r for r in (run_dir(settings) / "roles").read_text().split() if r]
+    except OSError:
+        return []
+
+
+def add_roles(settings: Settings, roles: Sequence[str]) -> None:
+    """Have the running supervisor start ``roles`` too (it reads ``run/roles`` every tick)."""
+    if recorded_pid(run_dir(settings) / "supervisor.pid") is None:
+        raise SupervisorError(f"no supervisor runs under {settings.data_dir}")
+    wanted = list(dict.fromkeys([*read_roles(settings), *roles]))
+    _write_atomic(run_dir(settings) / "roles", "\n".join(wanted) + "\n")
+
+
+def supervise(settings: Settings, roles: Sequence[str], *, grace: float = 10.0,
+              max_restarts: int = 5) -> int:
+    """Be the supervisor: take the vhost lock, run ``roles`` (and those ``add_roles`` asks
+    for), restart any that dies, stop all on SIGTERM/SIGINT. Exit 3 if the lock is held."""
+    rd = run_dir(settings)
+    holder = recorded_pid(rd / "supervisor.pid")
+    if holder is not None and holder != os.getpid():
+        raise SupervisorError(
+            f"a supervisor runs already under {settings.data_dir} (pid {holder}); "
+            "`setpay down` first"
+        )
+    # Rule 2: our pid first, before any child exists (the spawner wrote it too; we own it now).
+    _write_atomic(rd / "supervisor.pid", str(os.getpid()))
+    for name in ("supervisor.error", "supervisor.health"):
+        (rd / name).unlink(missing_ok=True)
+    try:
+        return asyncio.run(_supervise(settings, roles, grace, max_restarts))
+    except SupervisorError as exc:
+        (rd / "supervisor.error").write_text(str(exc))
+        log.error("supervisor_refused", reason=str(exc))
+        return 3
+    finally:
+        if recorded_pid(rd / "supervisor.pid") == os.getpid():
+            (rd / "supervisor.pid").unlink(missing_ok=True)
+
+
+async def _supervise(settings: Settings, roles: Sequence[str], grace: float,
+                     max_restarts: int) -> int:
+    rd = run_dir(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    procs: dict[Child, subprocess.Popen[bytes]] = {}
+    states: dict[str, str] = {}
+    lock = await hold_lock(settings)
+    try:
+        _write_atomic(rd / "roles", "\n".join(roles) + "\n")
+        restarts: dict[Child, int] = {}
+        retry_at: dict[Child, float] = {}
+        announced = False
+        relock_at = 0.0
+        while not stop.is_set():
+            if lock.is_closed and time.monotonic() >= relock_at:
+                # The broker restarted or dropped us: take the lock again before anyone else.
+                try:
+                    lock = await hold_lock(settings)
+                    log.warning("environment_lock_retaken", vhost=settings.broker_vhost)
+                except EnvironmentLocked as exc:
+                    log.error("environment_lock_lost", reason=str(exc))
+                    relock_at = time.monotonic() + 10.0
+                except SupervisorError:
+                    relock_at = time.monotonic() + 1.0  # the broker is not back yet
+            wanted = read_roles(settings)
+            # Every other role signs through the keystore: it starts once the keystore is ready.
+            keystore_ready = "keystore" not in wanted or states.get("keystore.main") == "ready"
+            for role in wanted:
+                child = child_of(role)
+                if child in procs or role not in ROLES:
+                    continue
+                if role != "keystore" and not keystore_ready:
+                    continue
+                if resolve(role) is None:
+                    states[child.identity] = "not available"
+                    continue
+                procs[child] = spawn(settings, child)  # in procs at once: stopped in finally
+                restarts[child] = 0
+                log.info("actor_spawned", actor=child.identity, pid=procs[child].pid)
             for child, proc in list(procs.items()):
-                if proc.poll() is not None and not stopping:
-                    if restarts[child] >= max_restarts:
+                if proc.poll() is None:
+                    ready = is_ready(read_health(settings, child))
+                    states[child.identity] = "ready" if ready else "starting"
+                elif restarts[child] >= max_restarts:
+                    if states.get(child.identity) != "gave up":
                         log.error("actor_gave_up", actor=child.identity, code=proc.returncode)
-                        continue
+                    states[child.identity] = "gave up"
+                elif child not in retry_at:
+                    # Back off 1, 2, 4... s so a missing dependency does not use up the restarts.
+                    retry_at[child] = time.monotonic() + 2.0 ** restarts[child]
+                    states[child.identity] = "restarting"
+                elif time.monotonic() >= retry_at[child]:
+                    del retry_at[child]
                     restarts[child] += 1
                     log.warning("actor_restart", actor=child.identity, code=proc.returncode)
                     procs[child] = spawn(settings, child)
-            time.sleep(0.2)
+                    states[child.identity] = "starting"
+            _write_atomic(rd / "supervisor.health",
+                          json.dumps({"pid": os.getpid(), "children": states}))  # fmt: skip
+            all_ready = bool(states) and all(s == "ready" for s in states.values())
+            if all_ready and not announced:
+                log.info("environment_ready", actors=sorted(states))
+            announced = all_ready
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.2)
     finally:
-        outcome = stop_pids({c.identity: p.pid for c, p in procs.items()}, grace)
+        outcome = await asyncio.to_thread(
+            stop_pids, {c.identity: p.pid for c, p in procs.items()}, grace
+        )
+        for proc in procs.values():
+            proc.poll()  # reap
         log.info("environment_stopped", outcome=outcome)
-        for child in children:
+        for child in procs:
             (rd / f"{child.identity}.pid").unlink(missing_ok=True)
-        (rd / "supervisor.pid").unlink(missing_ok=True)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        for name in ("roles", "supervisor.health"):
+            (rd / name).unlink(missing_ok=True)
+        if not lock.is_closed:
+            await lock.close()
     return 0
 
 
 def start_detached(settings: Settings, roles: Sequence[str]) -> int:
-    """Start the supervisor as a background process; return its pid."""
+    """Start the supervisor as a background process running ``roles``; its pid, recorded in
+    ``run/supervisor.pid`` before this returns (so `setpay down` finds it at once)."""
     rd = run_dir(settings)
+    holder = recorded_pid(rd / "supervisor.pid")
+    if holder is not None:
+        raise SupervisorError(
+            f"an environment runs already under {settings.data_dir} (supervisor pid {holder}); "
+            "`setpay down` first"
+        )
+    for name in ("supervisor.error", "supervisor.health", "roles"):  # a killed one's leftovers
+        (rd / name).unlink(missing_ok=True)
     logfile = (rd / "supervisor.log").open("ab")
     proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module, no shell
         [*SETPAY, "up", "--foreground", "--roles", ",".join(roles)],
         stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         start_new_session=True,
         env={**os.environ, "SETPAY_DATA_DIR": str(settings.data_dir.resolve())},
-    )
+    )  # fmt: skip
     logfile.close()
+    _write_atomic(rd / "supervisor.pid", str(proc.pid))
     return proc.pid
 
 
-def down(settings: Settings, grace: float = 15.0) -> dict[str, str]:
-    """Stop the supervisor and every actor recorded under run/; remove their pid files."""
+def supervisor_health(settings: Settings) -> dict[str, str] | None:
+    """Each child's state as the running supervisor last reported it, or None if no
+    supervisor runs."""
     rd = run_dir(settings)
-    pids: dict[str, int] = {}
-    for pidfile in sorted(rd.glob("*.pid")):
-        try:
-            pids[pidfile.stem] = int(pidfile.read_text().strip())
-        except (OSError, ValueError):
-            pidfile.unlink(missing_ok=True)
-    supervisor = pids.pop("supervisor", None)
-    outcome: dict[str, str] = {}
+    if recorded_pid(rd / "supervisor.pid") is None:
+        return None
+    try:
+        return dict(json.loads((rd / "supervisor.health").read_text())["children"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def wait_ready(settings: Settings, roles: Sequence[str], timeout: float) -> None:
+    """Wait until the supervisor reports every available role of ``roles`` ready (with no
+    roles: until it holds the lock). ``SupervisorError`` if it stopped, refused, a role gave
+    up, or ``timeout`` passed."""
+    rd = run_dir(settings)
+    wanted = [child_of(r).identity for r in roles]
+    deadline = time.monotonic() + timeout
+    while True:
+        states = supervisor_health(settings)
+        if states is None:
+            try:
+                why = (rd / "supervisor.error").read_text().strip()
+            except OSError:
+                why = "it was stopped"
+            raise SupervisorError(f"the supervisor is not running: {why}")
+        gave_up = [i for i in wanted if states.get(i) == "gave up"]
+        if gave_up:
+            raise SupervisorError(f"{', '.join(gave_up)} kept failing; see {rd}/*.log")
+        if (rd / "supervisor.health").exists() and all(
+            states.get(i) in ("ready", "not available") for i in wanted
+        ):
+            return
+        if time.monotonic() > deadline:
+            late = [i for i in wanted if states.get(i) != "ready"]
+            raise SupervisorError(f"not ready within {timeout:g}s: {', '.join(late)}; see {rd}")
+        time.sleep(0.2)
+
+
+def down(settings: Settings, grace: float = 15.0) -> dict[str, str]:
+    """Stop the supervisor and every process recorded under run/ (Rule 4); how each ended."""
+    rd = run_dir(settings)
+    # Children the supervisor stops itself are reported as "stopped".
+    outcome = {f.stem: "stopped" for f in rd.glob("*.pid") if f.stem != "supervisor"}
+    supervisor = recorded_pid(rd / "supervisor.pid")
     if supervisor is not None:
-        # The supervisor drains its children itself; give it the grace period plus a margin.
-        outcome.update(stop_pids({"supervisor": supervisor}, grace + 5))
-    alive = {n: p for n, p in pids.items() if _pid_alive(p)}
+        # It drains its children itself: the grace period plus a margin for its own exit.
+        outcome.update(stop_pids({"supervisor": supervisor}, grace + 10))
+    # Read the children only now: a supervisor that was starting may have spawned more.
+    alive: dict[str, int] = {}
+    for pidfile in sorted(rd.glob("*.pid")):
+        pid = recorded_pid(pidfile)
+        if pid is not None and pidfile.stem != "supervisor":
+            alive[pidfile.stem] = pid
+        elif pidfile.stem != "supervisor":
+            outcome.setdefault(pidfile.stem, "stopped")
     outcome.update(stop_pids(alive, grace))
-    for name in pids:
-        outcome.setdefault(name, "stopped")
-        (rd / f"{name}.pid").unlink(missing_ok=True)
-    (rd / "supervisor.pid").unlink(missing_ok=True)
+    for pidfile in rd.glob("*.pid"):
+        pidfile.unlink(missing_ok=True)
+    for name in ("roles", "supervisor.health"):
+        (rd / name).unlink(missing_ok=True)
     return outcome

@@ -3,8 +3,8 @@
 Rule 1: every figure is printed next to the raw crypto it contains (sign, verify, OAEP
 encrypt/decrypt or ECDH, AES-GCM), measured in the same run with the same software keys, so
 the ratio shows what the protocol layer (encoding, digests, checks) adds.
-Rule 2: keys here are software keys (``bench.softkey``) made for the measurement only (bench is
-not protocol/ and never touches a real token); nothing is imported from tests/.
+Rule 2: keys here are software keys (``protocol.softkey``) made for the measurement only
+(bench never touches a real token); nothing is imported from tests/.
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from bench.softkey import SoftwareKey
-from bench.softkey import oaep as _oaep
-from bench.softkey import raw_sign as _sign
 from protocol import codec, dualsig, primitives, treatments
 from protocol.keys import SUITES, KeyType, Suite
+from protocol.softkey import SoftwareKey
+from protocol.softkey import oaep as _oaep
+from protocol.softkey import raw_sign as _sign
 
 PAYLOAD = 1024  # bytes of AES-GCM plaintext in the raw-op measurement (~ an AuthReq body)
 

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 ENV_PREFIX = "SETPAY_"
 DEFAULT_ISSUER_PORT: Final = 8583  # the ISO 8583 port by convention; ``issuer_port`` sets it
@@ -77,6 +77,18 @@ class Settings:
     @property
     def token_dir(self) -> Path:
         return self.data_dir / "tokens"
+
+    def admin_url(self) -> str:
+        """The broker admin's AMQP URL on ``broker_vhost`` (host and port of ``amqp_url``): the
+        login of the supervisor's environment lock and of the thin clients."""
+        parts = urlsplit(self.amqp_url)
+        auth = f"{quote(self.broker_admin_user, safe='')}:" + quote(
+            self.broker_admin_password, safe=""
+        )
+        port = f":{parts.port}" if parts.port else ""
+        host = parts.hostname or "127.0.0.1"
+        vhost = quote(self.broker_vhost, safe="")
+        return f"{parts.scheme or 'amqp'}://{auth}@{host}{port}/{vhost}"
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

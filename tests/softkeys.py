@@ -1,15 +1,15 @@
 """Software ``protocol.keys.PrivateKey`` for tests of ``protocol/`` alone.
 
 Only tests (and the bench) use software keys: in the product every private key lives in the
-PKCS#11 token. The one implementation is ``bench.softkey.SoftwareKey``.
+PKCS#11 token. The one implementation is ``protocol.softkey.SoftwareKey``.
 """
 
 from __future__ import annotations
 
 import itertools
 
-from bench.softkey import RawKey, SoftwareKey
 from protocol.keys import DEFAULT_SUITE, Suite
+from protocol.softkey import RawKey, SoftwareKey
 
 _counter = itertools.count(1)
 

@@ -6,6 +6,7 @@ change breaks it.
 - a party package (``actors/<party>/``) imports no other party;
 - nothing imports ``bench``, the demo or the test environment, but the ``setpay`` command's
   entry (``cli``) at the top;
+- the ground package ``setpay`` imports no layer;
 - no two files import each other, directly or through others (no cycles).
 """
 
@@ -142,3 +143,16 @@ def test_no_import_cycles() -> None:
         if module not in index:
             visit(module)
     assert cycles == []
+
+
+def test_the_ground_package_imports_no_layer() -> None:
+    """``setpay/`` (configuration, logging, lifecycle, store) is imported by every layer and
+    imports none of them."""
+    bad = [
+        f"{m} -> {n}"
+        for m, targets in GRAPH.items()
+        if _under(m, "setpay")
+        for n in targets
+        if not _under(n, "setpay")
+    ]
+    assert bad == []

@@ -41,7 +41,7 @@ from setpay.config import Settings
 
 
 def _fail(text: str) -> Exception:
-    from setpay.cli import CommandError  # late: setpay.cli imports the command modules
+    from setpay.cli import CommandError
 
     return CommandError(text)
 

@@ -58,6 +58,7 @@ class IssuerService(Service):
             self.identity,
             self.settings.broker_vhost,
             self.settings.amqp_url,
+            user_prefix=self.settings.broker_user_prefix,
         )
         bus = await connect(url, name=self.identity)
         self.closing(bus.close, "bus")

@@ -34,7 +34,15 @@ from protocol.codec import MaxLen
 from protocol.dualsig import MAX_PIN_SEAL
 from protocol.errors import ProtocolError
 from protocol.keys import suite_for_public_key
-from protocol.messages import BCIBytes, CertDER, CertList, CompletionCode, CRLList, CurrAmt
+from protocol.messages import (
+    AuthCode,
+    BCIBytes,
+    CertDER,
+    CertList,
+    CompletionCode,
+    CRLList,
+    CurrAmt,
+)
 from protocol.pin import seal_pin, validate_pin
 from setpay.logs import get_logger
 
@@ -148,6 +156,11 @@ class Outcome:
     @property
     def completion_code(self) -> CompletionCode:
         return CompletionCode(self.completion)
+
+    def describe(self) -> str:
+        """``COMPLETION/AUTH_CODE`` as the merchant signed it (what clients print)."""
+        auth = "-" if self.auth_code is None else AuthCode(self.auth_code).name
+        return f"{self.completion_code.name}/{auth}"
 
 
 @dataclass(frozen=True, slots=True)

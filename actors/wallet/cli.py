@@ -41,14 +41,12 @@ def _trusted_root(args: argparse.Namespace, settings: Settings) -> x509.Certific
 
 
 async def _run(args: argparse.Namespace, settings: Settings) -> int:
-    from actors.demo_cases import describe
-    from actors.environment import client_url
     from actors.wallet.api import WalletClient, seal_for
     from broker.connection import connect
     from protocol.messages import CurrAmt
 
     passphrase = _secret("SETPAY_WALLET_PASSPHRASE", "passphrase: ")
-    bus = await connect(client_url(settings), name="setpay-wallet-cli")
+    bus = await connect(settings.admin_url(), name="setpay-wallet-cli")
     try:
         client = await WalletClient.create(bus, args.instance)
         if args.wallet_cmd == "enroll":
@@ -74,10 +72,10 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
                 root = _trusted_root(args, settings)
                 seal = await seal_for(started, root, _secret("SETPAY_WALLET_PIN", "PIN: "))
             out = await client.finish_purchase(args.user, passphrase, started.purchase_id, seal)
-            print(f"xid {out.xid.hex()}  {describe(out)}")
+            print(f"xid {out.xid.hex()}  {out.describe()}")
         else:
             out = await client.inquire(args.user, passphrase, bytes.fromhex(args.xid))
-            print(f"xid {out.xid.hex()}  {describe(out)}")
+            print(f"xid {out.xid.hex()}  {out.describe()}")
     finally:
         await bus.close()
     return 0

@@ -3,8 +3,8 @@
 import pytest
 
 from actors.demo import run_selfcheck
+from cli import main as cli
 from protocol.keys import SUITES
-from setpay import cli
 
 
 @pytest.mark.parametrize("suite", ["rsa2048", "p256"])

@@ -129,6 +129,7 @@ async def test_up_runs_echo_as_a_separate_process_and_down_stops_it(
     broker_vhost, tmp_path
 ) -> None:
     env = {**os.environ, "SETPAY_DATA_DIR": str(tmp_path), "SETPAY_AMQP_URL": broker_vhost.url,
+           "SETPAY_BROKER_VHOST": broker_vhost.name,  # where the supervisor takes its lock
            "SETPAY_LOG_FORMAT": "json"}
     up = await asyncio.to_thread(setpay, ["up", "--roles", "echo", "--timeout", "30"], env)
     run = tmp_path / "run"

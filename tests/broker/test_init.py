@@ -21,7 +21,7 @@ from broker.errors import BrokerError
 from broker.provision import identity_url, init, load_definitions
 from broker.rpc import RpcClient, RpcRequest, serve_rpc
 from broker.topology import SET_EXCHANGE, declare_actor
-from setpay import cli
+from cli import main as cli
 
 pytestmark = pytest.mark.integration
 

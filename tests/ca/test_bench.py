@@ -15,7 +15,7 @@ def test_bench_ca_prints_rates(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "SETPAY_DATA_DIR": str(tmp_path)}
     env.pop("SOFTHSM2_CONF", None)  # the bench makes its own token
     out = subprocess.run(
-        [sys.executable, "-m", "setpay", "bench", "ca", "-n", "3", "--concurrency", "2",
+        [sys.executable, "-m", "cli", "bench", "ca", "-n", "3", "--concurrency", "2",
          "--sign-n", "50"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip

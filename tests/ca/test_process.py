@@ -43,7 +43,7 @@ async def test_ca_process_serves_registration(ca_env: CAEnv, tmp_path: Path) -> 
         "SETPAY_LOG_FORMAT": "json",
         "SETPAY_LOG_LEVEL": "debug",
     }
-    code = "import sys; from setpay.cli import main; sys.exit(main(['run', 'ca', '--id', 'p2']))"
+    code = "import sys; from cli.main import main; sys.exit(main(['run', 'ca', '--id', 'p2']))"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-c", code], cwd=tmp_path, env=env, stdout=log, stderr=log

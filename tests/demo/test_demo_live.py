@@ -34,7 +34,6 @@ from actors.environment import (
     DEBIT_NUMBER,
     DEBIT_PIN,
     LOAD_PANS,
-    client_url,
 )
 from actors.iso8583.spec import DEBIT_PROCESSING
 from actors.wallet.api import StartedPurchase, seal_for
@@ -183,7 +182,7 @@ async def test_thin_client_pin_purchase_refusals_and_finish(
     data_dir, out = demo_run
     assert "rows as expected" in out
     root = load_certificate((data_dir / "wallet" / "root.der").read_bytes())
-    bus, wallet, pos = await demo_cases.connect_clients(client_url(load(demo_env)))
+    bus, wallet, pos = await demo_cases.connect_clients(load(demo_env).admin_url())
     try:
         erin = demo_cases.debit_shopper(wallet)
         alice = demo_cases.Shopper(wallet, "demo-alice", LOAD_PANS[0])
@@ -216,7 +215,7 @@ async def test_thin_client_pin_purchase_refusals_and_finish(
             await wallet.finish_purchase(alice.user, PASSPHRASE, card.purchase_id, seal)
         # The refusals consumed nothing: the PIN purchase still finishes, once.
         done = await wallet.finish_purchase(erin.user, PASSPHRASE, started.purchase_id, seal)
-        assert demo_cases.describe(done) == SALE_APPROVED and done.xid == started.xid
+        assert done.describe() == SALE_APPROVED and done.xid == started.xid
         with pytest.raises(WalletError, match="no such started purchase"):
             await wallet.finish_purchase(erin.user, PASSPHRASE, started.purchase_id, seal)
         with pytest.raises(WalletError, match="PIN account"):

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from actors.environment import client_url
 from broker.connection import connect
 from broker.peer import PeerLink
 from protocol import ids
@@ -37,7 +36,7 @@ def _pinit() -> bytes:
 async def test_amqp_type_disagreeing_with_the_wrapper_gets_one_error_everywhere(
     demo_run: tuple[Path, str], demo_env: dict[str, str]
 ) -> None:
-    bus = await connect(client_url(load(demo_env)), name="entrypoint-test")
+    bus = await connect(load(demo_env).admin_url(), name="entrypoint-test")
     link = await PeerLink(bus, "tester", ids.new_lid().hex()[:8], timeout=30.0).start()
     try:
         codes = {}

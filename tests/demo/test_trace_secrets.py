@@ -18,7 +18,7 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from actors import demo_cases
 from actors.demo_cases import DECLINED, SALE_APPROVED, WRONG_PIN
-from actors.environment import DEBIT_NUMBER, DEBIT_PIN, LOAD_PANS, client_url
+from actors.environment import DEBIT_NUMBER, DEBIT_PIN, LOAD_PANS
 from broker.topology import TRACE_EXCHANGE
 from protocol.certs import load_certificate
 from protocol.messages import MessageType
@@ -52,7 +52,7 @@ async def test_trace_holds_no_pin_pin_block_or_pan(
     data_dir, out = demo_run
     assert "rows as expected" in out
     root = load_certificate((data_dir / "wallet" / "root.der").read_bytes())
-    bus, wallet, pos = await demo_cases.connect_clients(client_url(load(demo_env)))
+    bus, wallet, pos = await demo_cases.connect_clients(load(demo_env).admin_url())
     recorded: list[AbstractIncomingMessage] = []
     try:
         channel = await bus.channel()
@@ -66,9 +66,9 @@ async def test_trace_holds_no_pin_pin_block_or_pan(
         right = await erin.debit(pos, "M-1002", 900, root, DEBIT_PIN)
         wrong = await erin.debit(pos, "M-1002", 900, root, WRONG_PIN)
         credit = await alice.buy(pos, "M-1001", 1_100)
-        assert demo_cases.describe(right) == SALE_APPROVED
-        assert demo_cases.describe(wrong) == DECLINED
-        assert demo_cases.describe(credit) == demo_cases.APPROVED
+        assert right.describe() == SALE_APPROVED
+        assert wrong.describe() == DECLINED
+        assert credit.describe() == demo_cases.APPROVED
 
         async def record(message: AbstractIncomingMessage) -> None:
             recorded.append(message)

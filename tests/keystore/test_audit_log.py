@@ -58,7 +58,7 @@ async def test_5000_concurrent_ops_leave_5000_whole_audit_lines(
     }
     with log_path.open("ab") as log_file:  # O_APPEND, as the supervisor opens it
         proc = subprocess.Popen(
-            [sys.executable, "-m", "setpay", "keystore", "serve", "--url", url,
+            [sys.executable, "-m", "cli", "keystore", "serve", "--url", url,
              "--queue", queue, "--workers", "2"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log_file, env=env,
         )  # fmt: skip

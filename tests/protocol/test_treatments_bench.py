@@ -7,7 +7,7 @@ import json
 import pytest
 
 from bench import protocol as bench_protocol
-from setpay import cli
+from cli import main as cli
 
 
 def test_bench_protocol_cli_prints_ratios(capsys: pytest.CaptureFixture[str]) -> None:

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from setpay import cli, config
+from cli import main as cli
+from setpay import config
 
 
 def test_defaults_work_on_a_developer_machine() -> None:

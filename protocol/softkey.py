@@ -1,6 +1,8 @@
 """A software ``protocol.keys.PrivateKey``: for measurement, the self-check and tests only.
 
-Rule 1: the product never uses it; every product key lives in the PKCS#11 token.
+Rule 1: the product never uses it; every product key lives in the PKCS#11 token. It lives in
+``protocol/`` because it is pure crypto (``cryptography`` and ``protocol`` only), so the bench,
+the demo's self-check and the tests share one implementation without importing ``bench/``.
 Rule 2: it follows the wire conventions of ``protocol/keys.py`` exactly, so what it signs or
 decrypts interoperates with the HSM-backed keys.
 """

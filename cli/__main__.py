@@ -1,0 +1,5 @@
+"""``python -m cli`` is the ``setpay`` command (how the supervisor spawns its children)."""
+
+from cli.main import main
+
+raise SystemExit(main())

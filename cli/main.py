@@ -1,0 +1,67 @@
+"""The ``setpay`` command: one parser made of every layer's subcommands.
+
+Rule 1: each layer's CLI module is imported here by name and adds its subcommands through
+``register(subparsers)``; each parser it adds sets ``func(args, settings) -> int``.
+Rule 2: configuration is loaded and logging configured here, once, before any command runs.
+Rule 3: errors a user can fix (``setpay.cli.CommandError``, ``ConfigError``) are printed as
+one line, exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+import actors.cli
+import actors.demo
+import bench.cli
+import broker.cli
+import keystore.cli
+from setpay import __version__, config, logs
+from setpay.cli import CommandError
+
+COMMAND_MODULES = (keystore.cli, broker.cli, actors.cli, actors.demo, bench.cli)
+
+
+def _cmd_config(args: argparse.Namespace, settings: config.Settings) -> int:
+    described = settings.describe()
+    if args.json:
+        print(json.dumps(described, indent=2))
+    else:
+        width = max(map(len, described))
+        for name, value in described.items():
+            print(f"{name.ljust(width)}  {value}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``setpay`` parser with every layer's subcommands."""
+    parser = argparse.ArgumentParser(prog="setpay", description="SET/OPE payments over RabbitMQ")
+    parser.add_argument("--version", action="version", version=f"setpay {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    cfg = sub.add_parser("config", help="print the effective configuration (secrets masked)")
+    cfg.add_argument("--json", action="store_true", help="print as JSON")
+    cfg.set_defaults(func=_cmd_config)
+    for module in COMMAND_MODULES:
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one ``setpay`` command; its exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        settings = config.load()
+        logs.configure(settings.log_format, settings.log_level)
+        return int(args.func(args, settings) or 0)
+    except (config.ConfigError, CommandError) as exc:
+        print(f"setpay: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
