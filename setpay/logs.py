@@ -138,7 +138,7 @@ class _ToStructlog(logging.Handler):
     """Routes libraries' stdlib logging (aio-pika, aiormq) into the same JSON lines."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        structlog.get_logger(logger=record.name).log(
+        structlog.get_logger(source=record.name).log(
             record.levelno, record.getMessage(), exc_info=record.exc_info
         )
 
