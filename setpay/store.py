@@ -187,8 +187,12 @@ class Store:
 
     def _sqlite_begin(self, conn: Connection) -> None:
         # The pysqlite recipe: the driver never begins by itself, we do, and a write
-        # transaction takes the write lock now rather than at its first write.
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if self._immediate else "BEGIN")
+        # transaction takes the write lock now rather than at its first write. Sent on the
+        # driver connection (the recipe uses exec_driver_sql): it is one statement per
+        # transaction on the hot path, and needs no result handling.
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        raw.execute("BEGIN IMMEDIATE" if self._immediate else "BEGIN")
 
     def close(self) -> None:
         with self._lock:
