@@ -157,7 +157,13 @@ def _private_file(path: Path) -> None:
     parent = path.parent.stat()
     if parent.st_uid == os.getuid() and stat.S_IMODE(parent.st_mode) != DIR_MODE:
         os.chmod(path.parent, DIR_MODE)
-    os.close(os.open(path, os.O_CREAT | os.O_RDWR, FILE_MODE))  # never truncates
+    # Never open an existing database file here: closing any descriptor of a file drops
+    # every POSIX lock this process holds on it, including those of a live SQLite connection.
+    if not path.exists():
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, FILE_MODE))
+        except FileExistsError:
+            pass  # created meanwhile by another opener: its mode is checked below
     for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm"), Path(f"{path}-journal")):
         if p.exists() and stat.S_IMODE(p.stat().st_mode) != FILE_MODE:
             os.chmod(p, FILE_MODE)

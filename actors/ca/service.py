@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import secrets
-import sqlite3
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -116,6 +115,7 @@ from protocol.signed import SignedData, open_signed, sign_data
 from protocol.treatments import make_enck
 from protocol.wrapper import Decoded, decode_message, encode_message, make_header, peek_header
 from setpay.logs import get_logger
+from setpay.store import IntegrityError
 
 log = get_logger(component="ca")
 
@@ -315,7 +315,7 @@ class CAService:
                     continue  # refreshed meanwhile
                 try:
                     await self.h.publish_revocation(self.h.ca_names_of_brand(brand), [brand], now)
-                except sqlite3.IntegrityError:
+                except IntegrityError:
                     continue  # another CA process published the same numbers first
                 log.info("ca_bci_refreshed", brand=brand, sequence=seq + 1)
 
