@@ -51,7 +51,7 @@ AUTHS: Final = sa.Table(
 SCHEMA: Final = Schema("gateway_ledger", _MD)
 
 _R = REPLIES.metadata.tables["replies"]
-# Statements built once: SQLAlchemy caches their compiled form, the hot path only binds.
+# Statements built once, compiled once per ledger (``Store.prepare``): the hot path only binds.
 # fmt: off
 _GET: Final = (
     sa.select(
@@ -76,6 +76,10 @@ _FINISH: Final = (
     )
     .returning(AUTHS.c.request_digest, AUTHS.c.xid, AUTHS.c.rrn)
 )
+_NEW_COLUMNS: Final = (
+    "rrpid", "request_digest", "xid", "pi_id", "merchant_id", "currency", "req_amount",
+    "capture_now", "rrn", "state", "created_at", "updated_at",
+)  # fmt: skip
 _COUNT: Final = sa.select(sa.func.count()).select_from(AUTHS)
 
 
@@ -130,7 +134,11 @@ class Ledger:
         self.path = Path(path) if self.db.path is None else self.db.path
         self.clock = clock
         self.replies = ReplyStore(self.db)
-        self._insert = self.db.insert_ignore(AUTHS)
+        self._insert = self.db.prepare(
+            self.db.insert_ignore(AUTHS).values({k: sa.bindparam(k) for k in _NEW_COLUMNS})
+        )
+        self._get = self.db.prepare(_GET)
+        self._finish = self.db.prepare(_FINISH)
 
     def close(self) -> None:
         self.db.close()
@@ -140,8 +148,9 @@ class Ledger:
         return self.db.transaction()
 
     def get(self, rrpid: bytes) -> Entry | None:
-        row = self.db.one(_GET, {"rrpid": rrpid})
-        return None if row is None else Entry(*row)
+        with self.db.read() as db:
+            rows, _ = self._get.run(db, {"rrpid": rrpid})
+        return Entry(*rows[0]) if rows else None
 
     def reserve(self, auth: NewAuth) -> Entry:
         """Record the request (Rule 2); the existing entry if this RRPID has one.
@@ -151,8 +160,8 @@ class Ledger:
             try:
                 # One statement on the hot path: a redelivered RRPID is skipped (no row
                 # returned); a PI held by another RRPID still violates ``pi_id UNIQUE``.
-                new = db.execute(
-                    self._insert,
+                new, _ = self._insert.run(
+                    db,
                     {
                         "rrpid": auth.rrpid,
                         "request_digest": auth.request_digest,
@@ -167,19 +176,19 @@ class Ledger:
                         "created_at": now,
                         "updated_at": now,
                     },
-                ).first()
+                )
             except IntegrityError:
                 raise PiUsed("PI already used by another request") from None
-            if new is None:
-                return Entry(*db.execute(_GET, {"rrpid": auth.rrpid}).one())
+            if not new:  # this RRPID's row exists already: a redelivery resumes it
+                return Entry(*self._get.run(db, {"rrpid": auth.rrpid})[0][0])
         return Entry(auth.rrpid, auth.request_digest, auth.xid, "pending", auth.rrn, None, None)
 
     def finish(self, rrpid: bytes, outcome: Outcome) -> Entry:
         """Store the answer of a pending entry; an entry already done keeps its answer."""
         now = self.clock()
         with self._tx() as db:
-            done = db.execute(
-                _FINISH,
+            done, _ = self._finish.run(
+                db,
                 {
                     "key": rrpid,
                     "auth_code": outcome.auth_code,
@@ -189,13 +198,13 @@ class Ledger:
                     "release": outcome.release_pi,
                     "now": now,
                 },
-            ).first()
-            if done is None:  # already done (or unknown): the first answer stands
-                row = db.execute(_GET, {"rrpid": rrpid}).first()
-                if row is None:
+            )
+            if not done:  # already done (or unknown): the first answer stands
+                rows, _ = self._get.run(db, {"rrpid": rrpid})
+                if not rows:
                     raise KeyError(rrpid.hex())
-                return Entry(*row)
-            digest, xid, rrn = done
+                return Entry(*rows[0])
+            digest, xid, rrn = done[0]
             self.replies.save(db, rrpid, digest, outcome.reply_type, outcome.reply, int(now * 1000))
         return Entry(rrpid, digest, xid, "done", rrn, outcome.reply_type, outcome.reply)
 

@@ -6,17 +6,15 @@ import asyncio
 import os
 import sqlite3
 import stat
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 import sqlalchemy as sa
 from alembic.operations import Operations
 
 from setpay.store import (
     REPLIES,
+    IntegrityError,
     ReplyConflict,
     ReplyStore,
     Schema,
@@ -25,24 +23,13 @@ from setpay.store import (
     StoreError,
     open_store,
 )
+from tests.fixtures_store import store_target  # noqa: F401 - the fixture
 
-PG_ADMIN = os.environ.get("SETPAY_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str | Path]:
-    """Where a store lives: a file under a fresh directory, or a fresh PostgreSQL database
-    (created here and dropped afterwards)."""
-    if request.param == "sqlite":
-        yield tmp_path / "data" / "store.sqlite"
-        return
-    name = f"setpay_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-        try:
-            yield sa.make_url(PG_ADMIN).set(database=name).render_as_string(hide_password=False)
-        finally:
-            admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+@pytest.fixture
+def target(store_target: str | Path) -> str | Path:  # noqa: F811 - the imported fixture
+    """Each test runs on SQLite and on a throw-away PostgreSQL database."""
+    return store_target
 
 
 def items_v1() -> tuple[Schema, sa.Table]:
@@ -119,9 +106,8 @@ def test_sqlite_connection_settings(tmp_path: Path) -> None:
                 p: db.exec_driver_sql(f"PRAGMA {p}").scalar()
                 for p in ("journal_mode", "synchronous", "foreign_keys", "busy_timeout")
             }
-        assert pragma == {
-            "journal_mode": "wal", "synchronous": 2, "foreign_keys": 1, "busy_timeout": 10_000,
-        }  # fmt: skip  (synchronous 2 = FULL)
+        expected = {"journal_mode": "wal", "synchronous": 2, "foreign_keys": 1}  # 2: FULL
+        assert pragma == {**expected, "busy_timeout": 10_000}
     finally:
         store.close()
 
@@ -293,5 +279,50 @@ def test_reply_store_refuses_same_id_with_other_digest(target: str | Path) -> No
                 replies.save(db, b"rrpid-1", b"digest-B", "PRes", b"other", 1_800)
         assert replies.get(b"rrpid-1") == stored
         assert replies.count() == 1
+    finally:
+        store.close()
+
+
+def test_insert_ignore_skips_only_the_primary_key(target: str | Path) -> None:
+    md = sa.MetaData()
+    t = sa.Table(
+        "uniq",
+        md,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("token", sa.LargeBinary, unique=True),
+    )
+    store = open_store(target, [Schema("uniq", md)])
+    try:
+        with store.transaction() as db:
+            db.execute(store.insert_ignore(t), {"id": 1, "token": b"a"})
+        with pytest.raises(IntegrityError):  # another key, a taken unique value: refused
+            with store.transaction() as db:
+                db.execute(store.insert_ignore(t), {"id": 2, "token": b"a"})
+        assert store.all(sa.select(t.c.id, t.c.token)) == [(1, b"a")]
+    finally:
+        store.close()
+
+
+def test_prepared_statements_bind_fixed_values_and_raise_integrity_errors(
+    target: str | Path,
+) -> None:
+    schema, t = items_v1()
+    store = open_store(target, [schema])
+    insert = store.prepare(sa.insert(t).values(id=sa.bindparam("id"), name=sa.bindparam("name")))
+    rename = store.prepare(
+        sa.update(t).where(t.c.id == sa.bindparam("key")).values(name="fixed").returning(t.c.id)
+    )
+    get = store.prepare(sa.select(t.c.id, t.c.name).where(t.c.id == sa.bindparam("key")))
+    try:
+        with store.transaction() as db:
+            assert insert.run(db, {"id": 1, "name": "a"})[1] == 1
+            assert rename.run(db, {"key": 1})[0] == [(1,)]
+        with store.read() as db:
+            assert get.run(db, {"key": 1})[0] == [(1, "fixed")]
+            assert get.run(db, {"key": 2})[0] == []
+        with pytest.raises(IntegrityError):
+            with store.transaction() as db:
+                insert.run(db, {"id": 1, "name": "again"})
+        assert names(store, t) == ["fixed"]
     finally:
         store.close()
