@@ -38,6 +38,11 @@ inside the open transaction when there is one (they see its own writes), else in
 read transaction of their own. One ``Store`` holds one connection, guarded by a lock, so it
 may be shared by the coroutines and threads of one process.
 
+Hot paths (the gateway ledger, the reply store) compile their statements once per store with
+``Store.prepare`` and run them on the driver cursor: plain Core costs about 20 us a statement
+in SQLAlchemy's execution machinery, which tripled the ledger's CPU time per commit; prepared,
+it is within ~15 us of hand-written sqlite3 (and fsync, not CPU, dominates a FULL commit).
+
 Rule 4 (replies): ``ReplyStore`` (schema ``REPLIES``) is the one idempotent reply store:
 request id -> request digest, reply type, reply bytes, created at. The same id with the same
 digest gets the stored reply; the same id with another digest is a replay (``ReplyConflict``).
