@@ -44,9 +44,7 @@ class Effects:
         """(effects, distinct message ids, sum of n)."""
         c = EFFECTS.c
         row = self.store.one(
-            sa.select(
-                sa.func.count(), sa.func.count(sa.distinct(c.message_id)), sa.func.sum(c.n)
-            )
+            sa.select(sa.func.count(), sa.func.count(sa.distinct(c.message_id)), sa.func.sum(c.n))
         )
         assert row is not None
         return int(row[0]), int(row[1]), int(row[2] or 0)
