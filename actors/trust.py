@@ -1,4 +1,4 @@
-"""A party's revocation cache: the current BCI of each brand and the CRLs it names (SQLite).
+"""A party's revocation cache: the current BCI of each brand and the CRLs it names (a store).
 
 Rule 1: a BCI is taken only after its Brand CA certificate validates to the trusted root and
 the BCI verifies under it (``protocol.revocation.open_bci``); a forged or expired one raises
@@ -10,13 +10,14 @@ uses it (``RevocationState.check``), and a named CRL not held is ``missingCertif
 Rule 3: everything arrives through ``offer`` — from CA responses (``refresh_from_ca``, the
 operator's path), and from certificates/CRLs/BCIs attached to SET messages; the cache is
 stored with its thumbprints (SHA-256 of the exact bytes) so peers can be told what is held.
-Rule 4: ``state`` re-reads the database when another connection (the operator's CLI) changed
-it, and checks the BCI's validity window at every use.
+Rule 4: ``state`` re-reads the database when its generation moved (every change, from any
+connection — the operator's CLI included — bumps ``trust_generation`` in the same
+transaction; portable, unlike SQLite's ``data_version``), and checks the BCI's validity
+window at every use.
 """
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Final
 
+import sqlalchemy as sa
 from cryptography import x509
 
 from protocol import codec, primitives
@@ -43,21 +45,40 @@ from protocol.requester import CAClient, me_aq_init
 from protocol.revocation import Bci, RevocationState, bci_thumbprint, crl_number, open_bci
 from protocol.signed import SignedData
 from setpay.logs import get_logger
-from setpay.sqlite import transaction
+from setpay.store import Connection, Schema, open_store
 
 log = get_logger(component="trust")
 
-SCHEMA_VERSION: Final = 1
 MAX_CRLS_PER_BRAND: Final = 64  # the BCI names one per CA; room for bad copies, bounded
-_SCHEMA: Final = """
-CREATE TABLE IF NOT EXISTS trust_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS trust_bci (
-    brand TEXT PRIMARY KEY, sequence INTEGER NOT NULL, thumb BLOB NOT NULL,
-    bci BLOB NOT NULL, brand_cert BLOB NOT NULL, updated INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS trust_crl (
-    thumb BLOB PRIMARY KEY, brand TEXT NOT NULL, number INTEGER NOT NULL,
-    crl BLOB NOT NULL, added INTEGER NOT NULL);
-"""
+_MD = sa.MetaData()
+TRUST_BCI: Final = sa.Table(
+    "trust_bci", _MD,
+    sa.Column("brand", sa.String(64), primary_key=True),
+    sa.Column("sequence", sa.BigInteger, nullable=False),
+    sa.Column("thumb", sa.LargeBinary, nullable=False),
+    sa.Column("bci", sa.LargeBinary, nullable=False),
+    sa.Column("brand_cert", sa.LargeBinary, nullable=False),
+    sa.Column("updated", sa.BigInteger, nullable=False),
+)  # fmt: skip
+TRUST_CRL: Final = sa.Table(
+    "trust_crl", _MD,
+    sa.Column("thumb", sa.LargeBinary, primary_key=True),
+    sa.Column("brand", sa.String(64), nullable=False),
+    sa.Column("number", sa.BigInteger, nullable=False),
+    sa.Column("crl", sa.LargeBinary, nullable=False),
+    sa.Column("added", sa.BigInteger, nullable=False),
+)  # fmt: skip
+TRUST_GENERATION: Final = sa.Table(
+    "trust_generation", _MD,
+    sa.Column("id", sa.Integer, sa.CheckConstraint("id = 1"), primary_key=True,
+              autoincrement=False),
+    sa.Column("n", sa.BigInteger, nullable=False),
+)  # fmt: skip
+SCHEMA: Final = Schema("trust", _MD)
+_GENERATION: Final = sa.select(TRUST_GENERATION.c.n).where(TRUST_GENERATION.c.id == 1)
+_BUMP: Final = (
+    sa.update(TRUST_GENERATION).where(TRUST_GENERATION.c.id == 1).values(n=TRUST_GENERATION.c.n + 1)
+)
 
 
 class Offered(Enum):
@@ -101,44 +122,42 @@ class RevocationCache:
     def __init__(self, path: Path, root: x509.Certificate) -> None:
         self.path = path
         self.root = root
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None, timeout=10.0)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
-        self._db.execute(
-            "INSERT OR IGNORE INTO trust_meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
-        )
+        self.db = open_store(path, [SCHEMA])
+        with self.db.transaction() as db:
+            db.execute(self.db.insert_ignore(TRUST_GENERATION), {"id": 1, "n": 0})
         self._states: dict[str, tuple[int, RevocationState]] = {}
 
     def close(self) -> None:
-        self._db.close()
+        self.db.close()
 
-    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
-        """One atomic change (setpay/sqlite.py): committed on exit, rolled back on error."""
-        return transaction(self._db)
+    def _tx(self) -> AbstractContextManager[Connection]:
+        """One atomic change (setpay/store.py): committed on exit, rolled back on error.
+        Callers bump the generation inside it (Rule 4)."""
+        return self.db.transaction()
 
     # -- reading --------------------------------------------------------------------------------
 
     def held(self, brand: str) -> Held | None:
         """The BCI and CRLs held for ``brand``, or None."""
-        row = self._db.execute(
-            "SELECT sequence, bci, brand_cert FROM trust_bci WHERE brand = ?", (brand,)
-        ).fetchone()
-        if row is None:
-            return None
-        crls = tuple(
-            r[0]
-            for r in self._db.execute(
-                "SELECT crl FROM trust_crl WHERE brand = ? ORDER BY added, thumb", (brand,)
+        b, c = TRUST_BCI.c, TRUST_CRL.c
+        with self.db.read() as db:  # one read transaction: the BCI and its CRLs agree
+            row = db.execute(
+                sa.select(b.sequence, b.bci, b.brand_cert).where(b.brand == brand)
+            ).first()
+            if row is None:
+                return None
+            crls = tuple(
+                bytes(r[0])
+                for r in db.execute(
+                    sa.select(c.crl).where(c.brand == brand).order_by(c.added, c.thumb)
+                )
             )
-        )
         return Held(brand, int(row[0]), bytes(row[1]), load_certificate(bytes(row[2])), crls)
 
     def state(self, brand: str, now_ms: int) -> RevocationState | None:
         """The revocation view of ``brand`` for chain validation; None if no BCI is held.
         An expired BCI raises ``ProtocolError(expiredCertificate)`` (refresh it)."""
-        version = int(self._db.execute("PRAGMA data_version").fetchone()[0])
+        version = int(self.db.scalar(_GENERATION))
         cached = self._states.get(brand)
         if cached is not None and cached[0] == version:
             bci = cached[1].bci
@@ -185,14 +204,14 @@ class RevocationCache:
         Raises ``ProtocolError`` for a BCI that does not verify; nothing is stored then."""
         crl_list = list(crls)
         if bci is None:
-            for brand in [r[0] for r in self._db.execute("SELECT brand FROM trust_bci")]:
+            for brand in [r[0] for r in self.db.all(sa.select(TRUST_BCI.c.brand))]:
                 held = self.held(brand)
                 assert held is not None
                 self._add_crls(held, crl_list, now_ms)
             return Offered.NONE
         candidates = list(certs)
         signer = _signer_of(bci)
-        for row in self._db.execute("SELECT brand_cert FROM trust_bci"):
+        for row in self.db.all(sa.select(TRUST_BCI.c.brand_cert)):
             cert = load_certificate(bytes(row[0]))
             if cert_thumbprint(cert) == signer:
                 candidates.append(cert)
@@ -219,52 +238,45 @@ class RevocationCache:
         self, new: Bci, bci: bytes, brand_cert: x509.Certificate, crls: list[bytes], now_ms: int
     ) -> None:
         numbers = {entry.number for entry in new.crls}
-        self._states.pop(new.brand, None)  # our own commits do not move data_version
+        values = {
+            "brand": new.brand, "sequence": new.sequence, "thumb": bci_thumbprint(bci),
+            "bci": bci, "brand_cert": certificate_der(brand_cert), "updated": now_ms,
+        }  # fmt: skip
+        c = TRUST_CRL.c
         with self._tx() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO trust_bci VALUES (?,?,?,?,?,?)",
-                (
-                    new.brand,
-                    new.sequence,
-                    bci_thumbprint(bci),
-                    bci,
-                    certificate_der(brand_cert),
-                    now_ms,
-                ),
-            )
-            for thumb, number in db.execute(
-                "SELECT thumb, number FROM trust_crl WHERE brand = ?", (new.brand,)
-            ).fetchall():
-                if number not in numbers:
-                    db.execute("DELETE FROM trust_crl WHERE thumb = ?", (thumb,))
+            db.execute(_BUMP)
+            db.execute(self.db.upsert(TRUST_BCI, values))
+            db.execute(sa.delete(TRUST_CRL).where(c.brand == new.brand, c.number.not_in(numbers)))
             self._insert_crls(db, new.brand, numbers, crls, now_ms)
 
     def _add_crls(self, held: Held, crls: list[bytes], now_ms: int) -> int:
         if not crls:
             return 0
         bci = codec.decode(Bci, codec.decode(SignedData, held.bci).content)  # verified on entry
-        self._states.pop(held.brand, None)
         with self._tx() as db:
-            return self._insert_crls(db, held.brand, {e.number for e in bci.crls}, crls, now_ms)
+            added = self._insert_crls(db, held.brand, {e.number for e in bci.crls}, crls, now_ms)
+            if added:
+                db.execute(_BUMP)
+        return added
 
-    @staticmethod
     def _insert_crls(
-        db: sqlite3.Connection, brand: str, numbers: set[int], crls: list[bytes], now_ms: int
+        self, db: Connection, brand: str, numbers: set[int], crls: list[bytes], now_ms: int
     ) -> int:
-        count = int(
-            db.execute("SELECT COUNT(*) FROM trust_crl WHERE brand = ?", (brand,)).fetchone()[0]
-        )
+        c = TRUST_CRL.c
+        count = int(db.execute(sa.select(sa.func.count()).where(c.brand == brand)).scalar() or 0)
+        insert = self.db.insert_ignore(TRUST_CRL)
         added = 0
         for der in crls:
             number = _crl_number_of(der)
             if number is None or number not in numbers or count >= MAX_CRLS_PER_BRAND:
                 continue
-            cur = db.execute(
-                "INSERT OR IGNORE INTO trust_crl VALUES (?,?,?,?,?)",
-                (primitives.thumbprint(der), brand, number, der, now_ms),
-            )
-            added += cur.rowcount
-            count += cur.rowcount
+            row = {
+                "thumb": primitives.thumbprint(der), "brand": brand, "number": number,
+                "crl": der, "added": now_ms,
+            }  # fmt: skip
+            if db.execute(insert, row).first() is not None:
+                added += 1
+                count += 1
         return added
 
 

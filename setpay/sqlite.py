@@ -1,4 +1,8 @@
-"""SQLite, the embedded store of every actor instance: one way to run a transaction.
+"""Superseded by setpay/store.py; kept only for the issuer's stores until they move onto it.
+
+Remaining users: actors/issuer/accounts.py and actors/issuer/saf.py (being restructured on
+another branch; the conversion steps are in setpay/store.py's docstring). Delete this module
+with their conversion. New code uses ``setpay.store``.
 
 Rule 1: connections run in autocommit mode (``isolation_level=None``) with WAL; every change
 goes through ``transaction``, which takes the write lock up front (``BEGIN IMMEDIATE``) so

@@ -11,7 +11,6 @@ and PCA, so a party holding the BCI knows exactly which CRLs to hold.
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -37,6 +36,7 @@ from protocol.certs import (
 from protocol.ids import to_dt, to_ms
 from protocol.keys import PrivateKey, PublicKey
 from protocol.revocation import certificate_crl_id, issue_bci, issue_crl
+from setpay.store import Connection
 
 ROOT = "root"
 ROOT_BRAND = "setpay-root"
@@ -190,7 +190,7 @@ class Hierarchy:
         }
         return Issued(serial, cert), row
 
-    def commit_cert(self, db: sqlite3.Connection, row: dict[str, object]) -> None:
+    def commit_cert(self, db: Connection, row: dict[str, object]) -> None:
         self.store.add_cert(db, **row)  # type: ignore[arg-type]
 
     async def issue_ee(

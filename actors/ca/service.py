@@ -29,7 +29,6 @@ import asyncio
 import functools
 import hashlib
 import secrets
-import sqlite3
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -122,6 +121,7 @@ from protocol.wrapper import (
     make_header,
 )
 from setpay.logs import get_logger
+from setpay.store import IntegrityError
 
 log = get_logger(component="ca")
 
@@ -278,7 +278,7 @@ class CAService:
                     continue  # refreshed meanwhile
                 try:
                     await self.h.publish_revocation(self.h.ca_names_of_brand(brand), [brand], now)
-                except sqlite3.IntegrityError:
+                except IntegrityError:
                     continue  # another CA process published the same numbers first
                 log.info("ca_bci_refreshed", brand=brand, sequence=seq + 1)
 

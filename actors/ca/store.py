@@ -1,85 +1,114 @@
 """The CA database: certificates, serials, revocations, CRLs/BCIs, requests and challenges.
 
-Rule 1: SQLite in WAL mode under ``<data_dir>/ca/ca.sqlite``; the schema is created by the code
-and versioned (``meta.schema_version``). Every multi-row change is one transaction.
+Rule 1: one store (setpay/store.py: SQLite, WAL, 0600) under ``<data_dir>/ca/ca.sqlite``; the
+schema is Core metadata, versioned by the store layer. Every multi-row change is one
+``transaction()``.
 Rule 2: serials come from a persisted counter that only moves forward: a serial handed out
 is never handed out again, even if the issuance that asked for it failed or the process died.
 Rule 3: the PAN is never stored. A cardholder certificate row holds the certificate (whose
 account hash is keyed by PANSecret) and opaque ids only.
-Rule 4: request ids (RRPIDs) and challenges are remembered with the reply sent; a repeated
-identical request gets the stored reply, a different request under a seen id is a replay.
+Rule 4: request ids (RRPIDs) and challenges are remembered with the reply sent (the shared
+reply store, ``setpay.store.ReplyStore``); a repeated identical request gets the stored reply,
+a different request under a seen id is a replay.
 Rule 5: what a pended cardholder request leaves behind (CABackKey, Nonce-CCA) is stored only
-sealed (``held``, see ``actors.ca.vault``); a version-1 database gains that table on open.
+sealed (``held``, see ``actors.ca.vault``).
 """
 
 from __future__ import annotations
 
-import sqlite3
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
-SCHEMA_VERSION = 2  # 2: table ``held``
+import sqlalchemy as sa
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS serial_counter (id INTEGER PRIMARY KEY CHECK (id = 1),
-    next INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS cas (
-    name TEXT PRIMARY KEY,          -- "root", "alpha.brand", "alpha.cca", "alpha.cca.kx" ...
-    brand TEXT NOT NULL,
-    role TEXT NOT NULL,             -- root | brand | cca | mca | pca
-    key_use TEXT NOT NULL,          -- sig | kx
-    key_label TEXT NOT NULL,
-    serial INTEGER NOT NULL REFERENCES certs(serial)
-);
-CREATE TABLE IF NOT EXISTS certs (
-    serial INTEGER PRIMARY KEY,
-    issuer TEXT NOT NULL,           -- CA name of the issuer (``cas.name``)
-    subject TEXT NOT NULL,          -- common name (opaque for cardholders)
-    cert_type TEXT NOT NULL,
-    brand TEXT NOT NULL,
-    key_use TEXT NOT NULL,
-    thumb BLOB NOT NULL UNIQUE,
-    spki_hash BLOB NOT NULL,
-    not_after INTEGER NOT NULL,     -- ms since the epoch
-    der BLOB NOT NULL,
-    issued_at INTEGER NOT NULL,
-    revoked_at INTEGER,
-    reason TEXT
-);
-CREATE INDEX IF NOT EXISTS certs_spki ON certs (spki_hash);
-CREATE TABLE IF NOT EXISTS crls (
-    ca TEXT NOT NULL, number INTEGER NOT NULL, der BLOB NOT NULL, created INTEGER NOT NULL,
-    PRIMARY KEY (ca, number));
-CREATE TABLE IF NOT EXISTS bcis (
-    brand TEXT NOT NULL, sequence INTEGER NOT NULL, data BLOB NOT NULL,
-    created INTEGER NOT NULL, PRIMARY KEY (brand, sequence));
-CREATE TABLE IF NOT EXISTS requests (
-    rrpid BLOB PRIMARY KEY,
-    digest BLOB NOT NULL,           -- SHA-256 of the request body: same id, other body = replay
-    msg_type TEXT NOT NULL,
-    reply_type TEXT NOT NULL,
-    reply BLOB NOT NULL,
-    created INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS challenges (
-    chall BLOB PRIMARY KEY,         -- Chall-CA handed out in RegFormRes
-    brand TEXT NOT NULL,
-    reg_form_id INTEGER NOT NULL,
-    created INTEGER NOT NULL,
-    used_by BLOB);                  -- RRPID of the CertReq that consumed it
-CREATE TABLE IF NOT EXISTS pending (
-    rrpid BLOB PRIMARY KEY,         -- the CertReq's RRPID
-    lid_ee BLOB NOT NULL UNIQUE,
-    state TEXT NOT NULL,            -- pending | approved | rejected | issued:<serials>
-    detail BLOB NOT NULL,           -- what the issuing step needs (never a PAN)
-    created INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS held (
-    rrpid BLOB PRIMARY KEY REFERENCES pending(rrpid),
-    sealed BLOB NOT NULL);          -- vault.HeldSecrets sealed to the CCA's kx key
-"""
+from setpay.store import (
+    REPLIES,
+    Connection,
+    ReplyStore,
+    Schema,
+    StoredReply,
+    open_store,
+)
+
+__all__ = ["CARow", "CAStore", "CertRow", "StoredReply"]
+
+_MD = sa.MetaData()
+B, T, I = sa.LargeBinary, sa.String, sa.BigInteger  # noqa: E741 - column type shorthands
+META: Final = sa.Table(
+    "meta", _MD,
+    sa.Column("key", T(64), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)  # fmt: skip
+SERIAL_COUNTER: Final = sa.Table(
+    "serial_counter", _MD,
+    sa.Column("id", sa.Integer, sa.CheckConstraint("id = 1"), primary_key=True,
+              autoincrement=False),
+    sa.Column("next", I, nullable=False),
+)  # fmt: skip
+CERTS: Final = sa.Table(
+    "certs", _MD,
+    sa.Column("serial", I, primary_key=True, autoincrement=False),
+    sa.Column("issuer", T(64), nullable=False),  # CA name of the issuer (``cas.name``)
+    sa.Column("subject", T(255), nullable=False),  # common name (opaque for cardholders)
+    sa.Column("cert_type", T(16), nullable=False),
+    sa.Column("brand", T(64), nullable=False),
+    sa.Column("key_use", T(8), nullable=False),
+    sa.Column("thumb", B, nullable=False, unique=True),
+    sa.Column("spki_hash", B, nullable=False, index=True),
+    sa.Column("not_after", I, nullable=False),  # ms since the epoch
+    sa.Column("der", B, nullable=False),
+    sa.Column("issued_at", I, nullable=False),
+    sa.Column("revoked_at", I),
+    sa.Column("reason", T(32)),
+)  # fmt: skip
+CAS: Final = sa.Table(
+    "cas", _MD,
+    sa.Column("name", T(64), primary_key=True),  # "root", "alpha.brand", "alpha.cca" ...
+    sa.Column("brand", T(64), nullable=False),
+    sa.Column("role", T(8), nullable=False),  # root | brand | cca | mca | pca
+    sa.Column("key_use", T(8), nullable=False),  # sig | kx
+    sa.Column("key_label", T(128), nullable=False),
+    sa.Column("serial", I, sa.ForeignKey("certs.serial"), nullable=False),
+)  # fmt: skip
+CRLS: Final = sa.Table(
+    "crls", _MD,
+    sa.Column("ca", T(64), primary_key=True),
+    sa.Column("number", I, primary_key=True, autoincrement=False),
+    sa.Column("der", B, nullable=False),
+    sa.Column("created", I, nullable=False),
+)  # fmt: skip
+BCIS: Final = sa.Table(
+    "bcis", _MD,
+    sa.Column("brand", T(64), primary_key=True),
+    sa.Column("sequence", I, primary_key=True, autoincrement=False),
+    sa.Column("data", B, nullable=False),
+    sa.Column("created", I, nullable=False),
+)  # fmt: skip
+CHALLENGES: Final = sa.Table(
+    "challenges", _MD,
+    sa.Column("chall", B, primary_key=True),  # Chall-CA handed out in RegFormRes
+    sa.Column("brand", T(64), nullable=False),
+    sa.Column("reg_form_id", I, nullable=False),
+    sa.Column("created", I, nullable=False),
+    sa.Column("used_by", B),  # RRPID of the CertReq that consumed it
+)  # fmt: skip
+PENDING: Final = sa.Table(
+    "pending", _MD,
+    sa.Column("rrpid", B, primary_key=True),  # the CertReq's RRPID
+    sa.Column("lid_ee", B, nullable=False, unique=True),
+    sa.Column("state", T(255), nullable=False),  # pending | approved | rejected | issued:<serials>
+    sa.Column("detail", B, nullable=False),  # what the issuing step needs (never a PAN)
+    sa.Column("created", I, nullable=False),
+)  # fmt: skip
+HELD: Final = sa.Table(
+    "held", _MD,
+    sa.Column("rrpid", B, sa.ForeignKey("pending.rrpid"), primary_key=True),
+    sa.Column("sealed", B, nullable=False),  # vault.HeldSecrets sealed to the CCA's kx key
+)  # fmt: skip
+SCHEMA: Final = Schema("ca", _MD)
+FIRST_SERIAL: Final = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,41 +136,25 @@ class CARow:
     serial: int
 
 
-@dataclass(frozen=True, slots=True)
-class StoredReply:
-    digest: bytes
-    reply_type: str
-    reply: bytes
-
-
-_CERT_COLS = (
-    "serial, issuer, subject, cert_type, brand, key_use, thumb, not_after, der, revoked_at, reason"
-)
+_CERT_COLS = [
+    CERTS.c[n]
+    for n in (
+        "serial", "issuer", "subject", "cert_type", "brand", "key_use", "thumb", "not_after",
+        "der", "revoked_at", "reason",
+    )
+]  # fmt: skip
+_CA_COLS = [CAS.c[n] for n in ("name", "brand", "role", "key_use", "key_label", "serial")]
 
 
 class CAStore:
-    """One SQLite database; safe to share between coroutines of one process (one lock)."""
+    """One CA database (setpay/store.py); safe to share between coroutines and threads."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._lock = threading.RLock()
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(_SCHEMA)  # IF NOT EXISTS throughout: idempotent
+        self.db = open_store(path, [SCHEMA, REPLIES])
+        self.replies = ReplyStore(self.db)
         with self.transaction() as db:
-            db.execute("INSERT OR IGNORE INTO serial_counter (id, next) VALUES (1, 1000)")
-            db.execute(
-                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
-                (str(SCHEMA_VERSION),),
-            )
-        if self.meta("schema_version") == "1":  # v1 -> v2 only added a table, made above
-            self.set_meta("schema_version", str(SCHEMA_VERSION))
-        version = self.meta("schema_version")
-        if version != str(SCHEMA_VERSION):
-            raise RuntimeError(f"CA database schema {version}, code expects {SCHEMA_VERSION}")
+            db.execute(self.db.insert_ignore(SERIAL_COUNTER), {"id": 1, "next": FIRST_SERIAL})
 
     @classmethod
     def open(cls, data_dir: Path) -> CAStore:
@@ -149,43 +162,40 @@ class CAStore:
         return cls(data_dir / "ca" / "ca.sqlite")
 
     def close(self) -> None:
-        self._db.close()
+        self.db.close()
 
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """BEGIN IMMEDIATE … COMMIT, or ROLLBACK on any exception."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+    def transaction(self) -> AbstractContextManager[Connection]:
+        """One atomic change (setpay/store.py): write lock up front, committed on exit,
+        rolled back on any exception."""
+        return self.db.transaction()
 
     # -- meta and serials ---------------------------------------------------------------
 
     def meta(self, key: str) -> str | None:
-        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return None if row is None else str(row[0])
+        value = self.db.scalar(sa.select(META.c.value).where(META.c.key == key))
+        return None if value is None else str(value)
 
     def set_meta(self, key: str, value: str) -> None:
         with self.transaction() as db:
-            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+            db.execute(self.db.upsert(META, {"key": key, "value": value}))
 
     def next_serial(self) -> int:
         """A serial never returned before (committed before it is used, Rule 2)."""
+        c = SERIAL_COUNTER.c
         with self.transaction() as db:
             (serial,) = db.execute(
-                "UPDATE serial_counter SET next = next + 1 WHERE id = 1 RETURNING next - 1"
-            ).fetchone()
+                sa.update(SERIAL_COUNTER)
+                .where(c.id == 1)
+                .values(next=c.next + 1)
+                .returning(c.next - 1)
+            ).one()
         return int(serial)
 
     # -- CAs and certificates -------------------------------------------------------------
 
     def add_cert(
         self,
-        db: sqlite3.Connection,
+        db: Connection,
         *,
         serial: int,
         issuer: str,
@@ -201,128 +211,105 @@ class CAStore:
     ) -> None:
         """Insert a certificate row inside the caller's transaction."""
         db.execute(
-            "INSERT INTO certs (serial, issuer, subject, cert_type, brand, key_use, thumb,"
-            " spki_hash, not_after, der, issued_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-            (
-                serial,
-                issuer,
-                subject,
-                cert_type,
-                brand,
-                key_use,
-                thumb,
-                spki_hash,
-                not_after,
-                der,
-                issued_at,
-            ),
-        )
+            sa.insert(CERTS).values(
+                serial=serial, issuer=issuer, subject=subject, cert_type=cert_type,
+                brand=brand, key_use=key_use, thumb=thumb, spki_hash=spki_hash,
+                not_after=not_after, der=der, issued_at=issued_at,
+            )
+        )  # fmt: skip
 
-    def add_ca(self, db: sqlite3.Connection, row: CARow) -> None:
+    def add_ca(self, db: Connection, row: CARow) -> None:
         db.execute(
-            "INSERT INTO cas (name, brand, role, key_use, key_label, serial) VALUES (?,?,?,?,?,?)",
-            (row.name, row.brand, row.role, row.key_use, row.key_label, row.serial),
-        )
+            sa.insert(CAS).values(
+                name=row.name, brand=row.brand, role=row.role, key_use=row.key_use,
+                key_label=row.key_label, serial=row.serial,
+            )
+        )  # fmt: skip
 
     def ca(self, name: str) -> CARow | None:
-        row = self._db.execute(
-            "SELECT name, brand, role, key_use, key_label, serial FROM cas WHERE name = ?",
-            (name,),
-        ).fetchone()
+        row = self.db.one(sa.select(*_CA_COLS).where(CAS.c.name == name))
         return None if row is None else CARow(*row)
 
     def cas(self) -> list[CARow]:
-        rows = self._db.execute(
-            "SELECT name, brand, role, key_use, key_label, serial FROM cas ORDER BY rowid"
-        ).fetchall()
-        return [CARow(*r) for r in rows]
+        # Creation order: each CA row names the certificate issued for it, and serials only
+        # grow (Rule 2).
+        return [CARow(*r) for r in self.db.all(sa.select(*_CA_COLS).order_by(CAS.c.serial))]
 
     def cert(self, serial: int) -> CertRow | None:
-        row = self._db.execute(
-            f"SELECT {_CERT_COLS} FROM certs WHERE serial = ?",  # noqa: S608 - constant columns
-            (serial,),
-        ).fetchone()
+        row = self.db.one(sa.select(*_CERT_COLS).where(CERTS.c.serial == serial))
         return None if row is None else CertRow(*row)
 
     def cert_by_thumb(self, thumb: bytes) -> CertRow | None:
-        row = self._db.execute(
-            f"SELECT {_CERT_COLS} FROM certs WHERE thumb = ?",  # noqa: S608 - constant columns
-            (thumb,),
-        ).fetchone()
+        row = self.db.one(sa.select(*_CERT_COLS).where(CERTS.c.thumb == thumb))
         return None if row is None else CertRow(*row)
 
     def certs(self, *, brand: str | None = None, cert_type: str | None = None) -> list[CertRow]:
-        sql = f"SELECT {_CERT_COLS} FROM certs WHERE 1=1"  # noqa: S608
-        args: list[object] = []
+        stmt = sa.select(*_CERT_COLS)
         if brand is not None:
-            sql += " AND brand = ?"
-            args.append(brand)
+            stmt = stmt.where(CERTS.c.brand == brand)
         if cert_type is not None:
-            sql += " AND cert_type = ?"
-            args.append(cert_type)
-        return [CertRow(*r) for r in self._db.execute(sql + " ORDER BY serial", args)]
+            stmt = stmt.where(CERTS.c.cert_type == cert_type)
+        return [CertRow(*r) for r in self.db.all(stmt.order_by(CERTS.c.serial))]
 
     def key_certified(self, spki_hash: bytes) -> bool:
         """A certificate for this public key exists (keys are certified once)."""
-        row = self._db.execute(
-            "SELECT 1 FROM certs WHERE spki_hash = ? LIMIT 1", (spki_hash,)
-        ).fetchone()
-        return row is not None
+        stmt = sa.select(sa.literal(1)).where(CERTS.c.spki_hash == spki_hash).limit(1)
+        return self.db.one(stmt) is not None
 
     def revoked(self, issuer: str) -> list[tuple[int, int]]:
         """(serial, revoked_at ms) of every revoked certificate ``issuer`` issued."""
-        rows = self._db.execute(
-            "SELECT serial, revoked_at FROM certs WHERE issuer = ? AND revoked_at IS NOT NULL"
-            " ORDER BY serial",
-            (issuer,),
-        ).fetchall()
+        c = CERTS.c
+        rows = self.db.all(
+            sa.select(c.serial, c.revoked_at)
+            .where(c.issuer == issuer, c.revoked_at.is_not(None))
+            .order_by(c.serial)
+        )
         return [(int(s), int(t)) for s, t in rows]
 
-    def mark_revoked(self, db: sqlite3.Connection, serial: int, when: int, reason: str) -> bool:
+    def mark_revoked(self, db: Connection, serial: int, when: int, reason: str) -> bool:
         """Revoke inside the caller's transaction; False if it was already revoked."""
+        c = CERTS.c
         cur = db.execute(
-            "UPDATE certs SET revoked_at = ?, reason = ? WHERE serial = ? AND revoked_at IS NULL",
-            (when, reason, serial),
+            sa.update(CERTS)
+            .where(c.serial == serial, c.revoked_at.is_(None))
+            .values(revoked_at=when, reason=reason)
         )
         return cur.rowcount == 1
 
     # -- CRLs and BCIs ----------------------------------------------------------------------
 
-    def add_crl(self, db: sqlite3.Connection, ca: str, number: int, der: bytes, now: int) -> None:
-        db.execute(
-            "INSERT INTO crls (ca, number, der, created) VALUES (?,?,?,?)", (ca, number, der, now)
-        )
+    def add_crl(self, db: Connection, ca: str, number: int, der: bytes, now: int) -> None:
+        db.execute(sa.insert(CRLS).values(ca=ca, number=number, der=der, created=now))
 
     def latest_crl(self, ca: str) -> tuple[int, bytes] | None:
-        row = self._db.execute(
-            "SELECT number, der FROM crls WHERE ca = ? ORDER BY number DESC LIMIT 1", (ca,)
-        ).fetchone()
+        c = CRLS.c
+        row = self.db.one(
+            sa.select(c.number, c.der).where(c.ca == ca).order_by(c.number.desc()).limit(1)
+        )
         return None if row is None else (int(row[0]), bytes(row[1]))
 
-    def add_bci(self, db: sqlite3.Connection, brand: str, seq: int, data: bytes, now: int) -> None:
-        db.execute(
-            "INSERT INTO bcis (brand, sequence, data, created) VALUES (?,?,?,?)",
-            (brand, seq, data, now),
-        )
+    def add_bci(self, db: Connection, brand: str, seq: int, data: bytes, now: int) -> None:
+        db.execute(sa.insert(BCIS).values(brand=brand, sequence=seq, data=data, created=now))
 
     def latest_bci(self, brand: str) -> tuple[int, bytes] | None:
-        row = self._db.execute(
-            "SELECT sequence, data FROM bcis WHERE brand = ? ORDER BY sequence DESC LIMIT 1",
-            (brand,),
-        ).fetchone()
+        c = BCIS.c
+        row = self.db.one(
+            sa.select(c.sequence, c.data)
+            .where(c.brand == brand)
+            .order_by(c.sequence.desc())
+            .limit(1)
+        )
         return None if row is None else (int(row[0]), bytes(row[1]))
 
     # -- requests, challenges, pending ----------------------------------------------------
 
     def reply_for(self, rrpid: bytes) -> StoredReply | None:
-        row = self._db.execute(
-            "SELECT digest, reply_type, reply FROM requests WHERE rrpid = ?", (rrpid,)
-        ).fetchone()
-        return None if row is None else StoredReply(bytes(row[0]), str(row[1]), bytes(row[2]))
+        """The reply stored under ``rrpid`` (seen from the open transaction, if any)."""
+        return self.replies.get(rrpid)
 
     def save_reply(
         self,
-        db: sqlite3.Connection,
+        db: Connection,
         rrpid: bytes,
         digest: bytes,
         msg_type: str,
@@ -330,85 +317,86 @@ class CAStore:
         reply: bytes,
         now: int,
     ) -> None:
-        db.execute(
-            "INSERT INTO requests (rrpid, digest, msg_type, reply_type, reply, created)"
-            " VALUES (?,?,?,?,?,?)",
-            (rrpid, digest, msg_type, reply_type, reply, now),
-        )
+        """Store the reply in the caller's transaction. ``msg_type`` (the request's type) is
+        not kept: the shared reply store holds what a duplicate needs, and the request type
+        is in the logs."""
+        del msg_type
+        self.replies.save(db, rrpid, digest, reply_type, reply, now)
 
     def add_challenge(
-        self, db: sqlite3.Connection, chall: bytes, brand: str, reg_form_id: int, now: int
+        self, db: Connection, chall: bytes, brand: str, reg_form_id: int, now: int
     ) -> None:
         db.execute(
-            "INSERT INTO challenges (chall, brand, reg_form_id, created) VALUES (?,?,?,?)",
-            (chall, brand, reg_form_id, now),
+            sa.insert(CHALLENGES).values(
+                chall=chall, brand=brand, reg_form_id=reg_form_id, created=now
+            )
         )
 
     def challenge(self, chall: bytes) -> tuple[str, int, int, bytes | None] | None:
         """(brand, reg_form_id, created ms, used_by RRPID) of a Chall-CA handed out."""
-        row = self._db.execute(
-            "SELECT brand, reg_form_id, created, used_by FROM challenges WHERE chall = ?",
-            (chall,),
-        ).fetchone()
+        c = CHALLENGES.c
+        row = self.db.one(
+            sa.select(c.brand, c.reg_form_id, c.created, c.used_by).where(c.chall == chall)
+        )
         if row is None:
             return None
         return str(row[0]), int(row[1]), int(row[2]), None if row[3] is None else bytes(row[3])
 
-    def use_challenge(self, db: sqlite3.Connection, chall: bytes, rrpid: bytes) -> bool:
+    def use_challenge(self, db: Connection, chall: bytes, rrpid: bytes) -> bool:
         """Consume a Chall-CA inside the caller's transaction; False if already used."""
+        c = CHALLENGES.c
         cur = db.execute(
-            "UPDATE challenges SET used_by = ? WHERE chall = ? AND used_by IS NULL",
-            (rrpid, chall),
+            sa.update(CHALLENGES).where(c.chall == chall, c.used_by.is_(None)).values(used_by=rrpid)
         )
         return cur.rowcount == 1
 
     def add_pending(
-        self, db: sqlite3.Connection, rrpid: bytes, lid_ee: bytes, detail: bytes, now: int
+        self, db: Connection, rrpid: bytes, lid_ee: bytes, detail: bytes, now: int
     ) -> None:
         db.execute(
-            "INSERT INTO pending (rrpid, lid_ee, state, detail, created) VALUES (?,?,?,?,?)",
-            (rrpid, lid_ee, "pending", detail, now),
+            sa.insert(PENDING).values(
+                rrpid=rrpid, lid_ee=lid_ee, state="pending", detail=detail, created=now
+            )
         )
 
     def pending(self, rrpid: bytes) -> tuple[bytes, str, bytes] | None:
         """(lid_ee, state, detail) of a pended CertReq."""
-        row = self._db.execute(
-            "SELECT lid_ee, state, detail FROM pending WHERE rrpid = ?", (rrpid,)
-        ).fetchone()
+        c = PENDING.c
+        row = self.db.one(sa.select(c.lid_ee, c.state, c.detail).where(c.rrpid == rrpid))
         return None if row is None else (bytes(row[0]), str(row[1]), bytes(row[2]))
 
     def pending_by_lid(self, lid_ee: bytes) -> tuple[bytes, str, bytes] | None:
         """(CertReq RRPID, state, detail) of the pending request of LID-EE."""
-        row = self._db.execute(
-            "SELECT rrpid, state, detail FROM pending WHERE lid_ee = ?", (lid_ee,)
-        ).fetchone()
+        c = PENDING.c
+        row = self.db.one(sa.select(c.rrpid, c.state, c.detail).where(c.lid_ee == lid_ee))
         return None if row is None else (bytes(row[0]), str(row[1]), bytes(row[2]))
 
     def decide_pending(self, rrpid: bytes, state: str) -> bool:
         """Operator decision (``approved``/``rejected``) on a request still pending."""
+        c = PENDING.c
         with self.transaction() as db:
             cur = db.execute(
-                "UPDATE pending SET state = ? WHERE rrpid = ? AND state = 'pending'",
-                (state, rrpid),
+                sa.update(PENDING).where(c.rrpid == rrpid, c.state == "pending").values(state=state)
             )
         return cur.rowcount == 1
 
     def pending_list(self) -> list[tuple[bytes, str, int]]:
-        rows = self._db.execute("SELECT rrpid, state, created FROM pending ORDER BY created")
+        c = PENDING.c
+        rows = self.db.all(sa.select(c.rrpid, c.state, c.created).order_by(c.created, c.rrpid))
         return [(bytes(r[0]), str(r[1]), int(r[2])) for r in rows]
 
-    def set_pending_state(self, db: sqlite3.Connection, rrpid: bytes, state: str) -> None:
-        db.execute("UPDATE pending SET state = ? WHERE rrpid = ?", (state, rrpid))
+    def set_pending_state(self, db: Connection, rrpid: bytes, state: str) -> None:
+        db.execute(sa.update(PENDING).where(PENDING.c.rrpid == rrpid).values(state=state))
 
-    def add_held(self, db: sqlite3.Connection, rrpid: bytes, sealed: bytes) -> None:
+    def add_held(self, db: Connection, rrpid: bytes, sealed: bytes) -> None:
         """Keep the sealed secrets of pended request ``rrpid`` (Rule 5)."""
-        db.execute("INSERT INTO held (rrpid, sealed) VALUES (?, ?)", (rrpid, sealed))
+        db.execute(sa.insert(HELD).values(rrpid=rrpid, sealed=sealed))
 
     def held(self, rrpid: bytes) -> bytes | None:
-        row = self._db.execute("SELECT sealed FROM held WHERE rrpid = ?", (rrpid,)).fetchone()
-        return None if row is None else bytes(row[0])
+        value = self.db.scalar(sa.select(HELD.c.sealed).where(HELD.c.rrpid == rrpid))
+        return None if value is None else bytes(value)
 
-    def pending_state(self, db: sqlite3.Connection, rrpid: bytes) -> str | None:
+    def pending_state(self, db: Connection, rrpid: bytes) -> str | None:
         """The state of pending request ``rrpid`` as seen inside the caller's transaction."""
-        row = db.execute("SELECT state FROM pending WHERE rrpid = ?", (rrpid,)).fetchone()
-        return None if row is None else str(row[0])
+        value = db.execute(sa.select(PENDING.c.state).where(PENDING.c.rrpid == rrpid)).scalar()
+        return None if value is None else str(value)

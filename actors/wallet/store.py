@@ -1,7 +1,8 @@
 """The wallet database: cardholders, their cards and purchases.
 
-Rule 1: SQLite in WAL mode under ``<data_dir>/wallet/<instance>.sqlite``, schema created by the
-code and versioned.
+Rule 1: one store (setpay/store.py: SQLite, WAL, 0600) under
+``<data_dir>/wallet/<instance>.sqlite``; the schema is Core metadata, versioned by the store
+layer.
 Rule 2: no PAN, account number, PANSecret, CardSecret or passphrase in clear: cards hold the
 keystore-sealed ``CardSecrets``, a display hint (last four digits) and certificates;
 cardholders hold an scrypt hash (actors/wallet/vault.py).
@@ -9,30 +10,55 @@ cardholders hold an scrypt hash (actors/wallet/vault.py).
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Final
+
+import sqlalchemy as sa
 
 from protocol import codec
+from setpay.store import Schema, Store, open_store
 
-SCHEMA_VERSION = 2  # 2: cards.pin (OPE PIN accounts)
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS cardholders (
-    user TEXT PRIMARY KEY, salt BLOB NOT NULL, hash BLOB NOT NULL, n INTEGER NOT NULL,
-    created INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS cards (
-    card_id TEXT PRIMARY KEY, user TEXT NOT NULL REFERENCES cardholders(user),
-    brand TEXT NOT NULL, hint TEXT NOT NULL, key_label TEXT NOT NULL,
-    cert BLOB NOT NULL, chain BLOB NOT NULL, root BLOB NOT NULL, sealed BLOB NOT NULL,
-    created INTEGER NOT NULL, pin INTEGER NOT NULL DEFAULT 0);
-CREATE TABLE IF NOT EXISTS purchases (
-    xid BLOB PRIMARY KEY, card_id TEXT NOT NULL REFERENCES cards(card_id),
-    merchant TEXT NOT NULL, trans_ids BLOB NOT NULL, merchant_cert BLOB NOT NULL,
-    description TEXT NOT NULL, currency TEXT NOT NULL, amount INTEGER NOT NULL,
-    state BLOB NOT NULL, completion INTEGER, auth_code INTEGER, updated INTEGER NOT NULL);
-"""
+_MD = sa.MetaData()
+B, T, I = sa.LargeBinary, sa.String, sa.BigInteger  # noqa: E741 - column type shorthands
+CARDHOLDERS: Final = sa.Table(
+    "cardholders", _MD,
+    sa.Column("user", T(128), primary_key=True),
+    sa.Column("salt", B, nullable=False),
+    sa.Column("hash", B, nullable=False),
+    sa.Column("n", I, nullable=False),
+    sa.Column("created", I, nullable=False),
+)  # fmt: skip
+CARDS: Final = sa.Table(
+    "cards", _MD,
+    sa.Column("card_id", T(64), primary_key=True),
+    sa.Column("user", T(128), sa.ForeignKey("cardholders.user"), nullable=False),
+    sa.Column("brand", T(64), nullable=False),
+    sa.Column("hint", T(8), nullable=False),
+    sa.Column("key_label", T(128), nullable=False),
+    sa.Column("cert", B, nullable=False),
+    sa.Column("chain", B, nullable=False),
+    sa.Column("root", B, nullable=False),
+    sa.Column("sealed", B, nullable=False),
+    sa.Column("created", I, nullable=False),
+    sa.Column("pin", sa.Boolean, nullable=False, server_default=sa.false()),
+)  # fmt: skip
+PURCHASES: Final = sa.Table(
+    "purchases", _MD,
+    sa.Column("xid", B, primary_key=True),
+    sa.Column("card_id", T(64), sa.ForeignKey("cards.card_id"), nullable=False),
+    sa.Column("merchant", T(128), nullable=False),
+    sa.Column("trans_ids", B, nullable=False),
+    sa.Column("merchant_cert", B, nullable=False),
+    sa.Column("description", sa.Text, nullable=False),
+    sa.Column("currency", T(8), nullable=False),
+    sa.Column("amount", I, nullable=False),
+    sa.Column("state", B, nullable=False),
+    sa.Column("completion", I),
+    sa.Column("auth_code", I),
+    sa.Column("updated", I, nullable=False),
+)  # fmt: skip
+SCHEMA: Final = Schema("wallet", _MD)
 
 
 @dataclass(frozen=True)
@@ -67,83 +93,70 @@ class PurchaseRow:
 class WalletStore:
     """One wallet instance's database (Rules 1, 2)."""
 
-    def __init__(self, db: sqlite3.Connection, path: Path) -> None:
+    def __init__(self, db: Store, path: Path) -> None:
         self.db = db
         self.path = path
 
     @classmethod
     def open(cls, data_dir: Path, instance: str) -> WalletStore:
         path = Path(data_dir) / "wallet" / f"{instance}.sqlite"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(path)
-        db.row_factory = sqlite3.Row
-        db.execute("PRAGMA journal_mode=WAL")
-        db.executescript(_SCHEMA)
-        columns = {r[1] for r in db.execute("PRAGMA table_info(cards)")}
-        with db:
-            if "pin" not in columns:  # a version 1 database: cards had no PIN flag
-                db.execute("ALTER TABLE cards ADD COLUMN pin INTEGER NOT NULL DEFAULT 0")
-            db.execute(
-                "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
-            )
-        return cls(db, path)
+        return cls(open_store(path, [SCHEMA]), path)
 
     def close(self) -> None:
         self.db.close()
 
     def add_cardholder(self, user: str, salt: bytes, digest: bytes, n: int, now_ms: int) -> bool:
         """False if ``user`` exists already."""
-        with self.db:
-            cur = self.db.execute(
-                "INSERT OR IGNORE INTO cardholders VALUES (?,?,?,?,?)",
-                (user, salt, digest, n, now_ms),
-            )
-        return cur.rowcount == 1
+        values = {"user": user, "salt": salt, "hash": digest, "n": n, "created": now_ms}
+        with self.db.transaction() as db:
+            return db.execute(self.db.insert_ignore(CARDHOLDERS), values).first() is not None
 
     def cardholder(self, user: str) -> tuple[bytes, bytes, int] | None:
-        r = self.db.execute(
-            "SELECT salt, hash, n FROM cardholders WHERE user = ?", (user,)
-        ).fetchone()
+        c = CARDHOLDERS.c
+        r = self.db.one(sa.select(c.salt, c.hash, c.n).where(c.user == user))
         return None if r is None else (r[0], r[1], r[2])
 
     def add_card(self, row: CardRow, now_ms: int) -> None:
-        with self.db:
-            self.db.execute(
-                "INSERT INTO cards (card_id, user, brand, hint, key_label, cert, chain, root,"
-                " sealed, created, pin) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                (row.card_id, row.user, row.brand, row.hint, row.key_label, row.cert,
-                 codec.packb(row.chain), row.root, row.sealed, now_ms, int(row.pin)),
+        with self.db.transaction() as db:
+            db.execute(
+                sa.insert(CARDS).values(
+                    card_id=row.card_id, user=row.user, brand=row.brand, hint=row.hint,
+                    key_label=row.key_label, cert=row.cert, chain=codec.packb(row.chain),
+                    root=row.root, sealed=row.sealed, created=now_ms, pin=row.pin,
+                )
             )  # fmt: skip
 
-    def _card(self, r: sqlite3.Row) -> CardRow:
+    def _card(self, r: Any) -> CardRow:
         return CardRow(
-            r["card_id"], r["user"], r["brand"], r["hint"], r["key_label"], r["cert"],
-            list(codec.unpackb(r["chain"])), r["root"], r["sealed"], bool(r["pin"]),
+            r.card_id, r.user, r.brand, r.hint, r.key_label, r.cert,
+            list(codec.unpackb(r.chain)), r.root, r.sealed, bool(r.pin),
         )  # fmt: skip
 
     def card(self, card_id: str) -> CardRow | None:
-        r = self.db.execute("SELECT * FROM cards WHERE card_id = ?", (card_id,)).fetchone()
+        r = self.db.one(sa.select(CARDS).where(CARDS.c.card_id == card_id))
         return None if r is None else self._card(r)
 
     def cards(self, user: str) -> list[CardRow]:
-        rows = self.db.execute("SELECT * FROM cards WHERE user = ? ORDER BY created", (user,))
+        c = CARDS.c
+        rows = self.db.all(sa.select(CARDS).where(c.user == user).order_by(c.created, c.card_id))
         return [self._card(r) for r in rows]
 
     def save_purchase(self, row: PurchaseRow, now_ms: int) -> None:
-        with self.db:
-            self.db.execute(
-                "INSERT OR REPLACE INTO purchases VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                (row.xid, row.card_id, row.merchant, row.trans_ids, row.merchant_cert,
-                 row.description, row.currency, row.amount, row.state, row.completion,
-                 row.auth_code, now_ms),
-            )  # fmt: skip
+        values = {
+            "xid": row.xid, "card_id": row.card_id, "merchant": row.merchant,
+            "trans_ids": row.trans_ids, "merchant_cert": row.merchant_cert,
+            "description": row.description, "currency": row.currency, "amount": row.amount,
+            "state": row.state, "completion": row.completion, "auth_code": row.auth_code,
+            "updated": now_ms,
+        }  # fmt: skip
+        with self.db.transaction() as db:
+            db.execute(self.db.upsert(PURCHASES, values))
 
     def purchase(self, xid: bytes) -> PurchaseRow | None:
-        r = self.db.execute("SELECT * FROM purchases WHERE xid = ?", (xid,)).fetchone()
+        r = self.db.one(sa.select(PURCHASES).where(PURCHASES.c.xid == xid))
         if r is None:
             return None
         return PurchaseRow(
-            r["xid"], r["card_id"], r["merchant"], r["trans_ids"], r["merchant_cert"],
-            r["description"], r["currency"], r["amount"], r["state"], r["completion"],
-            r["auth_code"],
+            r.xid, r.card_id, r.merchant, r.trans_ids, r.merchant_cert,
+            r.description, r.currency, r.amount, r.state, r.completion, r.auth_code,
         )  # fmt: skip

@@ -10,9 +10,9 @@ import pytest
 
 from broker.connection import connect
 from broker.consumer import CODE_HEADER, QUEUE_HEADER, REASON_HEADER, Delivery, Rejected, consume
-from broker.dedupe import SqliteStore
 from broker.errors import PeerUnavailable, PublishError
 from broker.topology import DEAD_LETTER_QUEUE, SET_EXCHANGE, QueueLimits, declare_actor
+from tests.broker.effects import Effects
 
 pytestmark = pytest.mark.integration
 
@@ -42,8 +42,7 @@ async def test_ten_thousand_confirmed_messages_all_arrive_and_commit_once(
     role = role_name()
     channel = await bus.channel()
     await declare_actor(channel, role, "main")
-    store = SqliteStore(tmp_path / "dedupe.db")
-    store.connection.execute("CREATE TABLE effects (message_id TEXT, n INTEGER)")
+    store = Effects(tmp_path / "dedupe.sqlite")
     total = 10_000
     done = asyncio.Event()
     deliveries = 0
@@ -52,13 +51,8 @@ async def test_ten_thousand_confirmed_messages_all_arrive_and_commit_once(
         nonlocal deliveries
         deliveries += 1
         n = msgpack.unpackb(delivery.body)["n"]
-
-        def effect(db) -> bytes:
-            db.execute("INSERT INTO effects VALUES (?, ?)", (delivery.message_id, n))
-            return b"ok"
-
-        store.once(delivery.message_id or "", effect)
-        if store.connection.execute("SELECT count(*) FROM effects").fetchone()[0] == total:
+        store.once(delivery.message_id or "", delivery.body, n)
+        if store.totals()[0] == total:
             done.set()
 
     consumer = await consume(bus, f"set.{role}", handler, prefetch=256)
@@ -77,10 +71,7 @@ async def test_ten_thousand_confirmed_messages_all_arrive_and_commit_once(
         await asyncio.wait_for(done.wait(), 60)
         while deliveries < total + 1:
             await asyncio.sleep(0.01)
-        rows = store.connection.execute(
-            "SELECT count(*), count(DISTINCT message_id), sum(n) FROM effects"
-        ).fetchone()
-        assert rows == (total, total, sum(range(total)))
+        assert store.totals() == (total, total, sum(range(total)))
         assert consumer.handled == total + 1
     finally:
         await consumer.stop()

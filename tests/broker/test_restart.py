@@ -13,8 +13,8 @@ import pytest
 from broker import admin
 from broker.connection import connect
 from broker.consumer import Delivery, consume
-from broker.dedupe import SqliteStore
 from broker.topology import SET_EXCHANGE, declare_actor
+from tests.broker.effects import Effects
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -28,20 +28,15 @@ async def test_broker_restart_mid_stream_loses_nothing_and_commits_once(
     subscriber = await connect(broker_vhost.url, name="sub", reconnect_interval=0.5)
     channel = await publisher.channel()
     await declare_actor(channel, role, "main")
-    store = SqliteStore(tmp_path / "dedupe.db")
-    store.connection.execute("CREATE TABLE effects (message_id TEXT PRIMARY KEY)")
+    store = Effects(tmp_path / "dedupe.sqlite")
     deliveries = 0
     committed = asyncio.Event()
 
     async def handler(delivery: Delivery) -> None:
         nonlocal deliveries
         deliveries += 1
-
-        def effect(db) -> None:
-            db.execute("INSERT INTO effects VALUES (?)", (delivery.message_id,))
-
-        store.once(delivery.message_id or "", effect)
-        if store.connection.execute("SELECT count(*) FROM effects").fetchone()[0] == total:
+        store.once(delivery.message_id or "", delivery.body, int(delivery.body))
+        if store.totals()[0] == total:
             committed.set()
 
     consumer = await consume(subscriber, f"set.{role}", handler, prefetch=128)
@@ -71,8 +66,7 @@ async def test_broker_restart_mid_stream_loses_nothing_and_commits_once(
             asyncio.gather(restart(), *(send(n) for n in range(total))), 180
         )
         await asyncio.wait_for(committed.wait(), 120)
-        rows = store.connection.execute("SELECT count(*) FROM effects").fetchone()[0]
-        assert rows == total
+        assert store.totals() == (total, total, sum(range(total)))
         assert deliveries >= total
         print(f"deliveries={deliveries} (duplicates absorbed: {deliveries - total})")
     finally:

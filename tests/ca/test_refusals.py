@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
+import sqlalchemy as sa
 
+from actors.ca.store import CHALLENGES
 from actors.entrypoint import SetEntry
 from protocol import codec, ids, pan
 from protocol.certreq import CERT_REQ, pop_signer, renewal_content, spki_der
@@ -51,13 +53,13 @@ from tests.fixtures_ca import CAEnv, new_key
 
 PAN = "4000000000000002"  # alpha BIN 400000
 EXPIRY = "3101"
+COUNT_CHALLENGES = sa.select(sa.func.count()).select_from(CHALLENGES)
 FORM = {"name": "Taro Test", "postal_code": "530-0001"}
 
 
 def counts(ca_env: CAEnv) -> tuple[int, int]:
     certs = len(ca_env.store.certs())
-    (replies,) = ca_env.store._db.execute("SELECT count(*) FROM requests").fetchone()
-    return certs, int(replies)
+    return certs, ca_env.store.replies.count()
 
 
 def wrap(client: CAClient, body: object, rrpid: bytes) -> bytes:
@@ -142,7 +144,7 @@ async def test_reg_form_checks(ca_env: CAEnv, cardholder: tuple) -> None:
     lid = ids.new_lid()
     ca = await card_cinit(client, ca_env.root, "alpha", lid)
     before = counts(ca_env)
-    (challenges_before,) = ca_env.store._db.execute("SELECT count(*) FROM challenges").fetchone()
+    challenges_before = ca_env.store.db.scalar(COUNT_CHALLENGES)
     # BIN of the other brand (beta) at the alpha CCA.
     req, data = await build_reg_form_req(
         ca, lid, pan.Account(pan.AccountKind.CARD, "5555555555554444")
@@ -178,7 +180,7 @@ async def test_reg_form_checks(ca_env: CAEnv, cardholder: tuple) -> None:
     code = await error_code(client, MessageType.CERT_REQ, data_bytes)
     assert code is ErrorCode.WRAPPER_MSG_MISMATCH
     assert counts(ca_env) == before
-    (challenges_after,) = ca_env.store._db.execute("SELECT count(*) FROM challenges").fetchone()
+    challenges_after = ca_env.store.db.scalar(COUNT_CHALLENGES)
     assert challenges_after == challenges_before
 
 

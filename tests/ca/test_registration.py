@@ -118,7 +118,7 @@ async def test_cardholder_registration_end_to_end(ca_env: CAEnv, tmp_path: Path)
     assert row is not None and row.cert_type == "cardholder" and row.issuer == "alpha.cca"
     openssl_verify(tmp_path, ca_env, pem(reg.cert), "alpha", "cca")
     # Least knowledge: no PAN in the database, the CA's logs or the traffic.
-    ca_env.store._db.execute("PRAGMA wal_checkpoint(FULL)")
+    ca_env.store.db.checkpoint()
     blobs = files_bytes(ca_env.store.path.parent)
     log_text = repr(logs).encode()
     assert b"ca_cert_issued" in log_text  # the logs were captured, not empty

@@ -194,7 +194,7 @@ async def test_restart_keeps_revocations_and_serials(ca_env: CAEnv) -> None:
 
 async def test_stale_bci_is_refreshed(ca_env: CAEnv, tmp_path: Path) -> None:
     """Four days on (BCIs live seven), the next request publishes fresh CRLs and BCI."""
-    ca_env.store._db.execute("PRAGMA wal_checkpoint(FULL)")
+    ca_env.store.db.checkpoint()
     (tmp_path / "ca").mkdir()
     shutil.copy(ca_env.store.path, tmp_path / "ca" / "ca.sqlite")
     copy = CAStore.open(tmp_path)  # a copy: the session's CA stays at the real time
