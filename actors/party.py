@@ -8,36 +8,41 @@ bound to the configured suite: the only way the party creates or uses a private 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 from actors.runtime import Actor
 from keystore.client import KeystoreClient
 from keystore.keyring import KeyRing
 from keystore.service import RPC_QUEUE
+from protocol import ids
 from protocol.keys import get_suite
 from setpay.config import Settings
 
 
 class PartyActor(Actor):
-    """An actor of a SET party (CA, gateway, merchant POS, wallet)."""
+    """An actor of a SET party (CA, gateway, merchant POS, wallet); ``role`` names it."""
+
+    role: ClassVar[str]
 
     def __init__(
         self,
-        role: str,
         settings: Settings,
         instance: str,
         *,
         url: str | None = None,
         keystore_queue: str = RPC_QUEUE,
+        clock: ids.Clock | None = None,
         health_file: Path | None = None,
     ) -> None:
         super().__init__(
-            role,
+            self.role,
             instance,
             url or settings.amqp_url,
             prefetch=settings.broker_prefetch,
             health_file=health_file,
         )
         self.settings = settings
+        self.clock = clock or ids.SystemClock()
         self.keystore_queue = keystore_queue
         self.keystore: KeystoreClient | None = None
         self.keys: KeyRing | None = None

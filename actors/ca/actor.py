@@ -11,6 +11,7 @@ acked only after its effects and reply are committed (``CAService`` Rule 2).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from actors.ca.brands import TEST_BRANDS, Brand
 from actors.ca.hierarchy import ROOT, Hierarchy
@@ -18,8 +19,6 @@ from actors.ca.service import CAService
 from actors.ca.store import CAStore
 from actors.party import PartyActor
 from actors.runtime import Actor
-from keystore.service import RPC_QUEUE
-from protocol import ids
 from setpay.config import Settings
 from setpay.lifecycle import NotReady
 
@@ -27,27 +26,18 @@ from setpay.lifecycle import NotReady
 class CAActor(PartyActor):
     """Serves certificate requests of every brand in the store."""
 
+    role = "ca"
+
     def __init__(
         self,
         settings: Settings,
         instance: str,
         *,
-        url: str | None = None,
-        keystore_queue: str = RPC_QUEUE,
         brands: tuple[Brand, ...] = TEST_BRANDS,
-        clock: ids.Clock | None = None,
-        health_file: Path | None = None,
+        **common: Any,
     ) -> None:
-        super().__init__(
-            "ca",
-            settings,
-            instance,
-            url=url,
-            keystore_queue=keystore_queue,
-            health_file=health_file,
-        )
+        super().__init__(settings, instance, **common)
         self.brands = brands
-        self.clock = clock
         self.store: CAStore | None = None
         self.service: CAService | None = None
 

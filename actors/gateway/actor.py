@@ -13,6 +13,7 @@ back (the ledger makes the second pass idempotent).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from actors.gateway.identity import GatewayIdentity, identity_path, journal_path, ledger_path
 from actors.gateway.ledger import Ledger
@@ -23,41 +24,30 @@ from actors.party import PartyActor
 from actors.runtime import Actor
 from keystore import messages as km
 from keystore.client import HsmAccountOpener
-from keystore.service import RPC_QUEUE
-from protocol import ids
 from setpay.config import DEFAULT_ISSUER_PORT, Settings
 
 
 class GatewayActor(PartyActor):
     """Serves AuthReq for the brand of its certificates."""
 
+    role = "gateway"
+
     def __init__(
         self,
         settings: Settings,
         instance: str,
         *,
-        url: str | None = None,
-        keystore_queue: str = RPC_QUEUE,
         issuer_host: str = "127.0.0.1",
         issuer_port: int = DEFAULT_ISSUER_PORT,
         host_deadline: float = 5.0,
         zpk_label: str | None = None,
-        clock: ids.Clock | None = None,
-        health_file: Path | None = None,
+        **common: Any,
     ) -> None:
-        super().__init__(
-            "gateway",
-            settings,
-            instance,
-            url=url,
-            keystore_queue=keystore_queue,
-            health_file=health_file,
-        )
+        super().__init__(settings, instance, **common)
         self.issuer_host = issuer_host
         self.issuer_port = issuer_port
         self.host_deadline = host_deadline
         self.zpk_label = zpk_label
-        self.clock = clock
         self.ledger: Ledger | None = None
         self.link: IsoLink | None = None
         self.service: GatewayService | None = None

@@ -14,6 +14,7 @@ Rule 4: the operator's thin client reaches it on RPC queue ``merchant.<instance>
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from actors.merchant.api import serve_api
 from actors.merchant.service import MerchantService
@@ -22,8 +23,6 @@ from actors.party import PartyActor
 from actors.runtime import Actor
 from broker.peer import PeerLink
 from broker.rpc import RpcServer
-from keystore.service import RPC_QUEUE
-from protocol import ids
 from protocol.payment import GATEWAY_ROLE
 from setpay.config import Settings
 
@@ -31,29 +30,20 @@ from setpay.config import Settings
 class MerchantActor(PartyActor):
     """Hosts the POS of every merchant in its store."""
 
+    role = "merchant"
+
     def __init__(
         self,
         settings: Settings,
         instance: str,
         *,
-        url: str | None = None,
-        keystore_queue: str = RPC_QUEUE,
         gateway_target: str = GATEWAY_ROLE,
         gateway_timeout: float | None = None,
-        clock: ids.Clock | None = None,
-        health_file: Path | None = None,
+        **common: Any,
     ) -> None:
-        super().__init__(
-            "merchant",
-            settings,
-            instance,
-            url=url,
-            keystore_queue=keystore_queue,
-            health_file=health_file,
-        )
+        super().__init__(settings, instance, **common)
         self.gateway_target = gateway_target
         self.gateway_timeout = gateway_timeout or settings.broker_rpc_timeout
-        self.clock = clock or ids.SystemClock()
         self.store: MerchantStore | None = None
         self.gateway: PeerLink | None = None
         self.service: MerchantService | None = None

@@ -13,6 +13,7 @@ Rule 4: cardholders' thin clients reach it on RPC queue ``wallet.<instance>.api`
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from actors.party import PartyActor
 from actors.runtime import Actor
@@ -21,7 +22,6 @@ from actors.wallet.service import WalletService
 from actors.wallet.store import WalletStore
 from broker.peer import PeerLink
 from broker.rpc import RpcServer
-from keystore.service import RPC_QUEUE
 from protocol.certs import load_certificate
 from protocol.keys import get_suite
 from protocol.requester import CAClient
@@ -31,23 +31,10 @@ from setpay.config import Settings
 class WalletActor(PartyActor):
     """Hosts the wallets of many cardholders (``self.service`` once started)."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        instance: str,
-        *,
-        url: str | None = None,
-        keystore_queue: str = RPC_QUEUE,
-        health_file: Path | None = None,
-    ) -> None:
-        super().__init__(
-            "wallet",
-            settings,
-            instance,
-            url=url,
-            keystore_queue=keystore_queue,
-            health_file=health_file,
-        )
+    role = "wallet"
+
+    def __init__(self, settings: Settings, instance: str, **common: Any) -> None:
+        super().__init__(settings, instance, **common)
         self.store: WalletStore | None = None
         self.peers: PeerLink | None = None
         self.ca: CAClient | None = None
