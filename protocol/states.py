@@ -1,8 +1,10 @@
 """Per-role protocol state machines as explicit transition tables (after h11's ``_state.py``).
 
-Rule 1: all protocol state logic lives in the tables of this file. A machine moves only along
-an entry of its table; any other (state, event) pair raises ``ProtocolError(stateViolation)``
-and leaves the state unchanged.
+Rule 1: the protocol's state logic is the tables of this file. A machine moves only along an
+entry of its table; any other (state, event) pair raises ``ProtocolError(stateViolation)`` and
+leaves the state unchanged. The merchant's orders and the wallet's purchases move through
+their tables; the gateway (whose ledger records only whether an AuthReq is answered) and the
+CA still keep their own records, and their tables here are exercised by tests only.
 Rule 2: an event is a message sent or received (``Direction`` + ``MessageType``), refined by
 an ``Outcome`` where one message type can end in different states (an AuthRes that approves
 or declines), or a ``LOCAL`` outcome for what no message carries (a batch is settled).
