@@ -61,6 +61,29 @@ if ! broker_up; then
 fi
 say "RabbitMQ answers at $AMQP_HOST:$AMQP_PORT"
 
+# --- PostgreSQL (the tests' second store backend): install and start only when nothing answers ---
+pg_up() { timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/5432" 2>/dev/null; }
+if [ -z "${SETPAY_TEST_POSTGRES:-}" ] && ! pg_up; then
+  apt_install postgresql
+  say "starting PostgreSQL"
+  if command -v systemctl >/dev/null && systemctl is-system-running >/dev/null 2>&1; then
+    $SUDO systemctl start postgresql
+  else
+    $SUDO pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | tail -1)" main start || true
+  fi
+  for _ in $(seq 1 30); do pg_up && break; sleep 1; done
+  pg_up || { echo "setup.sh: PostgreSQL did not come up on 127.0.0.1:5432" >&2; exit 1; }
+  # the tests log in as postgres from 127.0.0.1 without a password (a throw-away database each)
+  hba=$(ls /etc/postgresql/*/main/pg_hba.conf | tail -1)
+  if ! $SUDO grep -q "setpay-tests" "$hba"; then
+    # first matching line wins: put it before Debian's password lines
+    $SUDO sed -i '1i host all postgres 127.0.0.1/32 trust # setpay-tests' "$hba"
+    $SUDO pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | tail -1)" main reload \
+      || true
+  fi
+fi
+say "PostgreSQL answers${SETPAY_TEST_POSTGRES:+ at $SETPAY_TEST_POSTGRES}"
+
 # --- virtualenv and the project --------------------------------------------------------
 if [ ! -x "$VENV/bin/python" ]; then say "creating $VENV"; "$PYTHON" -m venv "$VENV"; fi
 stamp="$VENV/.setpay-installed"
