@@ -171,8 +171,11 @@ def _private_file(path: Path) -> None:
         except FileExistsError:
             pass  # created meanwhile by another opener: its mode is checked below
     for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm"), Path(f"{path}-journal")):
-        if p.exists() and stat.S_IMODE(p.stat().st_mode) != FILE_MODE:
-            os.chmod(p, FILE_MODE)
+        try:
+            if stat.S_IMODE(p.stat().st_mode) != FILE_MODE:
+                os.chmod(p, FILE_MODE)
+        except FileNotFoundError:
+            pass  # absent, or removed meanwhile by another connection's checkpoint
 
 
 def _lock_key(name: str) -> int:
@@ -387,10 +390,12 @@ def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
     dbapi_conn.isolation_level = None  # the recipe: SQLAlchemy's "begin" listener emits BEGIN
     cur = dbapi_conn.cursor()
     try:
+        # The busy timeout first: switching a fresh file to WAL takes a lock that another
+        # connection opening the same new file at the same moment may hold briefly.
+        cur.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute(f"PRAGMA synchronous={SYNCHRONOUS}")
         cur.execute("PRAGMA foreign_keys=ON")
-        cur.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
     finally:
         cur.close()
 

@@ -64,7 +64,7 @@ async def test_5000_concurrent_ops_leave_5000_whole_audit_lines(
         )  # fmt: skip
     buses = []
     try:
-        await asyncio.to_thread(_wait_for_line, log_path, '"keystore_ready"', proc)
+        await asyncio.to_thread(_wait_for_line, log_path, '"service_ready"', proc)
         clients = {}
         for role in ("merchant", "wallet", "gateway"):
             user_url = str(broker_vhost.add_user(f"{role}.log{tag}", "pw-" + tag))
