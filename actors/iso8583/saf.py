@@ -1,17 +1,20 @@
-"""The link's SQLite (WAL) journal: sent requests by RRN and the store-and-forward queue.
+"""The link's journal (setpay/store.py): sent requests by RRN and the store-and-forward queue;
+SQLite (WAL) by default, PostgreSQL given a URL.
 
 Rule 1: a request is journalled as ``sent`` before its bytes leave, so a crash between
 send and answer is found at the next start and turned into a reversal.
 Rule 2: "no answer" and "queue the reversal" are one transaction: a timed-out request
-always has its reversal stored.
+always has its reversal stored; a queued reversal stays ``pending`` until the host's answer
+settles it (acked or failed), so it is forwarded until acknowledged, across restarts.
 Rule 3: only non-sensitive fields are journalled (no field 2, 14, 52, 102): the reversal is
 located by field 90, so the journal never holds an account number or PIN block.
+Rule 4: the RRN is the primary key of ``requests``: the database refuses a second journal
+entry for one RRN.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -19,33 +22,47 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from actors.iso8583 import spec
-from setpay.sqlite import transaction
+import sqlalchemy as sa
 
-_SCHEMA: Final = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS requests (
-    rrn TEXT PRIMARY KEY,
-    mti TEXT NOT NULL,
-    stan TEXT NOT NULL,
-    fields TEXT NOT NULL,
-    state TEXT NOT NULL CHECK (state IN ('sent', 'answered', 'timed_out')),
-    response_code TEXT,
-    approval_code TEXT,
-    updated_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS saf (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    rrn TEXT NOT NULL,
-    mti TEXT NOT NULL,
-    message TEXT NOT NULL,
-    state TEXT NOT NULL CHECK (state IN ('pending', 'acked', 'failed')),
-    attempts INTEGER NOT NULL DEFAULT 0,
-    response_code TEXT,
-    created_at REAL NOT NULL,
-    done_at REAL
-);
-"""
+from actors.iso8583 import spec
+from setpay.store import Connection, Schema, open_store
+
+_MD = sa.MetaData()
+META: Final = sa.Table(
+    "meta",
+    _MD,
+    sa.Column("key", sa.String(), primary_key=True),
+    sa.Column("value", sa.String(), nullable=False),
+)
+REQUESTS: Final = sa.Table(
+    "requests",
+    _MD,
+    sa.Column("rrn", sa.String(), primary_key=True),
+    sa.Column("mti", sa.String(), nullable=False),
+    sa.Column("stan", sa.String(), nullable=False),
+    sa.Column("fields", sa.Text, nullable=False),  # JSON of the non-sensitive fields
+    sa.Column("state", sa.String(), nullable=False),
+    sa.Column("response_code", sa.String()),
+    sa.Column("approval_code", sa.String()),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.CheckConstraint("state IN ('sent', 'answered', 'timed_out')", name="requests_state"),
+)
+SAF: Final = sa.Table(
+    "saf",
+    _MD,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("rrn", sa.String(), nullable=False),
+    sa.Column("mti", sa.String(), nullable=False),
+    sa.Column("message", sa.Text, nullable=False),
+    sa.Column("state", sa.String(), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("response_code", sa.String()),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("done_at", sa.Float),
+    sa.CheckConstraint("state IN ('pending', 'acked', 'failed')", name="saf_state"),
+    sqlite_autoincrement=True,  # ids are never reused: the queue's order is the id's
+)
+SCHEMA: Final = Schema("iso8583_journal", _MD)
 STAN_BLOCK: Final = 64
 # Fields a reversal copies from its original; none is sensitive.
 REVERSAL_FIELDS: Final = ("3", "4", "32", "37", "41", "42", "49")
@@ -73,23 +90,18 @@ class SafEntry:
 class Journal:
     """The link's persistent state; synchronous, short transactions."""
 
-    def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, path: Path | str, *, clock: Callable[[], float] = time.time) -> None:
+        """Open (creating or migrating) the journal at ``path``, or at a ``postgresql://`` URL."""
         self.clock = clock
-        self.db = sqlite3.connect(Path(path), isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL: a commit survives the process dying (the failure SAF is for); an OS crash
-        # may lose the last commits. Use FULL where the host OS itself is not trusted.
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("PRAGMA busy_timeout=5000")
+        self.db = open_store(path, [SCHEMA])
         self._stans: list[int] = []
-        self.db.executescript(_SCHEMA)
 
     def close(self) -> None:
         self.db.close()
 
-    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
-        """One atomic change (setpay/sqlite.py): committed on exit, rolled back on error."""
-        return transaction(self.db)
+    def _tx(self) -> AbstractContextManager[Connection]:
+        """One atomic change (setpay/store.py): committed on exit, rolled back on error."""
+        return self.db.transaction()
 
     def next_stan(self) -> str:
         """A STAN never reused within 999,999 requests, across restarts.
@@ -98,82 +110,93 @@ class Journal:
         skips the rest of a block, which only leaves a gap."""
         if not self._stans:
             with self._tx() as db:
-                row = db.execute("SELECT value FROM meta WHERE key = 'stan'").fetchone()
-                last = int(row[0]) if row else 0
+                value = db.execute(sa.select(META.c.value).where(META.c.key == "stan")).scalar()
+                last = int(value) if value is not None else 0
                 block = [(last + i) % 999_999 + 1 for i in range(STAN_BLOCK)]
-                db.execute("INSERT OR REPLACE INTO meta VALUES ('stan', ?)", (str(block[-1]),))
+                db.execute(self.db.upsert(META, {"key": "stan", "value": str(block[-1])}))
             self._stans = block[::-1]
         return f"{self._stans.pop():06d}"
 
     def get(self, rrn: str) -> Journalled | None:
-        row = self.db.execute(
-            "SELECT rrn, mti, stan, state, response_code, approval_code FROM requests "
-            "WHERE rrn = ?",
-            (rrn,),
-        ).fetchone()
+        r = REQUESTS.c
+        row = self.db.one(
+            sa.select(r.rrn, r.mti, r.stan, r.state, r.response_code, r.approval_code).where(
+                r.rrn == rrn
+            )
+        )
         return None if row is None else Journalled(*row)
+
+    def fields(self, rrn: str) -> dict[str, str] | None:
+        """The journalled (non-sensitive) fields of the request ``rrn``, or None."""
+        value = self.db.scalar(sa.select(REQUESTS.c.fields).where(REQUESTS.c.rrn == rrn))
+        return None if value is None else dict(json.loads(value))
 
     def record_sent(self, rrn: str, message: spec.Message) -> None:
         """Journal ``message`` (its non-sensitive fields) as sent, before it is written."""
         kept = {k: str(v) for k, v in message.items() if k not in spec.SENSITIVE_FIELDS}
         with self._tx() as db:
             db.execute(
-                "INSERT INTO requests VALUES (?,?,?,?,?,?,?,?)",
-                (
-                    rrn,
-                    message["t"],
-                    message["11"],
-                    json.dumps(kept),
-                    "sent",
-                    None,
-                    None,
-                    self.clock(),
-                ),
+                sa.insert(REQUESTS).values(
+                    rrn=rrn,
+                    mti=message["t"],
+                    stan=message["11"],
+                    fields=json.dumps(kept),
+                    state="sent",
+                    updated_at=self.clock(),
+                )
             )
 
     def forget(self, rrn: str) -> None:
         """Drop a journalled request that never left (the write failed)."""
+        r = REQUESTS.c
         with self._tx() as db:
-            db.execute("DELETE FROM requests WHERE rrn = ? AND state = 'sent'", (rrn,))
+            db.execute(sa.delete(REQUESTS).where(r.rrn == rrn, r.state == "sent"))
 
     def record_answer(self, rrn: str, code: str, approval: str) -> None:
+        r = REQUESTS.c
         with self._tx() as db:
             db.execute(
-                "UPDATE requests SET state = 'answered', response_code = ?, approval_code = ?, "
-                "updated_at = ? WHERE rrn = ? AND state = 'sent'",
-                (code, approval, self.clock(), rrn),
+                sa.update(REQUESTS)
+                .where(r.rrn == rrn, r.state == "sent")
+                .values(
+                    state="answered",
+                    response_code=code,
+                    approval_code=approval,
+                    updated_at=self.clock(),
+                )
             )
 
     def time_out(self, rrn: str, reversal_stan: str, f7: str) -> bool:
         """Mark ``rrn`` unanswered and queue its reversal advice; False if already settled."""
+        r = REQUESTS.c
         with self._tx() as db:
-            row = db.execute(
-                "SELECT fields FROM requests WHERE rrn = ? AND state = 'sent'", (rrn,)
-            ).fetchone()
-            if row is None:
+            fields = db.execute(sa.select(r.fields).where(r.rrn == rrn, r.state == "sent")).scalar()
+            if fields is None:
                 return False
-            original: dict[str, str] = json.loads(row[0])
+            original: dict[str, str] = json.loads(fields)
             db.execute(
-                "UPDATE requests SET state = 'timed_out', updated_at = ? WHERE rrn = ?",
-                (self.clock(), rrn),
+                sa.update(REQUESTS)
+                .where(r.rrn == rrn)
+                .values(state="timed_out", updated_at=self.clock())
             )
             self._enqueue(db, rrn, spec.REVERSAL_ADVICE, original, reversal_stan, f7)
             return True
 
     def enqueue_reversal(self, rrn: str, reversal_stan: str, f7: str) -> bool:
         """Queue a reversal (0400) of an answered request; False if unknown or not answered."""
+        r = REQUESTS.c
         with self._tx() as db:
-            row = db.execute(
-                "SELECT fields FROM requests WHERE rrn = ? AND state = 'answered'", (rrn,)
-            ).fetchone()
-            if row is None:
+            fields = db.execute(
+                sa.select(r.fields).where(r.rrn == rrn, r.state == "answered")
+            ).scalar()
+            if fields is None:
                 return False
-            self._enqueue(db, rrn, spec.REVERSAL_REQUEST, json.loads(row[0]), reversal_stan, f7)
+            self._enqueue(db, rrn, spec.REVERSAL_REQUEST, json.loads(fields), reversal_stan, f7)
             return True
 
     def _enqueue(
         self,
-        db: sqlite3.Connection,
+        db: Connection,
         rrn: str,
         mti: str,
         original: dict[str, str],
@@ -186,43 +209,60 @@ class Journal:
             original["t"], original["11"], original["7"], original["32"]
         )
         db.execute(
-            "INSERT INTO saf (rrn, mti, message, state, created_at) VALUES (?,?,?,?,?)",
-            (rrn, mti, json.dumps(message), "pending", self.clock()),
+            sa.insert(SAF).values(
+                rrn=rrn,
+                mti=mti,
+                message=json.dumps(message),
+                state="pending",
+                created_at=self.clock(),
+            )
         )
 
     def unanswered(self) -> list[str]:
         """RRNs journalled as sent but never settled (a crash happened in between)."""
-        rows = self.db.execute("SELECT rrn FROM requests WHERE state = 'sent'").fetchall()
-        return [r[0] for r in rows]
+        r = REQUESTS.c
+        return [row.rrn for row in self.db.all(sa.select(r.rrn).where(r.state == "sent"))]
 
     def next_pending(self) -> SafEntry | None:
-        row = self.db.execute(
-            "SELECT id, rrn, mti, message, attempts FROM saf WHERE state = 'pending' "
-            "ORDER BY id LIMIT 1"
-        ).fetchone()
+        """The oldest reversal not yet settled, or None."""
+        q = SAF.c
+        row = self.db.one(
+            sa.select(q.id, q.rrn, q.mti, q.message, q.attempts)
+            .where(q.state == "pending")
+            .order_by(q.id)
+            .limit(1)
+        )
         if row is None:
             return None
-        return SafEntry(row[0], row[1], row[2], json.loads(row[3]), row[4])
+        return SafEntry(row.id, row.rrn, row.mti, json.loads(row.message), row.attempts)
 
     def attempted(self, entry_id: int) -> None:
+        """Count one more send of entry ``entry_id`` (it stays pending)."""
+        q = SAF.c
         with self._tx() as db:
-            db.execute("UPDATE saf SET attempts = attempts + 1 WHERE id = ?", (entry_id,))
+            db.execute(sa.update(SAF).where(q.id == entry_id).values(attempts=q.attempts + 1))
 
     def settle(self, entry_id: int, code: str, *, acked: bool) -> None:
+        """Close entry ``entry_id`` with the host's answer: acked, or failed for good."""
+        q = SAF.c
         with self._tx() as db:
             db.execute(
-                "UPDATE saf SET state = ?, response_code = ?, attempts = attempts + 1, "
-                "done_at = ? WHERE id = ?",
-                ("acked" if acked else "failed", code, self.clock(), entry_id),
+                sa.update(SAF)
+                .where(q.id == entry_id)
+                .values(
+                    state="acked" if acked else "failed",
+                    response_code=code,
+                    attempts=q.attempts + 1,
+                    done_at=self.clock(),
+                )
             )
 
     def pending_count(self) -> int:
-        (n,) = self.db.execute("SELECT COUNT(*) FROM saf WHERE state = 'pending'").fetchone()
-        return int(n)
+        q = SAF.c
+        return int(self.db.scalar(sa.select(sa.func.count()).where(q.state == "pending")))
 
     def saf_entries(self, rrn: str) -> list[tuple[str, str, int]]:
         """(MTI, state, attempts) of every queued reversal of ``rrn``, oldest first."""
-        rows = self.db.execute(
-            "SELECT mti, state, attempts FROM saf WHERE rrn = ? ORDER BY id", (rrn,)
-        ).fetchall()
+        q = SAF.c
+        rows = self.db.all(sa.select(q.mti, q.state, q.attempts).where(q.rrn == rrn).order_by(q.id))
         return [(str(a), str(b), int(c)) for a, b, c in rows]

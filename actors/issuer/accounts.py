@@ -1,14 +1,17 @@
-"""The issuer's SQLite (WAL) store: card and bank accounts, holds, postings, reversals.
+"""The issuer's account store (setpay/store.py): card and bank accounts, holds, postings,
+reversals; SQLite (WAL) per host instance by default, PostgreSQL given a URL.
 
 Rule 1: no PAN, account number or PIN is stored: accounts are keyed by ``pan_index`` (keyed
 HMAC from the security module) and keep the last four digits for display; PINs exist only
 as a PVV.
 Rule 2: every request is keyed by its transmission key (acquirer, time, STAN, RRN)
 and applied at most once: ``process`` runs the lookup, the decision and the write in one
-``BEGIN IMMEDIATE`` transaction; a repeat with the same fingerprint gets the stored answer, a
-different request under a used key gets 94 and changes nothing.
-Rule 3: a reversal releases the hold or restores the posting of its original exactly once;
-a reversal whose original never arrived leaves a tombstone so a late original is refused.
+``Store.transaction`` (write lock taken up front); ``tx_key`` is the primary key, so the
+database itself refuses a second record under a key. A repeat with the same fingerprint gets
+the stored answer, a different request under a used key gets 94 and changes nothing.
+Rule 3: a reversal releases the hold or restores the posting of its original exactly once
+(``reversals.tx_key`` is the primary key); a reversal whose original never arrived leaves a
+tombstone so a late original is refused.
 Rule 4: amounts are integers in minor units. Card ``balance`` is what the cardholder owes
 (available = limit - balance - holds); bank ``balance`` is the money on the account
 (available = balance - holds).
@@ -16,57 +19,66 @@ Rule 4: amounts are integers in minor units. Card ``balance`` is what the cardho
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
+
+import sqlalchemy as sa
 
 from actors.iso8583.codes import ResponseCode
 from actors.issuer.errors import StoreError
-from setpay.sqlite import transaction
+from setpay.store import Connection, Schema, open_store
 
-SCHEMA_VERSION: Final = 1
-_SCHEMA: Final = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS accounts (
-    pan_index BLOB PRIMARY KEY,
-    kind TEXT NOT NULL CHECK (kind IN ('card', 'bank')),
-    brand TEXT NOT NULL,
-    last4 TEXT NOT NULL,
-    expiry TEXT,
-    credit_limit INTEGER NOT NULL CHECK (credit_limit >= 0),
-    balance INTEGER NOT NULL,
-    stolen INTEGER NOT NULL DEFAULT 0,
-    pvv BLOB,
-    pin_tries INTEGER NOT NULL DEFAULT 0,
-    velocity_count INTEGER NOT NULL CHECK (velocity_count > 0),
-    velocity_window INTEGER NOT NULL CHECK (velocity_window > 0)
-);
-CREATE TABLE IF NOT EXISTS transactions (
-    tx_key TEXT PRIMARY KEY,
-    rrn TEXT NOT NULL,
-    mti TEXT NOT NULL,
-    fingerprint BLOB NOT NULL,
-    pan_index BLOB,
-    amount INTEGER NOT NULL,
-    effect TEXT NOT NULL,
-    state TEXT NOT NULL,
-    response_code TEXT NOT NULL,
-    approval_code TEXT NOT NULL,
-    created_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS transactions_velocity ON transactions (pan_index, created_at);
-CREATE TABLE IF NOT EXISTS reversals (
-    tx_key TEXT PRIMARY KEY,
-    original_key TEXT NOT NULL,
-    restored INTEGER NOT NULL,
-    created_at REAL NOT NULL
-);
-"""
+_MD = sa.MetaData()
+ACCOUNTS: Final = sa.Table(
+    "accounts",
+    _MD,
+    sa.Column("pan_index", sa.LargeBinary, primary_key=True),
+    sa.Column("kind", sa.String(), nullable=False),
+    sa.Column("brand", sa.String(), nullable=False),
+    sa.Column("last4", sa.String(), nullable=False),
+    sa.Column("expiry", sa.String()),
+    sa.Column("credit_limit", sa.BigInteger, nullable=False),
+    sa.Column("balance", sa.BigInteger, nullable=False),
+    sa.Column("stolen", sa.Boolean, nullable=False, default=False),
+    sa.Column("pvv", sa.LargeBinary),
+    sa.Column("pin_tries", sa.Integer, nullable=False, default=0),
+    sa.Column("velocity_count", sa.Integer, nullable=False),
+    sa.Column("velocity_window", sa.Integer, nullable=False),
+    sa.CheckConstraint("kind IN ('card', 'bank')", name="accounts_kind"),
+    sa.CheckConstraint("credit_limit >= 0", name="accounts_credit_limit"),
+    sa.CheckConstraint("velocity_count > 0", name="accounts_velocity_count"),
+    sa.CheckConstraint("velocity_window > 0", name="accounts_velocity_window"),
+)
+TRANSACTIONS: Final = sa.Table(
+    "transactions",
+    _MD,
+    sa.Column("tx_key", sa.String(), primary_key=True),
+    sa.Column("rrn", sa.String(), nullable=False),
+    sa.Column("mti", sa.String(), nullable=False),
+    sa.Column("fingerprint", sa.LargeBinary, nullable=False),
+    sa.Column("pan_index", sa.LargeBinary),
+    sa.Column("amount", sa.BigInteger, nullable=False),
+    sa.Column("effect", sa.String(), nullable=False),
+    sa.Column("state", sa.String(), nullable=False),
+    sa.Column("response_code", sa.String(), nullable=False),
+    sa.Column("approval_code", sa.String(), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Index("transactions_velocity", "pan_index", "created_at"),
+)
+REVERSALS: Final = sa.Table(
+    "reversals",
+    _MD,
+    sa.Column("tx_key", sa.String(), primary_key=True),
+    sa.Column("original_key", sa.String(), nullable=False, index=True),
+    sa.Column("restored", sa.Boolean, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+SCHEMA: Final = Schema("issuer_accounts", _MD)
 
 
 class Effect(StrEnum):
@@ -138,27 +150,20 @@ class Outcome:
 
 
 class Store:
-    """The account store. Calls are synchronous and short (local SQLite, one transaction)."""
+    """The account store. Calls are synchronous and short (one transaction each)."""
 
-    def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
-        self.path = Path(path)
+    def __init__(self, path: Path | str, *, clock: Callable[[], float] = time.time) -> None:
+        """Open (creating or migrating) the store at ``path``, or at a ``postgresql://`` URL."""
+        self.db = open_store(path, [SCHEMA])
+        self.path = Path(path) if self.db.path is None else self.db.path
         self.clock = clock
-        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("PRAGMA busy_timeout=5000")
-        self.db.executescript(_SCHEMA)
-        self.db.execute(
-            "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
-            (str(SCHEMA_VERSION),),
-        )
 
     def close(self) -> None:
         self.db.close()
 
-    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
-        """One atomic change (setpay/sqlite.py): committed on exit, rolled back on error."""
-        return transaction(self.db)
+    def _tx(self) -> AbstractContextManager[Connection]:
+        """One atomic change (setpay/store.py): committed on exit, rolled back on error."""
+        return self.db.transaction()
 
     # -- accounts ---------------------------------------------------------------------------
 
@@ -166,27 +171,13 @@ class Store:
         """Create or replace an account (seeding and administration only)."""
         if record.kind not in ("card", "bank") or len(record.last4) != 4:
             raise StoreError("account kind must be card or bank, last4 four characters")
+        values = {name: getattr(record, name) for name in _ACCOUNT_COLUMNS}
         with self._tx() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO accounts VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    record.pan_index,
-                    record.kind,
-                    record.brand,
-                    record.last4,
-                    record.expiry,
-                    record.credit_limit,
-                    record.balance,
-                    int(record.stolen),
-                    record.pvv,
-                    record.pin_tries,
-                    record.velocity_count,
-                    record.velocity_window,
-                ),
-            )
+            db.execute(self.db.upsert(ACCOUNTS, values))
 
     def account(self, pan_index: bytes) -> AccountRecord | None:
-        row = self.db.execute("SELECT * FROM accounts WHERE pan_index = ?", (pan_index,)).fetchone()
+        """The account under ``pan_index``, or None (inside a transaction: as it sees it)."""
+        row = self.db.one(_ACCOUNT.where(ACCOUNTS.c.pan_index == pan_index))
         return None if row is None else _account(row)
 
     def snapshot(self, pan_index: bytes) -> Snapshot | None:
@@ -194,36 +185,40 @@ class Store:
         account = self.account(pan_index)
         if account is None:
             return None
-        (held,) = self.db.execute(
-            "SELECT COALESCE(SUM(amount), 0) FROM transactions "
-            "WHERE pan_index = ? AND effect = 'hold' AND state = 'active'",
-            (pan_index,),
-        ).fetchone()
+        t = TRANSACTIONS.c
+        held = self.db.scalar(
+            sa.select(sa.func.coalesce(sa.func.sum(t.amount), 0)).where(
+                t.pan_index == pan_index, t.effect == str(Effect.HOLD), t.state == "active"
+            )
+        )
         since = self.clock() - account.velocity_window
-        (recent,) = self.db.execute(
-            "SELECT COUNT(*) FROM transactions WHERE pan_index = ? AND response_code = '00' "
-            "AND state = 'active' AND created_at >= ?",
-            (pan_index, since),
-        ).fetchone()
+        recent = self.db.scalar(
+            sa.select(sa.func.count()).where(
+                t.pan_index == pan_index,
+                t.response_code == str(ResponseCode.APPROVED),
+                t.state == "active",
+                t.created_at >= since,
+            )
+        )
         return Snapshot(account, int(held), int(recent))
 
     # -- requests ---------------------------------------------------------------------------
 
     def stored(self, tx: TxRequest) -> Outcome | None:
         """The stored answer for ``tx``'s key, or None if the key is new (read-only)."""
-        row = self.db.execute(
-            "SELECT fingerprint, effect, response_code, approval_code, pan_index "
-            "FROM transactions WHERE tx_key = ?",
-            (tx.key,),
-        ).fetchone()
+        t = TRANSACTIONS.c
+        row = self.db.one(
+            sa.select(t.fingerprint, t.effect, t.response_code, t.approval_code, t.pan_index)
+            .where(t.tx_key == tx.key)
+        )  # fmt: skip
         if row is None:
             return None
         fingerprint, effect, code, approval, pan_index = row
         if effect == Effect.TOMBSTONE:
             return Outcome(ResponseCode.INVALID_TRANSACTION, duplicate=True)
-        if fingerprint != tx.fingerprint:
+        if bytes(fingerprint) != tx.fingerprint:
             return Outcome(ResponseCode.DUPLICATE_TRANSMISSION, duplicate=True)
-        account = self.account(pan_index) if pan_index else None
+        account = self.account(bytes(pan_index)) if pan_index else None
         last4 = account.last4 if account else ""
         return Outcome(ResponseCode(code), approval, duplicate=True, last4=last4)
 
@@ -234,6 +229,7 @@ class Store:
         approval_code: Callable[[], str],
     ) -> Outcome:
         """Decide ``tx`` against a consistent snapshot and record it, at most once per key."""
+        a = ACCOUNTS.c
         with self._tx() as db:
             previous = self.stored(tx)
             if previous is not None:
@@ -243,105 +239,110 @@ class Store:
             approval = approval_code() if decision.code.approved else ""
             if snap is not None and decision.pin_tries is not None:
                 db.execute(
-                    "UPDATE accounts SET pin_tries = ? WHERE pan_index = ?",
-                    (decision.pin_tries, tx.pan_index),
+                    sa.update(ACCOUNTS)
+                    .where(a.pan_index == tx.pan_index)
+                    .values(pin_tries=decision.pin_tries)
                 )
             if decision.effect is Effect.POSTING:
                 assert snap is not None  # a decision on an unknown account never posts
                 sign = 1 if snap.account.kind == "card" else -1
                 db.execute(
-                    "UPDATE accounts SET balance = balance + ? WHERE pan_index = ?",
-                    (sign * tx.amount, tx.pan_index),
+                    sa.update(ACCOUNTS)
+                    .where(a.pan_index == tx.pan_index)
+                    .values(balance=a.balance + sign * tx.amount)
                 )
             db.execute(
-                "INSERT INTO transactions VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    tx.key,
-                    tx.rrn,
-                    tx.mti,
-                    tx.fingerprint,
-                    tx.pan_index,
-                    tx.amount,
-                    str(decision.effect),
-                    "active",
-                    str(decision.code),
-                    approval,
-                    self.clock(),
-                ),
+                sa.insert(TRANSACTIONS).values(
+                    tx_key=tx.key,
+                    rrn=tx.rrn,
+                    mti=tx.mti,
+                    fingerprint=tx.fingerprint,
+                    pan_index=tx.pan_index,
+                    amount=tx.amount,
+                    effect=str(decision.effect),
+                    state="active",
+                    response_code=str(decision.code),
+                    approval_code=approval,
+                    created_at=self.clock(),
+                )
             )
             last4 = snap.account.last4 if snap else ""
             return Outcome(decision.code, approval, last4=last4)
 
     def reverse(self, reversal_key: str, original_key: str, rrn: str) -> bool:
         """Undo the original's effect once; True if this call restored funds."""
+        a, t, r = ACCOUNTS.c, TRANSACTIONS.c, REVERSALS.c
         with self._tx() as db:
-            if db.execute("SELECT 1 FROM reversals WHERE tx_key = ?", (reversal_key,)).fetchone():
+            if db.execute(sa.select(r.tx_key).where(r.tx_key == reversal_key)).first():
                 return False
             row = db.execute(
-                "SELECT pan_index, amount, effect, state FROM transactions WHERE tx_key = ?",
-                (original_key,),
-            ).fetchone()
+                sa.select(t.pan_index, t.amount, t.effect, t.state).where(t.tx_key == original_key)
+            ).first()
             restored = False
             if row is None:
                 # The original may still be in flight: refuse it when it arrives.
                 db.execute(
-                    "INSERT INTO transactions VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                    (
-                        original_key,
-                        rrn,
-                        "",
-                        b"",
-                        None,
-                        0,
-                        str(Effect.TOMBSTONE),
-                        "reversed",
-                        str(ResponseCode.INVALID_TRANSACTION),
-                        "",
-                        self.clock(),
-                    ),
+                    sa.insert(TRANSACTIONS).values(
+                        tx_key=original_key,
+                        rrn=rrn,
+                        mti="",
+                        fingerprint=b"",
+                        pan_index=None,
+                        amount=0,
+                        effect=str(Effect.TOMBSTONE),
+                        state="reversed",
+                        response_code=str(ResponseCode.INVALID_TRANSACTION),
+                        approval_code="",
+                        created_at=self.clock(),
+                    )
                 )
-            elif row[3] == "active":
-                pan_index, amount, effect, _ = row
-                if effect == Effect.POSTING:
+            elif row.state == "active":
+                if row.effect == Effect.POSTING:
                     kind = db.execute(
-                        "SELECT kind FROM accounts WHERE pan_index = ?", (pan_index,)
-                    ).fetchone()[0]
+                        sa.select(a.kind).where(a.pan_index == row.pan_index)
+                    ).scalar_one()
                     sign = -1 if kind == "card" else 1
                     db.execute(
-                        "UPDATE accounts SET balance = balance + ? WHERE pan_index = ?",
-                        (sign * amount, pan_index),
+                        sa.update(ACCOUNTS)
+                        .where(a.pan_index == row.pan_index)
+                        .values(balance=a.balance + sign * row.amount)
                     )
                 db.execute(
-                    "UPDATE transactions SET state = 'reversed' WHERE tx_key = ?",
-                    (original_key,),
+                    sa.update(TRANSACTIONS).where(t.tx_key == original_key).values(state="reversed")
                 )
-                restored = effect in (Effect.HOLD, Effect.POSTING)
+                restored = row.effect in (Effect.HOLD, Effect.POSTING)
             db.execute(
-                "INSERT INTO reversals VALUES (?,?,?,?)",
-                (reversal_key, original_key, int(restored), self.clock()),
+                sa.insert(REVERSALS).values(
+                    tx_key=reversal_key,
+                    original_key=original_key,
+                    restored=restored,
+                    created_at=self.clock(),
+                )
             )
             return restored
 
     def reversal_count(self, original_key: str) -> int:
         """How many distinct reversals named ``original_key`` (for audits and tests)."""
-        (n,) = self.db.execute(
-            "SELECT COUNT(*) FROM reversals WHERE original_key = ?", (original_key,)
-        ).fetchone()
-        return int(n)
+        r = REVERSALS.c
+        return int(self.db.scalar(sa.select(sa.func.count()).where(r.original_key == original_key)))
 
 
-def _account(row: tuple[object, ...]) -> AccountRecord:
+_ACCOUNT_COLUMNS: Final = tuple(c.name for c in ACCOUNTS.columns)
+_ACCOUNT: Final = sa.select(ACCOUNTS)
+
+
+def _account(row: Any) -> AccountRecord:
     return AccountRecord(
-        pan_index=bytes(row[0]),  # type: ignore[arg-type]
-        kind=str(row[1]),
-        brand=str(row[2]),
-        last4=str(row[3]),
-        expiry=None if row[4] is None else str(row[4]),
-        credit_limit=int(row[5]),  # type: ignore[call-overload]
-        balance=int(row[6]),  # type: ignore[call-overload]
-        stolen=bool(row[7]),
-        pvv=None if row[8] is None else bytes(row[8]),  # type: ignore[arg-type]
-        pin_tries=int(row[9]),  # type: ignore[call-overload]
-        velocity_count=int(row[10]),  # type: ignore[call-overload]
-        velocity_window=int(row[11]),  # type: ignore[call-overload]
+        pan_index=bytes(row.pan_index),
+        kind=str(row.kind),
+        brand=str(row.brand),
+        last4=str(row.last4),
+        expiry=None if row.expiry is None else str(row.expiry),
+        credit_limit=int(row.credit_limit),
+        balance=int(row.balance),
+        stolen=bool(row.stolen),
+        pvv=None if row.pvv is None else bytes(row.pvv),
+        pin_tries=int(row.pin_tries),
+        velocity_count=int(row.velocity_count),
+        velocity_window=int(row.velocity_window),
     )

@@ -164,9 +164,7 @@ async def test_deadline_reversal_survives_link_restart(host, store, security, ac
         [(mti, state, attempts)] = lk2.journal.saf_entries(rrn(400))
         assert (mti, state) == (spec.REVERSAL_ADVICE, "acked") and attempts >= 2
         assert await balance(store, security, bank.reference) == bank.balance
-        f7 = lk2.journal.db.execute(
-            "SELECT json_extract(fields, '$.7') FROM requests WHERE rrn = ?", (rrn(400),)
-        ).fetchone()[0]
+        f7 = (lk2.journal.fields(rrn(400)) or {})["7"]
         assert store.reversal_count(transmission_key("4321", f7, result.stan, rrn(400))) == 1
     finally:
         await lk2.close()
@@ -276,7 +274,7 @@ async def test_journal_and_logs_hold_no_pan_or_pin(link, accounts, security, tmp
         await link.request(LinkRequest(rrn(801), bank.reference, 100, mti="0200", pin_block=block))
         assert await link.reverse(rrn(801))
         await asyncio.wait_for(link.saf_idle(), 10)
-    link.journal.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+    link.journal.db.checkpoint()
     blob = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("link"))
     logged = repr(events)
     assert "answered" in logged and "decided" in logged

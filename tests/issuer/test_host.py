@@ -278,7 +278,7 @@ async def test_db_holds_no_pan_and_no_pin(client, accounts, store, security, tmp
             pin_block = await security.pin_block(account.binding, account.pin)
         mti = spec.FINANCIAL_REQUEST if account.kind == "bank" else spec.AUTH_REQUEST
         await client.request(request(account, 100, mti=mti, pin_block=pin_block))
-    store.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+    store.db.checkpoint()
     files = [p for p in tmp_path.iterdir() if p.name.startswith("issuer.sqlite")]
     blob = b"".join(p.read_bytes() for p in files)
     assert len(blob) > 0
