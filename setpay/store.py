@@ -48,16 +48,10 @@ request id -> request digest, reply type, reply bytes, created at. The same id w
 digest gets the stored reply; the same id with another digest is a replay (``ReplyConflict``).
 Its row is written inside the caller's transaction, together with the effects it answers.
 
-Converting another store (the issuer's accounts, its store-and-forward journal, the
-keystore's used-PI register) onto this layer:
-1. describe its tables as ``sa.Table`` objects on a module-level ``MetaData`` and wrap them in
-   ``Schema("issuer_accounts", metadata)`` (add ``REPLIES`` to the list if it answers requests);
-2. open with ``open_store(path, [SCHEMA, ...])`` instead of ``sqlite3.connect`` (the file
-   mode, WAL, FULL and busy timeout come with it);
-3. replace ``with transaction(db)``/``BEGIN IMMEDIATE`` blocks by ``with store.transaction() as
-   db`` and run Core statements on ``db``; replace ``INSERT OR IGNORE``/``OR REPLACE`` by
-   ``store.insert_ignore(table)``/``store.upsert(table)``; catch ``IntegrityError`` from here;
-4. later schema changes append a step: ``Schema(..., steps=(add_flag,))`` where
+Every store of the tree stands on this layer (merchant, wallet, CA, gateway ledger, trust
+cache, issuer accounts, the ISO 8583 store-and-forward journal, the keystore's used-PI
+register). A schema change appends a step:
+later schema changes append a step: ``Schema(..., steps=(add_flag,))`` where
    ``def add_flag(op: Operations) -> None: op.add_column("t", sa.Column(...))``; also change
    the ``Table`` to the new shape (fresh databases are created from it).
 """
