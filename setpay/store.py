@@ -50,10 +50,9 @@ Its row is written inside the caller's transaction, together with the effects it
 
 Every store of the tree stands on this layer (merchant, wallet, CA, gateway ledger, trust
 cache, issuer accounts, the ISO 8583 store-and-forward journal, the keystore's used-PI
-register). A schema change appends a step:
-later schema changes append a step: ``Schema(..., steps=(add_flag,))`` where
-   ``def add_flag(op: Operations) -> None: op.add_column("t", sa.Column(...))``; also change
-   the ``Table`` to the new shape (fresh databases are created from it).
+register). A schema change appends a step, ``Schema(..., steps=(add_flag,))`` where
+``def add_flag(op: Operations) -> None: op.add_column("t", sa.Column(...))``, and changes the
+``Table`` to the new shape (fresh databases are created from it).
 """
 
 from __future__ import annotations
