@@ -76,6 +76,10 @@ from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.dml import Insert
 
+from setpay.logs import get_logger
+
+log = get_logger(component="store")
+
 __all__ = [
     "REPLIES",
     "Connection",
@@ -362,14 +366,24 @@ def _migrate_one(
     current = conn.execute(sa.select(_VERSIONS.c.version).where(where)).scalar()
     if current is None:
         clash = existing & set(schema.metadata.tables)
-        if clash:
+        if clash and _adoptable(conn, schema, existing):
+            # A database made before this layer, whose tables already have the columns of
+            # version 1: recorded as version 1 (nothing rewritten), then upgraded below.
+            conn.execute(sa.insert(_VERSIONS).values(component=schema.name, version=1))
+            log.info("store_adopted", store=store, component=schema.name)
+            current = 1
+        elif clash:
             raise SchemaError(
                 f"{store}: tables {sorted(clash)} exist without a recorded version of"
-                f" {schema.name!r} (a database made before the store layer): move it away"
+                f" {schema.name!r} and not in its shape (a database made before the store"
+                " layer): move it away"
             )
-        schema.metadata.create_all(conn)
-        conn.execute(sa.insert(_VERSIONS).values(component=schema.name, version=schema.version))
-        return
+        else:
+            schema.metadata.create_all(conn)
+            conn.execute(
+                sa.insert(_VERSIONS).values(component=schema.name, version=schema.version)
+            )
+            return
     if current > schema.version:
         raise SchemaError(
             f"{store}: {schema.name!r} is at version {current}, this code knows {schema.version}"
@@ -377,6 +391,19 @@ def _migrate_one(
     for version in range(current, schema.version):
         schema.steps[version - 1](ops)
         conn.execute(sa.update(_VERSIONS).where(where).values(version=version + 1))
+
+
+def _adoptable(conn: Connection, schema: Schema, existing: set[str]) -> bool:
+    """Whether every table of ``schema``'s version 1 exists with at least its columns. Only a
+    component with no upgrade steps yet has its version-1 shape in ``metadata``."""
+    if schema.steps or not set(schema.metadata.tables) <= existing:
+        return False
+    inspector = sa.inspect(conn)
+    for name, table in schema.metadata.tables.items():
+        have = {c["name"] for c in inspector.get_columns(name)}
+        if not {c.name for c in table.columns} <= have:
+            return False
+    return True
 
 
 def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
