@@ -13,8 +13,8 @@ from cryptography.hazmat.primitives import serialization
 
 from keystore import messages as m
 from keystore.client import HsmAccountOpener
-from keystore.operations import OPERATIONS
 from keystore.errors import Forbidden, InvalidPinBlock, KeyExists, PinKeyMisuse
+from keystore.operations import OPERATIONS
 from keystore.policy import Policy
 from protocol import codec, dualsig, pan, pin, primitives
 from protocol.errors import ErrorCode, ProtocolError
