@@ -133,37 +133,40 @@ class PinGuard:
                 ok = failed is None and verdict(result)
                 failures = 0 if ok else (lock.failures if lock is not None else 0) + 1
                 until = now + LOCKOUT_S if failures >= PIN_TRY_LIMIT else 0
-                _put(db, f"lock/{key}", 0, 0, 0 if until else failures, until, now)
+                self._put(db, f"lock/{key}", 0, 0, 0 if until else failures, until, now)
         if failed is not None:
             raise failed
         return result
 
-    @staticmethod
-    def _count(db: sa.Connection, scope: str, limit: int, now: int, who: str) -> None:
+    def _count(self, db: sa.Connection, scope: str, limit: int, now: int, who: str) -> None:
         row = _get(db, scope)
         start, count = (row.window_start, row.count) if row is not None else (now, 0)
         if now >= start + WINDOW_S:
             start, count = now, 0
         if count >= limit:
             raise RateLimited(f"PIN operation limit per {who} reached for this window")
-        _put(db, scope, start, count + 1, 0, 0, now)
+        self._put(db, scope, start, count + 1, 0, 0, now)
+
+    def _put(
+        self,
+        db: sa.Connection,
+        scope: str,
+        start: int,
+        count: int,
+        failures: int,
+        until: int,
+        now: int,
+    ) -> None:
+        values = {
+            "scope": scope,
+            "window_start": start,
+            "count": count,
+            "failures": failures,
+            "locked_until": until,
+            "touched": now,
+        }
+        db.execute(self._store.upsert(_ROWS, values))
 
 
 def _get(db: sa.Connection, scope: str) -> sa.Row | None:  # type: ignore[type-arg]
     return db.execute(sa.select(_ROWS).where(_ROWS.c.scope == scope)).one_or_none()
-
-
-def _put(
-    db: sa.Connection, scope: str, start: int, count: int, failures: int, until: int, now: int
-) -> None:
-    db.execute(sa.delete(_ROWS).where(_ROWS.c.scope == scope))
-    db.execute(
-        sa.insert(_ROWS).values(
-            scope=scope,
-            window_start=start,
-            count=count,
-            failures=failures,
-            locked_until=until,
-            touched=now,
-        )
-    )

@@ -86,9 +86,7 @@ async def test_pvv_and_verify_in_the_keystore(issuer_keys, hsm):
         await unconfigured.verify_pin("2345671", block, pvv)
 
 
-async def test_host_over_keystore_security(
-    issuer_keys, keystore_deployment, hsm, tmp_path: Path
-):
+async def test_host_over_keystore_security(issuer_keys, keystore_deployment, hsm, tmp_path: Path):
     """Cards and PIN accounts seeded through the keystore; a debit with the right PIN is
     approved, a wrong one declined 55; no PIN or PIN block in the DB or the audit log."""
     client, zpk, security = issuer_keys
