@@ -241,27 +241,27 @@ async def _seed_issuer(settings: Settings) -> list[str]:
         try:
             now = datetime.now(UTC)
             client = getattr(security, "client", None)
-            zpk = f"{settings.broker_user_prefix}{ZPK_LABEL}"
+            pvk = getattr(security, "pvk_label", "")
 
-            async def pin_block_for(number: str, pin: str) -> bytes:
-                # PIN issuance inside the keystore: the block comes back under the ZPK only.
+            async def pvv_for(number: str, pin: str) -> bytes:
+                # PIN issuance inside the keystore: only the PVV comes back, never a PIN block.
                 from actors.issuer.errors import SecurityUnavailable
                 from keystore.errors import KeystoreError
 
                 assert client is not None
                 try:
-                    return bytes(await client.pin_encipher(zpk, number, pin))
+                    return bytes(await client.pin_issue(pvk, number, pin))
                 except KeystoreError as exc:  # the account is reported skipped, not fatal
-                    raise SecurityUnavailable(f"pin_encipher: {type(exc).__name__}") from None
+                    raise SecurityUnavailable(f"pin_issue: {type(exc).__name__}") from None
 
-            source = pin_block_for if client is not None else None
-            report = await seed_environment(store, security, now, source)
+            source = pvv_for if client is not None else None
+            report = await seed_environment(store, security, now, pvv_for=source)
             for account in demo_accounts(now):
                 if account.pin is not None and source is None:
                     report.append((account, "skipped: no PIN block source"))
                     continue
                 try:
-                    await seed(store, security, [account], source)
+                    await seed(store, security, [account], pvv_for=source)
                 except SecurityUnavailable as exc:
                     report.append((account, f"skipped: {exc}"))
                     continue

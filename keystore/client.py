@@ -34,6 +34,7 @@ from keystore.errors import (
     PiPreviouslyUsed,
     error_for,
 )
+from keystore.operations import OPERATIONS
 from keystore.service import RPC_QUEUE
 from protocol.dualsig import OpenedAccount
 from protocol.errors import ErrorCode, ProtocolError
@@ -85,7 +86,7 @@ class KeystoreClient:
         if response.fault is not Fault.OK:
             raise error_for(response.fault, response.text)  # the keystore's own refusal
         try:
-            return m.decode(m.RESPONSE_RECORDS[op], response.body)
+            return m.decode(OPERATIONS[op].response, response.body)
         except BadRequest:
             raise InternalError("keystore answered with a malformed response") from None
 
@@ -155,9 +156,10 @@ class KeystoreClient:
         )
         return verdict.ok
 
-    async def pin_encipher(self, zpk_label: str, account: str, pin: str) -> bytes:
-        """A PIN as format 4 under the ZPK (PIN issuance, test-environment seeding)."""
-        return await self._blob(m.Op.PIN_ENCIPHER, m.PinEncipher(zpk_label, account, pin))
+    async def pin_issue(self, pvk_label: str, account: str, pin: str) -> bytes:
+        """The PVV of a new PIN for ``account`` (PIN issuance, test-environment seeding; only
+        identities with the issuance grant). No PIN block comes back."""
+        return await self._blob(m.Op.PIN_ISSUE, m.PinIssue(pvk_label, account, pin))
 
     async def batch(self, items: Sequence[m.BatchItem]) -> list[bytes | KeystoreError]:
         """Run up to ``MAX_BATCH`` sign/decrypt items in one round trip; per-item results."""

@@ -28,6 +28,10 @@ class Fault(IntEnum):
     UNAVAILABLE = 11  # client side: keystore not reachable or did not answer in time
     INVALID_PIN_BLOCK = 12  # a PIN block does not decode for its account (no detail given)
     PI_USED = 13  # a PIN-bearing payment instruction was opened before (piPreviouslyUsed)
+    RATE_LIMITED = 14  # a PIN operation's window count for this caller or account is spent
+    PIN_LOCKED = 15  # the account's PIN is locked after too many failed verifications
+    PIN_KEY_MISUSE = 16  # a PIN key (PVK, ZPK) asked for anything but its PIN operations
+    PIN_BLOCK_MISSING = 17  # format error: a PIN operation without its PIN block
 
 
 class KeystoreError(Exception):
@@ -95,6 +99,24 @@ class PiPreviouslyUsed(KeystoreError):
     fault = Fault.PI_USED
 
 
+class RateLimited(KeystoreError):
+    fault = Fault.RATE_LIMITED
+
+
+class PinLocked(KeystoreError):
+    fault = Fault.PIN_LOCKED
+
+
+class PinKeyMisuse(KeystoreError):
+    fault = Fault.PIN_KEY_MISUSE
+
+
+class PinBlockMissing(KeystoreError):
+    """A format error, never a wrong PIN: it does not count toward the PIN lockout."""
+
+    fault = Fault.PIN_BLOCK_MISSING
+
+
 _BY_FAULT: dict[Fault, type[KeystoreError]] = {
     cls.fault: cls
     for cls in (
@@ -111,6 +133,10 @@ _BY_FAULT: dict[Fault, type[KeystoreError]] = {
         KeystoreUnavailable,
         InvalidPinBlock,
         PiPreviouslyUsed,
+        RateLimited,
+        PinLocked,
+        PinKeyMisuse,
+        PinBlockMissing,
     )
 }
 

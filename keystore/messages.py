@@ -1,8 +1,9 @@
 """Keystore request and response records, encoded with ``protocol.codec``.
 
 Rule 1: a request is ``Request(op, body)``; ``body`` is the msgpack of the op's own record
-(``REQUEST_RECORDS[op]``) and the answer's ``body`` that of ``RESPONSE_RECORDS[op]``. Both are
-decoded strictly; anything malformed is a ``BadRequest``, never another exception.
+and the answer's ``body`` that of its response record (both named by the op's object in
+``keystore.operations``). Both are decoded strictly; anything malformed is a ``BadRequest``,
+never another exception.
 Rule 2: the caller's identity is never a field here: it is the AMQP ``user_id`` RabbitMQ
 validated. Labels are ``<owner>/<name>``; the owner part is checked against that identity.
 Rule 3: errors travel as ``Response(fault, text, b"")``: a code and a short reason, no data.
@@ -18,7 +19,6 @@ from typing import Annotated, Any, TypeVar
 from keystore.errors import BadRequest, Fault
 from protocol import codec
 from protocol.codec import Bytes32, MaxLen, Range, Size
-from protocol.dualsig import OpenedAccount
 from protocol.errors import ProtocolError
 from protocol.messages import PIKind
 
@@ -44,7 +44,7 @@ class Op(IntEnum):
     OPEN_PI_ACCOUNT = 11  # gateway: open a PI's wrap, PIN block translated to the ZPK
     PIN_PVV = 12  # issuer: PVV of a format 4 block under the ZPK
     PIN_VERIFY = 13  # issuer: does a format 4 block under the ZPK match a PVV
-    PIN_ENCIPHER = 14  # issuer (PIN issuance/seeding): a PIN as format 4 under the ZPK
+    PIN_ISSUE = 14  # PIN issuance (seeding): the PVV of a new PIN; no PIN block comes back
 
 
 class KeyKind(StrEnum):
@@ -139,7 +139,9 @@ class Open:
 
 
 Account = Annotated[str, MaxLen(19)]  # the digits a PIN block binds to
-PinBlock4 = Annotated[bytes, Size(16)]  # ISO 9564 format 4 under the ZPK
+# ISO 9564 format 4 under the ZPK: 16 bytes. Empty decodes, so that a request without its
+# block is answered as the specific format fault (PinBlockMissing), never as a wrong PIN.
+PinBlock4 = Annotated[bytes, MaxLen(16)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,8 +178,8 @@ class PinVerify:
 
 
 @dataclass(frozen=True, slots=True)
-class PinEncipher:
-    label: Label  # the ZPK
+class PinIssue:
+    label: Label  # the PVK
     account: Account = field(repr=False)
     pin: Annotated[str, MaxLen(12)] = field(repr=False)
 
@@ -237,41 +239,8 @@ class BatchResult:
     results: Annotated[list[ItemResult], MaxLen(MAX_BATCH)]
 
 
-REQUEST_RECORDS: dict[Op, type] = {
-    Op.CREATE: CreateKey,
-    Op.PUBLIC_KEY: KeyRef,
-    Op.SIGN: Sign,
-    Op.DECRYPT: Decrypt,
-    Op.DERIVE: Derive,
-    Op.HMAC: Hmac,
-    Op.SEAL: Seal,
-    Op.OPEN: Open,
-    Op.LIST: ListKeys,
-    Op.BATCH: Batch,
-    Op.OPEN_PI_ACCOUNT: OpenPiAccount,
-    Op.PIN_PVV: PinPvv,
-    Op.PIN_VERIFY: PinVerify,
-    Op.PIN_ENCIPHER: PinEncipher,
-}
-RESPONSE_RECORDS: dict[Op, type] = {
-    Op.CREATE: KeyInfo,
-    Op.PUBLIC_KEY: KeyInfo,
-    Op.SIGN: Blob,
-    Op.DECRYPT: Blob,
-    Op.DERIVE: Blob,
-    Op.HMAC: Blob,
-    Op.SEAL: Blob,
-    Op.OPEN: Blob,
-    Op.LIST: KeyList,
-    Op.BATCH: BatchResult,
-    Op.OPEN_PI_ACCOUNT: OpenedAccount,
-    Op.PIN_PVV: Blob,
-    Op.PIN_VERIFY: Verdict,
-    Op.PIN_ENCIPHER: Blob,
-}
-BATCH_OPS = frozenset({Op.SIGN, Op.DECRYPT})
-
-for _cls in (Request, Response, ItemResult, *REQUEST_RECORDS.values(), *RESPONSE_RECORDS.values()):
+# The op records are validated where the operations are declared (keystore.operations).
+for _cls in (Request, Response, ItemResult, BatchItem):
     codec.validate_schema(_cls)
 
 T = TypeVar("T")
@@ -287,12 +256,6 @@ def decode(cls: type[T], data: bytes) -> T:
 
 def encode_request(op: Op, record: Any) -> bytes:
     return codec.encode(Request(op, codec.encode(record)))
-
-
-def decode_request(data: bytes) -> tuple[Op, Any]:
-    """Decode a request envelope and its op's record; raises ``BadRequest``."""
-    request = decode(Request, data)
-    return request.op, decode(REQUEST_RECORDS[request.op], request.body)
 
 
 def ok_response(record: Any) -> bytes:

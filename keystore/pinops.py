@@ -11,7 +11,17 @@ opened here with the same key-exchange key for the XID of the PI's own PIHead); 
 PIN-bearing PI is claimed in the used-PI register after every check passed, so a refused
 request changes nothing.
 Rule 4: protocol failures map to faults without detail that could leak data: a PIN block
-that does not decode is ``InvalidPinBlock``; a wrap that does not open is ``DecryptionFailed``.
+that does not decode is ``InvalidPinBlock``; a wrap that does not open is ``DecryptionFailed``;
+a PIN operation without its block is ``PinBlockMissing`` (a format error, never a wrong PIN).
+Rule 5: PIN verification, PVV creation, issuance and translation run under the PIN guard
+(keystore/pinguard.py: per caller and per account window counts, lockout of an account's
+PIN after failed verifications).
+Rule 6: issuance answers a PVV, never a PIN block. ``pin_issue`` takes a PIN and returns its
+PVV under the PVK: no block under a key the caller names ever comes back, so nothing it
+returns can be fed to ``pin_verify`` (the old ``pin_encipher`` + ``pin_verify`` oracle). What is
+left, PIN -> PVV for an account, is granted only to the identities ``Policy.issuance_grants``
+lists (the test environment's issuer seeds its accounts; a production deployment names a
+ceremony identity) and counted at 3 per account per hour (pinguard Rule 1).
 """
 
 from __future__ import annotations
@@ -24,9 +34,11 @@ from keystore.errors import (
     DecryptionFailed,
     InvalidPinBlock,
     KeyUsageError,
+    PinBlockMissing,
     Unsupported,
 )
 from keystore.hsm import Hsm
+from keystore.pinguard import Guarded, PinGuard
 from keystore.register import UsedPiRegister
 from protocol import dualsig, keywrap, pin
 from protocol.errors import ErrorCode, ProtocolError
@@ -41,8 +53,18 @@ def _decrypt(hsm: Hsm, zpk: str) -> pin.BlockCipher:
     return lambda block: hsm.aes_block(zpk, block, decrypt=True)
 
 
+def _guard(guard: PinGuard | None) -> PinGuard:
+    if guard is None:
+        raise Unsupported("this keystore has no PIN guard for PIN operations")
+    return guard
+
+
 def open_pi_account(
-    hsm: Hsm, register: UsedPiRegister | None, caller: str, r: m.OpenPiAccount
+    hsm: Hsm,
+    register: UsedPiRegister | None,
+    guard: PinGuard | None,
+    caller: str,
+    r: m.OpenPiAccount,
 ) -> dualsig.OpenedAccount:
     """Unwrap a PI with the caller's key-exchange key and translate its PIN block (Rule 3)."""
     info = hsm.key_info(r.label)
@@ -64,6 +86,7 @@ def open_pi_account(
     def open_pin(xid: bytes, sealed: bytes, number: str) -> bytes:
         if zpk is None:
             raise BadRequest("a PIN-bearing PI needs a zpk_label")
+        _guard(guard).run(Guarded.TRANSLATE, caller, number, lambda: None)
         seal = pin.seal_wrap(sealed, xid)
         if seal.recipient != wrap.recipient:
             raise ProtocolError(ErrorCode.DECRYPTION_FAILURE, "PIN seal for another gateway")
@@ -97,29 +120,56 @@ def _pin_of(hsm: Hsm, zpk: str, account: str, block: bytes) -> str:
         raise InvalidPinBlock("PIN block does not decode") from None
 
 
-def pin_pvv(hsm: Hsm, r: m.PinPvv) -> bytes:
+def _block(block: bytes) -> bytes:
+    if not block:
+        raise PinBlockMissing("the request carries no PIN block")
+    if len(block) != pin.FORMAT4_BYTES:
+        raise BadRequest("a format 4 PIN block is 16 bytes")
+    return block
+
+
+def _pvv_of_block(hsm: Hsm, pvk: str, zpk: str, account: str, block: bytes) -> bytes:
+    clear = _pin_of(hsm, zpk, account, block)
+    return hsm.hmac(pvk, pin.pvv_input(account, clear))[: pin.PVV_BYTES]
+
+
+def pin_pvv(hsm: Hsm, guard: PinGuard | None, caller: str, r: m.PinPvv) -> bytes:
     """PVV of the PIN in a format 4 block under the ZPK (``InvalidPinBlock`` if it won't open)."""
-    clear = _pin_of(hsm, r.zpk_label, r.account, r.pin_block)
-    return hsm.hmac(r.label, pin.pvv_input(r.account, clear))[: pin.PVV_BYTES]
+    block = _block(r.pin_block)
+    return _guard(guard).run(
+        Guarded.PVV,
+        caller,
+        r.account,
+        lambda: _pvv_of_block(hsm, r.label, r.zpk_label, r.account, block),
+    )
 
 
-def pin_verify(hsm: Hsm, r: m.PinVerify) -> bool:
-    """Constant-time: does the block's PIN have PVV ``r.pvv``? A block that won't open: False."""
+def pin_verify(hsm: Hsm, guard: PinGuard | None, caller: str, r: m.PinVerify) -> bool:
+    """Constant-time: does the block's PIN have PVV ``r.pvv``? A block that won't open: False.
+    Refused ``PinLocked`` while the account is locked (pinguard Rule 2)."""
+    block = _block(r.pin_block)
+
+    def verify() -> bool:
+        try:
+            candidate = _pvv_of_block(hsm, r.label, r.zpk_label, r.account, block)
+        except InvalidPinBlock:
+            # Still spend one HMAC so a bad block and a wrong PIN cost about the same.
+            hsm.hmac(r.label, pin.PVV_LABEL)
+            return False
+        return hmac.compare_digest(candidate, r.pvv)
+
+    return _guard(guard).run(Guarded.VERIFY, caller, r.account, verify, verdict=bool)
+
+
+def pin_issue(hsm: Hsm, guard: PinGuard | None, caller: str, r: m.PinIssue) -> bytes:
+    """The PVV of a new PIN for an account (issuance, seeding; Rule 6): no block comes back."""
     try:
-        candidate = pin_pvv(hsm, m.PinPvv(r.label, r.zpk_label, r.account, r.pin_block))
-    except InvalidPinBlock:
-        # Still spend one HMAC so a bad block and a wrong PIN cost about the same.
-        hsm.hmac(r.label, pin.PVV_LABEL)
-        return False
-    return hmac.compare_digest(candidate, r.pvv)
-
-
-def pin_encipher(hsm: Hsm, r: m.PinEncipher) -> bytes:
-    """A PIN as a format 4 block under the ZPK (PIN issuance and seeding)."""
-    try:
-        return pin.encipher_format4_with(_encrypt(hsm, r.label), r.pin, r.account)
+        data = pin.pvv_input(r.account, r.pin)
     except ProtocolError:
         raise BadRequest("PIN or account number malformed") from None
+    return _guard(guard).run(
+        Guarded.ISSUE, caller, r.account, lambda: hsm.hmac(r.label, data)[: pin.PVV_BYTES]
+    )
 
 
 def _fault(exc: ProtocolError) -> Exception:

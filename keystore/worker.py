@@ -23,6 +23,7 @@ from typing import Any
 
 from keystore.errors import KeystoreError, TokenUnavailable
 from keystore.hsm import Hsm, TokenConfig
+from keystore.pinguard import PinGuard
 from keystore.policy import Policy
 from keystore.register import UsedPiRegister
 from keystore.service import RPC_QUEUE, KeystoreService
@@ -51,6 +52,11 @@ def used_pi_path(settings: Settings) -> Path:
     return settings.data_dir / "keystore-used-pi.sqlite"
 
 
+def pin_guard_path(settings: Settings) -> Path:
+    """The PIN guard's store every worker of a deployment shares (keystore/pinguard.py)."""
+    return settings.data_dir / "keystore-pin-guard.sqlite"
+
+
 def worker_main(spec: WorkerSpec, index: int, ready: Any) -> None:
     """Entry point of a spawned worker process."""
     os.environ["SOFTHSM2_CONF"] = str(spec.settings.softhsm_conf.resolve())
@@ -71,6 +77,7 @@ async def _serve(spec: WorkerSpec, index: int, ready: Any) -> None:
         Hsm(TokenConfig(s.keystore_module, s.keystore_token_label, s.keystore_pin)),
         Policy(identity_prefix=spec.identity_prefix),
         UsedPiRegister(used_pi_path(s)),
+        PinGuard(pin_guard_path(s)),
     )
     try:
         await service.start()

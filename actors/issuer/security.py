@@ -109,12 +109,18 @@ class KeystoreIssuerSecurity:
             raise SecurityUnavailable(f"pin_pvv failed: {type(exc).__name__}") from None
 
     async def verify_pin(self, account: str, pin_block_under_zpk: bytes, pvv: bytes) -> bool:
+        from keystore.errors import PinBlockMissing, PinLocked
+
         zpk = self._zpk()
         try:
             return bool(
                 await self.client.pin_verify(self.pvk_label, zpk, account, pin_block_under_zpk, pvv)
             )
-        except Exception as exc:  # any keystore failure: unavailable, never a guess
+        except PinLocked:  # the keystore's lockout refuses every PIN, the right one included
+            return False
+        except PinBlockMissing:  # a format error, never a wrong PIN
+            raise InvalidPinBlock("no PIN block") from None
+        except Exception as exc:  # any other keystore failure: unavailable, never a guess
             raise SecurityUnavailable(f"pin_verify failed: {type(exc).__name__}") from None
 
 
@@ -125,8 +131,11 @@ pin_pvv(pvk_label, zpk_label, account, pin_block[16]) -> bytes[8]
   decode for `account` -> Fault INVALID_PIN_BLOCK; PVV = CKM_SHA256_HMAC(PVK,
   protocol.pin.pvv_input(account, PIN))[:8]. Audited by op and labels only.
 pin_verify(pvk_label, zpk_label, account, pin_block, pvv) -> bool  (constant-time compare;
-  a block that does not open -> False)
-pin_encipher(zpk_label, account, pin) -> format 4 block under the ZPK (issuance / seeding)
+  a block that does not open -> False; an empty block -> Fault PIN_BLOCK_MISSING, not counted;
+  3 failures lock the account's PIN for a day -> Fault PIN_LOCKED)
+pin_issue(pvk_label, account, pin) -> PVV (issuance / seeding; identities with the issuance
+  grant; no PIN block comes back). All PIN ops are counted per caller and per account
+  (keystore/pinguard.py); the PVK and ZPK serve no other operation (Fault PIN_KEY_MISUSE).
 Roles: issuer gets all three; the PVK and PAN-index key are issuer.<id>/issuer-pvk and
   issuer.<id>/issuer-pan-index (hmac-sha256, made by a key ceremony). The ZPK is the zone key
   zone.main/zpk (aes256; actors.iso8583.security.ZPK_LABEL), usable by the identities

@@ -17,6 +17,7 @@ from actors.issuer.errors import SecurityUnavailable, StoreError
 from actors.issuer.security import IssuerSecurity
 
 PinBlockFor = Callable[[str, str], Awaitable[bytes]]  # (binding digits, PIN) -> block under ZPK
+PvvFor = Callable[[str, str], Awaitable[bytes]]  # (binding digits, PIN) -> PVV (keystore issuance)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,11 +81,15 @@ async def seed(
     security: IssuerSecurity,
     accounts: list[SeedAccount],
     pin_block_for: PinBlockFor | None = None,
+    pvv_for: PvvFor | None = None,
 ) -> None:
-    """Create (or reset) ``accounts`` in ``store``; PINs become PVVs via ``security``."""
+    """Create (or reset) ``accounts`` in ``store``; PINs become PVVs by ``pvv_for`` (the
+    keystore's ``pin_issue``) or via ``security`` from ``pin_block_for``'s blocks."""
     for spec in accounts:
         pvv: bytes | None = None
-        if spec.pin is not None:
+        if spec.pin is not None and pvv_for is not None:
+            pvv = await pvv_for(spec.binding, spec.pin)
+        elif spec.pin is not None:
             if pin_block_for is None:
                 raise StoreError(f"account {spec.name} has a PIN but no PIN block source")
             block = await pin_block_for(spec.binding, spec.pin)
@@ -112,16 +117,17 @@ async def seed_environment(
     security: IssuerSecurity,
     now: datetime,
     pin_block_for: PinBlockFor | None = None,
+    pvv_for: PvvFor | None = None,
 ) -> list[tuple[SeedAccount, str]]:
     """Seed ``environment_accounts``; each with ``created`` or why it was skipped (a PIN
     account needs a PIN block source and a security module that computes PVVs)."""
     report: list[tuple[SeedAccount, str]] = []
     for account in environment_accounts(now):
-        if account.pin is not None and pin_block_for is None:
+        if account.pin is not None and pin_block_for is None and pvv_for is None:
             report.append((account, "skipped: no PIN block source"))
             continue
         try:
-            await seed(store, security, [account], pin_block_for)
+            await seed(store, security, [account], pin_block_for, pvv_for)
         except SecurityUnavailable as exc:
             report.append((account, f"skipped: {exc}"))
             continue

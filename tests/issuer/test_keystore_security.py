@@ -20,6 +20,7 @@ from actors.issuer.security import PAN_INDEX_KEY, PVK_KEY, KeystoreIssuerSecurit
 from actors.issuer.seed import environment_accounts, seed
 from keystore import messages as m
 from keystore.errors import KeyExists
+from protocol import pin
 
 pytestmark = pytest.mark.integration
 
@@ -54,37 +55,51 @@ async def test_pan_index_is_a_keyed_hmac_in_the_token(issuer_keys):
     assert b"4111111111111111" not in a1
 
 
-async def test_pvv_and_verify_in_the_keystore(issuer_keys):
+def block_under_zpk(hsm, zpk: str, account: str, pin_code: str) -> bytes:
+    """A format 4 block as a PIN pad's network would send it, enciphered in the token (the
+    keystore serves no PIN block under a caller-chosen PIN over the bus)."""
+    return pin.encipher_format4_with(
+        lambda b: hsm.aes_block(zpk, b, decrypt=False), pin_code, account
+    )
+
+
+async def test_pvv_and_verify_in_the_keystore(issuer_keys, hsm):
     client, zpk, security = issuer_keys
-    block = await client.pin_encipher(zpk, "1234567", "1234")
-    again = await client.pin_encipher(zpk, "1234567", "1234")
+    block = block_under_zpk(hsm, zpk, "2345671", "1234")
+    again = block_under_zpk(hsm, zpk, "2345671", "1234")
     assert len(block) == 16 and block != again  # format 4: random fill each time
-    pvv = await security.pvv("1234567", block)
-    assert len(pvv) == 8 and pvv == await security.pvv("1234567", again)
-    assert await security.verify_pin("1234567", again, pvv)
-    wrong = await client.pin_encipher(zpk, "1234567", "1235")
-    assert not await security.verify_pin("1234567", wrong, pvv)
+    pvv = await security.pvv("2345671", block)
+    assert len(pvv) == 8 and pvv == await security.pvv("2345671", again)
+    assert pvv == await client.pin_issue(security.pvk_label, "2345671", "1234")  # issuance
+    assert await security.verify_pin("2345671", again, pvv)
+    wrong = block_under_zpk(hsm, zpk, "2345671", "1235")
+    assert not await security.verify_pin("2345671", wrong, pvv)
     assert not await security.verify_pin("7654321", block, pvv)  # bound to the account
+    with pytest.raises(InvalidPinBlock):  # no block: a format error, not a wrong PIN
+        await security.verify_pin("2345671", b"", pvv)
     with pytest.raises(InvalidPinBlock):
-        await security.pvv("1234567", bytes(16))
+        await security.pvv("2345671", bytes(16))
     unconfigured = KeystoreIssuerSecurity(
         client, pan_index_label=security.pan_index_label, pvk_label=security.pvk_label
     )
     with pytest.raises(SecurityUnavailable):
-        await unconfigured.verify_pin("1234567", block, pvv)
+        await unconfigured.verify_pin("2345671", block, pvv)
 
 
-async def test_host_over_keystore_security(issuer_keys, keystore_deployment, tmp_path: Path):
+async def test_host_over_keystore_security(issuer_keys, keystore_deployment, hsm, tmp_path: Path):
     """Cards and PIN accounts seeded through the keystore; a debit with the right PIN is
     approved, a wrong one declined 55; no PIN or PIN block in the DB or the audit log."""
     client, zpk, security = issuer_keys
     accounts = {a.name: a for a in environment_accounts(datetime.now(UTC))}
     store = Store(tmp_path / "issuer.sqlite")
 
-    async def block_for(binding: str, pin: str) -> bytes:
-        return await client.pin_encipher(zpk, binding, pin)
+    async def block_for(binding: str, pin_code: str) -> bytes:
+        return block_under_zpk(hsm, zpk, binding, pin_code)
 
-    await seed(store, security, list(accounts.values()), block_for)
+    async def pvv_for(binding: str, pin_code: str) -> bytes:
+        return await client.pin_issue(security.pvk_label, binding, pin_code)
+
+    await seed(store, security, list(accounts.values()), pvv_for=pvv_for)
     bank = accounts["bank-ok"]
     assert bank.pin is not None
     host = IssuerHost(store, security)

@@ -75,11 +75,11 @@ async def test_secret_keys_per_role(keystore_deployment: KeystoreDeployment) -> 
     with pytest.raises(Forbidden, match="may not hmac"):
         await wallet.hmac(wallet.label("dek"), b"x")
     gateway = await keystore_deployment.client(_uniq("gateway"))
-    await gateway.create_key("pvk", m.KeyKind.HMAC256, m.KeyUsage.SECRET)
-    tag = await gateway.hmac(gateway.label("pvk"), b"account|pin-offset")
-    assert len(tag) == 32 and tag == await gateway.hmac(gateway.label("pvk"), b"account|pin-offset")
+    await gateway.create_key("mac", m.KeyKind.HMAC256, m.KeyUsage.SECRET)
+    tag = await gateway.hmac(gateway.label("mac"), b"account|ref")
+    assert len(tag) == 32 and tag == await gateway.hmac(gateway.label("mac"), b"account|ref")
     with pytest.raises(Forbidden, match="may not seal"):
-        await gateway.seal(gateway.label("pvk"), b"x")
+        await gateway.seal(gateway.label("mac"), b"x")
 
 
 async def test_other_actors_keys_and_roles_refused(keystore_deployment: KeystoreDeployment) -> None:
