@@ -12,11 +12,17 @@ Rule 4: every failure becomes one SET Error (``protocol.set_error.build_error``)
 service names a signer for the decoded request (the CA), unsigned otherwise or when that
 signer is unusable. A retryable keystore failure propagates, so the message is redelivered.
 An Error received is logged and never answered.
+Rule 5: a handler learns who sent its message from ``sender()``: the broker-validated user id
+of the delivery (``Delivery.user_id``, which RabbitMQ checks against the login), set by the
+runtime for the handler's run only (a context variable), never read from the message. It is
+``None`` when the message came without one; a party that binds anything to the requester
+refuses such a message (the CA: ``unauthorizedSender``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar
 from typing import Protocol
 
 import structlog
@@ -33,6 +39,14 @@ log = get_logger(component="set")
 
 Reply = tuple[str, bytes]  # (AMQP message type, wrapped reply)
 SetHandler = Callable[[Decoded], Awaitable[Reply]]
+
+
+_SENDER: ContextVar[str | None] = ContextVar("set_sender", default=None)
+
+
+def sender() -> str | None:
+    """The broker-validated user id of the message being handled (Rule 5), or None."""
+    return _SENDER.get()
 
 
 class SetService(Protocol):
@@ -54,9 +68,18 @@ class SetEntry:
     def __init__(self, service: SetService) -> None:
         self.service = service
 
-    async def handle(self, amqp: str | None, data: bytes) -> Reply | None:
+    async def handle(
+        self, amqp: str | None, data: bytes, *, sender: str | None = None
+    ) -> Reply | None:
         """The reply to one wrapped message received under AMQP type ``amqp`` (``None``:
-        not checked), or ``None`` for an Error received."""
+        not checked) from broker user ``sender`` (Rule 5), or ``None`` for an Error received."""
+        token = _SENDER.set(sender)
+        try:
+            return await self._handle(amqp, data)
+        finally:
+            _SENDER.reset(token)
+
+    async def _handle(self, amqp: str | None, data: bytes) -> Reply | None:
         service = self.service
         decoded: Decoded | None = None
         try:

@@ -41,6 +41,11 @@ MERCHANTS: tuple[tuple[str, str, str], ...] = (
     ("M-1002", "Example Coffee", "5814"),
     ("M-1003", "Example Music", "5735"),
 )
+# The test environment's explicit auto-approve policy (actors/ca/approval.py Rule 3): its
+# merchants, and its gateway with what the gateway asks for at registration.
+AUTO_APPROVE = " ".join(
+    [f"merchant:{m[0]}" for m in MERCHANTS] + ["gateway:P-0001=JPY,USD,sale,pin-debit"]
+)
 # Roles added once the CA has registered the gateway and merchants and the issuer is seeded.
 SERVICE_ROLES = ("gateway", "issuer", "merchant", "wallet")
 READY_TIMEOUT = 120.0
@@ -323,7 +328,8 @@ def _provision_and_start(settings: Settings, say: Callable[[str], None], *,
     say("keystore: issuer and zone keys present (key ceremony)")
     _start_roles(settings, ("keystore",))
     say("keystore: serving")
-    out = _setpay(settings, "ca", "init", "--url", _url(settings, "ca.main"))
+    out = _setpay(settings, "ca", "init", "--url", _url(settings, "ca.main"),
+                  "--auto-approve", AUTO_APPROVE)  # fmt: skip
     say(f"ca: {out.strip() or 'hierarchy ready'}")
     _start_roles(settings, ("ca",))
     asyncio.run(_register_parties(settings, say))

@@ -5,8 +5,9 @@ Rule 1: the lifecycle is ``setpay.lifecycle.Service``'s, the one every process h
 consuming, finish in-flight work) -> stop (close what ``setup`` declared with ``closing``,
 last first, then the bus); SIGTERM/SIGINT trigger drain and stop.
 Rule 2: handlers are registered by AMQP message type (a plain ``str``); a party serves every
-type through its one SET entrypoint (``serve_set``, ``actors/entrypoint.py``); a type nobody
-handles is dead-lettered with its reason, never crashes the actor.
+type through its one SET entrypoint (``serve_set``, ``actors/entrypoint.py``), which is given
+the delivery's broker-validated ``user_id`` as the sender; a type nobody handles is
+dead-lettered with its reason, never crashes the actor.
 Rule 3: a handler's ``ProtocolError`` becomes the one SET Error record
 (``protocol.set_error.build_error``); the message is then acked -- a failed check changes no
 state and is answered, not retried.
@@ -75,7 +76,9 @@ class Actor(Service):
         entry = SetEntry(service)
 
         async def on_message(delivery: Delivery) -> Reply | None:
-            return await entry.handle(delivery.msg_type or "", delivery.body)
+            return await entry.handle(
+                delivery.msg_type or "", delivery.body, sender=delivery.user_id
+            )
 
         self.default_handler = on_message
         return entry

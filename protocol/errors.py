@@ -42,6 +42,7 @@ class ErrorCode(IntEnum):
     REPLAY = 26  # an RRPID, XID, PI or challenge seen before
     INVALID_FIELD = 27  # a field is well-formed but its value is not acceptable
     UNSUPPORTED_ALGORITHM = 28  # suite or algorithm not offered here
+    UNAUTHORIZED_SENDER = 29  # the broker identity that sent it may not make this request
 
 
 class ProtocolError(Exception):

@@ -68,6 +68,9 @@ class Settings:
 
     issuer_host: str = "127.0.0.1"  # the ISO 8583 issuer/acquirer host the gateway reaches
     issuer_port: int = DEFAULT_ISSUER_PORT
+    # The CCA verifies every card/bank account with the issuer host before certifying it;
+    # off only in tests that run a CA without an issuer host (never in an environment).
+    ca_verify_cards: bool = True
 
     @property
     def softhsm_conf(self) -> Path:

@@ -3,6 +3,9 @@ running CA actor (in this process, on the session's test vhost) and requesters.
 
 Rule 1: everything lives in the session's own vhost and token directory and is removed after.
 Rule 2: requesters get their keys from the keystore as their own broker identities.
+Rule 3: the session's CA (``ca_env``) auto-approves merchants and gateways (``TEST_POLICY``)
+and runs without an issuer host (``ca_verify_cards=False``, the explicit test setting);
+tests/attacks/test_ca_decides.py starts its own CA with neither.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any
 import pytest
 
 from actors.ca.actor import CAActor
+from actors.ca.approval import POLICY_KEY
 from actors.ca.brands import TEST_BRANDS
 from actors.ca.hierarchy import Hierarchy, init_hierarchy
 from actors.ca.store import CAStore
@@ -30,6 +34,7 @@ from setpay.config import Settings
 from tests.fixtures_keystore import KeystoreDeployment
 
 CA_IDENTITY = "ca.main"
+TEST_POLICY = "merchant:* gateway:*=JPY,USD,sale,pin-debit"
 
 
 @dataclass
@@ -75,13 +80,17 @@ async def new_key(
     return await keystore.private_key(info.label)
 
 
-async def start_ca(deployment: KeystoreDeployment, settings: Settings) -> CAEnv:
-    """Initialise a hierarchy in ``settings.data_dir`` (suite ``settings.suite``) and start the
-    CA actor ``ca.main`` on the deployment's vhost; stop it with ``stop_ca``."""
+async def start_ca(
+    deployment: KeystoreDeployment, settings: Settings, *, auto_approve: str = TEST_POLICY
+) -> CAEnv:
+    """Initialise a hierarchy in ``settings.data_dir`` (suite ``settings.suite``), record the
+    ``auto_approve`` policy and start the CA actor ``ca.main`` on the deployment's vhost; stop
+    it with ``stop_ca``."""
     keystore = await deployment.client(CA_IDENTITY)
     store = CAStore.open(settings.data_dir)
     h = Hierarchy(store, KeyRing(keystore, get_suite(settings.suite)))
     created = await init_hierarchy(h, TEST_BRANDS, ids.SystemClock().now_ms())
+    store.set_meta(POLICY_KEY, auto_approve)
     actor = CAActor(
         settings, "main", url=deployment.url_for(CA_IDENTITY), keystore_queue=deployment.queue
     )
@@ -101,9 +110,10 @@ async def ca_env(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[CAEnv]:
     data_dir: Path = tmp_path_factory.mktemp("ca-var")
-    env = await start_ca(
-        keystore_deployment, keystore_settings.replace(data_dir=data_dir, suite="rsa2048")
+    settings = keystore_settings.replace(
+        data_dir=data_dir, suite="rsa2048", issuer_host="", ca_verify_cards=False
     )
+    env = await start_ca(keystore_deployment, settings)
     try:
         yield env
     finally:

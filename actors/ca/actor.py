@@ -6,6 +6,12 @@ Rule 2: the actor refuses to start without a hierarchy (``setpay ca init`` first
 creates CA keys on its own.
 Rule 3: the reply goes to the requester's ``reply_to`` through the runtime; a request is
 acked only after its effects and reply are committed (``CAService`` Rule 2).
+Rule 4: the CCA reaches the issuer host (``settings.issuer_host``/``issuer_port``, as the
+gateway does) through ``actors.iso8583``'s link for account verifications; an empty
+``issuer_host`` configures none, and cardholder registration is then refused unless
+``settings.ca_verify_cards`` is off (tests only). The broker user prefix of this
+deployment is what precedes our own identity in our login, so senders are told by
+``role.instance`` (``CAService`` Rule 7).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from actors.ca.brands import TEST_BRANDS, Brand
 from actors.ca.hierarchy import ROOT, Hierarchy
 from actors.ca.service import CAService
 from actors.ca.store import CAStore
+from actors.iso8583.link import IsoLink
 from actors.party import PartyActor
 from actors.runtime import Actor
 from setpay.config import Settings
@@ -49,8 +56,25 @@ class CAActor(PartyActor):
             raise NotReady("no CA hierarchy in the database: run `setpay ca init` first")
         await self.connect_keystore()
         assert self.keys is not None
+        verify = None
+        if self.settings.issuer_host:
+            link = IsoLink(
+                self.settings.issuer_host,
+                self.settings.issuer_port,
+                self.settings.data_dir / "ca" / f"issuer-link-{self.instance}.sqlite",
+            )
+            await link.start()
+            self.closing(link.close, "issuer link")
+            verify = link.verify
+        login = self.bus.user_id
+        prefix = login[: -len(self.identity)] if login.endswith(self.identity) else ""
         self.service = CAService(
-            Hierarchy(self.store, self.keys), brands=self.brands, clock=self.clock
+            Hierarchy(self.store, self.keys),
+            brands=self.brands,
+            clock=self.clock,
+            identity_prefix=prefix,
+            verify_account=verify,
+            verify_cards=self.settings.ca_verify_cards,
         )
         self.serve_set(self.service)
 

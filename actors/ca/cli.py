@@ -5,6 +5,11 @@ CA identity (``--url``, default ``settings.amqp_url``; its user must be ``ca.<in
 sign through the keystore; keys never come near this process. The others read the database.
 Rule 2: nothing printed names a PAN or key material: certificates are listed by serial,
 role, brand, subject and state.
+Rule 3: the operator decides what a merchant or gateway certificate grants: ``approve`` of a
+gateway request takes ``--currencies``, ``--pin-debit/--no-pin-debit`` and
+``--sale/--no-sale`` (nothing is granted that is not given here); ``init --auto-approve SPEC``
+records the auto-approve policy (``actors.ca.approval`` Rule 3), ``--no-auto-approve`` clears
+it; ``pending`` shows it.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 
+from actors.ca.approval import POLICY_KEY, PolicyError, make_caps, parse_policy
 from actors.ca.brands import TEST_BRANDS
 from actors.ca.errors import CAError
 from actors.ca.hierarchy import (
@@ -28,11 +34,12 @@ from actors.ca.hierarchy import (
     pem,
     to_dt,
 )
+from actors.ca.service import PendingDetail
 from actors.ca.store import CAStore
 from keystore.errors import KeystoreError
 from keystore.keyring import KeyRing
 from keystore.service import RPC_QUEUE
-from protocol import ids, primitives
+from protocol import codec, ids, primitives
 from protocol.certs import CertType, GatewayCaps, KeyUse, MerchantData
 from protocol.errors import ProtocolError
 from protocol.keys import get_suite
@@ -97,8 +104,24 @@ def _open_store(settings: Settings) -> CAStore:
 
 
 def _cmd_init(args: argparse.Namespace, settings: Settings) -> int:
+    policy: str | None = None
+    if args.auto_approve is not None:
+        try:
+            parse_policy(args.auto_approve)
+        except PolicyError as exc:
+            raise _fail(str(exc)) from None
+        policy = " ".join(args.auto_approve.replace(";", " ").split())
+    elif args.no_auto_approve:
+        policy = ""
     created = _run(args, settings, lambda h: init_hierarchy(h, TEST_BRANDS, _now()))
     print(f"created {len(created)} CA(s): {', '.join(created)}" if created else "hierarchy exists")
+    if policy is not None:
+        store = _open_store(settings)
+        try:
+            store.set_meta(POLICY_KEY, policy)
+        finally:
+            store.close()
+        print(f"auto-approve: {policy or 'off'}")
     return 0
 
 
@@ -199,9 +222,11 @@ def _cmd_crl(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_pending(args: argparse.Namespace, settings: Settings) -> int:
     store = _open_store(settings)
     try:
+        print(f"auto-approve: {store.meta(POLICY_KEY) or 'off'}")
         for rrpid, state, created in store.pending_list():
             when = to_dt(created).strftime("%Y-%m-%d %H:%M:%S")
-            print(f"{rrpid.hex()}  {state:<24} since {when}")
+            requester, _ = store.pending_party(rrpid)
+            print(f"{rrpid.hex()}  {state:<24} since {when}  by {requester or '-'}")
     finally:
         store.close()
     return 0
@@ -214,12 +239,34 @@ def _decide(args: argparse.Namespace, settings: Settings, state: str) -> int:
         raise _fail("REQUEST is the hex RRPID shown by `setpay ca pending`") from None
     store = _open_store(settings)
     try:
-        if not store.decide_pending(rrpid, state):
+        grant = _grant(args, store, rrpid) if state == "approved" else None
+        if not store.decide_pending(rrpid, state, grant):
             raise _fail(f"no request {args.request} is pending")
     finally:
         store.close()
     print(f"{args.request} {state}; the requester's next CertInq gets the answer")
     return 0
+
+
+def _grant(args: argparse.Namespace, store: CAStore, rrpid: bytes) -> bytes | None:
+    """The operator's grant for pended request ``rrpid`` (Rule 3): encoded GatewayCaps for a
+    gateway request, None for others (which take no capability options)."""
+    raw = store.pending_detail(rrpid)
+    if raw is None:
+        raise _fail(f"no request {args.request} is pending")
+    caps_given = args.currencies is not None or args.pin_debit is not None or args.sale is not None
+    if CertType(codec.decode(PendingDetail, raw).cert_type) is not CertType.GATEWAY:
+        if caps_given:
+            raise _fail("--currencies, --pin-debit and --sale apply to gateway requests")
+        return None
+    try:
+        caps = make_caps(
+            (args.currencies or "").split(","), pin_debit=bool(args.pin_debit),
+            sale=bool(args.sale),
+        )  # fmt: skip
+    except PolicyError as exc:
+        raise _fail(f"{exc}: give --currencies") from None
+    return codec.encode(caps)
 
 
 def _cmd_export(args: argparse.Namespace, settings: Settings) -> int:
@@ -251,6 +298,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         p.add_argument("--keystore-queue", default=RPC_QUEUE, help="keystore RPC queue")
 
     p = ca_sub.add_parser("init", help="build Root → Brand → CCA/MCA/PCA (idempotent)")
+    approve = p.add_mutually_exclusive_group()
+    approve.add_argument(
+        "--auto-approve",
+        metavar="SPEC",
+        help="record the auto-approve policy, e.g. 'merchant:* "
+        "gateway:P-0001=JPY,USD,sale,pin-debit' (default: off)",
+    )
+    approve.add_argument("--no-auto-approve", action="store_true",
+                         help="clear the auto-approve policy")  # fmt: skip
     signing(p)
     p.set_defaults(func=_cmd_init)
 
@@ -291,6 +347,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     for verb, state in (("approve", "approved"), ("reject", "rejected")):
         p = ca_sub.add_parser(verb, help=f"{verb} a pended request (by RRPID)")
         p.add_argument("request", help="hex RRPID from `setpay ca pending`")
+        if verb == "approve":
+            p.add_argument("--currencies", help="gateways: granted ISO 4217 codes, e.g. JPY,USD")
+            p.add_argument(
+                "--pin-debit",
+                action=argparse.BooleanOptionalAction,
+                help="gateways: grant OPE PIN debit (default: not granted)",
+            )
+            p.add_argument("--sale", action=argparse.BooleanOptionalAction,
+                           help="gateways: grant sale (default: not granted)")  # fmt: skip
         p.set_defaults(func=lambda a, s, state=state: _decide(a, s, state))
 
     p = ca_sub.add_parser("export", help="write every CA certificate as PEM into DIR")

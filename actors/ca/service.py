@@ -21,6 +21,21 @@ Nonce-CCA are kept only sealed (``actors.ca.vault``).
 Rule 6: a SET Error answering a request addressed to one of our CAs (by brand and role, the
 envelope's recipient, or the pending request asked about) is signed by that CA, S(CA,
 ErrorTBS), with its certificate and brand certificate attached; otherwise it is unsigned.
+Rule 7: the CA decides, not the requester. Merchant and gateway certificates are asked for
+only by ``merchant.*`` and ``gateway.*`` broker identities (the sender the entrypoint gives,
+``actors.entrypoint.sender``), else ``unauthorizedSender``; a merchant or gateway id is bound
+to the first identity the CA accepted a request from and refused (``unauthorizedSender``) to
+any other; the CertInq of a pended request must come from the identity that asked.
+Rule 8: a merchant or gateway CertReq is pended until the operator approves it (``setpay ca
+approve``), unless the recorded auto-approve policy names it (``actors.ca.approval``); a
+gateway certificate carries the operator's grant (currencies, PIN debit, sale), and a request
+asking for more than the grant is refused (``rejectedByCA`` naming each item). A renewal keeps
+what the renewed certificate was granted.
+Rule 9: before it certifies a card or bank account the CCA asks the issuer host for an
+account verification (``verify_account``); an account the host does not know, or no answer
+(no issuer host configured, unreachable), gets no certificate (``rejectedByIssuer``) and
+nothing is stored. Only ``verify_cards=False`` (a test setting) skips the check. The card's
+standing (stolen, expired) is decided by the issuer at each authorization.
 """
 
 from __future__ import annotations
@@ -36,6 +51,16 @@ from typing import Annotated, Any
 
 from cryptography import x509
 
+from actors import entrypoint
+from actors.ca.approval import (
+    POLICY_KEY,
+    PolicyError,
+    Rule,
+    excess,
+    match,
+    parse_policy,
+    requester_role,
+)
 from actors.ca.brands import (
     CARDHOLDER_FORM,
     GATEWAY_FORM,
@@ -52,6 +77,7 @@ from actors.ca.errors import CAError
 from actors.ca.hierarchy import Hierarchy, ca_name
 from actors.ca.vault import HeldSecrets, open_held, seal_held
 from actors.entrypoint import SetHandler
+from actors.iso8583.codes import ResponseCode
 from protocol import codec, ids, pan, primitives
 from protocol.certreq import (
     OpenedCertReq,
@@ -138,6 +164,10 @@ class Refusal(Exception):
 
 
 Handler = Callable[[Decoded, bytes], Awaitable[tuple[MessageType, bytes]]]
+# The issuer host's answer to an account verification of a PAN or ``bank-branch-number``.
+AccountCheck = Callable[[str], Awaitable[ResponseCode]]
+# Verification answers that leave the certificate to be issued (Rule 9): the account is on file.
+ON_FILE = frozenset({ResponseCode.APPROVED, ResponseCode.STOLEN_CARD, ResponseCode.EXPIRED_CARD})
 
 
 class CAService:
@@ -150,7 +180,15 @@ class CAService:
         brands: tuple[Brand, ...] = TEST_BRANDS,
         clock: ids.Clock | None = None,
         window_ms: int = ids.DEFAULT_WINDOW_MS,
+        identity_prefix: str = "",
+        verify_account: AccountCheck | None = None,
+        verify_cards: bool = True,
     ) -> None:
+        """``identity_prefix``: what precedes ``role.instance`` in broker user names (test
+        vhosts); ``verify_account``: the issuer host's account verification (Rule 9)."""
+        self.identity_prefix = identity_prefix
+        self.verify_account = verify_account
+        self.verify_cards = verify_cards
         self.h = h
         self.store = h.store
         self.brands = brands
@@ -257,6 +295,83 @@ class CAService:
                 db, rrpid, digest, req.name, amqp_type(res), reply, self.clock.now_ms()
             )
 
+    # -- who asks, what is granted (Rules 7-9) -------------------------------------------------
+
+    def _sender(self) -> str | None:
+        """The broker identity (``role.instance``) that sent the request being handled."""
+        raw = entrypoint.sender()
+        if raw is None or not raw.startswith(self.identity_prefix):
+            return None
+        return raw[len(self.identity_prefix) :]
+
+    def _entity_requester(self, cert_type: CertType) -> str:
+        """The sender, if its role may ask for ``cert_type`` (Rule 7)."""
+        identity = self._sender()
+        wanted = "merchant" if cert_type is CertType.MERCHANT else "gateway"
+        if identity is None or requester_role(identity) != wanted:
+            raise ProtocolError(
+                ErrorCode.UNAUTHORIZED_SENDER,
+                f"{wanted} certificates are asked for by {wanted} identities only",
+            )
+        return identity
+
+    def _check_owner(self, brand: str, cert_type: CertType, subject: str, identity: str) -> None:
+        """Refuse an id bound to another identity (Rule 7)."""
+        kind = cert_type.name.lower()
+        owner = self.store.entity_owner(brand, kind, subject)
+        if owner is not None and owner != identity:
+            raise ProtocolError(
+                ErrorCode.UNAUTHORIZED_SENDER, f"{kind} id is registered to another identity"
+            )
+
+    def _auto_rule(self, cert_type: CertType, subject: str) -> Rule | None:
+        """The auto-approve rule naming this request, if the operator recorded one."""
+        try:
+            rules = parse_policy(self.store.meta(POLICY_KEY) or "")
+        except PolicyError as exc:  # recorded through the CLI, which checks it: be safe
+            log.error("ca_auto_approve_unreadable", error=str(exc))
+            return None
+        return match(rules, cert_type.name.lower(), subject)
+
+    @staticmethod
+    def _granted(
+        profile: tuple[str, MerchantData | None, GatewayCaps | None], grant: GatewayCaps | None
+    ) -> tuple[str, MerchantData | None, GatewayCaps | None]:
+        """The profile to certify: a gateway's capabilities are the grant; ``Refusal``
+        naming what the request asks beyond it (Rule 8)."""
+        subject, merchant, asked = profile
+        if asked is None:
+            return profile
+        if grant is None:
+            raise Refusal(CertStatusCode.REJECTED_BY_CA, (FailedItem("capabilities", "none"),))
+        items = excess(asked, grant)
+        if items:
+            raise Refusal(CertStatusCode.REJECTED_BY_CA, items)
+        return subject, merchant, grant
+
+    async def _check_account(self, account: pan.Account) -> None:
+        """The issuer host knows the account (Rule 9); ``Refusal`` otherwise."""
+        if not self.verify_cards:
+            return
+        if self.verify_account is None:
+            item = FailedItem("account", "no issuer host to verify with")
+            raise Refusal(CertStatusCode.REJECTED_BY_ISSUER, (item,))
+        if account.kind is pan.AccountKind.CARD:
+            reference = account.number
+        else:
+            parts = (account.bank_code, account.branch, account.number)
+            reference = "-".join(p for p in parts if p)
+        code = await self.verify_account(reference)
+        if code in ON_FILE:
+            return
+        reason = (
+            "unknown to the issuer"
+            if code is ResponseCode.INVALID_CARD
+            else f"issuer cannot verify it ({code.value})"
+        )
+        log.info("ca_account_not_verified", code=code.value)
+        raise Refusal(CertStatusCode.REJECTED_BY_ISSUER, (FailedItem("account", reason),))
+
     # -- freshness --------------------------------------------------------------------------
 
     async def _refresh_stale_bcis(self) -> None:
@@ -350,10 +465,12 @@ class CAService:
         brand = brand_named(self.brands, req.brand_id).name
         if req.requester is EntityKind.MERCHANT:
             role, form = "mca", MERCHANT_FORM
+            self._entity_requester(CertType.MERCHANT)
             if not req.id_data.merchant_id:
                 raise ProtocolError(ErrorCode.INVALID_FIELD, "merchant id required")
         elif req.requester is EntityKind.GATEWAY:
             role, form = "pca", GATEWAY_FORM
+            self._entity_requester(CertType.GATEWAY)
         else:
             raise ProtocolError(ErrorCode.INVALID_FIELD, "cardholders use CardCInit")
         ca, kx = ca_name(brand, role), ca_name(brand, role, True)
@@ -414,6 +531,11 @@ class CAService:
         kx = self._ca_of_envelope(req.enc)
         row = self.h.ca_row(kx)
         cardholder = row.role == "cca"
+        cert_type = {"cca": CertType.CARDHOLDER, "mca": CertType.MERCHANT}.get(
+            row.role, CertType.GATEWAY
+        )
+        # Who may ask is checked before any work on the request (Rule 7).
+        identity = self._sender() if cardholder else self._entity_requester(cert_type)
         opened = await open_cert_req(
             await self.h.key(kx),
             cert_thumbprint(self.h.cert(kx)),
@@ -425,13 +547,11 @@ class CAService:
         _check_header_rrpid(d, data.rrpid)
         if self.store.reply_for(data.rrpid) is not None:
             raise ProtocolError(ErrorCode.REPLAY, "RRPID already used")
-        cert_type = {"cca": CertType.CARDHOLDER, "mca": CertType.MERCHANT}.get(
-            row.role, CertType.GATEWAY
-        )
         old = self._check_renewal(req, opened, cert_type, row.brand)
         if cardholder:
-            return await self._cardholder_cert(d, digest, row.brand, opened, old)
-        return await self._me_aq_cert(d, digest, row.brand, cert_type, opened, old)
+            return await self._cardholder_cert(d, digest, row.brand, opened, old, identity)
+        assert identity is not None  # _entity_requester returned it
+        return await self._me_aq_cert(d, digest, row.brand, cert_type, opened, old, identity)
 
     def _check_renewal(
         self, req: CertReq, opened: OpenedCertReq, cert_type: CertType, brand: str
@@ -486,6 +606,7 @@ class CAService:
         brand_name: str,
         opened: OpenedCertReq,
         old: x509.Certificate | None,
+        identity: str | None,
     ) -> tuple[MessageType, bytes]:
         data = opened.data
         if data.ca_back_key is None:
@@ -515,6 +636,7 @@ class CAService:
             _check_card(brand, token, self.clock.now_ms())
             if len(acct.card_secret) != pan.SECRET_BYTES:
                 raise ProtocolError(ErrorCode.INVALID_FIELD, "CardSecret size")
+            await self._check_account(token.account)  # the issuer knows it (Rule 9)
             secret = pan.pan_secret(acct.card_secret, nonce_cca)
             account_hash = pan.account_hash(secret, token.account, token.expiry)
             del secret
@@ -583,7 +705,9 @@ class CAService:
             if sealed is not None:
                 if self.store.pending_by_lid(data.lid_ee) is not None:
                     raise ProtocolError(ErrorCode.REPLAY, "LID-EE already has a pending request")
-                self.store.add_pending(db, data.rrpid, data.lid_ee, codec.encode(detail), now)
+                self.store.add_pending(
+                    db, data.rrpid, data.lid_ee, codec.encode(detail), now, identity
+                )
                 self.store.add_held(db, data.rrpid, sealed)
 
         self._commit(data.rrpid, digest, d.msg_type, MessageType.CERT_RES, reply, effects)
@@ -715,21 +839,35 @@ class CAService:
         cert_type: CertType,
         opened: OpenedCertReq,
         old: x509.Certificate | None,
+        identity: str,
     ) -> tuple[MessageType, bytes]:
         data = opened.data
         ca = ca_name(brand_name, "mca" if cert_type is CertType.MERCHANT else "pca")
         rows: list[dict[str, object]] = []
         new_certs: list[x509.Certificate] = []
         pended = False
+        profile: tuple[str, MerchantData | None, GatewayCaps | None] | None = None
         try:
             self._check_keys_new(opened, {KeyUse.SIGNATURE, KeyUse.KEY_EXCHANGE})
             profile = self._entity_profile(cert_type, data.reg_form_id, data.values, old)
+            self._check_owner(brand_name, cert_type, profile[0], identity)
             brand = brand_named(self.brands, brand_name)
-            if profile[1] is not None and profile[1].category in brand.review_mccs and not old:
-                # The acquirer reviews this category by hand: pend, answer CertInq later.
+            reviewed = profile[1] is not None and profile[1].category in brand.review_mccs
+            rule = None if old is not None else self._auto_rule(cert_type, profile[0])
+            if old is None and (reviewed or rule is None):
+                # The operator decides (the acquirer reviews this category, or nothing
+                # approves it in advance): pend, answer CertInq later (Rule 8).
                 pended = True
-                status = CertStatus(CertStatusCode.REQUEST_PENDED, None, ["acquirer review"], [])
+                why = "acquirer review" if reviewed else "operator approval"
+                status = CertStatus(CertStatusCode.REQUEST_PENDED, None, [why], [])
             else:
+                # A renewal keeps what the renewed certificate was granted.
+                if old is not None:
+                    grant = set_extension(old).gateway
+                else:
+                    assert rule is not None
+                    grant = rule.caps
+                profile = self._granted(profile, grant)
                 new_certs, rows = await self._issue_pair(
                     cert_type, brand_name, opened.keys, profile
                 )
@@ -742,8 +880,11 @@ class CAService:
             status, new_certs,
         )  # fmt: skip
         if not rows and not pended:
-            log.info("ca_cert_refused", status=status.code.name)
+            log.info("ca_cert_refused", status=status.code.name,
+                     items=[i.field for i in status.failed_items])  # fmt: skip
             return MessageType.CERT_RES, reply
+        assert profile is not None
+        subject = profile[0]
         detail = PendingDetail(
             brand_name, cert_type, data.reg_form_id, data.values,
             spki_der(opened.keys[KeyUse.SIGNATURE]), spki_der(opened.keys[KeyUse.KEY_EXCHANGE]),
@@ -751,21 +892,30 @@ class CAService:
         now = self.clock.now_ms()
 
         def effects(db: Any) -> None:
+            kind = cert_type.name.lower()
+            if not self.store.bind_entity(db, brand_name, kind, subject, identity, now):
+                raise ProtocolError(
+                    ErrorCode.UNAUTHORIZED_SENDER, f"{kind} id registered to another identity"
+                )
             for row in rows:
                 self.h.commit_cert(db, row)
             if pended:
                 if self.store.pending_by_lid(data.lid_ee) is not None:
                     raise ProtocolError(ErrorCode.REPLAY, "LID-EE already has a pending request")
-                self.store.add_pending(db, data.rrpid, data.lid_ee, codec.encode(detail), now)
+                self.store.add_pending(
+                    db, data.rrpid, data.lid_ee, codec.encode(detail), now, identity
+                )
 
         self._commit(data.rrpid, digest, d.msg_type, MessageType.CERT_RES, reply, effects)
         if pended:
-            log.info("ca_cert_pended", cert_type=cert_type.name.lower(), brand=brand_name)
+            log.info("ca_cert_pended", cert_type=cert_type.name.lower(), brand=brand_name,
+                     requester=identity)  # fmt: skip
         else:
             log.info(
                 "ca_cert_issued",
                 cert_type=cert_type.name.lower(),
                 brand=brand_name,
+                requester=identity,
                 serials=[r["serial"] for r in rows],
             )
         return MessageType.CERT_RES, reply
@@ -788,6 +938,11 @@ class CAService:
             raise ProtocolError(ErrorCode.SIGNATURE_FAILURE, "CertInq not signed by the key")
         data = codec.decode(CertInqReqData, open_signed(signed, sig_key, "CertInqReq"))
         _check_header_rrpid(d, data.rrpid)
+        requester, grant = self.store.pending_party(rrpid_req)
+        if requester is not None and requester != self._sender():
+            raise ProtocolError(
+                ErrorCode.UNAUTHORIZED_SENDER, "a pended request is asked about by its requester"
+            )
         cert_type = CertType(detail.cert_type)
         if cert_type is CertType.CARDHOLDER:
             return await self._cardholder_inq(d, digest, data, rrpid_req, state, detail, sig_key)
@@ -795,7 +950,7 @@ class CAService:
         rows: list[dict[str, object]] = []
         new_certs: list[x509.Certificate] = []
         if state == "pending":
-            status = CertStatus(CertStatusCode.REQUEST_PENDED, None, ["acquirer review"], [])
+            status = CertStatus(CertStatusCode.REQUEST_PENDED, None, ["operator approval"], [])
         elif state == "rejected":
             status = CertStatus(CertStatusCode.REJECTED_BY_AGENT, None, [], [])
         elif state == "approved":
@@ -803,9 +958,17 @@ class CAService:
                 KeyUse.SIGNATURE: sig_key,
                 KeyUse.KEY_EXCHANGE: load_spki(PublicKeyInfo(KeyUse.KEY_EXCHANGE, detail.kx_spki)),
             }
-            profile = self._entity_profile(cert_type, detail.reg_form_id, detail.values, None)
-            new_certs, rows = await self._issue_pair(cert_type, detail.brand, keys, profile)
-            status = CertStatus(CertStatusCode.REQUEST_COMPLETE, None, [], [])
+            try:
+                profile = self._granted(
+                    self._entity_profile(cert_type, detail.reg_form_id, detail.values, None),
+                    None if grant is None else codec.decode(GatewayCaps, grant),
+                )
+                new_certs, rows = await self._issue_pair(cert_type, detail.brand, keys, profile)
+                status = CertStatus(CertStatusCode.REQUEST_COMPLETE, None, [], [])
+            except Refusal as refusal:  # asks for more than the operator granted (Rule 8)
+                status = CertStatus(refusal.code, None, [], list(refusal.items))
+                log.info("ca_cert_refused", status=refusal.code.name,
+                         items=[i.field for i in refusal.items])  # fmt: skip
         else:  # issued: answer again with the certificates issued then
             serials = [int(s) for s in state.split(":", 1)[1].split(",")]
             new_certs = [self.h.cert_of_serial(s) for s in serials]

@@ -12,6 +12,9 @@ reply store, ``setpay.store.ReplyStore``); a repeated identical request gets the
 a different request under a seen id is a replay.
 Rule 5: what a pended cardholder request leaves behind (CABackKey, Nonce-CCA) is stored only
 sealed (``held``, see ``actors.ca.vault``).
+Rule 6: a pended request records the broker identity that asked (``requester``) and, once
+approved, the operator's grant (``grant``); a merchant or gateway id is bound to the first
+identity whose request for it the CA accepted (``entity_ids``) and stays bound to it.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from pathlib import Path
 from typing import Final
 
 import sqlalchemy as sa
+from alembic.operations import Operations
 
 from setpay.store import (
     REPLIES,
@@ -101,13 +105,39 @@ PENDING: Final = sa.Table(
     sa.Column("state", T(255), nullable=False),  # pending | approved | rejected | issued:<serials>
     sa.Column("detail", B, nullable=False),  # what the issuing step needs (never a PAN)
     sa.Column("created", I, nullable=False),
+    sa.Column("requester", T(255)),  # the broker identity that sent the CertReq (v2)
+    sa.Column("grant", B),  # the operator's grant on approval: encoded GatewayCaps (v2)
+)  # fmt: skip
+ENTITY_IDS: Final = sa.Table(
+    "entity_ids", _MD,
+    sa.Column("brand", T(64), primary_key=True),
+    sa.Column("kind", T(16), primary_key=True),  # merchant | gateway
+    sa.Column("entity_id", T(64), primary_key=True),
+    sa.Column("identity", T(255), nullable=False),  # broker identity it is bound to
+    sa.Column("created", I, nullable=False),
 )  # fmt: skip
 HELD: Final = sa.Table(
     "held", _MD,
     sa.Column("rrpid", B, sa.ForeignKey("pending.rrpid"), primary_key=True),
     sa.Column("sealed", B, nullable=False),  # vault.HeldSecrets sealed to the CCA's kx key
 )  # fmt: skip
-SCHEMA: Final = Schema("ca", _MD)
+
+
+def _v2_requester_and_grants(op: Operations) -> None:
+    """v1 -> v2: who asked and what was granted (Rule 6)."""
+    op.add_column("pending", sa.Column("requester", T(255)))
+    op.add_column("pending", sa.Column("grant", B))
+    op.create_table(
+        "entity_ids",
+        sa.Column("brand", T(64), primary_key=True),
+        sa.Column("kind", T(16), primary_key=True),
+        sa.Column("entity_id", T(64), primary_key=True),
+        sa.Column("identity", T(255), nullable=False),
+        sa.Column("created", I, nullable=False),
+    )
+
+
+SCHEMA: Final = Schema("ca", _MD, steps=(_v2_requester_and_grants,))
 FIRST_SERIAL: Final = 1000
 
 
@@ -351,13 +381,59 @@ class CAStore:
         return cur.rowcount == 1
 
     def add_pending(
-        self, db: Connection, rrpid: bytes, lid_ee: bytes, detail: bytes, now: int
+        self,
+        db: Connection,
+        rrpid: bytes,
+        lid_ee: bytes,
+        detail: bytes,
+        now: int,
+        requester: str | None = None,
     ) -> None:
         db.execute(
             sa.insert(PENDING).values(
-                rrpid=rrpid, lid_ee=lid_ee, state="pending", detail=detail, created=now
+                rrpid=rrpid, lid_ee=lid_ee, state="pending", detail=detail, created=now,
+                requester=requester,
+            )
+        )  # fmt: skip
+
+    def pending_party(self, rrpid: bytes) -> tuple[str | None, bytes | None]:
+        """(requester identity, encoded grant) of pended request ``rrpid`` (Rule 6)."""
+        c = PENDING.c
+        row = self.db.one(sa.select(c.requester, c.grant).where(c.rrpid == rrpid))
+        if row is None:
+            return None, None
+        return row[0], None if row[1] is None else bytes(row[1])
+
+    def pending_detail(self, rrpid: bytes) -> bytes | None:
+        """The detail of pended request ``rrpid`` (what it asked for)."""
+        value = self.db.scalar(sa.select(PENDING.c.detail).where(PENDING.c.rrpid == rrpid))
+        return None if value is None else bytes(value)
+
+    def entity_owner(self, brand: str, kind: str, entity_id: str) -> str | None:
+        """The identity a merchant or gateway id is bound to (Rule 6), or None."""
+        c = ENTITY_IDS.c
+        value = self.db.scalar(
+            sa.select(c.identity).where(c.brand == brand, c.kind == kind, c.entity_id == entity_id)
+        )
+        return None if value is None else str(value)
+
+    def bind_entity(
+        self, db: Connection, brand: str, kind: str, entity_id: str, identity: str, now: int
+    ) -> bool:
+        """Bind ``entity_id`` to ``identity`` inside the caller's transaction; False if it is
+        bound to another identity (Rule 6)."""
+        c = ENTITY_IDS.c
+        owner = db.execute(
+            sa.select(c.identity).where(c.brand == brand, c.kind == kind, c.entity_id == entity_id)
+        ).scalar()
+        if owner is not None:
+            return str(owner) == identity
+        db.execute(
+            sa.insert(ENTITY_IDS).values(
+                brand=brand, kind=kind, entity_id=entity_id, identity=identity, created=now
             )
         )
+        return True
 
     def pending(self, rrpid: bytes) -> tuple[bytes, str, bytes] | None:
         """(lid_ee, state, detail) of a pended CertReq."""
@@ -371,12 +447,15 @@ class CAStore:
         row = self.db.one(sa.select(c.rrpid, c.state, c.detail).where(c.lid_ee == lid_ee))
         return None if row is None else (bytes(row[0]), str(row[1]), bytes(row[2]))
 
-    def decide_pending(self, rrpid: bytes, state: str) -> bool:
-        """Operator decision (``approved``/``rejected``) on a request still pending."""
+    def decide_pending(self, rrpid: bytes, state: str, grant: bytes | None = None) -> bool:
+        """Operator decision (``approved``/``rejected``, with the ``grant`` of an approved
+        gateway request) on a request still pending."""
         c = PENDING.c
         with self.transaction() as db:
             cur = db.execute(
-                sa.update(PENDING).where(c.rrpid == rrpid, c.state == "pending").values(state=state)
+                sa.update(PENDING)
+                .where(c.rrpid == rrpid, c.state == "pending")
+                .values(state=state, grant=grant)
             )
         return cur.rowcount == 1
 

@@ -11,12 +11,16 @@ Rule 3: the SAF task forwards queued reversals oldest first - 0420/0400 then rep
 link; a reversal the host refuses with another code is parked as failed and logged.
 Rule 4: a caller's RRN is its idempotency key: asking again for an answered RRN returns the
 journalled answer without sending; a timed-out RRN stays declined (its reversal is queued).
+Rule 5: an account verification (``verify``, the CA's check before it certifies an account)
+holds nothing at the host, so it is neither journalled nor reversed: no answer in time is
+``ISSUER_UNAVAILABLE``, and the caller refuses rather than assumes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -317,6 +321,35 @@ class IsoLink:
         if queued:
             self._saf_wake.set()
         return queued
+
+    async def verify(self, account: str, expiry: str | None = None) -> ResponseCode:
+        """Account verification (0100, processing 33, amount zero) of a PAN or
+        ``bank-branch-number`` (Rule 5); ``ISSUER_UNAVAILABLE`` if the host cannot answer."""
+        bank = "-" in account
+        stan = self.journal.next_stan()
+        message: spec.Message = {
+            "t": spec.AUTH_REQUEST,
+            "3": spec.VERIFY_BANK_PROCESSING if bank else spec.VERIFY_CARD_PROCESSING,
+            "4": f"{0:012d}",
+            "7": self._f7(),
+            "11": stan,
+            "32": self.acquirer,
+            "37": f"V{stan}{secrets.token_hex(3).upper()}"[:12].ljust(12, "0"),
+            "41": "SETPAYCA",
+            "49": "392",
+            ("102" if bank else "2"): account,
+        }
+        if expiry is not None:
+            message["14"] = expiry
+        log = self.log.bind(stan=stan, mti=spec.AUTH_REQUEST, account=mask_account(account))
+        try:
+            answer = await self._exchange(message, before_send=lambda: None)
+        except (LinkClosed, TimeoutError, ConnectionError) as exc:
+            log.warning("verification_unanswered", error=type(exc).__name__)
+            return ResponseCode.ISSUER_UNAVAILABLE
+        code = codes.parse(str(answer.get("39", "")))
+        log.info("verified", code=str(code))
+        return code
 
     async def echo(self) -> ResponseCode:
         """An 0800 echo test; raises ``LinkClosed``/``TimeoutError`` if the host is silent."""

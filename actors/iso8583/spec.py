@@ -1,7 +1,9 @@
 """The host's ISO 8583 dialect (pyiso8583 spec) and typed helpers around pack/unpack.
 
 Rule 1: MTIs in use: 0100/0110 authorization, 0200/0210 financial (sale, PIN debit),
-0400/0410 reversal, 0420/0430 reversal advice (0401/0421 repeats), 0800/0810 echo.
+0400/0410 reversal, 0420/0430 reversal advice (0401/0421 repeats), 0800/0810 echo. An 0100
+with processing code 33xxxx and amount zero is an account verification (the CA's check of a
+card or bank account before it certifies it): it holds and posts nothing.
 Rule 2: ASCII fields, binary 64-bit bitmaps, no header; field 52 is a 16-byte ISO 9564
 format-4 PIN block (binary); field 102 carries an OPE bank account as ``bank-branch-number``.
 Rule 3: ``unpack`` turns every decoder failure into ``MessageError`` whose text never quotes
@@ -51,7 +53,14 @@ RESPONSE_TO: Final = {
 ECHO_CODE: Final = "301"  # field 70: echo test
 CARD_PROCESSING: Final = "000000"  # purchase, default account
 DEBIT_PROCESSING: Final = "002000"  # purchase from a checking account (OPE debit)
+VERIFY_CARD_PROCESSING: Final = "330000"  # account verification, default account
+VERIFY_BANK_PROCESSING: Final = "332000"  # account verification, checking account (OPE)
 PIN_BLOCK_BYTES: Final = 16
+
+
+def is_verification(message: Message) -> bool:
+    """An account verification: an 0100 whose processing code is 33xxxx (Rule 1)."""
+    return message.get("t") == AUTH_REQUEST and str(message.get("3", "")).startswith("33")
 
 
 def _field(max_len: int, desc: str, *, len_type: int = 0, enc: str = "ascii") -> dict[str, Any]:

@@ -12,6 +12,9 @@ MTI is readable, else dropped; a broken frame closes that connection only. The h
 serving.
 Rule 4: a security module that cannot answer gives 96 and stores nothing, so a retry can
 succeed. Responses echo no account number, expiry or PIN block.
+Rule 5: an account verification (0100, processing code 33xxxx, amount zero) answers 14 for an
+account not on file, 43 stolen, 54 expired (or field 14 not the card's date), else 00; it
+checks no PIN and funds, and changes nothing (no hold, no posting, no stored answer).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import secrets
 import string
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 from actors.iso8583 import framing, spec
 from actors.iso8583.codes import ResponseCode
@@ -286,6 +290,8 @@ class IssuerHost:
             raise MessageError("field 14 must be YYMM")
         reference, binding = account_reference(message)
         log = self.log.bind(mti=mti, stan=message["11"], rrn=message["37"])
+        if spec.is_verification(message):
+            return await self._verify(message, reference, amount, expiry, log)
         if amount <= 0:
             log.info("declined", code=str(ResponseCode.INVALID_AMOUNT))
             return self._response(message, ResponseCode.INVALID_AMOUNT)
@@ -323,6 +329,30 @@ class IssuerHost:
             duplicate=outcome.duplicate,
         )
         return self._response(message, outcome.code, outcome.approval_code)
+
+    async def _verify(
+        self, message: spec.Message, reference: str, amount: int, expiry: str | None, log: Any
+    ) -> spec.Message:
+        """An account verification (Rule 5): the account's standing, nothing changed."""
+        if amount != 0:
+            raise MessageError("an account verification carries amount zero")
+        try:
+            account = self.store.account(await self.security.pan_index(reference))
+        except SecurityUnavailable as exc:
+            log.warning("security_unavailable", error=str(exc))
+            return self._response(message, ResponseCode.SYSTEM_MALFUNCTION)
+        if account is None:
+            code = ResponseCode.INVALID_CARD
+        elif account.stolen:
+            code = ResponseCode.STOLEN_CARD
+        elif expired(account.expiry, self.now()) or (
+            expiry is not None and expiry != account.expiry
+        ):
+            code = ResponseCode.EXPIRED_CARD
+        else:
+            code = ResponseCode.APPROVED
+        log.info("verified", code=str(code))
+        return self._response(message, code)
 
     async def _check_pin(
         self, message: spec.Message, binding: str, pan_index: bytes

@@ -41,7 +41,8 @@ async def p256_env(
         )  # fmt: skip
         try:
             settings = keystore_settings.replace(
-                data_dir=tmp_path_factory.mktemp("ca-p256"), suite="p256"
+                data_dir=tmp_path_factory.mktemp("ca-p256"), suite="p256", issuer_host="",
+                ca_verify_cards=False,
             )
             env = await start_ca(deployment, settings)
             try:

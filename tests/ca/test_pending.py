@@ -42,17 +42,18 @@ from tests.fixtures_ca import CAEnv, files_bytes, new_key
 REVIEWED = {"merchant_id": "M-7995", "merchant_name": "Lucky Bets", "mcc": "7995"}
 
 
-async def pended(ca_env: CAEnv, identity: str) -> tuple:
+async def pended(ca_env: CAEnv, identity: str, merchant_id: str = "M-7995") -> tuple:
     client, keystore = await ca_env.requester(identity)
     ca, init = await me_aq_init(
         client, root=ca_env.root, brand="alpha", requester=EntityKind.MERCHANT,
-        id_data=IDData("M-7995", None, None),
+        id_data=IDData(merchant_id, None, None),
     )  # fmt: skip
     sig, kx = await new_key(keystore, "sig"), await new_key(keystore, "kx", exchange=True)
     assert init.form is not None
     req, data = await build_me_aq_cert_req(
-        ca, init.form.reg_form_id, sig_key=sig, kx_key=kx, values=REVIEWED
-    )
+        ca, init.form.reg_form_id, sig_key=sig, kx_key=kx,
+        values={**REVIEWED, "merchant_id": merchant_id},
+    )  # fmt: skip
     res = await client.request(req, data.rrpid, CertRes)
     with pytest.raises(CARequestError) as info:
         check_me_aq_cert_res(res, data, ca, CertType.MERCHANT, sig, kx, client.clock.now_ms())
@@ -97,7 +98,7 @@ async def test_pended_then_approved(ca_env: CAEnv) -> None:
 
 
 async def test_pended_then_rejected(ca_env: CAEnv) -> None:
-    client, _, ca, data, sig, kx = await pended(ca_env, "merchant.pend2")
+    client, _, ca, data, sig, kx = await pended(ca_env, "merchant.pend2", "M-7996")
     assert decide(ca_env, "reject", data.rrpid) == 0
     from setpay.cli import CommandError
 

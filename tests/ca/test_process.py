@@ -42,6 +42,8 @@ async def test_ca_process_serves_registration(ca_env: CAEnv, tmp_path: Path) -> 
         "SETPAY_SUITE": ca_env.settings.suite,
         "SETPAY_LOG_FORMAT": "json",
         "SETPAY_LOG_LEVEL": "debug",
+        "SETPAY_ISSUER_HOST": "",  # no issuer host: the explicit test setting below
+        "SETPAY_CA_VERIFY_CARDS": "0",
     }
     code = "import sys; from cli.main import main; sys.exit(main(['run', 'ca', '--id', 'p2']))"
     with log_path.open("wb") as log:

@@ -154,7 +154,9 @@ async def test_merchant_and_gateway_issuance(ca_env: CAEnv, tmp_path: Path) -> N
     ext = set_extension(greg.kx_cert)
     assert (ext.cert_type, ext.key_use) == (CertType.GATEWAY, KeyUse.KEY_EXCHANGE)
     assert ext.gateway is not None and ext.gateway.currencies == ["JPY", "USD"]
-    assert ext.gateway.pin_debit and not ext.gateway.sale
+    # The certificate carries what the CA granted (ca_env's auto-approve policy), not what
+    # the request asked (sale "no"): the CA decides (actors/ca/service.py Rule 8).
+    assert ext.gateway.pin_debit and ext.gateway.sale
     openssl_verify(tmp_path, ca_env, pem(greg.sig_cert), "alpha", "pca")
     openssl_verify(tmp_path, ca_env, pem(greg.kx_cert), "alpha", "pca")
 
