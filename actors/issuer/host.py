@@ -357,13 +357,15 @@ class IssuerHost:
     async def _check_pin(
         self, message: spec.Message, binding: str, pan_index: bytes
     ) -> bool | None:
-        """None where the account has no PIN; else whether field 52 holds its PIN."""
+        """None where the account has no PIN; else whether field 52 holds its PIN. A PIN
+        account's request without field 52 is a format error (30), never a wrong PIN: it
+        counts toward no lockout."""
         block = spec.pin_block_of(message)
         account = self.store.account(pan_index)
         if account is None or account.pvv is None:
             return None
         if block is None:
-            return False
+            raise MessageError("a PIN account's request without a PIN block (field 52)")
         return await self.security.verify_pin(binding, block, account.pvv)
 
     def _reversal(self, message: spec.Message) -> spec.Message:

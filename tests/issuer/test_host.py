@@ -137,11 +137,21 @@ async def test_right_pin_resets_the_try_counter(client, accounts, store, securit
     assert (await snapshot(store, security, bank)).account.pin_tries == 0
 
 
-async def test_missing_or_foreign_pin_block_is_55(client, accounts, security):
-    """No PIN block, or a block bound to another account, is a wrong PIN."""
+async def test_missing_pin_block_is_30_and_no_try(client, accounts, store, security):
+    """No PIN block is a format error, not a wrong PIN: three of them lock nothing."""
+    bank = accounts["bank-ok"]
+    for _ in range(3):
+        answer = await client.request(request(bank, 100, mti="0200"))
+        assert answer["39"] == ResponseCode.FORMAT_ERROR
+    assert (await snapshot(store, security, bank)).account.pin_tries == 0
+    right = await security.pin_block(bank.binding, "739146")
+    answer = await client.request(request(bank, 100, mti="0200", pin_block=right))
+    assert answer["39"] == ResponseCode.APPROVED
+
+
+async def test_foreign_pin_block_is_55(client, accounts, security):
+    """A block bound to another account is a wrong PIN."""
     bank, other = accounts["bank-ok"], accounts["bank-low"]
-    answer = await client.request(request(bank, 100, mti="0200"))
-    assert answer["39"] == ResponseCode.WRONG_PIN
     foreign = await security.pin_block(other.binding, "739146")
     answer = await client.request(request(bank, 100, mti="0200", pin_block=foreign))
     assert answer["39"] == ResponseCode.WRONG_PIN

@@ -163,7 +163,7 @@ def test_a_fresh_database_is_created_at_the_latest_version(target: str | Path) -
         store.close()
 
 
-def test_newer_database_refused_unversioned_tables_adopted_only_in_shape(target: str | Path) -> None:
+def test_newer_refused_unversioned_adopted_only_in_shape(target: str | Path) -> None:
     log_schema, _ = step_log()
     store = open_store(target, [log_schema, items_v2()[0]])
     store.close()
