@@ -99,7 +99,7 @@ LOAD_PANS: tuple[str, ...] = tuple(_luhn_complete(f"411111000000{i:03d}") for i 
 LOAD_DECLINE_PAN = _luhn_complete("411111000000900")
 # Bank 0001, branch 123 like the catalogue's account; the PIN is test data.
 LOAD_DEBIT_REFERENCE = "0001-123-7654000"
-LOAD_DEBIT_PIN = "482916"  # noqa: S105 - a test-environment PIN
+LOAD_DEBIT_PIN = "482916"  # a test-environment PIN (test data, like DEBIT_PIN)
 
 
 def _debit_account() -> SeedAccount:
