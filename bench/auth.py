@@ -279,6 +279,7 @@ async def drive(
     tick = asyncio.create_task(ticker())
     try:
         if concurrency:
+
             async def worker() -> None:
                 while True:
                     now = time.perf_counter()
@@ -581,8 +582,13 @@ def _hsm_child(settings: Settings, prefix: str, seconds: float, out: Any) -> Non
         info = hsm.key_info(f"{base}-kx")
         exchange: Callable[[], object]
         if info.kind is KeyKind.P256:
-            peer = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
-                serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+            peer = (
+                ec.generate_private_key(ec.SECP256R1())
+                .public_key()
+                .public_bytes(
+                    serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+                )
+            )
             exchange = lambda: hsm.derive(f"{base}-kx", peer, b"bench", 32)  # noqa: E731
         else:
             oaep = OaepHash(get_suite(settings.suite).oaep_hash)
@@ -680,9 +686,11 @@ async def broker_rate(settings: Settings, sizes: list[int], n: int) -> float:
         from urllib.parse import urlsplit
 
         parts = urlsplit(settings.amqp_url)
-        url = (f"amqp://{quote(settings.broker_admin_user, safe='')}:"
-               f"{quote(settings.broker_admin_password, safe='')}@"
-               f"{parts.hostname or '127.0.0.1'}:{parts.port or 5672}/{quote(vhost, safe='')}")
+        url = (
+            f"amqp://{quote(settings.broker_admin_user, safe='')}:"
+            f"{quote(settings.broker_admin_password, safe='')}@"
+            f"{parts.hostname or '127.0.0.1'}:{parts.port or 5672}/{quote(vhost, safe='')}"
+        )
         return await raw_broker_rate(url, sizes, n)
     finally:
         await asyncio.to_thread(admin.delete_vhost, vhost)
@@ -772,8 +780,10 @@ def print_table(r: dict[str, Any]) -> None:
             else f"open loop, {r['rate']:g} purchases/s offered")  # fmt: skip
     p = r["purchases"]
     print(f"setpay bench auth: suite {r['suite']}, {load}, mix {r['mix']}")
-    print(f"cardholders  {r['enrolment']['cardholders']} enrolled "
-          f"({r['enrolment']['failed']} failed, {r['enrolment']['seconds']:.1f} s, untimed)")
+    print(
+        f"cardholders  {r['enrolment']['cardholders']} enrolled "
+        f"({r['enrolment']['failed']} failed, {r['enrolment']['seconds']:.1f} s, untimed)"
+    )
     print(f"purchases    {p['measured']} measured (+{p['warmup']} warm-up) in "
           f"{r['seconds']:.1f} s: {r['throughput']:.1f}/s;  succeeded {p['succeeded']}, "
           f"failed {p['failed']}")  # fmt: skip
@@ -801,8 +811,10 @@ def print_table(r: dict[str, Any]) -> None:
         print(f"           direct on the token: {b['hsm_sign_per_s']:,.0f} signs/s, "
               f"{b['hsm_exchange_per_s']:,.0f} key transports/s "
               f"-> {b['crypto_purchases_per_s']:,.1f} purchases/s")  # fmt: skip
-        print(f"  broker   {per['set_messages']:.1f} SET envelopes/purchase, mean "
-              f"{per['mean_message_bytes']:,.0f} B ({per['messages_source']})")
+        print(
+            f"  broker   {per['set_messages']:.1f} SET envelopes/purchase, mean "
+            f"{per['mean_message_bytes']:,.0f} B ({per['messages_source']})"
+        )
         print("           " + ", ".join(f"{t} {n:.1f}" for t, n in per["messages_by_type"].items()))
         print(f"           raw aio-pika publish+consume with confirms: "
               f"{b['broker_messages_per_s']:,.0f} msg/s -> "
@@ -826,8 +838,9 @@ def write_hdr_log(path: str, runs: list[tuple[str, Results]], interval: float = 
         writer.output_comment("[Logged with setpay bench auth; latencies in microseconds]")
         f.write(f"#[StartTime: {wall:.3f} (seconds since epoch)]\n")
         writer.output_base_time(wall * 1000)
-        f.write('"StartTimestamp","Interval_Length","Interval_Max","Interval_Compressed_'
-                'Histogram"\n')
+        f.write(
+            '"StartTimestamp","Interval_Length","Interval_Max","Interval_Compressed_Histogram"\n'
+        )
         for tag, results in runs:
             slots: dict[int, HdrHistogram] = {}
             for ended, value in results.ends:
@@ -835,8 +848,10 @@ def write_hdr_log(path: str, runs: list[tuple[str, Results]], interval: float = 
                 slots.setdefault(k, new_histogram()).record_value(value)
             for k in sorted(slots):
                 hist = slots[k]
-                line = (f"Tag={tag},{k * interval:.3f},{interval:.3f},"
-                        f"{hist.get_max_value() / 1000:.3f},{hist.encode().decode()}\n")
+                line = (
+                    f"Tag={tag},{k * interval:.3f},{interval:.3f},"
+                    f"{hist.get_max_value() / 1000:.3f},{hist.encode().decode()}\n"
+                )
                 f.write(line)
 
 
@@ -919,7 +934,7 @@ async def _main(args: argparse.Namespace, settings: Settings, mix: dict[str, flo
                 suite: str) -> tuple[int, dict[str, Any]]:  # fmt: skip
     from actors import demo_cases
 
-    say = (lambda text: print(text, file=sys.stderr, flush=True))  # noqa: E731
+    say = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
     bus, wallet, pos = await demo_cases.connect_clients(settings.admin_url())
     try:
         root = client_root(settings) if "debit" in mix else None
@@ -961,9 +976,16 @@ async def _main(args: argparse.Namespace, settings: Settings, mix: dict[str, flo
                 )  # fmt: skip
                 runs.append((f"rate-{offered:g}", results))
                 lat = percentiles(results.corrected)
-                steps.append({"offered": offered, "throughput": results.throughput,
-                              "p50_ms": lat["p50"], "p99_ms": lat["p99"],
-                              "failed": results.failed, "measured": results.completed})
+                steps.append(
+                    {
+                        "offered": offered,
+                        "throughput": results.throughput,
+                        "p50_ms": lat["p50"],
+                        "p99_ms": lat["p99"],
+                        "failed": results.failed,
+                        "measured": results.completed,
+                    }
+                )
                 if args.sweep == "auto" and results.throughput < 0.9 * offered:
                     break  # past the knee: the system no longer keeps up
             out = {**context, "mode": "sweep", "sweep": steps,
@@ -1000,12 +1022,16 @@ def print_sweep(r: dict[str, Any]) -> None:
         print(f"{s['offered']:>10g} {s['throughput']:>11.1f} {s['p50_ms']:>9.1f} "
               f"{s['p99_ms']:>9.1f} {s['failed']:>7}")  # fmt: skip
     knee = r["knee_purchases_per_s"]
-    print(f"\nknee: {'none held' if knee is None else f'{knee:g}/s'} (highest offered rate "
-          "achieved within 90 %)")
+    print(
+        f"\nknee: {'none held' if knee is None else f'{knee:g}/s'} (highest offered rate "
+        "achieved within 90 %)"
+    )
     if "bounds" in r:
         b = r["bounds"]
-        print(f"bounds (same run): crypto {b['crypto_purchases_per_s']:,.1f}/s, broker "
-              f"{b['broker_purchases_per_s']:,.1f}/s")
+        print(
+            f"bounds (same run): crypto {b['crypto_purchases_per_s']:,.1f}/s, broker "
+            f"{b['broker_purchases_per_s']:,.1f}/s"
+        )
 
 
 def _cmd(args: argparse.Namespace, settings: Settings) -> int:
@@ -1036,8 +1062,10 @@ def _cmd(args: argparse.Namespace, settings: Settings) -> int:
         try:
             suite = env_suite(settings)
             if args.suite and suite != args.suite:
-                raise BenchError(f"the running environment's suite is {suite}, not "
-                                 f"{args.suite}: `setpay down` it or run without --suite")
+                raise BenchError(
+                    f"the running environment's suite is {suite}, not "
+                    f"{args.suite}: `setpay down` it or run without --suite"
+                )
             code, out = asyncio.run(_main(args, settings, mix, suite))
         finally:
             if args.down and env.started:
@@ -1065,31 +1093,63 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     load = p.add_mutually_exclusive_group()
     load.add_argument("--concurrency", type=int, default=8,
                       help="closed loop: purchases in flight (default 8)")  # fmt: skip
-    load.add_argument("--rate", type=float, default=0.0,
-                      help="open loop: purchases/s offered, latency from the intended start")
-    load.add_argument("--sweep", metavar="RATES",
-                      help="open loop at rising rates (comma list, or auto) to find the knee")
+    load.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="open loop: purchases/s offered, latency from the intended start",
+    )
+    load.add_argument(
+        "--sweep",
+        metavar="RATES",
+        help="open loop at rising rates (comma list, or auto) to find the knee",
+    )
     p.add_argument("--warmup", type=float, default=2.0, help="seconds not counted (default 2)")
-    p.add_argument("--mix", default="credit=1",
-                   help="card mix, e.g. credit=8,debit=1,decline=1 (default credit=1)")
-    p.add_argument("--cardholders", type=int, default=200,
-                   help="simulated cardholders, enrolled up front (default 200)")
-    p.add_argument("--cardholder-prefix", default="bench-",
-                   help="wallet user names of the cardholders (a new one enrols new ones)")
-    p.add_argument("--enrol-concurrency", type=int, default=8,
-                   help="enrolments in flight (default 8)")
-    p.add_argument("--suite", choices=("rsa2048", "rsa3072", "p256"),
-                   help="the environment's suite (for one this command starts)")
+    p.add_argument(
+        "--mix",
+        default="credit=1",
+        help="card mix, e.g. credit=8,debit=1,decline=1 (default credit=1)",
+    )
+    p.add_argument(
+        "--cardholders",
+        type=int,
+        default=200,
+        help="simulated cardholders, enrolled up front (default 200)",
+    )
+    p.add_argument(
+        "--cardholder-prefix",
+        default="bench-",
+        help="wallet user names of the cardholders (a new one enrols new ones)",
+    )
+    p.add_argument(
+        "--enrol-concurrency", type=int, default=8, help="enrolments in flight (default 8)"
+    )
+    p.add_argument(
+        "--suite",
+        choices=("rsa2048", "rsa3072", "p256"),
+        help="the environment's suite (for one this command starts)",
+    )
     p.add_argument("--json", action="store_true", help="machine output on stdout")
     p.add_argument("--hdr-log", metavar="FILE", help="HdrHistogram interval log of latencies")
     p.add_argument("--plot", metavar="FILE.png", help="a plot (needs matplotlib)")
     p.add_argument("--no-bounds", action="store_true", help="skip the probe and the bounds")
     p.add_argument("--probe", type=int, default=2, help="probe purchases per kind (default 2)")
-    p.add_argument("--bound-seconds", type=float, default=1.5,
-                   help="seconds per direct HSM timing (default 1.5)")
-    p.add_argument("--broker-messages", type=int, default=3000,
-                   help="messages of the raw broker timing (default 3000)")
+    p.add_argument(
+        "--bound-seconds",
+        type=float,
+        default=1.5,
+        help="seconds per direct HSM timing (default 1.5)",
+    )
+    p.add_argument(
+        "--broker-messages",
+        type=int,
+        default=3000,
+        help="messages of the raw broker timing (default 3000)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress line on stderr")
-    p.add_argument("--down", action="store_true",
-                   help="stop the environment afterwards if this command started it")
+    p.add_argument(
+        "--down",
+        action="store_true",
+        help="stop the environment afterwards if this command started it",
+    )
     p.set_defaults(func=_cmd)

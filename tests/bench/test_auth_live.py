@@ -75,11 +75,18 @@ def test_closed_loop_reports_histograms_counts_and_bounds(env: Env, tmp_path: Pa
     assert per["set_messages"] >= 6 and per["mean_message_bytes"] > 0
     bounds = out["bounds"]
     assert bounds["keystore_workers"] == 2
-    for key in ("hsm_sign_per_s", "hsm_exchange_per_s", "crypto_purchases_per_s",
-                "broker_messages_per_s", "broker_purchases_per_s", "min_purchases_per_s"):
+    for key in (
+        "hsm_sign_per_s",
+        "hsm_exchange_per_s",
+        "crypto_purchases_per_s",
+        "broker_messages_per_s",
+        "broker_purchases_per_s",
+        "min_purchases_per_s",
+    ):
         assert bounds[key] > 0, key
-    assert bounds["min_purchases_per_s"] == min(bounds["crypto_purchases_per_s"],
-                                                bounds["broker_purchases_per_s"])
+    assert bounds["min_purchases_per_s"] == min(
+        bounds["crypto_purchases_per_s"], bounds["broker_purchases_per_s"]
+    )
     assert all(0 < r for r in out["ratios"].values())
     # The interval log holds every measured purchase.
     total = HdrHistogram(1, 600_000_000, 3)
