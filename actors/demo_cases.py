@@ -283,7 +283,7 @@ def _sign_child(settings: Settings, label: str, seconds: float, out: Any) -> Non
 def raw_sign_rate(settings: Settings, seconds: float = 1.0) -> float:
     """RSA signatures/s of one process straight on the token (a merchant's key), measured in
     a child process so PKCS#11 is never initialised in this one."""
-    label = f"merchant.{POS_INSTANCE}/{MERCHANTS[0][0]}-sig"
+    label = f"{settings.broker_user_prefix}merchant.{POS_INSTANCE}/{MERCHANTS[0][0]}-sig"
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     proc = ctx.Process(target=_sign_child, args=(settings, label, seconds, out))

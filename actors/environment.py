@@ -76,6 +76,15 @@ def demo_accounts(now: datetime) -> list[SeedAccount]:
         SeedAccount(f"alpha-load{i}", "card", BRAND, number, valid, big, 0, velocity_count=10**9)
         for i, number in enumerate(LOAD_PANS)
     ]
+    # Load testing (`setpay bench auth --mix`): a card every purchase is declined on
+    # (insufficient funds: limit below any bench amount) and an OPE bank account with a PIN,
+    # both without velocity limits, so a long run keeps its expected outcomes.
+    accounts += [
+        SeedAccount("alpha-load-decline", "card", BRAND, LOAD_DECLINE_PAN, valid, 1, 0,
+                    velocity_count=10**9),
+        SeedAccount("bank-load", "bank", "ope", LOAD_DEBIT_REFERENCE, None, 0, big,
+                    pin=LOAD_DEBIT_PIN, velocity_count=10**9),
+    ]  # fmt: skip
     # OPE debit uses the catalogue's bank account (DEBIT_NAME, seeded by seed_environment).
     return accounts
 
@@ -92,6 +101,10 @@ def _luhn_complete(prefix: str) -> str:
 
 
 LOAD_PANS: tuple[str, ...] = tuple(_luhn_complete(f"411111000000{i:03d}") for i in range(8))
+LOAD_DECLINE_PAN = _luhn_complete("411111000000900")
+# Bank 0001, branch 123 like the catalogue's account; the PIN is test data.
+LOAD_DEBIT_REFERENCE = "0001-123-7654000"
+LOAD_DEBIT_PIN = "482916"  # a test-environment PIN (test data, like DEBIT_PIN)
 
 
 def _debit_account() -> SeedAccount:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 
+import bench.auth
 import bench.broker
 import bench.ca
 import bench.keystore
 import bench.protocol
 
-BENCH_MODULES = (bench.protocol, bench.keystore, bench.broker, bench.ca)
+BENCH_MODULES = (bench.protocol, bench.keystore, bench.broker, bench.ca, bench.auth)
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -1,0 +1,93 @@
+"""`setpay bench auth` without services: the card mix, error keys, and the load driver's
+closed and open loops with a purchase of its own (no environment).
+
+Rule 1: the driver is exercised for real (asyncio tasks, its own clock); the purchase it
+drives here is a coroutine that waits, standing in for nothing of the product.
+Rule 2: no timing assertions: only counts, and the coordinated-omission invariant that a
+latency from the intended start is never below the one from the actual start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+import pytest
+
+from bench.auth import (
+    BenchError,
+    Results,
+    drive,
+    error_key,
+    parse_mix,
+    percentiles,
+    schedule,
+    split_cardholders,
+)
+
+
+def test_mix_is_normalised_and_checked() -> None:
+    assert parse_mix("credit=8,debit=1,decline=1") == {"credit": 0.8, "debit": 0.1,
+                                                       "decline": 0.1}  # fmt: skip
+    assert parse_mix("credit=1,debit=0") == {"credit": 1.0}
+    for bad in ("cash=1", "credit=x", "credit=0", "credit=-1"):
+        with pytest.raises(BenchError):
+            parse_mix(bad)
+
+
+def test_schedule_follows_the_mix() -> None:
+    cycle = schedule({"credit": 0.8, "debit": 0.1, "decline": 0.1})
+    assert Counter(cycle) == {"credit": 80, "debit": 10, "decline": 10}
+    assert split_cardholders({"credit": 0.98, "debit": 0.02}, 10) == {"credit": 10, "debit": 1}
+    assert sum(split_cardholders({"credit": 0.8, "debit": 0.1, "decline": 0.1}, 24).values()) \
+        == 24  # fmt: skip
+
+
+def test_error_key_names_the_set_code() -> None:
+    assert error_key("purchase failed: SIGNATURE_FAILURE") == "SET SIGNATURE_FAILURE"
+    assert error_key("POS unreachable: RpcTimeout") == "POS unreachable: RpcTimeout"
+
+
+async def _waiting(i: int) -> tuple[str, str, bool, str | None]:
+    await asyncio.sleep(0.01)
+    if i % 5 == 4:
+        return "credit", "AUTHORIZATION_PERFORMED/DECLINED", False, "DECLINED"
+    return "credit", "AUTHORIZATION_PERFORMED/APPROVED", True, None
+
+
+def _adds_up(results: Results, measured: int) -> None:
+    assert results.completed == measured == results.corrected.get_total_count()
+    assert results.succeeded + results.failed == measured
+    assert sum(results.outcomes.values()) == measured
+    assert sum(results.by_kind.values()) == measured
+    assert sum(results.errors.values()) == results.failed
+
+
+async def test_closed_loop_runs_the_count() -> None:
+    results = await drive(_waiting, count=20, concurrency=3)
+    _adds_up(results, 20)
+    assert results.failed == 4 and results.errors == {"DECLINED": 4}
+    assert results.throughput > 0
+
+
+async def test_open_loop_corrects_for_coordinated_omission() -> None:
+    # One purchase at a time while 200/s are due: each waits for the one before it, so the
+    # latency from the intended start grows while the one from the actual start does not.
+    results = await drive(_waiting, count=15, rate=200, max_in_flight=1)
+    _adds_up(results, 15)
+    corrected, uncorrected = percentiles(results.corrected), percentiles(results.uncorrected)
+    assert all(corrected[k] >= uncorrected[k] for k in corrected)
+    assert corrected["max"] > uncorrected["max"]
+
+
+async def test_warmup_is_run_but_not_counted() -> None:
+    results = await drive(_waiting, count=5, concurrency=2, warmup=0.1)
+    _adds_up(results, 5)
+    assert results.warmup_done > 0
+
+
+async def test_exactly_one_stop_and_one_load() -> None:
+    with pytest.raises(BenchError):
+        await drive(_waiting, count=1, duration=1.0, concurrency=1)
+    with pytest.raises(BenchError):
+        await drive(_waiting, count=1, concurrency=1, rate=1.0)
