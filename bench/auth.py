@@ -37,7 +37,6 @@ import re
 import secrets
 import sys
 import time
-import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -631,47 +630,12 @@ def hsm_rates(settings: Settings, workers: int, seconds: float) -> tuple[float, 
 
 
 async def raw_broker_rate(url: str, sizes: list[int], n: int, window: int = 256) -> float:
-    """Messages/s of raw aio-pika: persistent publishes with confirms, ``window`` in flight,
-    consumed with manual ack (as `setpay bench broker`), bodies cycling through ``sizes``."""
-    import aio_pika
+    """Messages/s of raw aio-pika for bodies of one purchase's ``sizes`` (as `setpay bench
+    broker` measures it: persistent, confirmed, ``window`` in flight, manual ack)."""
+    from bench.broker import throughput_raw
 
-    bodies = [secrets.token_bytes(max(1, s)) for s in sizes]
-    connection = await aio_pika.connect(url)
-    try:
-        channel = await connection.channel(publisher_confirms=True)
-        consume_channel = await connection.channel(publisher_confirms=False)
-        await consume_channel.set_qos(prefetch_count=window)
-        queue = await consume_channel.declare_queue(f"bench.{uuid.uuid4().hex}", durable=True)
-        got = 0
-        done = asyncio.Event()
-
-        async def on(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-            nonlocal got
-            await message.ack()
-            got += 1
-            if got == n:
-                done.set()
-
-        tag = await queue.consume(on)
-        gate = asyncio.Semaphore(window)
-
-        async def send(i: int) -> None:
-            async with gate:
-                await channel.default_exchange.publish(
-                    aio_pika.Message(bodies[i % len(bodies)],
-                                     delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
-                    queue.name,
-                )  # fmt: skip
-
-        began = time.perf_counter()
-        await asyncio.gather(*(send(i) for i in range(n)))
-        await done.wait()
-        rate = n / (time.perf_counter() - began)
-        await queue.cancel(tag)
-        await queue.delete(if_unused=False)
-        return rate
-    finally:
-        await connection.close()
+    bodies = [secrets.token_bytes(max(1, size)) for size in sizes]
+    return await throughput_raw(url, n, window, bodies)
 
 
 async def broker_rate(settings: Settings, sizes: list[int], n: int) -> float:

@@ -11,7 +11,7 @@ import asyncio
 import secrets
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import aio_pika
 from hdrh.histogram import HdrHistogram
@@ -24,12 +24,12 @@ from setpay.config import Settings
 BODY = secrets.token_bytes(2048)
 
 
-async def _throughput_setpay(url: str, n: int, window: int) -> float:
-    bus = await connect(url, name="bench")
-    channel = await bus.channel(confirms=False, prefetch=window)
-    queue = await channel.declare_queue(f"bench.{uuid.uuid4().hex}", durable=True)
-    got = 0
+def _acking_counter(
+    n: int,
+) -> tuple[Callable[[aio_pika.abc.AbstractIncomingMessage], Awaitable[None]], asyncio.Event]:
+    """A consumer callback that acks each message, and the event set at the ``n``-th."""
     done = asyncio.Event()
+    got = 0
 
     async def on(message: aio_pika.abc.AbstractIncomingMessage) -> None:
         nonlocal got
@@ -38,6 +38,14 @@ async def _throughput_setpay(url: str, n: int, window: int) -> float:
         if got == n:
             done.set()
 
+    return on, done
+
+
+async def _throughput_setpay(url: str, n: int, window: int) -> float:
+    bus = await connect(url, name="bench")
+    channel = await bus.channel(confirms=False, prefetch=window)
+    queue = await channel.declare_queue(f"bench.{uuid.uuid4().hex}", durable=True)
+    on, done = _acking_counter(n)
     await queue.consume(on)
     gate = asyncio.Semaphore(window)
 
@@ -54,34 +62,31 @@ async def _throughput_setpay(url: str, n: int, window: int) -> float:
     return n / elapsed
 
 
-async def _throughput_raw(url: str, n: int, window: int) -> float:
+async def throughput_raw(
+    url: str, n: int, window: int, bodies: Sequence[bytes] = (BODY,)
+) -> float:
+    """Messages/s of raw aio-pika: persistent publishes with confirms, ``window`` in flight,
+    consumed with manual ack; bodies cycle through ``bodies`` (one purchase's sizes, say)."""
     connection = await aio_pika.connect_robust(url)
     channel = await connection.channel(publisher_confirms=True)
     consume_channel = await connection.channel(publisher_confirms=False)
     await consume_channel.set_qos(prefetch_count=window)
     queue = await consume_channel.declare_queue(f"bench.{uuid.uuid4().hex}", durable=True)
-    got = 0
-    done = asyncio.Event()
-
-    async def on(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-        nonlocal got
-        await message.ack()
-        got += 1
-        if got == n:
-            done.set()
-
+    on, done = _acking_counter(n)
     await queue.consume(on)
     gate = asyncio.Semaphore(window)
 
-    async def send() -> None:
+    async def send(i: int) -> None:
         async with gate:
             await channel.default_exchange.publish(
-                aio_pika.Message(BODY, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                aio_pika.Message(
+                    bodies[i % len(bodies)], delivery_mode=aio_pika.DeliveryMode.PERSISTENT
+                ),
                 queue.name,
             )
 
     started = time.perf_counter()
-    await asyncio.gather(*(send() for _ in range(n)))
+    await asyncio.gather(*(send(i) for i in range(n)))
     await done.wait()
     elapsed = time.perf_counter() - started
     await queue.delete(if_unused=False)
@@ -173,7 +178,7 @@ async def run(url: str, messages: int, calls: int) -> list[str]:
     """Run every measurement against raw aio-pika; return the printed table's lines."""
     lines = [f"{'measure (2 KB bodies)':<34} {'broker/':>10} {'raw':>10} {'ratio':>7}"]
     for window in (256,):
-        raw = await _throughput_raw(url, messages, window)
+        raw = await throughput_raw(url, messages, window)
         ours = await _throughput_setpay(url, messages, window)
         lines.append(_line(f"persistent+confirms msg/s, {window} win", ours, raw))
     for in_flight in (1, 64):
