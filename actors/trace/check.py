@@ -182,7 +182,7 @@ class Checker:
     def _response(self, m: WireMessage, request: _Request) -> Iterator[Violation]:
         assert m.msg_type is not None and request.msg.msg_type is not None
         asked = request.msg
-        label = self._label(m, asked)
+        label = self._label(asked, m)  # the transaction of the request answered
         if m.msg_type not in answers(asked.msg_type):
             yield Violation(label, m.offset, "response",
                             f"{m.type_name} does not answer {asked.type_name}")  # fmt: skip
@@ -321,13 +321,13 @@ class Checker:
                          f"(correlation id {m.correlation_id!r})")  # fmt: skip
 
     @staticmethod
-    def _label(m: WireMessage, request: WireMessage | None = None) -> str:
-        for source in (m, request):
+    def _label(m: WireMessage, other: WireMessage | None = None) -> str:
+        for source in (m, other):
             if source is None:
                 continue
             if source.txn is not None:
                 return source.txn.hex()
-        for source in (m, request):
+        for source in (m, other):
             if source is not None and source.rrpid is not None:
                 return f"rrpid:{source.rrpid.hex()}"
         return f"cid:{m.correlation_id}"

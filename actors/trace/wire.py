@@ -6,8 +6,8 @@ opened. An Error is read with ``protocol.set_error.read_error`` (its code and th
 message it refused are outside any encryption; a signature is not verified here).
 Rule 2: a party's role is the first dot-separated part of its broker login (after the
 environment's user prefix) or of the routing key a message was published to.
-Rule 3: requests and responses are told apart by message type: ``*_REQ`` is a request,
-``*_RES`` and ``ERROR`` are responses, matched to their request by correlation id.
+Rule 3: requests and responses are told apart by message type: ``*REQ`` is a request,
+``*RES`` and ``ERROR`` are responses, matched to their request by correlation id.
 Rule 4: ``SENDERS`` says which role sends which type (set-protocol.md: the cardholder's wallet,
 the merchant's POS, the gateway, the CA); an Error may come from any role that was asked.
 """
@@ -41,12 +41,12 @@ SENDERS: dict[str, frozenset[M]] = {
 
 
 def is_request(t: M) -> bool:
-    return t.name.endswith("_REQ")
+    return t.name.endswith("REQ")
 
 
 def answers(request: M) -> frozenset[M]:
     """The response types that answer ``request`` (its ``*_RES`` or an Error)."""
-    return frozenset({M[request.name[:-4] + "_RES"], M.ERROR})
+    return frozenset({M[request.name[:-3] + "RES"], M.ERROR})
 
 
 def role_of(name: str, prefix: str = "") -> str:
