@@ -204,7 +204,9 @@ class Checker:
             self._answers.move_to_end(asked.rrpid)
         txn = self._txn(asked, asked.sender_role, asked.receiver_role)
         if txn is not None:
-            events = self._events(txn, m, m.sender_role, asked.sender_role, request.fed)
+            # the answer moves the machines as from the side that was asked (a wrong
+            # sender is the sender property's violation, above)
+            events = self._events(txn, m, asked.receiver_role, asked.sender_role, request.fed)
             yield from self._apply(txn, m, events)
             if m.msg_type is M.ERROR and not txn.any_state and any(
                 all(not TABLES[kind][0][s] for s in states) for kind, states in
@@ -237,7 +239,7 @@ class Checker:
         self, txn: _Txn, m: WireMessage, sender: str, receiver: str,
         fed: tuple[MachineKind, ...] | None,
     ) -> tuple[tuple[MachineKind, Direction], ...]:  # fmt: skip
-        edge = _EDGES[frozenset({sender, receiver})]
+        edge = _EDGES.get(frozenset({sender, receiver}), ())
         out = []
         for kind, side in edge:
             if kind not in txn.machines:
