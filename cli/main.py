@@ -23,8 +23,7 @@ import keystore.cli
 from setpay import __version__, config, logs
 from setpay.cli import CommandError
 
-COMMAND_MODULES = (keystore.cli, broker.cli, actors.cli, actors.demo, actors.trace.cli,
-                   bench.cli)
+COMMAND_MODULES = (keystore.cli, broker.cli, actors.cli, actors.demo, actors.trace.cli, bench.cli)
 
 
 def _cmd_config(args: argparse.Namespace, settings: config.Settings) -> int:

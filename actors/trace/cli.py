@@ -126,7 +126,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     df.set_defaults(func=_diff)
     rp = commands.add_parser("replay", help="replay recorded requests against the environment")
     rp.add_argument("file")
-    rp.add_argument("--attack", action="store_true",
-                    help="every request again: each must be refused or answered as stored")
+    rp.add_argument(
+        "--attack",
+        action="store_true",
+        help="every request again: each must be refused or answered as stored",
+    )
     rp.add_argument("--timeout", type=float, default=10.0, help="seconds to wait per answer")
     rp.set_defaults(func=_replay)

@@ -82,9 +82,7 @@ def line(m: WireMessage, t0: int) -> str:
             f"{short(m.txn):<16} {short(m.rrpid):<16} {m.size:>7}  {outcome(m)}")  # fmt: skip
 
 
-def show_lines(
-    items: Iterator[WireMessage], keep: Filter, as_json: bool = False
-) -> Iterator[str]:
+def show_lines(items: Iterator[WireMessage], keep: Filter, as_json: bool = False) -> Iterator[str]:
     """The listing of ``items`` that ``keep`` selects."""
     t0: int | None = None
     for m in items:

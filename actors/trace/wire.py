@@ -52,7 +52,7 @@ def answers(request: M) -> frozenset[M]:
 def role_of(name: str, prefix: str = "") -> str:
     """The role in a broker login or routing key (Rule 2)."""
     if prefix and name.startswith(prefix):
-        name = name[len(prefix):]
+        name = name[len(prefix) :]
     return name.split(".", 1)[0]
 
 

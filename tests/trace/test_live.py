@@ -81,8 +81,15 @@ def test_show_lists_every_message_with_type_and_outcome(recording: Recording) ->
                                          "--type", "AuthRes").stdout.splitlines()]  # fmt: skip
     assert len(js) == 3 and {j["outcome"] for j in js} == {"ok"}
     assert {j["xid"] for j in js} == {x.hex() for x in recording.xids}
-    only = setpay(recording.env, "show", str(recording.path), "--xid",
-                  recording.xids[0].hex()[:12], "--party", "gateway").stdout.splitlines()
+    only = setpay(
+        recording.env,
+        "show",
+        str(recording.path),
+        "--xid",
+        recording.xids[0].hex()[:12],
+        "--party",
+        "gateway",
+    ).stdout.splitlines()
     assert [line.split()[4] for line in only] == ["AUTH_REQ", "AUTH_RES"]
 
 
@@ -108,15 +115,18 @@ def test_check_reports_each_broken_property_by_xid(recording: Recording, tmp_pat
     # sender: the AuthRes published by the merchant's login
     edited = list(recs)
     i = typed(recs, M.AUTH_RES, debit)
-    edited[i] = TraceRecord(**{**_fields(recs[i]), "user_id": recs[typed(recs, M.PRES,
-                                                                          debit)].user_id})
+    edited[i] = TraceRecord(
+        **{**_fields(recs[i]), "user_id": recs[typed(recs, M.PRES, debit)].user_id}
+    )
     cases["sender"] = edited
     # rrpid: the same PReq again, answered with other bytes
     edited = list(recs)
     preq, pres = recs[typed(recs, M.PREQ, debit)], recs[typed(recs, M.PRES, debit)]
     other = recs[typed(recs, M.PRES, credit)]
-    edited += [TraceRecord(**{**_fields(preq), "correlation_id": "again"}),
-               TraceRecord(**{**_fields(pres), "correlation_id": "again", "body": other.body})]
+    edited += [
+        TraceRecord(**{**_fields(preq), "correlation_id": "again"}),
+        TraceRecord(**{**_fields(pres), "correlation_id": "again", "body": other.body}),
+    ]
     cases["rrpid"] = edited
     # after-error: the credit purchase's PReq refused at once, then an inquiry about it
     edited = list(recs)

@@ -43,8 +43,18 @@ def synthetic(path: Path) -> None:
         cid = f"c{txn}.{'p' if step in (0, 3) else 'a'}"
         header = make_header(1_700_000_000_000, xid=xid, rrpid=rrpid)
         body = codec.encode(MessageWrapper(header, msg_type, BODY, []))
-        writer.append(TraceRecord(n * STEP_NS, "setpay.set", key, amqp_type(msg_type), cid,
-                                  REPLY_TO.get(key, "") if request else "", user, body))
+        writer.append(
+            TraceRecord(
+                n * STEP_NS,
+                "setpay.set",
+                key,
+                amqp_type(msg_type),
+                cid,
+                REPLY_TO.get(key, "") if request else "",
+                user,
+                body,
+            )
+        )
     writer.close()
 
 
