@@ -16,13 +16,14 @@ from collections.abc import Sequence
 
 import actors.cli
 import actors.demo
+import actors.trace.cli
 import bench.cli
 import broker.cli
 import keystore.cli
 from setpay import __version__, config, logs
 from setpay.cli import CommandError
 
-COMMAND_MODULES = (keystore.cli, broker.cli, actors.cli, actors.demo, bench.cli)
+COMMAND_MODULES = (keystore.cli, broker.cli, actors.cli, actors.demo, actors.trace.cli, bench.cli)
 
 
 def _cmd_config(args: argparse.Namespace, settings: config.Settings) -> int:
