@@ -556,6 +556,10 @@ class MerchantService:
             content = req.content
         inq = codec.decode(InqReqData, content)
         check_header_trans_ids(d.header, inq.trans_ids, inq.rrpid)
+        digest = _digest(req)
+        stored = self._stored(inq.rrpid, digest)  # a replayed InqReq: the same bytes again
+        if stored is not None:
+            return stored
         order = self.store.order_by_xid(inq.trans_ids.xid)
         if order is None or order.trans_ids is None:
             raise ProtocolError(ErrorCode.UNKNOWN_XID, "no purchase with this XID")
@@ -584,5 +588,9 @@ class MerchantService:
             auth = cap = None
         data = PResData(trans, inq.rrpid, inq.chall_c2, completion, auth, cap, [], None)
         body = InqRes(await self._sign(m, "InqRes", data), [m.sig_cert, *m.chain], [], None)
+        reply = encode_message(self._header(trans, inq.rrpid), body)
+        now = self.clock.now_ms()
+        with self.store.transaction() as db:
+            self.store.save_reply(db, inq.rrpid, digest, _amqp(MessageType.INQ_RES), reply, now)
         log.info("merchant_inquiry", xid=trans.xid.hex(), completion=completion.name)
-        return _amqp(MessageType.INQ_RES), encode_message(self._header(trans, inq.rrpid), body)
+        return _amqp(MessageType.INQ_RES), reply
