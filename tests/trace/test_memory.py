@@ -1,6 +1,6 @@
-"""`show` and `check` stream: a synthetic 40,000-record trace (about 23 MB) (a purchase's PReq, AuthReq,
-AuthRes and PRes per XID, one record every 100 ms of trace time) is listed and checked with a
-tracemalloc peak under a fixed bound far below the file's size.
+"""`show` and `check` stream: a synthetic 40,000-record trace of about 23 MB (a purchase's
+PReq, AuthReq, AuthRes and PRes per XID, one record every 100 ms of trace time) is listed and
+checked with a tracemalloc peak under a fixed bound far below the file's size.
 
 Rule 1: the bound is on memory, never on time; the records are well-formed so `check` finds
 no violation, and every one of them is seen (counted).
