@@ -7,6 +7,9 @@ generated" (``keystore.token.token_pins`` resolves them).
 Rule 4: ``SETPAY_CONFIG`` set but empty means "no file" (not even ``./setpay.toml``): the
 supervisor starts its children so, with every non-secret setting in their environment
 (``child_environment``) and the one secret each needs, so no child reads a file of secrets.
+Rule 5: a secret setting or ``amqp_url`` may come from a file instead: ``SETPAY_<NAME>_FILE``
+names it (systemd: ``LoadCredential=`` and ``%d``); its content, less the final newline,
+is the value. The variable itself wins over the file.
 
 The TOML file is ``$SETPAY_CONFIG`` or ``./setpay.toml`` when present. Keys are the field
 names below, either flat (``amqp_url = "..."``) or grouped in tables whose name prefixes the
@@ -27,6 +30,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 ENV_PREFIX = "SETPAY_"
 DEFAULT_ISSUER_PORT: Final = 8583  # the ISO 8583 port by convention; ``issuer_port`` sets it
 SECRET_FIELDS = frozenset({"keystore_pin", "keystore_so_pin", "broker_admin_password"})
+FILE_FIELDS = SECRET_FIELDS | {"amqp_url"}  # may be read from SETPAY_<NAME>_FILE (Rule 5)
 
 _SOFTHSM_CANDIDATES = (
     "/usr/lib/softhsm/libsofthsm2.so",
@@ -202,6 +206,15 @@ def load(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
             values[name] = _coerce(name, known[name], raw)
     for name, kind in known.items():
         raw = env.get(ENV_PREFIX + name.upper())
+        from_file = env.get(f"{ENV_PREFIX}{name.upper()}_FILE")
+        if raw is None and from_file and name in FILE_FIELDS:
+            try:
+                raw = Path(from_file).read_text().removesuffix("\n")
+            except OSError as exc:
+                raise ConfigError(
+                    f"{ENV_PREFIX}{name.upper()}_FILE: cannot read {from_file} "
+                    f"({type(exc).__name__})"
+                ) from None
         if raw is not None:
             values[name] = _coerce(name, kind, raw)
     for name, raw in overrides.items():

@@ -109,4 +109,4 @@ async def test_5000_concurrent_ops_leave_5000_whole_audit_lines(
     }  # fmt: skip
     assert {r["outcome"] for r in ours} == {"ok"}
     assert len({r["pid"] for r in ours}) == 2  # both workers wrote into the one file
-    assert any(r.get("event") == "keystore_stopped" for r in records)
+    assert any(r.get("event") == "service_stopped" for r in records)
