@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +29,7 @@ import aio_pika
 import aiormq.exceptions
 import pytest
 
+from broker import admin
 from keystore.token import LEGACY_PINS, pins_path
 from setpay.config import load
 from tests.ops.environments import Env, alive, new_env, remove_env
@@ -37,9 +39,17 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    """A full environment brought up and exercised by `setpay demo`, left running."""
-    env = new_env(tmp_path_factory.mktemp("secrets-var"), "secrets")
+    """A full environment brought up and exercised by `setpay demo`, left running. Its broker
+    admin is its own (prefixed, random password), not the machine's well-known guest/guest."""
+    prefix = f"t{secrets.token_hex(3)}-"
+    admin_user, admin_password = f"{prefix}admin", secrets.token_urlsafe(18)
+    env = new_env(tmp_path_factory.mktemp("secrets-var"), "secrets",
+                  SETPAY_BROKER_USER_PREFIX=prefix, SETPAY_BROKER_ADMIN_USER=admin_user,
+                  SETPAY_BROKER_ADMIN_PASSWORD=admin_password)  # fmt: skip
     try:
+        admin.create_vhost(env.vhost)  # `broker init` grants the admin user the vhost
+        admin.add_user(admin_user, admin_password)
+        admin.set_permissions(env.vhost, admin_user, ".*", ".*", ".*")
         demo = env.setpay("demo", timeout=600)
         assert demo.returncode == 0, demo.stdout[-2000:] + demo.stderr[-2000:]
         yield env
