@@ -263,11 +263,11 @@ async def run_load(wallet: WalletClient, pos: MerchantClient, purchases: int,
 
 def _sign_child(settings: Settings, label: str, seconds: float, out: Any) -> None:
     from keystore.hsm import Hsm, TokenConfig
-    from keystore.token import use_softhsm_conf
+    from keystore.token import token_pin, use_softhsm_conf
 
     use_softhsm_conf(settings)
     hsm = Hsm(TokenConfig(settings.keystore_module, settings.keystore_token_label,
-                          settings.keystore_pin))  # fmt: skip
+                          token_pin(settings)))  # fmt: skip
     hsm.open()
     digest = hashlib.sha256(b"setpay demo").digest()
     try:

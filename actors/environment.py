@@ -251,7 +251,7 @@ async def _seed_issuer(settings: Settings) -> list[str]:
     from actors.issuer.seed import seed, seed_environment
     from actors.issuer.service import IssuerService
 
-    svc = IssuerService(settings, ISSUER_INSTANCE)
+    svc = IssuerService(settings, ISSUER_INSTANCE, url=_url(settings, f"issuer.{ISSUER_INSTANCE}"))
     try:
         security = await svc.open_keystore_security()
         svc.db_path.parent.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,11 @@ Rule 4: ``down`` stops an environment at any point of its start-up: SIGTERM to t
 which stops its children (SIGTERM, ``grace``, SIGKILL) and exits; then every child still
 recorded is stopped the same way (the supervisor was killed); then the pid files are removed.
 A pid is acted on only if its process started before its pid file was written (no reuse).
+Rule 5: each child holds only its own secrets (``child_env``). The supervisor, running as the
+operator, reads the broker credentials and the token PINs and hands each child its own AMQP
+URL; only the keystore gets the token PIN and ``SOFTHSM2_CONF``. No child inherits another
+identity's password, the broker admin's, the SO PIN, or a config file (which may hold them):
+every non-secret setting reaches it as a ``SETPAY_*`` variable instead.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import aio_pika
 import aio_pika.abc
@@ -41,7 +47,8 @@ import aiormq.exceptions
 
 from broker.credentials import CredentialsError
 from broker.provision import identity_url
-from setpay.config import Settings
+from keystore.token import token_pin
+from setpay.config import ENV_PREFIX, Settings, child_environment
 from setpay.logs import get_logger
 
 log = get_logger(component="supervisor")
@@ -72,7 +79,7 @@ class SupervisorError(Exception):
 
 def run_dir(settings: Settings) -> Path:
     path = settings.data_dir / "run"
-    path.mkdir(parents=True, exist_ok=True)
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
     return path
 
 
@@ -178,12 +185,32 @@ def _write_atomic(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
+# Variables no child inherits from the operator's environment (Rule 5); the keystore gets
+# its own SOFTHSM2_CONF back.
+_OPERATOR_ONLY = ("SOFTHSM2_CONF",)
+
+
+def _without_password(url: str) -> str:
+    """``url`` with the user but no password (a login that will fail, loudly)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = (parts.username or "") + "@" + (parts.hostname or "127.0.0.1")
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 def child_env(settings: Settings, child: Child) -> dict[str, str]:
-    """The child's environment: our data dir, and its own broker login when one is provisioned
-    (`setpay broker init`), so RabbitMQ stamps and checks its identity on every publish."""
-    env = {**os.environ, "SETPAY_DATA_DIR": str(settings.data_dir.resolve())}
+    """The child's environment (Rule 5): the operator's, less every ``SETPAY_*`` variable and
+    ``SOFTHSM2_CONF``; plus every non-secret setting, our data dir, its own broker login when
+    one is provisioned (`setpay broker init`), and for the keystore the token PIN."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(ENV_PREFIX) and k not in _OPERATOR_ONLY}  # fmt: skip
+    env.update(child_environment(settings))
+    env[f"{ENV_PREFIX}DATA_DIR"] = str(settings.data_dir.resolve())
     try:
-        env["SETPAY_AMQP_URL"] = identity_url(
+        url = identity_url(
             settings.data_dir,
             child.identity,
             settings.broker_vhost,
@@ -192,6 +219,13 @@ def child_env(settings: Settings, child: Child) -> dict[str, str]:
         )
     except CredentialsError:
         log.warning("no_broker_login", identity=child.identity, hint="run `setpay broker init`")
+        url = settings.amqp_url
+        if unquote(urlsplit(url).password or "") == settings.broker_admin_password:
+            url = _without_password(url)  # the admin's login is the supervisor's alone
+    env[f"{ENV_PREFIX}AMQP_URL"] = url
+    if child.role == "keystore":
+        env[f"{ENV_PREFIX}KEYSTORE_PIN"] = token_pin(settings)
+        env["SOFTHSM2_CONF"] = str(settings.softhsm_conf.resolve())
     return env
 
 

@@ -569,12 +569,13 @@ def _hsm_child(settings: Settings, prefix: str, seconds: float, out: Any) -> Non
     from actors.environment import MERCHANTS, POS_INSTANCE
     from keystore.hsm import Hsm, TokenConfig
     from keystore.messages import KeyKind, OaepHash
+    from keystore.token import token_pin
     from protocol.keys import get_suite
 
     os.environ["SOFTHSM2_CONF"] = str(settings.softhsm_conf.resolve())
     base = f"{prefix}merchant.{POS_INSTANCE}/{MERCHANTS[0][0]}"
     hsm = Hsm(TokenConfig(settings.keystore_module, settings.keystore_token_label,
-                          settings.keystore_pin))  # fmt: skip
+                          token_pin(settings)))  # fmt: skip
     hsm.open()
     try:
         digest = hashlib.sha256(b"setpay bench auth").digest()

@@ -42,9 +42,10 @@ def _loop(fn: Any, seconds: float) -> float:
 def _direct_rates(settings: Settings, ct: bytes, seconds: float) -> tuple[float, float]:
     from keystore.hsm import Hsm, TokenConfig
     from keystore.messages import OaepHash
+    from keystore.token import token_pin
 
     hsm = Hsm(TokenConfig(settings.keystore_module, settings.keystore_token_label,
-                          settings.keystore_pin))  # fmt: skip
+                          token_pin(settings)))  # fmt: skip
     hsm.open()
     digest = hashlib.sha256(b"bench").digest()
     try:
@@ -139,7 +140,7 @@ async def _run(settings: Settings, seconds: float, workers: int, batch: int) -> 
     from broker import admin
     from keystore.hsm import Hsm, TokenConfig
     from keystore.messages import KeyKind, KeyUsage
-    from keystore.token import init_token, use_softhsm_conf
+    from keystore.token import init_token, token_pin, use_softhsm_conf
     from keystore.worker import KeystorePool, WorkerSpec
 
     rows: list[tuple] = []
@@ -148,7 +149,7 @@ async def _run(settings: Settings, seconds: float, workers: int, batch: int) -> 
                                     log_format="json", log_level="info")  # fmt: skip
         init_token(settings)
         use_softhsm_conf(settings)
-        hsm = Hsm(TokenConfig(settings.keystore_module, "bench", settings.keystore_pin))
+        hsm = Hsm(TokenConfig(settings.keystore_module, "bench", token_pin(settings)))
         hsm.open()
         hsm.create_key(SIG, KeyKind.RSA2048, KeyUsage.SIGN)
         kex = hsm.create_key(KEX, KeyKind.RSA2048, KeyUsage.EXCHANGE)

@@ -1,9 +1,15 @@
-"""`setpay` subcommands of the broker layer: `setpay broker init`."""
+"""`setpay` subcommands of the broker layer: `setpay broker init|export-login`.
+
+Rule 1: a password is never printed; ``export-login`` writes one identity's AMQP URL into a
+new 0600 file (for systemd's ``LoadCredential=``: one OS user per role reads only its own).
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+from pathlib import Path
 
 from broker.errors import BrokerError
 from broker.provision import init
@@ -30,6 +36,26 @@ def _init(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _export_login(args: argparse.Namespace, settings: Settings) -> int:
+    from broker.provision import identity_url
+
+    try:
+        url = identity_url(settings.data_dir, args.identity, settings.broker_vhost,
+                           settings.amqp_url, user_prefix=settings.broker_user_prefix)  # fmt: skip
+    except BrokerError as exc:
+        raise CommandError(str(exc)) from None
+    out = Path(args.out)
+    try:
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    except OSError as exc:
+        raise CommandError(f"cannot write {out}: {exc.strerror}") from None
+    os.fchmod(fd, 0o600)  # an existing file keeps no wider mode
+    with os.fdopen(fd, "w") as handle:
+        handle.write(url + "\n")
+    print(f"wrote the AMQP login of {args.identity} to {out} (mode 0600)")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add this layer's subcommands to the `setpay` parser."""
     broker = sub.add_parser("broker", help="RabbitMQ administration")
@@ -41,3 +67,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     # Users are broker-wide: tests namespace theirs so they never touch the real identities.
     init_parser.add_argument("--user-prefix", default="", help=argparse.SUPPRESS)
     init_parser.set_defaults(func=_init)
+    export = commands.add_parser(
+        "export-login", help="write one identity's AMQP URL (with its password) to a 0600 file"
+    )
+    export.add_argument("identity", help="<role>.<instance>, e.g. gateway.pg1")
+    export.add_argument("out", help="file to write (e.g. /etc/setpay/credentials/gateway.url)")
+    export.set_defaults(func=_export_login)

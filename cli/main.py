@@ -5,12 +5,16 @@ Rule 1: each layer's CLI module is imported here by name and adds its subcommand
 Rule 2: configuration is loaded and logging configured here, once, before any command runs.
 Rule 3: errors a user can fix (``setpay.cli.CommandError``, ``ConfigError``) are printed as
 one line, exit 2.
+Rule 4: every file a `setpay` command or its children create is private to the user that
+runs it: the umask is ``UMASK`` (0o077: files 0600, directories 0700) before anything runs.
+Children, the keystore's workers and tools like softhsm2-util inherit it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -23,6 +27,7 @@ import keystore.cli
 from setpay import __version__, config, logs
 from setpay.cli import CommandError
 
+UMASK = 0o077
 COMMAND_MODULES = (keystore.cli, broker.cli, actors.cli, actors.demo, actors.trace.cli, bench.cli)
 
 
@@ -52,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one ``setpay`` command; its exit status."""
+    os.umask(UMASK)  # Rule 4
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

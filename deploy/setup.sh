@@ -31,6 +31,8 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 apt_install softhsm2 opensc openssl ca-certificates
+# systemd-analyze validates deploy/systemd in the tests (Debian ships it in the systemd package)
+command -v systemd-analyze >/dev/null || apt_install systemd
 
 PYTHON=${PYTHON:-python3}
 if ! command -v "$PYTHON" >/dev/null; then apt_install python3; fi

@@ -12,7 +12,7 @@ import asyncio
 from keystore.errors import KeystoreError
 from keystore.messages import KeyKind, KeyUsage, owner_of
 from keystore.service import RPC_QUEUE
-from keystore.token import init_token, use_softhsm_conf
+from keystore.token import init_token, token_pin, use_softhsm_conf
 from setpay.config import Settings
 
 
@@ -37,7 +37,7 @@ def _cmd_create_key(args: argparse.Namespace, settings: Settings) -> int:
 
     use_softhsm_conf(settings)
     hsm = Hsm(TokenConfig(settings.keystore_module, settings.keystore_token_label,
-                          settings.keystore_pin))  # fmt: skip
+                          token_pin(settings)))  # fmt: skip
     try:
         owner_of(args.label)
         hsm.open()

@@ -27,6 +27,7 @@ from keystore.pinguard import PinGuard
 from keystore.policy import Policy
 from keystore.register import UsedPiRegister
 from keystore.service import RPC_QUEUE, KeystoreService
+from keystore.token import token_pin
 from setpay import logs
 from setpay.config import Settings
 from setpay.logs import get_logger
@@ -74,7 +75,7 @@ async def _serve(spec: WorkerSpec, index: int, ready: Any) -> None:
 
     s = spec.settings
     service = KeystoreService(
-        Hsm(TokenConfig(s.keystore_module, s.keystore_token_label, s.keystore_pin)),
+        Hsm(TokenConfig(s.keystore_module, s.keystore_token_label, token_pin(s))),
         Policy(identity_prefix=spec.identity_prefix),
         UsedPiRegister(used_pi_path(s)),
         PinGuard(pin_guard_path(s)),

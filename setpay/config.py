@@ -2,6 +2,14 @@
 
 Rule 1: every setting has a default that works on a developer machine.
 Rule 2: secrets (PINs, passwords in URLs) are never printed; ``describe()`` masks them.
+Rule 3: the token PINs have no fixed default: empty means "the ones `setpay keystore init`
+generated" (``keystore.token.token_pins`` resolves them).
+Rule 4: ``SETPAY_CONFIG`` set but empty means "no file" (not even ``./setpay.toml``): the
+supervisor starts its children so, with every non-secret setting in their environment
+(``child_environment``) and the one secret each needs, so no child reads a file of secrets.
+Rule 5: a secret setting or ``amqp_url`` may come from a file instead: ``SETPAY_<NAME>_FILE``
+names it (systemd: ``LoadCredential=`` and ``%d``); its content, less the final newline,
+is the value. The variable itself wins over the file.
 
 The TOML file is ``$SETPAY_CONFIG`` or ``./setpay.toml`` when present. Keys are the field
 names below, either flat (``amqp_url = "..."``) or grouped in tables whose name prefixes the
@@ -22,6 +30,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 ENV_PREFIX = "SETPAY_"
 DEFAULT_ISSUER_PORT: Final = 8583  # the ISO 8583 port by convention; ``issuer_port`` sets it
 SECRET_FIELDS = frozenset({"keystore_pin", "keystore_so_pin", "broker_admin_password"})
+FILE_FIELDS = SECRET_FIELDS | {"amqp_url"}  # may be read from SETPAY_<NAME>_FILE (Rule 5)
 
 _SOFTHSM_CANDIDATES = (
     "/usr/lib/softhsm/libsofthsm2.so",
@@ -62,8 +71,8 @@ class Settings:
 
     keystore_module: str = field(default_factory=_default_pkcs11_module)
     keystore_token_label: str = "setpay"  # noqa: S105 - a label, not a secret
-    keystore_pin: str = "1234"
-    keystore_so_pin: str = "12345678"
+    keystore_pin: str = ""  # empty: the PIN `setpay keystore init` generated (Rule 3)
+    keystore_so_pin: str = ""
     keystore_workers: int = 2
 
     issuer_host: str = "127.0.0.1"  # the ISO 8583 issuer/acquirer host the gateway reaches
@@ -110,6 +119,21 @@ class Settings:
         return out
 
 
+def child_environment(settings: Settings) -> dict[str, str]:
+    """``SETPAY_*`` variables that reproduce every non-secret setting of ``settings`` in a
+    child process, with ``SETPAY_CONFIG`` empty so it reads no file (Rule 4); ``amqp_url`` is
+    left out (the caller sets the child's own) and so are the secrets (``SECRET_FIELDS``)."""
+    env = {f"{ENV_PREFIX}CONFIG": ""}
+    for f in fields(settings):
+        if f.name in SECRET_FIELDS or f.name == "amqp_url":
+            continue
+        value = getattr(settings, f.name)
+        env[ENV_PREFIX + f.name.upper()] = (
+            ("true" if value else "false") if isinstance(value, bool) else str(value)
+        )
+    return env
+
+
 def mask_url(url: str) -> str:
     """Hide the password of a URL (``amqp://user:***@host/``)."""
     parts = urlsplit(url)
@@ -154,6 +178,8 @@ def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def config_file(env: Mapping[str, str]) -> Path | None:
     explicit = env.get(f"{ENV_PREFIX}CONFIG")
+    if explicit == "":
+        return None  # Rule 4
     if explicit:
         path = Path(explicit)
         if not path.is_file():
@@ -180,6 +206,15 @@ def load(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
             values[name] = _coerce(name, known[name], raw)
     for name, kind in known.items():
         raw = env.get(ENV_PREFIX + name.upper())
+        from_file = env.get(f"{ENV_PREFIX}{name.upper()}_FILE")
+        if raw is None and from_file and name in FILE_FIELDS:
+            try:
+                raw = Path(from_file).read_text().removesuffix("\n")
+            except OSError as exc:
+                raise ConfigError(
+                    f"{ENV_PREFIX}{name.upper()}_FILE: cannot read {from_file} "
+                    f"({type(exc).__name__})"
+                ) from None
         if raw is not None:
             values[name] = _coerce(name, kind, raw)
     for name, raw in overrides.items():

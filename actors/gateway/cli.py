@@ -43,7 +43,8 @@ async def _register(args: argparse.Namespace, settings: Settings) -> int:
     root = _root(Path(args.root))
     identity = f"gateway.{args.id}"
     try:
-        url = identity_url(settings.data_dir, identity, settings.broker_vhost, settings.amqp_url)
+        url = identity_url(settings.data_dir, identity, settings.broker_vhost, settings.amqp_url,
+                           user_prefix=settings.broker_user_prefix)  # fmt: skip
         bus = await connect(url, name=identity)
     except Exception as exc:  # broker down or login not provisioned: the user must fix it
         raise CommandError(f"cannot connect as {identity}: {exc}") from None

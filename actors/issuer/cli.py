@@ -23,19 +23,38 @@ from setpay.cli import CommandError
 from setpay.config import Settings
 
 
+def _operator_url(settings: Settings, instance: str) -> str:
+    """``issuer.<instance>``'s login, read from the credentials file as the operator."""
+    from broker.provision import identity_url
+
+    return identity_url(settings.data_dir, f"issuer.{instance}", settings.broker_vhost,
+                        settings.amqp_url, user_prefix=settings.broker_user_prefix)  # fmt: skip
+
+
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    from broker.credentials import CredentialsError
+
+    try:
+        url = _operator_url(settings, args.id)
+    except CredentialsError:
+        url = settings.amqp_url  # no credentials file here: the configured login is its own
     svc = service.IssuerService(
         settings,
         args.id,
         port=args.port or settings.issuer_port,
         db_path=args.db,
         latency=args.latency,
+        url=url,
     )
     return asyncio.run(svc.run())
 
 
 async def _seed_async(args: argparse.Namespace, settings: Settings) -> int:
-    svc = service.IssuerService(settings, args.id, db_path=args.db)
+    try:
+        url = _operator_url(settings, args.id)  # an operator command: the credentials file
+    except Exception as exc:  # not provisioned: the user must run `setpay broker init`
+        raise CommandError(f"no broker login for issuer.{args.id}: {exc}") from None
+    svc = service.IssuerService(settings, args.id, db_path=args.db, url=url)
     try:
         security = await svc.open_keystore_security()
     except Exception as exc:  # broker/keystore/credentials: the user must start or provision

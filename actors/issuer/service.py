@@ -3,7 +3,9 @@
 Rule 1: ``main(settings, instance, health_file=...)`` is the supervisor's factory; the
 returned service stands on ``setpay.lifecycle.Service`` like every other process.
 Rule 2: the security module is the keystore, reached over RabbitMQ as broker identity
-``issuer.<instance>``; tests inject an ``IssuerSecurity`` instead.
+``issuer.<instance>`` through ``url`` (default ``settings.amqp_url``, the login the supervisor
+hands its child); it never reads the broker credentials file itself. Operator commands pass
+the identity's URL. Tests inject an ``IssuerSecurity`` instead.
 Rule 3: health is the lifecycle's (one JSON file, written atomically on every state change)
 with the port and the handled and malformed counts.
 """
@@ -38,9 +40,11 @@ class IssuerService(Service):
         security: IssuerSecurity | None = None,
         health_file: Path | None = None,
         latency: float = 0.0,
+        url: str | None = None,
     ) -> None:
         super().__init__(f"issuer.{instance}", health_file=health_file)
         self.settings = settings
+        self.url = url or settings.amqp_url
         self.port = port
         self.db_path = db_path or settings.data_dir / "issuer" / f"{instance}.sqlite"
         self.security = security
@@ -50,17 +54,9 @@ class IssuerService(Service):
     async def open_keystore_security(self) -> IssuerSecurity:
         """Connect as ``issuer.<instance>`` and bind the keystore; closed at stop."""
         from broker.connection import connect
-        from broker.provision import identity_url
         from keystore.client import KeystoreClient
 
-        url = identity_url(
-            self.settings.data_dir,
-            self.identity,
-            self.settings.broker_vhost,
-            self.settings.amqp_url,
-            user_prefix=self.settings.broker_user_prefix,
-        )
-        bus = await connect(url, name=self.identity)
+        bus = await connect(self.url, name=self.identity)
         self.closing(bus.close, "bus")
         client = await KeystoreClient.create(bus)
         self.closing(client.close, "keystore")

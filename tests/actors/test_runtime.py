@@ -128,7 +128,10 @@ def setpay(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[
 async def test_up_runs_echo_as_a_separate_process_and_down_stops_it(
     broker_vhost, tmp_path
 ) -> None:
-    env = {**os.environ, "SETPAY_DATA_DIR": str(tmp_path), "SETPAY_AMQP_URL": broker_vhost.url,
+    # No `broker init` here: the child runs with the configured login, which must not be the
+    # admin's (the supervisor keeps that one to itself and would hand the child none).
+    echo_url = broker_vhost.add_user(f"echo-{uuid.uuid4().hex[:6]}", uuid.uuid4().hex)
+    env = {**os.environ, "SETPAY_DATA_DIR": str(tmp_path), "SETPAY_AMQP_URL": echo_url,
            "SETPAY_BROKER_VHOST": broker_vhost.name,  # where the supervisor takes its lock
            "SETPAY_LOG_FORMAT": "json"}
     up = await asyncio.to_thread(setpay, ["up", "--roles", "echo", "--timeout", "30"], env)

@@ -56,3 +56,35 @@ def test_cli_config_prints_every_setting(capsys: pytest.CaptureFixture[str]) -> 
     out = capsys.readouterr().out
     for name in config.Settings.__dataclass_fields__:
         assert f'"{name}"' in out
+
+
+def test_secrets_and_the_amqp_url_may_come_from_files(tmp_path: Path) -> None:
+    """``SETPAY_<NAME>_FILE`` (systemd LoadCredential) gives a secret or the AMQP URL; the
+    variable itself wins; other settings are not read from files; a missing file is an error."""
+    url_file, pin_file = tmp_path / "url", tmp_path / "pin"
+    url_file.write_text("amqp://gateway.pg1:s3cret@h:5672/setpay\n")
+    pin_file.write_text("from-file")
+    env = {"SETPAY_AMQP_URL_FILE": str(url_file), "SETPAY_KEYSTORE_PIN_FILE": str(pin_file),
+           "SETPAY_SUITE_FILE": str(pin_file)}  # fmt: skip
+    settings = config.load(env=env)
+    assert settings.amqp_url == "amqp://gateway.pg1:s3cret@h:5672/setpay"
+    assert settings.keystore_pin == "from-file" and settings.suite == "rsa2048"
+    assert config.load(env={**env, "SETPAY_KEYSTORE_PIN": "direct"}).keystore_pin == "direct"
+    with pytest.raises(config.ConfigError, match="SETPAY_AMQP_URL_FILE"):
+        config.load(env={"SETPAY_AMQP_URL_FILE": str(tmp_path / "absent")})
+
+
+def test_a_child_environment_carries_every_setting_but_the_secrets(tmp_path: Path) -> None:
+    """What the supervisor gives a child reproduces the settings without a config file (which
+    may hold secrets) and without any secret; an empty SETPAY_CONFIG reads no file."""
+    toml = tmp_path / "c.toml"
+    toml.write_text('suite = "p256"\nbroker_admin_password = "adm1n"\nca_verify_cards = false\n'
+                    '[keystore]\npin = "9999"\n')  # fmt: skip
+    settings = config.load(env={"SETPAY_CONFIG": str(toml)})
+    child = config.child_environment(settings)
+    assert child["SETPAY_CONFIG"] == ""
+    assert not any(v in ("adm1n", "9999") for v in child.values())
+    assert not {"SETPAY_KEYSTORE_PIN", "SETPAY_AMQP_URL"} & set(child)
+    again = config.load(env=child)
+    assert again.suite == "p256" and again.ca_verify_cards is False
+    assert again.broker_admin_password != "adm1n" and again.keystore_pin == ""
