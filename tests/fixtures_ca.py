@@ -50,10 +50,16 @@ class CAEnv:
     def root(self) -> Any:
         return self.hierarchy.root
 
-    async def requester(self, identity: str, *, record: bool = False) -> tuple[CAClient, Any]:
-        """A CA client and a keystore client, both as broker user ``identity``."""
+    async def requester(
+        self, identity: str, *, record: bool = False, queue_suffix: str = ""
+    ) -> tuple[CAClient, Any]:
+        """A CA client and a keystore client, both as broker user ``identity``; the CA client's
+        reply queue is the identity's own, or ``<identity>-<queue_suffix>`` beside another
+        link of the same identity."""
         keystore = await self.deployment.client(identity)
         role, _, instance = identity.partition(".")
+        if queue_suffix:
+            instance = f"{instance}-{queue_suffix}"
         client = CAClient(await PeerLink(keystore.rpc.bus, role, instance, record=record).start())
         return client, keystore
 

@@ -59,7 +59,8 @@ class Ops:
 async def ops(gateway_env: GatewayEnv) -> AsyncIterator[Ops]:
     gw_client, gw_keys = await gateway_env.ca.requester("gateway.gwrev")
     wallet, wallet_keys = await gateway_env.ca.requester("wallet.wrev")
-    merchant, merchant_keys = await gateway_env.ca.requester("merchant.mrev")
+    # The merchant's own login (the CA binds its merchant id to it), beside its gateway link.
+    merchant, merchant_keys = await gateway_env.ca.requester("merchant.m1", queue_suffix="rev")
     try:
         yield Ops(gw_client, wallet, wallet_keys, merchant, merchant_keys)
     finally:
