@@ -801,8 +801,11 @@ def write_hdr_log(path: str, runs: list[tuple[str, Results]], interval: float = 
     with open(path, "w") as f:
         writer = HistogramLogWriter(f)
         writer.output_comment("[Logged with setpay bench auth; latencies in microseconds]")
-        f.write(f"#[StartTime: {wall:.3f} (seconds since epoch)]\n")
-        writer.output_base_time(wall * 1000)
+        # StartTime and BaseTime from one string: a reader skips an interval whose start falls
+        # before StartTime, and a StartTime rounded up past BaseTime dropped the first one.
+        at = f"{wall:.6f}"
+        f.write(f"#[StartTime: {at} (seconds since epoch)]\n")
+        f.write(f"#[BaseTime: {at} (seconds since epoch)]\n")
         f.write(
             '"StartTimestamp","Interval_Length","Interval_Max","Interval_Compressed_Histogram"\n'
         )

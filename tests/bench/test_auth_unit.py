@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -91,3 +92,29 @@ async def test_exactly_one_stop_and_one_load() -> None:
         await drive(_waiting, count=1, duration=1.0, concurrency=1)
     with pytest.raises(BenchError):
         await drive(_waiting, count=1, concurrency=1, rate=1.0)
+
+
+@pytest.mark.parametrize("fraction", [0.0004, 0.0006, 0.9996])
+def test_hdr_log_reads_back_every_completion(
+    fraction: float, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever the wall clock's fraction, the interval log holds every completion (a start
+    time rounded past the base time used to hide the first interval from readers)."""
+    from types import SimpleNamespace
+
+    from hdrh.histogram import HdrHistogram
+    from hdrh.log import HistogramLogReader
+
+    import bench.auth as auth
+
+    base = 50.0
+    monkeypatch.setattr(auth.time, "time", lambda: 1_700_000_000 + fraction)
+    monkeypatch.setattr(auth.time, "perf_counter", lambda: base)
+    run = SimpleNamespace(window_start=base, ends=[(base + 0.1 * i, 1_000 + i) for i in range(30)])
+    log = tmp_path / "auth.hlog"
+    auth.write_hdr_log(str(log), [("auth", run)])
+    total = HdrHistogram(1, 600_000_000, 3)
+    reader = HistogramLogReader(str(log), total)
+    while reader.add_next_interval_histogram():
+        pass
+    assert total.get_total_count() == 30
