@@ -106,8 +106,13 @@ class Service:
         await self.on_drain()
 
     async def stop(self) -> None:
-        """Drain, then close what was declared, last opened first."""
+        """Drain, then close what was declared, last opened first. A service never started
+        (used only for what it opens, e.g. a one-off seeding) just closes that, silently."""
         if self.state is State.STOPPED:
+            return
+        if self.state is State.NEW:
+            await self._close_all()
+            self.state = State.STOPPED
             return
         try:
             await self.drain()
