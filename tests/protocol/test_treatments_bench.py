@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from bench import protocol as bench_protocol
-from cli import main as cli
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_bench_protocol_cli_prints_ratios(capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["bench", "protocol", "--n", "3", "--suite", "p256", "--json"]) == 0
-    result = json.loads(capsys.readouterr().out)
+def test_bench_protocol_cli_prints_ratios() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "cli", "bench", "protocol", "--n", "3", "--suite", "p256", "--json"],
+        capture_output=True, text=True, timeout=300, check=False, cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
     figures = result["p256"]
     assert set(figures["raw_us"]) == {"sign", "verify", "gcm_seal", "gcm_open", "wrap", "unwrap"}
     steps = [m["step"] for m in figures["messages"]]
