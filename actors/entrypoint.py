@@ -12,7 +12,9 @@ Rule 4: every failure becomes one SET Error (``protocol.set_error.build_error``)
 service names a signer for the decoded request (the CA), unsigned otherwise or when that
 signer is unusable. A retryable keystore failure propagates, so the message is redelivered.
 An Error received is logged and never answered.
-Rule 5: a handler learns who sent its message from ``sender()``: the broker-validated user id
+Rule 5: a request whose sender's role may not send its type (``protocol.senders``) is refused
+with ``unauthorizedSender`` before any handler runs (when the runtime gave ``role_of``).
+A handler learns who sent its message from ``sender()``: the broker-validated user id
 of the delivery (``Delivery.user_id``, which RabbitMQ checks against the login), set by the
 runtime for the handler's run only (a context variable), never read from the message. It is
 ``None`` when the message came without one; a party that binds anything to the requester
@@ -31,6 +33,7 @@ from keystore.errors import KeystoreError
 from protocol import ids
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.messages import MessageType
+from protocol.senders import may_send
 from protocol.set_error import ERROR_TYPE, ErrorSigner, build_error
 from protocol.wrapper import Decoded, amqp_type, decode_message
 from setpay.logs import get_logger
@@ -65,8 +68,13 @@ class SetService(Protocol):
 class SetEntry:
     """Decodes, checks and dispatches one SET message for ``service`` (Rules 1-4)."""
 
-    def __init__(self, service: SetService) -> None:
+    def __init__(
+        self, service: SetService, *, role_of: Callable[[str | None], str | None] | None = None
+    ) -> None:
+        """``role_of(login)``: the role of a broker login of this environment (the runtime
+        passes ``Bus.role_of``); with it every request's sender is checked (Rule 5)."""
         self.service = service
+        self.role_of = role_of
 
     async def handle(
         self, amqp: str | None, data: bytes, *, sender: str | None = None
@@ -100,6 +108,13 @@ class SetEntry:
                     ErrorCode.MESSAGE_NOT_SUPPORTED,
                     f"the {service.party} does not take {decoded.msg_type.name}",
                 )
+            if self.role_of is not None:
+                role = self.role_of(_SENDER.get())
+                if not may_send(decoded.msg_type, role):
+                    raise ProtocolError(
+                        ErrorCode.UNAUTHORIZED_SENDER,
+                        f"a {role or 'non-party'} login may not send {decoded.msg_type.name}",
+                    )
             with structlog.contextvars.bound_contextvars(**_context(decoded)):
                 return await handler(decoded)
         except ProtocolError as exc:

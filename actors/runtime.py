@@ -29,7 +29,7 @@ import structlog
 from actors.entrypoint import SetEntry, SetService
 from broker.connection import Bus, connect
 from broker.consumer import Consumer, Delivery, Rejected, consume
-from broker.topology import SET_EXCHANGE, QueueLimits, declare_actor, instance_key
+from broker.topology import SET_EXCHANGE, QueueLimits, declare_actor, reply_allowed
 from protocol.errors import ProtocolError
 from protocol.set_error import ERROR_TYPE, build_error
 from setpay.lifecycle import Service, State
@@ -73,7 +73,7 @@ class Actor(Service):
 
     def serve_set(self, service: SetService) -> SetEntry:
         """Route every message on this actor's queues through one SET entrypoint (Rule 2)."""
-        entry = SetEntry(service)
+        entry = SetEntry(service, role_of=lambda login: self.bus.role_of(login) if self.bus else None)
 
         async def on_message(delivery: Delivery) -> Reply | None:
             return await entry.handle(
@@ -144,17 +144,16 @@ class Actor(Service):
                 await self._reply(delivery, reply)
 
     async def _reply(self, delivery: Delivery, reply: Reply) -> None:
-        """Send ``reply`` to the requester's instance (its routing key is in ``reply_to``)."""
-        if not delivery.reply_to or self.bus is None:
-            self.log.info("reply_without_reply_to", reply_type=reply[0])
+        """Send ``reply`` to the requester's inbox (its routing key is in ``reply_to``), and
+        only to an inbox of the login that asked (``topology.reply_allowed``)."""
+        if self.bus is None or not reply_allowed(delivery.user_id, delivery.reply_to):
+            self.log.warning("reply_not_sent", reply_type=reply[0], sender=delivery.user_id,
+                             has_reply_to=bool(delivery.reply_to))  # fmt: skip
             return
         msg_type, body = reply
         message = self.bus.message(
-            body,
-            msg_type=msg_type,
-            correlation_id=delivery.correlation_id or delivery.message_id,
-            reply_to=instance_key(self.role, self.instance),
+            body, msg_type=msg_type, correlation_id=delivery.correlation_id or delivery.message_id
         )
         # A BrokerError here propagates: the request is not acked, so it is redelivered
         # and (handlers being idempotent) answered again.
-        await self.bus.publish(delivery.reply_to, message, exchange=SET_EXCHANGE)
+        await self.bus.publish(delivery.reply_to or "", message, exchange=SET_EXCHANGE)

@@ -46,7 +46,7 @@ import aio_pika.abc
 import aiormq.exceptions
 
 from broker.credentials import CredentialsError
-from broker.provision import identity_url
+from broker.provision import identity_url, operator_url
 from keystore.token import token_pin
 from setpay.config import ENV_PREFIX, Settings, child_environment
 from setpay.logs import get_logger
@@ -304,9 +304,15 @@ class EnvironmentLocked(SupervisorError):
 
 
 async def hold_lock(settings: Settings) -> aio_pika.abc.AbstractConnection:
-    """Declare ``LOCK_QUEUE`` exclusive on ``broker_vhost`` as the broker admin; the returned
-    connection holds it until closed. ``EnvironmentLocked`` if another supervisor holds it."""
-    url, vhost = settings.admin_url(), settings.broker_vhost
+    """Declare ``LOCK_QUEUE`` exclusive on ``broker_vhost`` as the operators' identity; the
+    returned connection holds it until closed. ``EnvironmentLocked`` if another supervisor
+    holds it."""
+    vhost = settings.broker_vhost
+    try:
+        url = operator_url(settings.data_dir, vhost, settings.amqp_url,
+                           user_prefix=settings.broker_user_prefix)  # fmt: skip
+    except CredentialsError as exc:
+        raise SupervisorError(f"{exc}") from None
     # A plain (not robust) connection: a robust one would silently re-declare the queue after
     # a reconnect, and could then be the second holder without anyone being told.
     try:

@@ -120,7 +120,7 @@ async def _rpc_setpay(url: str, n: int, in_flight: int) -> tuple[float, HdrHisto
 
     queue = f"bench.rpc.{uuid.uuid4().hex}"
     server = await serve_rpc(bus, queue, echo, prefetch=max(64, in_flight))
-    client = await RpcClient.create(bus)
+    client = await RpcClient.create(bus, accept=lambda login: login == bus.user_id)
     try:
         return await _drive(lambda: client.call(queue, BODY, timeout=30), n, in_flight)
     finally:

@@ -81,6 +81,20 @@ def set_permissions(vhost: str, user: str, configure: str, write: str, read: str
     _ctl(["set_permissions", "--vhost", vhost, user, configure, write, read])
 
 
+def set_topic_permissions(vhost: str, user: str, exchange: str, write: str, read: str) -> None:
+    """Limit the routing keys ``user`` may publish (``write``) and bind (``read``) on the topic
+    exchange ``exchange`` of ``vhost`` to those matching the regular expressions given."""
+    _ctl(["set_topic_permissions", "--vhost", vhost, user, exchange, write, read])
+
+
+def list_topic_permissions(vhost: str) -> dict[tuple[str, str], tuple[str, str]]:
+    """``(user, exchange) -> (write, read)`` on ``vhost``."""
+    return {
+        (row["user"], row["exchange"]): (row["write"], row["read"])
+        for row in _json_rows(["list_topic_permissions", "--vhost", vhost])
+    }
+
+
 def set_policy(
     vhost: str,
     name: str,

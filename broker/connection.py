@@ -58,10 +58,13 @@ def login_of(url: str) -> str:
 class Bus:
     """One robust connection of one identity; hands out channels and publishes as that identity."""
 
-    def __init__(self, connection: AbstractRobustConnection, *, user_id: str, name: str) -> None:
+    def __init__(
+        self, connection: AbstractRobustConnection, *, user_id: str, name: str, prefix: str = ""
+    ) -> None:
         self.connection = connection
         self.user_id = user_id
         self.name = name
+        self.prefix = prefix  # every identity login of this environment starts with it
         self._publish_channel: AbstractRobustChannel | None = None
         self._channel_lock = asyncio.Lock()
         self._exchanges: dict[str, AbstractExchange] = {}
@@ -72,6 +75,14 @@ class Bus:
         # Base64 letters and a dot, so an id never looks like a card number to mask_secrets.
         self._id_prefix = secrets.token_urlsafe(12)
         self._id_counter = itertools.count()
+
+    def role_of(self, login: str | None) -> str | None:
+        """The role of a broker-validated ``login`` of this environment (``<prefix><role>.<inst>``),
+        or None for a login that is not an identity of it (the admin, another environment)."""
+        if not login or not login.startswith(self.prefix):
+            return None
+        role, dot, instance = login[len(self.prefix):].partition(".")
+        return role if dot and role and instance else None
 
     def new_id(self) -> str:
         """A fresh id, unique across connections and processes (message and correlation ids)."""
@@ -231,8 +242,19 @@ class Bus:
             await self.connection.close()
 
 
-async def connect(url: str, *, name: str, **kw: Any) -> Bus:
-    """Open a robust connection named ``name`` (shown in the management UI) as the URL's user."""
+def _prefix(login: str, name: str) -> str:
+    """The environment's login prefix when ``name`` is the identity ``<role>.<instance>`` the
+    login ends with; otherwise none."""
+    if "." in name and login.endswith(name):
+        return login[: -len(name)]
+    return ""
+
+
+async def connect(url: str, *, name: str, prefix: str | None = None, **kw: Any) -> Bus:
+    """Open a robust connection named ``name`` (shown in the management UI) as the URL's user.
+
+    ``prefix``: the environment's login prefix (``Bus.role_of``); by default derived from a
+    ``name`` that is the identity the login ends with."""
     client_properties = dict(kw.pop("client_properties", {}) or {})
     client_properties.setdefault("connection_name", name)
     try:
@@ -243,4 +265,6 @@ async def connect(url: str, *, name: str, **kw: Any) -> Bus:
         raise BrokerError(f"broker refused login of {login_of(url)!r}") from exc
     except (ConnectionError, aiormq.exceptions.AMQPConnectionError) as exc:
         raise BrokerError(f"cannot connect to broker ({type(exc).__name__})") from exc
-    return Bus(connection, user_id=login_of(url), name=name)  # type: ignore[arg-type]
+    login = login_of(url)
+    return Bus(connection, user_id=login, name=name,  # type: ignore[arg-type]
+               prefix=_prefix(login, name) if prefix is None else prefix)

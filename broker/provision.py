@@ -3,8 +3,11 @@
 Rule 1: idempotent -- each step compares what exists with what is wanted and changes only
 the difference; a second run reports everything ``unchanged``.
 Rule 2: least privilege -- identity ``<role>.<instance>`` may configure and read only its own
-queues (``set.<role>``, ``set.<role>.<instance>``, listed extras) and write only to the
-listed exchanges; the shared topology is declared here, as the admin user.
+queues (``set.<role>``, ``set.<role>.<instance>``, listed extras, its inboxes
+``reply.<login>.*``) and write only to the exchanges its role uses, never ``amq.default``;
+topic permissions on ``setpay.set`` and ``setpay.rpc`` limit the routing keys it may publish
+to the peers its role addresses and answers (``RolePolicy``) and the keys it may bind to its
+own inboxes. The shared topology is declared here, as the admin user.
 Rule 3: passwords come from ``broker.credentials`` (generated once, reused), travel to
 rabbitmqctl on stdin and never appear in the summary, logs or errors.
 """
@@ -24,7 +27,16 @@ from broker import admin
 from broker.connection import connect
 from broker.credentials import CredentialStore, amqp_url, credentials_path
 from broker.errors import BrokerError
-from broker.topology import COMMON_EXCHANGES, declare_actor, declare_common
+from broker.topology import (
+    COMMON_EXCHANGES,
+    DEAD_LETTER_EXCHANGE,
+    RPC_EXCHANGE,
+    SET_EXCHANGE,
+    TRACE_EXCHANGE,
+    declare_actor,
+    declare_common,
+    inbox_prefix,
+)
 
 DEFINITIONS = Path(__file__).resolve().parents[1] / "deploy" / "rabbitmq" / "definitions.toml"
 FULL = (".*", ".*", ".*")
@@ -35,12 +47,31 @@ class DefinitionsError(BrokerError):
 
 
 @dataclass(frozen=True, slots=True)
+class RolePolicy:
+    """What the logins of one role may do on the bus (definitions.toml ``[roles.<role>]``)."""
+
+    addresses: tuple[str, ...] = ()  # roles whose SET queues it sends requests to
+    answers: tuple[str, ...] = ()  # roles whose requests it answers (their inboxes)
+    broadcasts: tuple[str, ...] = ()  # routing-key prefixes it may broadcast on setpay.set
+    calls: tuple[str, ...] = ()  # RPC queues it calls through setpay.rpc
+    serves_rpc: bool = False  # answers RPC requests
+    reads: tuple[str, ...] = ()  # extra queues/exchanges it reads (operators)
+    queues: tuple[str, ...] = ()  # extra queues of its own, by name
+    queue_patterns: tuple[str, ...] = ()  # extra queues of its own, by regular expression
+
+    @property
+    def speaks_set(self) -> bool:
+        return bool(self.addresses or self.answers or self.broadcasts)
+
+
+@dataclass(frozen=True, slots=True)
 class Identity:
     """One actor identity; its broker user is ``<prefix><role>.<instance>``."""
 
     role: str
     instance: str
     queues: tuple[str, ...] = ()
+    serves_rpc: bool = False
 
     @property
     def name(self) -> str:
@@ -64,43 +95,93 @@ class Policy:
                 "priority": self.priority, "definition": dict(self.definition)}
 
 
+NOTHING = "^$"  # a regular expression no resource name or routing key matches
+
+
 @dataclass(frozen=True, slots=True)
 class Definitions:
     identities: tuple[Identity, ...]
     policies: tuple[Policy, ...]
-    write_exchanges: tuple[str, ...]
+    roles: Mapping[str, RolePolicy] = field(default_factory=dict)
 
-    def permissions(self, identity: Identity) -> tuple[str, str, str]:
-        """(configure, write, read) regular expressions for ``identity``."""
-        own = _alternatives(identity.own_queues())
-        return own, _alternatives(self.write_exchanges), own
+    def role(self, identity: Identity) -> RolePolicy:
+        return self.roles.get(identity.role, RolePolicy())
+
+    def permissions(self, identity: Identity, prefix: str = "") -> tuple[str, str, str]:
+        """(configure, write, read) regular expressions for ``identity``'s login."""
+        role = self.role(identity)
+        login = prefix + identity.name
+        own = [re.escape(q) for q in (*identity.own_queues(), *role.queues)]
+        own += [*role.queue_patterns, re.escape(inbox_prefix(login)) + "[^.#*]+"]
+        exchanges: list[str] = []
+        if role.speaks_set:
+            exchanges += [SET_EXCHANGE, TRACE_EXCHANGE, DEAD_LETTER_EXCHANGE]
+        if role.calls or role.serves_rpc or identity.serves_rpc:
+            exchanges.append(RPC_EXCHANGE)
+        # Reading an exchange is what binding a queue to it needs; the topic permissions let
+        # a login bind only its own inbox keys there.
+        bindable = [SET_EXCHANGE, RPC_EXCHANGE]
+        configure = _any(own)
+        write = _any(own + [re.escape(e) for e in exchanges])
+        read = _any(own + [re.escape(n) for n in (*bindable, *role.reads)])
+        return configure, write, read
+
+    def topic_permissions(self, identity: Identity, prefix: str = "") -> dict[str, tuple[str, str]]:
+        """``exchange -> (write, read)`` routing-key expressions on the two topic exchanges."""
+        role = self.role(identity)
+        login = prefix + identity.name
+        inbox = "^" + re.escape(inbox_prefix(login)) + "[^.#*]+$"
+        set_keys = [f"({_names(role.addresses)})(\\.[^.#*]+)?"] if role.addresses else []
+        if role.answers:
+            set_keys.append(re.escape(f"reply.{prefix}") + f"({_names(role.answers)})\\..+")
+        if role.broadcasts:
+            set_keys.append(f"({_names(role.broadcasts)})\\..+")
+        rpc_keys = [re.escape(q) for q in role.calls]
+        if role.serves_rpc or identity.serves_rpc:
+            rpc_keys.append("reply\\..+")
+        return {SET_EXCHANGE: (_keys(set_keys), inbox), RPC_EXCHANGE: (_keys(rpc_keys), inbox)}
 
 
-def _alternatives(names: tuple[str, ...]) -> str:
-    return "^(" + "|".join(re.escape(n) for n in names) + ")$"
+def _names(names: tuple[str, ...]) -> str:
+    return "|".join(re.escape(n) for n in names)
+
+
+def _any(alternatives: list[str]) -> str:
+    return "^(" + "|".join(alternatives) + ")$" if alternatives else NOTHING
+
+
+def _keys(alternatives: list[str]) -> str:
+    return _any(alternatives)
 
 
 def load_definitions(path: Path = DEFINITIONS) -> Definitions:
-    """Read the definitions TOML (identities, policies, write_exchanges)."""
+    """Read the definitions TOML (roles, identities, policies)."""
     try:
         table = tomllib.loads(path.read_text())
         identities = tuple(
-            Identity(str(i["role"]), str(i["instance"]), tuple(map(str, i.get("queues", ()))))
+            Identity(str(i["role"]), str(i["instance"]), tuple(map(str, i.get("queues", ()))),
+                     bool(i.get("serves_rpc", False)))
             for i in table["identities"]
         )
+        roles = {
+            str(name): RolePolicy(
+                **{key: (tuple(map(str, value)) if isinstance(value, list) else bool(value))
+                   for key, value in dict(spec).items()}
+            )
+            for name, spec in table.get("roles", {}).items()
+        }
         policies = tuple(
             Policy(str(p["name"]), str(p["pattern"]), dict(p["definition"]),
                    str(p.get("apply_to", "queues")), int(p.get("priority", 0)))
             for p in table.get("policies", ())
         )
-        exchanges = tuple(map(str, table["write_exchanges"]))
     except OSError as exc:
         raise DefinitionsError(f"cannot read {path} ({type(exc).__name__})") from None
     except tomllib.TOMLDecodeError as exc:
         raise DefinitionsError(f"{path}: not valid TOML ({exc})") from None
     except (KeyError, TypeError, ValueError) as exc:
         raise DefinitionsError(f"{path}: missing or malformed field {exc}") from None
-    return Definitions(identities, policies, exchanges)
+    return Definitions(identities, policies, roles)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +236,7 @@ def _apply_admin(report: Report, defs: Definitions, store: CredentialStore,
     granted = admin.list_permissions(vhost)
     wanted = {admin_user: FULL}
     for identity in defs.identities:
-        wanted[user_prefix + identity.name] = defs.permissions(identity)
+        wanted[user_prefix + identity.name] = defs.permissions(identity, user_prefix)
     users = set(admin.list_users())
     for identity in defs.identities:
         user = user_prefix + identity.name
@@ -175,6 +256,17 @@ def _apply_admin(report: Report, defs: Definitions, store: CredentialStore,
         else:
             admin.set_permissions(vhost, user, *perms)
             report.add("permissions", user, "updated" if user in granted else "created")
+    topics = admin.list_topic_permissions(vhost)
+    for identity in defs.identities:
+        user = user_prefix + identity.name
+        for exchange, keys in defs.topic_permissions(identity, user_prefix).items():
+            name = f"{user} {exchange}"
+            if topics.get((user, exchange)) == keys:
+                report.add("topic perms", name, "unchanged")
+                continue
+            admin.set_topic_permissions(vhost, user, exchange, *keys)
+            report.add("topic perms", name,
+                       "updated" if (user, exchange) in topics else "created")  # fmt: skip
     existing = admin.list_policies(vhost)
     for policy in defs.policies:
         if existing.get(policy.name) == policy.as_listed():
@@ -196,17 +288,16 @@ async def _apply_topology(report: Report, defs: Definitions, url: str) -> None:
         _exchange, dead = await declare_common(channel)
         queues = [dead.name]
         for identity in defs.identities:
-            declared = await declare_actor(channel, identity.role, identity.instance,
-                                           passive=False)
-            queues += [declared.role.name, declared.instance.name]
-            # Extra `set.<role>.<name>` queues (reply queues) are declared and bound here, as
-            # the admin: identities may not bind to the shared SET exchange themselves.
-            prefix = f"set.{identity.role}."
-            for extra in identity.queues:
-                if extra.startswith(prefix):
-                    more = await declare_actor(channel, identity.role, extra[len(prefix):],
+            if defs.role(identity).speaks_set:
+                declared = await declare_actor(channel, identity.role, identity.instance,
                                                passive=False)
-                    queues.append(more.instance.name)
+                queues += [declared.role.name, declared.instance.name]
+            # Extra queues are RPC queues (keystore.rpc, APIs), declared and bound on
+            # setpay.rpc here, as the admin: identities may not bind request keys themselves.
+            for extra in identity.queues:
+                rpc = await channel.declare_queue(extra, durable=True)
+                await rpc.bind(RPC_EXCHANGE, routing_key=extra)
+                queues.append(extra)
     finally:
         await bus.close()
     for name in COMMON_EXCHANGES:
@@ -240,3 +331,11 @@ def identity_url(data_dir: Path, identity: str, vhost: str, base_url: str,
                  *, user_prefix: str = "") -> str:
     """The AMQP URL an actor uses to connect as ``identity`` (``<role>.<instance>``)."""
     return amqp_url(data_dir, user_prefix + identity, vhost, base_url)
+
+
+OPERATOR = "operator.main"  # the operators' identity: trace recorder, environment lock, dead letters
+
+
+def operator_url(data_dir: Path, vhost: str, base_url: str, *, user_prefix: str = "") -> str:
+    """The AMQP URL of the operators' identity (never the admin: Rule 2)."""
+    return identity_url(data_dir, OPERATOR, vhost, base_url, user_prefix=user_prefix)

@@ -1,7 +1,9 @@
 """Request/reply over RabbitMQ: ``serve_rpc`` answers a queue, ``RpcClient`` calls one.
 
-Rule 1: replies travel over direct reply-to (``amq.rabbitmq.reply-to``) and are published
-with ``mandatory=False`` (a mandatory reply to the pseudo-queue comes back as "returned").
+Rule 1: requests go through the ``setpay.rpc`` exchange (routing key = the queue's name),
+never the default exchange; replies go to the caller's inbox (``broker.inbox``) and are
+published with ``mandatory=False``. A server answers only into an inbox of the login that asked
+(``topology.reply_allowed``); a caller takes a reply only from the peer it expects.
 Rule 2: requests are mandatory and carry ``expiration`` = the call's timeout, so an absent
 queue fails fast (``PeerUnavailable``) and a request nobody took in time is dropped by the
 broker instead of being served after its caller gave up.
@@ -18,16 +20,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiormq
-from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustChannel
+from aio_pika.abc import (
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustChannel,
+)
 
 from broker.connection import Bus
 from broker.draining import DrainingConsumer
 from broker.errors import BrokerError, PeerUnavailable, PublishError, RemoteError, RpcTimeout
+from broker.inbox import Accept, Inbox
+from broker.topology import RPC_EXCHANGE, ensure_exchange, reply_allowed
 from setpay.logs import get_logger
 
 log = get_logger(component="broker.rpc")
 
-REPLY_TO = "amq.rabbitmq.reply-to"
 ERROR_HEADER = "x-setpay-rpc-error"
 DEFAULT_TIMEOUT = 10.0
 
@@ -49,15 +57,24 @@ class RpcServer(DrainingConsumer):
     """Consumes one RPC queue; ``stop()`` stops consuming and waits for in-flight requests."""
 
     def __init__(
-        self, bus: Bus, channel: AbstractRobustChannel, queue: AbstractQueue, handler: RpcHandler
+        self,
+        bus: Bus,
+        channel: AbstractRobustChannel,
+        queue: AbstractQueue,
+        handler: RpcHandler,
+        rpc_exchange: AbstractExchange,
     ) -> None:
         super().__init__(bus, channel, queue)
         self._handler = handler
+        self._rpc_exchange = rpc_exchange
+
 
     async def _process(self, message: AbstractIncomingMessage) -> None:
-        if not message.reply_to:
-            # Nobody to answer: dead-letter it (when the queue has a DLX) rather than requeue.
-            log.warning("rpc_request_without_reply_to", queue=self.queue_name)
+        if not reply_allowed(message.user_id, message.reply_to):
+            # Nobody of its own to answer (no reply_to, or another login's inbox): refuse it
+            # without running the handler, and without its body anywhere.
+            log.warning("rpc_request_unanswerable", queue=self.queue_name,
+                        sender=message.user_id, message_id=message.message_id)  # fmt: skip
             await message.reject(requeue=False)
             return
         request = RpcRequest(
@@ -80,9 +97,7 @@ class RpcServer(DrainingConsumer):
             body, persistent=False, headers=headers, correlation_id=message.correlation_id
         )
         try:
-            await self._channel.default_exchange.publish(
-                reply, message.reply_to, mandatory=False
-            )
+            await self._rpc_exchange.publish(reply, message.reply_to or "", mandatory=False)
         except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
             # The link broke: leave the request unacked so the broker redelivers it.
             log.warning("rpc_reply_failed", queue=self.queue_name, error=type(exc).__name__)
@@ -99,17 +114,28 @@ async def serve_rpc(
     durable: bool = True,
     arguments: Mapping[str, Any] | None = None,
 ) -> RpcServer:
-    """Declare ``queue`` and answer each request on it with ``handler``'s bytes."""
+    """Answer each request on ``queue`` with ``handler``'s bytes.
+
+    The queue and its binding on ``setpay.rpc`` are looked up when they exist (``broker init``
+    made them: a least-privilege login may not bind), declared and bound otherwise."""
     channel = await bus.channel(confirms=False, prefetch=prefetch)
     try:
-        declared = await channel.declare_queue(
-            queue, durable=durable, arguments=dict(arguments) if arguments else None
-        )
+        if await _queue_exists(bus, queue):
+            declared = await channel.declare_queue(queue, passive=True)
+        else:
+            await ensure_exchange(channel, RPC_EXCHANGE)
+            declared = await channel.declare_queue(
+                queue, durable=durable, arguments=dict(arguments) if arguments else None
+            )
+            await declared.bind(RPC_EXCHANGE, routing_key=queue)
+        rpc_exchange = await channel.get_exchange(RPC_EXCHANGE, ensure=False)
     except aiormq.exceptions.ChannelAccessRefused as exc:
         raise BrokerError(f"not allowed to declare or consume queue {queue!r}") from exc
     except aiormq.exceptions.ChannelPreconditionFailed as exc:
         raise BrokerError(f"queue {queue!r} exists with other arguments") from exc
-    server = RpcServer(bus, channel, declared, handler)
+    except aiormq.exceptions.ChannelNotFoundEntity as exc:
+        raise BrokerError(f"exchange {RPC_EXCHANGE!r} missing; run `setpay broker init`") from exc
+    server = RpcServer(bus, channel, declared, handler, rpc_exchange)
     try:
         await server.start()
     except aiormq.exceptions.ChannelAccessRefused as exc:
@@ -117,37 +143,54 @@ async def serve_rpc(
     return server
 
 
-class RpcClient:
-    """Calls RPC queues; replies come back on direct reply-to, matched by correlation id."""
+async def _queue_exists(bus: Bus, queue: str) -> bool:
+    """Whether ``queue`` exists (a passive declare on a throw-away channel)."""
+    channel = await bus.connection.channel(publisher_confirms=False)
+    try:
+        await channel.declare_queue(queue, passive=True)
+        return True
+    except aiormq.exceptions.ChannelClosed:
+        return False
+    finally:
+        if not channel.is_closed:
+            await channel.close()
 
-    def __init__(self, bus: Bus, channel: AbstractRobustChannel, default_timeout: float) -> None:
+
+class RpcClient:
+    """Calls RPC queues; replies come back to this client's inbox, matched by correlation id
+    and accepted only from a login ``accept`` approves (Rule 1)."""
+
+    def __init__(
+        self, bus: Bus, channel: AbstractRobustChannel, inbox: Inbox, accept: Accept,
+        default_timeout: float,
+    ) -> None:  # fmt: skip
         self.bus = bus
         self.default_timeout = default_timeout
+        self.accept = accept
         self._channel = channel
-        self._pending: dict[str, tuple[str, asyncio.Future[bytes]]] = {}
-        self._reply_queue: AbstractQueue | None = None
+        self._inbox = inbox
+        self._exchange: AbstractExchange | None = None
 
     @classmethod
-    async def create(cls, bus: Bus, *, default_timeout: float = DEFAULT_TIMEOUT) -> RpcClient:
-        """Open a channel and start consuming direct replies on it."""
+    async def create(
+        cls, bus: Bus, *, accept: Accept, default_timeout: float = DEFAULT_TIMEOUT
+    ) -> RpcClient:
+        """Open a channel and this client's inbox. ``accept(user_id)``: whether a reply's
+        broker-validated sender is the server this client calls."""
         channel = await bus.channel(confirms=True)
-        client = cls(bus, channel, default_timeout)
-        # Keep a reference: the robust channel restores only queues still referenced.
-        client._reply_queue = await channel.declare_queue(REPLY_TO, passive=True)
-        await client._reply_queue.consume(client._on_reply, no_ack=True)
+        await ensure_exchange(channel, RPC_EXCHANGE)
+        inbox = await Inbox(bus, RPC_EXCHANGE).start()
+        client = cls(bus, channel, inbox, accept, default_timeout)
+        client._exchange = await channel.get_exchange(RPC_EXCHANGE, ensure=False)
         return client
 
-    async def _on_reply(self, message: AbstractIncomingMessage) -> None:
-        entry = self._pending.pop(message.correlation_id or "", None)
-        if entry is None or entry[1].done():
-            return  # the caller already timed out
-        queue, future = entry
+    @staticmethod
+    def _result(queue: str, message: AbstractIncomingMessage) -> bytes:
         error = (message.headers or {}).get(ERROR_HEADER)
         if error is not None:
             name = error.decode() if isinstance(error, bytes) else str(error)
-            future.set_exception(RemoteError(queue, name))
-        else:
-            future.set_result(message.body)
+            raise RemoteError(queue, name)
+        return message.body
 
     async def call(
         self,
@@ -162,33 +205,33 @@ class RpcClient:
         Raises PeerUnavailable (no such queue / no consumer), RpcTimeout, RemoteError."""
         timeout = self.default_timeout if timeout is None else timeout
         correlation_id = self.bus.new_id()
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._pending[correlation_id] = (queue, future)
+        future = self._inbox.expect(correlation_id, self.accept)
         message = self.bus.message(
             body,
             persistent=False,
             headers=headers,
             correlation_id=correlation_id,
-            reply_to=REPLY_TO,
+            reply_to=self._inbox.key,
             expiration=timeout,
         )
+        assert self._exchange is not None
         try:
             async with asyncio.timeout(timeout):
                 try:
                     # No per-publish timeout: the enclosing asyncio.timeout bounds the confirm
                     # too, and a second timer per call is measurable overhead.
-                    await self._channel.default_exchange.publish(message, queue, mandatory=True)
+                    await self._exchange.publish(message, queue, mandatory=True)
                 except aiormq.exceptions.PublishError:
                     raise PeerUnavailable(f"no RPC queue {queue!r}") from None
                 except aiormq.exceptions.DeliveryError:
                     raise PublishError(f"RPC request to {queue!r} nacked") from None
-                return await future
+                return self._result(queue, await future)
         except TimeoutError:
             if not await self._has_consumer(queue):
                 raise PeerUnavailable(f"no consumer on RPC queue {queue!r}") from None
             raise RpcTimeout(f"no reply from {queue!r} within {timeout:g}s") from None
         finally:
-            self._pending.pop(correlation_id, None)
+            self._inbox.forget(correlation_id)
 
     async def _has_consumer(self, queue: str) -> bool:
         """Whether ``queue`` exists with at least one consumer (a passive declare)."""
@@ -204,10 +247,7 @@ class RpcClient:
 
     async def close(self) -> None:
         """Fail pending calls and close the client's channel."""
-        for _queue, future in self._pending.values():
-            if not future.done():
-                future.set_exception(BrokerError("RPC client closed"))
-        self._pending.clear()
+        self._inbox.fail_all(BrokerError("RPC client closed"))
         if not self._channel.is_closed:
             await self._channel.close()
 

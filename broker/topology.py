@@ -13,6 +13,12 @@ the SET exchange and is never traced.
 Rule 4: declaring is idempotent. When everything already exists (``setpay broker init``
 created it) actors only look it up with passive declares, which need no configure rights on
 the shared exchanges, so least-privilege identities can start.
+Rule 5: nothing travels through the default exchange. RPC requests (the keystore) go through
+the ``setpay.rpc`` topic exchange; every reply, SET or RPC, goes to the asker's own inbox: an
+exclusive queue ``reply.<login>.<token>`` bound on the exchange the request used with routing
+key ``reply.<login>.<token>``. RabbitMQ topic permissions (``broker.provision``) let a login
+bind only ``reply.<own login>.*`` keys, so nobody can read another's replies, and let each role
+write only the routing keys of the peers it may address (``deploy/rabbitmq/definitions.toml``).
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ SET_EXCHANGE = "setpay.set"
 DEAD_LETTER_EXCHANGE = "setpay.dlx"
 DEAD_LETTER_QUEUE = "setpay.dead"
 TRACE_EXCHANGE = "setpay.trace"
+RPC_EXCHANGE = "setpay.rpc"
+REPLY_PREFIX = "reply."
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +71,18 @@ def instance_key(role: str, instance: str) -> str:
     return f"{role}.{instance}"
 
 
+def inbox_prefix(login: str) -> str:
+    """The routing keys and queue names of ``login``'s reply inboxes start with this (Rule 5)."""
+    return f"{REPLY_PREFIX}{login}."
+
+
+def reply_allowed(login: str | None, reply_to: str | None) -> bool:
+    """Whether ``reply_to`` names an inbox of the broker-validated ``login`` (Rule 5): a
+    request may not direct its answer into somebody else's inbox."""
+    return bool(login and reply_to and reply_to.startswith(inbox_prefix(login))
+                and "*" not in reply_to and "#" not in reply_to)
+
+
 @dataclass(slots=True)
 class Declared:
     """What ``declare_actor`` declared: the exchanges and this actor's two queues."""
@@ -90,7 +110,14 @@ async def _exists(channel: AbstractChannel, exchanges: list[str], queues: list[s
     return True
 
 
-COMMON_EXCHANGES = [SET_EXCHANGE, DEAD_LETTER_EXCHANGE, TRACE_EXCHANGE]
+async def ensure_exchange(channel: AbstractChannel, name: str) -> None:
+    """Declare topic exchange ``name`` unless it exists (a least-privilege login, which may not
+    declare it, finds the one ``broker init`` made)."""
+    if not await _exists(channel, [name], []):
+        await channel.declare_exchange(name, ExchangeType.TOPIC, durable=True)
+
+
+COMMON_EXCHANGES = [SET_EXCHANGE, RPC_EXCHANGE, DEAD_LETTER_EXCHANGE, TRACE_EXCHANGE]
 
 
 async def declare_common(
@@ -102,6 +129,7 @@ async def declare_common(
         exchange = await channel.declare_exchange(SET_EXCHANGE, passive=True)
         return exchange, await channel.declare_queue(DEAD_LETTER_QUEUE, passive=True)
     exchange = await channel.declare_exchange(SET_EXCHANGE, ExchangeType.TOPIC, durable=True)
+    await channel.declare_exchange(RPC_EXCHANGE, ExchangeType.TOPIC, durable=True)
     dlx = await channel.declare_exchange(DEAD_LETTER_EXCHANGE, ExchangeType.FANOUT, durable=True)
     dead = await channel.declare_queue(DEAD_LETTER_QUEUE, durable=True)
     await dead.bind(dlx)

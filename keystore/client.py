@@ -56,8 +56,14 @@ class KeystoreClient:
     async def create(
         cls, bus: Any, *, queue: str = RPC_QUEUE, timeout: float | None = None
     ) -> KeystoreClient:
-        """A client on its own RPC channel of ``bus``."""
-        return cls(await RpcClient.create(bus), queue=queue, timeout=timeout)
+        """A client on its own RPC channel of ``bus``; it takes replies only from a login of
+        the keystore role of ``bus``'s environment (a forged verdict from another identity
+        is dropped, never read)."""
+
+        def from_keystore(login: str | None) -> bool:
+            return bus.role_of(login) == "keystore"
+
+        return cls(await RpcClient.create(bus, accept=from_keystore), queue=queue, timeout=timeout)
 
     async def close(self) -> None:
         await self.rpc.close()

@@ -105,7 +105,10 @@ class MerchantClient:
 
     @classmethod
     async def create(cls, bus: Bus, instance: str = "pos1") -> MerchantClient:
-        return cls(await RpcClient.create(bus), instance)
+        def from_pos(login: str | None) -> bool:
+            return bool(login) and str(login).endswith(f"merchant.{instance}")
+
+        return cls(await RpcClient.create(bus, accept=from_pos), instance)
 
     @property
     def route(self) -> str:

@@ -26,6 +26,7 @@ the CA's export).
 from __future__ import annotations
 
 import asyncio
+import secrets
 import signal
 import sys
 import time
@@ -38,6 +39,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from actors.trace.fileformat import FORMAT_VERSION, TraceHeader, TraceRecord, TraceWriter
 from actors.trace.wire import parse_wrapper, role_of
 from broker.connection import connect
+from broker.provision import operator_url
 from broker.topology import SET_EXCHANGE, TRACE_EXCHANGE
 from broker.trace import DEFAULT_PROBE_INTERVAL
 from protocol.certs import cert_thumbprint, load_certificate
@@ -103,7 +105,11 @@ async def record(
     header = TraceHeader(FORMAT_VERSION, int(time.time() * 1000), settings.broker_vhost,
                          settings.broker_user_prefix, trust_roots(settings.data_dir))  # fmt: skip
     prefix = settings.broker_user_prefix
-    bus = await connect(settings.admin_url(), name="setpay-trace-record")
+    bus = await connect(
+        operator_url(settings.data_dir, settings.broker_vhost, settings.amqp_url,
+                     user_prefix=prefix),
+        name="setpay-trace-record",
+    )  # fmt: skip
     writer: TraceWriter | None = None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -111,7 +117,9 @@ async def record(
     try:
         channel = await bus.channel()
         await channel.set_qos(prefetch_count=PREFETCH)
-        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+        queue = await channel.declare_queue(
+            f"operator.trace.{secrets.token_hex(6)}", exclusive=True, auto_delete=True
+        )
         await queue.bind(TRACE_EXCHANGE)
         writer = TraceWriter(out, header)
         progress.bytes = writer.bytes

@@ -2,8 +2,10 @@
 
 Rule 1: against the live environment that produced the trace, each recorded request is
 re-published byte for byte, with its recorded AMQP type, to its recorded routing key on the
-SET exchange, as the environment's admin login (a test tool: any login allowed to publish
-there), with a fresh correlation id and a reply-to queue of the replayer's own.
+SET exchange, as the very login that sent it (the broker-validated user id the trace shows;
+its password from the environment's credential store): the insider who holds that party's
+credentials. A fresh correlation id, and a reply-to inbox of the replayer's own under that
+login (``broker.inbox``).
 Rule 2: each answer is classified: ``refused`` (a SET Error, its code shown), ``stored`` (the
 very bytes the trace recorded as the answer to that request: the party's idempotency store
 answered, nothing new happened), or ``ACCEPTED`` (any other answer: a failure, named by XID
@@ -30,17 +32,16 @@ Rule 3: what protects each recorded request when it is replayed, and where:
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from aio_pika.abc import AbstractIncomingMessage
-
 from actors.trace.fileformat import TraceRecord, read_trace
 from actors.trace.wire import WireMessage, is_request, parse_wrapper, short, view
-from broker.connection import connect
+from broker.connection import Bus, connect
+from broker.credentials import CredentialsError, amqp_url
 from broker.errors import BrokerError, PeerUnavailable
+from broker.inbox import Inbox
 from broker.topology import SET_EXCHANGE
 from protocol import codec
 from protocol.errors import ErrorCode, ProtocolError
@@ -111,32 +112,34 @@ async def replay_attack(
     report: Callable[[Replayed], None] = print,
 ) -> list[Replayed]:  # fmt: skip
     """Replay every request of the trace at ``path`` (Rules 1, 2); what came of each."""
-    bus = await connect(settings.admin_url(), name="setpay-trace-replay")
+    senders: dict[str, tuple[Bus, Inbox]] = {}
+
+    async def as_sender(login: str) -> tuple[Bus, Inbox]:
+        if login not in senders:
+            url = amqp_url(settings.data_dir, login, settings.broker_vhost, settings.amqp_url)
+            bus = await connect(url, name="setpay-trace-replay")
+            senders[login] = bus, await Inbox(bus, SET_EXCHANGE).start()
+        return senders[login]
+
     results: list[Replayed] = []
     try:
-        channel = await bus.channel()
-        reply_key = f"trace.replay-{secrets.token_hex(6)}"
-        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
-        await queue.bind(SET_EXCHANGE, reply_key)
-        waiting: dict[str, asyncio.Future[bytes]] = {}
-
-        async def on_reply(message: AbstractIncomingMessage) -> None:
-            future = waiting.pop(message.correlation_id or "", None)
-            if future is not None and not future.done():
-                future.set_result(message.body)
-            await message.ack()
-
-        await queue.consume(on_reply)
         for m, rec, recorded in _requests(path):
+            try:
+                bus, inbox = await as_sender(rec.user_id)
+            except (CredentialsError, BrokerError) as exc:
+                result = Replayed(m.txn, m.type_name, rec.routing_key, UNANSWERED,
+                                  f"(cannot log in as {rec.user_id!r}: {exc})")  # fmt: skip
+                results.append(result)
+                report(result)
+                continue
             cid = bus.new_id()
-            future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-            waiting[cid] = future
+            future = inbox.expect(cid, lambda _login: True)  # every answer is classified
             message = bus.message(rec.body, msg_type=rec.msg_type, correlation_id=cid,
-                                  reply_to=reply_key)  # fmt: skip
+                                  reply_to=inbox.key)  # fmt: skip
             try:
                 await bus.publish(rec.routing_key, message, exchange=SET_EXCHANGE)
                 reply = await asyncio.wait_for(future, timeout)
-                verdict, detail = classify(reply, recorded)
+                verdict, detail = classify(reply.body, recorded)
             except PeerUnavailable:
                 verdict, detail = UNROUTABLE, "(no queue takes it any more)"
             except TimeoutError:
@@ -144,10 +147,11 @@ async def replay_attack(
             except BrokerError as exc:
                 verdict, detail = UNANSWERED, f"({exc})"
             finally:
-                waiting.pop(cid, None)
+                inbox.forget(cid)
             result = Replayed(m.txn, m.type_name, rec.routing_key, verdict, detail)
             results.append(result)
             report(result)
     finally:
-        await bus.close()
+        for bus, _inbox in senders.values():
+            await bus.close()
     return results

@@ -273,7 +273,11 @@ class WalletClient:
 
     @classmethod
     async def create(cls, bus: Bus, instance: str = "main", timeout: float = 60.0) -> WalletClient:
-        return cls(await RpcClient.create(bus, default_timeout=timeout), instance, timeout)
+        def from_wallet(login: str | None) -> bool:
+            return bool(login) and str(login).endswith(f"wallet.{instance}")
+
+        rpc = await RpcClient.create(bus, accept=from_wallet, default_timeout=timeout)
+        return cls(rpc, instance, timeout)
 
     async def _call(self, op: ApiOp, user: str, passphrase: str, args: object | None) -> bytes:
         request = ApiRequest(op, user, passphrase, b"" if args is None else codec.encode(args))

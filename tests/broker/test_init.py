@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import io
 import json
+import re
 import secrets
 import stat
 
@@ -27,7 +28,7 @@ pytestmark = pytest.mark.integration
 
 BASE = "amqp://guest:guest@127.0.0.1:5672/"
 IDENTITIES = ("keystore.main", "ca.main", "gateway.pg1", "issuer.host1", "merchant.pos1",
-              "wallet.main")
+              "wallet.main", "operator.main")
 
 
 @pytest.fixture(scope="module")
@@ -69,9 +70,16 @@ def test_first_run_creates_everything_second_run_changes_nothing(provisioned) ->
     assert "created" not in second and "updated" not in second and "reset" not in second
     # the broker holds exactly the wanted permissions and policies
     perms = admin.list_permissions(vhost)
-    assert perms[prefix + "merchant.pos1"][2] == (
-        r"^(set\.merchant|set\.merchant\.pos1|set\.merchant\.pos1\-gw|merchant\.pos1\.api)$"
-    )
+    defs = load_definitions()
+    for identity in defs.identities:
+        assert perms[prefix + identity.name] == defs.permissions(identity, prefix)
+    configure, write, read = perms[prefix + "merchant.pos1"]
+    login = re.escape(prefix + "merchant.pos1")
+    assert read == (r"^(set\.merchant|set\.merchant\.pos1|merchant\.pos1\.api|"
+                    r"reply\." + login + r"\.[^.#*]+|setpay\.set|setpay\.rpc)$")
+    assert "amq" not in write and "amq" not in read  # nobody writes to the default exchange
+    topics = admin.list_topic_permissions(vhost)
+    assert len(topics) == 2 * len(defs.identities)  # every login, both topic exchanges
     assert set(admin.list_policies(vhost)) == {p.name for p in load_definitions().policies}
 
 
@@ -151,14 +159,14 @@ async def test_identity_cannot_impersonate_or_reconfigure(provisioned) -> None:
 
 
 async def test_identities_reach_the_keystore_over_rpc(provisioned) -> None:
-    keystore = await connect(url_of(provisioned, "keystore.main"), name="k")
-    wallet = await connect(url_of(provisioned, "wallet.main"), name="w")
+    keystore = await connect(url_of(provisioned, "keystore.main"), name="keystore.main")
+    wallet = await connect(url_of(provisioned, "wallet.main"), name="wallet.main")
 
     async def sign(request: RpcRequest) -> bytes:
         return request.user_id.encode()
 
     server = await serve_rpc(keystore, "keystore.rpc", sign)
-    client = await RpcClient.create(wallet)
+    client = await RpcClient.create(wallet, accept=lambda login: wallet.role_of(login) == "keystore")
     try:
         assert await client.call("keystore.rpc", b"digest", timeout=5) == (
             wallet.user_id.encode()

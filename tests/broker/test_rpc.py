@@ -30,7 +30,7 @@ async def test_round_trip_carries_body_headers_and_caller_identity(broker_vhost)
 
     queue = qname("echo")
     server = await serve_rpc(server_bus, queue, handler)
-    client = await RpcClient.create(client_bus)
+    client = await RpcClient.create(client_bus, accept=lambda login: True)
     try:
         assert await client.call(queue, b"hello", headers={"op": "sign"}, timeout=5) == (
             b"echo:hello"
@@ -56,7 +56,7 @@ async def test_handler_error_becomes_remote_error_naming_type_only(broker_vhost)
 
     queue = qname("fail")
     server = await serve_rpc(bus, queue, handler)
-    client = await RpcClient.create(bus)
+    client = await RpcClient.create(bus, accept=lambda login: True)
     try:
         with pytest.raises(RemoteError) as info:
             await client.call(queue, b"x", timeout=5)
@@ -73,7 +73,7 @@ async def test_handler_error_becomes_remote_error_naming_type_only(broker_vhost)
 
 async def test_missing_queue_is_peer_unavailable_fast(broker_vhost) -> None:
     bus = await connect(broker_vhost.url, name="t")
-    client = await RpcClient.create(bus)
+    client = await RpcClient.create(bus, accept=lambda login: True)
     try:
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -97,7 +97,7 @@ async def test_queue_without_consumer_is_peer_unavailable(broker_vhost) -> None:
     queue = qname("gone")
     server = await serve_rpc(bus, queue, handler)
     await server.stop()  # queue stays, nobody consumes
-    client = await RpcClient.create(bus)
+    client = await RpcClient.create(bus, accept=lambda login: True)
     try:
         with pytest.raises(PeerUnavailable):
             await client.call(queue, b"x", timeout=0.5)
@@ -117,7 +117,7 @@ async def test_slow_handler_is_rpc_timeout_and_late_reply_is_ignored(broker_vhos
 
     queue = qname("slow")
     server = await serve_rpc(bus, queue, handler)
-    client = await RpcClient.create(bus)
+    client = await RpcClient.create(bus, accept=lambda login: True)
     try:
         with pytest.raises(RpcTimeout):
             await client.call(queue, b"slow", timeout=0.3)
@@ -146,7 +146,7 @@ async def test_competing_servers_share_work_and_stop_finishes_in_flight(broker_v
     queue = qname("work")
     server_a = await serve_rpc(bus_a, queue, make("a"), prefetch=4)
     server_b = await serve_rpc(bus_b, queue, make("b"), prefetch=4)
-    client = await RpcClient.create(bus_a)
+    client = await RpcClient.create(bus_a, accept=lambda login: True)
     try:
         calls = [asyncio.create_task(client.call(queue, b"x", timeout=10)) for _ in range(8)]
         while served["a"] + served["b"] < 8:
