@@ -78,7 +78,7 @@ class KeystoreDeployment:
 
     async def client(self, identity: str, timeout: float = 10.0) -> KeystoreClient:
         """A keystore client connected as ``identity``."""
-        bus = await connect(self.url_for(identity), name=f"test-{identity}")
+        bus = await connect(self.url_for(identity), name=identity)
         self._buses.append(bus)
         client = await KeystoreClient.create(bus, queue=self.queue, timeout=timeout)
         self._clients.append(client)

@@ -96,7 +96,7 @@ async def test_setpay_up_ca_serves_a_registration(
         up = True
         assert "ready: ca.main" in out
 
-        bus = await connect(url("wallet.main"), name="test-up-wallet")
+        bus = await connect(url("wallet.main"), name="wallet.main")
         try:
             keystore = await KeystoreClient.create(bus, timeout=10)
             info = await keystore.create_key(

@@ -68,7 +68,7 @@ async def test_5000_concurrent_ops_leave_5000_whole_audit_lines(
         clients = {}
         for role in ("merchant", "wallet", "gateway"):
             user_url = str(broker_vhost.add_user(f"{role}.log{tag}", "pw-" + tag))
-            bus = await connect(user_url, name=f"test-{role}")
+            bus = await connect(user_url, name=f"{role}.log{tag}")
             buses.append(bus)
             clients[role] = await KeystoreClient.create(bus, queue=queue, timeout=60)
         merchant, wallet, gateway = clients["merchant"], clients["wallet"], clients["gateway"]
