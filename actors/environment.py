@@ -200,7 +200,7 @@ async def _register_parties(settings: Settings, say: Callable[[str], None]) -> N
         gateway = gw_ident.GatewayIdentity.load(path)
         say(f"gateway.{GATEWAY_INSTANCE}: registered already")
     else:
-        bus = await connect(_url(settings, f"gateway.{GATEWAY_INSTANCE}"), name="env-gateway")
+        bus = await connect(_url(settings, f"gateway.{GATEWAY_INSTANCE}"), name="gateway.env-register")
         try:
             keystore = await KeystoreClient.create(bus, timeout=settings.broker_rpc_timeout)
             client = CAClient(
@@ -219,7 +219,7 @@ async def _register_parties(settings: Settings, say: Callable[[str], None]) -> N
         gateway.save(path)
         say(f"gateway.{GATEWAY_INSTANCE}: certificates issued by the CA")
     store = MerchantStore.open(settings.data_dir, POS_INSTANCE)
-    bus = await connect(_url(settings, f"merchant.{POS_INSTANCE}"), name="env-merchant")
+    bus = await connect(_url(settings, f"merchant.{POS_INSTANCE}"), name="merchant.env-register")
     try:
         keystore = await KeystoreClient.create(bus, timeout=settings.broker_rpc_timeout)
         keys = KeyRing(keystore, get_suite(settings.suite))

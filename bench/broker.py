@@ -18,8 +18,10 @@ from hdrh.histogram import HdrHistogram
 
 from broker import admin
 from broker.connection import connect
-from broker.rpc import REPLY_TO, RpcClient, RpcRequest, serve_rpc
+from broker.rpc import RpcClient, RpcRequest, serve_rpc
 from setpay.config import Settings
+
+REPLY_TO = "amq.rabbitmq.reply-to"  # the raw baseline: plain aio-pika direct reply-to
 
 BODY = secrets.token_bytes(2048)
 

@@ -98,7 +98,7 @@ async def _bench(settings: Settings, n: int, concurrency: int, sign_n: int) -> N
     try:
         await pool.start()
         ca_url = user("ca.main")
-        ca_bus = await connect(ca_url, name="bench-ca-init")
+        ca_bus = await connect(ca_url, name="bench-ca-init", prefix=prefix)
         ca_keys = await KeystoreClient.create(ca_bus)
         store = CAStore.open(settings.data_dir)
         t0 = time.perf_counter()
@@ -109,7 +109,7 @@ async def _bench(settings: Settings, n: int, concurrency: int, sign_n: int) -> N
         await actor.start()
         closers.append(actor)
 
-        wallet_bus = await connect(user("wallet.bench"), name="bench-wallet")
+        wallet_bus = await connect(user("wallet.bench"), name="bench-wallet", prefix=prefix)
         wallet_keys = await KeystoreClient.create(wallet_bus)
         client = CAClient(await PeerLink(wallet_bus, "wallet", "bench", timeout=60).start())
 

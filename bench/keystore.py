@@ -93,7 +93,7 @@ async def _bus_rates(url: str, ct: bytes, seconds: float, inflight: int, batch: 
     from keystore.client import KeystoreClient
     from keystore.messages import BatchItem, OaepHash, Op
 
-    bus = await connect(url, name="bench-keystore-client")
+    bus = await connect(url, name="bench-keystore-client", prefix=PREFIX)
     client = await KeystoreClient.create(bus, timeout=30.0)
     digest = hashlib.sha256(b"bench").digest()
     rates = []

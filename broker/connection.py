@@ -243,18 +243,24 @@ class Bus:
 
 
 def _prefix(login: str, name: str) -> str:
-    """The environment's login prefix when ``name`` is the identity ``<role>.<instance>`` the
-    login ends with; otherwise none."""
-    if "." in name and login.endswith(name):
+    """The environment's login prefix, when ``name`` is an identity ``<role>.<instance>``:
+    the login is ``<prefix><role>.<some instance>`` (a process may serve another instance
+    name than its login's). Otherwise none."""
+    role, dot, _instance = name.partition(".")
+    if not dot or not role:
+        return ""
+    if login.endswith(name):
         return login[: -len(name)]
-    return ""
+    at = login.rfind(f"{role}.")
+    return login[:at] if at >= 0 and "." not in login[:at] else ""
 
 
 async def connect(url: str, *, name: str, prefix: str | None = None, **kw: Any) -> Bus:
     """Open a robust connection named ``name`` (shown in the management UI) as the URL's user.
 
-    ``prefix``: the environment's login prefix (``Bus.role_of``); by default derived from a
-    ``name`` that is the identity the login ends with."""
+    ``prefix``: the environment's login prefix (``Bus.role_of``); by default derived from the
+    login and a ``name`` of the form ``<role>.<instance>`` (the identity's role; processes
+    name their connection so)."""
     client_properties = dict(kw.pop("client_properties", {}) or {})
     client_properties.setdefault("connection_name", name)
     try:

@@ -6,8 +6,8 @@ queue, e.g. ``ca``, or one instance, ``merchant.pos1``) with ``reply_to`` = this
 reply is taken from the inbox by that correlation id, within a deadline (``TimeoutError``
 otherwise).
 Rule 2: a reply is taken only from the party addressed: its broker-validated login must be of
-the target's role (and be exactly the target instance's login when one instance was
-addressed). A reply from anyone else, or nobody waits for (late, foreign), is dropped with a
+the target's role (the unit the broker's permissions grant; several processes and instance
+names may serve under one login). A reply from anyone else, or nobody waits for (late, foreign), is dropped with a
 log line; it never reaches a request.
 Rule 3: the link moves bytes and knows nothing of SET: callers wrap and check messages
 (``protocol.requester``, the parties' own checks). ``record=True`` keeps a copy of every body
@@ -61,13 +61,10 @@ class PeerLink:
             self._inbox.fail_all(ConnectionError(f"peer link {self.role}.{self.instance} closed"))
 
     def expected(self, target: str) -> Accept:
-        """Whether a reply's login is the party ``target`` addresses (Rule 2)."""
-        role, _, instance = target.partition(".")
-        exact = f"{self.bus.prefix}{target}" if instance else None
+        """Whether a reply's login is of the role ``target`` addresses (Rule 2)."""
+        role = target.partition(".")[0]
 
         def accept(login: str | None) -> bool:
-            if exact is not None:
-                return login == exact
             return self.bus.role_of(login) == role
 
         return accept

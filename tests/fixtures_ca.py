@@ -117,7 +117,8 @@ async def ca_env(
 ) -> AsyncIterator[CAEnv]:
     data_dir: Path = tmp_path_factory.mktemp("ca-var")
     settings = keystore_settings.replace(
-        data_dir=data_dir, suite="rsa2048", issuer_host="", ca_verify_cards=False
+        data_dir=data_dir, suite="rsa2048", issuer_host="", ca_verify_cards=False,
+        broker_user_prefix=keystore_deployment.vhost.prefix,
     )
     env = await start_ca(keystore_deployment, settings)
     try:

@@ -64,7 +64,7 @@ async def _with_hierarchy(
     from broker.connection import connect
     from keystore.client import KeystoreClient
 
-    bus = await connect(args.url or settings.amqp_url, name="setpay-ca-cli")
+    bus = await connect(args.url or settings.amqp_url, name="ca.cli")
     try:
         client = await KeystoreClient.create(
             bus, queue=args.keystore_queue, timeout=settings.broker_rpc_timeout

@@ -14,8 +14,9 @@ import pytest
 from actors.runtime_echo import EchoActor
 from actors.supervisor import SETPAY
 from broker.connection import connect
+from broker.credentials import CredentialStore, credentials_path
 from broker.consumer import CODE_HEADER, QUEUE_HEADER
-from broker.topology import DEAD_LETTER_QUEUE, SET_EXCHANGE, declare_actor
+from broker.topology import DEAD_LETTER_QUEUE, SET_EXCHANGE, inbox_prefix
 from protocol.errors import ErrorCode
 from protocol.messages import Error, ErrorTBS
 from protocol.set_error import ERROR_TYPE, read_error
@@ -25,12 +26,14 @@ pytestmark = pytest.mark.integration
 
 
 async def requester(url: str):
-    """A bus plus a reply queue reachable by routing key ``tester.<hex>``."""
+    """A bus plus a reply queue of its own login (an inbox ``reply.<login>.<hex>``: the
+    runtime answers only into an inbox of the login that asked)."""
     bus = await connect(url, name="tester")
-    instance = uuid.uuid4().hex[:8]
+    key = f"{inbox_prefix(bus.user_id)}{uuid.uuid4().hex[:8]}"
     channel = await bus.channel()
-    declared = await declare_actor(channel, "tester", instance)
-    return bus, f"tester.{instance}", declared.instance
+    queue = await channel.declare_queue(key, exclusive=True, auto_delete=True)
+    await queue.bind(SET_EXCHANGE, routing_key=key)
+    return bus, key, queue
 
 
 async def test_actor_dispatches_replies_and_maps_protocol_errors(broker_vhost) -> None:
@@ -131,9 +134,13 @@ async def test_up_runs_echo_as_a_separate_process_and_down_stops_it(
     # No `broker init` here: the child runs with the configured login, which must not be the
     # admin's (the supervisor keeps that one to itself and would hand the child none).
     echo_url = broker_vhost.add_user(f"echo-{uuid.uuid4().hex[:6]}", uuid.uuid4().hex)
+    # The supervisor takes its lock as the operators' login, never the admin's.
+    operator, _ = CredentialStore(credentials_path(tmp_path)).ensure(
+        broker_vhost.prefix + "operator.main")
+    broker_vhost.add_user("operator.main", operator)
     env = {**os.environ, "SETPAY_DATA_DIR": str(tmp_path), "SETPAY_AMQP_URL": echo_url,
            "SETPAY_BROKER_VHOST": broker_vhost.name,  # where the supervisor takes its lock
-           "SETPAY_LOG_FORMAT": "json"}
+           "SETPAY_BROKER_USER_PREFIX": broker_vhost.prefix, "SETPAY_LOG_FORMAT": "json"}
     up = await asyncio.to_thread(setpay, ["up", "--roles", "echo", "--timeout", "30"], env)
     run = tmp_path / "run"
     try:

@@ -71,6 +71,7 @@ async def test_setpay_up_ca_serves_a_registration(
         "PYTHONPATH": str(ROOT),
         "SETPAY_DATA_DIR": str(data_dir),
         "SETPAY_BROKER_VHOST": vhost,
+        "SETPAY_BROKER_USER_PREFIX": prefix,
         "SETPAY_SUITE": "p256",
         "SETPAY_LOG_FORMAT": "json",
         "SETPAY_ISSUER_HOST": "",  # no issuer host: the explicit test setting below
