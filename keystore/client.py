@@ -11,10 +11,16 @@ Rule 4: ``HsmAccountOpener`` implements ``protocol.dualsig.AccountOpener`` over
 ``open_pi_account``: what the PI's sender got wrong becomes a ``ProtocolError`` (decryption
 failure, invalid PIN block, replay = piPreviouslyUsed); keystore trouble stays a
 ``KeystoreError`` (retryable ones are retryable).
+Rule 5: no secret in clear on the bus. ``hmac``, ``seal``, ``open`` and ``pin_issue`` seal
+their secret (or ``open``'s reply key) to the keystore's transport key, read once with
+``transport_key`` and cached (keystore/transport.py); ``open``'s card data comes back under
+that reply key. Each sealed request dies at the call's timeout: the keystore refuses it as
+stale after that, and a call that gets no answer is logged by op and request id only.
 """
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,6 +29,7 @@ from cryptography.hazmat.primitives import serialization
 from broker.errors import BrokerError, RemoteError
 from broker.rpc import RpcClient
 from keystore import messages as m
+from keystore import transport
 from keystore.errors import (
     BadRequest,
     DecryptionFailed,
@@ -36,10 +43,14 @@ from keystore.errors import (
 )
 from keystore.operations import OPERATIONS
 from keystore.service import RPC_QUEUE
+from protocol import codec
 from protocol.dualsig import OpenedAccount
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.keys import KeyType, PublicKey, Suite, suite_for_public_key
 from protocol.messages import PIKind
+from setpay.logs import get_logger
+
+log = get_logger(component="keystore.client")
 
 
 class KeystoreClient:
@@ -51,6 +62,7 @@ class KeystoreClient:
         self.rpc = rpc
         self.queue = queue
         self.timeout = timeout
+        self._transport: transport.TransportPublic | None = None
 
     @classmethod
     async def create(
@@ -78,6 +90,11 @@ class KeystoreClient:
         except RemoteError as exc:
             raise InternalError(f"keystore handler failed ({exc.error_type})") from None
         except BrokerError as exc:
+            secret = getattr(record, "secret", None)
+            log.warning(
+                "keystore_call_unanswered", op=op.name.lower(), error=type(exc).__name__,
+                request=None if secret is None else secret.request_id.hex(),
+            )  # fmt: skip
             raise KeystoreUnavailable(f"keystore unreachable ({type(exc).__name__})") from None
         try:
             response = m.decode(m.Response, raw)
@@ -118,14 +135,42 @@ class KeystoreClient:
     async def derive(self, label: str, peer_public: bytes, info: bytes, length: int) -> bytes:
         return await self._blob(m.Op.DERIVE, m.Derive(label, peer_public, info, length))
 
+    async def transport_key(self) -> transport.TransportPublic:
+        """The keystore's transport key (Rule 5), read once and cached."""
+        if self._transport is None:
+            answer: m.TransportKey = await self._call(
+                m.Op.TRANSPORT_KEY, m.TransportKeyRequest()
+            )
+            self._transport = transport.TransportPublic.of(answer)
+        return self._transport
+
+    async def sealed(self, op: m.Op, record: Any, secret: bytes) -> Any:
+        """``record`` with ``secret`` sealed into its ``secret`` field for ``op`` (Rule 5),
+        refused by the keystore once this client's call timeout has passed."""
+        timeout = self.rpc.default_timeout if self.timeout is None else self.timeout
+        return transport.seal_request(
+            await self.transport_key(), op, self.identity, record, secret,
+            ttl_ms=int(timeout * 1000),
+        )  # fmt: skip
+
     async def hmac(self, label: str, data: bytes) -> bytes:
-        return await self._blob(m.Op.HMAC, m.Hmac(label, data))
+        """HMAC-SHA256 under ``label`` of ``data``, which travels sealed."""
+        record = await self.sealed(m.Op.HMAC, m.Hmac(label, transport.UNSEALED), data)
+        return await self._blob(m.Op.HMAC, record)
 
     async def seal(self, label: str, plaintext: bytes, aad: bytes = b"") -> bytes:
-        return await self._blob(m.Op.SEAL, m.Seal(label, plaintext, aad))
+        """AES-256-GCM at rest under ``label``; ``plaintext`` travels sealed."""
+        record = m.Seal(label, aad, transport.UNSEALED)
+        return await self._blob(m.Op.SEAL, await self.sealed(m.Op.SEAL, record, plaintext))
 
     async def open(self, label: str, sealed: bytes, aad: bytes = b"") -> bytes:
-        return await self._blob(m.Op.OPEN, m.Open(label, sealed, aad))
+        """Open what ``seal`` made; the plaintext comes back under a one-time reply key."""
+        reply_key = secrets.token_bytes(transport.KEY_BYTES)
+        record = await self.sealed(
+            m.Op.OPEN, m.Open(label, sealed, aad, transport.UNSEALED), reply_key
+        )
+        data = await self._blob(m.Op.OPEN, record)
+        return transport.open_reply(reply_key, record.secret.request_id, data)
 
     async def open_pi_account(
         self,
@@ -159,7 +204,11 @@ class KeystoreClient:
     async def pin_issue(self, pvk_label: str, account: str, pin: str) -> bytes:
         """The PVV of a new PIN for ``account`` (PIN issuance, test-environment seeding; only
         identities with the issuance grant). No PIN block comes back."""
-        return await self._blob(m.Op.PIN_ISSUE, m.PinIssue(pvk_label, account, pin))
+        issued = codec.encode(m.IssuedPin(account, pin))
+        record = await self.sealed(
+            m.Op.PIN_ISSUE, m.PinIssue(pvk_label, transport.UNSEALED), issued
+        )
+        return await self._blob(m.Op.PIN_ISSUE, record)
 
     async def batch(self, items: Sequence[m.BatchItem]) -> list[bytes | KeystoreError]:
         """Run up to ``MAX_BATCH`` sign/decrypt items in one round trip; per-item results."""

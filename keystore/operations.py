@@ -13,6 +13,10 @@ whose plaintext holds a PIN-bearing account part, and a plain derive for a PI en
 ECDH-ES context (k_extra would open p), are ``Forbidden`` for every caller.
 Rule 4: PIN verification, PVV creation, issuance and translation exist only as their own
 operations (keystore/pinops.py), each under the PIN guard (keystore/pinguard.py).
+Rule 5: the operations whose record carries a secret (``hmac``, ``seal``, ``pin_issue``) or
+asks for one back (``open``) take it only sealed to the transport key; ``run`` opens it with
+``Context.unseal`` after the policy passed, and ``open`` answers under the sealed reply key
+(keystore/transport.py). There is no clear variant.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from enum import StrEnum
 from typing import Any
 
 from keystore import messages as m
-from keystore import pinops
+from keystore import pinops, transport
 from keystore.errors import BadRequest, Fault, Forbidden, KeystoreError
 from keystore.hsm import Hsm
 from keystore.pinguard import PinGuard
@@ -53,6 +57,11 @@ class Context:
     guard: PinGuard | None
     caller: str
     perform: Perform
+    transport_oaep: m.OaepHash = m.OaepHash.SHA1
+
+    def unseal(self, op: m.Op, record: Any) -> bytes:
+        """The secret ``record`` carries sealed for ``op`` by this caller (Rule 5)."""
+        return transport.open_request(self.hsm, self.transport_oaep, op, self.caller, record)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +94,16 @@ def _derive(ctx: Context, r: m.Derive) -> m.Blob:
     if dualsig.is_pi_wrap_info(r.info):
         raise Forbidden("a payment instruction's wrap opens only by open_pi_account")
     return m.Blob(ctx.hsm.derive(r.label, r.peer_public, r.info, r.length))
+
+
+def _open(ctx: Context, r: m.Open) -> m.Blob:
+    reply_key = ctx.unseal(m.Op.OPEN, r)
+    plaintext = ctx.hsm.open_sealed(r.label, r.sealed, r.aad)
+    return m.Blob(transport.seal_reply(reply_key, r.secret.request_id, plaintext))
+
+
+def _transport_key(ctx: Context, r: m.TransportKeyRequest) -> m.TransportKey:
+    return m.TransportKey(ctx.hsm.key_info(transport.TRANSPORT_LABEL), ctx.transport_oaep)
 
 
 def _decrypt_item(item: m.BatchItem) -> m.Decrypt:
@@ -130,11 +149,10 @@ _ALL = (
               batch_record=_decrypt_item),
     Operation(m.Op.DERIVE, m.Derive, m.Blob, _EXCHANGE, _derive),
     Operation(m.Op.HMAC, m.Hmac, m.Blob, _ISSUER | _GATEWAY,
-              lambda c, r: m.Blob(c.hsm.hmac(r.label, r.data))),
+              lambda c, r: m.Blob(c.hsm.hmac(r.label, c.unseal(m.Op.HMAC, r)))),
     Operation(m.Op.SEAL, m.Seal, m.Blob, frozenset({"wallet"}),
-              lambda c, r: m.Blob(c.hsm.seal(r.label, r.plaintext, r.aad))),
-    Operation(m.Op.OPEN, m.Open, m.Blob, frozenset({"wallet"}),
-              lambda c, r: m.Blob(c.hsm.open_sealed(r.label, r.sealed, r.aad))),
+              lambda c, r: m.Blob(c.hsm.seal(r.label, c.unseal(m.Op.SEAL, r), r.aad))),
+    Operation(m.Op.OPEN, m.Open, m.Blob, frozenset({"wallet"}), _open),
     Operation(m.Op.LIST, m.ListKeys, m.KeyList, ROLES,
               lambda c, r: m.KeyList(c.hsm.list_keys(c.caller))),
     Operation(m.Op.BATCH, m.Batch, m.BatchResult, ROLES, _batch, audited=False),
@@ -147,8 +165,10 @@ _ALL = (
               lambda c, r: m.Verdict(pinops.pin_verify(c.hsm, c.guard, c.caller, r)),
               key_class=PinKey.PVK),
     Operation(m.Op.PIN_ISSUE, m.PinIssue, m.Blob, _ISSUER,
-              lambda c, r: m.Blob(pinops.pin_issue(c.hsm, c.guard, c.caller, r)),
+              lambda c, r: m.Blob(pinops.pin_issue(c.hsm, c.guard, c.caller, r,
+                                                   c.unseal(m.Op.PIN_ISSUE, r))),
               key_class=PinKey.PVK, issuance=True),
+    Operation(m.Op.TRANSPORT_KEY, m.TransportKeyRequest, m.TransportKey, ROLES, _transport_key),
 )  # fmt: skip
 OPERATIONS: dict[m.Op, Operation] = {o.op: o for o in _ALL}
 assert set(OPERATIONS) == set(m.Op), "every Op has exactly one operation object"

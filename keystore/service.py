@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from keystore import messages as m
+from keystore import transport
 from keystore.errors import BadRequest, Fault, InternalError, KeystoreError
 from keystore.hsm import Hsm
 from keystore.operations import Context, Operation, decode_request
@@ -43,8 +44,10 @@ class KeystoreService:
         policy: Policy,
         register: UsedPiRegister | None = None,
         guard: PinGuard | None = None,
+        transport_oaep: m.OaepHash = m.OaepHash.SHA1,
     ) -> None:
         self.hsm = hsm
+        self.transport_oaep = transport_oaep
         self.policy = policy
         self.register = register
         self.guard = guard
@@ -53,8 +56,13 @@ class KeystoreService:
         self._audit = get_logger(component="keystore.audit", pid=os.getpid())
 
     async def start(self) -> None:
-        """Open the token session on the PKCS#11 thread."""
-        await asyncio.get_running_loop().run_in_executor(self._executor, self.hsm.open)
+        """Open the token session on the PKCS#11 thread; make the transport key if absent."""
+
+        def open_token() -> None:
+            self.hsm.open()
+            transport.ensure_key(self.hsm)
+
+        await asyncio.get_running_loop().run_in_executor(self._executor, open_token)
 
     async def close(self) -> None:
         """Close the session and stop the PKCS#11 thread."""
@@ -111,7 +119,9 @@ class KeystoreService:
         def perform(operation: Operation, label: str | None, record_of: Callable[[], Any]) -> Any:
             return self._perform(caller, operation, label, record_of)
 
-        return Context(self.hsm, self.register, self.guard, str(caller), perform)
+        return Context(
+            self.hsm, self.register, self.guard, str(caller), perform, self.transport_oaep
+        )
 
     def _audited(
         self, caller: str | None, op: str, label: str | None, impl: Callable[[], Any]
