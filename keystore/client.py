@@ -138,9 +138,7 @@ class KeystoreClient:
     async def transport_key(self) -> transport.TransportPublic:
         """The keystore's transport key (Rule 5), read once and cached."""
         if self._transport is None:
-            answer: m.TransportKey = await self._call(
-                m.Op.TRANSPORT_KEY, m.TransportKeyRequest()
-            )
+            answer: m.TransportKey = await self._call(m.Op.TRANSPORT_KEY, m.TransportKeyRequest())
             self._transport = transport.TransportPublic.of(answer)
         return self._transport
 

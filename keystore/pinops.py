@@ -161,9 +161,7 @@ def pin_verify(hsm: Hsm, guard: PinGuard | None, caller: str, r: m.PinVerify) ->
     return _guard(guard).run(Guarded.VERIFY, caller, r.account, verify, verdict=bool)
 
 
-def pin_issue(
-    hsm: Hsm, guard: PinGuard | None, caller: str, r: m.PinIssue, secret: bytes
-) -> bytes:
+def pin_issue(hsm: Hsm, guard: PinGuard | None, caller: str, r: m.PinIssue, secret: bytes) -> bytes:
     """The PVV of a new PIN for an account (issuance, seeding; Rule 6): no block comes back.
     ``secret`` is the ``IssuedPin`` the request sealed to the transport key."""
     issued = m.decode(m.IssuedPin, secret)
