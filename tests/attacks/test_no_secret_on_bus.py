@@ -101,7 +101,8 @@ async def deployment(
     try:
         with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(io.StringIO()):
             mp.setenv("SETPAY_DATA_DIR", str(data_dir))
-            assert cli.main(["broker", "init", "--vhost", vhost, "--user-prefix", prefix]) == 0
+            command = ["broker", "init", "--vhost", vhost, "--user-prefix", prefix]
+            assert await asyncio.to_thread(cli.main, command) == 0  # it runs its own loop
         log_file = data_dir / "keystore.log"
         url = identity_url(data_dir, "keystore.main", vhost, BASE, user_prefix=prefix)
         spec = WorkerSpec(
@@ -287,15 +288,17 @@ def test_keystore_requests_are_never_dead_lettered_and_dead_letters_are_bounded(
     """The broker's own view: keystore.rpc has no dead-letter exchange; setpay.dead is bounded
     in bytes by its declared arguments and by the policy, refusing what would overflow."""
     rows = admin._json_rows(["list_queues", "--vhost", deployment.vhost, "name", "arguments",
-                             "effective_policy_definition"])  # fmt: skip
+                             "policy"])  # fmt: skip
     by_name = {row["name"]: row for row in rows}
+    policies = admin.list_policies(deployment.vhost)
     rpc = by_name["keystore.rpc"]
-    assert "dead-letter-exchange" not in (rpc["effective_policy_definition"] or {})
+    assert rpc["policy"] == "setpay-rpc-queues"
+    assert "dead-letter-exchange" not in policies[rpc["policy"]]["definition"]
     assert not any("dead-letter" in str(k) for k in _args(rpc["arguments"]))
     dead = by_name[DEAD_LETTER_QUEUE]
     assert _args(dead["arguments"]).get("x-max-length-bytes") == DEAD_LETTER_MAX_BYTES
     assert _args(dead["arguments"]).get("x-overflow") == "reject-publish"
-    policy = dead["effective_policy_definition"]
+    policy = policies[dead["policy"]]["definition"]
     assert policy["max-length-bytes"] == DEAD_LETTER_MAX_BYTES
     assert policy["overflow"] == "reject-publish"
 
