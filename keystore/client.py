@@ -13,9 +13,10 @@ failure, invalid PIN block, replay = piPreviouslyUsed); keystore trouble stays a
 ``KeystoreError`` (retryable ones are retryable).
 Rule 5: no secret in clear on the bus. ``hmac``, ``seal``, ``open`` and ``pin_issue`` seal
 their secret (or ``open``'s reply key) to the keystore's transport key, read once with
-``transport_key`` and cached (keystore/transport.py); ``open``'s card data comes back under
-that reply key. Each sealed request dies at the call's timeout: the keystore refuses it as
-stale after that, and a call that gets no answer is logged by op and request id only.
+``transport_key`` and cached, under one session key at a time (keystore/transport.py);
+``open``'s card data comes back under that reply key. Each sealed request dies at the call's
+timeout: the keystore refuses it as stale after that, and a call that gets no answer is
+logged by op and request id only.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ class KeystoreClient:
         self.queue = queue
         self.timeout = timeout
         self._transport: transport.TransportPublic | None = None
+        self._session: transport.TransportSession | None = None
 
     @classmethod
     async def create(
@@ -146,10 +148,11 @@ class KeystoreClient:
         """``record`` with ``secret`` sealed into its ``secret`` field for ``op`` (Rule 5),
         refused by the keystore once this client's call timeout has passed."""
         timeout = self.rpc.default_timeout if self.timeout is None else self.timeout
+        if self._session is None or self._session.spent:
+            self._session = (await self.transport_key()).session()
         return transport.seal_request(
-            await self.transport_key(), op, self.identity, record, secret,
-            ttl_ms=int(timeout * 1000),
-        )  # fmt: skip
+            self._session, op, self.identity, record, secret, ttl_ms=int(timeout * 1000)
+        )
 
     async def hmac(self, label: str, data: bytes) -> bytes:
         """HMAC-SHA256 under ``label`` of ``data``, which travels sealed."""

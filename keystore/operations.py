@@ -57,11 +57,11 @@ class Context:
     guard: PinGuard | None
     caller: str
     perform: Perform
-    transport_oaep: m.OaepHash = m.OaepHash.SHA1
+    opener: transport.Opener
 
     def unseal(self, op: m.Op, record: Any) -> bytes:
         """The secret ``record`` carries sealed for ``op`` by this caller (Rule 5)."""
-        return transport.open_request(self.hsm, self.transport_oaep, op, self.caller, record)
+        return self.opener.open(op, self.caller, record)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +103,7 @@ def _open(ctx: Context, r: m.Open) -> m.Blob:
 
 
 def _transport_key(ctx: Context, r: m.TransportKeyRequest) -> m.TransportKey:
-    return m.TransportKey(ctx.hsm.key_info(transport.TRANSPORT_LABEL), ctx.transport_oaep)
+    return m.TransportKey(ctx.hsm.key_info(transport.TRANSPORT_LABEL), ctx.opener.oaep_hash)
 
 
 def _decrypt_item(item: m.BatchItem) -> m.Decrypt:

@@ -47,7 +47,7 @@ class KeystoreService:
         transport_oaep: m.OaepHash = m.OaepHash.SHA1,
     ) -> None:
         self.hsm = hsm
-        self.transport_oaep = transport_oaep
+        self.opener = transport.Opener(hsm, transport_oaep)
         self.policy = policy
         self.register = register
         self.guard = guard
@@ -119,9 +119,7 @@ class KeystoreService:
         def perform(operation: Operation, label: str | None, record_of: Callable[[], Any]) -> Any:
             return self._perform(caller, operation, label, record_of)
 
-        return Context(
-            self.hsm, self.register, self.guard, str(caller), perform, self.transport_oaep
-        )
+        return Context(self.hsm, self.register, self.guard, str(caller), perform, self.opener)
 
     def _audited(
         self, caller: str | None, op: str, label: str | None, impl: Callable[[], Any]

@@ -265,3 +265,24 @@ async def test_client_seals_over_the_bus(keystore_deployment: KeystoreDeployment
     await thief.create_key("vault", m.KeyKind.AES256, m.KeyUsage.SECRET)
     with pytest.raises(SealInvalid):
         await thief._call(m.Op.OPEN, moved)
+
+
+async def test_a_session_key_is_unwrapped_once_per_caller(service: KeystoreService) -> None:
+    """One token decrypt per client session; the same wrapped key from another identity is
+    unwrapped afresh, refused, and never kept for it."""
+    wallet, other = _uniq("wallet"), _uniq("wallet")
+    for who in (wallet, other):
+        await _ask(service, who, m.Op.CREATE, m.CreateKey(f"{who}/vault", m.KeyKind.AES256,
+                                                          m.KeyUsage.SECRET))  # fmt: skip
+    session = (await _transport(service, wallet)).session()
+    before = service.opener.unwraps
+    for i in range(3):
+        record = _seal(session, m.Op.SEAL, wallet,  # type: ignore[arg-type]
+                       m.Seal(f"{wallet}/vault", b"c%d" % i, transport.UNSEALED), CARD)
+        assert (await _ask(service, wallet, m.Op.SEAL, record)).fault is Fault.OK
+    assert service.opener.unwraps - before == 1
+    for _ in range(2):  # the wallet's session presented by another identity
+        theirs = _seal(session, m.Op.SEAL, wallet,  # type: ignore[arg-type]
+                       m.Seal(f"{other}/vault", b"c", transport.UNSEALED), CARD)
+        assert (await _ask(service, other, m.Op.SEAL, theirs)).fault is Fault.SEAL_INVALID
+    assert service.opener.unwraps - before == 3
