@@ -11,10 +11,11 @@ Rule 4: ``HsmAccountOpener`` implements ``protocol.dualsig.AccountOpener`` over
 ``open_pi_account``: what the PI's sender got wrong becomes a ``ProtocolError`` (decryption
 failure, invalid PIN block, replay = piPreviouslyUsed); keystore trouble stays a
 ``KeystoreError`` (retryable ones are retryable).
-Rule 5: no secret in clear on the bus. ``hmac``, ``seal``, ``open`` and ``pin_issue`` seal
-their secret (or ``open``'s reply key) to the keystore's transport key, read once with
-``transport_key`` and cached, under one session key at a time (keystore/transport.py);
-``open``'s card data comes back under that reply key. Each sealed request dies at the call's
+Rule 5: no secret in clear on the bus. ``hmac``, ``seal`` and ``pin_issue`` seal their
+secret to the keystore's transport key, read once with ``transport_key`` and cached, under
+one session key at a time (keystore/transport.py); ``open``, ``decrypt``, ``derive``,
+``batch`` and ``open_pi_account`` seal a fresh reply key instead, and their answer (card
+data, key material, account data) comes back under it. Each sealed request dies at the call's
 timeout: the keystore refuses it as stale after that, and a call that gets no answer is
 logged by op and request id only.
 """
@@ -84,7 +85,7 @@ class KeystoreClient:
         """The full label of this caller's key ``name``."""
         return f"{self.identity}/{name}"
 
-    async def _call(self, op: m.Op, record: Any) -> Any:
+    async def _call(self, op: m.Op, record: Any, reply_key: bytes | None = None) -> Any:
         try:
             raw = await self.rpc.call(
                 self.queue, m.encode_request(op, record), timeout=self.timeout
@@ -104,10 +105,26 @@ class KeystoreClient:
             raise InternalError("keystore answered with a malformed response") from None
         if response.fault is not Fault.OK:
             raise error_for(response.fault, response.text)  # the keystore's own refusal
+        operation = OPERATIONS[op]
         try:
-            return m.decode(OPERATIONS[op].response, response.body)
+            if not operation.sealed_reply:
+                return m.decode(operation.response, response.body)
+            sealed = m.decode(m.SealedReply, response.body).data
         except BadRequest:
             raise InternalError("keystore answered with a malformed response") from None
+        if reply_key is None:
+            raise InternalError(f"{operation.name} answers under a reply key; none was sealed")
+        try:
+            clear = transport.open_reply(reply_key, record.secret.request_id, sealed)
+            return m.decode(operation.response, clear)
+        except (DecryptionFailed, BadRequest):
+            raise InternalError("keystore answered with a malformed response") from None
+
+    async def _with_reply(self, op: m.Op, record: Any) -> Any:
+        """Call ``op`` whose answer holds a secret: a fresh reply key is sealed into
+        ``record`` and the answer opened with it (Rule 5)."""
+        reply_key = secrets.token_bytes(transport.KEY_BYTES)
+        return await self._call(op, await self.sealed(op, record, reply_key), reply_key)
 
     async def create_key(self, name: str, kind: m.KeyKind, usage: m.KeyUsage) -> m.KeyInfo:
         """Generate key ``<identity>/<name>`` inside the token."""
@@ -132,10 +149,14 @@ class KeystoreClient:
     async def decrypt(
         self, label: str, ciphertext: bytes, oaep_hash: m.OaepHash = m.OaepHash.SHA1
     ) -> bytes:
-        return await self._blob(m.Op.DECRYPT, m.Decrypt(label, ciphertext, oaep_hash))
+        record = m.Decrypt(label, ciphertext, oaep_hash, transport.UNSEALED)
+        blob: m.Blob = await self._with_reply(m.Op.DECRYPT, record)
+        return blob.data
 
     async def derive(self, label: str, peer_public: bytes, info: bytes, length: int) -> bytes:
-        return await self._blob(m.Op.DERIVE, m.Derive(label, peer_public, info, length))
+        record = m.Derive(label, peer_public, info, length, transport.UNSEALED)
+        blob: m.Blob = await self._with_reply(m.Op.DERIVE, record)
+        return blob.data
 
     async def transport_key(self) -> transport.TransportPublic:
         """The keystore's transport key (Rule 5), read once and cached."""
@@ -166,12 +187,9 @@ class KeystoreClient:
 
     async def open(self, label: str, sealed: bytes, aad: bytes = b"") -> bytes:
         """Open what ``seal`` made; the plaintext comes back under a one-time reply key."""
-        reply_key = secrets.token_bytes(transport.KEY_BYTES)
-        record = await self.sealed(
-            m.Op.OPEN, m.Open(label, sealed, aad, transport.UNSEALED), reply_key
-        )
-        data = await self._blob(m.Op.OPEN, record)
-        return transport.open_reply(reply_key, record.secret.request_id, data)
+        record = m.Open(label, sealed, aad, transport.UNSEALED)
+        blob: m.Blob = await self._with_reply(m.Op.OPEN, record)
+        return blob.data
 
     async def open_pi_account(
         self,
@@ -185,8 +203,10 @@ class KeystoreClient:
     ) -> OpenedAccount:
         """Open a PI envelope's wrap with key-exchange key ``label``; the PIN in ``pin_seal``
         comes back only as format 4 under zone key ``zpk_label`` (gateway role)."""
-        record = m.OpenPiAccount(label, zpk_label, kind, envelope, oaep_hash, use_key, pin_seal)
-        opened: OpenedAccount = await self._call(m.Op.OPEN_PI_ACCOUNT, record)
+        record = m.OpenPiAccount(
+            label, zpk_label, kind, envelope, oaep_hash, use_key, pin_seal, transport.UNSEALED
+        )
+        opened: OpenedAccount = await self._with_reply(m.Op.OPEN_PI_ACCOUNT, record)
         return opened
 
     async def pin_pvv(self, pvk_label: str, zpk_label: str, account: str, block: bytes) -> bytes:
@@ -213,7 +233,8 @@ class KeystoreClient:
 
     async def batch(self, items: Sequence[m.BatchItem]) -> list[bytes | KeystoreError]:
         """Run up to ``MAX_BATCH`` sign/decrypt items in one round trip; per-item results."""
-        result: m.BatchResult = await self._call(m.Op.BATCH, m.Batch(list(items)))
+        batch = m.Batch(list(items), transport.UNSEALED)
+        result: m.BatchResult = await self._with_reply(m.Op.BATCH, batch)
         if len(result.results) != len(items):
             raise InternalError("keystore answered a batch with the wrong number of results")
         return [

@@ -8,9 +8,11 @@ Rule 2: the caller's identity is never a field here: it is the AMQP ``user_id`` 
 validated. Labels are ``<owner>/<name>``; the owner part is checked against that identity.
 Rule 3: errors travel as ``Response(fault, text, b"")``: a code and a short reason, no data.
 Rule 4: no secret in clear. A record that must carry card data, a PAN or a PIN (``Hmac``,
-``Seal``, ``PinIssue``), or that asks for one back (``Open``: its reply key), carries it only
-as its last field ``secret``, a ``Sealed`` made to the keystore's transport key
-(keystore/transport.py); there is no clear variant of these records.
+``Seal``, ``PinIssue``) carries it only as its last field ``secret``, a ``Sealed`` made to
+the keystore's transport key (keystore/transport.py); a record whose answer holds a secret
+(``Open``: card data; ``Decrypt``, ``Derive``, ``Batch``: key material and a PI's or
+CertReq's account part; ``OpenPiAccount``: PANData) seals there a fresh reply key, and its
+answer is a ``SealedReply``. There is no clear variant of these records.
 """
 
 from __future__ import annotations
@@ -113,6 +115,7 @@ class Decrypt:
     label: Label
     ciphertext: Annotated[bytes, MaxLen(512)]
     oaep_hash: OaepHash
+    secret: Sealed  # the reply key (Rule 4)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +124,7 @@ class Derive:
     peer_public: Annotated[bytes, MaxLen(133)]
     info: Annotated[bytes, MaxLen(1024)]
     length: Annotated[int, Range(16, 64)]
+    secret: Sealed  # the reply key (Rule 4)
 
 
 SEALED_MAX = 65_536  # largest secret a ``Sealed`` carries
@@ -159,8 +163,8 @@ class Seal:
 
 @dataclass(frozen=True, slots=True)
 class Open:
-    """Open what ``Seal`` made; ``secret`` seals a fresh 32-byte reply key, and the answer's
-    ``Blob`` is the plaintext under it (keystore/transport.py ``seal_reply``)."""
+    """Open what ``Seal`` made; ``secret`` seals a fresh 32-byte reply key, and the answer is
+    the plaintext's ``Blob`` under it (Rule 4)."""
 
     label: Label
     sealed: Annotated[bytes, MaxLen(65_536 + 28)]
@@ -200,7 +204,8 @@ class OpenPiAccount:
     envelope: Annotated[bytes, MaxLen(65_536)]
     oaep_hash: OaepHash
     use_key: Bytes32 | None
-    pin_seal: Annotated[bytes, MaxLen(4096)] | None = None  # OPE: the thin client's seal
+    pin_seal: Annotated[bytes, MaxLen(4096)] | None  # OPE: the thin client's seal
+    secret: Sealed  # the reply key (Rule 4)
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,6 +262,7 @@ class BatchItem:
 @dataclass(frozen=True, slots=True)
 class Batch:
     items: Annotated[list[BatchItem], MaxLen(MAX_BATCH)]
+    secret: Sealed  # the reply key (Rule 4)
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,6 +276,13 @@ class KeyInfo:
 @dataclass(frozen=True, slots=True)
 class Blob:
     data: Annotated[bytes, MaxLen(65_536 + 28)]
+
+
+@dataclass(frozen=True, slots=True)
+class SealedReply:
+    """An answer holding a secret: its record under the request's reply key (Rule 4)."""
+
+    data: Annotated[bytes, MaxLen(MAX_BATCH * 600 + 65_536 + 28)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,7 +303,7 @@ class BatchResult:
 
 
 # The op records are validated where the operations are declared (keystore.operations).
-for _cls in (Request, Response, ItemResult, BatchItem, IssuedPin):
+for _cls in (Request, Response, ItemResult, BatchItem, IssuedPin, SealedReply):
     codec.validate_schema(_cls)
 
 T = TypeVar("T")

@@ -11,6 +11,10 @@ Rule 3: every failure is answered as a ``Response`` with a ``Fault`` and a short
 unexpected exception becomes ``INTERNAL`` naming only its type.
 Rule 4: what an operation is, who may call it and what it does live in its object
 (keystore/operations.py); this module does not branch on ``Op``.
+Rule 5: an operation whose answer holds a secret (``Operation.sealed_reply``) has its reply
+key opened after the policy passed and before ``run`` (a request whose seal does not open
+does nothing), and its answer sent as a ``SealedReply`` under that key; the items of a
+batch are answered inside the batch's sealed reply.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from keystore.operations import Context, Operation, decode_request
 from keystore.pinguard import PinGuard
 from keystore.policy import Policy
 from keystore.register import UsedPiRegister
+from protocol import codec
 from setpay.logs import get_logger
 
 RPC_QUEUE = "keystore.rpc"
@@ -96,8 +101,11 @@ class KeystoreService:
 
     def _run(self, caller: str | None, operation: Operation, record: Any) -> Any:
         if not operation.audited:  # a batch: each item is performed (and audited) alone
-            return operation.run(self._context(caller), record)
-        return self._perform(caller, operation, getattr(record, "label", None), lambda: record)
+            self.policy.role_of(caller)
+            ctx = self._context(caller)
+            return self._reply(ctx, operation, record, lambda: operation.run(ctx, record))
+        label = getattr(record, "label", None)
+        return self._perform(caller, operation, label, lambda: record, top=True)
 
     def _perform(
         self,
@@ -105,15 +113,30 @@ class KeystoreService:
         operation: Operation,
         label: str | None,
         record_of: Callable[[], Any],
+        *,
+        top: bool = False,
     ) -> Any:
-        """The one template (Rule 1): build the record, authorise, run, audit."""
+        """The one template (Rule 1): build the record, authorise, run, audit; a request's
+        own (``top``) answer under its reply key when it holds a secret (Rule 5)."""
 
         def step() -> Any:
             record = record_of()
             self.policy.authorize(caller, operation, record)
-            return operation.run(self._context(caller), record)
+            ctx = self._context(caller)
+            if not top:
+                return operation.run(ctx, record)
+            return self._reply(ctx, operation, record, lambda: operation.run(ctx, record))
 
         return self._audited(caller, operation.name, label, step)
+
+    @staticmethod
+    def _reply(ctx: Context, operation: Operation, record: Any, run: Callable[[], Any]) -> Any:
+        """``run()``'s answer, as a ``SealedReply`` when ``operation`` has one (Rule 5)."""
+        if not operation.sealed_reply:
+            return run()
+        reply_key = ctx.unseal(operation.op, record)
+        answer = codec.encode(run())
+        return m.SealedReply(transport.seal_reply(reply_key, record.secret.request_id, answer))
 
     def _context(self, caller: str | None) -> Context:
         def perform(operation: Operation, label: str | None, record_of: Callable[[], Any]) -> Any:

@@ -20,7 +20,7 @@ from structlog.testing import capture_logs
 
 from keystore import messages as m
 from keystore import transport
-from keystore.errors import Fault
+from keystore.errors import DecryptionFailed, Fault
 from keystore.hsm import Hsm, TokenConfig
 from keystore.pinguard import PinGuard
 from keystore.policy import Policy
@@ -98,9 +98,55 @@ async def test_sealed_seal_and_open_round_trip_and_wire_holds_no_clear_data(
                 reply_key)  # fmt: skip
     opened = await _ask(service, wallet, m.Op.OPEN, ask)
     assert opened.fault is Fault.OK, opened.text
-    data = codec.decode(m.Blob, opened.body).data
+    data = codec.decode(m.SealedReply, opened.body).data
     assert PAN not in opened.body and PAN not in data
-    assert transport.open_reply(reply_key, ask.secret.request_id, data) == CARD  # type: ignore[attr-defined]
+    clear = transport.open_reply(reply_key, ask.secret.request_id, data)  # type: ignore[attr-defined]
+    assert codec.decode(m.Blob, clear).data == CARD
+
+
+async def test_decrypt_and_batch_answers_travel_under_the_reply_key(
+    service: KeystoreService,
+) -> None:
+    """What a decrypt recovers (a bulk key, a CertReq's account part) is never in the answer's
+    clear bytes; only the reply key sealed in the request opens it."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+    from cryptography.hazmat.primitives.serialization import load_der_public_key
+
+    ca = _uniq("ca")
+    made = await _ask(service, ca, m.Op.CREATE, m.CreateKey(f"{ca}/kex", m.KeyKind.RSA2048,
+                                                            m.KeyUsage.EXCHANGE))  # fmt: skip
+    assert made.fault is Fault.OK
+    public = load_der_public_key(codec.decode(m.KeyInfo, made.body).public_key)
+    secret = os.urandom(32) + PAN
+    oaep = padding.OAEP(padding.MGF1(hashes.SHA1()), hashes.SHA1(), None)
+    ct = public.encrypt(secret, oaep)  # type: ignore[union-attr]
+    tk = await _transport(service, ca)
+    reply_key = os.urandom(32)
+    ask = _seal(tk, m.Op.DECRYPT, ca, m.Decrypt(f"{ca}/kex", ct, m.OaepHash.SHA1,
+                                                transport.UNSEALED), reply_key)  # fmt: skip
+    answer = await _ask(service, ca, m.Op.DECRYPT, ask)
+    assert answer.fault is Fault.OK, answer.text
+    assert not any(form in answer.body for form in (secret[:32], PAN, secret.hex().encode()))
+    data = codec.decode(m.SealedReply, answer.body).data
+    clear = transport.open_reply(reply_key, ask.secret.request_id, data)  # type: ignore[attr-defined]
+    assert codec.decode(m.Blob, clear).data == secret
+    with pytest.raises(DecryptionFailed):  # another key, or the answer bound to another request
+        transport.open_reply(os.urandom(32), ask.secret.request_id, data)  # type: ignore[attr-defined]
+    with pytest.raises(DecryptionFailed):
+        transport.open_reply(reply_key, os.urandom(16), data)
+
+    item = m.BatchItem(m.Op.DECRYPT, f"{ca}/kex", ct, m.OaepHash.SHA1)
+    batch = _seal(tk, m.Op.BATCH, ca, m.Batch([item, item], transport.UNSEALED), reply_key)
+    answer = await _ask(service, ca, m.Op.BATCH, batch)
+    assert answer.fault is Fault.OK and PAN not in answer.body
+    data = codec.decode(m.SealedReply, answer.body).data
+    clear = transport.open_reply(reply_key, batch.secret.request_id, data)  # type: ignore[attr-defined]
+    assert [r.data for r in codec.decode(m.BatchResult, clear).results] == [secret, secret]
+    unsealed = await _ask(service, ca, m.Op.DECRYPT,
+                          m.Decrypt(f"{ca}/kex", ct, m.OaepHash.SHA1, transport.UNSEALED))
+    # The placeholder (deadline 0) is refused before any decrypt: no reply key, no answer.
+    assert unsealed.fault is Fault.STALE_REQUEST and unsealed.body == b""
 
 
 async def test_seal_moved_to_another_identity_op_key_or_request_is_refused(
