@@ -249,8 +249,9 @@ async def test_stale_sealed_request_is_refused_and_logged(service: KeystoreServi
 
 
 async def test_old_clear_records_are_refused(service: KeystoreService) -> None:
-    """The records that carried secrets in clear no longer decode: BAD_REQUEST, nothing done."""
-    wallet, issuer = _uniq("wallet"), _uniq("issuer")
+    """The records that carried a secret, or asked for one back, in clear no longer decode:
+    BAD_REQUEST, nothing done."""
+    wallet, issuer, ca = _uniq("wallet"), _uniq("issuer"), _uniq("ca")
     label = f"{wallet}/vault"
     await _ask(service, wallet, m.Op.CREATE, m.CreateKey(label, m.KeyKind.AES256,
                                                          m.KeyUsage.SECRET))  # fmt: skip
@@ -259,6 +260,10 @@ async def test_old_clear_records_are_refused(service: KeystoreService) -> None:
         (wallet, m.Op.OPEN, [label, bytes(40), b"card-1"]),  # Open(label, sealed, aad)
         (issuer, m.Op.HMAC, [f"{issuer}/pan-index", PAN]),  # Hmac(label, data)
         (issuer, m.Op.PIN_ISSUE, [f"{issuer}/pvk", "1234567", "1234"]),  # PinIssue(l, acc, pin)
+        # and those whose clear answer held a secret: Decrypt, Derive, Batch of decrypts
+        (ca, m.Op.DECRYPT, [f"{ca}/kex", bytes(256), "sha1"]),
+        (ca, m.Op.DERIVE, [f"{ca}/kex", b"\x04" + bytes(64), b"i", 32]),
+        (ca, m.Op.BATCH, [[[int(m.Op.DECRYPT), f"{ca}/kex", bytes(256), "sha1"]]]),
     ]
     with capture_logs() as logs:
         for caller, op, fields in clear:
