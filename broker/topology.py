@@ -3,9 +3,10 @@
 Rule 1: one topic exchange carries all SET traffic; routing key ``<role>.<instance>`` reaches
 one actor instance's queue, routing key ``<role>`` the role's shared work queue, which all
 processes of that role consume (competing consumers).
-Rule 2: every queue dead-letters into one dead-letter exchange/queue, is bounded (max length
-with ``reject-publish``, so an overfull queue nacks the publisher instead of dropping
-messages) and may carry a request TTL.
+Rule 2: every SET queue dead-letters into one dead-letter exchange/queue, is bounded (max
+length with ``reject-publish``, so an overfull queue nacks the publisher instead of dropping
+messages) and may carry a request TTL. Keystore RPC requests are never dead-lettered (their
+policy has no dead-letter exchange: a body may carry a sealed secret).
 Rule 3: the trace exchange is NOT bound to the SET exchange (a bound recorder would make
 every SET message routable and defeat ``mandatory``): publishers copy SET envelopes to it
 themselves, only while a recorder is bound (see ``broker.trace``). Keystore RPC does not pass
@@ -19,6 +20,8 @@ exclusive queue ``reply.<login>.<token>`` bound on the exchange the request used
 key ``reply.<login>.<token>``. RabbitMQ topic permissions (``broker.provision``) let a login
 bind only ``reply.<own login>.*`` keys, so nobody can read another's replies, and let each role
 write only the routing keys of the peers it may address (``deploy/rabbitmq/definitions.toml``).
+Rule 6: the dead-letter queue is bounded in bytes as well as in messages
+(``DEAD_LETTER_ARGUMENTS``, and the same in the broker policy), refusing what would overflow.
 """
 
 from __future__ import annotations
@@ -35,6 +38,11 @@ DEAD_LETTER_QUEUE = "setpay.dead"
 TRACE_EXCHANGE = "setpay.trace"
 RPC_EXCHANGE = "setpay.rpc"
 REPLY_PREFIX = "reply."
+DEAD_LETTER_MAX_BYTES = 64 * 1024 * 1024
+DEAD_LETTER_ARGUMENTS: dict[str, Any] = {
+    "x-max-length-bytes": DEAD_LETTER_MAX_BYTES,
+    "x-overflow": "reject-publish",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +139,14 @@ async def declare_common(
     exchange = await channel.declare_exchange(SET_EXCHANGE, ExchangeType.TOPIC, durable=True)
     await channel.declare_exchange(RPC_EXCHANGE, ExchangeType.TOPIC, durable=True)
     dlx = await channel.declare_exchange(DEAD_LETTER_EXCHANGE, ExchangeType.FANOUT, durable=True)
-    dead = await channel.declare_queue(DEAD_LETTER_QUEUE, durable=True)
+    if await _exists(channel, [], [DEAD_LETTER_QUEUE]):
+        # Redeclaring with other arguments would fail: one made before Rule 5 keeps its
+        # arguments, and the broker policy bounds it in bytes.
+        dead = await channel.declare_queue(DEAD_LETTER_QUEUE, passive=True)
+    else:
+        dead = await channel.declare_queue(
+            DEAD_LETTER_QUEUE, durable=True, arguments=DEAD_LETTER_ARGUMENTS
+        )
     await dead.bind(dlx)
     trace = await channel.declare_exchange(TRACE_EXCHANGE, ExchangeType.FANOUT, durable=True)
     # Older topologies bound the tap to the SET exchange; that binding broke `mandatory`.

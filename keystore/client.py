@@ -11,10 +11,18 @@ Rule 4: ``HsmAccountOpener`` implements ``protocol.dualsig.AccountOpener`` over
 ``open_pi_account``: what the PI's sender got wrong becomes a ``ProtocolError`` (decryption
 failure, invalid PIN block, replay = piPreviouslyUsed); keystore trouble stays a
 ``KeystoreError`` (retryable ones are retryable).
+Rule 5: no secret in clear on the bus. ``hmac``, ``seal`` and ``pin_issue`` seal their
+secret to the keystore's transport key, read once with ``transport_key`` and cached, under
+one session key at a time (keystore/transport.py); ``open``, ``decrypt``, ``derive``,
+``batch`` and ``open_pi_account`` seal a fresh reply key instead, and their answer (card
+data, key material, account data) comes back under it. Each sealed request dies at the call's
+timeout: the keystore refuses it as stale after that, and a call that gets no answer is
+logged by op and request id only.
 """
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,6 +31,7 @@ from cryptography.hazmat.primitives import serialization
 from broker.errors import BrokerError, RemoteError
 from broker.rpc import RpcClient
 from keystore import messages as m
+from keystore import transport
 from keystore.errors import (
     BadRequest,
     DecryptionFailed,
@@ -36,10 +45,14 @@ from keystore.errors import (
 )
 from keystore.operations import OPERATIONS
 from keystore.service import RPC_QUEUE
+from protocol import codec
 from protocol.dualsig import OpenedAccount
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.keys import KeyType, PublicKey, Suite, suite_for_public_key
 from protocol.messages import PIKind
+from setpay.logs import get_logger
+
+log = get_logger(component="keystore.client")
 
 
 class KeystoreClient:
@@ -51,6 +64,8 @@ class KeystoreClient:
         self.rpc = rpc
         self.queue = queue
         self.timeout = timeout
+        self._transport: transport.TransportPublic | None = None
+        self._session: transport.TransportSession | None = None
 
     @classmethod
     async def create(
@@ -76,7 +91,7 @@ class KeystoreClient:
         """The full label of this caller's key ``name``."""
         return f"{self.identity}/{name}"
 
-    async def _call(self, op: m.Op, record: Any) -> Any:
+    async def _call(self, op: m.Op, record: Any, reply_key: bytes | None = None) -> Any:
         try:
             raw = await self.rpc.call(
                 self.queue, m.encode_request(op, record), timeout=self.timeout
@@ -84,6 +99,11 @@ class KeystoreClient:
         except RemoteError as exc:
             raise InternalError(f"keystore handler failed ({exc.error_type})") from None
         except BrokerError as exc:
+            secret = getattr(record, "secret", None)
+            log.warning(
+                "keystore_call_unanswered", op=op.name.lower(), error=type(exc).__name__,
+                request=None if secret is None else secret.request_id.hex(),
+            )  # fmt: skip
             raise KeystoreUnavailable(f"keystore unreachable ({type(exc).__name__})") from None
         try:
             response = m.decode(m.Response, raw)
@@ -91,10 +111,26 @@ class KeystoreClient:
             raise InternalError("keystore answered with a malformed response") from None
         if response.fault is not Fault.OK:
             raise error_for(response.fault, response.text)  # the keystore's own refusal
+        operation = OPERATIONS[op]
         try:
-            return m.decode(OPERATIONS[op].response, response.body)
+            if not operation.sealed_reply:
+                return m.decode(operation.response, response.body)
+            sealed = m.decode(m.SealedReply, response.body).data
         except BadRequest:
             raise InternalError("keystore answered with a malformed response") from None
+        if reply_key is None:
+            raise InternalError(f"{operation.name} answers under a reply key; none was sealed")
+        try:
+            clear = transport.open_reply(reply_key, record.secret.request_id, sealed)
+            return m.decode(operation.response, clear)
+        except (DecryptionFailed, BadRequest):
+            raise InternalError("keystore answered with a malformed response") from None
+
+    async def _with_reply(self, op: m.Op, record: Any) -> Any:
+        """Call ``op`` whose answer holds a secret: a fresh reply key is sealed into
+        ``record`` and the answer opened with it (Rule 5)."""
+        reply_key = secrets.token_bytes(transport.KEY_BYTES)
+        return await self._call(op, await self.sealed(op, record, reply_key), reply_key)
 
     async def create_key(self, name: str, kind: m.KeyKind, usage: m.KeyUsage) -> m.KeyInfo:
         """Generate key ``<identity>/<name>`` inside the token."""
@@ -119,19 +155,47 @@ class KeystoreClient:
     async def decrypt(
         self, label: str, ciphertext: bytes, oaep_hash: m.OaepHash = m.OaepHash.SHA1
     ) -> bytes:
-        return await self._blob(m.Op.DECRYPT, m.Decrypt(label, ciphertext, oaep_hash))
+        record = m.Decrypt(label, ciphertext, oaep_hash, transport.UNSEALED)
+        blob: m.Blob = await self._with_reply(m.Op.DECRYPT, record)
+        return blob.data
 
     async def derive(self, label: str, peer_public: bytes, info: bytes, length: int) -> bytes:
-        return await self._blob(m.Op.DERIVE, m.Derive(label, peer_public, info, length))
+        record = m.Derive(label, peer_public, info, length, transport.UNSEALED)
+        blob: m.Blob = await self._with_reply(m.Op.DERIVE, record)
+        return blob.data
+
+    async def transport_key(self) -> transport.TransportPublic:
+        """The keystore's transport key (Rule 5), read once and cached."""
+        if self._transport is None:
+            answer: m.TransportKey = await self._call(m.Op.TRANSPORT_KEY, m.TransportKeyRequest())
+            self._transport = transport.TransportPublic.of(answer)
+        return self._transport
+
+    async def sealed(self, op: m.Op, record: Any, secret: bytes) -> Any:
+        """``record`` with ``secret`` sealed into its ``secret`` field for ``op`` (Rule 5),
+        refused by the keystore once this client's call timeout has passed."""
+        timeout = self.rpc.default_timeout if self.timeout is None else self.timeout
+        if self._session is None or self._session.spent:
+            self._session = (await self.transport_key()).session()
+        return transport.seal_request(
+            self._session, op, self.identity, record, secret, ttl_ms=int(timeout * 1000)
+        )
 
     async def hmac(self, label: str, data: bytes) -> bytes:
-        return await self._blob(m.Op.HMAC, m.Hmac(label, data))
+        """HMAC-SHA256 under ``label`` of ``data``, which travels sealed."""
+        record = await self.sealed(m.Op.HMAC, m.Hmac(label, transport.UNSEALED), data)
+        return await self._blob(m.Op.HMAC, record)
 
     async def seal(self, label: str, plaintext: bytes, aad: bytes = b"") -> bytes:
-        return await self._blob(m.Op.SEAL, m.Seal(label, plaintext, aad))
+        """AES-256-GCM at rest under ``label``; ``plaintext`` travels sealed."""
+        record = m.Seal(label, aad, transport.UNSEALED)
+        return await self._blob(m.Op.SEAL, await self.sealed(m.Op.SEAL, record, plaintext))
 
     async def open(self, label: str, sealed: bytes, aad: bytes = b"") -> bytes:
-        return await self._blob(m.Op.OPEN, m.Open(label, sealed, aad))
+        """Open what ``seal`` made; the plaintext comes back under a one-time reply key."""
+        record = m.Open(label, sealed, aad, transport.UNSEALED)
+        blob: m.Blob = await self._with_reply(m.Op.OPEN, record)
+        return blob.data
 
     async def open_pi_account(
         self,
@@ -145,8 +209,10 @@ class KeystoreClient:
     ) -> OpenedAccount:
         """Open a PI envelope's wrap with key-exchange key ``label``; the PIN in ``pin_seal``
         comes back only as format 4 under zone key ``zpk_label`` (gateway role)."""
-        record = m.OpenPiAccount(label, zpk_label, kind, envelope, oaep_hash, use_key, pin_seal)
-        opened: OpenedAccount = await self._call(m.Op.OPEN_PI_ACCOUNT, record)
+        record = m.OpenPiAccount(
+            label, zpk_label, kind, envelope, oaep_hash, use_key, pin_seal, transport.UNSEALED
+        )
+        opened: OpenedAccount = await self._with_reply(m.Op.OPEN_PI_ACCOUNT, record)
         return opened
 
     async def pin_pvv(self, pvk_label: str, zpk_label: str, account: str, block: bytes) -> bytes:
@@ -165,11 +231,16 @@ class KeystoreClient:
     async def pin_issue(self, pvk_label: str, account: str, pin: str) -> bytes:
         """The PVV of a new PIN for ``account`` (PIN issuance, test-environment seeding; only
         identities with the issuance grant). No PIN block comes back."""
-        return await self._blob(m.Op.PIN_ISSUE, m.PinIssue(pvk_label, account, pin))
+        issued = codec.encode(m.IssuedPin(account, pin))
+        record = await self.sealed(
+            m.Op.PIN_ISSUE, m.PinIssue(pvk_label, transport.UNSEALED), issued
+        )
+        return await self._blob(m.Op.PIN_ISSUE, record)
 
     async def batch(self, items: Sequence[m.BatchItem]) -> list[bytes | KeystoreError]:
         """Run up to ``MAX_BATCH`` sign/decrypt items in one round trip; per-item results."""
-        result: m.BatchResult = await self._call(m.Op.BATCH, m.Batch(list(items)))
+        batch = m.Batch(list(items), transport.UNSEALED)
+        result: m.BatchResult = await self._with_reply(m.Op.BATCH, batch)
         if len(result.results) != len(items):
             raise InternalError("keystore answered a batch with the wrong number of results")
         return [

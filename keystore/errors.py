@@ -32,6 +32,8 @@ class Fault(IntEnum):
     PIN_LOCKED = 15  # the account's PIN is locked after too many failed verifications
     PIN_KEY_MISUSE = 16  # a PIN key (PVK, ZPK) asked for anything but its PIN operations
     PIN_BLOCK_MISSING = 17  # format error: a PIN operation without its PIN block
+    SEAL_INVALID = 18  # a sealed request that does not open for this op, caller and record
+    STALE_REQUEST = 19  # a sealed request past its deadline (its caller gave up on it)
 
 
 class KeystoreError(Exception):
@@ -117,6 +119,19 @@ class PinBlockMissing(KeystoreError):
     fault = Fault.PIN_BLOCK_MISSING
 
 
+class SealInvalid(KeystoreError):
+    """A sealed request tampered with, or made for another operation, identity, key or
+    request: nothing was done (keystore/transport.py)."""
+
+    fault = Fault.SEAL_INVALID
+
+
+class StaleRequest(KeystoreError):
+    """A sealed request past its ``not_after_ms``: refused, nothing was done."""
+
+    fault = Fault.STALE_REQUEST
+
+
 _BY_FAULT: dict[Fault, type[KeystoreError]] = {
     cls.fault: cls
     for cls in (
@@ -137,6 +152,8 @@ _BY_FAULT: dict[Fault, type[KeystoreError]] = {
         PinLocked,
         PinKeyMisuse,
         PinBlockMissing,
+        SealInvalid,
+        StaleRequest,
     )
 }
 

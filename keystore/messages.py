@@ -7,6 +7,12 @@ never another exception.
 Rule 2: the caller's identity is never a field here: it is the AMQP ``user_id`` RabbitMQ
 validated. Labels are ``<owner>/<name>``; the owner part is checked against that identity.
 Rule 3: errors travel as ``Response(fault, text, b"")``: a code and a short reason, no data.
+Rule 4: no secret in clear. A record that must carry card data, a PAN or a PIN (``Hmac``,
+``Seal``, ``PinIssue``) carries it only as its last field ``secret``, a ``Sealed`` made to
+the keystore's transport key (keystore/transport.py); a record whose answer holds a secret
+(``Open``: card data; ``Decrypt``, ``Derive``, ``Batch``: key material and a PI's or
+CertReq's account part; ``OpenPiAccount``: PANData) seals there a fresh reply key, and its
+answer is a ``SealedReply``. There is no clear variant of these records.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from typing import Annotated, Any, TypeVar
 
 from keystore.errors import BadRequest, Fault
 from protocol import codec
-from protocol.codec import Bytes32, MaxLen, Range, Size
+from protocol.codec import Bytes32, MaxLen, Range, Size, Timestamp
 from protocol.errors import ProtocolError
 from protocol.messages import PIKind
 
@@ -45,6 +51,7 @@ class Op(IntEnum):
     PIN_PVV = 12  # issuer: PVV of a format 4 block under the ZPK
     PIN_VERIFY = 13  # issuer: does a format 4 block under the ZPK match a PVV
     PIN_ISSUE = 14  # PIN issuance (seeding): the PVV of a new PIN; no PIN block comes back
+    TRANSPORT_KEY = 15  # the public half of the keystore's transport key (Rule 4)
 
 
 class KeyKind(StrEnum):
@@ -108,6 +115,7 @@ class Decrypt:
     label: Label
     ciphertext: Annotated[bytes, MaxLen(512)]
     oaep_hash: OaepHash
+    secret: Sealed  # the reply key (Rule 4)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,26 +124,65 @@ class Derive:
     peer_public: Annotated[bytes, MaxLen(133)]
     info: Annotated[bytes, MaxLen(1024)]
     length: Annotated[int, Range(16, 64)]
+    secret: Sealed  # the reply key (Rule 4)
+
+
+SEALED_MAX = 65_536  # largest secret a ``Sealed`` carries
+
+
+@dataclass(frozen=True, slots=True)
+class Sealed:
+    """A secret sealed to the keystore's transport key (Rule 4, keystore/transport.py): an
+    AES-256-GCM content key wrapped by RSA-OAEP, the secret under it; the AAD binds the
+    operation, the caller's identity, the record's other fields, ``request_id`` and
+    ``not_after_ms`` (after which the keystore refuses it as stale)."""
+
+    request_id: Annotated[bytes, Size(16)]
+    not_after_ms: Timestamp
+    wrapped_key: Annotated[bytes, MaxLen(512)] = field(repr=False)
+    nonce: Annotated[bytes, Size(12)] = field(repr=False)
+    ciphertext: Annotated[bytes, MaxLen(SEALED_MAX + 16)] = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)
 class Hmac:
+    """HMAC-SHA256 under ``label`` of the data sealed in ``secret`` (e.g. a PAN index)."""
+
     label: Label
-    data: Annotated[bytes, MaxLen(65_536)]
+    secret: Sealed
 
 
 @dataclass(frozen=True, slots=True)
 class Seal:
+    """AES-256-GCM at rest under ``label`` of the plaintext sealed in ``secret``."""
+
     label: Label
-    plaintext: Annotated[bytes, MaxLen(65_536)]
     aad: Annotated[bytes, MaxLen(1024)]
+    secret: Sealed
 
 
 @dataclass(frozen=True, slots=True)
 class Open:
+    """Open what ``Seal`` made; ``secret`` seals a fresh 32-byte reply key, and the answer is
+    the plaintext's ``Blob`` under it (Rule 4)."""
+
     label: Label
     sealed: Annotated[bytes, MaxLen(65_536 + 28)]
     aad: Annotated[bytes, MaxLen(1024)]
+    secret: Sealed
+
+
+@dataclass(frozen=True, slots=True)
+class TransportKeyRequest:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class TransportKey:
+    """The transport key's public half (DER SPKI in ``info``) and the OAEP hash it takes."""
+
+    info: KeyInfo
+    oaep_hash: OaepHash
 
 
 Account = Annotated[str, MaxLen(19)]  # the digits a PIN block binds to
@@ -157,7 +204,8 @@ class OpenPiAccount:
     envelope: Annotated[bytes, MaxLen(65_536)]
     oaep_hash: OaepHash
     use_key: Bytes32 | None
-    pin_seal: Annotated[bytes, MaxLen(4096)] | None = None  # OPE: the thin client's seal
+    pin_seal: Annotated[bytes, MaxLen(4096)] | None  # OPE: the thin client's seal
+    secret: Sealed  # the reply key (Rule 4)
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +228,13 @@ class PinVerify:
 @dataclass(frozen=True, slots=True)
 class PinIssue:
     label: Label  # the PVK
+    secret: Sealed  # an ``IssuedPin``
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedPin:
+    """What a ``PinIssue`` seals: the account digits and the new PIN."""
+
     account: Account = field(repr=False)
     pin: Annotated[str, MaxLen(12)] = field(repr=False)
 
@@ -207,6 +262,7 @@ class BatchItem:
 @dataclass(frozen=True, slots=True)
 class Batch:
     items: Annotated[list[BatchItem], MaxLen(MAX_BATCH)]
+    secret: Sealed  # the reply key (Rule 4)
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +276,13 @@ class KeyInfo:
 @dataclass(frozen=True, slots=True)
 class Blob:
     data: Annotated[bytes, MaxLen(65_536 + 28)]
+
+
+@dataclass(frozen=True, slots=True)
+class SealedReply:
+    """An answer holding a secret: its record under the request's reply key (Rule 4)."""
+
+    data: Annotated[bytes, MaxLen(MAX_BATCH * 600 + 65_536 + 28)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,7 +303,7 @@ class BatchResult:
 
 
 # The op records are validated where the operations are declared (keystore.operations).
-for _cls in (Request, Response, ItemResult, BatchItem):
+for _cls in (Request, Response, ItemResult, BatchItem, IssuedPin, SealedReply):
     codec.validate_schema(_cls)
 
 T = TypeVar("T")

@@ -13,6 +13,12 @@ whose plaintext holds a PIN-bearing account part, and a plain derive for a PI en
 ECDH-ES context (k_extra would open p), are ``Forbidden`` for every caller.
 Rule 4: PIN verification, PVV creation, issuance and translation exist only as their own
 operations (keystore/pinops.py), each under the PIN guard (keystore/pinguard.py).
+Rule 5: the operations whose record carries a secret (``hmac``, ``seal``, ``pin_issue``) take
+it only sealed to the transport key; ``run`` opens it with ``Context.unseal`` after the
+policy passed. The operations whose answer holds one (``sealed_reply``: ``open``,
+``decrypt``, ``derive``, ``batch``, ``open_pi_account``) answer under the reply key their
+record sealed, opened by the service's template before ``run`` (keystore/service.py
+Rule 5; keystore/transport.py). There is no clear variant.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from enum import StrEnum
 from typing import Any
 
 from keystore import messages as m
-from keystore import pinops
+from keystore import pinops, transport
 from keystore.errors import BadRequest, Fault, Forbidden, KeystoreError
 from keystore.hsm import Hsm
 from keystore.pinguard import PinGuard
@@ -53,6 +59,11 @@ class Context:
     guard: PinGuard | None
     caller: str
     perform: Perform
+    opener: transport.Opener
+
+    def unseal(self, op: m.Op, record: Any) -> bytes:
+        """The secret ``record`` carries sealed for ``op`` by this caller (Rule 5)."""
+        return self.opener.open(op, self.caller, record)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +79,7 @@ class Operation:
     issuance: bool = False
     batch_record: Callable[[m.BatchItem], Any] | None = None
     audited: bool = True  # a batch is not: each of its items is
+    sealed_reply: bool = False  # its answer holds a secret: sent under the reply key (Rule 5)
 
     @property
     def name(self) -> str:
@@ -87,10 +99,14 @@ def _derive(ctx: Context, r: m.Derive) -> m.Blob:
     return m.Blob(ctx.hsm.derive(r.label, r.peer_public, r.info, r.length))
 
 
+def _transport_key(ctx: Context, r: m.TransportKeyRequest) -> m.TransportKey:
+    return m.TransportKey(ctx.hsm.key_info(transport.TRANSPORT_LABEL), ctx.opener.oaep_hash)
+
+
 def _decrypt_item(item: m.BatchItem) -> m.Decrypt:
     if item.oaep_hash is None:
         raise BadRequest("batch decrypt needs an OAEP hash")
-    return m.Decrypt(item.label, item.data, item.oaep_hash)
+    return m.Decrypt(item.label, item.data, item.oaep_hash, transport.UNSEALED)
 
 
 def _batch(ctx: Context, batch: m.Batch) -> m.BatchResult:
@@ -127,19 +143,22 @@ _ALL = (
               batch_record=lambda i: m.Sign(i.label, i.data)),
     Operation(m.Op.DECRYPT, m.Decrypt, m.Blob, _EXCHANGE,
               lambda c, r: m.Blob(_no_pin(c.hsm.decrypt(r.label, r.ciphertext, r.oaep_hash))),
-              batch_record=_decrypt_item),
-    Operation(m.Op.DERIVE, m.Derive, m.Blob, _EXCHANGE, _derive),
+              batch_record=_decrypt_item, sealed_reply=True),
+    Operation(m.Op.DERIVE, m.Derive, m.Blob, _EXCHANGE, _derive, sealed_reply=True),
     Operation(m.Op.HMAC, m.Hmac, m.Blob, _ISSUER | _GATEWAY,
-              lambda c, r: m.Blob(c.hsm.hmac(r.label, r.data))),
+              lambda c, r: m.Blob(c.hsm.hmac(r.label, c.unseal(m.Op.HMAC, r)))),
     Operation(m.Op.SEAL, m.Seal, m.Blob, frozenset({"wallet"}),
-              lambda c, r: m.Blob(c.hsm.seal(r.label, r.plaintext, r.aad))),
+              lambda c, r: m.Blob(c.hsm.seal(r.label, c.unseal(m.Op.SEAL, r), r.aad))),
     Operation(m.Op.OPEN, m.Open, m.Blob, frozenset({"wallet"}),
-              lambda c, r: m.Blob(c.hsm.open_sealed(r.label, r.sealed, r.aad))),
+              lambda c, r: m.Blob(c.hsm.open_sealed(r.label, r.sealed, r.aad)),
+              sealed_reply=True),
     Operation(m.Op.LIST, m.ListKeys, m.KeyList, ROLES,
               lambda c, r: m.KeyList(c.hsm.list_keys(c.caller))),
-    Operation(m.Op.BATCH, m.Batch, m.BatchResult, ROLES, _batch, audited=False),
+    Operation(m.Op.BATCH, m.Batch, m.BatchResult, ROLES, _batch, audited=False,
+              sealed_reply=True),
     Operation(m.Op.OPEN_PI_ACCOUNT, m.OpenPiAccount, OpenedAccount, _GATEWAY,
-              lambda c, r: pinops.open_pi_account(c.hsm, c.register, c.guard, c.caller, r)),
+              lambda c, r: pinops.open_pi_account(c.hsm, c.register, c.guard, c.caller, r),
+              sealed_reply=True),
     Operation(m.Op.PIN_PVV, m.PinPvv, m.Blob, _ISSUER,
               lambda c, r: m.Blob(pinops.pin_pvv(c.hsm, c.guard, c.caller, r)),
               key_class=PinKey.PVK),
@@ -147,8 +166,10 @@ _ALL = (
               lambda c, r: m.Verdict(pinops.pin_verify(c.hsm, c.guard, c.caller, r)),
               key_class=PinKey.PVK),
     Operation(m.Op.PIN_ISSUE, m.PinIssue, m.Blob, _ISSUER,
-              lambda c, r: m.Blob(pinops.pin_issue(c.hsm, c.guard, c.caller, r)),
+              lambda c, r: m.Blob(pinops.pin_issue(c.hsm, c.guard, c.caller, r,
+                                                   c.unseal(m.Op.PIN_ISSUE, r))),
               key_class=PinKey.PVK, issuance=True),
+    Operation(m.Op.TRANSPORT_KEY, m.TransportKeyRequest, m.TransportKey, ROLES, _transport_key),
 )  # fmt: skip
 OPERATIONS: dict[m.Op, Operation] = {o.op: o for o in _ALL}
 assert set(OPERATIONS) == set(m.Op), "every Op has exactly one operation object"

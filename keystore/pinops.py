@@ -161,14 +161,16 @@ def pin_verify(hsm: Hsm, guard: PinGuard | None, caller: str, r: m.PinVerify) ->
     return _guard(guard).run(Guarded.VERIFY, caller, r.account, verify, verdict=bool)
 
 
-def pin_issue(hsm: Hsm, guard: PinGuard | None, caller: str, r: m.PinIssue) -> bytes:
-    """The PVV of a new PIN for an account (issuance, seeding; Rule 6): no block comes back."""
+def pin_issue(hsm: Hsm, guard: PinGuard | None, caller: str, r: m.PinIssue, secret: bytes) -> bytes:
+    """The PVV of a new PIN for an account (issuance, seeding; Rule 6): no block comes back.
+    ``secret`` is the ``IssuedPin`` the request sealed to the transport key."""
+    issued = m.decode(m.IssuedPin, secret)
     try:
-        data = pin.pvv_input(r.account, r.pin)
+        data = pin.pvv_input(issued.account, issued.pin)
     except ProtocolError:
         raise BadRequest("PIN or account number malformed") from None
     return _guard(guard).run(
-        Guarded.ISSUE, caller, r.account, lambda: hsm.hmac(r.label, data)[: pin.PVV_BYTES]
+        Guarded.ISSUE, caller, issued.account, lambda: hsm.hmac(r.label, data)[: pin.PVV_BYTES]
     )
 
 

@@ -11,6 +11,10 @@ Rule 3: every failure is answered as a ``Response`` with a ``Fault`` and a short
 unexpected exception becomes ``INTERNAL`` naming only its type.
 Rule 4: what an operation is, who may call it and what it does live in its object
 (keystore/operations.py); this module does not branch on ``Op``.
+Rule 5: an operation whose answer holds a secret (``Operation.sealed_reply``) has its reply
+key opened after the policy passed and before ``run`` (a request whose seal does not open
+does nothing), and its answer sent as a ``SealedReply`` under that key; the items of a
+batch are answered inside the batch's sealed reply.
 """
 
 from __future__ import annotations
@@ -23,12 +27,14 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from keystore import messages as m
+from keystore import transport
 from keystore.errors import BadRequest, Fault, InternalError, KeystoreError
 from keystore.hsm import Hsm
 from keystore.operations import Context, Operation, decode_request
 from keystore.pinguard import PinGuard
 from keystore.policy import Policy
 from keystore.register import UsedPiRegister
+from protocol import codec
 from setpay.logs import get_logger
 
 RPC_QUEUE = "keystore.rpc"
@@ -43,8 +49,10 @@ class KeystoreService:
         policy: Policy,
         register: UsedPiRegister | None = None,
         guard: PinGuard | None = None,
+        transport_oaep: m.OaepHash = m.OaepHash.SHA1,
     ) -> None:
         self.hsm = hsm
+        self.opener = transport.Opener(hsm, transport_oaep)
         self.policy = policy
         self.register = register
         self.guard = guard
@@ -53,8 +61,13 @@ class KeystoreService:
         self._audit = get_logger(component="keystore.audit", pid=os.getpid())
 
     async def start(self) -> None:
-        """Open the token session on the PKCS#11 thread."""
-        await asyncio.get_running_loop().run_in_executor(self._executor, self.hsm.open)
+        """Open the token session on the PKCS#11 thread; make the transport key if absent."""
+
+        def open_token() -> None:
+            self.hsm.open()
+            transport.ensure_key(self.hsm)
+
+        await asyncio.get_running_loop().run_in_executor(self._executor, open_token)
 
     async def close(self) -> None:
         """Close the session and stop the PKCS#11 thread."""
@@ -88,8 +101,11 @@ class KeystoreService:
 
     def _run(self, caller: str | None, operation: Operation, record: Any) -> Any:
         if not operation.audited:  # a batch: each item is performed (and audited) alone
-            return operation.run(self._context(caller), record)
-        return self._perform(caller, operation, getattr(record, "label", None), lambda: record)
+            self.policy.role_of(caller)
+            ctx = self._context(caller)
+            return self._reply(ctx, operation, record, lambda: operation.run(ctx, record))
+        label = getattr(record, "label", None)
+        return self._perform(caller, operation, label, lambda: record, top=True)
 
     def _perform(
         self,
@@ -97,21 +113,36 @@ class KeystoreService:
         operation: Operation,
         label: str | None,
         record_of: Callable[[], Any],
+        *,
+        top: bool = False,
     ) -> Any:
-        """The one template (Rule 1): build the record, authorise, run, audit."""
+        """The one template (Rule 1): build the record, authorise, run, audit; a request's
+        own (``top``) answer under its reply key when it holds a secret (Rule 5)."""
 
         def step() -> Any:
             record = record_of()
             self.policy.authorize(caller, operation, record)
-            return operation.run(self._context(caller), record)
+            ctx = self._context(caller)
+            if not top:
+                return operation.run(ctx, record)
+            return self._reply(ctx, operation, record, lambda: operation.run(ctx, record))
 
         return self._audited(caller, operation.name, label, step)
+
+    @staticmethod
+    def _reply(ctx: Context, operation: Operation, record: Any, run: Callable[[], Any]) -> Any:
+        """``run()``'s answer, as a ``SealedReply`` when ``operation`` has one (Rule 5)."""
+        if not operation.sealed_reply:
+            return run()
+        reply_key = ctx.unseal(operation.op, record)
+        answer = codec.encode(run())
+        return m.SealedReply(transport.seal_reply(reply_key, record.secret.request_id, answer))
 
     def _context(self, caller: str | None) -> Context:
         def perform(operation: Operation, label: str | None, record_of: Callable[[], Any]) -> Any:
             return self._perform(caller, operation, label, record_of)
 
-        return Context(self.hsm, self.register, self.guard, str(caller), perform)
+        return Context(self.hsm, self.register, self.guard, str(caller), perform, self.opener)
 
     def _audited(
         self, caller: str | None, op: str, label: str | None, impl: Callable[[], Any]

@@ -23,11 +23,13 @@ from typing import Any
 
 from keystore.errors import KeystoreError, TokenUnavailable
 from keystore.hsm import Hsm, TokenConfig
+from keystore.messages import OaepHash
 from keystore.pinguard import PinGuard
 from keystore.policy import Policy
 from keystore.register import UsedPiRegister
 from keystore.service import RPC_QUEUE, KeystoreService
 from keystore.token import token_pin
+from protocol.keys import get_suite
 from setpay import logs
 from setpay.config import Settings
 from setpay.logs import get_logger
@@ -79,6 +81,7 @@ async def _serve(spec: WorkerSpec, index: int, ready: Any) -> None:
         Policy(identity_prefix=spec.identity_prefix),
         UsedPiRegister(used_pi_path(s)),
         PinGuard(pin_guard_path(s)),
+        transport_oaep=OaepHash(get_suite(s.suite).oaep_hash),
     )
     try:
         await service.start()

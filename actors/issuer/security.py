@@ -7,6 +7,9 @@ which returns a PVV or a yes/no.
 Rule 2: PVV = HMAC-SHA256(PVK, "setpay/pvv/v1" ‖ len(account) ‖ account ‖ PIN) truncated to
 ``PVV_BYTES``; the PAN index = HMAC-SHA256(PAN-index key, "setpay/pan-index/v1" ‖ account).
 Both keys live in the HSM; the DB holds only their outputs; both are the issuer's alone.
+Rule 3: the PAN (the PAN-index HMAC's input) and an issued PIN cross the bus only sealed to
+the keystore's transport key (keystore/client.py Rule 5: ``hmac`` and ``pin_issue`` seal
+what they carry); the keystore opens them inside its process and answers the index or PVV.
 """
 
 from __future__ import annotations
@@ -134,7 +137,7 @@ pin_verify(pvk_label, zpk_label, account, pin_block, pvv) -> bool  (constant-tim
   a block that does not open -> False; an empty block -> Fault PIN_BLOCK_MISSING, not counted;
   3 failures lock the account's PIN for a day -> Fault PIN_LOCKED)
 pin_issue(pvk_label, account, pin) -> PVV (issuance / seeding; identities with the issuance
-  grant; no PIN block comes back). All PIN ops are counted per caller and per account
+  grant; no PIN block comes back; account and PIN travel sealed to the transport key). All PIN ops are counted per caller and per account
   (keystore/pinguard.py); the PVK and ZPK serve no other operation (Fault PIN_KEY_MISUSE).
 Roles: issuer gets all three; the PVK and PAN-index key are issuer.<id>/issuer-pvk and
   issuer.<id>/issuer-pan-index (hmac-sha256, made by a key ceremony). The ZPK is the zone key

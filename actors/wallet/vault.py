@@ -5,6 +5,10 @@ in constant time and never stored, logged or returned.
 Rule 2: card data (account, expiry, PANSecret, CardSecret) is sealed with AES-256-GCM by the
 keystore under the wallet-owned key ``<identity>/vault``; the AAD names the card id, so a
 sealed blob moved to another row does not open. The database holds only the sealed bytes.
+Rule 3: card data never crosses the bus in clear: the keystore client seals it to the
+keystore's transport key for ``seal`` and gets it back from ``open`` under a one-time reply
+key (keystore/transport.py, keystore/client.py Rule 5); so a request that waits in
+``keystore.rpc`` or is dropped there holds nothing readable.
 """
 
 from __future__ import annotations

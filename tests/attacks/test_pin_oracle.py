@@ -31,6 +31,7 @@ from keystore.errors import (
 from keystore.operations import OPERATIONS
 from keystore.pinguard import LIMITS, PIN_TRY_LIMIT, Guarded
 from keystore.policy import Policy
+from keystore.transport import UNSEALED
 from protocol import pin
 from tests.fixtures_keystore import KeystoreDeployment
 
@@ -205,6 +206,6 @@ def test_issuance_is_granted_by_identity() -> None:
     """A deployment that names a ceremony identity refuses issuance to the issuer host."""
     policy = Policy(issuance_grants=frozenset({"issuer.ceremony"}))
     issue = OPERATIONS[m.Op.PIN_ISSUE]
-    policy.authorize("issuer.ceremony", issue, m.PinIssue("issuer.ceremony/pvk", "1", PIN))
+    policy.authorize("issuer.ceremony", issue, m.PinIssue("issuer.ceremony/pvk", UNSEALED))
     with pytest.raises(Forbidden, match="issuance"):
-        policy.authorize("issuer.host", issue, m.PinIssue("issuer.host/pvk", "1", PIN))
+        policy.authorize("issuer.host", issue, m.PinIssue("issuer.host/pvk", UNSEALED))

@@ -16,6 +16,7 @@ from keystore.client import HsmAccountOpener
 from keystore.errors import Forbidden, InvalidPinBlock, KeyExists, PinKeyMisuse
 from keystore.operations import OPERATIONS
 from keystore.policy import Policy
+from keystore.transport import UNSEALED
 from protocol import codec, dualsig, pan, pin, primitives
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.keys import SUITES
@@ -196,4 +197,4 @@ def test_zone_grants() -> None:
             policy.check_zone_key(caller, label)
     seal = OPERATIONS[m.Op.SEAL]  # a zone key serves no operation but as a PIN op's ZPK
     with pytest.raises(PinKeyMisuse):
-        policy.authorize("p-gateway.one", seal, m.Seal("p-zone.a/zpk", b"", b""))
+        policy.authorize("p-gateway.one", seal, m.Seal("p-zone.a/zpk", b"", UNSEALED))

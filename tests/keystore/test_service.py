@@ -10,6 +10,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from keystore import messages as m
+from keystore import transport
 from keystore.errors import Fault
 from keystore.hsm import Hsm, TokenConfig
 from keystore.policy import Policy
@@ -69,13 +70,20 @@ async def test_every_operation_is_audited_without_data(service: KeystoreService)
     gw = f"gateway.a{os.urandom(3).hex()}"
     label = f"{gw}/sig"
     await _ask(service, gw, m.Op.CREATE, m.CreateKey(label, m.KeyKind.RSA2048, m.KeyUsage.SIGN))
+    answer = await _ask(service, gw, m.Op.TRANSPORT_KEY, m.TransportKeyRequest())
+    tk = transport.TransportPublic.of(codec.decode(m.TransportKey, answer.body))
+    reply_key = os.urandom(32)
     items = [m.BatchItem(m.Op.SIGN, label, DIGEST, None),
              m.BatchItem(m.Op.SIGN, "merchant.z/k", DIGEST, None)]  # fmt: skip
     with capture_logs() as logs:
         single = await _ask(service, gw, m.Op.SIGN, m.Sign(label, DIGEST))
-        batch = await _ask(service, gw, m.Op.BATCH, m.Batch(items))
+        asked = transport.seal_request(tk, m.Op.BATCH, gw, m.Batch(items, transport.UNSEALED),
+                                       reply_key, ttl_ms=10_000)  # fmt: skip
+        batch = await _ask(service, gw, m.Op.BATCH, asked)
     assert single.fault is Fault.OK and batch.fault is Fault.OK
-    results = codec.decode(m.BatchResult, batch.body).results
+    sealed = codec.decode(m.SealedReply, batch.body).data
+    clear = transport.open_reply(reply_key, asked.secret.request_id, sealed)
+    results = codec.decode(m.BatchResult, clear).results
     assert [r.fault for r in results] == [Fault.OK, Fault.FORBIDDEN]
     events = [e for e in logs if e["event"] == "keystore_op"]
     assert [(e["op"], e["label"], e["outcome"]) for e in events] == [
