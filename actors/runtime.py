@@ -29,6 +29,7 @@ import structlog
 from actors.entrypoint import SetEntry, SetService
 from broker.connection import Bus, connect
 from broker.consumer import Consumer, Delivery, Rejected, consume
+from broker.errors import PublishRefused
 from broker.topology import SET_EXCHANGE, QueueLimits, declare_actor, reply_allowed
 from protocol.errors import ProtocolError
 from protocol.set_error import ERROR_TYPE, build_error
@@ -156,4 +157,10 @@ class Actor(Service):
         )
         # A BrokerError here propagates: the request is not acked, so it is redelivered
         # and (handlers being idempotent) answered again.
-        await self.bus.publish(delivery.reply_to or "", message, exchange=SET_EXCHANGE)
+        try:
+            await self.bus.publish(delivery.reply_to or "", message, exchange=SET_EXCHANGE)
+        except PublishRefused:
+            # This role may not answer the sender's role (broker topic permissions): a
+            # request from a login that may not address us. Nothing to answer; acked.
+            self.log.warning("reply_refused_by_broker", reply_type=msg_type,
+                             sender=delivery.user_id)  # fmt: skip

@@ -31,7 +31,7 @@ from aio_pika.abc import (
     DeliveryMode,
 )
 
-from broker.errors import BrokerError, PeerUnavailable, PublishError
+from broker.errors import BrokerError, PeerUnavailable, PublishError, PublishRefused
 from broker.topology import SET_EXCHANGE, TRACE_EXCHANGE
 from broker.trace import TraceTap
 from setpay.logs import get_logger
@@ -207,7 +207,7 @@ class Bus:
                 last = exc  # nacked: the broker could not take it; try again
                 log.warning("publish_nacked", exchange=exchange, routing_key=routing_key)
             except aiormq.exceptions.ChannelAccessRefused as exc:
-                raise PublishError(
+                raise PublishRefused(
                     f"publish to {exchange or '(default)'}/{routing_key} refused by broker"
                 ) from exc
             except aiormq.exceptions.ChannelNotFoundEntity as exc:

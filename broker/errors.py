@@ -16,6 +16,11 @@ class PublishError(BrokerError):
     """A publish was nacked, returned as unroutable, or not confirmed in time."""
 
 
+class PublishRefused(PublishError):
+    """The broker refused the publish: this login may not write there (a permanent refusal,
+    never retried)."""
+
+
 class RpcTimeout(BrokerError):
     """An RPC got no reply within its deadline although a consumer serves the queue."""
 

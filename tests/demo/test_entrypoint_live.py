@@ -12,6 +12,7 @@ import pytest
 
 from broker.connection import connect
 from broker.peer import PeerLink
+from broker.provision import identity_url
 from protocol import ids
 from protocol.errors import ErrorCode
 from protocol.messages import AccountKind, MessageType, PInitReq
@@ -21,7 +22,8 @@ from setpay.config import load
 
 pytestmark = pytest.mark.integration
 
-PARTIES = ("ca", "merchant.pos1", "gateway.pg1")
+# Each party, and the identity whose real login may address it on the bus.
+PARTIES = {"ca": "wallet.main", "merchant.pos1": "wallet.main", "gateway.pg1": "merchant.pos1"}
 
 
 def _pinit() -> bytes:
@@ -36,24 +38,33 @@ def _pinit() -> bytes:
 async def test_amqp_type_disagreeing_with_the_wrapper_gets_one_error_everywhere(
     demo_run: tuple[Path, str], demo_env: dict[str, str]
 ) -> None:
-    bus = await connect(load(demo_env).admin_url(), name="entrypoint-test")
-    link = await PeerLink(bus, "tester", ids.new_lid().hex()[:8], timeout=30.0).start()
+    settings = load(demo_env)
+    buses, links = {}, {}
+    for login in set(PARTIES.values()):
+        url = identity_url(settings.data_dir, login, settings.broker_vhost, settings.amqp_url,
+                           user_prefix=settings.broker_user_prefix)  # fmt: skip
+        buses[login] = await connect(url, name=login)
+        links[login] = await PeerLink(buses[login], *login.split("."), timeout=30.0).start()
     try:
         codes = {}
-        for party in PARTIES:
-            reply_type, reply = await link.request(party, amqp_type(MessageType.INQ_REQ), _pinit())
+        for party, login in PARTIES.items():
+            reply_type, reply = await links[login].request(
+                party, amqp_type(MessageType.INQ_REQ), _pinit()
+            )
             assert reply_type == ERROR_TYPE
             with pytest.raises(RemoteError) as refused:
                 expect_reply(reply, ids.SystemClock().now_ms(), PInitReq, who=party)
             codes[party] = refused.value.code
         assert set(codes.values()) == {ErrorCode.WRAPPER_MSG_MISMATCH}, codes
         # Under its own type the PInitReq passes the entrypoint: the POS looks up the order.
-        _, reply = await link.request(
+        _, reply = await links["wallet.main"].request(
             "merchant.pos1", amqp_type(MessageType.PINIT_REQ), _pinit()
         )
         with pytest.raises(RemoteError) as refused:
             expect_reply(reply, ids.SystemClock().now_ms(), PInitReq, who="merchant")
         assert refused.value.code is ErrorCode.UNKNOWN_LID
     finally:
-        await link.close()
-        await bus.close()
+        for link in links.values():
+            await link.close()
+        for bus in buses.values():
+            await bus.close()
