@@ -41,6 +41,7 @@ class Identity:
     role: str
     instance: str
     queues: tuple[str, ...] = ()
+    bindings: tuple[str, ...] = ()  # extra routing keys bound to the instance queue
 
     @property
     def name(self) -> str:
@@ -85,7 +86,8 @@ def load_definitions(path: Path = DEFINITIONS) -> Definitions:
     try:
         table = tomllib.loads(path.read_text())
         identities = tuple(
-            Identity(str(i["role"]), str(i["instance"]), tuple(map(str, i.get("queues", ()))))
+            Identity(str(i["role"]), str(i["instance"]), tuple(map(str, i.get("queues", ()))),
+                     tuple(map(str, i.get("bindings", ()))))
             for i in table["identities"]
         )
         policies = tuple(
@@ -197,7 +199,7 @@ async def _apply_topology(report: Report, defs: Definitions, url: str) -> None:
         queues = [dead.name]
         for identity in defs.identities:
             declared = await declare_actor(channel, identity.role, identity.instance,
-                                           passive=False)
+                                           passive=False, bindings=identity.bindings)
             queues += [declared.role.name, declared.instance.name]
             # Extra `set.<role>.<name>` queues (reply queues) are declared and bound here, as
             # the admin: identities may not bind to the shared SET exchange themselves.

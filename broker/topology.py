@@ -10,7 +10,11 @@ Rule 3: the trace exchange is NOT bound to the SET exchange (a bound recorder wo
 every SET message routable and defeat ``mandatory``): publishers copy SET envelopes to it
 themselves, only while a recorder is bound (see ``broker.trace``). Keystore RPC does not pass
 the SET exchange and is never traced.
-Rule 4: declaring is idempotent. When everything already exists (``setpay broker init``
+Rule 4: an instance queue may also be bound to extra routing keys (``bindings``: broadcast
+keys such as ``revocation.*``, which reach every instance of the roles bound to them); like
+every binding, they are made by whoever declares the topology (``setpay broker init``, as the
+admin, from ``deploy/rabbitmq/definitions.toml``), never looked up passively.
+Rule 5: declaring is idempotent. When everything already exists (``setpay broker init``
 created it) actors only look it up with passive declares, which need no configure rights on
 the shared exchanges, so least-privilege identities can start.
 """
@@ -118,8 +122,10 @@ async def declare_actor(
     limits: QueueLimits | None = None,
     *,
     passive: bool | None = None,
+    bindings: tuple[str, ...] = (),
 ) -> Declared:
-    """Declare the common topology plus ``role``'s work queue and this instance's queue.
+    """Declare the common topology plus ``role``'s work queue and this instance's queue,
+    bound to its instance key and to ``bindings`` (Rule 4).
 
     ``passive=None`` looks everything up when it all exists and declares it otherwise."""
     limits = limits or QueueLimits()
@@ -133,6 +139,8 @@ async def declare_actor(
         return Declared(exchange=exchange, dead_letters=dead, instance=mine, role=shared)
     mine = await channel.declare_queue(names[0], durable=True, arguments=limits.arguments())
     await mine.bind(exchange, routing_key=instance_key(role, instance))
+    for key in bindings:
+        await mine.bind(exchange, routing_key=key)
     shared = await channel.declare_queue(names[1], durable=True, arguments=limits.arguments())
     await shared.bind(exchange, routing_key=role)
     return Declared(exchange=exchange, dead_letters=dead, instance=mine, role=shared)
