@@ -13,7 +13,9 @@ the SET exchange and is never traced.
 Rule 4: an instance queue may also be bound to extra routing keys (``bindings``: broadcast
 keys such as ``revocation.*``, which reach every instance of the roles bound to them); like
 every binding, they are made by whoever declares the topology (``setpay broker init``, as the
-admin, from ``deploy/rabbitmq/definitions.toml``), never looked up passively.
+admin, from ``deploy/rabbitmq/definitions.toml``). An actor that finds its queue already
+declared (passive) still asks for them, on a throw-away channel: where its login may not bind
+(least privilege) that is refused and `broker init` must have made them.
 Rule 5: declaring is idempotent. When everything already exists (``setpay broker init``
 created it) actors only look it up with passive declares, which need no configure rights on
 the shared exchanges, so least-privilege identities can start.
@@ -94,6 +96,21 @@ async def _exists(channel: AbstractChannel, exchanges: list[str], queues: list[s
     return True
 
 
+async def _bind_if_allowed(channel: AbstractChannel, queue: str, key: str) -> bool:
+    """Bind ``queue`` to ``key`` on the SET exchange on a throw-away channel (Rule 4); False
+    if the broker refuses this login (a refusal closes the channel it happened on)."""
+    underlay = await channel.get_underlay_channel()
+    probe = await underlay.connection.channel()
+    try:
+        await probe.queue_bind(queue, SET_EXCHANGE, routing_key=key)
+    except aiormq.exceptions.ChannelAccessRefused:
+        return False
+    finally:
+        if not probe.is_closed:
+            await probe.close()
+    return True
+
+
 COMMON_EXCHANGES = [SET_EXCHANGE, DEAD_LETTER_EXCHANGE, TRACE_EXCHANGE]
 
 
@@ -136,6 +153,8 @@ async def declare_actor(
     if passive:
         mine = await channel.declare_queue(names[0], passive=True)
         shared = await channel.declare_queue(names[1], passive=True)
+        for key in bindings:
+            await _bind_if_allowed(channel, names[0], key)
         return Declared(exchange=exchange, dead_letters=dead, instance=mine, role=shared)
     mine = await channel.declare_queue(names[0], durable=True, arguments=limits.arguments())
     await mine.bind(exchange, routing_key=instance_key(role, instance))
