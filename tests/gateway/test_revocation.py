@@ -36,7 +36,6 @@ from tests.fixtures_ca import new_key
 from tests.gateway.conftest import ACCOUNTS, BRAND, MERCHANT_ID, Card, GatewayEnv, error_code
 from tests.softkeys import SoftKey
 
-
 PUSH_SECONDS = 10.0  # the README's bound: the CA polls its store every 2 s
 
 
