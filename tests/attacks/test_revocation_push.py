@@ -1,3 +1,4 @@
+# ruff: noqa: F811 - tests take the imported ``gateway_env`` fixture by its name
 """Insider attacks on the revocation push (actors/trust.py Rules 5, 6; wallet purchase Rule 4),
 against the running gateway actor, the running CA, real RabbitMQ and SoftHSM2.
 
@@ -40,8 +41,12 @@ from protocol.signed import sign_data
 from protocol.trustview import Trust
 from protocol.wrapper import amqp_type, encode_message, make_header
 from tests.fixtures_ca import new_key
-from tests.gateway.conftest import BRAND, MERCHANT_ID, GatewayEnv
-from tests.gateway.conftest import gateway_env as gateway_env_fixture  # noqa: F401 - the fixture
+from tests.gateway.conftest import (
+    BRAND,
+    MERCHANT_ID,
+    GatewayEnv,
+    gateway_env,  # noqa: F401 - the gateway package's fixture
+)
 from tests.gateway.test_revocation import PUSH_SECONDS, _approved, _refused, pushed
 from tests.softkeys import SoftKey
 
