@@ -128,6 +128,10 @@ class Held:
         return [bci_thumbprint(self.bci), *(primitives.thumbprint(c) for c in self.crls)]
 
 
+def _signed_content(bci: bytes) -> bytes:
+    return codec.decode(SignedData, bci).content
+
+
 def _signer_of(bci: bytes) -> bytes:
     return codec.decode(SignedData, bci).signer
 
@@ -351,10 +355,12 @@ class RevocationFeed:
         *,
         prefix: str,
         clock: Clock,
+        brands: Callable[[], Iterable[str]],
         pull: Pull | None = None,
         refresh_seconds: float = 600.0,
     ) -> None:
         self.caches = caches
+        self.brands = brands  # the brands this party holds revocation data for
         self.ca_prefix = f"{prefix}ca."
         self.clock = clock
         self.pull = pull
@@ -368,6 +374,10 @@ class RevocationFeed:
             log.warning("trust_push_refused", sender=who)
             raise ProtocolError(ErrorCode.UNAUTHORIZED_SENDER, "revocation data not from a CA")
         body: BCIDistribution = decoded.body
+        brand = codec.decode(Bci, _signed_content(body.bci)).brand  # not trusted: a filter only
+        if brand not in set(self.brands()):
+            log.info("trust_push_ignored", brand=brand)  # another brand's: nothing to keep
+            return None
         certs = load_all(body.certs)
         now_ms = self.clock.now_ms()
         outcomes: list[Offered] = []
@@ -399,9 +409,10 @@ class RevocationFeed:
         if self.pull is None:
             return 0
         pulled = 0
+        wanted = set(self.brands())
         for cache in self.caches():
             for brand in cache.brands():
-                if not self.due(cache, brand, self.clock.now_ms()):
+                if brand not in wanted or not self.due(cache, brand, self.clock.now_ms()):
                     continue
                 try:
                     outcome = await self.pull(cache, brand)

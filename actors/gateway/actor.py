@@ -11,7 +11,8 @@ back (the ledger makes the second pass idempotent).
 Rule 5: revocation data stays current while it runs (actors/trust.py Rules 5, 6): the CA's
 BCIDistribution reaches its instance queue (bound to ``revocation.*``) and is offered to its
 cache; on schedule it pulls a BCI held past three quarters of its window from the CA, over
-its own reply queue ``gateway.<instance>-ca``.
+its own reply queue ``gateway.<instance>-trust`` (not ``-ca``, which an operator's CA link,
+e.g. a registration, may hold).
 """
 
 from __future__ import annotations
@@ -116,7 +117,7 @@ class GatewayActor(PartyActor):
         service = self.service
         ca = CAClient(
             await PeerLink(
-                self.bus, self.role, f"{self.instance}-ca",
+                self.bus, self.role, f"{self.instance}-trust",
                 timeout=self.settings.broker_rpc_timeout,
             ).start(),
             clock=self.clock,
@@ -131,7 +132,7 @@ class GatewayActor(PartyActor):
 
         self.feed = RevocationFeed(
             lambda: [service.trust], prefix=login_prefix(self.bus.user_id, self.identity),
-            clock=self.clock, pull=pull,
+            brands=lambda: [identity.brand], clock=self.clock, pull=pull,
             refresh_seconds=self.settings.revocation_refresh_seconds,
         )  # fmt: skip
         service.handlers[MessageType.BCI_DISTRIBUTION] = self.feed.on_distribution

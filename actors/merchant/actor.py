@@ -13,7 +13,8 @@ Rule 5: revocation data stays current while it runs (actors/trust.py Rules 5, 6)
 BCIDistribution reaches its instance queue (bound to ``revocation.*``) and is offered to the
 revocation cache of each root its merchants trust; on schedule it pulls a BCI held past three
 quarters of its window from the CA (as one of its merchants of that brand), over its own
-reply queue ``merchant.<instance>-ca``.
+reply queue ``merchant.<instance>-trust`` (not ``-ca``, which the operator's enrolment link may
+hold).
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ class MerchantActor(PartyActor):
         service, store = self.service, self.store
         ca = CAClient(
             await PeerLink(
-                self.bus, self.role, f"{self.instance}-ca",
+                self.bus, self.role, f"{self.instance}-trust",
                 timeout=self.settings.broker_rpc_timeout,
             ).start(),
             clock=self.clock,
@@ -124,7 +125,8 @@ class MerchantActor(PartyActor):
 
         self.feed = RevocationFeed(
             caches, prefix=login_prefix(self.bus.user_id, self.identity), clock=self.clock,
-            pull=pull, refresh_seconds=self.settings.revocation_refresh_seconds,
+            brands=lambda: {m.brand for m in merchants()}, pull=pull,
+            refresh_seconds=self.settings.revocation_refresh_seconds,
         )  # fmt: skip
         service.handlers[MessageType.BCI_DISTRIBUTION] = self.feed.on_distribution
         self.feed.start()
