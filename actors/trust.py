@@ -20,9 +20,9 @@ the CRLs it names, as a one-way ``BCIDistribution`` on the SET exchange under ro
 hold revocation data (gateway, merchant). ``RevocationFeed.on_distribution`` takes it only
 from a CA broker identity (the broker-validated sender, else ``unauthorizedSender``) and only
 what verifies (Rule 1); an older one changes nothing (Rule 2). Nothing is answered.
-Rule 6 (schedule): every ``revocation_refresh_seconds`` the feed looks at each BCI held; one
-past three quarters of its window (the CA renews at half, so a push was missed) is pulled
-from the CA (``refresh_from_ca``), well before it expires.
+Rule 6 (schedule): at start and every ``revocation_refresh_seconds`` the feed looks at each BCI
+held of the party's own brands; one past three quarters of its window (the CA renews at half,
+so a push was missed) is pulled from the CA (``refresh_from_ca``), well before it expires.
 """
 
 from __future__ import annotations
@@ -424,9 +424,9 @@ class RevocationFeed:
         return pulled
 
     async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.refresh_seconds)
+        while True:  # a round at start too: a party restarted weeks later pulls at once
             await self.refresh_due()
+            await asyncio.sleep(self.refresh_seconds)
 
     def start(self) -> None:
         """Run the schedule in the background until ``stop``."""
