@@ -339,7 +339,7 @@ def login_prefix(login: str, identity: str) -> str:
 
 def window_of(bci: bytes) -> tuple[int, int]:
     """(not_before, not_after) of a BCI already verified on entry (Rule 1)."""
-    record = codec.decode(Bci, codec.decode(SignedData, bci).content)
+    record = codec.decode(Bci, _signed_content(bci))
     return record.not_before, record.not_after
 
 

@@ -25,6 +25,7 @@ from actors.ca.hierarchy import ca_name
 from actors.trust import RevocationCache, revocation_key
 from actors.wallet import purchase
 from actors.wallet.api import StartedPurchase, seal_for
+from actors.wallet.cli import FileFloors
 from actors.wallet.errors import WalletError
 from actors.wallet.store import WalletStore
 from broker.connection import connect
@@ -235,3 +236,10 @@ async def test_wallet_and_thin_client_refuse_an_older_bci(
         await seal_for(started(old_bci, old_crls), ca.root, "1234", floor=floor)
     assert "STALE_REVOCATION_DATA" in str(stale.value)
     assert "1234" not in str(stale.value)
+    # `setpay wallet buy` keeps its floor in a file: a later run refuses the older BCI too.
+    path = tmp_path / "wallet" / "bci-floor.json"
+    assert await seal_for(started(new_bci, new_crls), ca.root, "1234",
+                          floor=purchase.BciFloor(FileFloors(path)))  # fmt: skip
+    with pytest.raises(WalletError, match="STALE_REVOCATION_DATA"):
+        await seal_for(started(old_bci, old_crls), ca.root, "1234",
+                       floor=purchase.BciFloor(FileFloors(path)))  # fmt: skip
