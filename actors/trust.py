@@ -20,9 +20,10 @@ the CRLs it names, as a one-way ``BCIDistribution`` on the SET exchange under ro
 hold revocation data (gateway, merchant). ``RevocationFeed.on_distribution`` takes it only
 from a CA broker identity (the broker-validated sender, else ``unauthorizedSender``) and only
 what verifies (Rule 1); an older one changes nothing (Rule 2). Nothing is answered.
-Rule 6 (schedule): at start and every ``revocation_refresh_seconds`` the feed looks at each BCI
-held of the party's own brands; one past three quarters of its window (the CA renews at half,
-so a push was missed) is pulled from the CA (``refresh_from_ca``), well before it expires.
+Rule 6 (schedule): at start and every ``revocation_refresh_seconds`` the feed looks at the BCI
+of each of the party's own brands; one past three quarters of its window (the CA renews at
+half, so a push was missed), or none held, is pulled from the CA (``refresh_from_ca``), well
+before it expires.
 """
 
 from __future__ import annotations
@@ -396,10 +397,11 @@ class RevocationFeed:
     # -- schedule (Rule 6) ----------------------------------------------------------------------
 
     def due(self, cache: RevocationCache, brand: str, now_ms: int) -> bool:
-        """Whether the BCI held for ``brand`` is past ``PULL_AT`` of its window."""
+        """Whether ``brand``'s BCI is to be pulled: none held, or past ``PULL_AT`` of its
+        window."""
         held = cache.held(brand)
         if held is None:
-            return False
+            return True
         start, end = window_of(held.bci)
         return now_ms >= start + int((end - start) * PULL_AT)
 
@@ -409,10 +411,10 @@ class RevocationFeed:
         if self.pull is None:
             return 0
         pulled = 0
-        wanted = set(self.brands())
+        wanted = sorted(set(self.brands()))
         for cache in self.caches():
-            for brand in cache.brands():
-                if brand not in wanted or not self.due(cache, brand, self.clock.now_ms()):
+            for brand in wanted:
+                if not self.due(cache, brand, self.clock.now_ms()):
                     continue
                 try:
                     outcome = await self.pull(cache, brand)
