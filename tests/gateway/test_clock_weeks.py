@@ -7,7 +7,8 @@ and cardholder messages are dated by it too. The clock is moved weeks ahead whil
 - the CA actor renews the brand's BCI (past half its life) and pushes it; the gateway takes it
   and authorizes (without the push it would refuse: its BCI has expired);
 - with the CA's push stopped, the gateway's own schedule pulls a BCI past three quarters of its
-  window from the CA (Me-AqCInit over its own reply queue) and keeps authorizing.
+  window from the CA (Me-AqCInit over its own reply queue) and keeps authorizing; a gateway
+  holding none (restarted after its registration BCI expired) pulls one at its next round.
 Which clock: an injected one (``protocol.ids.Clock``) in every party, not libfaketime: see the
 README (libfaketime under SoftHSM2 and the broker is not needed for this property).
 """
@@ -18,6 +19,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -28,7 +30,7 @@ from actors.gateway.identity import identity_path, ledger_path, register
 from actors.issuer.accounts import Store
 from actors.issuer.host import IssuerHost
 from actors.issuer.seed import seed
-from actors.trust import window_of
+from actors.trust import RevocationCache, window_of
 from broker.peer import PeerLink
 from keystore.keyring import KeyRing
 from protocol import ids, pan
@@ -209,3 +211,28 @@ async def test_without_the_push_the_gateway_pulls_before_expiry(dated: Moved) ->
         await _approved(env)
     finally:
         ca_actor.publisher.start()
+
+
+async def test_a_gateway_holding_no_bci_pulls_one_at_its_next_round(
+    dated: Moved, tmp_path: Path
+) -> None:
+    """A gateway restarted long after its registration (whose BCI is out of date) holds none:
+    the round its feed runs at start pulls one (actors/trust.py Rule 6)."""
+    env = dated.env
+    service, feed = env.actor.service, env.actor.feed
+    assert service is not None and feed is not None
+    publisher = env.ca.actor.publisher
+    assert publisher is not None
+    await publisher.stop()  # only the gateway's own round may bring it
+    cache = RevocationCache(tmp_path / "trust.sqlite", env.ca.root)
+    saved, service.trust = service.trust, cache
+    try:
+        assert feed.due(cache, BRAND, dated.clock.now_ms())
+        assert await feed.refresh_due() == 1
+        start_ms, end_ms = _held_window(env)
+        assert start_ms <= dated.clock.now_ms() <= end_ms
+        await _approved(env)
+    finally:
+        service.trust = saved
+        cache.close()
+        publisher.start()
