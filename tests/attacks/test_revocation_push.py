@@ -1,4 +1,3 @@
-# ruff: noqa: F811 - tests take the imported ``gateway_env`` fixture by its name
 """Insider attacks on the revocation push (actors/trust.py Rules 5, 6; wallet purchase Rule 4),
 against the running gateway actor, the running CA, real RabbitMQ and SoftHSM2.
 
@@ -41,13 +40,10 @@ from protocol.set_error import RemoteError, expect_reply
 from protocol.signed import sign_data
 from protocol.trustview import Trust
 from protocol.wrapper import amqp_type, encode_message, make_header
+from setpay.config import Settings
 from tests.fixtures_ca import new_key
-from tests.gateway.conftest import (
-    BRAND,
-    MERCHANT_ID,
-    GatewayEnv,
-    gateway_env,  # noqa: F401 - the gateway package's fixture
-)
+from tests.gateway.conftest import BRAND, MERCHANT_ID, GatewayEnv
+from tests.gateway.isolated import isolated_gateway
 from tests.gateway.test_revocation import PUSH_SECONDS, _approved, _refused, pushed
 from tests.softkeys import SoftKey
 
@@ -61,6 +57,15 @@ def now_ms() -> int:
 def _wire(bci: bytes, brand_cert: bytes, crls: list[bytes]) -> bytes:
     body = BCIDistribution([brand_cert], crls, bci)
     return encode_message(make_header(now_ms()), body)
+
+
+@pytest.fixture(scope="module")
+async def gateway_env(
+    keystore_settings: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[GatewayEnv]:
+    """A running CA and gateway of this module's own (tests/gateway/isolated.py)."""
+    async with isolated_gateway(keystore_settings, tmp_path_factory, tag="push") as env:
+        yield env
 
 
 @pytest.fixture

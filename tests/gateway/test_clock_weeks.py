@@ -21,29 +21,16 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
 
 import pytest
 
-from actors.gateway.actor import GatewayActor
-from actors.gateway.identity import identity_path, ledger_path, register
-from actors.issuer.accounts import Store
-from actors.issuer.host import IssuerHost
-from actors.issuer.seed import seed
 from actors.trust import RevocationCache, window_of
-from broker.peer import PeerLink
-from keystore.keyring import KeyRing
-from protocol import ids, pan
-from protocol import payment as pw
-from protocol.keys import get_suite
-from protocol.messages import AuthCode, EntityKind, IDData
-from protocol.requester import CAClient, register_cardholder, register_entity
+from protocol import ids
+from protocol.messages import AuthCode
 from setpay.config import Settings
-from tests.fixtures_broker import make_vhost
-from tests.fixtures_ca import CAEnv, new_key, start_ca, stop_ca
-from tests.fixtures_keystore import start_deployment
 from tests.gateway import conftest
-from tests.gateway.conftest import ACCOUNTS, BRAND, MERCHANT_ID, Card, GatewayEnv
+from tests.gateway.conftest import BRAND, GatewayEnv
+from tests.gateway.isolated import isolated_gateway
 
 pytestmark = pytest.mark.integration
 
@@ -72,80 +59,9 @@ async def moved(
     keystore_settings: Settings, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Moved]:
     clock = MovedClock()
-    vhost = make_vhost()
-    deployment = await start_deployment(
-        vhost, keystore_settings, tmp_path_factory.mktemp("ks-weeks"), queue="keystore.rpc",
-        workers=1,
-    )  # fmt: skip
-    from tests.issuer.softsecurity import SoftIssuerSecurity
-
-    security = SoftIssuerSecurity()
-    data_dir = tmp_path_factory.mktemp("weeks-var")
-    issuer_store = Store(data_dir / "issuer.sqlite")
-    await seed(issuer_store, security, list(ACCOUNTS.values()), security.pin_block)
-    host = IssuerHost(issuer_store, security)
-    await host.start()
-    settings = keystore_settings.replace(
-        data_dir=tmp_path_factory.mktemp("ca-weeks"), suite="rsa2048", issuer_host="",
-        ca_verify_cards=False,
-    )  # fmt: skip
-    ca: CAEnv = await start_ca(deployment, settings, clock=clock)
-    closers: list[Any] = []
-    try:
-        gw_client, gw_keys = await ca.requester("gateway.gw1")
-        identity = await register(
-            gw_client, KeyRing(gw_keys, get_suite("rsa2048")), root=ca.root, brand=BRAND,
-            gateway_id="P-3001", acquirer_bin="411111",
-        )  # fmt: skip
-        await gw_client.close()
-        await gw_keys.close()
-        identity.save(identity_path(data_dir, "gw1"))
-        actor = GatewayActor(
-            settings.replace(data_dir=data_dir), "gw1", url=deployment.url_for("gateway.gw1"),
-            keystore_queue=deployment.queue, issuer_port=host.port, clock=clock,
-        )  # fmt: skip
-        await actor.start()
-        closers.append(actor.stop)
-        m_client, m_keys = await ca.requester("merchant.m1")
-        closers.append(m_keys.close)
-        m_sig, m_kx = await new_key(m_keys, "sig"), await new_key(m_keys, "kx", exchange=True)
-        m_reg = await register_entity(
-            m_client, root=ca.root, brand=BRAND, requester=EntityKind.MERCHANT,
-            id_data=IDData(MERCHANT_ID, "411111", None), sig_key=m_sig, kx_key=m_kx,
-            values={"merchant_id": MERCHANT_ID, "merchant_name": "Example Books", "mcc": "5942"},
-        )  # fmt: skip
-        await m_client.close()
-        to_gateway = CAClient(
-            await PeerLink(m_keys.rpc.bus, "merchant", "m1", target=pw.GATEWAY_ROLE).start(),
-            clock=clock,
-        )
-        closers.append(to_gateway.close)
-        w_client, w_keys = await ca.requester("wallet.w1")
-        closers.append(w_keys.close)
-        account = ACCOUNTS["ok"]
-        key = await new_key(w_keys, "card-ok")
-        reg = await register_cardholder(
-            w_client, root=ca.root, brand=BRAND,
-            account=pan.Account(pan.AccountKind.CARD, account.reference), expiry=conftest.VALID,
-            key=key, values={"name": "Hanako Weeks", "postal_code": "100-0001"},
-        )  # fmt: skip
-        await w_client.close()
-        cards = {"ok": Card(key, reg.cert, list(reg.chain), account.reference, conftest.VALID,
-                            reg.pan_secret)}  # fmt: skip
-        env = GatewayEnv(
-            ca, actor, identity, data_dir / "issuer.sqlite", ledger_path(data_dir, "gw1"),
-            to_gateway, m_sig, m_kx, [m_reg.sig_cert, m_reg.kx_cert, *m_reg.chain], cards,
-        )  # fmt: skip
+    async with isolated_gateway(keystore_settings, tmp_path_factory, tag="weeks",
+                                clock=clock) as env:  # fmt: skip
         yield Moved(env, clock)
-    finally:
-        for close in reversed(closers):
-            await close()
-        await stop_ca(ca)
-        await host.stop()
-        issuer_store.close()
-        await deployment.close()
-        await deployment.pool.stop()
-        vhost.cleanup()
 
 
 @pytest.fixture
