@@ -41,7 +41,7 @@ from setpay.logs import get_logger
 log = get_logger(component="set")
 
 Reply = tuple[str, bytes]  # (AMQP message type, wrapped reply)
-SetHandler = Callable[[Decoded], Awaitable[Reply]]
+SetHandler = Callable[[Decoded], Awaitable[Reply | None]]  # None: a one-way message
 
 
 _SENDER: ContextVar[str | None] = ContextVar("set_sender", default=None)

@@ -42,6 +42,10 @@ MessageHandler = Callable[[Delivery], Awaitable[Reply | None]]
 class Actor(Service):
     """One actor instance ``<role>.<instance>`` consuming its own queue and its role's queue."""
 
+    # Broadcast routing keys bound to this instance's queue when the actor declares the
+    # topology itself (broker/topology.py Rule 4; in an environment `broker init` binds them).
+    subscriptions: tuple[str, ...] = ()
+
     def __init__(
         self,
         role: str,
@@ -95,7 +99,9 @@ class Actor(Service):
         self.bus = await connect(self.url, name=self.identity)
         self.closing(self.bus.close, "bus")  # closed last: after everything ``setup`` opened
         channel = await self.bus.channel()
-        declared = await declare_actor(channel, self.role, self.instance, self.limits)
+        declared = await declare_actor(
+            channel, self.role, self.instance, self.limits, bindings=self.subscriptions
+        )
         await self.setup()
         for queue in (declared.instance, declared.role):
             self._consumers.append(

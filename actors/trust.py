@@ -14,11 +14,23 @@ Rule 4: ``state`` re-reads the database when its generation moved (every change,
 connection — the operator's CLI included — bumps ``trust_generation`` in the same
 transaction; portable, unlike SQLite's ``data_version``), and checks the BCI's validity
 window at every use.
+Rule 5 (push): the CA publishes every new BCI of a brand, with its Brand CA certificate and
+the CRLs it names, as a one-way ``BCIDistribution`` on the SET exchange under routing key
+``revocation.<brand>``, which `broker init` binds to the instance queues of the roles that
+hold revocation data (gateway, merchant). ``RevocationFeed.on_distribution`` takes it only
+from a CA broker identity (the broker-validated sender, else ``unauthorizedSender``) and only
+what verifies (Rule 1); an older one changes nothing (Rule 2). Nothing is answered.
+Rule 6 (schedule): at start and every ``revocation_refresh_seconds`` the feed looks at the BCI
+of each of the party's own brands; one past three quarters of its window (the CA renews at
+half, so a push was missed), or none held, is pulled from the CA (``refresh_from_ca``), well
+before it expires.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from enum import Enum
@@ -28,6 +40,7 @@ from typing import Final
 import sqlalchemy as sa
 from cryptography import x509
 
+from actors.entrypoint import sender
 from protocol import codec, primitives
 from protocol.certs import (
     CertType,
@@ -39,16 +52,27 @@ from protocol.certs import (
 )
 from protocol.chain import Expect, validate_path
 from protocol.errors import ErrorCode, ProtocolError
-from protocol.ids import to_dt
-from protocol.messages import EntityKind, IDData
+from protocol.ids import Clock, to_dt
+from protocol.messages import BCIDistribution, EntityKind, IDData
 from protocol.requester import CAClient, me_aq_init
 from protocol.revocation import Bci, RevocationState, bci_thumbprint, crl_number, open_bci
 from protocol.signed import SignedData
+from protocol.trustview import load_all
+from protocol.wrapper import Decoded
 from setpay.logs import get_logger
 from setpay.store import Connection, Schema, open_store
 
 log = get_logger(component="trust")
 
+# A gateway's refusal for one of these is the standing of a certificate of the purchase (the
+# merchant's, the cardholder's) or of the revocation data: the merchant answers the PReq with
+# the same SET Error, so the cardholder learns why, instead of a bare orderRejected.
+CERTIFICATE_STANDING: Final = frozenset({
+    ErrorCode.REVOKED_CERTIFICATE, ErrorCode.EXPIRED_CERTIFICATE, ErrorCode.MISSING_CERTIFICATE,
+    ErrorCode.STALE_REVOCATION_DATA,
+})  # fmt: skip
+REVOCATION_KEYS: Final = "revocation.*"  # what gateways and merchants are bound to (Rule 5)
+PULL_AT: Final = 0.75  # fraction of a held BCI's window after which it is pulled (Rule 6)
 MAX_CRLS_PER_BRAND: Final = 64  # the BCI names one per CA; room for bad copies, bounded
 _MD = sa.MetaData()
 TRUST_BCI: Final = sa.Table(
@@ -105,6 +129,10 @@ class Held:
         return [bci_thumbprint(self.bci), *(primitives.thumbprint(c) for c in self.crls)]
 
 
+def _signed_content(bci: bytes) -> bytes:
+    return codec.decode(SignedData, bci).content
+
+
 def _signer_of(bci: bytes) -> bytes:
     return codec.decode(SignedData, bci).signer
 
@@ -136,6 +164,10 @@ class RevocationCache:
         return self.db.transaction()
 
     # -- reading --------------------------------------------------------------------------------
+
+    def brands(self) -> list[str]:
+        """The brands a BCI is held for."""
+        return sorted(str(r[0]) for r in self.db.all(sa.select(TRUST_BCI.c.brand)))
 
     def held(self, brand: str) -> Held | None:
         """The BCI and CRLs held for ``brand``, or None."""
@@ -294,3 +326,118 @@ async def refresh_from_ca(
         client, root=cache.root, brand=brand, requester=requester, id_data=id_data
     )
     return cache.offer([view.brand_cert], view.bci, view.crls, client.clock.now_ms())
+
+
+def revocation_key(brand: str) -> str:
+    """Routing key of ``brand``'s BCIDistribution on the SET exchange (Rule 5)."""
+    return f"revocation.{brand}"
+
+
+def login_prefix(login: str, identity: str) -> str:
+    """What precedes ``identity`` (``role.instance``) in this deployment's broker login."""
+    return login[: -len(identity)] if login.endswith(identity) else ""
+
+
+def window_of(bci: bytes) -> tuple[int, int]:
+    """(not_before, not_after) of a BCI already verified on entry (Rule 1)."""
+    record = codec.decode(Bci, _signed_content(bci))
+    return record.not_before, record.not_after
+
+
+Pull = Callable[[RevocationCache, str], Awaitable[Offered]]
+
+
+class RevocationFeed:
+    """Keeps a party's revocation caches current while it runs (Rules 5, 6)."""
+
+    def __init__(
+        self,
+        caches: Callable[[], list[RevocationCache]],
+        *,
+        prefix: str,
+        clock: Clock,
+        brands: Callable[[], Iterable[str]],
+        pull: Pull | None = None,
+        refresh_seconds: float = 600.0,
+    ) -> None:
+        self.caches = caches
+        self.brands = brands  # the brands this party holds revocation data for
+        self.ca_prefix = f"{prefix}ca."
+        self.clock = clock
+        self.pull = pull
+        self.refresh_seconds = refresh_seconds
+        self._task: asyncio.Task[None] | None = None
+
+    async def on_distribution(self, decoded: Decoded) -> None:
+        """The SET handler of BCIDistribution (Rule 5): verify, offer, no reply."""
+        who = sender()
+        if who is None or not who.startswith(self.ca_prefix):
+            log.warning("trust_push_refused", sender=who)
+            raise ProtocolError(ErrorCode.UNAUTHORIZED_SENDER, "revocation data not from a CA")
+        body: BCIDistribution = decoded.body
+        brand = codec.decode(Bci, _signed_content(body.bci)).brand  # not trusted: a filter only
+        if brand not in set(self.brands()):
+            log.info("trust_push_ignored", brand=brand)  # another brand's: nothing to keep
+            return None
+        certs = load_all(body.certs)
+        now_ms = self.clock.now_ms()
+        outcomes: list[Offered] = []
+        failure: ProtocolError | None = None
+        for cache in self.caches():
+            try:
+                outcomes.append(cache.offer(certs, body.bci, body.crls, now_ms))
+            except ProtocolError as exc:  # e.g. another root's hierarchy: not this cache's
+                failure = failure or exc
+        if not outcomes:
+            log.warning("trust_push_refused", code=None if failure is None else failure.code.name)
+            raise failure or ProtocolError(ErrorCode.MISSING_CERTIFICATE, "no cache to take it")
+        log.info("trust_push_taken", outcomes=sorted({o.value for o in outcomes}))
+        return None
+
+    # -- schedule (Rule 6) ----------------------------------------------------------------------
+
+    def due(self, cache: RevocationCache, brand: str, now_ms: int) -> bool:
+        """Whether ``brand``'s BCI is to be pulled: none held, or past ``PULL_AT`` of its
+        window."""
+        held = cache.held(brand)
+        if held is None:
+            return True
+        start, end = window_of(held.bci)
+        return now_ms >= start + int((end - start) * PULL_AT)
+
+    async def refresh_due(self) -> int:
+        """Pull every held BCI that is due; the number pulled. A failure is logged and left
+        for the next round."""
+        if self.pull is None:
+            return 0
+        pulled = 0
+        wanted = sorted(set(self.brands()))
+        for cache in self.caches():
+            for brand in wanted:
+                if not self.due(cache, brand, self.clock.now_ms()):
+                    continue
+                try:
+                    outcome = await self.pull(cache, brand)
+                except Exception as exc:  # CA away or refusing, a bad answer: next round
+                    log.warning("trust_pull_failed", brand=brand, error=type(exc).__name__)
+                    continue
+                pulled += 1
+                log.info("trust_pulled", brand=brand, outcome=outcome.value)
+        return pulled
+
+    async def _loop(self) -> None:
+        while True:  # a round at start too: a party restarted weeks later pulls at once
+            await self.refresh_due()
+            await asyncio.sleep(self.refresh_seconds)
+
+    def start(self) -> None:
+        """Run the schedule in the background until ``stop``."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None

@@ -72,6 +72,7 @@ class Identity:
     instance: str
     queues: tuple[str, ...] = ()
     serves_rpc: bool = False
+    bindings: tuple[str, ...] = ()  # extra routing keys bound to the instance queue
 
     @property
     def name(self) -> str:
@@ -160,7 +161,7 @@ def load_definitions(path: Path = DEFINITIONS) -> Definitions:
         table = tomllib.loads(path.read_text())
         identities = tuple(
             Identity(str(i["role"]), str(i["instance"]), tuple(map(str, i.get("queues", ()))),
-                     bool(i.get("serves_rpc", False)))
+                     bool(i.get("serves_rpc", False)), tuple(map(str, i.get("bindings", ()))))
             for i in table["identities"]
         )
         roles = {
@@ -290,7 +291,7 @@ async def _apply_topology(report: Report, defs: Definitions, url: str) -> None:
         for identity in defs.identities:
             if defs.role(identity).speaks_set:
                 declared = await declare_actor(channel, identity.role, identity.instance,
-                                               passive=False)
+                                               passive=False, bindings=identity.bindings)
                 queues += [declared.role.name, declared.instance.name]
             # Extra queues are RPC queues (keystore.rpc, APIs), declared and bound on
             # setpay.rpc here, as the admin: identities may not bind request keys themselves.

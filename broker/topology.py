@@ -11,16 +11,22 @@ Rule 3: the trace exchange is NOT bound to the SET exchange (a bound recorder wo
 every SET message routable and defeat ``mandatory``): publishers copy SET envelopes to it
 themselves, only while a recorder is bound (see ``broker.trace``). Keystore RPC does not pass
 the SET exchange and is never traced.
-Rule 4: declaring is idempotent. When everything already exists (``setpay broker init``
+Rule 4: an instance queue may also be bound to extra routing keys (``bindings``: broadcast
+keys such as ``revocation.*``, which reach every instance of the roles bound to them); like
+every binding, they are made by whoever declares the topology (``setpay broker init``, as the
+admin, from ``deploy/rabbitmq/definitions.toml``). An actor that finds its queue already
+declared (passive) still asks for them, on a throw-away channel: where its login may not bind
+(least privilege) that is refused and `broker init` must have made them.
+Rule 5: declaring is idempotent. When everything already exists (``setpay broker init``
 created it) actors only look it up with passive declares, which need no configure rights on
 the shared exchanges, so least-privilege identities can start.
-Rule 5: nothing travels through the default exchange. RPC requests (the keystore) go through
+Rule 6: nothing travels through the default exchange. RPC requests (the keystore) go through
 the ``setpay.rpc`` topic exchange; every reply, SET or RPC, goes to the asker's own inbox: an
 exclusive queue ``reply.<login>.<token>`` bound on the exchange the request used with routing
 key ``reply.<login>.<token>``. RabbitMQ topic permissions (``broker.provision``) let a login
 bind only ``reply.<own login>.*`` keys, so nobody can read another's replies, and let each role
 write only the routing keys of the peers it may address (``deploy/rabbitmq/definitions.toml``).
-Rule 6: the dead-letter queue is bounded in bytes as well as in messages
+Rule 7: the dead-letter queue is bounded in bytes as well as in messages
 (``DEAD_LETTER_ARGUMENTS``, and the same in the broker policy), refusing what would overflow.
 """
 
@@ -125,6 +131,21 @@ async def ensure_exchange(channel: AbstractChannel, name: str) -> None:
         await channel.declare_exchange(name, ExchangeType.TOPIC, durable=True)
 
 
+async def _bind_if_allowed(channel: AbstractChannel, queue: str, key: str) -> bool:
+    """Bind ``queue`` to ``key`` on the SET exchange on a throw-away channel (Rule 4); False
+    if the broker refuses this login (a refusal closes the channel it happened on)."""
+    underlay = await channel.get_underlay_channel()
+    probe = await underlay.connection.channel()
+    try:
+        await probe.queue_bind(queue, SET_EXCHANGE, routing_key=key)
+    except aiormq.exceptions.ChannelAccessRefused:
+        return False
+    finally:
+        if not probe.is_closed:
+            await probe.close()
+    return True
+
+
 COMMON_EXCHANGES = [SET_EXCHANGE, RPC_EXCHANGE, DEAD_LETTER_EXCHANGE, TRACE_EXCHANGE]
 
 
@@ -161,8 +182,10 @@ async def declare_actor(
     limits: QueueLimits | None = None,
     *,
     passive: bool | None = None,
+    bindings: tuple[str, ...] = (),
 ) -> Declared:
-    """Declare the common topology plus ``role``'s work queue and this instance's queue.
+    """Declare the common topology plus ``role``'s work queue and this instance's queue,
+    bound to its instance key and to ``bindings`` (Rule 4).
 
     ``passive=None`` looks everything up when it all exists and declares it otherwise."""
     limits = limits or QueueLimits()
@@ -173,9 +196,13 @@ async def declare_actor(
     if passive:
         mine = await channel.declare_queue(names[0], passive=True)
         shared = await channel.declare_queue(names[1], passive=True)
+        for key in bindings:
+            await _bind_if_allowed(channel, names[0], key)
         return Declared(exchange=exchange, dead_letters=dead, instance=mine, role=shared)
     mine = await channel.declare_queue(names[0], durable=True, arguments=limits.arguments())
     await mine.bind(exchange, routing_key=instance_key(role, instance))
+    for key in bindings:
+        await mine.bind(exchange, routing_key=key)
     shared = await channel.declare_queue(names[1], durable=True, arguments=limits.arguments())
     await shared.bind(exchange, routing_key=role)
     return Declared(exchange=exchange, dead_letters=dead, instance=mine, role=shared)

@@ -43,6 +43,7 @@ class ErrorCode(IntEnum):
     INVALID_FIELD = 27  # a field is well-formed but its value is not acceptable
     UNSUPPORTED_ALGORITHM = 28  # suite or algorithm not offered here
     UNAUTHORIZED_SENDER = 29  # the broker identity that sent it may not make this request
+    STALE_REVOCATION_DATA = 30  # a BCI older than one already seen for the brand (rollback)
 
 
 class ProtocolError(Exception):

@@ -86,6 +86,7 @@ class MessageType(IntEnum):
     CERT_RES = 37
     CERT_INQ_REQ = 38
     CERT_INQ_RES = 39
+    BCI_DISTRIBUTION = 40  # CA→gateways, merchants: one-way, no response
     ERROR = 99
 
 
@@ -1253,6 +1254,18 @@ class Error:
 
 # --- registries -------------------------------------------------------------------------
 
+@dataclass(frozen=True, slots=True)
+class BCIDistribution:
+    """CA→parties holding revocation data, unsolicited: a brand's new BCI, the Brand CA
+    certificate it verifies under and the CRLs it names. Unsigned as a whole: the BCI is the
+    Brand CA's signature and each CRL its issuer's, so the receiver trusts only what verifies
+    (``actors/trust.py``)."""
+
+    certs: CertList
+    crls: CRLList
+    bci: BCIBytes
+
+
 MESSAGE_CLASSES: dict[MessageType, type] = {
     MessageType.PINIT_REQ: PInitReq,
     MessageType.PINIT_RES: PInitRes,
@@ -1286,6 +1299,7 @@ MESSAGE_CLASSES: dict[MessageType, type] = {
     MessageType.CERT_RES: CertRes,
     MessageType.CERT_INQ_REQ: CertInqReq,
     MessageType.CERT_INQ_RES: CertInqRes,
+    MessageType.BCI_DISTRIBUTION: BCIDistribution,
     MessageType.ERROR: Error,
 }
 

@@ -80,6 +80,12 @@ class Settings:
     # The CCA verifies every card/bank account with the issuer host before certifying it;
     # off only in tests that run a CA without an issuer host (never in an environment).
     ca_verify_cards: bool = True
+    # Revocation reaching running parties (actors/trust.py Rules 5, 6): the CA actor looks
+    # for a new BCI in its store (`setpay ca revoke`, renewals at half a BCI's life) this
+    # often and pushes it to gateways and merchants; they pull from the CA themselves, this
+    # often, any BCI held past three quarters of its window.
+    ca_revocation_poll_seconds: float = 2.0
+    revocation_refresh_seconds: float = 600.0
 
     @property
     def softhsm_conf(self) -> Path:

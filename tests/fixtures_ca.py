@@ -87,19 +87,24 @@ async def new_key(
 
 
 async def start_ca(
-    deployment: KeystoreDeployment, settings: Settings, *, auto_approve: str = TEST_POLICY
+    deployment: KeystoreDeployment,
+    settings: Settings,
+    *,
+    auto_approve: str = TEST_POLICY,
+    clock: ids.Clock | None = None,
 ) -> CAEnv:
     """Initialise a hierarchy in ``settings.data_dir`` (suite ``settings.suite``), record the
-    ``auto_approve`` policy and start the CA actor ``ca.main`` on the deployment's vhost; stop
-    it with ``stop_ca``."""
+    ``auto_approve`` policy and start the CA actor ``ca.main`` on the deployment's vhost (its
+    time from ``clock``); stop it with ``stop_ca``."""
     keystore = await deployment.client(CA_IDENTITY)
     store = CAStore.open(settings.data_dir)
     h = Hierarchy(store, KeyRing(keystore, get_suite(settings.suite)))
-    created = await init_hierarchy(h, TEST_BRANDS, ids.SystemClock().now_ms())
+    created = await init_hierarchy(h, TEST_BRANDS, (clock or ids.SystemClock()).now_ms())
     store.set_meta(POLICY_KEY, auto_approve)
     actor = CAActor(
-        settings, "main", url=deployment.url_for(CA_IDENTITY), keystore_queue=deployment.queue
-    )
+        settings, "main", url=deployment.url_for(CA_IDENTITY), keystore_queue=deployment.queue,
+        clock=clock,
+    )  # fmt: skip
     await actor.start()
     return CAEnv(settings, deployment, store, h, actor, created)
 

@@ -12,6 +12,10 @@ gateway does) through ``actors.iso8583``'s link for account verifications; an em
 ``settings.ca_verify_cards`` is off (tests only). The broker user prefix of this
 deployment is what precedes our own identity in our login, so senders are told by
 ``role.instance`` (``CAService`` Rule 7).
+Rule 5: once serving, the actor publishes revocation data to the running parties and renews
+each brand's BCI at half its life, every ``settings.ca_revocation_poll_seconds``
+(``actors/ca/publisher.py``), so a ``setpay ca revoke`` on its store reaches them without a
+restart.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any
 
 from actors.ca.brands import TEST_BRANDS, Brand
 from actors.ca.hierarchy import ROOT, Hierarchy
+from actors.ca.publisher import RevocationPublisher
 from actors.ca.service import CAService
 from actors.ca.store import CAStore
 from actors.iso8583.link import IsoLink
@@ -47,6 +52,7 @@ class CAActor(PartyActor):
         self.brands = brands
         self.store: CAStore | None = None
         self.service: CAService | None = None
+        self.publisher: RevocationPublisher | None = None
 
     async def setup(self) -> None:
         assert self.bus is not None
@@ -68,8 +74,9 @@ class CAActor(PartyActor):
             verify = link.verify
         login = self.bus.user_id
         prefix = login[: -len(self.identity)] if login.endswith(self.identity) else ""
+        hierarchy = Hierarchy(self.store, self.keys)
         self.service = CAService(
-            Hierarchy(self.store, self.keys),
+            hierarchy,
             brands=self.brands,
             clock=self.clock,
             identity_prefix=prefix,
@@ -77,6 +84,12 @@ class CAActor(PartyActor):
             verify_cards=self.settings.ca_verify_cards,
         )
         self.serve_set(self.service)
+        self.publisher = RevocationPublisher(
+            hierarchy, self.bus, clock=self.clock, renew=self.service.renew_stale_bcis,
+            poll_seconds=self.settings.ca_revocation_poll_seconds,
+        )  # fmt: skip
+        self.publisher.start()
+        self.closing(self.publisher.stop, "revocation publisher")
 
 
 def main(settings: Settings, instance: str, health_file: Path | None = None) -> Actor:

@@ -21,6 +21,7 @@ from actors.ca.brands import Brand
 from actors.ca.errors import CAError
 from actors.ca.store import CARow, CAStore
 from keystore.keyring import KeySource
+from protocol import codec
 from protocol.certs import (
     CertType,
     GatewayCaps,
@@ -35,7 +36,8 @@ from protocol.certs import (
 )
 from protocol.ids import to_dt, to_ms
 from protocol.keys import PrivateKey, PublicKey
-from protocol.revocation import certificate_crl_id, issue_bci, issue_crl
+from protocol.revocation import Bci, certificate_crl_id, issue_bci, issue_crl
+from protocol.signed import SignedData
 from setpay.store import Connection
 
 ROOT = "root"
@@ -128,11 +130,19 @@ class Hierarchy:
         return [ROOT, ca_name(brand, "brand"), *(ca_name(brand, r) for r in SUB_CAS)]
 
     def current_crls(self, brand: str) -> list[bytes]:
+        """The CRLs the brand's current BCI names (Rule 4). Not simply each CA's latest: a
+        CA shared by brands (the root) may have a newer CRL that another brand's BCI names."""
+        data = self.current_bci(brand)
+        if data is None:
+            return []
+        named = codec.decode(Bci, codec.decode(SignedData, data).content)  # our own, stored
+        names = {cert_thumbprint(self.cert(n)): n for n in self.ca_names_of_brand(brand)}
         out = []
-        for name in self.ca_names_of_brand(brand):
-            latest = self.store.latest_crl(name)
-            if latest is not None:
-                out.append(latest[1])
+        for entry in named.crls:
+            name = names.get(entry.issuer)
+            der = None if name is None else self.store.crl(name, entry.number)
+            if der is not None:
+                out.append(der)
         return out
 
     def current_bci(self, brand: str) -> bytes | None:

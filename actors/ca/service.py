@@ -215,7 +215,7 @@ class CAService:
 
     async def _answer(self, handler: Handler, decoded: Decoded) -> tuple[str, bytes]:
         digest = hashlib.sha256(codec.encode(decoded.body)).digest()
-        await self._refresh_stale_bcis()
+        await self.renew_stale_bcis()
         stored = self._stored(decoded, digest)
         if stored is not None:
             return stored
@@ -374,7 +374,7 @@ class CAService:
 
     # -- freshness --------------------------------------------------------------------------
 
-    async def _refresh_stale_bcis(self) -> None:
+    async def renew_stale_bcis(self) -> None:
         """Publish new CRLs and a new BCI for a brand whose BCI is past half its life, so a
         long-running CA never hands out an expired BCI (Rule 4)."""
         now = self.clock.now_ms()

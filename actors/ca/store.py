@@ -318,6 +318,12 @@ class CAStore:
         )
         return None if row is None else (int(row[0]), bytes(row[1]))
 
+    def crl(self, ca: str, number: int) -> bytes | None:
+        """CRL ``number`` of CA ``ca``, or None."""
+        c = CRLS.c
+        der = self.db.scalar(sa.select(c.der).where(c.ca == ca, c.number == number))
+        return None if der is None else bytes(der)
+
     def add_bci(self, db: Connection, brand: str, seq: int, data: bytes, now: int) -> None:
         db.execute(sa.insert(BCIS).values(brand=brand, sequence=seq, data=data, created=now))
 

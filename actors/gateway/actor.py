@@ -8,6 +8,11 @@ uses ``zone.main/zpk`` under the deployment's user prefix); without it OPE debit
 Rule 3: an AuthReq is acked only after its ledger row and reply are committed; a retryable
 keystore fault propagates, so the message is redelivered and answered once the keystore is
 back (the ledger makes the second pass idempotent).
+Rule 5: revocation data stays current while it runs (actors/trust.py Rules 5, 6): the CA's
+BCIDistribution reaches its instance queue (bound to ``revocation.*``) and is offered to its
+cache; on schedule it pulls a BCI held past three quarters of its window from the CA, over
+its own reply queue ``gateway.<instance>-trust`` (not ``-ca``, which an operator's CA link,
+e.g. a registration, may hold).
 """
 
 from __future__ import annotations
@@ -22,8 +27,19 @@ from actors.iso8583.link import IsoLink
 from actors.iso8583.security import ZPK_LABEL
 from actors.party import PartyActor
 from actors.runtime import Actor
+from actors.trust import (
+    REVOCATION_KEYS,
+    Offered,
+    RevocationCache,
+    RevocationFeed,
+    login_prefix,
+    refresh_from_ca,
+)
+from broker.peer import PeerLink
 from keystore import messages as km
 from keystore.client import HsmAccountOpener
+from protocol.messages import EntityKind, IDData, MessageType
+from protocol.requester import CAClient
 from setpay.config import DEFAULT_ISSUER_PORT, Settings
 
 
@@ -31,6 +47,7 @@ class GatewayActor(PartyActor):
     """Serves AuthReq for the brand of its certificates."""
 
     role = "gateway"
+    subscriptions = (REVOCATION_KEYS,)
 
     def __init__(
         self,
@@ -51,6 +68,7 @@ class GatewayActor(PartyActor):
         self.ledger: Ledger | None = None
         self.link: IsoLink | None = None
         self.service: GatewayService | None = None
+        self.feed: RevocationFeed | None = None
 
     async def setup(self) -> None:
         assert self.bus is not None
@@ -90,7 +108,36 @@ class GatewayActor(PartyActor):
             peer_suite=ring.peer_suite,
             require_bci=True,  # seeded from registration: never authorize without revocation data
         )
+        await self._feed_revocation(identity)
         self.serve_set(self.service)
+
+    async def _feed_revocation(self, identity: GatewayIdentity) -> None:
+        """Rule 5: take the CA's pushes, and pull on schedule."""
+        assert self.bus is not None and self.service is not None
+        service = self.service
+        ca = CAClient(
+            await PeerLink(
+                self.bus, self.role, f"{self.instance}-trust",
+                timeout=self.settings.broker_rpc_timeout,
+            ).start(),
+            clock=self.clock,
+        )  # fmt: skip
+        self.closing(ca.close, "CA link")
+
+        async def pull(cache: RevocationCache, brand: str) -> Offered:
+            return await refresh_from_ca(
+                ca, cache, brand=brand, requester=EntityKind.GATEWAY,
+                id_data=IDData(None, None, None),
+            )  # fmt: skip
+
+        self.feed = RevocationFeed(
+            lambda: [service.trust], prefix=login_prefix(self.bus.user_id, self.identity),
+            brands=lambda: [identity.brand], clock=self.clock, pull=pull,
+            refresh_seconds=self.settings.revocation_refresh_seconds,
+        )  # fmt: skip
+        service.handlers[MessageType.BCI_DISTRIBUTION] = self.feed.on_distribution
+        self.feed.start()
+        self.closing(self.feed.stop, "revocation feed")
 
 
 def main(settings: Settings, instance: str, health_file: Path | None = None) -> Actor:

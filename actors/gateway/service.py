@@ -171,9 +171,13 @@ class GatewayService:
         self.trust = trust or RevocationCache(ledger.path.parent / "trust.sqlite", identity.root)
         if identity.bci is not None and self.trust.held(identity.brand) is None:
             # start from what the CA handed out at registration; newer ones replace it
-            self.trust.offer(
-                identity.chain, identity.bci, identity.crls, (clock or ids.SystemClock()).now_ms()
-            )
+            try:
+                self.trust.offer(
+                    identity.chain, identity.bci, identity.crls,
+                    (clock or ids.SystemClock()).now_ms(),
+                )  # fmt: skip
+            except ProtocolError as exc:  # out of date by now: the feed pulls one at start
+                log.warning("gateway_registration_bci_refused", code=exc.code.name)
         self.require_bci = require_bci
         self.peer_suite = peer_suite  # the key ring's: peers' keys under our suite's OAEP hash
         self.pi_opener: PiOpenerFactory = pi_opener or (lambda _use_key: kx_key)

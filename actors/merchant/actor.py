@@ -9,6 +9,12 @@ progress never waits behind itself).
 Rule 3: a request is acked only after its effects and reply are committed (runtime Rule 3).
 Rule 4: the operator's thin client reaches it on RPC queue ``merchant.<instance>.api``
 (actors/merchant/api.py).
+Rule 5: revocation data stays current while it runs (actors/trust.py Rules 5, 6): the CA's
+BCIDistribution reaches its instance queue (bound to ``revocation.*``) and is offered to the
+revocation cache of each root its merchants trust; on schedule it pulls a BCI held past three
+quarters of its window from the CA (as one of its merchants of that brand), over its own
+reply queue ``merchant.<instance>-trust`` (not ``-ca``, which the operator's enrolment link may
+hold).
 """
 
 from __future__ import annotations
@@ -18,12 +24,24 @@ from typing import Any
 
 from actors.merchant.api import serve_api
 from actors.merchant.service import MerchantService
-from actors.merchant.store import MerchantStore
+from actors.merchant.store import MerchantRow, MerchantStore
 from actors.party import PartyActor
 from actors.runtime import Actor
+from actors.trust import (
+    REVOCATION_KEYS,
+    Offered,
+    RevocationCache,
+    RevocationFeed,
+    login_prefix,
+    refresh_from_ca,
+)
 from broker.peer import PeerLink
 from broker.rpc import RpcServer
+from protocol.certs import cert_thumbprint, load_certificate
+from protocol.errors import ErrorCode, ProtocolError
+from protocol.messages import EntityKind, IDData, MessageType
 from protocol.payment import GATEWAY_ROLE
+from protocol.requester import CAClient
 from setpay.config import Settings
 
 
@@ -31,6 +49,7 @@ class MerchantActor(PartyActor):
     """Hosts the POS of every merchant in its store."""
 
     role = "merchant"
+    subscriptions = (REVOCATION_KEYS,)
 
     def __init__(
         self,
@@ -48,6 +67,7 @@ class MerchantActor(PartyActor):
         self.gateway: PeerLink | None = None
         self.service: MerchantService | None = None
         self.api: RpcServer | None = None
+        self.feed: RevocationFeed | None = None
 
     async def setup(self) -> None:
         assert self.bus is not None
@@ -68,9 +88,49 @@ class MerchantActor(PartyActor):
             peer_suite=self.keys.peer_suite,
         )  # fmt: skip
         self.closing(self.service.close, "trust caches")
+        await self._feed_revocation()
         self.serve_set(self.service)
         self.api = await serve_api(self.bus, self.service, self.instance)
         self.closing(self.api.stop, "api")
+
+    async def _feed_revocation(self) -> None:
+        """Rule 5: take the CA's pushes into every root's cache, and pull on schedule."""
+        assert self.bus is not None and self.service is not None and self.store is not None
+        service, store = self.service, self.store
+        ca = CAClient(
+            await PeerLink(
+                self.bus, self.role, f"{self.instance}-trust",
+                timeout=self.settings.broker_rpc_timeout,
+            ).start(),
+            clock=self.clock,
+        )  # fmt: skip
+        self.closing(ca.close, "CA link")
+
+        def merchants() -> list[MerchantRow]:
+            return [m for m in map(store.merchant, store.merchant_ids()) if m is not None]
+
+        def caches() -> list[RevocationCache]:
+            roots = {m.root: None for m in merchants()}
+            return [service.trust_cache(load_certificate(root)) for root in roots]
+
+        async def pull(cache: RevocationCache, brand: str) -> Offered:
+            root = cert_thumbprint(cache.root)
+            for m in merchants():
+                if m.brand == brand and cert_thumbprint(load_certificate(m.root)) == root:
+                    return await refresh_from_ca(
+                        ca, cache, brand=brand, requester=EntityKind.MERCHANT,
+                        id_data=IDData(m.merchant_id, None, None),
+                    )  # fmt: skip
+            raise ProtocolError(ErrorCode.UNKNOWN_LID, "no merchant of this brand hosted")
+
+        self.feed = RevocationFeed(
+            caches, prefix=login_prefix(self.bus.user_id, self.identity), clock=self.clock,
+            brands=lambda: {m.brand for m in merchants()}, pull=pull,
+            refresh_seconds=self.settings.revocation_refresh_seconds,
+        )  # fmt: skip
+        service.handlers[MessageType.BCI_DISTRIBUTION] = self.feed.on_distribution
+        self.feed.start()
+        self.closing(self.feed.stop, "revocation feed")
 
 
 def main(settings: Settings, instance: str, health_file: Path | None = None) -> Actor:

@@ -30,7 +30,7 @@ from cryptography import x509
 from actors.entrypoint import SetHandler
 from actors.merchant.errors import MerchantError
 from actors.merchant.store import MerchantRow, MerchantStore, OrderRow
-from actors.trust import RevocationCache
+from actors.trust import CERTIFICATE_STANDING, RevocationCache
 from broker.errors import BrokerError
 from protocol import codec, dualsig, ids
 from protocol.certs import (
@@ -504,6 +504,8 @@ class MerchantService:
             data, baggage = await self._open_auth_res(m, trust, reply, auth_rrpid, oi)
         except RemoteError as exc:  # the gateway refused: its code, read by read_error
             log.warning("merchant_auth_refused", xid=xid, code=exc.code.name)
+            if exc.code in CERTIFICATE_STANDING:  # actors/trust.py: said as is, nothing stored
+                raise ProtocolError(exc.code, "the gateway refused a certificate") from None
             machine.receive(MessageType.ERROR)
             completion = CompletionCode.ORDER_REJECTED
         except ProtocolError as exc:

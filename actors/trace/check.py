@@ -32,7 +32,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from actors.trace.wire import SENDERS, WireMessage, answers, is_request
+from actors.trace.wire import ONE_WAY, SENDERS, WireMessage, answers, is_request
 from protocol import ids
 from protocol.messages import MessageType as M
 from protocol.states import TABLES, Direction, MachineKind, Table
@@ -121,6 +121,8 @@ class Checker:
             yield Violation(self._label(m), m.offset, "wire", m.problem or "not a SET wrapper")
             return
         yield from self._check_sender(m)
+        if m.msg_type in ONE_WAY:
+            return  # a broadcast (the CA's BCIDistribution) answers nothing and is not answered
         if is_request(m.msg_type):
             yield from self._request(m)
         else:

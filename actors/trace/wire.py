@@ -36,8 +36,11 @@ SENDERS: dict[str, frozenset[M]] = {
                           M.CRED_REV_RES, M.PCERT_RES, M.BATCH_ADMIN_RES, M.ME_AQ_CINIT_REQ,
                           *_REGISTRATION_REQS}),
     "ca": frozenset({M.CARD_CINIT_RES, M.ME_AQ_CINIT_RES, M.REG_FORM_RES, M.CERT_RES,
-                     M.CERT_INQ_RES}),
+                     M.CERT_INQ_RES, M.BCI_DISTRIBUTION}),
 }  # fmt: skip
+
+
+ONE_WAY = frozenset({M.BCI_DISTRIBUTION})  # broadcasts: neither request nor response
 
 
 def is_request(t: M) -> bool:

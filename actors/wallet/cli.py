@@ -8,6 +8,9 @@ Rule 3: ``buy`` is start → finish; for a PIN account (OPE debit) the PIN is re
 ``SETPAY_WALLET_PIN`` or a hidden prompt, the gateway certificate is validated to the root
 this client trusts (``--root``, default ``<data_dir>/wallet/root.der``) and the PIN is sealed
 here (api.seal_for): the wallet receives only the seal.
+Rule 4: the client keeps the highest BCI sequence it has seen per root and brand in
+``<data_dir>/wallet/bci-floor.json`` (beside the root it trusts) and refuses a purchase whose
+merchant hands it an older one (``staleRevocationData``; purchase.py Rule 4).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -40,8 +44,31 @@ def _trusted_root(args: argparse.Namespace, settings: Settings) -> x509.Certific
         raise WalletError(f"no trusted root certificate at {path}") from None
 
 
+class FileFloors:
+    """The thin client's BCI floors in a small JSON file (Rule 4), written atomically."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            loaded = json.loads(path.read_text())
+            self.seen = {str(k): int(v) for k, v in loaded.items()}
+        except (OSError, ValueError, AttributeError):
+            self.seen = {}  # none yet (an unreadable file: start from the merchant's)
+
+    def bci_floor(self, key: str) -> int:
+        return self.seen.get(key, 0)
+
+    def raise_bci_floor(self, key: str, sequence: int, now_ms: int) -> None:
+        self.seen[key] = max(sequence, self.seen.get(key, 0))
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.seen))
+        tmp.replace(self.path)
+
+
 async def _run(args: argparse.Namespace, settings: Settings) -> int:
     from actors.wallet.api import WalletClient, seal_for
+    from actors.wallet.purchase import BciFloor
     from broker.connection import connect
     from protocol.messages import CurrAmt
 
@@ -70,7 +97,9 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
             seal = None
             if started.pin_binding is not None:
                 root = _trusted_root(args, settings)
-                seal = await seal_for(started, root, _secret("SETPAY_WALLET_PIN", "PIN: "))
+                floor = BciFloor(FileFloors(Path(settings.data_dir) / "wallet" / "bci-floor.json"))
+                pin = _secret("SETPAY_WALLET_PIN", "PIN: ")
+                seal = await seal_for(started, root, pin, floor=floor)
             out = await client.finish_purchase(args.user, passphrase, started.purchase_id, seal)
             print(f"xid {out.xid.hex()}  {out.describe()}")
         else:

@@ -7,12 +7,17 @@ verifies, our RRPID and Chall-C come back, the header repeats the body's ids.
 Rule 2: the PI is sealed to the gateway key PEThumb names, and the dual signature names that
 gateway and the merchant certificate; the account data goes only into the PI's extra part.
 Rule 3: failures are ``ProtocolError``; pure functions but for the injected signing key.
+Rule 4: the BCI a merchant hands over must not be older than the newest one of its brand this
+wallet (or thin client) has seen: ``BciFloor`` keeps the highest sequence per root and brand
+and refuses a lower one with ``staleRevocationData`` (a rollback to revocation data from
+before a revocation); a higher one raises the floor.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol
 
 from cryptography import x509
 
@@ -52,6 +57,46 @@ from protocol.wrapper import SW_IDENT, MessageHeader, check_header_trans_ids
 LANGUAGE = "en"
 
 
+class Floors(Protocol):
+    """Where a ``BciFloor`` keeps its sequences (the wallet store, or memory)."""
+
+    def bci_floor(self, key: str) -> int: ...
+
+    def raise_bci_floor(self, key: str, sequence: int, now_ms: int) -> None: ...
+
+
+@dataclass
+class MemoryFloors:
+    """Floors held in memory (a thin client's session)."""
+
+    seen: dict[str, int] = field(default_factory=dict)
+
+    def bci_floor(self, key: str) -> int:
+        return self.seen.get(key, 0)
+
+    def raise_bci_floor(self, key: str, sequence: int, now_ms: int) -> None:
+        self.seen[key] = max(sequence, self.seen.get(key, 0))
+
+
+@dataclass
+class BciFloor:
+    """The highest BCI sequence seen per root and brand (Rule 4)."""
+
+    floors: Floors = field(default_factory=MemoryFloors)
+
+    def admit(self, trust: Trust, now_ms: int) -> None:
+        """Refuse ``trust``'s BCI if older than one seen; else remember its sequence."""
+        key = f"{cert_thumbprint(trust.root).hex()}/{trust.brand}"
+        seen, offered = self.floors.bci_floor(key), trust.revocation.sequence
+        if offered < seen:
+            raise ProtocolError(
+                ErrorCode.STALE_REVOCATION_DATA,
+                f"BCI {offered} of {trust.brand} is older than {seen}, already seen",
+            )
+        if offered > seen:
+            self.floors.raise_bci_floor(key, offered, now_ms)
+
+
 @dataclass(frozen=True)
 class Offer:
     """A checked PInitRes: the session ids and the certificates they name (Rule 1)."""
@@ -76,11 +121,18 @@ def pinit_req(account: pan.Account, brand: str, lid_m: bytes) -> PInitReq:
 
 
 def check_pinit_res(
-    res: PInitRes, header: MessageHeader, sent: PInitReq, root: x509.Certificate, now_ms: int
+    res: PInitRes,
+    header: MessageHeader,
+    sent: PInitReq,
+    root: x509.Certificate,
+    now_ms: int,
+    floor: BciFloor | None = None,
 ) -> Offer:
-    """Check a PInitRes against what we sent (Rule 1)."""
+    """Check a PInitRes against what we sent (Rules 1, 4)."""
     certs = load_all(res.certs)
     trust = Trust.load(root, sent.brand_id, certs, res.bci, res.crls, now_ms)
+    if floor is not None:
+        floor.admit(trust, now_ms)
     signed = codec.decode(SignedData, res.signed)
     merchant = pick(certs, signed.signer)
     trust.validate(merchant, certs, CertType.MERCHANT, KeyUse.SIGNATURE, now_ms)
@@ -111,11 +163,15 @@ def validate_gateway(
     crls: list[bytes],
     gateway_thumb: bytes,
     now_ms: int,
+    floor: BciFloor | None = None,
 ) -> x509.Certificate:
     """The gateway key-exchange certificate ``gateway_thumb`` names, validated to ``root`` for
-    ``brand`` with the BCI and CRLs given (what the thin client checks before sealing a PIN)."""
+    ``brand`` with the BCI and CRLs given (what the thin client checks before sealing a PIN;
+    Rule 4 with its ``floor``)."""
     certs = load_all(certs_der)
     trust = Trust.load(root, brand, certs, bci, crls, now_ms)
+    if floor is not None:
+        floor.admit(trust, now_ms)
     gateway = pick(certs, gateway_thumb)
     trust.validate(gateway, certs, CertType.GATEWAY, KeyUse.KEY_EXCHANGE, now_ms)
     return gateway

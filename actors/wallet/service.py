@@ -137,6 +137,7 @@ class WalletService:
         self.root = root
         self.clock = clock or ids.SystemClock()
         self._pending: dict[str, _Pending] = {}
+        self.floor = purchase.BciFloor(store)  # the newest BCI seen per brand (purchase Rule 4)
 
     async def start(self) -> None:
         await self.vault.ensure_key()
@@ -259,7 +260,9 @@ class WalletService:
             )
             machine.send(MessageType.PINIT_REQ)
             res, res_header = await self._reply(merchant, header, init, PInitRes)
-            offer = purchase.check_pinit_res(res, res_header, init, root, self.clock.now_ms())
+            offer = purchase.check_pinit_res(
+                res, res_header, init, root, self.clock.now_ms(), self.floor
+            )
             machine.receive(MessageType.PINIT_RES)
         except ProtocolError as exc:
             raise WalletError(f"purchase failed: {exc.code.name}") from None

@@ -6,6 +6,7 @@ layer.
 Rule 2: no PAN, account number, PANSecret, CardSecret or passphrase in clear: cards hold the
 keystore-sealed ``CardSecrets``, a display hint (last four digits) and certificates;
 cardholders hold an scrypt hash (actors/wallet/vault.py).
+Rule 3: ``bci_floors`` holds the highest BCI sequence seen per root and brand; it only rises.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import sqlalchemy as sa
+from alembic.operations import Operations
 
 from protocol import codec
 from setpay.store import Schema, Store, open_store
@@ -58,7 +60,25 @@ PURCHASES: Final = sa.Table(
     sa.Column("auth_code", I),
     sa.Column("updated", I, nullable=False),
 )  # fmt: skip
-SCHEMA: Final = Schema("wallet", _MD)
+BCI_FLOORS: Final = sa.Table(
+    "bci_floors", _MD,
+    sa.Column("key", T(160), primary_key=True),  # <root thumbprint hex>/<brand>
+    sa.Column("sequence", I, nullable=False),  # the highest BCI sequence seen
+    sa.Column("updated", I, nullable=False),
+)  # fmt: skip
+
+
+def _v2_bci_floors(op: Operations) -> None:
+    """v1 -> v2: the highest BCI sequence seen per brand (purchase.BciFloor)."""
+    op.create_table(
+        "bci_floors",
+        sa.Column("key", T(160), primary_key=True),
+        sa.Column("sequence", I, nullable=False),
+        sa.Column("updated", I, nullable=False),
+    )
+
+
+SCHEMA: Final = Schema("wallet", _MD, steps=(_v2_bci_floors,))
 
 
 @dataclass(frozen=True)
@@ -160,3 +180,19 @@ class WalletStore:
             r.xid, r.card_id, r.merchant, r.trans_ids, r.merchant_cert,
             r.description, r.currency, r.amount, r.state, r.completion, r.auth_code,
         )  # fmt: skip
+
+    # -- BCI floors (Rule 3) --------------------------------------------------------------------
+
+    def bci_floor(self, key: str) -> int:
+        """The highest BCI sequence seen under ``key`` (0: none)."""
+        f = BCI_FLOORS.c
+        return int(self.db.scalar(sa.select(f.sequence).where(f.key == key)) or 0)
+
+    def raise_bci_floor(self, key: str, sequence: int, now_ms: int) -> None:
+        """Record ``sequence`` under ``key`` if it is higher than the one held."""
+        f = BCI_FLOORS.c
+        with self.db.transaction() as db:
+            held = db.execute(sa.select(f.sequence).where(f.key == key)).scalar()
+            if held is None or int(held) < sequence:
+                values = {"key": key, "sequence": sequence, "updated": now_ms}
+                db.execute(self.db.upsert(BCI_FLOORS, values))

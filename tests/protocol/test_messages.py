@@ -302,6 +302,7 @@ BODY_SAMPLES: dict[m.MessageType, Any] = {
     m.MessageType.CERT_RES: m.CertRes(_enc("CertRes"), [CERT], [], None),
     m.MessageType.CERT_INQ_REQ: m.CertInqReq(_enc("CertInqReq"), [CERT]),
     m.MessageType.CERT_INQ_RES: m.CertInqRes(_enc("CertInqRes"), [], [], None),
+    m.MessageType.BCI_DISTRIBUTION: m.BCIDistribution([CERT], [b"crl"], b"signed BCI bytes"),
     m.MessageType.ERROR: m.Error(False, codec.encode(DATA_SAMPLES["Error"]), []),
 }
 
