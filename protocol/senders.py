@@ -40,6 +40,8 @@ REQUESTERS: Final[dict[M, frozenset[str]]] = {
     M.REG_FORM_REQ: _ENROLLING,
     M.CERT_REQ: _ENROLLING,
     M.CERT_INQ_REQ: _ENROLLING,
+    # revocation data pushed by the CA to every gateway and merchant (one-way)
+    M.BCI_DISTRIBUTION: frozenset({"ca"}),
 }
 
 
