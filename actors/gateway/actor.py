@@ -10,9 +10,8 @@ keystore fault propagates, so the message is redelivered and answered once the k
 back (the ledger makes the second pass idempotent).
 Rule 5: revocation data stays current while it runs (actors/trust.py Rules 5, 6): the CA's
 BCIDistribution reaches its instance queue (bound to ``revocation.*``) and is offered to its
-cache; on schedule it pulls a BCI held past three quarters of its window from the CA, over
-its own reply queue ``gateway.<instance>-trust`` (not ``-ca``, which an operator's CA link,
-e.g. a registration, may hold).
+cache; on schedule it pulls a BCI held past three quarters of its window from the CA over a
+peer link of its own (replies to its own inbox, broker/inbox.py).
 """
 
 from __future__ import annotations

@@ -12,9 +12,8 @@ Rule 4: the operator's thin client reaches it on RPC queue ``merchant.<instance>
 Rule 5: revocation data stays current while it runs (actors/trust.py Rules 5, 6): the CA's
 BCIDistribution reaches its instance queue (bound to ``revocation.*``) and is offered to the
 revocation cache of each root its merchants trust; on schedule it pulls a BCI held past three
-quarters of its window from the CA (as one of its merchants of that brand), over its own
-reply queue ``merchant.<instance>-trust`` (not ``-ca``, which the operator's enrolment link may
-hold).
+quarters of its window from the CA (as one of its merchants of that brand), over a peer
+link of its own (replies to its own inbox, broker/inbox.py).
 """
 
 from __future__ import annotations

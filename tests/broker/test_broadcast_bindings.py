@@ -4,7 +4,7 @@
 the instance queues the definitions name -- the gateway's and the merchant POS's, not the
 wallet's -- so a message the CA login publishes under ``revocation.<brand>`` reaches exactly
 those; a least-privilege identity starting with the same bindings finds its queue declared and
-its own bind refused without failing, and its extra reply queues (``-trust``) exist already.
+its own bind refused without failing (its replies come to its inbox, broker/inbox.py).
 """
 
 from __future__ import annotations
@@ -55,9 +55,6 @@ def _url(provisioned: tuple[str, str, object], identity: str) -> str:
 def test_definitions_bind_the_revocation_key_to_gateway_and_merchant_only() -> None:
     bound = {i.name for i in load_definitions().identities if KEY in i.bindings}
     assert bound == {"gateway.pg1", "merchant.pos1"}
-    queues = {i.name: i.own_queues() for i in load_definitions().identities}
-    assert "set.gateway.pg1-trust" in queues["gateway.pg1"]
-    assert "set.merchant.pos1-trust" in queues["merchant.pos1"]
 
 
 async def test_a_ca_broadcast_reaches_gateway_and_merchant_instances(provisioned) -> None:
@@ -72,8 +69,6 @@ async def test_a_ca_broadcast_reaches_gateway_and_merchant_instances(provisioned
             # The actor's own start: its queue exists, its own bind is refused, no failure.
             declared = await declare_actor(await bus.channel(), role, instance, bindings=(KEY,))
             assert declared.instance.name == f"set.{name}"
-            if role != "wallet":  # reply queues of the scheduled pull, declared by init
-                await declare_actor(await bus.channel(), role, f"{instance}-trust")
 
             async def on(delivery: Delivery, name: str = name) -> None:
                 await got[name].put(delivery)
