@@ -15,6 +15,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from actors.gateway.batch import BatchService
+from actors.gateway.books import Books, books_path
+from actors.gateway.capture import ClearingService
 from actors.gateway.identity import GatewayIdentity, identity_path, journal_path, ledger_path
 from actors.gateway.ledger import Ledger
 from actors.gateway.service import GatewayService
@@ -51,6 +54,8 @@ class GatewayActor(PartyActor):
         self.ledger: Ledger | None = None
         self.link: IsoLink | None = None
         self.service: GatewayService | None = None
+        self.books: Books | None = None
+        self.clearing: ClearingService | None = None
 
     async def setup(self) -> None:
         assert self.bus is not None
@@ -90,6 +95,13 @@ class GatewayActor(PartyActor):
             peer_suite=ring.peer_suite,
             require_bci=True,  # seeded from registration: never authorize without revocation data
         )
+        # after authorization: capture, reversals, credits, batches (capture.py, batch.py)
+        self.books = Books(books_path(self.settings.data_dir, self.instance))
+        self.closing(self.books.close, "books")
+        self.clearing = ClearingService(self.service, self.books)
+        self.service.serve(self.clearing.handlers)
+        self.service.serve(BatchService(self.clearing).handlers)
+        await self.clearing.recover()
         self.serve_set(self.service)
 
 

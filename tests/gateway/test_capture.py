@@ -1,0 +1,301 @@
+"""After authorization, end to end over the real bus, keystore and issuer host: the POS's
+``MerchantService.after`` (actors/merchant/after.py) sends capture, reversals, credits and
+batch administration to the running gateway actor (actors/gateway/capture.py, batch.py),
+which completes, releases and refunds at the issuer host through its store-and-forward link.
+
+Each test authorizes its own purchases (tests/gateway/conftest.py), records the order as the
+POS's PReq flow does, then drives the POS; it checks the answers, the POS's and the gateway's
+books, and the issuer host's accounts (balance and holds of the card, read from its database).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from actors.gateway.books import ITEMS, PAYMENTS
+from actors.merchant.payments import REQUESTS
+from actors.merchant.service import MerchantService
+from actors.merchant.store import MerchantRow, MerchantStore
+from protocol import codec, ids
+from protocol.certs import certificate_der
+from protocol.errors import ErrorCode, ProtocolError
+from protocol.messages import (
+    AuthCode,
+    BAStatus,
+    BatchItemKind,
+    BatchOperation,
+    BatchStatus,
+    CurrAmt,
+    TransmissionStatus,
+)
+from protocol.states import merchant_order
+from tests.gateway.conftest import BRAND, MERCHANT_ID, GatewayEnv, error_code_or_none
+
+
+@dataclass
+class Pos:
+    env: GatewayEnv
+    service: MerchantService
+    store: MerchantStore
+
+    async def authorized(self, amount: int, card: str = "ok") -> bytes:
+        """One purchase authorized at the gateway, recorded as the POS's PReq flow does."""
+        p = await self.env.purchase(card, amount)
+        data, baggage = await self.env.authorize(p, card)
+        assert data.payload.auth_code is AuthCode.APPROVED
+        trans = p.data.auth_tags.trans_ids
+        lid_m = trans.lid_m
+        assert lid_m is not None
+        now = ids.SystemClock().now_ms()
+        self.store.add_order(
+            lid_m, MERCHANT_ID, "two books", CurrAmt("JPY", amount), False,
+            merchant_order().to_bytes(), now,
+        )  # fmt: skip
+        with self.store.transaction() as db:
+            self.store.update_order(
+                db, lid_m, now, xid=trans.xid, trans_ids=codec.encode(trans),
+                auth_rrpid=p.data.auth_tags.rrpid, auth_code=int(AuthCode.APPROVED),
+                auth_amount=amount, cap_token=baggage.cap_token,
+            )  # fmt: skip
+        return lid_m
+
+    async def settled(self) -> None:
+        """Until the gateway's link has forwarded every host message."""
+        link = self.env.actor.link
+        assert link is not None
+        await link.saf_idle()
+
+
+def card(env: GatewayEnv, last4: str = "1111") -> tuple[int, int]:
+    """(balance, active holds) of the card at the issuer host."""
+    with sqlite3.connect(env.issuer_store_path) as db:
+        index, balance = db.execute(
+            "SELECT pan_index, balance FROM accounts WHERE last4 = ?", (last4,)
+        ).fetchone()
+        held = db.execute(
+            "SELECT COALESCE(SUM(amount), 0) FROM transactions "
+            "WHERE pan_index = ? AND effect = 'hold' AND state = 'active'",
+            (index,),
+        ).fetchone()[0]
+    return int(balance), int(held)
+
+
+def books(env: GatewayEnv) -> Any:
+    assert env.actor.books is not None
+    return env.actor.books
+
+
+@pytest.fixture(scope="module")
+async def pos(
+    gateway_env: GatewayEnv, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Pos]:
+    env = gateway_env
+    store = MerchantStore.open(Path(tmp_path_factory.mktemp("pos")), "p1")
+    keys = {"sig": env.m_sig, "kx": env.m_kx}
+
+    async def key(label: str) -> Any:
+        return keys[label]
+
+    identity = env.identity
+    store.save_merchant(
+        MerchantRow(
+            MERCHANT_ID, BRAND, "sig", "kx", certificate_der(env.m_certs[0]),
+            certificate_der(env.m_certs[1]), [certificate_der(c) for c in env.m_certs[2:]],
+            certificate_der(env.ca.root), identity.bci, list(identity.crls),
+        ),
+        ids.SystemClock().now_ms(),
+    )  # fmt: skip
+    service = MerchantService(store, key, env.client)
+    service.add_gateway(BRAND, identity.kx_cert, list(identity.chain))
+    try:
+        yield Pos(env, service, store)
+    finally:
+        service.close()
+        store.close()
+
+
+async def test_partial_capture_completes_the_hold_at_the_host(pos: Pos) -> None:
+    before = card(pos.env)
+    lid = await pos.authorized(10_000)
+    assert card(pos.env) == (before[0], before[1] + 10_000)  # the authorization holds
+    [result] = await pos.service.after.capture([lid], [6_000])
+    assert result.code == "SUCCESS" and result.amount == 6_000 and result.batch_id
+    assert result.state == "captured"
+    await pos.settled()
+    # the completion posted 6,000 and released the whole hold, the remainder included
+    assert card(pos.env) == (before[0] + 6_000, before[1])
+    p = books(pos.env).payment(pos.store.order(lid).auth_rrpid)  # type: ignore[union-attr]
+    assert (p.state, p.authorized, p.captured) == ("captured", 10_000, 6_000)
+
+
+async def test_capture_of_many_in_one_request(pos: Pos) -> None:
+    before = card(pos.env)
+    lids = [await pos.authorized(a) for a in (1_000, 2_000, 3_000)]
+    results = await pos.service.after.capture(lids)
+    assert [r.code for r in results] == ["SUCCESS"] * 3
+    assert [r.amount for r in results] == [1_000, 2_000, 3_000]
+    assert len({r.batch_id for r in results}) == 1
+    assert len({r.batch_seq for r in results}) == 3
+    await pos.settled()
+    assert card(pos.env) == (before[0] + 6_000, before[1])
+
+
+async def test_over_capture_and_second_capture_are_refused_without_effect(pos: Pos) -> None:
+    lid = await pos.authorized(5_000)
+    before = card(pos.env)
+    [over] = await pos.service.after.capture([lid], [5_001])
+    assert (over.code, over.amount, over.state) == ("AMOUNT_ERROR", 0, "authorized")
+    auth_rrpid = pos.store.order(lid).auth_rrpid  # type: ignore[union-attr]
+    assert books(pos.env).payment(auth_rrpid) is None  # a refused item records nothing
+    [ok] = await pos.service.after.capture([lid], [5_000])
+    assert ok.code == "SUCCESS"
+    # the merchant's own table refuses a second capture before anything is sent
+    with pytest.raises(ProtocolError) as refused:
+        await pos.service.after.capture([lid])
+    assert refused.value.code is ErrorCode.STATE_VIOLATION
+    await pos.settled()
+    assert card(pos.env) == (before[0] + 5_000, before[1] - 5_000)
+
+
+async def test_replayed_capture_gets_the_stored_answer_and_no_second_effect(pos: Pos) -> None:
+    lid = await pos.authorized(4_000)
+    [ok] = await pos.service.after.capture([lid])
+    assert ok.code == "SUCCESS"
+    await pos.settled()
+    after_first = card(pos.env)
+    with pos.store.db.read() as db:
+        request = db.execute(
+            sa.select(REQUESTS.c.request).order_by(REQUESTS.c.created.desc()).limit(1)
+        ).scalar_one()
+    items = books(pos.env).count(ITEMS)
+    first = second = None
+    for _ in range(2):  # a redelivery: the same bytes twice
+        _, reply = await pos.env.client.request_raw(str(14), bytes(request))
+        assert error_code_or_none(reply) is None
+        first, second = second, reply
+    assert first == second
+    await pos.settled()
+    assert books(pos.env).count(ITEMS) == items
+    assert card(pos.env) == after_first
+
+
+async def test_tampered_cap_token_is_refused(pos: Pos) -> None:
+    lid = await pos.authorized(2_500)
+    order = pos.store.order(lid)
+    assert order is not None and order.cap_token is not None
+    token = bytearray(order.cap_token)
+    token[-5] ^= 0x01
+    with pos.store.transaction() as db:
+        pos.store.update_order(db, lid, 1, cap_token=bytes(token))
+    before = card(pos.env)
+    [r] = await pos.service.after.capture([lid])
+    assert (r.code, r.state) == ("INVALID_CAP_TOKEN", "authorized")
+    assert books(pos.env).payment(order.auth_rrpid) is None  # nothing recorded
+    await pos.settled()
+    assert card(pos.env) == before
+
+
+async def test_authorization_reversal_partial_then_full(pos: Pos) -> None:
+    before = card(pos.env)
+    lid = await pos.authorized(9_000)
+    r = await pos.service.after.reverse_authorization(lid, 4_000)
+    assert (r.code, r.amount, r.state) == ("APPROVED", 4_000, "authorized")
+    await pos.settled()
+    assert card(pos.env) == (before[0], before[1] + 4_000)  # the hold now covers 4,000
+    [over] = await pos.service.after.capture([lid], [4_500])  # with the new CapToken
+    assert over.code == "AMOUNT_ERROR"
+    same = await pos.service.after.reverse_authorization(lid, 4_000)
+    assert same.code == "AMOUNT_ERROR"  # not below what stays authorized
+    full = await pos.service.after.reverse_authorization(lid, 0)
+    assert (full.code, full.state) == ("APPROVED", "reversed")
+    await pos.settled()
+    assert card(pos.env) == before  # released
+    with pytest.raises(ProtocolError) as refused:
+        await pos.service.after.capture([lid])
+    assert refused.value.code is ErrorCode.STATE_VIOLATION
+
+
+async def test_credits_up_to_the_capture_and_their_reversal(pos: Pos) -> None:
+    before = card(pos.env)
+    lid = await pos.authorized(8_000)
+    [cap] = await pos.service.after.capture([lid])
+    assert cap.code == "SUCCESS"
+    one = await pos.service.after.credit(lid, 3_000)
+    two = await pos.service.after.credit(lid, 5_000)
+    assert (one.code, two.code, two.state) == ("SUCCESS", "SUCCESS", "credited")
+    over = await pos.service.after.credit(lid, 1)
+    assert (over.code, over.amount) == ("AMOUNT_EXCEEDED", 0)
+    await pos.settled()
+    assert card(pos.env) == before  # 8,000 posted, 8,000 refunded
+    rev = await pos.service.after.reverse_credit(lid, 5_000)
+    assert (rev.code, rev.state) == ("SUCCESS", "credited")
+    await pos.settled()
+    assert card(pos.env) == (before[0] + 5_000, before[1])
+    p = books(pos.env).payment(pos.store.order(lid).auth_rrpid)  # type: ignore[union-attr]
+    assert (p.captured, p.credited, p.state) == (8_000, 3_000, "credited")
+    rev2 = await pos.service.after.reverse_credit(lid, 3_000)
+    assert (rev2.code, rev2.state) == ("SUCCESS", "captured")
+    capr = await pos.service.after.reverse_capture(lid)
+    assert (capr.code, capr.state) == ("SUCCESS", "authorized")
+    await pos.settled()
+    # the capture undone: nothing posted, the authorization holds again
+    assert card(pos.env) == (before[0], before[1] + 8_000)
+    full = await pos.service.after.reverse_authorization(lid, 0)
+    assert full.code == "APPROVED"
+    await pos.settled()
+    assert card(pos.env) == before
+
+
+async def test_batch_close_settles_with_the_host_and_then_changes_no_more(pos: Pos) -> None:
+    after = pos.service.after
+    opened = await after.batch(MERCHANT_ID, BatchOperation.OPEN)
+    assert opened.ba_status is BAStatus.SUCCESS
+    batch = opened.batch_id
+    again = await after.batch(MERCHANT_ID, BatchOperation.OPEN, batch)
+    assert again.ba_status is BAStatus.BATCH_ALREADY_OPEN
+    a, b, c = [await pos.authorized(x) for x in (7_000, 2_000, 1_500)]
+    caps = await after.capture([a, b, c], batch_id=batch)
+    assert [r.batch_id for r in caps] == [batch] * 3
+    assert (await after.credit(a, 2_500, batch_id=batch)).code == "SUCCESS"
+    assert (await after.reverse_capture(c)).code == "SUCCESS"
+    summary = await after.batch(MERCHANT_ID, None, batch, detail=(0, 10))
+    st = summary.batch_status
+    assert st is not None and (st.debit_count, st.debit_amount) == (2, 9_000)
+    assert (st.credit_count, st.credit_amount) == (1, 2_500)
+    assert summary.details is not None
+    kinds = [i.kind for i in summary.details.items]
+    assert kinds.count(BatchItemKind.CAPTURE) == 3 and BatchItemKind.CAPTURE_REVERSAL in kinds
+    wrong = BatchStatus(st.open_date_time, None, "JPY", 1, 2_500, 2, 9_001)
+    unbalanced = await after.batch(MERCHANT_ID, BatchOperation.CLOSE, batch, totals=wrong)
+    assert unbalanced.ba_status is BAStatus.TOTALS_OUT_OF_BALANCE
+    closed = await after.batch(MERCHANT_ID, BatchOperation.CLOSE, batch, totals=st)
+    assert closed.ba_status is BAStatus.SUCCESS
+    assert closed.transmission_status is TransmissionStatus.SUCCESS
+    assert closed.settlement is not None and closed.settlement.amount.amount == 9_000 - 2_500
+    assert books(pos.env).batch(MERCHANT_ID, batch).host_code == "00"
+    # the host's own totals for the batch are the gateway's
+    with sqlite3.connect(pos.env.issuer_store_path) as db:
+        host = dict(
+            db.execute(
+                "SELECT effect, SUM(amount) FROM transactions WHERE batch = ? AND state = 'active'"
+                " GROUP BY effect",
+                (f"{MERCHANT_ID}:{batch}",),
+            ).fetchall()
+        )
+    assert host == {"completion": 9_000, "credit": 2_500}
+    # a closed batch changes no more
+    assert (await after.reverse_capture(b)).code == "BATCH_CLOSED"
+    assert (await after.reverse_credit(a, 2_500)).code == "BATCH_CLOSED"
+    d = await pos.authorized(1_000)
+    [late] = await after.capture([d], batch_id=batch)
+    assert late.code == "BATCH_CLOSED"
+    twice = await after.batch(MERCHANT_ID, BatchOperation.CLOSE, batch)
+    assert twice.ba_status is BAStatus.BATCH_CLOSED
+    assert books(pos.env).count(PAYMENTS) >= 3
