@@ -239,8 +239,9 @@ class BatchService:
             if b.state == _B.SETTLED:
                 transmission = TransmissionStatus.SUCCESS
                 t = self.books.totals(b.merchant_id, b.batch_id)
+                net = t.debit[1] - t.credit[1]  # a batch of refunds settles to the cardholders
                 settlement = SettlementInfo(
-                    CurrAmt(b.currency, t.debit[1] - t.credit[1]), "net",
+                    CurrAmt(b.currency, abs(net)), "netDebit" if net >= 0 else "netCredit",
                     f"merchant:{b.merchant_id}", b.settled or 0,
                 )  # fmt: skip
             elif b.host_code not in (None, ResponseCode.APPROVED):

@@ -11,114 +11,22 @@ books, and the issuer host's accounts (balance and holds of the card, read from 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
 from actors.gateway.books import ITEMS, PAYMENTS
 from actors.merchant.payments import REQUESTS
-from actors.merchant.service import MerchantService
-from actors.merchant.store import MerchantRow, MerchantStore
-from protocol import codec, ids
-from protocol.certs import certificate_der
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.messages import (
-    AuthCode,
     BAStatus,
     BatchItemKind,
     BatchOperation,
     BatchStatus,
-    CurrAmt,
     TransmissionStatus,
 )
-from protocol.states import merchant_order
-from tests.gateway.conftest import BRAND, MERCHANT_ID, GatewayEnv, error_code_or_none
-
-
-@dataclass
-class Pos:
-    env: GatewayEnv
-    service: MerchantService
-    store: MerchantStore
-
-    async def authorized(self, amount: int, card: str = "ok") -> bytes:
-        """One purchase authorized at the gateway, recorded as the POS's PReq flow does."""
-        p = await self.env.purchase(card, amount)
-        data, baggage = await self.env.authorize(p, card)
-        assert data.payload.auth_code is AuthCode.APPROVED
-        trans = p.data.auth_tags.trans_ids
-        lid_m = trans.lid_m
-        assert lid_m is not None
-        now = ids.SystemClock().now_ms()
-        self.store.add_order(
-            lid_m, MERCHANT_ID, "two books", CurrAmt("JPY", amount), False,
-            merchant_order().to_bytes(), now,
-        )  # fmt: skip
-        with self.store.transaction() as db:
-            self.store.update_order(
-                db, lid_m, now, xid=trans.xid, trans_ids=codec.encode(trans),
-                auth_rrpid=p.data.auth_tags.rrpid, auth_code=int(AuthCode.APPROVED),
-                auth_amount=amount, cap_token=baggage.cap_token,
-            )  # fmt: skip
-        return lid_m
-
-    async def settled(self) -> None:
-        """Until the gateway's link has forwarded every host message."""
-        link = self.env.actor.link
-        assert link is not None
-        await link.saf_idle()
-
-
-def card(env: GatewayEnv, last4: str = "1111") -> tuple[int, int]:
-    """(balance, active holds) of the card at the issuer host."""
-    with sqlite3.connect(env.issuer_store_path) as db:
-        index, balance = db.execute(
-            "SELECT pan_index, balance FROM accounts WHERE last4 = ?", (last4,)
-        ).fetchone()
-        held = db.execute(
-            "SELECT COALESCE(SUM(amount), 0) FROM transactions "
-            "WHERE pan_index = ? AND effect = 'hold' AND state = 'active'",
-            (index,),
-        ).fetchone()[0]
-    return int(balance), int(held)
-
-
-def books(env: GatewayEnv) -> Any:
-    assert env.actor.books is not None
-    return env.actor.books
-
-
-@pytest.fixture(scope="module")
-async def pos(
-    gateway_env: GatewayEnv, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[Pos]:
-    env = gateway_env
-    store = MerchantStore.open(Path(tmp_path_factory.mktemp("pos")), "p1")
-    keys = {"sig": env.m_sig, "kx": env.m_kx}
-
-    async def key(label: str) -> Any:
-        return keys[label]
-
-    identity = env.identity
-    store.save_merchant(
-        MerchantRow(
-            MERCHANT_ID, BRAND, "sig", "kx", certificate_der(env.m_certs[0]),
-            certificate_der(env.m_certs[1]), [certificate_der(c) for c in env.m_certs[2:]],
-            certificate_der(env.ca.root), identity.bci, list(identity.crls),
-        ),
-        ids.SystemClock().now_ms(),
-    )  # fmt: skip
-    service = MerchantService(store, key, env.client)
-    service.add_gateway(BRAND, identity.kx_cert, list(identity.chain))
-    try:
-        yield Pos(env, service, store)
-    finally:
-        service.close()
-        store.close()
+from tests.gateway.after_fixtures import Pos, books, card, pos_fixture  # noqa: F401 - fixture
+from tests.gateway.conftest import MERCHANT_ID, error_code_or_none
 
 
 async def test_partial_capture_completes_the_hold_at_the_host(pos: Pos) -> None:
