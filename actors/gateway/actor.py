@@ -20,6 +20,7 @@ from actors.gateway.books import Books, books_path
 from actors.gateway.capture import ClearingService
 from actors.gateway.identity import GatewayIdentity, identity_path, journal_path, ledger_path
 from actors.gateway.ledger import Ledger
+from actors.gateway.pcert import PCertService
 from actors.gateway.service import GatewayService
 from actors.iso8583.link import IsoLink
 from actors.iso8583.security import ZPK_LABEL
@@ -101,6 +102,7 @@ class GatewayActor(PartyActor):
         self.clearing = ClearingService(self.service, self.books)
         self.service.serve(self.clearing.handlers)
         self.service.serve(BatchService(self.clearing).handlers)
+        self.service.serve(PCertService(self.clearing).handlers)
         await self.clearing.recover()
         self.serve_set(self.service)
 

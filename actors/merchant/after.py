@@ -25,13 +25,21 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
+from cryptography import x509
 
 from actors.merchant.errors import MerchantError
 from actors.merchant.payments import BATCHES, PAYMENTS, REQUESTS
 from actors.merchant.store import MerchantRow, OrderRow
 from broker.errors import BrokerError
 from protocol import clearing, codec, ids
-from protocol.certs import CertType, KeyUse, cert_thumbprint, load_certificate, public_key_of
+from protocol.certs import (
+    CertType,
+    KeyUse,
+    cert_thumbprint,
+    load_certificate,
+    public_key_of,
+    set_extension,
+)
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.keys import PublicKey
 from protocol.messages import (
@@ -46,6 +54,7 @@ from protocol.messages import (
     BatchAdminResData,
     BatchOperation,
     BatchStatus,
+    BrandAndBIN,
     CapCode,
     CapItem,
     CapPayload,
@@ -56,6 +65,11 @@ from protocol.messages import (
     CurrAmt,
     MerTermIDs,
     MessageType,
+    PCertCode,
+    PCertReq,
+    PCertReqData,
+    PCertRes,
+    PCertResData,
     ResponseData,
     ReturnTransactionDetail,
     RRTags,
@@ -63,8 +77,10 @@ from protocol.messages import (
     TransIDs,
 )
 from protocol.set_error import RemoteError, expect_reply
+from protocol.signed import SignedData, open_signed, sign_data
 from protocol.states import Machine, MachineKind, MerchantPayment, Outcome
 from protocol.trustview import load_all, pick
+from protocol.wrapper import amqp_type, check_header_ids, encode_message, make_header
 from setpay.logs import get_logger
 
 log = get_logger(component="merchant")
@@ -247,6 +263,50 @@ class MerchantAfter:
                  operation=None if operation is None else operation.name,
                  status=None if res.ba_status is None else res.ba_status.name)  # fmt: skip
         return res
+
+    async def fetch_gateway_certs(self, merchant_id: str) -> x509.Certificate:
+        """PCertReq: the gateway's current key-exchange certificate for the merchant's brand,
+        validated to the brand's root (with revocation) and kept for its purchases; returns it.
+        """
+        m = self.s._merchant(merchant_id)
+        now = self.s.clock.now_ms()
+        data = PCertReqData(self._tags(m, now), [BrandAndBIN(m.brand, None)], [])
+        key = await self.s.keys(m.sig_label)
+        signed = await sign_data(
+            key, cert_thumbprint(load_certificate(m.sig_cert)), "PCertReq", codec.encode(data)
+        )
+        req = PCertReq(codec.encode(signed), list(dict.fromkeys([m.sig_cert, *m.chain])))
+        wrapped = encode_message(make_header(now, rrpid=data.rr_tags.rrpid), req)
+        if self.s.gateway is None:
+            raise MerchantError("no gateway link configured")
+        _, reply = await self.s.gateway.request_raw(amqp_type(M.PCERT_REQ), wrapped)
+        decoded = expect_reply(reply, self.s.clock.now_ms(), PCertRes, who="gateway",
+                               window_ms=self.s.window_ms)  # fmt: skip
+        res: PCertRes = decoded.body
+        trust = self.s._trust(m)
+        certs = load_all(res.certs)
+        outer = codec.decode(SignedData, res.signed)
+        leaf = pick(certs, outer.signer)
+        trust.validate(leaf, certs, CertType.GATEWAY, KeyUse.SIGNATURE, self.s.clock.now_ms())
+        got = codec.decode(PCertResData, open_signed(outer, public_key_of(leaf), "PCertRes"))
+        check_header_ids(decoded.header, rrpid=data.rr_tags.rrpid)
+        if got.rr_tags.rrpid != data.rr_tags.rrpid:
+            raise ProtocolError(ErrorCode.UNKNOWN_RRPID, "PCertRes answers another request")
+        if got.code is not PCertCode.SUCCESS:
+            raise MerchantError(f"the gateway answered {got.code.name}")
+        named = [c for c in certs if cert_thumbprint(c) in set(got.cert_thumbs)]
+        kx = next(
+            (c for c in named if set_extension(c).cert_type is CertType.GATEWAY
+             and set_extension(c).key_use is KeyUse.KEY_EXCHANGE),
+            None,
+        )  # fmt: skip
+        if kx is None:
+            raise ProtocolError(ErrorCode.MISSING_CERTIFICATE, "no gateway key-exchange cert")
+        chain = [c for c in certs if set_extension(c).cert_type not in (CertType.GATEWAY,)]
+        trust.validate(kx, certs, CertType.GATEWAY, KeyUse.KEY_EXCHANGE, self.s.clock.now_ms())
+        self.s.add_gateway(m.brand, kx, chain)
+        log.info("merchant_gateway_certs_fetched", merchant_id=merchant_id, brand=m.brand)
+        return kx
 
     async def resend(self, rrpid: bytes) -> list[ItemResult]:
         """Send a pending request again (Rule 2): the same bytes, the gateway's stored answer."""

@@ -11,22 +11,29 @@ books, and the issuer host's accounts (balance and holds of the card, read from 
 from __future__ import annotations
 
 import sqlite3
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
 from actors.gateway.books import ITEMS, PAYMENTS
 from actors.merchant.payments import REQUESTS
+from actors.merchant.service import MerchantService
+from actors.merchant.store import MerchantStore
+from protocol import ids
+from protocol.certs import certificate_der
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.messages import (
     BAStatus,
     BatchItemKind,
     BatchOperation,
     BatchStatus,
+    CurrAmt,
     TransmissionStatus,
 )
+from protocol.states import merchant_order
 from tests.gateway.after_fixtures import Pos, books, card, pos_fixture  # noqa: F401 - fixture
-from tests.gateway.conftest import MERCHANT_ID, error_code_or_none
+from tests.gateway.conftest import BRAND, MERCHANT_ID, error_code_or_none
 
 
 async def test_partial_capture_completes_the_hold_at_the_host(pos: Pos) -> None:
@@ -207,3 +214,37 @@ async def test_batch_close_settles_with_the_host_and_then_changes_no_more(pos: P
     twice = await after.batch(MERCHANT_ID, BatchOperation.CLOSE, batch)
     assert twice.ba_status is BAStatus.BATCH_CLOSED
     assert books(pos.env).count(PAYMENTS) >= 3
+
+
+async def test_pcert_brings_the_gateway_certificates_to_a_pos_that_has_none(
+    pos: Pos, tmp_path: Path
+) -> None:
+    env = pos.env
+    store = MerchantStore.open(tmp_path, "fresh")
+    row = pos.store.merchant(MERCHANT_ID)
+    assert row is not None
+    store.save_merchant(row, ids.SystemClock().now_ms())
+    fresh = MerchantService(store, pos.service.keys, env.client)
+    try:
+        assert store.gateway(BRAND) is None
+        kx = await fresh.after.fetch_gateway_certs(MERCHANT_ID)
+        assert kx == env.identity.kx_cert
+        held = store.gateway(BRAND)
+        assert held is not None and held[0] == certificate_der(env.identity.kx_cert)
+        # and the POS can work with what it fetched: a capture through it succeeds
+        lid = await pos.authorized(700)
+        order = pos.store.order(lid)
+        assert order is not None
+        store.add_order(lid, MERCHANT_ID, "a pen", CurrAmt("JPY", 700), False,
+                        merchant_order().to_bytes(), 1)  # fmt: skip
+        with store.transaction() as db:
+            store.update_order(
+                db, lid, 1, xid=order.xid, trans_ids=order.trans_ids,
+                auth_rrpid=order.auth_rrpid, auth_code=0, auth_amount=700,
+                cap_token=order.cap_token,
+            )  # fmt: skip
+        [ok] = await fresh.after.capture([lid])
+        assert ok.code == "SUCCESS"
+    finally:
+        fresh.close()
+        store.close()
