@@ -96,7 +96,7 @@ class BatchService:
                     self.books.save_batch(b)
                     work.dirty_batches.discard((b.merchant_id, b.batch_id))
                 await self.settle(b)
-            res = self._result(data, b, status)
+            res = self._result(data, b, status, work)
             reply = await self.c.respond(o, res, None)
             self.books.commit(
                 work, o.rrpid, o.digest, pair.res_amqp, reply, self.c.gw.clock.now_ms()
@@ -160,7 +160,7 @@ class BatchService:
         for item in reversed(self.books.items_of(merchant, b.batch_id)):
             if not item.live or item.kind not in (BatchItemKind.CAPTURE, BatchItemKind.CREDIT):
                 continue
-            p = self.books.payment(item.auth_rrpid)
+            p = work.payments.get(item.auth_rrpid) or self.books.payment(item.auth_rrpid)
             assert p is not None
             work.payments[p.auth_rrpid] = p
             reverse = (
@@ -225,13 +225,15 @@ class BatchService:
         self.books.save_batch(b)
 
     def _result(
-        self, data: BatchAdminReqData, b: Batch | None, status: BAStatus
+        self, data: BatchAdminReqData, b: Batch | None, status: BAStatus, work: Work
     ) -> BatchAdminResData:
         if b is None:
             return BatchAdminResData(
                 data.rr_tags, data.batch_id or 0, status, None, None, None, None
             )
-        batch_status = self.c.status(b) if (data.return_summary or data.operation) else None
+        batch_status = (
+            self.c._status_after(work, b) if (data.return_summary or data.operation) else None
+        )
         if b.state == _B.NONE:
             batch_status = None
         transmission = settlement = None

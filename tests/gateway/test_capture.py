@@ -32,7 +32,13 @@ from protocol.messages import (
     TransmissionStatus,
 )
 from protocol.states import merchant_order
-from tests.gateway.after_fixtures import Pos, books, card, pos_fixture  # noqa: F401 - fixture
+from tests.gateway.after_fixtures import (  # noqa: F401 - the fixture
+    Pos,
+    books,
+    card,
+    pos_fixture,
+    restart_gateway,
+)
 from tests.gateway.conftest import BRAND, MERCHANT_ID, error_code_or_none
 
 
@@ -248,3 +254,55 @@ async def test_pcert_brings_the_gateway_certificates_to_a_pos_that_has_none(
     finally:
         fresh.close()
         store.close()
+
+
+async def test_purge_reverses_what_an_open_batch_holds(pos: Pos) -> None:
+    after = pos.service.after
+    opened = await after.batch(MERCHANT_ID, BatchOperation.OPEN)
+    batch = opened.batch_id
+    before = card(pos.env)
+    a, b = [await pos.authorized(x) for x in (3_000, 2_000)]
+    caps = await after.capture([a, b], batch_id=batch)
+    assert [r.code for r in caps] == ["SUCCESS", "SUCCESS"]
+    assert (await after.credit(a, 1_000, batch_id=batch)).code == "SUCCESS"
+    await pos.settled()
+    assert card(pos.env) == (before[0] + 4_000, before[1])
+    purged = await after.batch(MERCHANT_ID, BatchOperation.PURGE, batch)
+    assert purged.ba_status is BAStatus.SUCCESS
+    st = purged.batch_status
+    assert st is not None and (st.debit_count, st.credit_count) == (0, 0)
+    await pos.settled()
+    # the captures and the credit undone at the host: both authorizations hold again
+    assert card(pos.env) == (before[0], before[1] + 5_000)
+    for lid in (a, b):
+        p = books(pos.env).payment(pos.store.order(lid).auth_rrpid)  # type: ignore[union-attr]
+        assert (p.state, p.captured, p.credited) == ("authorized", 0, 0)
+    assert books(pos.env).batch(MERCHANT_ID, batch).state == "open"
+
+
+async def test_host_messages_committed_before_a_crash_reach_the_host_once(
+    pos: Pos, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash after the books committed a capture and before the link's journal took its
+    completion: the restarted gateway queues it from the outbox, once."""
+    clearing = pos.env.actor.clearing
+    assert clearing is not None
+    lid = await pos.authorized(3_300)
+    before = card(pos.env)
+
+    async def crash(_outbox: object) -> None:
+        raise RuntimeError("crash between commit and forward")
+
+    monkeypatch.setattr(clearing, "forward", crash)
+    # the failed delivery is redelivered and answered from the books: the capture stands
+    [r] = await pos.service.after.capture([lid])
+    assert r.code == "SUCCESS"
+    monkeypatch.undo()
+    assert len(books(pos.env).unqueued()) == 1
+    await pos.settled()
+    assert card(pos.env) == before  # the host has not heard of it
+    await restart_gateway(pos.env)
+    await restart_gateway(pos.env)  # twice: the second start finds nothing left to queue
+    await pos.settled()
+    assert books(pos.env).unqueued() == []
+    assert card(pos.env) == (before[0] + 3_300, before[1] - 3_300)
