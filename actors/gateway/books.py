@@ -314,6 +314,27 @@ class Books:
         )
         return [str(r[0]) for r in rows]
 
+    def report(self, brand: str, merchant_id: str | None = None) -> list[dict[str, Any]]:
+        """Settlement totals per batch, by brand and transaction type (what ``setpay gateway
+        batches`` prints): counts and amounts of live captures, capture reversals, credits
+        and credit reversals, the net, the state and the issuer host's reconciliation code."""
+        b = BATCHES.c
+        stmt = sa.select(BATCHES).order_by(b.merchant_id, b.batch_id)
+        if merchant_id is not None:
+            stmt = stmt.where(b.merchant_id == merchant_id)
+        out = []
+        for row in self.db.all(stmt):
+            batch = _row(Batch, row)
+            t = self.totals(batch.merchant_id, batch.batch_id)
+            out.append({
+                "merchant": batch.merchant_id, "batch": batch.batch_id, "brand": brand,
+                "state": batch.state, "currency": batch.currency,
+                "captures": list(t.captures), "capture_reversals": list(t.capture_reversals),
+                "credits": list(t.credits), "credit_reversals": list(t.credit_reversals),
+                "net": t.debit[1] - t.credit[1], "host": batch.host_code,
+            })  # fmt: skip
+        return out
+
     def count(self, table: sa.Table) -> int:
         return int(self.db.scalar(sa.select(sa.func.count()).select_from(table)))
 

@@ -10,7 +10,11 @@ books, and the issuer host's accounts (balance and holds of the card, read from 
 
 from __future__ import annotations
 
+import json
+import os
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -211,6 +215,20 @@ async def test_batch_close_settles_with_the_host_and_then_changes_no_more(pos: P
             ).fetchall()
         )
     assert host == {"completion": 9_000, "credit": 2_500}
+    # and the operator's print of it says the same (setpay gateway batches)
+    out = subprocess.run(
+        [sys.executable, "-m", "cli", "gateway", "batches", "--id", pos.env.actor.instance,
+         "--merchant", MERCHANT_ID, "--json"],
+        capture_output=True, text=True, check=True, timeout=120,
+        env={**os.environ, "SETPAY_DATA_DIR": str(pos.env.actor.settings.data_dir),
+             "PYTHONPATH": os.getcwd()},
+    )  # fmt: skip
+    [row] = [r for r in json.loads(out.stdout) if r["batch"] == batch]
+    assert (row["state"], row["brand"], row["host"]) == ("settled", BRAND, "00")
+    assert (row["captures"], row["capture_reversals"], row["credits"]) == (
+        [2, 9_000], [1, 1_500], [1, 2_500],
+    )  # fmt: skip
+    assert row["net"] == 9_000 - 2_500
     # a closed batch changes no more
     assert (await after.reverse_capture(b)).code == "BATCH_CLOSED"
     assert (await after.reverse_credit(a, 2_500)).code == "BATCH_CLOSED"
