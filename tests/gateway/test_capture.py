@@ -324,3 +324,39 @@ async def test_host_messages_committed_before_a_crash_reach_the_host_once(
     await pos.settled()
     assert books(pos.env).unqueued() == []
     assert card(pos.env) == (before[0] + 3_300, before[1] - 3_300)
+
+
+async def test_a_capture_unanswered_stays_pending_and_its_resend_captures_once(pos: Pos) -> None:
+    """after.py Rule 2: the gateway is down when the POS captures; the request stays pending
+    (the payment ``capture_sent``, nothing else can start); once the gateway is back, the POS
+    sends the same bytes again and gets the one answer: one completion at the host."""
+    from actors.gateway.actor import GatewayActor
+    from actors.merchant.errors import MerchantError
+
+    lid = await pos.authorized(2_200)
+    await pos.settled()
+    before = card(pos.env)
+    old = pos.env.actor
+    await old.stop()
+    try:
+        with pytest.raises(MerchantError):
+            await pos.service.after.capture([lid])
+        p = pos.service.after.payment(lid)
+        assert p is not None and p.state == "capture_sent" and p.pending is not None
+        rrpid = p.pending
+        assert rrpid in pos.service.after.pending()
+        with pytest.raises(ProtocolError) as busy:
+            await pos.service.after.capture([lid])
+        assert busy.value.code is ErrorCode.STATE_VIOLATION
+    finally:
+        new = GatewayActor(
+            old.settings, old.instance, url=old.url, keystore_queue=old.keystore_queue,
+            issuer_port=old.issuer_port,
+        )  # fmt: skip
+        await new.start()
+        pos.env.actor = new
+    [r] = await pos.service.after.resend(rrpid)
+    assert (r.code, r.state) == ("SUCCESS", "captured")
+    await pos.settled()
+    assert card(pos.env) == (before[0] + 2_200, before[1] - 2_200)
+    assert rrpid not in pos.service.after.pending()
