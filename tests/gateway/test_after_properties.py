@@ -34,6 +34,7 @@ from hypothesis.stateful import (
 )
 
 from actors.merchant.payments import REQUESTS
+from protocol import ids
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.messages import BAStatus, BatchOperation, TransmissionStatus
 from tests.gateway.after_fixtures import Pos, books, card, pos_fixture, restart_gateway  # noqa: F401
@@ -216,20 +217,24 @@ def machine_for(pos: Pos, loop: asyncio.AbstractEventLoop) -> type[RuleBasedStat
             self.current = None
 
         @precondition(lambda self: not self.redelivered)
-        @rule()
-        def redeliver_last_request(self) -> None:
+        @rule(back=st.sampled_from([0, 0, 1, 3, 7]))
+        def redeliver_a_request(self, back: int) -> None:
+            """The last request again (a duplicate) or an older one (out of order)."""
             self.redelivered = True
 
-            async def last() -> tuple[bytes, bytes, int] | None:
+            async def earlier() -> tuple[bytes, bytes, int] | None:
                 with pos.store.db.read() as db:
-                    row = db.execute(
+                    rows = db.execute(
                         sa.select(REQUESTS.c.rrpid, REQUESTS.c.request, REQUESTS.c.msg_type)
+                        # within the freshness window: older ones are messageTooOld, rightly
+                        .where(REQUESTS.c.created > ids.SystemClock().now_ms() - 120_000)
                         .order_by(REQUESTS.c.created.desc())
-                        .limit(1)
-                    ).first()
+                        .limit(back + 1)
+                    ).all()
+                row = rows[-1] if rows else None
                 return None if row is None else (bytes(row[0]), bytes(row[1]), int(row[2]))
 
-            found = run(last())
+            found = run(earlier())
             if found is None:
                 return
             rrpid, request, msg_type = found

@@ -24,7 +24,7 @@ from actors.gateway.books import ITEMS, PAYMENTS
 from actors.merchant.payments import REQUESTS
 from actors.merchant.service import MerchantService
 from actors.merchant.store import MerchantStore
-from protocol import ids
+from protocol import clearing, codec, ids
 from protocol.certs import certificate_der
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.messages import (
@@ -32,7 +32,13 @@ from protocol.messages import (
     BatchItemKind,
     BatchOperation,
     BatchStatus,
+    CapItem,
+    CapPayload,
+    CapReqData,
     CurrAmt,
+    MerTermIDs,
+    RRTags,
+    TransIDs,
     TransmissionStatus,
 )
 from protocol.states import merchant_order
@@ -109,6 +115,34 @@ async def test_replayed_capture_gets_the_stored_answer_and_no_second_effect(pos:
     await pos.settled()
     assert books(pos.env).count(ITEMS) == items
     assert card(pos.env) == after_first
+
+
+async def test_another_request_under_a_used_rrpid_is_a_replay(pos: Pos) -> None:
+    after = pos.service.after
+    lid = await pos.authorized(1_800)
+    order = pos.store.order(lid)
+    assert order is not None and order.auth_rrpid is not None and order.trans_ids is not None
+    m = pos.store.merchant(MERCHANT_ID)
+    assert m is not None
+    tags = RRTags(ids.new_rrpid(), MerTermIDs(MERCHANT_ID, None, None), ids.SystemClock().now_ms())
+    trans = codec.decode(TransIDs, order.trans_ids)
+
+    def capture(amount: int) -> CapReqData:
+        payload = CapPayload(tags.date, CurrAmt("JPY", amount), None)
+        return CapReqData(tags, [CapItem(trans, order.auth_rrpid, payload)])  # type: ignore[arg-type]
+
+    first = await after._build(clearing.CAPTURE, m, capture(800), [order.cap_token])
+    _, reply = await pos.env.client.request_raw(clearing.CAPTURE.req_amqp, first)
+    assert error_code_or_none(reply) is None
+    await pos.settled()
+    before = card(pos.env)
+    other = await after._build(clearing.CAPTURE, m, capture(1_800), [order.cap_token])
+    _, reply = await pos.env.client.request_raw(clearing.CAPTURE.req_amqp, other)
+    assert error_code_or_none(reply) is ErrorCode.REPLAY
+    await pos.settled()
+    assert card(pos.env) == before
+    p = books(pos.env).payment(order.auth_rrpid)
+    assert (p.state, p.captured) == ("captured", 800)
 
 
 async def test_tampered_cap_token_is_refused(pos: Pos) -> None:
