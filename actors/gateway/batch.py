@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import hashlib
 
+from actors.entrypoint import SetHandler
 from actors.gateway.books import Batch, Work
 from actors.gateway.capture import ClearingService, Opened, Refused, batch_ref
 from actors.iso8583.codes import ResponseCode
@@ -73,7 +74,7 @@ class BatchService:
         self.books = clearing_service.books
 
     @property
-    def handlers(self) -> dict[MessageType, object]:
+    def handlers(self) -> dict[MessageType, SetHandler]:
         return {M.BATCH_ADMIN_REQ: self._batch_admin}
 
     async def _batch_admin(self, decoded: Decoded) -> tuple[str, bytes]:

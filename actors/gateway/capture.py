@@ -42,6 +42,7 @@ from typing import Any
 import sqlalchemy as sa
 from cryptography import x509
 
+from actors.entrypoint import SetHandler
 from actors.gateway.books import Advice, Batch, Books, Item, Payment, Work
 from actors.gateway.ledger import AUTHS
 from actors.gateway.service import GatewayService, _load
@@ -137,7 +138,7 @@ class ClearingService:
         self.lock = asyncio.Lock()
 
     @property
-    def handlers(self) -> dict[MessageType, Callable[[Decoded], Any]]:
+    def handlers(self) -> dict[MessageType, SetHandler]:
         return {
             M.CAP_REQ: self._capture,
             M.AUTH_REV_REQ: self._auth_reversal,

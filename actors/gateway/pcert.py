@@ -13,6 +13,7 @@ for brands none of which is the gateway's answers ``brandNotSupported`` with no 
 
 from __future__ import annotations
 
+from actors.entrypoint import SetHandler
 from actors.gateway.capture import ClearingService
 from actors.gateway.service import _load
 from protocol import codec
@@ -44,7 +45,7 @@ class PCertService:
         self.gw = clearing_service.gw
 
     @property
-    def handlers(self) -> dict[MessageType, object]:
+    def handlers(self) -> dict[MessageType, SetHandler]:
         return {MessageType.PCERT_REQ: self._pcert}
 
     async def _pcert(self, decoded: Decoded) -> tuple[str, bytes]:
