@@ -190,16 +190,18 @@ class BatchService:
             return
         link = self.c.gw.link
         keys = self.books.advice_keys(b.merchant_id, b.batch_id)
+
+        def unacknowledged() -> int:
+            states = link.journal.keyed_states(keys)
+            return sum(states.get(k) != "acked" for k in keys)
+
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(SETTLE_WAIT_S):
-                while any(
-                    (link.journal.keyed(k) or ("", "pending", 0))[1] == "pending" for k in keys
-                ):
+                while link.journal.pending_count() and unacknowledged():
                     await link.saf_idle()
-        states = [(link.journal.keyed(k) or ("", "missing", 0))[1] for k in keys]
-        if any(s != "acked" for s in states):
-            log.warning("gateway_batch_settlement_waits", batch=b.batch_id,
-                        unacknowledged=sum(s != "acked" for s in states))  # fmt: skip
+        left = unacknowledged()
+        if left:
+            log.warning("gateway_batch_settlement_waits", batch=b.batch_id, unacknowledged=left)
             return
         t = self.books.totals(b.merchant_id, b.batch_id)
         answer = await link.reconcile({

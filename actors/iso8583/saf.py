@@ -283,6 +283,17 @@ class Journal:
         row = self.db.one(sa.select(q.mti, q.state, q.attempts).where(q.key == key))
         return None if row is None else (str(row[0]), str(row[1]), int(row[2]))
 
+    def keyed_states(self, keys: list[str]) -> dict[str, str]:
+        """The state of each entry queued under one of ``keys`` (absent keys are missing),
+        in chunks of a few hundred keys per query."""
+        q = SAF.c
+        out: dict[str, str] = {}
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            for key, state in self.db.all(sa.select(q.key, q.state).where(q.key.in_(chunk))):
+                out[str(key)] = str(state)
+        return out
+
     def unanswered(self) -> list[str]:
         """RRNs journalled as sent but never settled (a crash happened in between)."""
         r = REQUESTS.c
