@@ -29,9 +29,10 @@ class Pos:
     service: MerchantService
     store: MerchantStore
 
-    async def authorized(self, amount: int, card: str = "after") -> bytes:
-        """One purchase authorized at the gateway, recorded as the POS's PReq flow does."""
-        p = await self.env.purchase(card, amount)
+    async def authorized(self, amount: int, card: str = "after", *, sale: bool = False) -> bytes:
+        """One purchase authorized at the gateway (``sale``: and captured at once), recorded as
+        the POS's PReq flow does."""
+        p = await self.env.purchase(card, amount, capture_now=sale)
         data, baggage = await self.env.authorize(p, card)
         assert data.payload.auth_code is AuthCode.APPROVED
         trans = p.data.auth_tags.trans_ids
@@ -39,7 +40,7 @@ class Pos:
         assert lid_m is not None
         now = ids.SystemClock().now_ms()
         self.store.add_order(
-            lid_m, MERCHANT_ID, "two books", CurrAmt("JPY", amount), False,
+            lid_m, MERCHANT_ID, "two books", CurrAmt("JPY", amount), sale,
             merchant_order().to_bytes(), now,
         )  # fmt: skip
         with self.store.transaction() as db:
@@ -47,6 +48,7 @@ class Pos:
                 db, lid_m, now, xid=trans.xid, trans_ids=codec.encode(trans),
                 auth_rrpid=p.data.auth_tags.rrpid, auth_code=int(AuthCode.APPROVED),
                 auth_amount=amount, cap_token=baggage.cap_token,
+                cap_amount=amount if sale else None,
             )  # fmt: skip
         return lid_m
 

@@ -394,3 +394,24 @@ async def test_a_capture_unanswered_stays_pending_and_its_resend_captures_once(p
     await pos.settled()
     assert card(pos.env) == (before[0] + 2_200, before[1] - 2_200)
     assert rrpid not in pos.service.after.pending()
+
+
+async def test_a_sale_is_refunded_but_has_no_capture_to_reverse(pos: Pos) -> None:
+    """A sale (CaptureNow) posted at authorization (0200): credits refund it at the host; a
+    capture reversal finds no capture (use a credit); a capture is a duplicate."""
+    before = card(pos.env)
+    lid = await pos.authorized(4_400, sale=True)
+    await pos.settled()
+    assert card(pos.env) == (before[0] + 4_400, before[1])
+    p = pos.service.after.payment(lid)
+    assert p is not None and (p.state, p.captured) == ("captured", 4_400)
+    refund = await pos.service.after.credit(lid, 1_400)
+    assert (refund.code, refund.state) == ("SUCCESS", "credited")
+    await pos.settled()
+    assert card(pos.env) == (before[0] + 3_000, before[1])
+    back = await pos.service.after.reverse_credit(lid, 1_400)
+    assert (back.code, back.state) == ("SUCCESS", "captured")
+    undo = await pos.service.after.reverse_capture(lid)
+    assert (undo.code, undo.state) == ("ORIGINAL_NOT_FOUND", "captured")
+    await pos.settled()
+    assert card(pos.env) == (before[0] + 4_400, before[1])
