@@ -119,7 +119,7 @@ async def world(
     await actor.start()
 
     async def merchant(login: str, merchant_id: str) -> tuple[Any, Any, list[Any], Any]:
-        client, keys = await ca_env.requester(login)
+        client, keys = await ca_env.requester(login, queue_suffix="after-ca")
         sig, kx = await new_key(keys, "after-sig"), await new_key(keys, "after-kx", exchange=True)
         reg = await register_entity(
             client, root=ca_env.root, brand=BRAND, requester=EntityKind.MERCHANT,
