@@ -47,6 +47,7 @@ from actors.gateway.books import Advice, Batch, Books, Item, Payment, Work
 from actors.gateway.ledger import AUTHS
 from actors.gateway.service import GatewayService, _load
 from actors.iso8583 import spec
+from keystore.errors import BadRequest
 from protocol import clearing, codec
 from protocol.certs import (
     CertType,
@@ -199,6 +200,9 @@ class ClearingService:
             return codec.decode(CapTokenData, opened.content)
         except ProtocolError as exc:
             log.info("gateway_cap_token_refused", code=exc.code.name)
+            return None
+        except BadRequest:  # a wrap the keystore will not even try: the token is not ours
+            log.info("gateway_cap_token_refused", code="badRequest")
             return None
 
     async def cap_token(self, auth_rrpid: bytes, amount: CurrAmt, rrn: str) -> bytes:

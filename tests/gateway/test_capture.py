@@ -21,6 +21,7 @@ import pytest
 import sqlalchemy as sa
 
 from actors.gateway.books import ITEMS, PAYMENTS
+from actors.merchant.payments import PAYMENTS as PAYMENTS_M
 from actors.merchant.payments import REQUESTS
 from actors.merchant.service import MerchantService
 from actors.merchant.store import MerchantStore
@@ -146,16 +147,29 @@ async def test_another_request_under_a_used_rrpid_is_a_replay(pos: Pos) -> None:
 
 
 async def test_tampered_cap_token_is_refused(pos: Pos) -> None:
+    """A bit flipped in the CapToken's wrapped key, its sealed body or its tag, or a token
+    that is not one: ``invalidCapToken`` for the item, nothing recorded, nothing at the host."""
     lid = await pos.authorized(2_500)
     order = pos.store.order(lid)
     assert order is not None and order.cap_token is not None
-    token = bytearray(order.cap_token)
-    token[-5] ^= 0x01
-    with pos.store.transaction() as db:
-        pos.store.update_order(db, lid, 1, cap_token=bytes(token))
+    good = order.cap_token
     before = card(pos.env)
-    [r] = await pos.service.after.capture([lid])
-    assert (r.code, r.state) == ("INVALID_CAP_TOKEN", "authorized")
+    for where in (60, len(good) // 2, len(good) - 5, None):
+        if where is None:
+            token = b"not a token at all"
+        else:
+            flipped = bytearray(good)
+            flipped[where] ^= 0x01
+            token = bytes(flipped)
+        with pos.store.transaction() as db:  # the order's token, and the payment's once made
+            pos.store.update_order(db, lid, 1, cap_token=token)
+            db.execute(
+                sa.update(PAYMENTS_M).where(PAYMENTS_M.c.lid_m == lid).values(cap_token=token)
+            )
+        p = pos.service.after.payment(lid)
+        assert p is not None and p.cap_token == token
+        [r] = await pos.service.after.capture([lid])
+        assert (r.code, r.state) == ("INVALID_CAP_TOKEN", "authorized"), where
     assert books(pos.env).payment(order.auth_rrpid) is None  # nothing recorded
     await pos.settled()
     assert card(pos.env) == before
