@@ -2,9 +2,10 @@
 
 Rule 1: the protocol's state logic is the tables of this file. A machine moves only along an
 entry of its table; any other (state, event) pair raises ``ProtocolError(stateViolation)`` and
-leaves the state unchanged. The merchant's orders and the wallet's purchases move through
-their tables; the gateway (whose ledger records only whether an AuthReq is answered) and the
-CA still keep their own records, and their tables here are exercised by tests only.
+leaves the state unchanged. The merchant's orders and payments, the wallet's purchases and
+the gateway's payments and batches after authorization (actors/gateway/capture.py, batch.py)
+move through their tables; the gateway's authorization ledger and the CA still keep their
+own records (their tables here are exercised by tests and the trace checker).
 Rule 2: an event is a message sent or received (``Direction`` + ``MessageType``), refined by
 an ``Outcome`` where one message type can end in different states (an AuthRes that approves
 or declines), or a ``LOCAL`` outcome for what no message carries (a batch is settled).
@@ -60,6 +61,7 @@ class Event(NamedTuple):
 class MachineKind(StrEnum):
     CARDHOLDER_PURCHASE = "cardholder_purchase"
     MERCHANT_ORDER = "merchant_order"
+    MERCHANT_PAYMENT = "merchant_payment"
     GATEWAY_TRANSACTION = "gateway_transaction"
     GATEWAY_BATCH = "gateway_batch"
     CA_REGISTRATION = "ca_registration"
@@ -150,6 +152,70 @@ MERCHANT_ORDER: Table = {
     _O.DONE: {_recv(M.INQ_REQ): _O.INQ_RECEIVED},
     _O.INQ_RECEIVED: {_send(M.INQ_RES): _O.DONE, _send(M.ERROR): _O.DONE},
     _O.ERROR: {},
+}
+
+
+# --- merchant: one authorized payment after its order ----------------------------------
+
+
+class MerchantPayment(StrEnum):
+    """The merchant's view of an authorization after PRes: what it asked the gateway, and
+    what the gateway answered (a ``*_SENT`` state waits for an answer and resends the same
+    request until one comes)."""
+
+    AUTHORIZED = "authorized"
+    CAPTURE_SENT = "capture_sent"
+    AUTH_REV_SENT = "auth_rev_sent"
+    REVERSED = "reversed"
+    CAPTURED = "captured"
+    CAP_REV_SENT = "cap_rev_sent"
+    CREDIT_SENT = "credit_sent"
+    CREDITED = "credited"
+    MORE_CREDIT_SENT = "more_credit_sent"
+    CRED_REV_SENT = "cred_rev_sent"
+
+
+_MP = MerchantPayment
+MERCHANT_PAYMENT: Table = {
+    _MP.AUTHORIZED: {_send(M.CAP_REQ): _MP.CAPTURE_SENT, _send(M.AUTH_REV_REQ): _MP.AUTH_REV_SENT},
+    _MP.CAPTURE_SENT: {
+        _recv(M.CAP_RES, Outcome.APPROVED): _MP.CAPTURED,
+        _recv(M.CAP_RES, Outcome.DECLINED): _MP.AUTHORIZED,
+        _recv(M.ERROR): _MP.AUTHORIZED,
+    },
+    _MP.AUTH_REV_SENT: {
+        _recv(M.AUTH_REV_RES, Outcome.PARTIAL): _MP.AUTHORIZED,
+        _recv(M.AUTH_REV_RES, Outcome.FULL): _MP.REVERSED,
+        _recv(M.AUTH_REV_RES, Outcome.DECLINED): _MP.AUTHORIZED,
+        _recv(M.ERROR): _MP.AUTHORIZED,
+    },
+    _MP.CAPTURED: {_send(M.CRED_REQ): _MP.CREDIT_SENT, _send(M.CAP_REV_REQ): _MP.CAP_REV_SENT},
+    _MP.CAP_REV_SENT: {
+        _recv(M.CAP_REV_RES, Outcome.APPROVED): _MP.AUTHORIZED,
+        _recv(M.CAP_REV_RES, Outcome.DECLINED): _MP.CAPTURED,
+        _recv(M.ERROR): _MP.CAPTURED,
+    },
+    _MP.CREDIT_SENT: {
+        _recv(M.CRED_RES, Outcome.APPROVED): _MP.CREDITED,
+        _recv(M.CRED_RES, Outcome.DECLINED): _MP.CAPTURED,
+        _recv(M.ERROR): _MP.CAPTURED,
+    },
+    _MP.CREDITED: {
+        _send(M.CRED_REQ): _MP.MORE_CREDIT_SENT,
+        _send(M.CRED_REV_REQ): _MP.CRED_REV_SENT,
+    },
+    _MP.MORE_CREDIT_SENT: {
+        _recv(M.CRED_RES, Outcome.APPROVED): _MP.CREDITED,
+        _recv(M.CRED_RES, Outcome.DECLINED): _MP.CREDITED,
+        _recv(M.ERROR): _MP.CREDITED,
+    },
+    _MP.CRED_REV_SENT: {
+        _recv(M.CRED_REV_RES, Outcome.FULL): _MP.CAPTURED,
+        _recv(M.CRED_REV_RES, Outcome.PARTIAL): _MP.CREDITED,
+        _recv(M.CRED_REV_RES, Outcome.DECLINED): _MP.CREDITED,
+        _recv(M.ERROR): _MP.CREDITED,
+    },
+    _MP.REVERSED: {},
 }
 
 
@@ -319,6 +385,7 @@ CA_REGISTRATION: Table = {
 TABLES: dict[MachineKind, tuple[Table, str]] = {
     MachineKind.CARDHOLDER_PURCHASE: (CARDHOLDER_PURCHASE, _C.IDLE),
     MachineKind.MERCHANT_ORDER: (MERCHANT_ORDER, _O.IDLE),
+    MachineKind.MERCHANT_PAYMENT: (MERCHANT_PAYMENT, _MP.AUTHORIZED),
     MachineKind.GATEWAY_TRANSACTION: (GATEWAY_TRANSACTION, _G.NEW),
     MachineKind.GATEWAY_BATCH: (GATEWAY_BATCH, _B.NONE),
     MachineKind.CA_REGISTRATION: (CA_REGISTRATION, _R.IDLE),

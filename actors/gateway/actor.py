@@ -19,8 +19,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from actors.gateway.batch import BatchService
+from actors.gateway.books import Books, books_path
+from actors.gateway.capture import ClearingService
 from actors.gateway.identity import GatewayIdentity, identity_path, journal_path, ledger_path
 from actors.gateway.ledger import Ledger
+from actors.gateway.pcert import PCertService
 from actors.gateway.service import GatewayService
 from actors.iso8583.link import IsoLink
 from actors.iso8583.security import ZPK_LABEL
@@ -68,6 +72,8 @@ class GatewayActor(PartyActor):
         self.link: IsoLink | None = None
         self.service: GatewayService | None = None
         self.feed: RevocationFeed | None = None
+        self.books: Books | None = None
+        self.clearing: ClearingService | None = None
 
     async def setup(self) -> None:
         assert self.bus is not None
@@ -107,6 +113,14 @@ class GatewayActor(PartyActor):
             peer_suite=ring.peer_suite,
             require_bci=True,  # seeded from registration: never authorize without revocation data
         )
+        # after authorization: capture, reversals, credits, batches (capture.py, batch.py)
+        self.books = Books(books_path(self.settings.data_dir, self.instance))
+        self.closing(self.books.close, "books")
+        self.clearing = ClearingService(self.service, self.books)
+        self.service.serve(self.clearing.handlers)
+        self.service.serve(BatchService(self.clearing).handlers)
+        self.service.serve(PCertService(self.clearing).handlers)
+        await self.clearing.recover()
         await self._feed_revocation(identity)
         self.serve_set(self.service)
 

@@ -1,8 +1,12 @@
-"""``setpay gateway register|show``: obtain the gateway's certificates, print its identity.
+"""``setpay gateway register|show|batches``: obtain the gateway's certificates, print its
+identity, print its batches' settlement totals.
 
 Rule 1: ``register`` connects as broker user ``gateway.<id>``, has the keystore create both
 keys in the token (or reuses them), registers with the CA of the brand and writes the identity
 file the actor needs; it prints thumbprints and subjects only.
+Rule 3: ``batches`` reads the instance's books (actors/gateway/books.py) beside a running
+gateway and prints, per batch, its totals by brand and transaction type, the net and the issuer
+host's reconciliation answer; ``--json`` for machines.
 Rule 2: failures a user can fix (no root file, CA or keystore unreachable, CA refusal) are
 ``CommandError`` with one line saying which.
 """
@@ -94,8 +98,42 @@ def _cmd_show(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _cmd_batches(args: argparse.Namespace, settings: Settings) -> int:
+    import json
+
+    from actors.gateway.books import Books, books_path
+
+    try:
+        gw = GatewayIdentity.load(identity_path(settings.data_dir, args.id))
+    except GatewayError as exc:
+        raise CommandError(str(exc)) from None
+    path = books_path(settings.data_dir, args.id)
+    if not path.exists():
+        raise CommandError(f"gateway {args.id} has no batches yet ({path} does not exist)")
+    books = Books(path)
+    try:
+        rows = books.report(gw.brand, args.merchant)
+    finally:
+        books.close()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    head = ("merchant", "batch", "brand", "state", "cur", "captures", "cap.rev", "credits",
+            "cred.rev", "net", "host")  # fmt: skip
+    print("  ".join(f"{h:>10}" for h in head))
+    for r in rows:
+        cells = (
+            r["merchant"], r["batch"], r["brand"], r["state"], r["currency"],
+            *(f"{n}/{a}" for n, a in (r["captures"], r["capture_reversals"], r["credits"],
+                                     r["credit_reversals"])),
+            r["net"], r["host"] or "-",
+        )  # fmt: skip
+        print("  ".join(f"{c!s:>10}" for c in cells))
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add ``setpay gateway register|show``."""
+    """Add ``setpay gateway register|show|batches``."""
     gw = sub.add_parser("gateway", help="payment gateway: registration and identity")
     gw_sub = gw.add_subparsers(dest="gateway_cmd", required=True)
     p = gw_sub.add_parser("register", help="create keys and obtain certificates from the CA")
@@ -109,3 +147,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = gw_sub.add_parser("show", help="print the registered identity")
     p.add_argument("--id", default="pg1")
     p.set_defaults(func=_cmd_show)
+    p = gw_sub.add_parser("batches", help="print the batches' settlement totals")
+    p.add_argument("--id", default="pg1")
+    p.add_argument("--merchant", default=None, help="only this merchant's batches")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_batches)

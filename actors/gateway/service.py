@@ -205,6 +205,10 @@ class GatewayService:
     def handlers(self) -> dict[MessageType, SetHandler]:
         return self._handlers
 
+    def serve(self, handlers: dict[MessageType, SetHandler]) -> None:
+        """Answer ``handlers``' message types too (capture.py, batch.py: after authorization)."""
+        self._handlers.update(handlers)
+
     async def error_signer(self, decoded: Decoded) -> ErrorSigner | None:
         """The gateway answers its Errors unsigned."""
         return None

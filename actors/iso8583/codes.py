@@ -24,6 +24,7 @@ class ResponseCode(StrEnum):
     PIN_TRIES_EXCEEDED = "75"
     ISSUER_UNAVAILABLE = "91"
     DUPLICATE_TRANSMISSION = "94"
+    RECONCILE_ERROR = "95"  # 0510: the batch's totals do not balance with the host's
     SYSTEM_MALFUNCTION = "96"
 
     @property

@@ -34,6 +34,7 @@ from actors.iso8583.security import mask_account
 from setpay.logs import get_logger
 
 REPEAT_OF = {
+    spec.ADVICE: spec.ADVICE_REPEAT,
     spec.REVERSAL_ADVICE: spec.REVERSAL_ADVICE_REPEAT,
     spec.REVERSAL_REQUEST: spec.REVERSAL_REPEAT,
 }
@@ -321,6 +322,43 @@ class IsoLink:
         if queued:
             self._saf_wake.set()
         return queued
+
+    async def advise(
+        self,
+        key: str,
+        rrn: str,
+        mti: str,
+        extra: dict[str, str],
+        *,
+        original_key: str | None = None,
+    ) -> bool:
+        """Store and forward ``mti`` (an 0220 completion or refund, an 0400 partial or full
+        reversal, an 0420 reversal of an advice) under the caller's ``key``, once per key
+        (saf.py Rule 5); its original is the answered request ``rrn`` or the entry queued
+        under ``original_key``. False if that original is unknown."""
+        queued = self.journal.enqueue_keyed(
+            key, rrn, mti, self.journal.next_stan(), self._f7(), extra, original_key=original_key
+        )
+        if queued:
+            self._saf_wake.set()
+        return queued
+
+    async def reconcile(self, fields: dict[str, str]) -> spec.Message | None:
+        """An 0500 reconciliation request (``fields``: 48, 74, 76, 86, 88); the 0510, or
+        None when the host does not answer in time (the caller asks again later). Holds
+        nothing at the host, so nothing is journalled or reversed."""
+        message: spec.Message = {
+            "t": spec.RECONCILIATION_REQUEST,
+            "7": self._f7(),
+            "11": self.journal.next_stan(),
+            "32": self.acquirer,
+            **fields,
+        }
+        try:
+            return await self._exchange(message, before_send=lambda: None)
+        except (LinkClosed, TimeoutError, ConnectionError) as exc:
+            self.log.warning("reconciliation_unanswered", error=type(exc).__name__)
+            return None
 
     async def verify(self, account: str, expiry: str | None = None) -> ResponseCode:
         """Account verification (0100, processing 33, amount zero) of a PAN or

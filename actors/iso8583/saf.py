@@ -10,6 +10,9 @@ Rule 3: only non-sensitive fields are journalled (no field 2, 14, 52, 102): the 
 located by field 90, so the journal never holds an account number or PIN block.
 Rule 4: the RRN is the primary key of ``requests``: the database refuses a second journal
 entry for one RRN.
+Rule 5: an advice or reversal queued for a caller's own key (``enqueue_keyed``: completions,
+refunds, partial reversals, reversals of advices) is queued once per key (``saf.key`` is
+unique): a caller that queues again after a crash finds its entry instead of a second one.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from pathlib import Path
 from typing import Final
 
 import sqlalchemy as sa
+from alembic.operations import Operations
 
 from actors.iso8583 import spec
 from setpay.store import Connection, Schema, open_store
@@ -59,10 +63,19 @@ SAF: Final = sa.Table(
     sa.Column("response_code", sa.String()),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("done_at", sa.Float),
+    sa.Column("key", sa.String(), unique=True),  # Rule 5: the caller's key, if it gave one
     sa.CheckConstraint("state IN ('pending', 'acked', 'failed')", name="saf_state"),
     sqlite_autoincrement=True,  # ids are never reused: the queue's order is the id's
 )
-SCHEMA: Final = Schema("iso8583_journal", _MD)
+
+
+def _add_saf_key(op: Operations) -> None:
+    with op.batch_alter_table("saf") as batch:
+        batch.add_column(sa.Column("key", sa.String()))
+        batch.create_unique_constraint("uq_saf_key", ["key"])
+
+
+SCHEMA: Final = Schema("iso8583_journal", _MD, steps=(_add_saf_key,))
 STAN_BLOCK: Final = 64
 # Fields a reversal copies from its original; none is sensitive.
 REVERSAL_FIELDS: Final = ("3", "4", "32", "37", "41", "42", "49")
@@ -217,6 +230,69 @@ class Journal:
                 created_at=self.clock(),
             )
         )
+
+    def enqueue_keyed(
+        self,
+        key: str,
+        rrn: str,
+        mti: str,
+        stan: str,
+        f7: str,
+        extra: dict[str, str],
+        *,
+        original_key: str | None = None,
+    ) -> bool:
+        """Queue ``mti`` under ``key`` (Rule 5), naming in field 90 the answered request
+        ``rrn`` or, with ``original_key``, the queued entry of that key; ``extra`` fields
+        replace the copied ones. True if queued now or before; False if the original is
+        unknown (or not answered)."""
+        r, q = REQUESTS.c, SAF.c
+        with self._tx() as db:
+            if db.execute(sa.select(q.id).where(q.key == key)).first() is not None:
+                return True
+            if original_key is None:
+                fields = db.execute(
+                    sa.select(r.fields).where(r.rrn == rrn, r.state == "answered")
+                ).scalar()
+            else:
+                fields = db.execute(sa.select(q.message).where(q.key == original_key)).scalar()
+            if fields is None:
+                return False
+            original: dict[str, str] = json.loads(fields)
+            message: spec.Message = {"t": mti, "7": f7, "11": stan}
+            message.update({k: original[k] for k in REVERSAL_FIELDS if k in original})
+            message["90"] = spec.original_data(
+                original["t"], original["11"], original["7"], original["32"]
+            )
+            message.update(extra)
+            db.execute(
+                sa.insert(SAF).values(
+                    rrn=rrn,
+                    mti=mti,
+                    message=json.dumps(message),
+                    state="pending",
+                    created_at=self.clock(),
+                    key=key,
+                )
+            )
+            return True
+
+    def keyed(self, key: str) -> tuple[str, str, int] | None:
+        """(MTI, state, attempts) of the entry queued under ``key``, or None."""
+        q = SAF.c
+        row = self.db.one(sa.select(q.mti, q.state, q.attempts).where(q.key == key))
+        return None if row is None else (str(row[0]), str(row[1]), int(row[2]))
+
+    def keyed_states(self, keys: list[str]) -> dict[str, str]:
+        """The state of each entry queued under one of ``keys`` (absent keys are missing),
+        in chunks of a few hundred keys per query."""
+        q = SAF.c
+        out: dict[str, str] = {}
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            for key, state in self.db.all(sa.select(q.key, q.state).where(q.key.in_(chunk))):
+                out[str(key)] = str(state)
+        return out
 
     def unanswered(self) -> list[str]:
         """RRNs journalled as sent but never settled (a crash happened in between)."""

@@ -1,7 +1,11 @@
 """The host's ISO 8583 dialect (pyiso8583 spec) and typed helpers around pack/unpack.
 
 Rule 1: MTIs in use: 0100/0110 authorization, 0200/0210 financial (sale, PIN debit),
-0400/0410 reversal, 0420/0430 reversal advice (0401/0421 repeats), 0800/0810 echo. An 0100
+0220/0230 financial advice (0221 repeat: the completion of an authorization's hold, or a
+refund with processing code 20xxxx; field 90 names the original, field 48 the batch),
+0400/0410 reversal (field 95: the replacement amount of a partial reversal), 0420/0430
+reversal advice (0401/0421 repeats), 0500/0510 reconciliation of a closed batch (field 48
+the batch, 74/76 credit/debit counts, 86/88 credit/debit amounts), 0800/0810 echo. An 0100
 with processing code 33xxxx and amount zero is an account verification (the CA's check of a
 card or bank account before it certifies it): it holds and posts nothing.
 Rule 2: ASCII fields, binary 64-bit bitmaps, no header; field 52 is a 16-byte ISO 9564
@@ -35,6 +39,11 @@ REVERSAL_RESPONSE: Final = "0410"
 REVERSAL_ADVICE: Final = "0420"
 REVERSAL_ADVICE_REPEAT: Final = "0421"
 REVERSAL_ADVICE_RESPONSE: Final = "0430"
+ADVICE: Final = "0220"
+ADVICE_REPEAT: Final = "0221"
+ADVICE_RESPONSE: Final = "0230"
+RECONCILIATION_REQUEST: Final = "0500"
+RECONCILIATION_RESPONSE: Final = "0510"
 ECHO_REQUEST: Final = "0800"
 ECHO_RESPONSE: Final = "0810"
 
@@ -48,11 +57,16 @@ RESPONSE_TO: Final = {
     REVERSAL_REPEAT: REVERSAL_RESPONSE,
     REVERSAL_ADVICE: REVERSAL_ADVICE_RESPONSE,
     REVERSAL_ADVICE_REPEAT: REVERSAL_ADVICE_RESPONSE,
+    ADVICE: ADVICE_RESPONSE,
+    ADVICE_REPEAT: ADVICE_RESPONSE,
+    RECONCILIATION_REQUEST: RECONCILIATION_RESPONSE,
     ECHO_REQUEST: ECHO_RESPONSE,
 }
+ADVICES: Final = frozenset({ADVICE, ADVICE_REPEAT})
 ECHO_CODE: Final = "301"  # field 70: echo test
 CARD_PROCESSING: Final = "000000"  # purchase, default account
 DEBIT_PROCESSING: Final = "002000"  # purchase from a checking account (OPE debit)
+REFUND_PROCESSING: Final = "200000"  # refund (credit) to the default account
 VERIFY_CARD_PROCESSING: Final = "330000"  # account verification, default account
 VERIFY_BANK_PROCESSING: Final = "332000"  # account verification, checking account (OPE)
 PIN_BLOCK_BYTES: Final = 16
@@ -140,6 +154,18 @@ def parse_original_data(value: str) -> tuple[str, str, str, str]:
     if len(value) != 42 or not value.isdigit():
         raise MessageError("field 90 must be 42 digits")
     return value[0:4], value[4:10], value[10:20], value[20:31].lstrip("0") or "0"
+
+
+def replacement_amount(amount: int) -> str:
+    """Field 95 of a partial reversal: the amount that stays (12 digits, then zeros)."""
+    return f"{amount:012d}".ljust(42, "0")
+
+
+def parse_replacement_amount(value: str) -> int:
+    """The amount that stays, from field 95. Raises ``MessageError``."""
+    if len(value) != 42 or not value.isdigit():
+        raise MessageError("field 95 must be 42 digits")
+    return int(value[:12])
 
 
 def pin_block_field(block: bytes) -> str:

@@ -12,6 +12,12 @@ the stored answer, a different request under a used key gets 94 and changes noth
 Rule 3: a reversal releases the hold or restores the posting of its original exactly once
 (``reversals.tx_key`` is the primary key); a reversal whose original never arrived leaves a
 tombstone so a late original is refused.
+Rule 5 (after authorization): an advice (``advise``) is applied at most once per key, like a
+request: a completion posts the captured amount and ends its original's hold (the rest of the
+hold is released); a refund posts a credit against an original that moved money; a reversal of
+either undoes it once (a completion's reversal restores the hold). A partial reversal
+(``reverse(..., remaining=N)``) lowers an active hold to N. Every completion and refund names
+its batch; ``batch_totals`` sums the live ones for the 0500 reconciliation.
 Rule 4: amounts are integers in minor units. Card ``balance`` is what the cardholder owes
 (available = limit - balance - holds); bank ``balance`` is the money on the account
 (available = balance - holds).
@@ -28,6 +34,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import sqlalchemy as sa
+from alembic.operations import Operations
 
 from actors.iso8583.codes import ResponseCode
 from actors.issuer.errors import StoreError
@@ -68,6 +75,7 @@ TRANSACTIONS: Final = sa.Table(
     sa.Column("response_code", sa.String(), nullable=False),
     sa.Column("approval_code", sa.String(), nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("batch", sa.String(), index=True),  # completions and refunds (Rule 5)
     sa.Index("transactions_velocity", "pan_index", "created_at"),
 )
 REVERSALS: Final = sa.Table(
@@ -78,7 +86,14 @@ REVERSALS: Final = sa.Table(
     sa.Column("restored", sa.Boolean, nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
 )
-SCHEMA: Final = Schema("issuer_accounts", _MD)
+
+
+def _add_batch(op: Operations) -> None:
+    op.add_column("transactions", sa.Column("batch", sa.String()))
+    op.create_index("ix_transactions_batch", "transactions", ["batch"])
+
+
+SCHEMA: Final = Schema("issuer_accounts", _MD, steps=(_add_batch,))
 
 
 class Effect(StrEnum):
@@ -86,6 +101,8 @@ class Effect(StrEnum):
     HOLD = "hold"  # authorization: reduces what is available until reversed
     POSTING = "posting"  # financial: moves the balance at once
     TOMBSTONE = "tombstone"  # reversed before it arrived
+    COMPLETION = "completion"  # an advice: the captured part of a hold, posted
+    CREDIT = "credit"  # an advice: a refund, posted back
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +214,7 @@ class Store:
                 t.pan_index == pan_index,
                 t.response_code == str(ResponseCode.APPROVED),
                 t.state == "active",
+                t.effect.not_in((str(Effect.COMPLETION), str(Effect.CREDIT))),
                 t.created_at >= since,
             )
         )
@@ -269,17 +287,30 @@ class Store:
             last4 = snap.account.last4 if snap else ""
             return Outcome(decision.code, approval, last4=last4)
 
-    def reverse(self, reversal_key: str, original_key: str, rrn: str) -> bool:
-        """Undo the original's effect once; True if this call restored funds."""
+    def reverse(
+        self, reversal_key: str, original_key: str, rrn: str, *, remaining: int | None = None
+    ) -> bool:
+        """Undo the original's effect once (with ``remaining``: lower its hold to that);
+        True if this call restored funds."""
         a, t, r = ACCOUNTS.c, TRANSACTIONS.c, REVERSALS.c
         with self._tx() as db:
             if db.execute(sa.select(r.tx_key).where(r.tx_key == reversal_key)).first():
                 return False
             row = db.execute(
-                sa.select(t.pan_index, t.amount, t.effect, t.state).where(t.tx_key == original_key)
+                sa.select(t.pan_index, t.amount, t.effect, t.state, t.rrn).where(
+                    t.tx_key == original_key
+                )
             ).first()
             restored = False
-            if row is None:
+            if remaining is not None:
+                if row is not None and row.state == "active" and row.effect == Effect.HOLD:
+                    restored = remaining < row.amount
+                    db.execute(
+                        sa.update(TRANSACTIONS)
+                        .where(t.tx_key == original_key)
+                        .values(amount=sa.case((t.amount > remaining, remaining), else_=t.amount))
+                    )
+            elif row is None:
                 # The original may still be in flight: refuse it when it arrives.
                 db.execute(
                     sa.insert(TRANSACTIONS).values(
@@ -297,20 +328,30 @@ class Store:
                     )
                 )
             elif row.state == "active":
-                if row.effect == Effect.POSTING:
+                if row.effect in (Effect.POSTING, Effect.COMPLETION, Effect.CREDIT):
                     kind = db.execute(
                         sa.select(a.kind).where(a.pan_index == row.pan_index)
                     ).scalar_one()
                     sign = -1 if kind == "card" else 1
+                    if row.effect == Effect.CREDIT:
+                        sign = -sign
                     db.execute(
                         sa.update(ACCOUNTS)
                         .where(a.pan_index == row.pan_index)
                         .values(balance=a.balance + sign * row.amount)
                     )
+                if row.effect == Effect.COMPLETION:  # the hold it ended holds again
+                    db.execute(
+                        sa.update(TRANSACTIONS)
+                        .where(
+                            t.rrn == row.rrn, t.effect == str(Effect.HOLD), t.state == "completed"
+                        )
+                        .values(state="active")
+                    )
                 db.execute(
                     sa.update(TRANSACTIONS).where(t.tx_key == original_key).values(state="reversed")
                 )
-                restored = row.effect in (Effect.HOLD, Effect.POSTING)
+                restored = row.effect != Effect.NONE
             db.execute(
                 sa.insert(REVERSALS).values(
                     tx_key=reversal_key,
@@ -320,6 +361,87 @@ class Store:
                 )
             )
             return restored
+
+    def advise(
+        self,
+        tx_key: str,
+        original_key: str,
+        rrn: str,
+        effect: Effect,
+        amount: int,
+        batch: str,
+    ) -> ResponseCode:
+        """Apply a completion or refund advice once per ``tx_key`` (Rule 5): 00, or 12 when
+        its original cannot take it (no hold to complete, nothing posted to refund), 13
+        when a completion exceeds the hold."""
+        a, t = ACCOUNTS.c, TRANSACTIONS.c
+        with self._tx() as db:
+            done = db.execute(
+                sa.select(t.response_code).where(t.tx_key == tx_key)
+            ).scalar()  # fmt: skip
+            if done is not None:
+                return ResponseCode(done)
+            row = db.execute(
+                sa.select(t.pan_index, t.amount, t.effect, t.state).where(t.tx_key == original_key)
+            ).first()
+            code = ResponseCode.APPROVED
+            if effect is Effect.COMPLETION:
+                if row is None or row.effect != Effect.HOLD or row.state != "active":
+                    code = ResponseCode.INVALID_TRANSACTION
+                elif amount > row.amount:
+                    code = ResponseCode.INVALID_AMOUNT
+            elif row is None or row.effect not in (Effect.HOLD, Effect.POSTING):
+                code = ResponseCode.INVALID_TRANSACTION
+            if code.approved:
+                assert row is not None
+                kind = db.execute(
+                    sa.select(a.kind).where(a.pan_index == row.pan_index)
+                ).scalar_one()  # fmt: skip
+                sign = 1 if kind == "card" else -1  # a card owes more, a bank account holds less
+                if effect is Effect.CREDIT:
+                    sign = -sign
+                db.execute(
+                    sa.update(ACCOUNTS)
+                    .where(a.pan_index == row.pan_index)
+                    .values(balance=a.balance + sign * amount)
+                )
+                if effect is Effect.COMPLETION:
+                    db.execute(
+                        sa.update(TRANSACTIONS)
+                        .where(t.tx_key == original_key)
+                        .values(state="completed")
+                    )
+            db.execute(
+                sa.insert(TRANSACTIONS).values(
+                    tx_key=tx_key,
+                    rrn=rrn,
+                    mti="0220",
+                    fingerprint=b"",
+                    pan_index=None if row is None else row.pan_index,
+                    amount=amount,
+                    effect=str(effect) if code.approved else str(Effect.NONE),
+                    state="active",
+                    response_code=str(code),
+                    approval_code="",
+                    created_at=self.clock(),
+                    batch=batch if code.approved else None,
+                )
+            )
+            return code
+
+    def batch_totals(self, batch: str) -> tuple[int, int, int, int]:
+        """(credit count, credit amount, debit count, debit amount) of ``batch``'s live
+        completions (debits) and refunds (credits)."""
+        t = TRANSACTIONS.c
+        rows = self.db.all(
+            sa.select(t.effect, sa.func.count(), sa.func.coalesce(sa.func.sum(t.amount), 0))
+            .where(t.batch == batch, t.state == "active")
+            .group_by(t.effect)
+        )
+        by = {str(e): (int(n), int(s)) for e, n, s in rows}
+        credits = by.get(str(Effect.CREDIT), (0, 0))
+        debits = by.get(str(Effect.COMPLETION), (0, 0))
+        return credits[0], credits[1], debits[0], debits[1]
 
     def reversal_count(self, original_key: str) -> int:
         """How many distinct reversals named ``original_key`` (for audits and tests)."""

@@ -12,6 +12,13 @@ MTI is readable, else dropped; a broken frame closes that connection only. The h
 serving.
 Rule 4: a security module that cannot answer gives 96 and stores nothing, so a retry can
 succeed. Responses echo no account number, expiry or PIN block.
+Rule 6 (after authorization): an 0220/0221 advice names its original in field 90 and its
+batch in field 48; processing code 00xxxx completes the original's hold with field 4 (the
+rest is released), 20xxxx refunds field 4; applied once per transmission key (accounts.py
+Rule 5), answered 00, or 12/13 when the original cannot take it. A reversal with field 95
+lowers its original's hold to that amount. An 0500 sums the batch of field 48 and answers
+00 when its counts and amounts (74/76/86/88) equal the host's, else 95; the 0510 carries
+the host's own totals either way.
 Rule 5: an account verification (0100, processing code 33xxxx, amount zero) answers 14 for an
 account not on file, 43 stolen, 54 expired (or field 14 not the card's date), else 00; it
 checks no PIN and funds, and changes nothing (no hold, no posting, no stored answer).
@@ -38,7 +45,7 @@ from setpay.logs import get_logger
 
 MAX_PIN_TRIES = 3
 MAX_IN_FLIGHT_PER_CONNECTION = 256  # beyond this the host stops reading: TCP backpressure
-ECHOED = ("3", "4", "7", "11", "12", "32", "37", "41", "42", "49", "70", "90")
+ECHOED = ("3", "4", "7", "11", "12", "32", "37", "41", "42", "48", "49", "70", "90")
 _APPROVAL_ALPHABET = string.ascii_uppercase + string.digits
 
 
@@ -233,6 +240,10 @@ class IssuerHost:
                 answer = await self._financial(message)
             elif mti in spec.REVERSALS:
                 answer = self._reversal(message)
+            elif mti in spec.ADVICES:
+                answer = self._advice(message)
+            elif mti == spec.RECONCILIATION_REQUEST:
+                answer = self._reconciliation(message)
             elif mti == spec.ECHO_REQUEST:
                 answer = self._response(message, ResponseCode.APPROVED)
             else:
@@ -371,15 +382,16 @@ class IssuerHost:
     def _reversal(self, message: spec.Message) -> spec.Message:
         spec.require(message, "7", "11", "32", "37", "90")
         orig_mti, orig_stan, orig_f7, orig_acq = spec.parse_original_data(str(message["90"]))
-        if orig_mti not in (spec.AUTH_REQUEST, spec.FINANCIAL_REQUEST):
-            raise MessageError("field 90 names no authorization or financial request")
+        if orig_mti not in (spec.AUTH_REQUEST, spec.FINANCIAL_REQUEST, spec.ADVICE):
+            raise MessageError("field 90 names no authorization, financial request or advice")
         # Repeats (0401/0421) keep the first attempt's STAN and time, so they share its key.
         rrn = str(message["37"])  # a reversal carries its original's RRN
         key = "rev:" + transmission_key(
             str(message["32"]), str(message["7"]), str(message["11"]), rrn
         )
         original = transmission_key(orig_acq, orig_f7, orig_stan, rrn)
-        restored = self.store.reverse(key, original, str(message["37"]))
+        remaining = spec.parse_replacement_amount(str(message["95"])) if message.get("95") else None
+        restored = self.store.reverse(key, original, str(message["37"]), remaining=remaining)
         self.log.info(
             "reversed",
             mti=message["t"],
@@ -388,3 +400,47 @@ class IssuerHost:
             restored=restored,
         )
         return self._response(message, ResponseCode.APPROVED)
+
+    def _advice(self, message: spec.Message) -> spec.Message:
+        """A completion or refund advice (Rule 6)."""
+        spec.require(message, "3", "4", "7", "11", "32", "37", "48", "90")
+        orig_mti, orig_stan, orig_f7, orig_acq = spec.parse_original_data(str(message["90"]))
+        amount_text = str(message["4"])
+        if not amount_text.isdigit() or int(amount_text) <= 0:
+            raise MessageError("field 4 must be a positive amount")
+        processing = str(message["3"])
+        if processing.startswith("20"):
+            effect = Effect.CREDIT
+        elif processing.startswith("00"):
+            effect = Effect.COMPLETION
+        else:
+            raise MessageError("an advice completes (00xxxx) or refunds (20xxxx)")
+        rrn = str(message["37"])
+        # Repeats (0221) keep the first attempt's STAN and time, so they share its key.
+        key = transmission_key(str(message["32"]), str(message["7"]), str(message["11"]), rrn)
+        original = transmission_key(orig_acq, orig_f7, orig_stan, rrn)
+        code = self.store.advise(key, original, rrn, effect, int(amount_text), str(message["48"]))
+        self.log.info(
+            "advised", mti=message["t"], stan=message["11"], rrn=rrn, effect=str(effect),
+            amount=int(amount_text), code=str(code), original_mti=orig_mti,
+        )  # fmt: skip
+        return self._response(message, code)
+
+    def _reconciliation(self, message: spec.Message) -> spec.Message:
+        """An 0500: the batch's totals against the host's (Rule 6)."""
+        spec.require(message, "7", "11", "32", "48")
+        batch = str(message["48"])
+        credits, credit_amount, debits, debit_amount = self.store.batch_totals(batch)
+        own = {
+            "74": f"{credits:010d}", "76": f"{debits:010d}",
+            "86": f"{credit_amount:016d}", "88": f"{debit_amount:016d}",
+        }  # fmt: skip
+        balanced = all(str(message.get(k, "")).lstrip("0") == v.lstrip("0") for k, v in own.items())
+        code = ResponseCode.APPROVED if balanced else ResponseCode.RECONCILE_ERROR
+        self.log.info(
+            "reconciled", batch=batch, code=str(code), credits=credits,
+            credit_amount=credit_amount, debits=debits, debit_amount=debit_amount,
+        )  # fmt: skip
+        answer = self._response(message, code)
+        answer.update(own)
+        return answer

@@ -28,6 +28,7 @@ from typing import Any, Protocol
 from cryptography import x509
 
 from actors.entrypoint import SetHandler
+from actors.merchant.after import MerchantAfter
 from actors.merchant.errors import MerchantError
 from actors.merchant.store import MerchantRow, MerchantStore, OrderRow
 from actors.trust import CERTIFICATE_STANDING, RevocationCache
@@ -164,6 +165,8 @@ class MerchantService:
         self._locks: weakref.WeakValueDictionary[bytes, asyncio.Lock] = (
             weakref.WeakValueDictionary()
         )
+        # after authorization: capture, reversals, credits, batches (actors/merchant/after.py)
+        self.after = MerchantAfter(self)
 
     # -- the operator's side --------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from typing import Final
 
 import sqlalchemy as sa
 
+from actors.merchant.payments import SCHEMA as PAYMENTS_SCHEMA
 from protocol import codec
 from protocol.messages import CurrAmt
 from setpay.store import REPLIES, Connection, ReplyStore, Schema, Store, open_store
@@ -126,7 +127,7 @@ class MerchantStore:
     @classmethod
     def open(cls, data_dir: Path, instance: str) -> MerchantStore:
         path = Path(data_dir) / "merchant" / f"{instance}.sqlite"
-        return cls(open_store(path, [SCHEMA, REPLIES]), path)
+        return cls(open_store(path, [SCHEMA, REPLIES, PAYMENTS_SCHEMA]), path)
 
     def close(self) -> None:
         self.db.close()

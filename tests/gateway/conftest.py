@@ -75,6 +75,17 @@ ACCOUNTS = {
     ),
     # The host holds a lapsed date; the card registered with another: field 14 → 54.
     "expired": SeedAccount("gw-exp", "card", "alpha", _pan("400000000000456"), LAPSED, 500_000, 0),
+    # After authorization (test_capture.py, test_after_properties.py): many purchases.
+    "after": SeedAccount(
+        "gw-after",
+        "card",
+        "alpha",
+        _pan("400000000000789"),
+        VALID,
+        10_000_000,
+        0,
+        velocity_count=100_000,
+    ),
 }
 
 

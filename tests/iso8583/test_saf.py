@@ -97,3 +97,37 @@ def test_stans_are_not_reused_across_a_reopen(store_target: str | Path) -> None:
     finally:
         second.close()
     assert len(seen) == STAN_BLOCK + 1 and not seen & again
+
+
+def test_keyed_advice_is_queued_once_and_names_its_original(journal: Journal) -> None:
+    """saf.py Rule 5: a completion queued twice under one key is one entry; its field 90 names
+    the answered request; a reversal of it names the advice; no account field is copied."""
+    original = request(journal, "RRNKEYED0001")
+    journal.record_sent("RRNKEYED0001", original)
+    journal.record_answer("RRNKEYED0001", "00", "ABC123")
+    extra = {"3": spec.CARD_PROCESSING, "4": "000000000600", "48": "M-1:1"}
+    for _ in range(2):
+        assert journal.enqueue_keyed(
+            "cap:1", "RRNKEYED0001", spec.ADVICE, journal.next_stan(), "1124130500", extra
+        )
+    assert journal.saf_entries("RRNKEYED0001") == [(spec.ADVICE, "pending", 0)]
+    entry = journal.next_pending()
+    assert entry is not None
+    assert entry.message["90"][:4] == spec.AUTH_REQUEST
+    assert (entry.message["4"], entry.message["48"]) == ("000000000600", "M-1:1")
+    assert not {"2", "14", "52", "102"} & set(entry.message)
+    assert journal.enqueue_keyed(
+        "caprev:1", "RRNKEYED0001", spec.REVERSAL_ADVICE, journal.next_stan(), "1124130600", {},
+        original_key="cap:1",
+    )  # fmt: skip
+    entries = journal.saf_entries("RRNKEYED0001")
+    assert [e[0] for e in entries] == [spec.ADVICE, spec.REVERSAL_ADVICE]
+    assert journal.keyed("caprev:1") == (spec.REVERSAL_ADVICE, "pending", 0)
+    # an original never answered, or an unknown key: nothing queued
+    assert not journal.enqueue_keyed(
+        "cap:2", "RRNUNKNOWN01", spec.ADVICE, journal.next_stan(), "1124130700", extra
+    )
+    assert not journal.enqueue_keyed(
+        "x:1", "RRNKEYED0001", spec.REVERSAL_ADVICE, journal.next_stan(), "1124130700", {},
+        original_key="nope",
+    )  # fmt: skip
