@@ -124,7 +124,7 @@ async def deployment(
 
 async def _client(dep: Deployment, identity: str, stack: contextlib.AsyncExitStack
                   ) -> KeystoreClient:  # fmt: skip
-    bus = await connect(dep.url(identity), name=f"nosecret-{identity}")
+    bus = await connect(dep.url(identity), name=identity)
     stack.push_async_callback(bus.close)
     client = await KeystoreClient.create(bus, timeout=CALL_TIMEOUT)
     stack.push_async_callback(client.close)

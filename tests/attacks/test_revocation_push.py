@@ -85,7 +85,7 @@ async def trust(gateway_env: GatewayEnv, tmp_path: Path) -> AsyncIterator[Revoca
 async def _push_as(env: GatewayEnv, login: str, wire: bytes, *, expect_error: bool) -> object:
     """Send ``wire`` as BCIDistribution to the gateway instance from broker user ``login``;
     the SET Error code it answers, or None when it answers nothing (as for a taken push)."""
-    bus = await connect(env.ca.deployment.url_for(login), name=f"attack-{login}")
+    bus = await connect(env.ca.deployment.url_for(login), name=login)
     role = login.split(".")[0]
     link = await PeerLink(bus, role, f"attack-{ids.new_lid().hex()[:6]}", timeout=5.0).start()
     try:
@@ -178,7 +178,7 @@ async def test_a_push_on_the_broadcast_key_reaches_the_gateway(
         h.current_bci(BRAND) or b"", certificate_der(h.cert(ca_name(BRAND, "brand"))),
         h.current_crls(BRAND),
     )  # fmt: skip
-    bus = await connect(gateway_env.ca.deployment.url_for("ca.main"), name="attack-ca-broadcast")
+    bus = await connect(gateway_env.ca.deployment.url_for("ca.main"), name="ca.main")
     try:
         message = bus.message(wire, msg_type=amqp_type(MessageType.BCI_DISTRIBUTION))
         await bus.publish(revocation_key(BRAND), message, exchange=SET_EXCHANGE)
