@@ -295,6 +295,14 @@ async def _seed_issuer(settings: Settings) -> list[str]:
     return created
 
 
+def _has_operator_login(settings: Settings) -> bool:
+    from broker.credentials import CredentialStore, credentials_path
+    from broker.provision import OPERATOR
+
+    store = CredentialStore(credentials_path(settings.data_dir))
+    return store.get(settings.broker_user_prefix + OPERATOR) is not None
+
+
 def _broker_init(settings: Settings, say: Callable[[str], None]) -> None:
     _setpay(settings, "broker", "init")
     say("broker: vhost, identities and permissions applied")
@@ -311,8 +319,13 @@ def ensure(settings: Settings, say: Callable[[str], None] = print) -> Environmen
     _setpay(settings, "keystore", "init")
     say("keystore: token ready")
     # The supervisor takes the vhost's lock before `broker init` may reset any password, but
-    # it needs the vhost to exist: a vhost that does not exist yet is nobody else's.
-    fresh = settings.broker_vhost not in admin.list_vhosts()
+    # it needs the vhost to exist and the operators' login (it takes the lock as that login):
+    # a vhost that does not exist yet, or one where no supervisor holds the lock while this
+    # data dir has no operator password yet, is nobody else's.
+    fresh = settings.broker_vhost not in admin.list_vhosts() or (
+        not _has_operator_login(settings)
+        and supervisor.LOCK_QUEUE not in admin.list_names("queues", settings.broker_vhost)
+    )
     if fresh:
         _broker_init(settings, say)
     try:
