@@ -903,7 +903,11 @@ async def _main(args: argparse.Namespace, settings: Settings, mix: dict[str, flo
     from actors import demo_cases
 
     say = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
-    bus, wallet, pos = await demo_cases.connect_clients(settings.admin_url())
+    from broker.connection import connect
+
+    wallet, pos = demo_cases.connect_clients(settings)  # HTTPS, as every thin client
+    # The probe counts SET envelopes on the trace tap: a bus login for that alone.
+    bus = await connect(settings.admin_url(), name="setpay-bench-probe")
     try:
         root = client_root(settings) if "debit" in mix else None
         say(f"enrolling {args.cardholders} cardholders (untimed) …")
@@ -978,6 +982,7 @@ async def _main(args: argparse.Namespace, settings: Settings, mix: dict[str, flo
                 write_hdr_log(args.hdr_log, [("auth", results)])
             failed = results.failed
     finally:
+        await demo_cases.close_clients(wallet, pos)
         await bus.close()
     failed += enrolment["failed"]
     return (1 if failed else 0), out

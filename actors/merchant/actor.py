@@ -7,8 +7,8 @@ it reaches the gateway as protocol/payment.py Rule 3 says, through a ``broker.pe
 whose replies come to its own queue ``merchant.<instance>-gw`` (not the actor's, so a PReq in
 progress never waits behind itself).
 Rule 3: a request is acked only after its effects and reply are committed (runtime Rule 3).
-Rule 4: the operator's thin client reaches it on RPC queue ``merchant.<instance>.api``
-(actors/merchant/api.py).
+Rule 4: operators reach it over HTTPS on ``web_host``:``pos_web_port`` (the console page and
+`setpay pos`; actors/merchant/api.py on the actors/web front door), never over the bus.
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from actors.merchant.api import serve_api
+from actors.merchant.api import front_door
 from actors.merchant.service import MerchantService
 from actors.merchant.store import MerchantStore
 from actors.party import PartyActor
 from actors.runtime import Actor
+from actors.web.server import FrontDoor
 from broker.peer import PeerLink
-from broker.rpc import RpcServer
 from protocol.payment import GATEWAY_ROLE
 from setpay.config import Settings
 
@@ -47,7 +47,7 @@ class MerchantActor(PartyActor):
         self.store: MerchantStore | None = None
         self.gateway: PeerLink | None = None
         self.service: MerchantService | None = None
-        self.api: RpcServer | None = None
+        self.api: FrontDoor | None = None
 
     async def setup(self) -> None:
         assert self.bus is not None
@@ -69,8 +69,9 @@ class MerchantActor(PartyActor):
         )  # fmt: skip
         self.closing(self.service.close, "trust caches")
         self.serve_set(self.service)
-        self.api = await serve_api(self.bus, self.service, self.instance)
-        self.closing(self.api.stop, "api")
+        self.api = front_door(self.settings, self.service, self.instance)
+        await self.api.start()
+        self.closing(self.api.stop, "https front door")
 
 
 def main(settings: Settings, instance: str, health_file: Path | None = None) -> Actor:

@@ -16,6 +16,7 @@ from typing import Any, Final
 
 import sqlalchemy as sa
 
+from actors.web.sessions import SESSIONS
 from protocol import codec
 from setpay.store import Schema, Store, open_store
 
@@ -100,7 +101,7 @@ class WalletStore:
     @classmethod
     def open(cls, data_dir: Path, instance: str) -> WalletStore:
         path = Path(data_dir) / "wallet" / f"{instance}.sqlite"
-        return cls(open_store(path, [SCHEMA]), path)
+        return cls(open_store(path, [SCHEMA, SESSIONS]), path)
 
     def close(self) -> None:
         self.db.close()

@@ -70,7 +70,7 @@ def test_first_run_creates_everything_second_run_changes_nothing(provisioned) ->
     # the broker holds exactly the wanted permissions and policies
     perms = admin.list_permissions(vhost)
     assert perms[prefix + "merchant.pos1"][2] == (
-        r"^(set\.merchant|set\.merchant\.pos1|set\.merchant\.pos1\-gw|merchant\.pos1\.api)$"
+        r"^(set\.merchant|set\.merchant\.pos1|set\.merchant\.pos1\-gw)$"
     )
     assert set(admin.list_policies(vhost)) == {p.name for p in load_definitions().policies}
 

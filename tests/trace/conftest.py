@@ -73,18 +73,18 @@ async def purchases(env: Env) -> tuple[list[str], list[bytes]]:
     """A credit purchase and its inquiry, an OPE debit with the right and the wrong PIN."""
     data_dir = Path(os.fspath(env.data_dir))
     root = load_certificate((data_dir / "wallet" / "root.der").read_bytes())
-    bus, wallet, pos = await demo_cases.connect_clients(load(env.vars).admin_url())
+    wallet, pos = demo_cases.connect_clients(load(env.vars))
     try:
         erin = demo_cases.debit_shopper(wallet)
         alice = demo_cases.Shopper(wallet, "demo-alice", LOAD_PANS[0])
         await erin.card()
         await alice.card()
         credit = await alice.buy(pos, "M-1001", 1_100)
-        inquiry = await wallet.inquire(alice.user, demo_cases.PASSPHRASE, credit.xid)
+        inquiry = await (await alice.session()).inquire(credit.xid)
         right = await erin.debit(pos, "M-1002", 900, root, DEBIT_PIN)
         wrong = await erin.debit(pos, "M-1002", 900, root, demo_cases.WRONG_PIN)
     finally:
-        await bus.close()
+        await demo_cases.close_clients(wallet, pos)
     outcomes = [r.describe() for r in (credit, inquiry, right, wrong)]
     return outcomes, [credit.xid, right.xid, wrong.xid]
 
