@@ -51,6 +51,7 @@ MAX_BODY = 64 * 1024
 COOKIE = "__Host-setpay"
 CSRF_HEADER = "X-CSRF-Token"
 SAFE_METHODS = frozenset({"GET", "HEAD"})
+PRINCIPAL = web.RequestKey("principal", str)  # the session's principal, for the request log
 LOGIN_FAILED = "unknown user or wrong passphrase"
 LOCKED = "too many failed logins: try again later"
 SECURITY_HEADERS = {
@@ -228,7 +229,7 @@ class FrontDoor:
                                   or not session.csrf_matches(request.headers.get(CSRF_HEADER))):
                     raise Refused(403, "missing or wrong CSRF token")  # fmt: skip
             if session is not None:
-                request["principal"] = session.principal
+                request[PRINCIPAL] = session.principal
             body: dict[str, Any] = {}
             if schema is not None:
                 if request.content_type != "application/json":
@@ -325,7 +326,7 @@ class FrontDoor:
         log.info("http_request", method=request.method,
                  route=info.canonical if info is not None else "?",
                  status=response.status, ms=round((time.perf_counter() - began) * 1000, 1),
-                 principal=request.get("principal"))  # fmt: skip
+                 principal=request.get(PRINCIPAL))  # fmt: skip
         return response
 
     def _page(self, file: Path) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
