@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import statistics
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
@@ -37,7 +36,7 @@ from actors.web.tls import ca_file, client_context
 from protocol.messages import CurrAmt
 from setpay.config import Settings, load
 from tests.fixtures_ca import files_bytes
-from tests.ops.environments import Env, new_env, remove_env
+from tests.ops.environments import Env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -48,16 +47,9 @@ SECRETS = (PASSPHRASE, OPERATOR_PASSPHRASE, CLI_PASS, SHOP_PASS, VICTIM_PASS)
 TOKENS: list[str] = []  # every bearer token the tests were given (none may be stored)
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    env = new_env(tmp_path_factory.mktemp("web-var"), "web",
-                  SETPAY_WEB_SOURCE_FAILURES="10000")  # fmt: skip
-    try:
-        demo = env.setpay("demo", timeout=900)
-        assert demo.returncode == 0, demo.stdout[-2000:] + demo.stderr[-2000:]
-        yield env
-    finally:
-        remove_env(env)
+@pytest.fixture
+def env(web_env: Env) -> Env:
+    return web_env
 
 
 def settings_of(env: Env) -> Settings:
@@ -95,7 +87,8 @@ def test_operator_and_cardholder_clis_over_https(env: Env) -> None:
     from datetime import UTC, datetime
 
     card = _cli(env, "wallet", "enroll", "--user", CLI_USER, "--brand", "alpha",
-                "--expiry", _valid(datetime.now(UTC)), **cardholder)  # fmt: skip
+                "--expiry", _valid(datetime.now(UTC)), "--field", "name=Carol Cli",
+                "--field", "postal_code=100-0001", **cardholder)  # fmt: skip
     cards = _cli(env, "wallet", "cards", "--user", CLI_USER, **cardholder)
     assert [c["card_id"] for c in cards] == [card["card_id"]]
     assert cards[0]["hint"] == LOAD_PANS[1][-4:]
