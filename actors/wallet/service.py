@@ -366,8 +366,9 @@ class WalletService:
     async def inquire(self, user: str, xid: bytes) -> PurchaseResult:
         """InqReq → InqRes about one of this cardholder's purchases."""
         row = self.store.purchase(xid)
-        if row is None or self._card(user, row.card_id).user != user:
-            raise WalletError("no such purchase")
+        card = None if row is None else self.store.card(row.card_id)
+        if row is None or card is None or card.user != user:
+            raise WalletError("no such purchase")  # the same for another's: no oracle
         trans = codec.decode(TransIDs, row.trans_ids)
         req, data = purchase.inq_req(trans)
         header = make_header(
