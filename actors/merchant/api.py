@@ -65,7 +65,7 @@ def front_door(settings: Settings, service: MerchantService, instance: str) -> F
     route_key = f"merchant.{instance}"
     pages = {"/": PAGES / "index.html", "/pos.js": PAGES / "pos.js",
              "/pos.css": PAGES / "pos.css"}  # fmt: skip
-    door = FrontDoor(settings, title="setpay POS", port=settings.pos_web_port,
+    door = FrontDoor(settings, name="pos", title="setpay POS", port=settings.pos_web_port,
                      sessions=sessions, lookup=lambda name: operator(store.db, name),
                      refusals=(MerchantError,),
                      pages={k: v for k, v in pages.items() if v.is_file()})  # fmt: skip

@@ -115,7 +115,8 @@ def front_door(settings: Settings, service: WalletService) -> FrontDoor:
 
     pages = {"/": PAGES / "index.html", "/wallet.js": PAGES / "wallet.js",
              "/wallet.css": PAGES / "wallet.css"}  # fmt: skip
-    door = FrontDoor(settings, title="setpay wallet", port=settings.wallet_web_port,
+    door = FrontDoor(settings, name="wallet", title="setpay wallet",
+                     port=settings.wallet_web_port,
                      sessions=sessions, lookup=lookup, refusals=(WalletError,),
                      pages={k: v for k, v in pages.items() if v.is_file()})  # fmt: skip
     route = door.route

@@ -9,9 +9,11 @@ Rule 2 (login): ``POST /api/login`` looks the name up and runs exactly one scryp
 event loop (``asyncio.to_thread``), for a known and an unknown name alike (``passwords.check``)
 and answers both failures with the same 401 text. A locked name (sessions.py Rule 3) or an
 address with ``web_source_failures`` failed logins in ``web_lockout_seconds`` gets 429
-before any work, known or not. Success opens a session: an ``__Host-`` cookie (HttpOnly,
-Secure, SameSite=Strict, Path=/) for the pages and the same token as a bearer for the CLIs;
-the answer carries the session's CSRF token. ``POST /api/logout`` ends it.
+before any work, known or not. Success opens a session: an ``__Host-setpay-<service>`` cookie
+(HttpOnly, Secure, SameSite=Strict, Path=/; named per service because browsers share cookies
+between the ports of one host, and the wallet and the POS may share a host) for the pages
+and the same token as a bearer for the CLIs; the answer carries the session's CSRF token.
+``POST /api/logout`` ends it.
 Rule 3 (CSRF): a state-changing request (anything but GET/HEAD) is refused (403) if it has
 an ``Origin`` other than this service's own, or if it is authenticated by the cookie without
 the session's ``X-CSRF-Token`` header. A bearer token is never sent by a browser on its
@@ -48,7 +50,7 @@ from setpay.logs import get_logger
 log = get_logger(component="web")
 
 MAX_BODY = 64 * 1024
-COOKIE = "__Host-setpay"
+COOKIE_PREFIX = "__Host-setpay-"  # + the service's name: cookies ignore ports (Rule 2)
 CSRF_HEADER = "X-CSRF-Token"
 SAFE_METHODS = frozenset({"GET", "HEAD"})
 PRINCIPAL = web.RequestKey("principal", str)  # the session's principal, for the request log
@@ -180,11 +182,12 @@ class FrontDoor:
     """One service's HTTPS API and pages (Rules 1-5)."""
 
     def __init__(
-        self, settings: Settings, *, title: str, port: int, sessions: SessionStore,
+        self, settings: Settings, *, name: str, title: str, port: int, sessions: SessionStore,
         lookup: Lookup, refusals: tuple[type[Exception], ...] = (),
         pages: dict[str, Path] | None = None,
     ) -> None:  # fmt: skip
         self.settings = settings
+        self.cookie = COOKIE_PREFIX + name
         self.title = title
         self.port = port
         self.sessions = sessions
@@ -258,7 +261,7 @@ class FrontDoor:
         header = request.headers.get("Authorization", "")
         if header.startswith("Bearer "):
             return self.sessions.get(header[7:].strip()[:128], _now_ms()), False
-        cookie = request.cookies.get(COOKIE)
+        cookie = request.cookies.get(self.cookie)
         if cookie:
             return self.sessions.get(cookie[:128], _now_ms()), True
         return None, False
@@ -285,7 +288,7 @@ class FrontDoor:
         session = self.sessions.create(user, scope, _now_ms())
         log.info("web_login", principal=user)
         response = web.json_response(_session_json(session, token=True))
-        response.set_cookie(COOKIE, session.token, path="/", secure=True, httponly=True,
+        response.set_cookie(self.cookie, session.token, path="/", secure=True, httponly=True,
                             samesite="Strict",
                             max_age=int(self.settings.web_session_seconds))  # fmt: skip
         return response
@@ -293,11 +296,12 @@ class FrontDoor:
     async def _logout(self, request: web.Request, _s: Session | None, _b: dict[str, Any]
                       ) -> web.StreamResponse:  # fmt: skip
         header = request.headers.get("Authorization", "")
-        token = header[7:].strip() if header.startswith("Bearer ") else request.cookies.get(COOKIE)
+        bearer = header.startswith("Bearer ")
+        token = header[7:].strip() if bearer else request.cookies.get(self.cookie)
         if token:
             self.sessions.end(token[:128])
         response = web.json_response({})
-        response.del_cookie(COOKIE, path="/", secure=True, httponly=True, samesite="Strict")
+        response.del_cookie(self.cookie, path="/", secure=True, httponly=True, samesite="Strict")
         return response
 
     async def _session(self, _r: web.Request, session: Session | None, _b: dict[str, Any]
@@ -374,7 +378,7 @@ class FrontDoor:
             "paths": paths,
             "components": {"securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer"},
-                "cookie": {"type": "apiKey", "in": "cookie", "name": COOKIE},
+                "cookie": {"type": "apiKey", "in": "cookie", "name": self.cookie},
                 "csrf": {"type": "apiKey", "in": "header", "name": CSRF_HEADER},
             }},
         }  # fmt: skip

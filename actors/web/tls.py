@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
+import secrets
 import ssl
 from pathlib import Path
 
@@ -69,7 +70,9 @@ def ensure_test_certificate(settings: Settings) -> bool:
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(directory, 0o700)
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "setpay test environment CA")])
+    # A name of its own: clients trusting two environments' CAs find the right issuer.
+    ca_name = x509.Name([x509.NameAttribute(
+        NameOID.COMMON_NAME, f"setpay test environment CA {secrets.token_hex(4)}")])
     ca = (
         x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
         .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())

@@ -45,7 +45,7 @@ class Door:
 
 
 async def start_door(tmp_path: Path, pages: dict[str, Path] | None = None,
-                     **knobs: Any) -> Door:
+                     name: str = "test", **knobs: Any) -> Door:
     settings = Settings(data_dir=tmp_path, wallet_web_port=free_port(), **knobs)
     tls.ensure_test_certificate(settings)
     db = open_store(tmp_path / "front.sqlite", [SESSIONS])
@@ -54,7 +54,8 @@ async def start_door(tmp_path: Path, pages: dict[str, Path] | None = None,
     sessions = SessionStore(db, lifetime_s=settings.web_session_seconds,
                             max_failures=settings.web_max_failures,
                             lockout_s=settings.web_lockout_seconds)  # fmt: skip
-    door = FrontDoor(settings, title="test door", port=settings.wallet_web_port,
+    door = FrontDoor(settings, name=name, title="test door",
+                     port=settings.wallet_web_port,
                      sessions=sessions, lookup=accounts.get, pages=pages)  # fmt: skip
     effects: list[str] = []
 

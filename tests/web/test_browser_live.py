@@ -60,13 +60,19 @@ def shots(tmp_path: Path) -> Path:
 async def transferred(page: Any, url: str) -> int:
     """Bytes the page's load moved (headers and bodies of every response)."""
     responses: list[Any] = []
-    page.on("response", responses.append)
+
+    def seen(response: Any) -> None:
+        responses.append(response)
+
+    page.on("response", seen)
     await page.goto(url, wait_until="networkidle")
+    page.remove_listener("response", seen)
+    assert {r.url.rsplit("/", 1)[-1].split("#")[0] for r in responses} >= {
+        "", "wallet.js", "wallet.css"}  # the page, its script and its style were counted
     total = 0
     for r in responses:
         sizes = await r.request.sizes()
         total += sizes["responseBodySize"] + sizes["responseHeadersSize"]
-    page.remove_listener("response", responses.append)
     return total
 
 
@@ -122,7 +128,7 @@ async def test_console_and_wallet_pages_end_to_end(web_env: Env, browser: Any,
     await wallet.fill("#login-form input[name=user]", USER)
     await wallet.fill("#login-form input[name=passphrase]", PASS)
     await wallet.click("#register")
-    await wallet.wait_for_selector("#app:not([hidden])")
+    await wallet.wait_for_selector("#pay:not([hidden])")
     # The pay link it was opened with is shown at once: merchant, description, amount.
     assert "Blue notebook" in await wallet.text_content("#order")
     assert "2400 JPY" in await wallet.text_content("#order")

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from actors.web.client import ApiError, HttpApi
-from actors.web.server import COOKIE, LOCKED, LOGIN_FAILED, SECURITY_HEADERS
+from actors.web.server import LOCKED, LOGIN_FAILED, SECURITY_HEADERS
 from actors.web.tls import ca_file
 from tests.web.conftest import ALICE, BOB, BOB_PASS, PASS
 
@@ -63,7 +63,7 @@ async def test_cookie_session_needs_csrf_token_and_own_origin(make_door: Any) ->
             set_cookie = r.headers["Set-Cookie"]
         for flag in ("HttpOnly", "Secure", "SameSite=Strict", "Path=/"):
             assert flag in set_cookie
-        assert set_cookie.startswith(f"{COOKIE}=")
+        assert set_cookie.startswith(f"{door.door.cookie}=")
         async with browser.get(f"{door.url}/api/session") as r:
             assert r.status == 200  # reads need no CSRF token
         url = f"{door.url}/api/effect"
@@ -171,3 +171,27 @@ async def test_unknown_user_costs_the_same_as_a_wrong_passphrase(make_door: Any)
         assert min(k, u) > 0.5 * scrypt_s, (k, u, scrypt_s)
     finally:
         await http.close()
+
+
+async def test_two_services_on_one_host_keep_their_sessions_apart(make_door: Any) -> None:
+    """Browsers send a host's cookies to all its ports: the wallet's and the POS's cookies
+    have their own names, and one service's session opens nothing at the other."""
+    a, b = await make_door(name="wallet"), await make_door(name="pos")
+    a.context.load_verify_locations(str(ca_file(b.settings)))  # each made its own test CA
+    async with a.client() as browser:
+        for door, user, passphrase in ((a, ALICE, PASS), (b, BOB, BOB_PASS)):
+            async with browser.post(f"{door.url}/api/login",
+                                    json={"user": user, "passphrase": passphrase}) as r:
+                assert r.status == 200
+        for door, user in ((a, ALICE), (b, BOB)):  # each still its own after both logins
+            async with browser.get(f"{door.url}/api/session") as r:
+                assert r.status == 200 and (await r.json())["user"] == user
+    async with a.client() as browser:
+        async with browser.post(f"{a.url}/api/login",
+                                json={"user": ALICE, "passphrase": PASS}) as r:
+            token = (await r.json())["token"]
+        async with browser.get(f"{b.url}/api/session") as r:
+            assert r.status == 401  # the wallet's cookie is not the POS's
+        async with browser.get(f"{b.url}/api/session",
+                               headers={"Authorization": f"Bearer {token}"}) as r:
+            assert r.status == 401  # nor its token
