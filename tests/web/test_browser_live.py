@@ -98,8 +98,10 @@ async def pay(wallet: Any, link: str, card_hint: str, pin: str | None = None) ->
         "#pay-card", "(s, h) => [...s.options].find(o => o.text.endsWith(h)).value", card_hint)
     await wallet.select_option("#pay-card", label)
     if pin is not None:
-        await wallet.wait_for_selector("#pin-row:not([hidden])")
+        await wallet.wait_for_selector("#pin-row", state="visible")
         await wallet.fill("#pay-form input[name=pin]", pin)
+    else:
+        assert not await wallet.is_visible("#pin-row")  # a card asks for no PIN
     await wallet.click("#pay-form button[type=submit]")
     await wallet.wait_for_function(
         "() => { const t = document.getElementById('outcome').textContent;"
