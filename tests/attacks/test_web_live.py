@@ -209,6 +209,22 @@ async def test_unknown_and_known_names_answer_alike(env: Env) -> None:
         await http.close()
 
 
+async def test_each_service_serves_its_openapi_and_its_page(env: Env) -> None:
+    settings = settings_of(env)
+    wanted = {"wallet": {"/api/register", "/api/cards", "/api/purchases",
+                         "/api/purchases/{purchase_id}/finish", "/api/inquiries"},
+              "pos": {"/api/orders", "/api/orders/{order}"}}  # fmt: skip
+    async with browser(env) as b:
+        for service, paths in wanted.items():
+            url = service_url(settings, service)
+            async with b.get(f"{url}/openapi.json") as r:
+                doc = await r.json()
+            assert paths | {"/api/login", "/api/logout", "/api/session"} <= set(doc["paths"])
+            async with b.get(f"{url}/") as r:
+                assert r.status == 200 and r.content_type == "text/html"
+                assert "script-src 'self'" in r.headers["Content-Security-Policy"]
+
+
 def test_no_passphrase_token_pan_or_pin_in_wallet_or_pos_files(env: Env) -> None:
     data = env.data_dir
     blobs = files_bytes(data / "run") + files_bytes(data / "wallet") + files_bytes(
