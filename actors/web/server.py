@@ -239,7 +239,7 @@ class FrontDoor:
                     raise Refused(415, "send application/json")
                 try:
                     body = await request.json(loads=json.loads)
-                except (ValueError, UnicodeDecodeError):
+                except (ValueError, UnicodeDecodeError, RecursionError):
                     raise Refused(400, "body: not JSON") from None
                 check_schema(body, schema)
             try:

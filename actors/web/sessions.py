@@ -6,10 +6,10 @@ for a cardholder), its CSRF token and its expiry. Losing the database does not h
 sessions; a restart of the service keeps them (they live in the party's store, not memory).
 Rule 2: a session ends at its expiry (absolute, ``web_session_seconds`` from login) or at
 logout; an expired row is refused and deleted.
-Rule 3: lockout per user name: ``web_max_failures`` consecutive failed logins lock the name
-for ``web_lockout_seconds``, whether an account of that name exists or not (so a lock says
-nothing about existence); a successful login clears the count. Kept in the store, so a
-restart does not reopen a locked name.
+Rule 3: lockout per user name: ``web_max_failures`` failed logins (none apart by more than
+``web_lockout_seconds``) lock the name for ``web_lockout_seconds``, whether an account of
+that name exists or not (so a lock says nothing about existence); a successful login clears
+the count. Kept in the store, so a restart does not reopen a locked name.
 """
 
 from __future__ import annotations
@@ -108,6 +108,10 @@ class SessionStore:
         """Count a failed login of ``name``; True if this one locks it (Rule 3)."""
         lg = LOGINS_TABLE
         with self.db.transaction() as db:
+            # Names quiet for a lockout period and not locked are forgotten: guessing many
+            # names does not grow the table without bound.
+            db.execute(sa.delete(lg).where(lg.c.updated < now_ms - self.lockout_ms,
+                                           lg.c.locked_until < now_ms))  # fmt: skip
             r = db.execute(sa.select(lg.c.failures).where(lg.c.name == name)).first()
             failures = (r[0] if r is not None else 0) + 1
             lock = failures >= self.max_failures

@@ -44,3 +44,18 @@ def test_sessions_and_locks_survive_a_reopen_and_only_hashes_are_stored(
         assert sessions.get(other.token, now) is None
     finally:
         db.close()  # type: ignore[attr-defined]
+
+
+def test_failures_count_within_the_window_and_quiet_names_are_forgotten(tmp_path: Path) -> None:
+    sessions, db = _sessions(tmp_path / "s.sqlite")
+    try:
+        now = 5_000_000
+        assert not sessions.failed("eve", now) and not sessions.failed("eve", now + 1)
+        assert not sessions.failed("eve", now + 30_002)  # quiet for the window: counts anew
+        assert not sessions.failed("eve", now + 30_003)
+        assert sessions.failed("eve", now + 30_004)  # the third in the window locks
+        assert sessions.locked("eve", now + 30_005)
+        sessions.succeeded("eve")
+        assert not sessions.locked("eve", now + 30_006)
+    finally:
+        db.close()  # type: ignore[attr-defined]
