@@ -10,13 +10,15 @@ from actors import runtime_cli
 from actors.ca import cli as ca_cli
 from actors.gateway import cli as gateway_cli
 from actors.issuer import cli as issuer_cli
+from actors.merchant import cli as merchant_cli
 from actors.wallet import cli as wallet_cli
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add ``setpay run|up|down``, ``setpay ca|gateway|issuer|wallet …``."""
+    """Add ``setpay run|up|down``, ``setpay ca|gateway|issuer|pos|wallet …``."""
     runtime_cli.register(sub)
     ca_cli.register(sub)
     gateway_cli.register(sub)
     issuer_cli.register(sub)
+    merchant_cli.register(sub)
     wallet_cli.register(sub)

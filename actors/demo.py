@@ -197,7 +197,7 @@ def _client_root(settings: Settings) -> x509.Certificate | None:
 async def _live(args: argparse.Namespace, settings: Settings) -> int:
     from actors import demo_cases
 
-    bus, wallet, pos = await demo_cases.connect_clients(settings.admin_url())
+    wallet, pos = demo_cases.connect_clients(settings)
     try:
         if args.purchases:
             result = await demo_cases.run_load(wallet, pos, args.purchases, args.concurrency)
@@ -214,7 +214,7 @@ async def _live(args: argparse.Namespace, settings: Settings) -> int:
             return 1 if result.errors else 0
         rows = await demo_cases.run_cases(wallet, pos, _client_root(settings))
     finally:
-        await bus.close()
+        await demo_cases.close_clients(wallet, pos)
     demo_cases.print_rows(rows)
     bad = [r for r in rows if not r.ok]
     print(f"\n{len(rows) - len(bad)} of {len(rows)} rows as expected")

@@ -1,13 +1,15 @@
 """The cases `setpay demo` runs against a live environment, and its load option.
 
-Rule 1: every case goes through the thin clients only (actors/wallet/api.py for the
-cardholder, actors/merchant/api.py for the shop): wallet, POS, gateway, issuer host, CA and
-keystore are the environment's own processes. An outcome is what the merchant signed in
-its PRes (completion, authorization code), or the error the wallet reported.
+Rule 1: every case goes through the thin clients only, over HTTPS (actors/wallet/api.py for
+the cardholder, actors/merchant/api.py for the shop's operators; each logs in once and reuses
+its session): wallet, POS, gateway, issuer host, CA and keystore are the environment's own
+processes. The shop creates each order and hands the cardholder its pay link. An outcome is
+what the merchant signed in its PRes (completion, authorization code), or the error the
+wallet reported.
 Rule 2: each case names the outcome it expects; a row whose outcome differs is marked, and
 the demo fails. A case the system cannot run yet is shown as "not available yet", never faked.
-Rule 3: cards are enrolled once per cardholder and reused; rows show the last four digits
-only.
+Rule 3: cardholders are registered and cards enrolled once, then reused; rows show the last
+four digits only.
 Rule 4: OPE PIN debit is a sale from the seeded bank account (bank-branch-number, field 102
 at the issuer), right PIN first (it resets the try counter), then a wrong one; the PIN is
 sealed by the thin client (api.seal_for, against the root the environment gave the wallet's
@@ -34,13 +36,14 @@ from actors.environment import (
     DEBIT_PIN,
     LOAD_PANS,
     MERCHANTS,
+    OPERATOR_PASSPHRASE,
     POS_INSTANCE,
-    WALLET_INSTANCE,
     _valid,
+    operator_name,
 )
-from actors.merchant.api import MerchantClient
+from actors.merchant.api import Order, PosClient, PosSession
 from actors.merchant.errors import MerchantError
-from actors.wallet.api import Outcome, WalletClient
+from actors.wallet.api import Outcome, WalletClient, WalletSession
 from actors.wallet.errors import WalletError
 from protocol.messages import AuthCode, CurrAmt
 from setpay.config import Settings
@@ -64,9 +67,36 @@ class Row:
         return self.expected == "-" or self.outcome == self.expected
 
 
+class Shop:
+    """The shop side of the demo: one logged-in operator session per test merchant."""
+
+    def __init__(self, client: PosClient) -> None:
+        self.client = client
+        self.route = f"merchant.{POS_INSTANCE}"
+        self._sessions: dict[str, PosSession] = {}
+        self._lock = asyncio.Lock()
+
+    async def session(self, merchant_id: str) -> PosSession:
+        async with self._lock:
+            if merchant_id not in self._sessions:
+                self._sessions[merchant_id] = await self.client.login(
+                    operator_name(merchant_id), OPERATOR_PASSPHRASE
+                )
+            return self._sessions[merchant_id]
+
+    async def create_order(self, merchant_id: str, description: str, amount: CurrAmt, *,
+                           sale: bool = False) -> Order:  # fmt: skip
+        """A new order at ``merchant_id``, with its pay link."""
+        session = await self.session(merchant_id)
+        return await session.create_order(description, amount, sale=sale)
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
 class Shopper:
     """One cardholder with one card (or, with ``bank_code``, one OPE bank account), through
-    the thin clients."""
+    the wallet's thin client: registered once, logged in once (Rule 3)."""
 
     def __init__(
         self, wallet: WalletClient, user: str, number: str, *, pin_account: bool = False,
@@ -79,49 +109,54 @@ class Shopper:
         self.bank_code = bank_code
         self.branch = branch
         self.card_id = ""
+        self._session: WalletSession | None = None
 
     @property
     def label(self) -> str:
         """What the enrol row names: card or bank account, last four digits only."""
         return f"{'account' if self.bank_code else 'card'} …{self.number[-4:]}"
 
+    async def session(self) -> WalletSession:
+        """This cardholder's session: registered if new (no failed login), logged in once."""
+        if self._session is None:
+            try:
+                await self.wallet.register(self.user, PASSPHRASE)
+            except WalletError as exc:
+                if "exists" not in str(exc):
+                    raise
+            self._session = await self.wallet.login(self.user, PASSPHRASE)
+        return self._session
+
     async def card(self) -> str:
         """Enroll the card unless this cardholder has it already (Rule 3)."""
-        try:
-            cards = await self.wallet.cards(self.user, PASSPHRASE)
-        except WalletError:
-            cards = []  # first run: the cardholder is created by its first enroll
-        for c in cards:
+        session = await self.session()
+        for c in await session.cards():
             if c.hint == self.number[-4:]:
                 self.card_id = c.card_id
                 return self.card_id
-        self.card_id = await self.wallet.enroll(
-            self.user, PASSPHRASE, brand=BRAND, number=self.number,
-            expiry=_valid_now(), form=FORM, pin_account=self.pin_account,
-            bank_code=self.bank_code, branch=self.branch,
+        self.card_id = await session.enroll(
+            brand=BRAND, number=self.number, expiry=_valid_now(), form=FORM,
+            pin_account=self.pin_account, bank_code=self.bank_code, branch=self.branch,
         )  # fmt: skip
         return self.card_id
 
-    async def debit(self, pos: MerchantClient, merchant_id: str, amount: int,
+    async def debit(self, pos: Shop, merchant_id: str, amount: int,
                     root: x509.Certificate, pin: str) -> Outcome:  # fmt: skip
         """OPE PIN debit: a sale, the PIN sealed here to the gateway (Rule 4)."""
         description = f"demo PIN debit at {merchant_id}: {amount} {CURRENCY}"
-        value = CurrAmt(CURRENCY, amount)
-        lid_m = await pos.create_order(merchant_id, description, value, sale=True)
-        return await self.wallet.buy_with_pin(
-            self.user, PASSPHRASE, root=root, pin=pin, card_id=self.card_id, merchant=pos.route,
-            lid_m=lid_m, description=description, amount=value,
-        )  # fmt: skip
+        order = await pos.create_order(merchant_id, description, CurrAmt(CURRENCY, amount),
+                                       sale=True)  # fmt: skip
+        session = await self.session()
+        return await session.buy_with_pin(root=root, pin=pin, card_id=self.card_id,
+                                          offer=order.offer)  # fmt: skip
 
-    async def buy(self, pos: MerchantClient, merchant_id: str, amount: int,
+    async def buy(self, pos: Shop, merchant_id: str, amount: int,
                   *, sale: bool = False) -> Outcome:  # fmt: skip
         description = f"demo order at {merchant_id}: {amount} {CURRENCY}"
-        value = CurrAmt(CURRENCY, amount)
-        lid_m = await pos.create_order(merchant_id, description, value, sale=sale)
-        return await self.wallet.buy(
-            self.user, PASSPHRASE, card_id=self.card_id, merchant=pos.route, lid_m=lid_m,
-            description=description, amount=value,
-        )  # fmt: skip
+        order = await pos.create_order(merchant_id, description, CurrAmt(CURRENCY, amount),
+                                       sale=sale)  # fmt: skip
+        session = await self.session()
+        return await session.buy(card_id=self.card_id, offer=order.offer)
 
 
 def debit_shopper(wallet: WalletClient) -> Shopper:
@@ -153,7 +188,7 @@ EXPIRED = "AUTHORIZATION_PERFORMED/EXPIRED_CARD"
 
 
 async def run_cases(
-    wallet: WalletClient, pos: MerchantClient, root: x509.Certificate | None = None
+    wallet: WalletClient, pos: Shop, root: x509.Certificate | None = None
 ) -> list[Row]:
     """The acceptance cases of issue #6 (Rules 1, 2); the OPE rows need the trusted ``root``."""
     rows: list[Row] = []
@@ -195,9 +230,13 @@ async def run_cases(
         outcome, ms = await _timed(debit.debit(pos, m2, 2_500, root, pin))
         rows.append(Row("issuer via gateway", f"{case} ({m2})", expect, outcome, ms))
     if first is not None:
-        outcome, ms = await _timed(wallet.inquire(good.user, PASSPHRASE, first.xid))
+        outcome, ms = await _timed(_inquire(good, first.xid))
         rows.append(Row("merchant", "inquiry about the approved purchase", APPROVED, outcome, ms))
     return rows
+
+
+async def _inquire(shopper: Shopper, xid: bytes) -> Outcome:
+    return await (await shopper.session()).inquire(xid)
 
 
 def print_rows(rows: list[Row]) -> None:
@@ -225,7 +264,7 @@ class LoadResult:
         return self.purchases / self.seconds if self.seconds else 0.0
 
 
-async def run_load(wallet: WalletClient, pos: MerchantClient, purchases: int,
+async def run_load(wallet: WalletClient, pos: Shop, purchases: int,
                    concurrency: int) -> LoadResult:  # fmt: skip
     """``purchases`` from the load cardholders at every merchant, ``concurrency`` at a time."""
     from hdrh.histogram import HdrHistogram
@@ -294,10 +333,11 @@ def raw_sign_rate(settings: Settings, seconds: float = 1.0) -> float:
         proc.join(timeout=10)
 
 
-async def connect_clients(url: str) -> tuple[Any, WalletClient, MerchantClient]:
-    from broker.connection import connect
+def connect_clients(settings: Settings) -> tuple[WalletClient, Shop]:
+    """The cardholders' and the shop's thin clients of the environment, over HTTPS."""
+    return WalletClient.for_settings(settings), Shop(PosClient.for_settings(settings))
 
-    bus = await connect(url, name="setpay-demo")
-    wallet = await WalletClient.create(bus, WALLET_INSTANCE)
-    pos = await MerchantClient.create(bus, POS_INSTANCE)
-    return bus, wallet, pos
+
+async def close_clients(wallet: WalletClient, pos: Shop) -> None:
+    await wallet.close()
+    await pos.close()

@@ -41,6 +41,15 @@ MERCHANTS: tuple[tuple[str, str, str], ...] = (
     ("M-1002", "Example Coffee", "5814"),
     ("M-1003", "Example Music", "5735"),
 )
+# The POS operators of the test environment: one per merchant (`setpay pos operator add`).
+OPERATOR_PASSPHRASE = "demo operator passphrase, test environment only"  # noqa: S105
+
+
+def operator_name(merchant_id: str) -> str:
+    """The test environment's operator of ``merchant_id``."""
+    return f"op-{merchant_id}"
+
+
 # The test environment's explicit auto-approve policy (actors/ca/approval.py Rule 3): its
 # merchants, and its gateway with what the gateway asks for at registration.
 AUTO_APPROVE = " ".join(
@@ -185,6 +194,7 @@ async def _register_parties(settings: Settings, say: Callable[[str], None]) -> N
     the gateway's key-exchange certificate."""
     from actors.gateway import identity as gw_ident
     from actors.merchant.enroll import enroll_merchant
+    from actors.merchant.operators import add_operator, operator
     from actors.merchant.store import MerchantStore
     from broker.connection import connect
     from broker.peer import PeerLink
@@ -233,6 +243,11 @@ async def _register_parties(settings: Settings, say: Callable[[str], None]) -> N
             await enroll_merchant(store, keys, client, root=root, brand=BRAND,
                                   merchant_id=merchant_id, name=name, mcc=mcc)  # fmt: skip
             say(f"merchant {merchant_id} at merchant.{POS_INSTANCE}: certificates issued")
+        for merchant_id, _name, _mcc in MERCHANTS:
+            if operator(store.db, operator_name(merchant_id)) is None:
+                add_operator(store.db, operator_name(merchant_id), merchant_id,
+                             OPERATOR_PASSPHRASE, client.clock.now_ms())  # fmt: skip
+                say(f"POS operator {operator_name(merchant_id)} of {merchant_id}")
         store.save_gateway(
             BRAND, certificate_der(gateway.kx_cert), [certificate_der(c) for c in gateway.chain],
             client.clock.now_ms(),

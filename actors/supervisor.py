@@ -45,6 +45,7 @@ import aio_pika
 import aio_pika.abc
 import aiormq.exceptions
 
+from actors.web.tls import ensure_test_certificate, tls_dir
 from broker.credentials import CredentialsError
 from broker.provision import identity_url, operator_url
 from keystore.token import token_pin
@@ -392,6 +393,10 @@ async def _supervise(settings: Settings, roles: Sequence[str], grace: float,
     states: dict[str, str] = {}
     lock = await hold_lock(settings)
     try:
+        # The thin clients' HTTPS front doors (wallet, POS) serve the test environment's TLS
+        # certificate unless a real one is configured: made before any child starts.
+        if ensure_test_certificate(settings):
+            log.info("tls_test_certificate_made", directory=str(tls_dir(settings)))
         _write_atomic(rd / "roles", "\n".join(roles) + "\n")
         restarts: dict[Child, int] = {}
         retry_at: dict[Child, float] = {}

@@ -495,7 +495,9 @@ async def probe(shop: Shop, bus: Any, audit: Path, mix: dict[str, float], per_ki
     from broker.topology import TRACE_EXCHANGE
 
     channel = await bus.channel()
-    recorder = await channel.declare_queue(exclusive=True, auto_delete=True)
+    # the operators' own queue namespace (deploy/rabbitmq/definitions.toml [roles.operator])
+    recorder = await channel.declare_queue(f"operator.bench-probe.{secrets.token_hex(6)}",
+                                           exclusive=True, auto_delete=True)  # fmt: skip
     await recorder.bind(TRACE_EXCHANGE)
     recorded: list[tuple[str, int]] = []
 
@@ -903,7 +905,15 @@ async def _main(args: argparse.Namespace, settings: Settings, mix: dict[str, flo
     from actors import demo_cases
 
     say = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
-    bus, wallet, pos = await demo_cases.connect_clients(settings.admin_url())
+    from broker.connection import connect
+
+    wallet, pos = demo_cases.connect_clients(settings)  # HTTPS, as every thin client
+    # The probe counts SET envelopes on the trace tap: a bus login for that alone.
+    from broker.provision import operator_url
+
+    bus = await connect(operator_url(settings.data_dir, settings.broker_vhost, settings.amqp_url,
+                                     user_prefix=settings.broker_user_prefix),
+                        name="setpay-bench-probe")  # fmt: skip
     try:
         root = client_root(settings) if "debit" in mix else None
         say(f"enrolling {args.cardholders} cardholders (untimed) …")
@@ -978,6 +988,7 @@ async def _main(args: argparse.Namespace, settings: Settings, mix: dict[str, flo
                 write_hdr_log(args.hdr_log, [("auth", results)])
             failed = results.failed
     finally:
+        await demo_cases.close_clients(wallet, pos)
         await bus.close()
     failed += enrolment["failed"]
     return (1 if failed else 0), out

@@ -31,6 +31,9 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 apt_install softhsm2 opensc openssl ca-certificates
+# Headless Chromium for the browser tests of the web wallet and POS console (Playwright drives
+# this system browser; it never downloads one of its own).
+apt_install chromium
 # systemd-analyze validates deploy/systemd in the tests (Debian ships it in the systemd package)
 command -v systemd-analyze >/dev/null || apt_install systemd
 

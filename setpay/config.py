@@ -87,6 +87,21 @@ class Settings:
     ca_revocation_poll_seconds: float = 2.0
     revocation_refresh_seconds: float = 600.0
 
+    # HTTPS front doors of the thin clients (actors/web/): listen address, one port per
+    # service, TLS files (empty: the test environment's, made by the supervisor under
+    # <data_dir>/tls/), the CA file clients trust (empty: <data_dir>/tls/ca.pem), sessions.
+    web_host: str = "127.0.0.1"
+    wallet_web_port: int = 8443
+    pos_web_port: int = 8444
+    web_tls_cert: str = ""
+    web_tls_key: str = ""
+    web_tls_ca: str = ""
+    wallet_url: str = ""  # the wallet's public base URL in pay links (empty: web_host:port)
+    web_session_seconds: float = 1800.0
+    web_max_failures: int = 5  # consecutive failed logins of one user name before lockout
+    web_source_failures: int = 50  # failed logins from one address before it is refused
+    web_lockout_seconds: float = 900.0
+
     @property
     def softhsm_conf(self) -> Path:
         """SoftHSM2 config file that points the library at our own token directory."""

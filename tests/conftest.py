@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.fixtures_broker",
     "tests.fixtures_keystore",
     "tests.fixtures_ca",
+    "tests.fixtures_web",
 ]

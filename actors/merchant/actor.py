@@ -4,11 +4,10 @@ Rule 1: the POS connects as broker user ``merchant.<instance>``; its merchants' 
 identity's keys in the keystore, so no other identity can use them.
 Rule 2: cardholders reach it on routing key ``merchant.<instance>`` (PInitReq, PReq, InqReq);
 it reaches the gateway as protocol/payment.py Rule 3 says, through a ``broker.peer.PeerLink``
-whose replies come to its own queue ``merchant.<instance>-gw`` (not the actor's, so a PReq in
-progress never waits behind itself).
+whose replies come to its own inbox (broker/inbox.py; never behind a PReq in progress).
 Rule 3: a request is acked only after its effects and reply are committed (runtime Rule 3).
-Rule 4: the operator's thin client reaches it on RPC queue ``merchant.<instance>.api``
-(actors/merchant/api.py).
+Rule 4: operators reach it over HTTPS on ``web_host``:``pos_web_port`` (the console page and
+`setpay pos`; actors/merchant/api.py on the actors/web front door), never over the bus.
 Rule 5: revocation data stays current while it runs (actors/trust.py Rules 5, 6): the CA's
 BCIDistribution reaches its instance queue (bound to ``revocation.*``) and is offered to the
 revocation cache of each root its merchants trust; on schedule it pulls a BCI held past three
@@ -21,7 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from actors.merchant.api import serve_api
+from actors.merchant.api import front_door
 from actors.merchant.service import MerchantService
 from actors.merchant.store import MerchantRow, MerchantStore
 from actors.party import PartyActor
@@ -34,8 +33,8 @@ from actors.trust import (
     login_prefix,
     refresh_from_ca,
 )
+from actors.web.server import FrontDoor
 from broker.peer import PeerLink
-from broker.rpc import RpcServer
 from protocol.certs import cert_thumbprint, load_certificate
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.messages import EntityKind, IDData, MessageType
@@ -65,7 +64,7 @@ class MerchantActor(PartyActor):
         self.store: MerchantStore | None = None
         self.gateway: PeerLink | None = None
         self.service: MerchantService | None = None
-        self.api: RpcServer | None = None
+        self.api: FrontDoor | None = None
         self.feed: RevocationFeed | None = None
 
     async def setup(self) -> None:
@@ -89,8 +88,9 @@ class MerchantActor(PartyActor):
         self.closing(self.service.close, "trust caches")
         await self._feed_revocation()
         self.serve_set(self.service)
-        self.api = await serve_api(self.bus, self.service, self.instance)
-        self.closing(self.api.stop, "api")
+        self.api = front_door(self.settings, self.service, self.instance)
+        await self.api.start()
+        self.closing(self.api.stop, "https front door")
 
     async def _feed_revocation(self) -> None:
         """Rule 5: take the CA's pushes into every root's cache, and pull on schedule."""

@@ -21,6 +21,8 @@ from typing import Final
 import sqlalchemy as sa
 
 from actors.merchant.payments import SCHEMA as PAYMENTS_SCHEMA
+from actors.merchant.operators import OPERATORS
+from actors.web.sessions import SESSIONS
 from protocol import codec
 from protocol.messages import CurrAmt
 from setpay.store import REPLIES, Connection, ReplyStore, Schema, Store, open_store
@@ -127,7 +129,7 @@ class MerchantStore:
     @classmethod
     def open(cls, data_dir: Path, instance: str) -> MerchantStore:
         path = Path(data_dir) / "merchant" / f"{instance}.sqlite"
-        return cls(open_store(path, [SCHEMA, REPLIES, PAYMENTS_SCHEMA]), path)
+        return cls(open_store(path, [SCHEMA, REPLIES, PAYMENTS_SCHEMA, SESSIONS, OPERATORS]), path)
 
     def close(self) -> None:
         self.db.close()
@@ -202,6 +204,13 @@ class MerchantStore:
 
     def order_by_xid(self, xid: bytes) -> OrderRow | None:
         return self._order(ORDERS.c.xid == xid)
+
+    def orders_of(self, merchant_id: str, limit: int = 100) -> list[OrderRow]:
+        """The newest ``limit`` orders of one merchant (the POS console's list)."""
+        o = ORDERS.c
+        rows = self.db.all(sa.select(o.lid_m).where(o.merchant_id == merchant_id)
+                           .order_by(o.created.desc(), o.lid_m).limit(limit))  # fmt: skip
+        return [row for (lid,) in rows if (row := self.order(lid)) is not None]
 
     def update_order(self, db: Connection, lid_m: bytes, now_ms: int, **cols: object) -> None:
         """Set ``cols`` of one order inside the caller's transaction."""

@@ -6,8 +6,9 @@ Rule 2: it reaches the CA and merchants through clients with queues of their own
 (``wallet.<instance>-ca``, ``wallet.<instance>-peer``); it takes no unsolicited SET message.
 Rule 3: the trusted root is ``<data_dir>/wallet/root.der`` (``setpay ca export``); without it
 the wallet starts but refuses enrolment.
-Rule 4: cardholders' thin clients reach it on RPC queue ``wallet.<instance>.api``
-(actors/wallet/api.py).
+Rule 4: cardholders' thin clients (the web page, `setpay wallet`, the demo and the bench)
+reach it over HTTPS on ``web_host``:``wallet_web_port`` (actors/wallet/api.py on the
+actors/web front door), never over the bus.
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ from typing import Any
 
 from actors.party import PartyActor
 from actors.runtime import Actor
-from actors.wallet.api import serve_api
+from actors.wallet.api import front_door
 from actors.wallet.service import WalletService
 from actors.wallet.store import WalletStore
+from actors.web.server import FrontDoor
 from broker.peer import PeerLink
-from broker.rpc import RpcServer
 from protocol.certs import load_certificate
 from protocol.keys import get_suite
 from protocol.requester import CAClient
@@ -39,7 +40,7 @@ class WalletActor(PartyActor):
         self.peers: PeerLink | None = None
         self.ca: CAClient | None = None
         self.service: WalletService | None = None
-        self.api: RpcServer | None = None
+        self.api: FrontDoor | None = None
 
     async def setup(self) -> None:
         assert self.bus is not None
@@ -63,8 +64,9 @@ class WalletActor(PartyActor):
             suite=get_suite(self.settings.suite),
         )  # fmt: skip
         await self.service.start()
-        self.api = await serve_api(self.bus, self.service, self.instance)
-        self.closing(self.api.stop, "api")
+        self.api = front_door(self.settings, self.service)
+        await self.api.start()
+        self.closing(self.api.stop, "https front door")
 
 
 def main(settings: Settings, instance: str, health_file: Path | None = None) -> Actor:

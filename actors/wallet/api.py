@@ -1,155 +1,225 @@
-"""The wallet's thin-client API: enroll, cards, buy and inquire over an RPC queue.
+"""The wallet's thin-client API over HTTPS (actors/web/ front door), its page, and its client.
 
-Rule 1: the API is the RPC queue ``wallet.<instance>.api`` (broker/rpc.py: direct reply-to,
-not traced); requests and replies are codec records, decoded strictly.
-Rule 2: every call carries the cardholder's user name and passphrase; the service checks them
-before it touches a card (actors/wallet/service.py Rule 1). The first ``enroll`` of an unknown
-user name creates that cardholder with the passphrase given.
-Rule 3: a failure is answered as ``ApiReply(ok=False, error=...)`` with the ``WalletError``
-text (no PAN, passphrase or secret); the client raises it as ``WalletError``.
-Rule 4: a passphrase or PAN never appears in a repr, log line or error text.
-Rule 5: OPE PIN debit: START answers the XID, the gateway certificates and (PIN accounts only,
-to the authenticated cardholder, like ENROLL's card number) the digits the PIN block binds;
-the thin client validates the gateway certificate to the root it trusts, seals the PIN with
-``pin.seal_pin`` itself (``seal_for``) and sends only the seal with FINISH.
+Rule 1: the API is JSON over the wallet's HTTPS front door (``wallet_web_port``): sessions,
+CSRF, lockout and OpenAPI come from actors/web/server.py; binary values travel as hex (ids)
+or base64 (certificates, seals). ``POST /api/register`` creates a cardholder (one scrypt, off
+the event loop); every other operation acts for the session's cardholder only, with no
+passphrase and no scrypt.
+Rule 2: a wallet refusal is 422 with the ``WalletError`` text (no PAN, passphrase or secret);
+the client raises it as ``WalletError`` (401 as ``AuthenticationFailed``).
+Rule 3: a passphrase or PAN never appears in a repr, log line or error text.
+Rule 4: OPE PIN debit: starting a purchase answers the XID, the gateway certificates and (PIN
+accounts only, to the authenticated cardholder) the digits the PIN block binds; the thin
+client (this module's ``seal_for``, or the page's script in the browser) validates the
+gateway certificate to the root it trusts, seals the PIN itself and sends only the seal.
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import binascii
 from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import Annotated
+from pathlib import Path
+from typing import Any
 
+from aiohttp import web
 from cryptography import x509
 
 from actors.wallet import purchase
 from actors.wallet.errors import AuthenticationFailed, WalletError
-from actors.wallet.service import WalletService
-from broker.connection import Bus
-from broker.errors import BrokerError
-from broker.rpc import RpcClient, RpcRequest, RpcServer, serve_rpc
-from protocol import codec, ids, pan
+from actors.wallet.service import PurchaseResult, WalletService
+from actors.web.client import ApiError, HttpApi, Token
+from actors.web.paylink import Offer
+from actors.web.server import NAME, PASSPHRASE, FrontDoor, Refused
+from actors.web.sessions import Session, SessionStore
+from protocol import ids, pan
 from protocol.certs import cert_thumbprint, load_certificate, public_key_of
-from protocol.codec import MaxLen
 from protocol.dualsig import MAX_PIN_SEAL
 from protocol.errors import ProtocolError
 from protocol.keys import suite_for_public_key
-from protocol.messages import (
-    AuthCode,
-    BCIBytes,
-    CertDER,
-    CertList,
-    CompletionCode,
-    CRLList,
-    CurrAmt,
-)
+from protocol.messages import AuthCode, CompletionCode, CurrAmt
 from protocol.pin import seal_pin, validate_pin
+from setpay.config import Settings
 from setpay.logs import get_logger
 
 log = get_logger(component="wallet.api")
-
-Name = Annotated[str, MaxLen(64)]
-Text = Annotated[str, MaxLen(4096)]
+PAGES = Path(__file__).resolve().parent / "page"
 
 
-def api_queue(instance: str) -> str:
-    """The RPC queue of wallet instance ``instance`` (Rule 1)."""
-    return f"wallet.{instance}.api"
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
 
 
-class ApiOp(StrEnum):
-    ENROLL = "enroll"
-    CARDS = "cards"
-    BUY = "buy"
-    START = "start"  # PInit: returns ``StartedPurchase``; then FINISH with an optional PIN seal
-    FINISH = "finish"
-    INQUIRE = "inquire"
+def _unb64(text: str, what: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise Refused(400, f"{what}: not base64") from None
 
 
-@dataclass(frozen=True, slots=True)
-class FormField:
-    name: Name
-    value: Annotated[str, MaxLen(256)] = field(repr=False)
+def _unhex(text: str, what: str) -> bytes:
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        raise Refused(400, f"{what}: not hex") from None
 
 
-@dataclass(frozen=True, slots=True)
-class EnrollArgs:
-    brand: Name
-    number: Annotated[str, MaxLen(34)] = field(repr=False)
-    expiry: Annotated[str, MaxLen(4)] = field(repr=False)
-    form: list[FormField] = field(repr=False)
-    pin_account: bool = False
-    bank_code: Annotated[str, MaxLen(11)] = ""  # set: an OPE bank account, ``number`` its no.
-    branch: Annotated[str, MaxLen(8)] = ""
+def _outcome(r: PurchaseResult) -> dict[str, Any]:
+    out = Outcome(r.xid, int(r.completion), r.auth_code)
+    return {"xid": r.xid.hex(), "completion": int(r.completion), "auth_code": r.auth_code,
+            "outcome": out.describe()}  # fmt: skip
 
 
-@dataclass(frozen=True, slots=True)
-class BuyArgs:
-    card_id: Name
-    merchant: Name  # routing key of the merchant POS, e.g. ``merchant.pos1``
-    lid_m: Annotated[bytes, MaxLen(64)]
-    description: Text
-    currency: Annotated[str, MaxLen(3)]
-    amount: int
+S = {"type": "string"}
+HEXID = {"type": "string", "minLength": 2, "maxLength": 128}
+ENROLL_BODY = {"type": "object", "properties": {
+    "brand": NAME, "number": {"type": "string", "minLength": 1, "maxLength": 34},
+    "expiry": {"type": "string", "minLength": 4, "maxLength": 4},
+    "form": {"type": "object", "additionalProperties": {"type": "string", "maxLength": 256}},
+    "pin_account": {"type": "boolean"},
+    "bank_code": {"type": "string", "maxLength": 11},
+    "branch": {"type": "string", "maxLength": 8},
+}, "required": ["brand", "number", "expiry"]}  # fmt: skip
+START_BODY = {"type": "object", "properties": {
+    "card_id": NAME, "merchant": NAME, "order": HEXID,
+    "description": {"type": "string", "minLength": 1, "maxLength": 4096},
+    "currency": {"type": "string", "minLength": 3, "maxLength": 3},
+    "amount": {"type": "integer", "minimum": 1, "maximum": 10**15},
+    "merchant_id": NAME,
+}, "required": ["card_id", "merchant", "order", "description", "currency", "amount"]}  # fmt: skip
+FINISH_BODY = {"type": "object", "properties": {
+    "pin_seal": {"type": "string", "maxLength": MAX_PIN_SEAL * 2, "nullable": True}}}
+INQUIRE_BODY = {"type": "object", "properties": {"xid": HEXID}, "required": ["xid"]}
+OUTCOME = {"type": "object", "properties": {"xid": S, "completion": {"type": "integer"},
+           "auth_code": {"type": "integer"}, "outcome": S}}  # fmt: skip
+STARTED = {"type": "object", "properties": {
+    "purchase_id": S, "xid": S, "gateway_cert": S, "brand": S,
+    "certs": {"type": "array", "items": S}, "crls": {"type": "array", "items": S},
+    "bci": S, "pin_binding": S, "oaep_hash": S}}  # fmt: skip
+CARDS = {"type": "object", "properties": {"cards": {"type": "array", "items": {
+    "type": "object", "properties": {"card_id": S, "brand": S, "hint": S,
+                                     "pin": {"type": "boolean"}}}}}}  # fmt: skip
 
 
-@dataclass(frozen=True, slots=True)
-class StartedPurchase:
-    """START's answer: the id FINISH names, the XID and the gateway certificates the PIN seal
-    is made for (service.Started)."""
+def front_door(settings: Settings, service: WalletService) -> FrontDoor:
+    """The wallet's HTTPS API and page on its store's sessions (Rule 1)."""
+    sessions = SessionStore(
+        service.store.db, lifetime_s=settings.web_session_seconds,
+        max_failures=settings.web_max_failures, lockout_s=settings.web_lockout_seconds,
+    )  # fmt: skip
 
-    purchase_id: Name
-    xid: Annotated[bytes, MaxLen(64)]
-    gateway_cert: CertDER
-    brand: Name
-    certs: CertList
-    crls: CRLList
-    bci: BCIBytes | None
-    pin_binding: Annotated[str, MaxLen(34)] | None = field(default=None, repr=False)
-    oaep_hash: Annotated[str, MaxLen(8)] = "sha1"  # the wallet's suite (key ring)
+    def lookup(user: str) -> tuple[Any, str] | None:
+        record = service.store.cardholder(user)
+        return None if record is None else (record, "")
+
+    pages = {"/": PAGES / "index.html", "/wallet.js": PAGES / "wallet.js",
+             "/wallet.css": PAGES / "wallet.css"}  # fmt: skip
+    door = FrontDoor(settings, name="wallet", title="setpay wallet",
+                     port=settings.wallet_web_port,
+                     sessions=sessions, lookup=lookup, refusals=(WalletError,),
+                     pages={k: v for k, v in pages.items() if v.is_file()})  # fmt: skip
+    route = door.route
+
+    def who(session: Session | None) -> str:
+        assert session is not None
+        return session.principal
+
+    @route("POST", "/api/register", "create a cardholder (then log in)", auth=False,
+           body={"type": "object", "properties": {"user": NAME, "passphrase": PASSPHRASE},
+                 "required": ["user", "passphrase"]})  # fmt: skip
+    async def register(_r: web.Request, _s: Session | None, b: dict[str, Any]) -> Any:
+        await asyncio.to_thread(service.register, b["user"], b["passphrase"])
+        return {"user": b["user"]}
+
+    @route("GET", "/api/cards", "this cardholder's cards", response=CARDS)
+    async def cards(_r: web.Request, s: Session | None, _b: dict[str, Any]) -> Any:
+        return {"cards": [{"card_id": c.card_id, "brand": c.brand, "hint": c.hint,
+                           "pin": c.pin} for c in service.cards(who(s))]}  # fmt: skip
+
+    @route("POST", "/api/cards", "enrol a card or (bank_code) an OPE bank account with the CA",
+           body=ENROLL_BODY, response={"type": "object", "properties": {"card_id": S}})
+    async def enroll(_r: web.Request, s: Session | None, b: dict[str, Any]) -> Any:
+        bank = b.get("bank_code", "")
+        kind = pan.AccountKind.BANK if bank else pan.AccountKind.CARD
+        account = pan.Account(kind, b["number"], bank, b.get("branch", ""))
+        card_id = await service.enroll(
+            who(s), brand=b["brand"], account=account, expiry=b["expiry"],
+            values=dict(b.get("form", {})), pin_account=bool(b.get("pin_account", False)),
+        )  # fmt: skip
+        return {"card_id": card_id}
+
+    @route("POST", "/api/purchases", "start a purchase (PInit) of a pay link's order",
+           body=START_BODY, response=STARTED)
+    async def start(_r: web.Request, s: Session | None, b: dict[str, Any]) -> Any:
+        offer = Offer(b["merchant"], b.get("merchant_id", "?"), b["order"].lower(),
+                      b["description"], b["currency"], b["amount"])  # fmt: skip
+        try:
+            offer.check()
+        except ValueError as exc:
+            raise Refused(400, str(exc)) from None
+        st = await service.start_purchase(
+            who(s), card_id=b["card_id"], merchant=offer.merchant,
+            lid_m=_unhex(offer.order, "order"), description=offer.description,
+            amount=CurrAmt(offer.currency, offer.amount),
+        )  # fmt: skip
+        return {"purchase_id": st.purchase_id, "xid": st.xid.hex(),
+                "gateway_cert": _b64(st.gateway_cert), "brand": st.brand,
+                "certs": [_b64(c) for c in st.certs], "crls": [_b64(c) for c in st.crls],
+                "bci": None if st.bci is None else _b64(st.bci),
+                "pin_binding": st.pin_binding, "oaep_hash": st.oaep_hash}  # fmt: skip
+
+    @route("POST", "/api/purchases/{purchase_id}/finish",
+           "finish a started purchase (PReq -> PRes), with the PIN seal a PIN account needs",
+           body=FINISH_BODY, response=OUTCOME)  # fmt: skip
+    async def finish(r: web.Request, s: Session | None, b: dict[str, Any]) -> Any:
+        seal = b.get("pin_seal")
+        sealed = None if seal is None else _unb64(seal, "pin_seal")
+        if sealed is not None and len(sealed) > MAX_PIN_SEAL:
+            raise Refused(400, "pin_seal: too long")
+        pid = r.match_info["purchase_id"][:64]
+        return _outcome(await service.finish_purchase(who(s), pid, sealed))
+
+    @route("POST", "/api/inquiries", "ask the merchant about one of my purchases (InqReq)",
+           body=INQUIRE_BODY, response=OUTCOME)
+    async def inquire(_r: web.Request, s: Session | None, b: dict[str, Any]) -> Any:
+        return _outcome(await service.inquire(who(s), _unhex(b["xid"], "xid")))
+
+    return door
 
 
-@dataclass(frozen=True, slots=True)
-class FinishArgs:
-    purchase_id: Name
-    pin_seal: Annotated[bytes, MaxLen(MAX_PIN_SEAL)] | None = field(default=None, repr=False)
-
-
-@dataclass(frozen=True, slots=True)
-class InquireArgs:
-    xid: Annotated[bytes, MaxLen(64)]
-
-
-@dataclass(frozen=True, slots=True)
-class ApiRequest:
-    op: ApiOp
-    user: Name
-    passphrase: Annotated[str, MaxLen(256)] = field(repr=False)
-    args: bytes = b""  # the op's args record, encoded
+# -- the thin client ---------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
 class CardEntry:
-    card_id: Name
-    brand: Name
-    hint: Annotated[str, MaxLen(4)]
+    card_id: str
+    brand: str
+    hint: str
+    pin: bool = False
 
 
 @dataclass(frozen=True, slots=True)
-class CardList:
-    cards: list[CardEntry]
+class StartedPurchase:
+    """A started purchase: the id finishing names, the XID and the gateway certificates the
+    PIN seal is made for (service.Started)."""
 
-
-@dataclass(frozen=True, slots=True)
-class Enrolled:
-    card_id: Name
+    purchase_id: str
+    xid: bytes
+    gateway_cert: bytes
+    brand: str
+    certs: list[bytes]
+    crls: list[bytes]
+    bci: bytes | None
+    pin_binding: str | None = field(default=None, repr=False)
+    oaep_hash: str = "sha1"
 
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """A purchase's outcome as the merchant signed it: completion and authorization code."""
 
-    xid: Annotated[bytes, MaxLen(64)]
+    xid: bytes
     completion: int
     auth_code: int | None
 
@@ -163,92 +233,12 @@ class Outcome:
         return f"{self.completion_code.name}/{auth}"
 
 
-@dataclass(frozen=True, slots=True)
-class ApiReply:
-    ok: bool
-    error: Annotated[str, MaxLen(512)] | None
-    body: bytes
-
-
-for _record in (FormField, EnrollArgs, BuyArgs, StartedPurchase, FinishArgs, InquireArgs,
-                ApiRequest, CardEntry, CardList, Enrolled, Outcome, ApiReply):  # fmt: skip
-    codec.validate_schema(_record)
-
-
-class WalletApi:
-    """Answers API requests with ``service`` (Rules 2, 3)."""
-
-    def __init__(self, service: WalletService) -> None:
-        self.service = service
-
-    async def handle(self, request: RpcRequest) -> bytes:
-        try:
-            req = codec.decode(ApiRequest, request.body)
-            body = await self._dispatch(req)
-        except WalletError as exc:
-            return codec.encode(ApiReply(False, str(exc)[:512], b""))
-        except ProtocolError as exc:
-            log.info("wallet_api_bad_request", code=exc.code.name)
-            return codec.encode(ApiReply(False, f"bad request: {exc.code.name}", b""))
-        return codec.encode(ApiReply(True, None, body))
-
-    async def _dispatch(self, req: ApiRequest) -> bytes:
-        svc = self.service
-        if req.op is ApiOp.ENROLL:
-            args = codec.decode(EnrollArgs, req.args)
-            if svc.store.cardholder(req.user) is None:
-                svc.register(req.user, req.passphrase)
-            kind = pan.AccountKind.BANK if args.bank_code else pan.AccountKind.CARD
-            account = pan.Account(kind, args.number, args.bank_code, args.branch)
-            card_id = await svc.enroll(
-                req.user, req.passphrase, brand=args.brand, account=account, expiry=args.expiry,
-                values={f.name: f.value for f in args.form}, pin_account=args.pin_account,
-            )  # fmt: skip
-            return codec.encode(Enrolled(card_id))
-        if req.op is ApiOp.CARDS:
-            cards = svc.cards(req.user, req.passphrase)
-            return codec.encode(CardList([CardEntry(c.card_id, c.brand, c.hint) for c in cards]))
-        if req.op is ApiOp.BUY:
-            b = codec.decode(BuyArgs, req.args)
-            result = await svc.buy(
-                req.user, req.passphrase, card_id=b.card_id, merchant=b.merchant,
-                lid_m=b.lid_m, description=b.description, amount=CurrAmt(b.currency, b.amount),
-            )  # fmt: skip
-            return codec.encode(Outcome(result.xid, int(result.completion), result.auth_code))
-        if req.op is ApiOp.START:
-            b = codec.decode(BuyArgs, req.args)
-            st = await svc.start_purchase(
-                req.user, req.passphrase, card_id=b.card_id, merchant=b.merchant,
-                lid_m=b.lid_m, description=b.description, amount=CurrAmt(b.currency, b.amount),
-            )  # fmt: skip
-            out = StartedPurchase(st.purchase_id, st.xid, st.gateway_cert, st.brand, st.certs,
-                                  st.crls, st.bci, st.pin_binding, st.oaep_hash)  # fmt: skip
-            return codec.encode(out)
-        if req.op is ApiOp.FINISH:
-            f = codec.decode(FinishArgs, req.args)
-            result = await svc.finish_purchase(req.user, req.passphrase, f.purchase_id, f.pin_seal)
-            return codec.encode(Outcome(result.xid, int(result.completion), result.auth_code))
-        args_i = codec.decode(InquireArgs, req.args)
-        result = await svc.inquire(req.user, req.passphrase, args_i.xid)
-        return codec.encode(Outcome(result.xid, int(result.completion), result.auth_code))
-
-
-async def serve_api(bus: Bus, service: WalletService, instance: str) -> RpcServer:
-    """Serve ``wallet.<instance>.api`` with ``service`` until the returned server stops."""
-    return await serve_rpc(bus, api_queue(instance), WalletApi(service).handle)
-
-
 async def seal_for(
-    started: StartedPurchase,
-    root: x509.Certificate,
-    pin: str,
-    now_ms: int | None = None,
-    floor: purchase.BciFloor | None = None,
+    started: StartedPurchase, root: x509.Certificate, pin: str, now_ms: int | None = None
 ) -> bytes:
-    """Thin client (Rule 5): validate the gateway certificate ``started`` names to ``root``
-    with the BCI/CRLs the merchant sent (no older BCI than ``floor`` has seen: purchase Rule
-    4), then seal the format 0 block of ``pin`` to it for this XID. Raises ``WalletError``
-    (no PIN in its text)."""
+    """Thin client (Rule 4): validate the gateway certificate ``started`` names to ``root``
+    with the BCI/CRLs the merchant sent, then seal the format 0 block of ``pin`` to it for
+    this XID. Raises ``WalletError`` (no PIN in its text)."""
     if started.pin_binding is None:
         raise WalletError("this card takes no PIN")
     now = ids.SystemClock().now_ms() if now_ms is None else now_ms
@@ -256,104 +246,123 @@ async def seal_for(
         validate_pin(pin)
         gateway = purchase.validate_gateway(
             root, started.brand, started.certs, started.bci, started.crls,
-            cert_thumbprint(load_certificate(started.gateway_cert)), now, floor,
+            cert_thumbprint(load_certificate(started.gateway_cert)), now,
         )  # fmt: skip
         public = public_key_of(gateway)
         return await seal_pin(
             suite_for_public_key(public, started.oaep_hash), public, cert_thumbprint(gateway),
-            started.xid, pin,
-            started.pin_binding,
+            started.xid, pin, started.pin_binding,
         )  # fmt: skip
     except ProtocolError as exc:
         raise WalletError(f"PIN not sealed: {exc.code.name}") from None
 
 
-class WalletClient:
-    """The cardholder's thin client: one method per API operation; failures are WalletError."""
+def _outcome_of(data: dict[str, Any]) -> Outcome:
+    return Outcome(bytes.fromhex(data["xid"]), int(data["completion"]), data["auth_code"])
 
-    def __init__(self, rpc: RpcClient, instance: str = "main", timeout: float = 60.0) -> None:
-        self.floor = purchase.BciFloor()  # the newest BCI seen per brand this session
-        self.rpc = rpc
-        self.queue = api_queue(instance)
-        self.timeout = timeout
+
+class WalletClient:
+    """The cardholder's thin client of one wallet service (Rule 2): ``login`` opens a
+    ``WalletSession`` that every operation then uses."""
+
+    def __init__(self, http: HttpApi) -> None:
+        self.http = http
 
     @classmethod
-    async def create(cls, bus: Bus, instance: str = "main", timeout: float = 60.0) -> WalletClient:
-        def from_wallet(login: str | None) -> bool:
-            return bool(login) and str(login).endswith(f"wallet.{instance}")
+    def for_settings(cls, settings: Settings, timeout: float = 60.0) -> WalletClient:
+        return cls(HttpApi.for_service(settings, "wallet", timeout))
 
-        rpc = await RpcClient.create(bus, accept=from_wallet, default_timeout=timeout)
-        return cls(rpc, instance, timeout)
+    async def close(self) -> None:
+        await self.http.close()
 
-    async def _call(self, op: ApiOp, user: str, passphrase: str, args: object | None) -> bytes:
-        request = ApiRequest(op, user, passphrase, b"" if args is None else codec.encode(args))
+    async def register(self, user: str, passphrase: str) -> None:
+        await _call(self.http, "POST", "/api/register", {"user": user, "passphrase": passphrase})
+
+    async def login(self, user: str, passphrase: str) -> WalletSession:
         try:
-            raw = await self.rpc.call(self.queue, codec.encode(request), timeout=self.timeout)
-        except BrokerError as exc:
-            raise WalletError(f"wallet service unreachable: {type(exc).__name__}") from None
-        reply = codec.decode(ApiReply, raw)
-        if not reply.ok:
-            text = reply.error or "wallet error"
-            if text.startswith("unknown cardholder or wrong passphrase"):
-                raise AuthenticationFailed(text)
-            raise WalletError(text)
-        return reply.body
+            return WalletSession(self.http, await self.http.login(user, passphrase))
+        except ApiError as exc:
+            raise _error(exc) from None
+
+
+def _error(exc: ApiError) -> WalletError:
+    return AuthenticationFailed(exc.text) if exc.status == 401 else WalletError(exc.text)
+
+
+async def _call(http: HttpApi, method: str, path: str, body: Any = None,
+                token: Token | None = None) -> Any:  # fmt: skip
+    try:
+        return await http.call(method, path, body, token)
+    except ApiError as exc:
+        raise _error(exc) from None
+
+
+class WalletSession:
+    """One cardholder's session: one method per API operation; failures are WalletError."""
+
+    def __init__(self, http: HttpApi, token: Token) -> None:
+        self.http = http
+        self.token = token
+
+    @property
+    def user(self) -> str:
+        return self.token.user
+
+    async def _call(self, method: str, path: str, body: Any = None) -> Any:
+        return await _call(self.http, method, path, body, self.token)
+
+    async def logout(self) -> None:
+        await self._call("POST", "/api/logout")
 
     async def enroll(
-        self, user: str, passphrase: str, *, brand: str, number: str, expiry: str,
-        form: dict[str, str], pin_account: bool = False, bank_code: str = "", branch: str = "",
+        self, *, brand: str, number: str, expiry: str, form: dict[str, str],
+        pin_account: bool = False, bank_code: str = "", branch: str = "",
     ) -> str:  # fmt: skip
         """Register a card (or, with ``bank_code``, an OPE bank account ``number``) with the CA
-        through the wallet; returns the card id. ``pin_account``: the issuer keeps a PIN for
-        it, so purchases need ``buy_with_pin``."""
-        fields_ = [FormField(k, v) for k, v in form.items()]
-        args = EnrollArgs(brand, number, expiry, fields_, pin_account, bank_code, branch)
-        body = await self._call(ApiOp.ENROLL, user, passphrase, args)
-        return codec.decode(Enrolled, body).card_id
+        through the wallet; returns the card id."""
+        body = {"brand": brand, "number": number, "expiry": expiry, "form": form,
+                "pin_account": pin_account, "bank_code": bank_code, "branch": branch}  # fmt: skip
+        return str((await self._call("POST", "/api/cards", body))["card_id"])
 
-    async def cards(self, user: str, passphrase: str) -> list[CardEntry]:
-        return codec.decode(CardList, await self._call(ApiOp.CARDS, user, passphrase, None)).cards
+    async def cards(self) -> list[CardEntry]:
+        data = await self._call("GET", "/api/cards")
+        return [CardEntry(c["card_id"], c["brand"], c["hint"], c["pin"]) for c in data["cards"]]
 
-    async def buy(
-        self, user: str, passphrase: str, *, card_id: str, merchant: str, lid_m: bytes,
-        description: str, amount: CurrAmt,
-    ) -> Outcome:  # fmt: skip
-        """Pay for order ``lid_m`` at ``merchant`` with card ``card_id``."""
-        args = BuyArgs(card_id, merchant, lid_m, description, amount.currency, amount.amount)
-        return codec.decode(Outcome, await self._call(ApiOp.BUY, user, passphrase, args))
-
-    async def start_purchase(
-        self, user: str, passphrase: str, *, card_id: str, merchant: str, lid_m: bytes,
-        description: str, amount: CurrAmt,
-    ) -> StartedPurchase:  # fmt: skip
-        """PInit for order ``lid_m``: the purchase id, XID and gateway certificates."""
-        args = BuyArgs(card_id, merchant, lid_m, description, amount.currency, amount.amount)
-        return codec.decode(StartedPurchase, await self._call(ApiOp.START, user, passphrase, args))
-
-    async def finish_purchase(
-        self, user: str, passphrase: str, purchase_id: str, pin_seal: bytes | None = None
-    ) -> Outcome:
-        """PReq for a started purchase, with the PIN seal a PIN account needs."""
-        body = await self._call(ApiOp.FINISH, user, passphrase, FinishArgs(purchase_id, pin_seal))
-        return codec.decode(Outcome, body)
-
-    async def buy_with_pin(
-        self, user: str, passphrase: str, *, root: x509.Certificate, pin: str | None,
-        card_id: str, merchant: str, lid_m: bytes, description: str, amount: CurrAmt,
-    ) -> Outcome:  # fmt: skip
-        """start → (PIN account: validate the gateway certificate to ``root`` and seal ``pin``
-        here, in the thin client) → finish. ``pin`` is used only if the card needs one."""
-        started = await self.start_purchase(
-            user, passphrase, card_id=card_id, merchant=merchant, lid_m=lid_m,
-            description=description, amount=amount,
+    async def start_purchase(self, *, card_id: str, offer: Offer) -> StartedPurchase:
+        """PInit for the pay link's order ``offer``: purchase id, XID, gateway certificates."""
+        body = {"card_id": card_id, "merchant": offer.merchant, "order": offer.order,
+                "merchant_id": offer.merchant_id, "description": offer.description,
+                "currency": offer.currency, "amount": offer.amount}  # fmt: skip
+        d = await self._call("POST", "/api/purchases", body)
+        unb = base64.b64decode
+        return StartedPurchase(
+            d["purchase_id"], bytes.fromhex(d["xid"]), unb(d["gateway_cert"]), d["brand"],
+            [unb(c) for c in d["certs"]], [unb(c) for c in d["crls"]],
+            None if d["bci"] is None else unb(d["bci"]), d["pin_binding"], d["oaep_hash"],
         )  # fmt: skip
+
+    async def finish_purchase(self, purchase_id: str, pin_seal: bytes | None = None) -> Outcome:
+        """PReq for a started purchase, with the PIN seal a PIN account needs."""
+        body = {"pin_seal": None if pin_seal is None else _b64(pin_seal)}
+        return _outcome_of(await self._call("POST", f"/api/purchases/{purchase_id}/finish", body))
+
+    async def buy(self, *, card_id: str, offer: Offer) -> Outcome:
+        """Pay for ``offer`` with card ``card_id`` (a card that takes no PIN)."""
+        started = await self.start_purchase(card_id=card_id, offer=offer)
+        return await self.finish_purchase(started.purchase_id)
+
+    async def buy_with_pin(self, *, root: x509.Certificate, pin: str | None, card_id: str,
+                           offer: Offer) -> Outcome:  # fmt: skip
+        """start -> (PIN account: validate the gateway certificate to ``root`` and seal ``pin``
+        here, in the thin client) -> finish."""
+        started = await self.start_purchase(card_id=card_id, offer=offer)
         seal = None
         if started.pin_binding is not None:
             if pin is None:
                 raise WalletError("this card is a PIN account: a PIN is needed")
-            seal = await seal_for(started, root, pin, floor=self.floor)
-        return await self.finish_purchase(user, passphrase, started.purchase_id, seal)
+            seal = await seal_for(started, root, pin)
+        return await self.finish_purchase(started.purchase_id, seal)
 
-    async def inquire(self, user: str, passphrase: str, xid: bytes) -> Outcome:
-        body = await self._call(ApiOp.INQUIRE, user, passphrase, InquireArgs(xid))
-        return codec.decode(Outcome, body)
+    async def inquire(self, xid: bytes) -> Outcome:
+        return _outcome_of(await self._call("POST", "/api/inquiries", {"xid": xid.hex()}))
+

@@ -1,7 +1,8 @@
 """The server-managed wallet: many cardholders, their cards, keys and purchases.
 
-Rule 1: every call authenticates the cardholder by passphrase (scrypt hash, constant-time
-compare) before it touches a card; a card is used only by the cardholder who enrolled it.
+Rule 1: the cardholder is authenticated once per session by the front door (actors/web/:
+one scrypt per login, off the event loop); every call names that authenticated cardholder and
+a card is used only by the cardholder who enrolled it.
 Rule 2: each card's signature key is generated in the token under the wallet identity
 (label ``<identity>/card-<card_id>``); card data is stored sealed (actors/wallet/vault.py)
 and opened only in memory for the purchase that needs it.
@@ -26,9 +27,9 @@ from typing import Any
 from cryptography import x509
 
 from actors.wallet import purchase
-from actors.wallet.errors import AuthenticationFailed, WalletError
+from actors.wallet.errors import WalletError
 from actors.wallet.store import CardRow, PurchaseRow, WalletStore
-from actors.wallet.vault import CardSecrets, Vault, new_passphrase_record, passphrase_matches
+from actors.wallet.vault import CardSecrets, Vault, new_passphrase_record
 from broker.peer import PeerLink
 from keystore.client import KeystoreClient
 from keystore.errors import KeystoreError
@@ -74,6 +75,7 @@ class CardInfo:
     card_id: str
     brand: str
     hint: str  # last four digits, for the cardholder to recognise the card
+    pin: bool = False  # an OPE PIN account
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,15 +157,8 @@ class WalletService:
         if not self.store.add_cardholder(user, salt, digest, n, self.clock.now_ms()):
             raise WalletError(f"cardholder {user!r} exists")
 
-    def authenticate(self, user: str, passphrase: str) -> None:
-        record = self.store.cardholder(user)
-        if record is None or not passphrase_matches(passphrase, *record):
-            log.info("wallet_auth_failed")
-            raise AuthenticationFailed("unknown cardholder or wrong passphrase")
-
-    def cards(self, user: str, passphrase: str) -> list[CardInfo]:
-        self.authenticate(user, passphrase)
-        return [CardInfo(c.card_id, c.brand, c.hint) for c in self.store.cards(user)]
+    def cards(self, user: str) -> list[CardInfo]:
+        return [CardInfo(c.card_id, c.brand, c.hint, c.pin) for c in self.store.cards(user)]
 
     def _card(self, user: str, card_id: str) -> CardRow:
         card = self.store.card(card_id)
@@ -181,7 +176,6 @@ class WalletService:
     async def enroll(
         self,
         user: str,
-        passphrase: str,
         *,
         brand: str,
         account: pan.Account,
@@ -191,7 +185,6 @@ class WalletService:
     ) -> str:
         """Register a card with the CA; returns its card id (Rules 2, 3). ``pin_account``: the
         issuer keeps a PIN for it (OPE debit), so its purchases need the thin client's seal."""
-        self.authenticate(user, passphrase)
         try:
             account.validate()
             pan.validate_expiry(expiry)
@@ -238,7 +231,6 @@ class WalletService:
     async def start_purchase(
         self,
         user: str,
-        passphrase: str,
         *,
         card_id: str,
         merchant: str,
@@ -248,7 +240,6 @@ class WalletService:
     ) -> Started:
         """PInit with the merchant at routing key ``merchant``; the checked offer waits for
         ``finish_purchase`` (Rules 3, 5)."""
-        self.authenticate(user, passphrase)
         row = self._card(user, card_id)
         root = load_certificate(row.root)
         machine = cardholder_purchase()
@@ -287,11 +278,10 @@ class WalletService:
             del self._pending[next(iter(self._pending))]
 
     async def finish_purchase(
-        self, user: str, passphrase: str, purchase_id: str, pin_seal: bytes | None = None
+        self, user: str, purchase_id: str, pin_seal: bytes | None = None
     ) -> PurchaseResult:
         """PReq → PRes for a started purchase; ``pin_seal`` is the thin client's sealed PIN
         block (required for a PIN account, refused otherwise; Rule 5)."""
-        self.authenticate(user, passphrase)
         pending = self._pending.get(purchase_id)
         if pending is None or pending.user != user:
             raise WalletError("no such started purchase (expired or finished)")
@@ -347,7 +337,6 @@ class WalletService:
     async def buy(
         self,
         user: str,
-        passphrase: str,
         *,
         card_id: str,
         merchant: str,
@@ -358,13 +347,13 @@ class WalletService:
         """A card purchase in one call: ``start_purchase`` then ``finish_purchase`` without a
         PIN (a PIN account needs the thin client's seal: use the two steps)."""
         started = await self.start_purchase(
-            user, passphrase, card_id=card_id, merchant=merchant, lid_m=lid_m,
+            user, card_id=card_id, merchant=merchant, lid_m=lid_m,
             description=description, amount=amount,
         )  # fmt: skip
         if started.pin_binding is not None:
             self._pending.pop(started.purchase_id, None)
             raise WalletError("this card is a PIN account: the purchase needs a sealed PIN")
-        return await self.finish_purchase(user, passphrase, started.purchase_id)
+        return await self.finish_purchase(user, started.purchase_id)
 
     async def _reply(
         self, target: str, header: MessageHeader, body: object, expect: type
@@ -377,12 +366,12 @@ class WalletService:
             raise WalletError(str(exc)) from None
         return decoded.body, decoded.header
 
-    async def inquire(self, user: str, passphrase: str, xid: bytes) -> PurchaseResult:
+    async def inquire(self, user: str, xid: bytes) -> PurchaseResult:
         """InqReq → InqRes about one of this cardholder's purchases."""
-        self.authenticate(user, passphrase)
         row = self.store.purchase(xid)
-        if row is None or self._card(user, row.card_id).user != user:
-            raise WalletError("no such purchase")
+        card = None if row is None else self.store.card(row.card_id)
+        if row is None or card is None or card.user != user:
+            raise WalletError("no such purchase")  # the same for another's: no oracle
         trans = codec.decode(TransIDs, row.trans_ids)
         req, data = purchase.inq_req(trans)
         header = make_header(

@@ -18,6 +18,7 @@ from typing import Any, Final
 import sqlalchemy as sa
 from alembic.operations import Operations
 
+from actors.web.sessions import SESSIONS
 from protocol import codec
 from setpay.store import Schema, Store, open_store
 
@@ -120,7 +121,7 @@ class WalletStore:
     @classmethod
     def open(cls, data_dir: Path, instance: str) -> WalletStore:
         path = Path(data_dir) / "wallet" / f"{instance}.sqlite"
-        return cls(open_store(path, [SCHEMA]), path)
+        return cls(open_store(path, [SCHEMA, SESSIONS]), path)
 
     def close(self) -> None:
         self.db.close()

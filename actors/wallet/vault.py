@@ -13,12 +13,15 @@ key (keystore/transport.py, keystore/client.py Rule 5); so a request that waits 
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import secrets
 from dataclasses import dataclass, field
 from typing import Annotated
 
+from actors.web.passwords import (  # noqa: F401 - the wallet's names for them
+    SCRYPT_N,
+    hash_passphrase,
+    new_passphrase_record,
+    passphrase_matches,
+)
 from keystore import messages as km
 from keystore.client import KeystoreClient
 from keystore.errors import KeyExists
@@ -26,33 +29,6 @@ from protocol import codec, pan
 from protocol.codec import Bytes32, MaxLen
 
 VAULT_KEY = "vault"
-SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
-SALT_BYTES = 16
-
-
-def hash_passphrase(passphrase: str, salt: bytes, n: int = SCRYPT_N) -> bytes:
-    """scrypt(passphrase, salt) → 32 bytes (Rule 1)."""
-    return hashlib.scrypt(
-        passphrase.encode(),
-        salt=salt,
-        n=n,
-        r=SCRYPT_R,
-        p=SCRYPT_P,
-        maxmem=64 * 1024 * 1024,
-        dklen=32,
-    )
-
-
-def new_passphrase_record(passphrase: str) -> tuple[bytes, bytes, int]:
-    """(salt, hash, n) for a new cardholder."""
-    if len(passphrase) < 8:
-        raise ValueError("passphrase must have at least 8 characters")
-    salt = secrets.token_bytes(SALT_BYTES)
-    return salt, hash_passphrase(passphrase, salt), SCRYPT_N
-
-
-def passphrase_matches(passphrase: str, salt: bytes, stored: bytes, n: int) -> bool:
-    return hmac.compare_digest(hash_passphrase(passphrase, salt, n), stored)
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,10 +38,9 @@ ADDRESSES = {"wallet": {"merchant", "ca"}, "merchant": {"gateway", "ca"}, "gatew
 # SET replies: whose inboxes a login may answer into.
 ANSWERS = {"merchant": {"wallet"}, "gateway": {"merchant"}, "ca": {"wallet", "merchant", "gateway"}}
 QUEUES = ("set.wallet", "set.wallet.main", "set.merchant", "set.merchant.pos1", "set.gateway",
-          "set.gateway.pg1", "set.ca", "set.ca.main", "keystore.rpc", "wallet.main.api",
-          "merchant.pos1.api", "setpay.dead")  # fmt: skip
-OWN_QUEUES = {"wallet": {"set.wallet", "set.wallet.main", "wallet.main.api"},
-              "merchant": {"set.merchant", "set.merchant.pos1", "merchant.pos1.api"},
+          "set.gateway.pg1", "set.ca", "set.ca.main", "keystore.rpc", "setpay.dead")  # fmt: skip
+OWN_QUEUES = {"wallet": {"set.wallet", "set.wallet.main"},
+              "merchant": {"set.merchant", "set.merchant.pos1"},
               "gateway": {"set.gateway", "set.gateway.pg1"}, "ca": {"set.ca", "set.ca.main"},
               "keystore": {"keystore.rpc"}, "operator": {"setpay.dead"}}  # fmt: skip
 
@@ -130,7 +129,7 @@ async def test_each_login_reaches_exactly_what_its_role_needs(bus_env, identity)
         if await _allowed(connection, _publish(RPC_EXCHANGE, "keystore.rpc", login)) != calls:
             wrong.append(f"setpay.rpc keystore.rpc: expected {'allowed' if calls else 'refused'}")
         forged = f"reply.{prefix}merchant.pos1.x"
-        serves = role in {"keystore", "wallet", "merchant"}  # the keystore, the thin-client APIs
+        serves = role == "keystore"  # the one RPC server
         if await _allowed(connection, _publish(RPC_EXCHANGE, forged, login)) != serves:
             wrong.append(f"setpay.rpc {forged}: expected {'allowed' if serves else 'refused'}")
         # 5. read only its own queues (operators: the dead letters)
@@ -164,13 +163,16 @@ async def test_each_login_reaches_exactly_what_its_role_needs(bus_env, identity)
     assert wrong == [], f"{identity}: {wrong}"
 
 
-async def test_forged_keystore_reply_from_another_server_is_dropped(bus_env) -> None:
-    """The wallet login may answer RPC (its thin-client API), so the broker lets it write into
-    the merchant's RPC inbox; the merchant's keystore client still takes only the keystore's
-    answer."""
+async def test_forged_keystore_reply_is_dropped_even_where_the_broker_lets_it_through(
+    bus_env,
+) -> None:
+    """Only the keystore's login may write RPC replies (the matrix above); were the broker
+    misconfigured (here: the admin login, which it lets write anything), the merchant's
+    keystore client would still take only the keystore's answer."""
+    _vhost, prefix, _ = bus_env
     keystore = await connect(url(bus_env, "keystore.main"), name="keystore.main")
     merchant = await connect(url(bus_env, "merchant.pos1"), name="merchant.pos1")
-    wallet = await connect(url(bus_env, "wallet.main"), name="wallet.main")
+    wallet = await connect(BASE.rstrip("/") + "/" + bus_env[0], name="admin", prefix=prefix)
     forged_sent = asyncio.Event()
 
     async def genuine(request: RpcRequest) -> bytes:

@@ -75,7 +75,7 @@ def test_first_run_creates_everything_second_run_changes_nothing(provisioned) ->
         assert perms[prefix + identity.name] == defs.permissions(identity, prefix)
     configure, write, read = perms[prefix + "merchant.pos1"]
     login = re.escape(prefix + "merchant.pos1")
-    assert read == (r"^(set\.merchant|set\.merchant\.pos1|merchant\.pos1\.api|"
+    assert read == (r"^(set\.merchant|set\.merchant\.pos1|"
                     r"reply\." + login + r"\.[^.#*]+|setpay\.set|setpay\.rpc)$")
     assert "amq" not in write and "amq" not in read  # nobody writes to the default exchange
     topics = admin.list_topic_permissions(vhost)

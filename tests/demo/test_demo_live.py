@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from actors import demo_cases
-from actors.demo_cases import APPROVED, DECLINED, PASSPHRASE, SALE_APPROVED, WRONG_PIN
+from actors.demo_cases import APPROVED, DECLINED, SALE_APPROVED, WRONG_PIN
 from actors.environment import (
     DEBIT_BANK,
     DEBIT_BRANCH,
@@ -36,7 +36,7 @@ from actors.environment import (
     LOAD_PANS,
 )
 from actors.iso8583.spec import DEBIT_PROCESSING
-from actors.wallet.api import StartedPurchase, seal_for
+from actors.wallet.api import StartedPurchase, WalletSession, seal_for
 from actors.wallet.errors import WalletError
 from protocol.certs import CertType, load_certificate, set_extension
 from protocol.messages import CurrAmt
@@ -182,22 +182,20 @@ async def test_thin_client_pin_purchase_refusals_and_finish(
     data_dir, out = demo_run
     assert "rows as expected" in out
     root = load_certificate((data_dir / "wallet" / "root.der").read_bytes())
-    bus, wallet, pos = await demo_cases.connect_clients(load(demo_env).admin_url())
+    wallet, pos = demo_cases.connect_clients(load(demo_env))
     try:
         erin = demo_cases.debit_shopper(wallet)
         alice = demo_cases.Shopper(wallet, "demo-alice", LOAD_PANS[0])
         await erin.card()
         await alice.card()
+        erin_s, alice_s = await erin.session(), await alice.session()
         value = CurrAmt("JPY", 700)
 
-        async def start(shopper: demo_cases.Shopper) -> StartedPurchase:
-            lid_m = await pos.create_order("M-1001", "thin client", value, sale=True)
-            return await wallet.start_purchase(
-                shopper.user, PASSPHRASE, card_id=shopper.card_id, merchant=pos.route,
-                lid_m=lid_m, description="thin client", amount=value,
-            )  # fmt: skip
+        async def start(session: WalletSession, card_id: str) -> StartedPurchase:
+            order = await pos.create_order("M-1001", "thin client", value, sale=True)
+            return await session.start_purchase(card_id=card_id, offer=order.offer)
 
-        started = await start(erin)
+        started = await start(erin_s, erin.card_id)
         assert started.pin_binding == DEBIT_NUMBER and DEBIT_NUMBER not in repr(started)
         gateway = load_certificate(started.gateway_cert)
         assert set_extension(gateway).cert_type is CertType.GATEWAY
@@ -207,18 +205,21 @@ async def test_thin_client_pin_purchase_refusals_and_finish(
             await seal_for(started, root, "12ab")
         assert "12ab" not in str(bad_pin.value)
         with pytest.raises(WalletError, match="needs a sealed PIN"):
-            await wallet.finish_purchase(erin.user, PASSPHRASE, started.purchase_id)
+            await erin_s.finish_purchase(started.purchase_id)
         seal = await seal_for(started, root, DEBIT_PIN)
-        card = await start(alice)
+        card = await start(alice_s, alice.card_id)
         assert card.pin_binding is None
         with pytest.raises(WalletError, match="takes no PIN"):
-            await wallet.finish_purchase(alice.user, PASSPHRASE, card.purchase_id, seal)
+            await alice_s.finish_purchase(card.purchase_id, seal)
+        # Another cardholder's session cannot finish erin's purchase.
+        with pytest.raises(WalletError, match="no such started purchase"):
+            await alice_s.finish_purchase(started.purchase_id, seal)
         # The refusals consumed nothing: the PIN purchase still finishes, once.
-        done = await wallet.finish_purchase(erin.user, PASSPHRASE, started.purchase_id, seal)
+        done = await erin_s.finish_purchase(started.purchase_id, seal)
         assert done.describe() == SALE_APPROVED and done.xid == started.xid
         with pytest.raises(WalletError, match="no such started purchase"):
-            await wallet.finish_purchase(erin.user, PASSPHRASE, started.purchase_id, seal)
+            await erin_s.finish_purchase(started.purchase_id, seal)
         with pytest.raises(WalletError, match="PIN account"):
             await erin.buy(pos, "M-1001", 700)
     finally:
-        await bus.close()
+        await demo_cases.close_clients(wallet, pos)

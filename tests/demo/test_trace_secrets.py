@@ -19,6 +19,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from actors import demo_cases
 from actors.demo_cases import DECLINED, SALE_APPROVED, WRONG_PIN
 from actors.environment import DEBIT_NUMBER, DEBIT_PIN, LOAD_PANS
+from broker.connection import connect
 from broker.topology import TRACE_EXCHANGE
 from protocol.certs import load_certificate
 from protocol.messages import MessageType
@@ -52,7 +53,8 @@ async def test_trace_holds_no_pin_pin_block_or_pan(
     data_dir, out = demo_run
     assert "rows as expected" in out
     root = load_certificate((data_dir / "wallet" / "root.der").read_bytes())
-    bus, wallet, pos = await demo_cases.connect_clients(load(demo_env).admin_url())
+    wallet, pos = demo_cases.connect_clients(load(demo_env))
+    bus = await connect(load(demo_env).admin_url(), name="trace-secrets-test")  # the tap
     recorded: list[AbstractIncomingMessage] = []
     try:
         channel = await bus.channel()
@@ -79,6 +81,7 @@ async def test_trace_holds_no_pin_pin_block_or_pan(
         await until(lambda: sum(m.type == PREQ_TYPE for m in recorded) >= 3, timeout=10)
     finally:
         await bus.close()
+        await demo_cases.close_clients(wallet, pos)
     forms = _secret_forms()
     pin_tokens = [re.compile(PIN_TOKEN % p.encode()) for p in (DEBIT_PIN, WRONG_PIN)]
     for message in recorded:

@@ -1,7 +1,8 @@
 """Throw-away test environments driven through the real `setpay` command, and their cleanup.
 
 Rule 1: each environment has its own data dir, vhost ``setpay-test-<tag>-<hex>``, broker user
-prefix ``t<hex>-`` and issuer port; the commands run as ``python -m cli`` from this checkout.
+prefix ``t<hex>-``, issuer port and HTTPS ports (wallet, POS); the commands run as
+``python -m cli`` from this checkout.
 Rule 2: ``remove_env`` leaves nothing behind, also after a failure: `setpay down`, then SIGKILL
 for any process still carrying the data dir in its environment, then the prefixed users and
 the vhost are deleted.
@@ -131,6 +132,8 @@ def new_env(data_dir: Path, tag: str, **overrides: str) -> Env:
         "SETPAY_BROKER_VHOST": f"setpay-test-{tag}-{secrets.token_hex(4)}",
         "SETPAY_BROKER_USER_PREFIX": f"t{secrets.token_hex(3)}-",
         "SETPAY_ISSUER_PORT": str(_free_port()),
+        "SETPAY_WALLET_WEB_PORT": str(_free_port()),
+        "SETPAY_POS_WEB_PORT": str(_free_port()),
         "SETPAY_KEYSTORE_WORKERS": "1",
         "SETPAY_LOG_FORMAT": "json",
         **overrides,

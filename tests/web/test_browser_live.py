@@ -1,0 +1,168 @@
+"""The web wallet and the POS console in real headless Chromium (Debian's, driven by
+Playwright) against a live environment (tests/fixtures_web.py): an operator creates orders
+on the console and hands out pay links; a cardholder registers, enrols a card and an OPE
+bank account on the wallet page, pays by card, and pays from the PIN account with the PIN
+typed into the page (sealed there with WebCrypto, opened by the gateway's keystore); the
+console then shows every order's state. The wallet page's whole transfer (HTML, script,
+style) is measured and must stay within 50 KB. Screenshots of both pages are written to
+``$SETPAY_SCREENSHOTS`` (default: the test's temporary directory)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from actors.demo_cases import APPROVED, DECLINED, SALE_APPROVED
+from actors.environment import (
+    LOAD_DEBIT_PIN,
+    LOAD_DEBIT_REFERENCE,
+    LOAD_PANS,
+    OPERATOR_PASSPHRASE,
+    _valid,
+    operator_name,
+)
+from actors.web.client import service_url
+from setpay.config import load
+from tests.ops.environments import Env
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+CHROMIUM = "/usr/bin/chromium"
+PAGE_BUDGET = 50 * 1024
+USER, PASS = "web-wendy", "wendy's web passphrase"
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as p:
+        chromium = await p.chromium.launch(executable_path=CHROMIUM, headless=True)
+        # The environment's test CA is not in Chromium's store (a real deployment configures
+        # a real certificate, actors/web/tls.py); the TLS itself is tested in tests/web.
+        context = await chromium.new_context(ignore_https_errors=True,
+                                             viewport={"width": 900, "height": 1000})
+        yield context
+        await chromium.close()
+
+
+def shots(tmp_path: Path) -> Path:
+    folder = Path(os.environ.get("SETPAY_SCREENSHOTS") or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+async def transferred(page: Any, url: str) -> int:
+    """Bytes the page's load moved (headers and bodies of every response)."""
+    responses: list[Any] = []
+
+    def seen(response: Any) -> None:
+        responses.append(response)
+
+    page.on("response", seen)
+    await page.goto(url, wait_until="networkidle")
+    page.remove_listener("response", seen)
+    assert {r.url.rsplit("/", 1)[-1].split("#")[0] for r in responses} >= {
+        "", "wallet.js", "wallet.css"}  # the page, its script and its style were counted
+    total = 0
+    for r in responses:
+        sizes = await r.request.sizes()
+        total += sizes["responseBodySize"] + sizes["responseHeadersSize"]
+    return total
+
+
+async def new_order(pos: Any, description: str, amount: int, *, sale: bool) -> str:
+    await pos.fill("#order-form input[name=description]", description)
+    await pos.fill("#order-form input[name=amount]", str(amount))
+    if sale:
+        await pos.check("#order-form input[name=sale]")
+    else:
+        await pos.uncheck("#order-form input[name=sale]")
+    before = await pos.get_attribute("#pay-link", "href")
+    await pos.click("#order-form button[type=submit]")
+    await pos.wait_for_function(
+        "(b) => document.getElementById('pay-link').getAttribute('href') !== b", arg=before)
+    return str(await pos.get_attribute("#pay-link", "href"))
+
+
+async def pay(wallet: Any, link: str, card_hint: str, pin: str | None = None) -> str:
+    await wallet.fill("#link-form input[name=link]", link)
+    await wallet.click("#link-form button[type=submit]")
+    await wallet.wait_for_selector("#pay:not([hidden])")
+    label = await wallet.eval_on_selector(
+        "#pay-card", "(s, h) => [...s.options].find(o => o.text.endsWith(h)).value", card_hint)
+    await wallet.select_option("#pay-card", label)
+    if pin is not None:
+        await wallet.wait_for_selector("#pin-row", state="visible")
+        await wallet.fill("#pay-form input[name=pin]", pin)
+    else:
+        assert not await wallet.is_visible("#pin-row")  # a card asks for no PIN
+    await wallet.click("#pay-form button[type=submit]")
+    await wallet.wait_for_function(
+        "() => { const t = document.getElementById('outcome').textContent;"
+        " return t && t !== 'paying…'; }", timeout=120_000)
+    return str(await wallet.text_content("#outcome"))
+
+
+async def test_console_and_wallet_pages_end_to_end(web_env: Env, browser: Any,
+                                                   tmp_path: Path) -> None:
+    settings = load(web_env.vars)
+    out = shots(tmp_path)
+    pos = await browser.new_page()
+    await pos.goto(service_url(settings, "pos") + "/")
+    await pos.fill("#login-form input[name=user]", operator_name("M-1003"))
+    await pos.fill("#login-form input[name=passphrase]", OPERATOR_PASSPHRASE)
+    await pos.click("#login-form button[type=submit]")
+    await pos.wait_for_selector("#app:not([hidden])")
+    card_link = await new_order(pos, "Blue notebook", 2_400, sale=False)
+    debit_link = await new_order(pos, "Coffee beans", 1_800, sale=True)
+    wrong_link = await new_order(pos, "Coffee mug", 900, sale=True)
+    assert card_link.startswith(service_url(settings, "wallet") + "/#pay=")
+
+    wallet = await browser.new_page()
+    size = await transferred(wallet, card_link)
+    assert size <= PAGE_BUDGET, f"the wallet page moved {size} bytes"
+    await wallet.fill("#login-form input[name=user]", USER)
+    await wallet.fill("#login-form input[name=passphrase]", PASS)
+    await wallet.click("#register")
+    await wallet.wait_for_selector("#pay:not([hidden])")
+    # The pay link it was opened with is shown at once: merchant, description, amount.
+    assert "Blue notebook" in await wallet.text_content("#order")
+    assert "2400 JPY" in await wallet.text_content("#order")
+    expiry = _valid(datetime.now(UTC))
+    bank, branch, number = LOAD_DEBIT_REFERENCE.split("-")
+    for fields, pin_account in (({"number": LOAD_PANS[3]}, False),
+                                ({"number": number, "bank_code": bank, "branch": branch}, True)):
+        await wallet.fill("#enrol-form input[name=expiry]", expiry)
+        await wallet.fill("#enrol-form input[name=name]", "Wendy Web")
+        await wallet.fill("#enrol-form input[name=postal_code]", "100-0001")
+        await wallet.fill("#enrol-form input[name=bank_code]", fields.get("bank_code", ""))
+        await wallet.fill("#enrol-form input[name=branch]", fields.get("branch", ""))
+        await wallet.fill("#enrol-form input[name=number]", fields["number"])
+        await wallet.set_checked("#enrol-form input[name=pin_account]", pin_account)
+        count = await wallet.locator("#cards li").count()
+        await wallet.click("#enrol-form button[type=submit]")
+        await wallet.wait_for_function(
+            "(n) => document.querySelectorAll('#cards li').length > n", arg=count,
+            timeout=120_000)  # fmt: skip
+    cards = await wallet.locator("#cards li").all_text_contents()
+    assert any(c.endswith(LOAD_PANS[3][-4:]) for c in cards)
+    assert any(number[-4:] in c and "PIN account" in c for c in cards)
+    assert await pay(wallet, card_link, LOAD_PANS[3][-4:]) == APPROVED
+    await wallet.screenshot(path=str(out / "wallet.png"), full_page=True)
+    assert await pay(wallet, debit_link, number[-4:], LOAD_DEBIT_PIN) == SALE_APPROVED
+    assert await pay(wallet, wrong_link, number[-4:], "99999999") == DECLINED
+    assert await wallet.input_value("#pay-form input[name=pin]") == ""  # not kept
+
+    await pos.click("#refresh")
+    await pos.wait_for_function(
+        "() => [...document.querySelectorAll('#orders td.state')]"
+        ".filter(td => td.textContent !== 'awaiting payment').length >= 3")
+    states = await pos.locator("#orders td.state").all_text_contents()
+    assert {APPROVED, SALE_APPROVED, DECLINED} <= set(states)
+    await pos.screenshot(path=str(out / "pos.png"), full_page=True)
