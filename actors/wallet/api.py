@@ -234,11 +234,16 @@ class Outcome:
 
 
 async def seal_for(
-    started: StartedPurchase, root: x509.Certificate, pin: str, now_ms: int | None = None
+    started: StartedPurchase,
+    root: x509.Certificate,
+    pin: str,
+    now_ms: int | None = None,
+    floor: purchase.BciFloor | None = None,
 ) -> bytes:
     """Thin client (Rule 4): validate the gateway certificate ``started`` names to ``root``
-    with the BCI/CRLs the merchant sent, then seal the format 0 block of ``pin`` to it for
-    this XID. Raises ``WalletError`` (no PIN in its text)."""
+    with the BCI/CRLs the merchant sent (no older BCI than ``floor`` has seen: purchase Rule
+    4), then seal the format 0 block of ``pin`` to it for this XID. Raises ``WalletError``
+    (no PIN in its text)."""
     if started.pin_binding is None:
         raise WalletError("this card takes no PIN")
     now = ids.SystemClock().now_ms() if now_ms is None else now_ms
@@ -246,7 +251,7 @@ async def seal_for(
         validate_pin(pin)
         gateway = purchase.validate_gateway(
             root, started.brand, started.certs, started.bci, started.crls,
-            cert_thumbprint(load_certificate(started.gateway_cert)), now,
+            cert_thumbprint(load_certificate(started.gateway_cert)), now, floor,
         )  # fmt: skip
         public = public_key_of(gateway)
         return await seal_pin(
@@ -303,6 +308,7 @@ class WalletSession:
     def __init__(self, http: HttpApi, token: Token) -> None:
         self.http = http
         self.token = token
+        self.floor = purchase.BciFloor()  # the newest BCI seen per brand this session
 
     @property
     def user(self) -> str:
@@ -360,7 +366,7 @@ class WalletSession:
         if started.pin_binding is not None:
             if pin is None:
                 raise WalletError("this card is a PIN account: a PIN is needed")
-            seal = await seal_for(started, root, pin)
+            seal = await seal_for(started, root, pin, floor=self.floor)
         return await self.finish_purchase(started.purchase_id, seal)
 
     async def inquire(self, xid: bytes) -> Outcome:

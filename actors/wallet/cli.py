@@ -11,6 +11,9 @@ PIN is read from ``SETPAY_WALLET_PIN`` or a hidden prompt, the gateway certifica
 validated to the root this client trusts (``--root``, default ``<data_dir>/wallet/root.der``)
 and the PIN is sealed here (api.seal_for): the wallet receives only the seal.
 Rule 4: ``--json`` prints one JSON document instead of the table.
+Rule 5: the client keeps the highest BCI sequence it has seen per root and brand in
+``<data_dir>/wallet/bci-floor.json`` (beside the root it trusts) and refuses a purchase whose
+merchant hands it an older one (``staleRevocationData``; purchase.py Rule 4).
 """
 
 from __future__ import annotations
@@ -48,8 +51,31 @@ def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
     print(json.dumps(data) if args.json else text)
 
 
+class FileFloors:
+    """The thin client's BCI floors in a small JSON file (Rule 5), written atomically."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            loaded = json.loads(path.read_text())
+            self.seen = {str(k): int(v) for k, v in loaded.items()}
+        except (OSError, ValueError, AttributeError):
+            self.seen = {}  # none yet (an unreadable file: start from the merchant's)
+
+    def bci_floor(self, key: str) -> int:
+        return self.seen.get(key, 0)
+
+    def raise_bci_floor(self, key: str, sequence: int, now_ms: int) -> None:
+        self.seen[key] = max(sequence, self.seen.get(key, 0))
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.seen))
+        tmp.replace(self.path)
+
+
 async def _run(args: argparse.Namespace, settings: Settings) -> int:
     from actors.wallet.api import WalletClient, seal_for
+    from actors.wallet.purchase import BciFloor
     from actors.web.paylink import PayLinkError, parse
 
     passphrase = _secret("SETPAY_WALLET_PASSPHRASE", "passphrase: ")
@@ -88,7 +114,10 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
                 seal = None
                 if started.pin_binding is not None:
                     root = _trusted_root(args, settings)
-                    seal = await seal_for(started, root, _secret("SETPAY_WALLET_PIN", "PIN: "))
+                    floor = BciFloor(FileFloors(Path(settings.data_dir) / "wallet"
+                                                / "bci-floor.json"))  # fmt: skip
+                    pin = _secret("SETPAY_WALLET_PIN", "PIN: ")
+                    seal = await seal_for(started, root, pin, floor=floor)
                 out = await session.finish_purchase(started.purchase_id, seal)
                 _emit(args, {"xid": out.xid.hex(), "outcome": out.describe()},
                       f"xid {out.xid.hex()}  {out.describe()}")

@@ -22,10 +22,9 @@ from datetime import UTC, datetime
 import pytest
 
 from actors.environment import BRAND, LOAD_PANS, POS_INSTANCE, WALLET_INSTANCE
-from actors.merchant.api import MerchantClient
-from actors.wallet.api import StartedPurchase, WalletClient
+from actors import demo_cases
+from actors.wallet.api import StartedPurchase
 from actors.wallet.errors import WalletError
-from broker.connection import connect
 from broker.provision import identity_url
 from protocol.messages import AuthCode, CurrAmt
 from setpay.config import load
@@ -81,27 +80,24 @@ async def test_ca_revoke_reaches_the_running_gateway(env: Env) -> None:
     settings = load(env.vars)
     before = {name: pid for name, pid in env.recorded_pids().items()}
     assert {"gateway.pg1", "merchant.pos1", "ca.main"} <= set(before), before
-    bus = await connect(settings.admin_url(), name="revocation-live-test")
+    wallet, shop = demo_cases.connect_clients(settings)  # the thin clients, over HTTPS
     try:
-        wallet = await WalletClient.create(bus, WALLET_INSTANCE)
-        pos = await MerchantClient.create(bus, POS_INSTANCE)
-        user = "revoc-taro"
+        try:
+            await wallet.register("revoc-taro", PASSPHRASE)
+        except WalletError as exc:
+            assert "exists" in str(exc)
+        session = await wallet.login("revoc-taro", PASSPHRASE)
         expiry = f"{(datetime.now(UTC).year + 3) % 100:02d}12"
-        card = await wallet.enroll(user, PASSPHRASE, brand=BRAND, number=LOAD_PANS[7],
-                                   expiry=expiry, form=FORM)  # fmt: skip
+        card = await session.enroll(brand=BRAND, number=LOAD_PANS[7], expiry=expiry, form=FORM)
 
         async def start(merchant_id: str, amount: int) -> StartedPurchase:
             description = f"revocation test at {merchant_id}: {amount} JPY"
-            value = CurrAmt("JPY", amount)
-            lid_m = await pos.create_order(merchant_id, description, value)
-            return await wallet.start_purchase(
-                user, PASSPHRASE, card_id=card, merchant=pos.route, lid_m=lid_m,
-                description=description, amount=value,
-            )  # fmt: skip
+            order = await shop.create_order(merchant_id, description, CurrAmt("JPY", amount))
+            return await session.start_purchase(card_id=card, offer=order.offer())
 
         async def finish(started: StartedPurchase) -> str:
             try:
-                out = await wallet.finish_purchase(user, PASSPHRASE, started.purchase_id)
+                out = await session.finish_purchase(started.purchase_id)
             except WalletError as exc:
                 return str(exc)
             return AuthCode(out.auth_code).name if out.auth_code is not None else "no auth"
@@ -134,7 +130,7 @@ async def test_ca_revoke_reaches_the_running_gateway(env: Env) -> None:
         with pytest.raises(WalletError, match="REVOKED_CERTIFICATE"):
             await start(REVOKED, 1_300)
     finally:
-        await bus.close()
+        await demo_cases.close_clients(wallet, shop)
 
     after_pids = env.recorded_pids()
     for name in ("gateway.pg1", "merchant.pos1", "ca.main"):
