@@ -8,6 +8,9 @@ Rule 2: everything lives in the session's vhost and temporary directories.
 
 from __future__ import annotations
 
+from actors.web.tls import ensure_test_certificate
+from tests.ops.environments import free_port
+
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,7 +149,8 @@ async def purchase_env(
     gw_consumer = await consume(gw_keystore.rpc.bus, declared.instance.name, gateway.handle)
     # The merchant POS: enrolled through the CA, then started as an actor.
     merchant_dir = tmp_path_factory.mktemp("merchant-var")
-    settings = ca_env.settings.replace(data_dir=merchant_dir)
+    settings = ca_env.settings.replace(data_dir=merchant_dir, pos_web_port=free_port())
+    ensure_test_certificate(settings)  # its HTTPS front door (the supervisor makes it in an env)
     m_keystore = await dep.client("merchant.pos1")
     m_ca = CAClient(await PeerLink(m_keystore.rpc.bus, "merchant", "pos1-ca").start())
     actor = MerchantActor(

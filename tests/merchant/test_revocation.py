@@ -44,7 +44,7 @@ async def _buy(env: PurchaseEnv, card: str, amount: int) -> tuple[bytes, object]
     lid_m = service.create_order(MERCHANT_ID, DESCRIPTION, CurrAmt("JPY", amount))
     try:
         result: object = await env.wallet.buy(
-            USER, PASS, card_id=card, merchant=ROUTE, lid_m=lid_m,
+            USER, card_id=card, merchant=ROUTE, lid_m=lid_m,
             description=DESCRIPTION, amount=CurrAmt("JPY", amount),
         )  # fmt: skip
     except WalletError as exc:
@@ -58,7 +58,7 @@ async def test_revoked_cardholder_refused_after_refresh(purchase_env: PurchaseEn
     assert service is not None and store is not None
     env.wallet.register(USER, PASS)
     card = await env.wallet.enroll(
-        USER, PASS, brand="alpha", account=pan.Account(pan.AccountKind.CARD, "4111111111111111"),
+        USER, brand="alpha", account=pan.Account(pan.AccountKind.CARD, "4111111111111111"),
         expiry="3012", values={"name": "Taro Revoked", "postal_code": "100-0001"},
     )  # fmt: skip
     _, result = await _buy(env, card, 2_100)

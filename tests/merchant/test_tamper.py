@@ -29,7 +29,7 @@ PREQ_TYPE = str(int(MessageType.PREQ))
 async def tamper_card(purchase_env: PurchaseEnv) -> str:
     purchase_env.wallet.register(USER, PASS)
     return await purchase_env.wallet.enroll(
-        USER, PASS, brand="alpha", account=pan.Account(pan.AccountKind.CARD, PAN),
+        USER, brand="alpha", account=pan.Account(pan.AccountKind.CARD, PAN),
         expiry="3012", values=FORM,
     )  # fmt: skip
 

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SETPAY = (sys.executable, "-m", "cli")
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -131,9 +131,9 @@ def new_env(data_dir: Path, tag: str, **overrides: str) -> Env:
         "SETPAY_DATA_DIR": str(data_dir),
         "SETPAY_BROKER_VHOST": f"setpay-test-{tag}-{secrets.token_hex(4)}",
         "SETPAY_BROKER_USER_PREFIX": f"t{secrets.token_hex(3)}-",
-        "SETPAY_ISSUER_PORT": str(_free_port()),
-        "SETPAY_WALLET_WEB_PORT": str(_free_port()),
-        "SETPAY_POS_WEB_PORT": str(_free_port()),
+        "SETPAY_ISSUER_PORT": str(free_port()),
+        "SETPAY_WALLET_WEB_PORT": str(free_port()),
+        "SETPAY_POS_WEB_PORT": str(free_port()),
         "SETPAY_KEYSTORE_WORKERS": "1",
         "SETPAY_LOG_FORMAT": "json",
         **overrides,
