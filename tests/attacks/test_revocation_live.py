@@ -93,7 +93,7 @@ async def test_ca_revoke_reaches_the_running_gateway(env: Env) -> None:
         async def start(merchant_id: str, amount: int) -> StartedPurchase:
             description = f"revocation test at {merchant_id}: {amount} JPY"
             order = await shop.create_order(merchant_id, description, CurrAmt("JPY", amount))
-            return await session.start_purchase(card_id=card, offer=order.offer())
+            return await session.start_purchase(card_id=card, offer=order.offer)
 
         async def finish(started: StartedPurchase) -> str:
             try:
