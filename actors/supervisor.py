@@ -304,6 +304,25 @@ class EnvironmentLocked(SupervisorError):
     """Another environment's supervisor holds the vhost (Rule 3)."""
 
 
+def _locked(vhost: str) -> EnvironmentLocked:
+    return EnvironmentLocked(
+        f"another environment is running on vhost {vhost!r} (its supervisor "
+        f"holds the exclusive queue {LOCK_QUEUE!r}); give this one its own "
+        "SETPAY_BROKER_VHOST, SETPAY_BROKER_USER_PREFIX, SETPAY_ISSUER_PORT and data dir"
+    )
+
+
+def _lock_held(vhost: str) -> bool:
+    """Whether the lock queue exists on ``vhost`` (rabbitmqctl; False if it cannot tell)."""
+    from broker import admin
+    from broker.errors import AdminError
+
+    try:
+        return LOCK_QUEUE in admin.list_names("queues", vhost)
+    except AdminError:
+        return False
+
+
 async def hold_lock(settings: Settings) -> aio_pika.abc.AbstractConnection:
     """Declare ``LOCK_QUEUE`` exclusive on ``broker_vhost`` as the operators' identity; the
     returned connection holds it until closed. ``EnvironmentLocked`` if another supervisor
@@ -313,6 +332,10 @@ async def hold_lock(settings: Settings) -> aio_pika.abc.AbstractConnection:
         url = operator_url(settings.data_dir, vhost, settings.amqp_url,
                            user_prefix=settings.broker_user_prefix)  # fmt: skip
     except CredentialsError as exc:
+        # No operators' login in this data dir: if another supervisor holds the vhost, say
+        # that (asked of the broker's local admin tool, not over AMQP); else what is missing.
+        if _lock_held(vhost):
+            raise _locked(vhost) from None
         raise SupervisorError(f"{exc}") from None
     # A plain (not robust) connection: a robust one would silently re-declare the queue after
     # a reconnect, and could then be the second holder without anyone being told.
@@ -329,11 +352,7 @@ async def hold_lock(settings: Settings) -> aio_pika.abc.AbstractConnection:
         await channel.declare_queue(LOCK_QUEUE, exclusive=True, auto_delete=True)
     except aiormq.exceptions.ChannelLockedResource:
         await connection.close()
-        raise EnvironmentLocked(
-            f"another environment is running on vhost {vhost!r} (its supervisor "
-            f"holds the exclusive queue {LOCK_QUEUE!r}); give this one its own "
-            "SETPAY_BROKER_VHOST, SETPAY_BROKER_USER_PREFIX, SETPAY_ISSUER_PORT and data dir"
-        ) from None
+        raise _locked(vhost) from None
     except BaseException:
         await connection.close()
         raise
