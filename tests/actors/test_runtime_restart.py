@@ -17,7 +17,7 @@ from broker import admin
 from broker.connection import connect
 from broker.errors import BrokerError
 from broker.rpc import RpcClient, RpcRequest, serve_rpc
-from broker.topology import SET_EXCHANGE, declare_actor
+from broker.topology import SET_EXCHANGE, inbox_prefix
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -48,15 +48,16 @@ async def test_actor_and_rpc_server_serve_again_after_broker_restart(broker_vhos
 
     queue = f"rpc.restart.{uuid.uuid4().hex[:8]}"
     server = await serve_rpc(server_bus, queue, echo)
-    client = await RpcClient.create(client_bus, default_timeout=2.0)
-    instance = uuid.uuid4().hex[:8]
-    declared = await declare_actor(await client_bus.channel(), "tester", instance)
-    replies = declared.instance
+    client = await RpcClient.create(client_bus, accept=lambda login: True, default_timeout=2.0)
+    # a durable reply queue of the client's own login (the runtime answers only into one)
+    reply_key = f"{inbox_prefix(client_bus.user_id)}{uuid.uuid4().hex[:8]}"
+    replies = await (await client_bus.channel()).declare_queue(reply_key, durable=True)
+    await replies.bind(SET_EXCHANGE, routing_key=reply_key)
 
     async def echo_round_trip(tag: bytes) -> bytes:
         await client_bus.publish(
             f"echo.{actor.instance}",
-            client_bus.message(tag, msg_type="Echo", reply_to=f"tester.{instance}"),
+            client_bus.message(tag, msg_type="Echo", reply_to=reply_key),
             exchange=SET_EXCHANGE, timeout=2.0,
         )
         while True:
