@@ -1,4 +1,5 @@
-"""`setpay run ROLE [--id ID]`, `setpay up`, `setpay down`: actors as processes.
+"""`setpay run ROLE [--id ID]`, `setpay up`, `setpay down`, `setpay status`: actors as
+processes.
 
 Rule 1: `run` runs one actor in the foreground until SIGTERM/SIGINT (in-flight work finishes).
 Rule 2: `up` starts the test environment under a supervisor (background unless
@@ -58,6 +59,17 @@ def _down(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _status(args: argparse.Namespace, settings: Settings) -> int:
+    import asyncio
+    import json
+
+    from actors import status
+
+    report = asyncio.run(status.collect(settings, timeout=args.timeout))
+    print(json.dumps(report.as_json()) if args.json else "\n".join(report.lines()))
+    return report.code
+
+
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the actor runtime's subcommands."""
     run = sub.add_parser("run", help="run one actor in the foreground")
@@ -72,3 +84,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     down = sub.add_parser("down", help="stop what `setpay up` started")
     down.add_argument("--grace", type=float, default=15.0, help="seconds before SIGKILL")
     down.set_defaults(func=_down)
+    status = sub.add_parser(
+        "status", help="what runs, where its pages and APIs answer, its health "
+        "(exit 0 all ready, 1 degraded, 3 nothing runs)")  # fmt: skip
+    status.add_argument("--json", action="store_true", help="one JSON document")
+    status.add_argument("--timeout", type=float, default=2.0,
+                        help="seconds per front-door probe")  # fmt: skip
+    status.set_defaults(func=_status)
