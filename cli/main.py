@@ -3,8 +3,10 @@
 Rule 1: each layer's CLI module is imported here by name and adds its subcommands through
 ``register(subparsers)``; each parser it adds sets ``func(args, settings) -> int``.
 Rule 2: configuration is loaded and logging configured here, once, before any command runs.
-Rule 3: errors a user can fix (``setpay.cli.CommandError``, ``ConfigError``) are printed as
-one line, exit 2.
+Rule 3: errors a user can fix (``setpay.cli.CommandError``, ``ConfigError``) and a service or
+broker that is down or refuses (``BrokerError``, ``ApiError``, ``KeystoreError``) are printed as
+one line, exit 2; configuration is validated when loaded (allowed values, misspelt names).
+Rule 6: output cut short by its reader (``setpay … | head``) ends quietly.
 Rule 5: `setpay bench ARGS` runs `python -m bench ARGS` as a child (bench/ is imported by
 nothing, this entry included), with this process's umask and environment.
 Rule 4: every file a `setpay` command or its children create is private to the user that
@@ -27,9 +29,14 @@ import actors.trace.cli
 import broker.cli
 import keystore.cli
 from setpay import __version__, config, logs
+from actors.web.client import ApiError
+from broker.errors import BrokerError
+from keystore.errors import KeystoreError
 from setpay.cli import CommandError
 
 UMASK = 0o077
+# A service or the broker down, or refusing: one readable line (their texts name no secret).
+UNREACHABLE = (BrokerError, ApiError, KeystoreError)
 COMMAND_MODULES = (keystore.cli, broker.cli, actors.cli, actors.demo, actors.trace.cli)
 
 
@@ -75,8 +82,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = config.load()
         logs.configure(settings.log_format, settings.log_level)
         return int(args.func(args, settings) or 0)
-    except (config.ConfigError, CommandError) as exc:
-        print(f"setpay: {exc}", file=sys.stderr)
+    except (config.ConfigError, CommandError, *UNREACHABLE) as exc:
+        print(f"setpay: {exc}", file=sys.stderr)  # Rule 3: one line, no traceback
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # Rule 6: `setpay … | head` ends quietly: nothing more to write, and the interpreter's
+        # own flush at exit must not complain either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141

@@ -19,9 +19,10 @@ key (``[keystore] pin = "..."`` sets ``keystore_pin``).
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Final
@@ -197,6 +198,36 @@ def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+# Allowed values, checked when settings load (``protocol.keys.SUITES`` is the truth for the
+# suites; ground may not import it, and tests/setpay/test_config.py holds the two equal).
+SUITE_NAMES = ("rsa2048", "rsa3072", "rsa2048-oaep256", "p256")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("auto", "json", "console")
+# SETPAY_ variables that are read elsewhere and are no setting (secrets of the thin clients,
+# tools, the test suite): never taken for a misspelt setting.
+OTHER_VARIABLES = frozenset({
+    "CONFIG", "WALLET_PASSPHRASE", "WALLET_PAN", "WALLET_PIN", "POS_PASSPHRASE", "RABBITMQCTL",
+    "VENV", "SCREENSHOTS", "TEST_POSTGRES", "FUZZ_EXPLORE", "ARC",
+})
+
+
+def _misspelt(env: Mapping[str, str], known: Iterable[str]) -> None:
+    """Refuse a ``SETPAY_`` variable that is no setting but nearly one (a typo would
+    otherwise be ignored silently), naming the setting it resembles."""
+    names = [n.upper() for n in known]
+    allowed = set(names) | {f"{n}_FILE" for n in names} | OTHER_VARIABLES
+    for variable in env:
+        if not variable.startswith(ENV_PREFIX):
+            continue
+        name = variable[len(ENV_PREFIX):]
+        if name in allowed:
+            continue
+        close = difflib.get_close_matches(name, names, n=1, cutoff=0.85)
+        if close:
+            raise ConfigError(f"{variable} is not a setting; did you mean "
+                              f"{ENV_PREFIX}{close[0]}? (`setpay config` lists them)")  # fmt: skip
+
+
 def config_file(env: Mapping[str, str]) -> Path | None:
     explicit = env.get(f"{ENV_PREFIX}CONFIG")
     if explicit == "":
@@ -243,6 +274,10 @@ def load(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
             raise ConfigError(f"unknown setting {name!r}")
         values[name] = raw
     settings = Settings(**values)
-    if settings.log_format not in ("auto", "json", "console"):
-        raise ConfigError("log_format must be auto, json or console")
+    for name, allowed in (("log_format", LOG_FORMATS), ("log_level", LOG_LEVELS),
+                          ("suite", SUITE_NAMES)):  # fmt: skip
+        if getattr(settings, name) not in allowed:
+            raise ConfigError(f"{name} {getattr(settings, name)!r} is not one of "
+                              f"{', '.join(allowed)}")  # fmt: skip
+    _misspelt(env, known)
     return settings

@@ -88,3 +88,47 @@ def test_a_child_environment_carries_every_setting_but_the_secrets(tmp_path: Pat
     again = config.load(env=child)
     assert again.suite == "p256" and again.ca_verify_cards is False
     assert again.broker_admin_password != "adm1n" and again.keystore_pin == ""
+
+
+def test_allowed_values_are_checked_when_loading() -> None:
+    from protocol.keys import SUITES
+    from setpay import config
+
+    assert set(config.SUITE_NAMES) == set(SUITES)  # the ground's copy of the suites
+    for variable, value, named in (("SETPAY_SUITE", "rsa1024", "suite"),
+                                   ("SETPAY_LOG_LEVEL", "loud", "log_level"),
+                                   ("SETPAY_LOG_FORMAT", "xml", "log_format")):  # fmt: skip
+        with pytest.raises(config.ConfigError, match=named) as refused:
+            config.load({variable: value})
+        assert "one of" in str(refused.value)
+
+
+def test_a_misspelt_setting_is_refused_with_the_name_it_resembles() -> None:
+    from setpay import config
+
+    with pytest.raises(config.ConfigError, match="did you mean SETPAY_SUITE"):
+        config.load({"SETPAY_SUTE": "p256"})
+    with pytest.raises(config.ConfigError, match="did you mean SETPAY_BROKER_VHOST"):
+        config.load({"SETPAY_BROKER_VHOTS": "x"})
+    # the thin clients' secrets and tool variables are not settings, and not typos either
+    config.load({"SETPAY_WALLET_PIN": "1234", "SETPAY_WALLET_PAN": "4111111111111111",
+                 "SETPAY_POS_PASSPHRASE": "x", "SETPAY_KEYSTORE_PIN_FILE": "/dev/null"})
+
+
+def test_output_cut_short_by_its_reader_ends_quietly() -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the command writes a byte (`| head` done)
+    try:
+        done = subprocess.run([sys.executable, "-m", "cli", "config"], cwd=root, stdout=write,
+                              stderr=subprocess.PIPE, text=True, timeout=60,
+                              env={**os.environ, "SETPAY_CONFIG": ""})  # fmt: skip
+    finally:
+        os.close(write)
+    assert done.returncode == 141
+    assert done.stderr == ""
