@@ -46,12 +46,13 @@ async def test_ten_thousand_confirmed_messages_all_arrive_and_commit_once(
     total = 10_000
     done = asyncio.Event()
     deliveries = 0
+    ran = 0
 
     async def handler(delivery: Delivery) -> None:
-        nonlocal deliveries
+        nonlocal deliveries, ran
         deliveries += 1
         n = msgpack.unpackb(delivery.body)["n"]
-        store.once(delivery.message_id or "", delivery.body, n)
+        ran += store.once(delivery.message_id or "", delivery.body, n)
         if store.totals()[0] == total:
             done.set()
 
@@ -71,8 +72,11 @@ async def test_ten_thousand_confirmed_messages_all_arrive_and_commit_once(
         await asyncio.wait_for(done.wait(), 60)
         while deliveries < total + 1:
             await asyncio.sleep(0.01)
+        # a publish whose confirm is late on a loaded machine is sent again (at least once),
+        # so there may be more deliveries than messages: every extra one must have run nothing
         assert store.totals() == (total, total, sum(range(total)))
-        assert consumer.handled == total + 1
+        assert ran == total
+        assert consumer.handled >= total + 1
     finally:
         await consumer.stop()
         store.close()
