@@ -921,6 +921,9 @@ async def _main(args: argparse.Namespace, settings: Settings, mix: dict[str, flo
             shoppers(wallet, mix, args.cardholders, args.cardholder_prefix),
             args.enrol_concurrency,
         )
+        if any("too many requests" in str(e) for e in enrol_failed):
+            say("the wallet limits new cardholders per client address (web_source_registrations):"
+                " start the environment with SETPAY_WEB_SOURCE_REGISTRATIONS above --cardholders")
         empty = [k for k, pool in pools.items() if not pool]
         if empty:
             raise BenchError(f"no cardholder could enrol for {', '.join(empty)}: "
@@ -1034,6 +1037,10 @@ def _cmd(args: argparse.Namespace, settings: Settings) -> int:
             settings = settings.replace(suite=args.suite)
             # The environment's commands and processes read the suite from the environment.
             os.environ["SETPAY_SUITE"] = args.suite
+        # An environment this command starts lets its simulated cardholders, all on this
+        # machine's address, register (the wallet limits registrations per address).
+        os.environ.setdefault("SETPAY_WEB_SOURCE_REGISTRATIONS",
+                              str(max(1000, 2 * args.cardholders)))
         try:
             env = ensure(settings, say=lambda text: print(text, file=sys.stderr, flush=True))
         except SetupError as exc:

@@ -101,6 +101,7 @@ class Settings:
     web_session_seconds: float = 1800.0
     web_max_failures: int = 5  # consecutive failed logins of one user name before lockout
     web_source_failures: int = 50  # failed logins from one address before it is refused
+    web_source_registrations: int = 20  # wallet registrations from one address per lockout window
     web_lockout_seconds: float = 900.0
 
     @property

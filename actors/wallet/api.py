@@ -126,6 +126,7 @@ def front_door(settings: Settings, service: WalletService) -> FrontDoor:
         return session.principal
 
     @route("POST", "/api/register", "create a cardholder (then log in)", auth=False,
+           per_source=settings.web_source_registrations,
            body={"type": "object", "properties": {"user": NAME, "passphrase": PASSPHRASE},
                  "required": ["user", "passphrase"]})  # fmt: skip
     async def register(_r: web.Request, _s: Session | None, b: dict[str, Any]) -> Any:

@@ -150,6 +150,8 @@ class WalletService:
         """A new cardholder with this passphrase (only its scrypt hash is stored)."""
         if not user or len(user) > 64:
             raise WalletError("user name must be 1-64 characters")
+        if self.store.cardholder(user) is not None:  # before the scrypt: a refusal costs nothing
+            raise WalletError(f"cardholder {user!r} exists")
         try:
             salt, digest, n = new_passphrase_record(passphrase)
         except ValueError as exc:

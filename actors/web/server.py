@@ -14,6 +14,13 @@ before any work, known or not. Success opens a session: an ``__Host-setpay-<serv
 between the ports of one host, and the wallet and the POS may share a host) for the pages
 and the same token as a bearer for the CLIs; the answer carries the session's CSRF token.
 ``POST /api/logout`` ends it.
+Rule 2b (per-source limits): a route that costs real work before anybody is logged in (the
+wallet's ``POST /api/register``: one scrypt and a new account) is declared with
+``per_source=N``: after N calls from one address that did their work (answered 2xx) within
+``web_lockout_seconds``, the next gets 429 before any work. A refused call is not counted: it
+must be cheap instead (the wallet refuses an existing name before its scrypt). Addresses are
+the TCP peer's (``request.remote``): behind a reverse proxy every client has the proxy's
+address, so a deployment there sets the limit at the proxy.
 Rule 3 (CSRF): a state-changing request (anything but GET/HEAD) is refused (403) if it has
 an ``Origin`` other than this service's own, or if it is authenticated by the cookie without
 the session's ``X-CSRF-Token`` header. A bearer token is never sent by a browser on its
@@ -56,6 +63,7 @@ SAFE_METHODS = frozenset({"GET", "HEAD"})
 PRINCIPAL = web.RequestKey("principal", str)  # the session's principal, for the request log
 LOGIN_FAILED = "unknown user or wrong passphrase"
 LOCKED = "too many failed logins: try again later"
+TOO_MANY = "too many requests from this address: try again later"
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
@@ -144,10 +152,12 @@ class Route:
     auth: bool
     body: dict[str, Any] | None
     response: dict[str, Any] | None
+    per_source: int = 0  # calls per address per web_lockout_seconds (Rule 2b); 0: no limit
 
 
 class SourceGuard:
-    """Failed logins per source address in a sliding window (Rule 2), in memory: it slows a
+    """Events per source address in a sliding window (failed logins, Rule 2; calls of a
+    limited route, Rule 2b), in memory and bounded to ``MAX_SOURCES`` addresses: it slows a
     guesser down between restarts; the per-name lockout, which must survive them, is in the
     store."""
 
@@ -169,7 +179,7 @@ class SourceGuard:
     def blocked(self, source: str, now: float) -> bool:
         return len(self._recent(source, now)) >= self.limit
 
-    def failed(self, source: str, now: float) -> None:
+    def count(self, source: str, now: float) -> None:
         times = self._recent(source, now)
         if source not in self.failures:
             if len(self.failures) >= self.MAX_SOURCES:
@@ -211,18 +221,25 @@ class FrontDoor:
     # -- declaring routes (Rule 1) ---------------------------------------------------------
 
     def route(self, method: str, path: str, summary: str, *, auth: bool = True,
-              body: dict[str, Any] | None = None, response: dict[str, Any] | None = None
-              ) -> Callable[[Handler], Handler]:  # fmt: skip
+              body: dict[str, Any] | None = None, response: dict[str, Any] | None = None,
+              per_source: int = 0) -> Callable[[Handler], Handler]:  # fmt: skip
         def register(handler: Handler) -> Handler:
-            self.routes.append(Route(method, path, summary, auth, body, response))
-            self.app.router.add_route(method, path, self._wrap(handler, auth, body))
+            self.routes.append(Route(method, path, summary, auth, body, response, per_source))
+            guard = (SourceGuard(per_source, self.settings.web_lockout_seconds)
+                     if per_source > 0 else None)  # fmt: skip
+            self.app.router.add_route(method, path, self._wrap(handler, auth, body, guard))
             return handler
 
         return register
 
-    def _wrap(self, handler: Handler, auth: bool, schema: dict[str, Any] | None
+    def _wrap(self, handler: Handler, auth: bool, schema: dict[str, Any] | None,
+              guard: SourceGuard | None = None
               ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:  # fmt: skip
         async def run(request: web.Request) -> web.StreamResponse:
+            source = request.remote or "?"
+            if guard is not None and guard.blocked(source, time.monotonic()):  # Rule 2b
+                log.info("web_source_limited", limit=guard.limit)
+                raise Refused(429, TOO_MANY)
             session, by_cookie = self._session_of(request) if auth else (None, False)
             if auth and session is None:
                 raise Refused(401, "no session or session expired: log in")
@@ -246,6 +263,8 @@ class FrontDoor:
                 result = await handler(request, session, body)
             except self.refusals as exc:
                 raise Refused(422, str(exc)[:512]) from None
+            if guard is not None:
+                guard.count(source, time.monotonic())
             if isinstance(result, web.StreamResponse):
                 return result
             return web.json_response(result)
@@ -280,7 +299,7 @@ class FrontDoor:
         record, scope = found if found is not None else (None, "")
         ok = await asyncio.to_thread(passwords.check, passphrase, record)
         if not ok:
-            self.sources.failed(source, time.monotonic())
+            self.sources.count(source, time.monotonic())
             locked = self.sessions.failed(user, _now_ms())
             log.info("web_login_failed", locked=locked)
             raise Refused(401, LOGIN_FAILED)
@@ -359,6 +378,9 @@ class FrontDoor:
                 "default": {"description": "refused", "content": {"application/json": {
                     "schema": ERROR_SCHEMA}}},
             }}  # fmt: skip
+            if r.per_source:
+                op["description"] = (f"At most {r.per_source} calls per client address in "
+                                     f"{self.settings.web_lockout_seconds:g} s; then 429.")
             if r.auth:
                 op["security"] = [{"bearer": []}, {"cookie": [], "csrf": []}]
             else:

@@ -136,6 +136,8 @@ def new_env(data_dir: Path, tag: str, **overrides: str) -> Env:
         "SETPAY_POS_WEB_PORT": str(free_port()),
         "SETPAY_KEYSTORE_WORKERS": "1",
         "SETPAY_LOG_FORMAT": "json",
+        # every test client registers from 127.0.0.1 (the limit itself: tests/web)
+        "SETPAY_WEB_SOURCE_REGISTRATIONS": "100000",
         **overrides,
     }
     variables.pop("SOFTHSM2_CONF", None)  # the environment's own token, under its data dir

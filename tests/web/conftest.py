@@ -55,9 +55,19 @@ async def start_door(tmp_path: Path, pages: dict[str, Path] | None = None,
                             max_failures=settings.web_max_failures,
                             lockout_s=settings.web_lockout_seconds)  # fmt: skip
     door = FrontDoor(settings, name=name, title="test door",
-                     port=settings.wallet_web_port,
+                     port=settings.wallet_web_port, refusals=(ValueError,),
                      sessions=sessions, lookup=accounts.get, pages=pages)  # fmt: skip
     effects: list[str] = []
+
+    @door.route("POST", "/api/signup", "costly work before any login", auth=False,
+                per_source=settings.web_source_registrations, body={
+        "type": "object", "properties": {"what": {"type": "string", "maxLength": 16}},
+        "required": ["what"]})  # fmt: skip
+    async def signup(_r: Any, _s: Any, b: dict[str, Any]) -> Any:
+        if b["what"] == "taken":
+            raise ValueError("taken")  # a cheap refusal: not counted (server.py Rule 2b)
+        effects.append(f"signup:{b['what']}")
+        return {"done": b["what"]}
 
     @door.route("POST", "/api/effect", "a state change", body={
         "type": "object", "properties": {"what": {"type": "string", "maxLength": 16}},

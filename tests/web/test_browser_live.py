@@ -27,26 +27,25 @@ from actors.environment import (
     operator_name,
 )
 from actors.web.client import service_url
+from actors.web.tls import ca_file
 from setpay.config import load
 from tests.ops.environments import Env
+from tests.web.chromium import launch
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-CHROMIUM = "/usr/bin/chromium"
 PAGE_BUDGET = 50 * 1024
 USER, PASS = "web-wendy", "wendy's web passphrase"
 
 
 @pytest.fixture
-async def browser() -> AsyncIterator[Any]:
+async def browser(web_env: Env) -> AsyncIterator[Any]:
     from playwright.async_api import async_playwright
 
     async with async_playwright() as p:
-        chromium = await p.chromium.launch(executable_path=CHROMIUM, headless=True)
-        # The environment's test CA is not in Chromium's store (a real deployment configures
-        # a real certificate, actors/web/tls.py); the TLS itself is tested in tests/web.
-        context = await chromium.new_context(ignore_https_errors=True,
-                                             viewport={"width": 900, "height": 1000})
+        # trusts the environment's test CA and nothing else (tests/web/chromium.py)
+        chromium = await launch(p, ca_file(load(web_env.vars)))
+        context = await chromium.new_context(viewport={"width": 900, "height": 1000})
         yield context
         await chromium.close()
 

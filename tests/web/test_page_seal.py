@@ -19,12 +19,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
 from actors.wallet.api import PAGES
+from actors.web.tls import ca_file
 from protocol.errors import ProtocolError
 from protocol.keys import SUITES
 from protocol.pin import decode_format0, open_pin_seal
 from protocol.softkey import SoftwareKey
+from tests.web.chromium import launch
 
-CHROMIUM = "/usr/bin/chromium"
 WALLET_PAGES = {"/": PAGES / "index.html", "/wallet.js": PAGES / "wallet.js",
                 "/wallet.css": PAGES / "wallet.css"}  # fmt: skip
 
@@ -47,9 +48,8 @@ async def page(make_door: Any) -> AsyncIterator[Any]:
 
     door = await make_door(pages=WALLET_PAGES)
     async with async_playwright() as p:
-        browser = await p.chromium.launch(executable_path=CHROMIUM, headless=True)
-        # The test CA is not in Chromium's store; the page's TLS is tests/web's concern.
-        context = await browser.new_context(ignore_https_errors=True)
+        browser = await launch(p, ca_file(door.settings))  # trusts the door's test CA only
+        context = await browser.new_context()
         page = await context.new_page()
         await page.goto(door.url + "/")
         yield page
