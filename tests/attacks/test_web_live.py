@@ -220,6 +220,10 @@ async def test_each_service_serves_its_openapi_and_its_page(env: Env) -> None:
             async with b.get(f"{url}/openapi.json") as r:
                 doc = await r.json()
             assert paths | {"/api/login", "/api/logout", "/api/session"} <= set(doc["paths"])
+            if service == "wallet":  # the one costly anonymous call is limited per address
+                limit = settings.web_source_registrations
+                assert doc["paths"]["/api/register"]["post"]["description"].startswith(
+                    f"At most {limit} calls per client address")
             async with b.get(f"{url}/") as r:
                 assert r.status == 200 and r.content_type == "text/html"
                 assert "script-src 'self'" in r.headers["Content-Security-Policy"]
