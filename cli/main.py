@@ -28,10 +28,10 @@ import actors.demo
 import actors.trace.cli
 import broker.cli
 import keystore.cli
-from setpay import __version__, config, logs
 from actors.web.client import ApiError
 from broker.errors import BrokerError
 from keystore.errors import KeystoreError
+from setpay import __version__, config, logs, store
 from setpay.cli import CommandError
 
 UMASK = 0o077
@@ -81,6 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = config.load()
         logs.configure(settings.log_format, settings.log_level)
+        store.use_database(settings.store_url, settings.data_dir)  # setpay/store.py Rule 5
         return int(args.func(args, settings) or 0)
     except (config.ConfigError, CommandError, *UNREACHABLE) as exc:
         print(f"setpay: {exc}", file=sys.stderr)  # Rule 3: one line, no traceback

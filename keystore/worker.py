@@ -30,7 +30,7 @@ from keystore.register import UsedPiRegister
 from keystore.service import RPC_QUEUE, KeystoreService
 from keystore.token import token_pin
 from protocol.keys import get_suite
-from setpay import logs
+from setpay import logs, store
 from setpay.config import Settings
 from setpay.logs import get_logger
 
@@ -66,6 +66,7 @@ def worker_main(spec: WorkerSpec, index: int, ready: Any) -> None:
     # The process's entry point: the one place its logging is configured. Every worker
     # appends to the same file (or inherited stderr), one whole line per write.
     logs.configure(spec.settings.log_format, spec.settings.log_level, path=spec.log_file)
+    store.use_database(spec.settings.store_url, spec.settings.data_dir)  # the used-PI register
     asyncio.run(_serve(spec, index, ready))
 
 

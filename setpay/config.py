@@ -88,6 +88,11 @@ class Settings:
     ca_revocation_poll_seconds: float = 2.0
     revocation_refresh_seconds: float = 600.0
 
+    # Where the stores live (setpay/store.py Rule 5): empty, a SQLite file per store under
+    # the data dir; a postgresql:// URL (no password in it: PGPASSFILE), one schema per store
+    # in that database, shared by every replica and CLI of the environment.
+    store_url: str = ""
+
     # HTTPS front doors of the thin clients (actors/web/): listen address, one port per
     # service, TLS files (empty: the test environment's, made by the supervisor under
     # <data_dir>/tls/), the CA file clients trust (empty: <data_dir>/tls/ca.pem), sessions.
@@ -280,5 +285,13 @@ def load(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         if getattr(settings, name) not in allowed:
             raise ConfigError(f"{name} {getattr(settings, name)!r} is not one of "
                               f"{', '.join(allowed)}")  # fmt: skip
+    if settings.store_url:
+        scheme = urlsplit(settings.store_url).scheme
+        if scheme not in ("postgresql", "postgresql+psycopg"):
+            raise ConfigError(f"store_url must be a postgresql:// URL (empty: SQLite files), "
+                              f"not {scheme or settings.store_url[:16]!r}")  # fmt: skip
+        if urlsplit(settings.store_url).password is not None:
+            raise ConfigError("store_url must not carry a password (every child process gets "
+                              "it in its environment): use PGPASSFILE (~/.pgpass) instead")
     _misspelt(env, known)
     return settings

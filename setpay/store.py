@@ -48,6 +48,17 @@ request id -> request digest, reply type, reply bytes, created at. The same id w
 digest gets the stored reply; the same id with another digest is a replay (``ReplyConflict``).
 Its row is written inside the caller's transaction, together with the effects it answers.
 
+Rule 5 (placement): by default each store is the SQLite file its owner names under the data
+dir. When the process is configured with a server database (``store_url``, applied once per
+process by ``use_database``, from the CLI's entry point and each spawned keystore worker),
+every store whose path lies under the data dir lives instead in that database, in a schema
+(namespace) of its own named after the path (``merchant/pos1.sqlite`` -> ``merchant_pos1``),
+so that the same code, the same tables and the same lock names serve both backends, every
+replica of an actor instance and every CLI acting on its store (``setpay ca revoke``,
+``setpay gateway batches``) meet in one place, and nothing of a party is split between a
+file and a server. Paths outside the data dir (tests' temporary files) stay SQLite.
+``store_exists(path)`` answers for either placement.
+
 Every store of the tree stands on this layer (merchant, wallet, CA, gateway ledger, trust
 cache, issuer accounts, the ISO 8583 store-and-forward journal, the keystore's used-PI
 register). A schema change appends a step, ``Schema(..., steps=(add_flag,))`` where
@@ -59,6 +70,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import stat
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -420,22 +432,113 @@ def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
         cur.close()
 
 
+def widen(op: Operations, table: str, column: str, old: sa.types.TypeEngine[Any],
+          new: sa.types.TypeEngine[Any]) -> None:
+    """An upgrade step's way to lengthen a string column: PostgreSQL enforces lengths, SQLite
+    stores any length in any column and needs no change (nor its table rebuilt)."""
+    if op.get_context().dialect.name != "sqlite":
+        op.alter_column(table, column, type_=new, existing_type=old)
+
+
+# --- placement: a data dir's stores in one server database (Rule 5) -------------------------
+
+_NAMESPACE_CHARS = re.compile(r"[^a-z0-9]+")
+
+
+@dataclass(frozen=True, slots=True)
+class _Database:
+    url: str
+    data_dir: Path
+
+
+_database: _Database | None = None
+
+
+def use_database(url: str, data_dir: Path) -> None:
+    """Place every store under ``data_dir`` in the server database at ``url`` (Rule 5);
+    an empty ``url`` keeps them SQLite files. Called once per process."""
+    global _database
+    if not url:
+        _database = None
+        return
+    if not _is_url(url) or sa.make_url(url).get_backend_name() != "postgresql":
+        raise StoreError("store_url must be a postgresql:// URL")  # config.load() says more
+    _database = _Database(url, Path(data_dir).resolve())
+
+
+def namespace_of(path: Path, data_dir: Path) -> str:
+    """The schema a store at ``path`` under ``data_dir`` lives in (Rule 5): its relative
+    path without the suffix, lower-cased, runs of other characters as one ``_``; names
+    over PostgreSQL's 63 bytes end in a digest of the whole."""
+    relative = path.resolve().relative_to(data_dir.resolve()).with_suffix("")
+    name = _NAMESPACE_CHARS.sub("_", str(relative).lower()).strip("_") or "store"
+    if len(name) > 63:
+        name = f"{name[:50]}_{hashlib.sha256(name.encode()).hexdigest()[:12]}"
+    return name
+
+
+def _placed(target: str | Path) -> tuple[str, str] | None:
+    """(server URL, namespace) when ``target`` is a path placed on the server (Rule 5)."""
+    if _database is None or _is_url(target):
+        return None
+    path = Path(target).resolve()
+    if not path.is_relative_to(_database.data_dir):
+        return None
+    return _database.url, namespace_of(path, _database.data_dir)
+
+
+def store_exists(target: str | Path) -> bool:
+    """Whether the store at ``target`` was ever created, wherever it is placed (Rule 5)."""
+    placed = _placed(target)
+    if placed is None:
+        return Path(target).exists() if not _is_url(target) else True
+    url, namespace = placed
+    engine = sa.create_engine(_url(url), poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            found = conn.execute(
+                sa.text("SELECT 1 FROM information_schema.tables "
+                        "WHERE table_schema = :ns AND table_name = :t"),
+                {"ns": namespace, "t": _VERSIONS.name},
+            ).first()  # fmt: skip
+        return found is not None
+    finally:
+        engine.dispose()
+
+
+def _create_namespace(url: sa.URL, namespace: str) -> None:
+    """``CREATE SCHEMA`` once, under an advisory lock: two replicas opening the same store at
+    once must not both try (IF NOT EXISTS alone races on the catalogue's unique index)."""
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_lock_key("schema:" + namespace))))
+            conn.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{namespace}"'))
+    finally:
+        engine.dispose()
+
+
 def open_store(target: str | Path, schemas: Sequence[Schema], *, name: str | None = None) -> Store:
     """Open (creating and migrating as needed) the database at ``target``: a path (SQLite,
-    Rule 1) or a SQLAlchemy URL. ``name`` (default: the components' names) keys the
-    PostgreSQL write lock and names the store in errors."""
-    url = _url(target)
+    Rule 1, or its place in the configured server database, Rule 5) or a SQLAlchemy URL.
+    ``name`` (default: the components' names) keys the PostgreSQL write lock and names the
+    store in errors."""
+    placed = _placed(target)
+    url = _url(placed[0] if placed else target)
     path: Path | None = None
     kwargs: dict[str, Any] = {}
-    if url.get_backend_name() == "sqlite":
+    name = name or "+".join(s.name for s in schemas)
+    if placed is not None:
+        namespace = placed[1]
+        _create_namespace(url, namespace)
+        # every connection of this store sees its own schema first (and only it, for DDL)
+        kwargs["connect_args"] = {"options": f"-c search_path={namespace}"}
+        name = f"{namespace}:{name}"
+    elif url.get_backend_name() == "sqlite":
         path = Path(url.database or "")
         _private_file(path)
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": BUSY_TIMEOUT_S}
-    store = Store(
-        sa.create_engine(url, **kwargs),
-        name or "+".join(s.name for s in schemas),
-        path,
-    )
+    store = Store(sa.create_engine(url, **kwargs), name, path)
     try:
         store.migrate(schemas)
     except BaseException:

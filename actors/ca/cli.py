@@ -45,6 +45,7 @@ from protocol.errors import ProtocolError
 from protocol.keys import get_suite
 from protocol.revocation import bci_thumbprint
 from setpay.config import Settings
+from setpay.store import store_exists
 
 
 def _fail(text: str) -> Exception:
@@ -95,7 +96,7 @@ def _run(args: argparse.Namespace, settings: Settings, work: Callable[[Hierarchy
 
 def _open_store(settings: Settings) -> CAStore:
     path = settings.data_dir / "ca" / "ca.sqlite"
-    if not path.exists():
+    if not store_exists(path):
         raise _fail(f"no CA database at {path} (run `setpay ca init`)")
     return CAStore(path)
 

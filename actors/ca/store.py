@@ -34,6 +34,7 @@ from setpay.store import (
     Schema,
     StoredReply,
     open_store,
+    widen,
 )
 
 __all__ = ["CARow", "CAStore", "CertRow", "StoredReply"]
@@ -58,7 +59,7 @@ CERTS: Final = sa.Table(
     sa.Column("subject", T(255), nullable=False),  # common name (opaque for cardholders)
     sa.Column("cert_type", T(16), nullable=False),
     sa.Column("brand", T(64), nullable=False),
-    sa.Column("key_use", T(8), nullable=False),
+    sa.Column("key_use", T(16), nullable=False),  # signature | key_exchange
     sa.Column("thumb", B, nullable=False, unique=True),
     sa.Column("spki_hash", B, nullable=False, index=True),
     sa.Column("not_after", I, nullable=False),  # ms since the epoch
@@ -137,7 +138,12 @@ def _v2_requester_and_grants(op: Operations) -> None:
     )
 
 
-SCHEMA: Final = Schema("ca", _MD, steps=(_v2_requester_and_grants,))
+def _v3_key_use_fits(op: Operations) -> None:
+    """v2 -> v3: ``certs.key_use`` holds "signature" (SQLite never enforced the length)."""
+    widen(op, "certs", "key_use", T(8), T(16))
+
+
+SCHEMA: Final = Schema("ca", _MD, steps=(_v2_requester_and_grants, _v3_key_use_fits))
 FIRST_SERIAL: Final = 1000
 
 

@@ -29,6 +29,7 @@ from protocol.keys import get_suite
 from protocol.requester import CAClient, CARequestError
 from setpay.cli import CommandError
 from setpay.config import Settings
+from setpay.store import store_exists
 
 
 def _root(path: Path) -> x509.Certificate:
@@ -108,7 +109,7 @@ def _cmd_batches(args: argparse.Namespace, settings: Settings) -> int:
     except GatewayError as exc:
         raise CommandError(str(exc)) from None
     path = books_path(settings.data_dir, args.id)
-    if not path.exists():
+    if not store_exists(path):
         raise CommandError(f"gateway {args.id} has no batches yet ({path} does not exist)")
     books = Books(path)
     try:

@@ -22,6 +22,7 @@ from setpay.store import (
     Store,
     StoreError,
     open_store,
+    widen,
 )
 from tests.fixtures_store import store_target  # noqa: F401 - the fixture
 
@@ -336,5 +337,27 @@ def test_prepared_statements_bind_fixed_values_and_raise_integrity_errors(
             with store.transaction() as db:
                 insert.run(db, {"id": 1, "name": "again"})
         assert names(store, t) == ["fixed"]
+    finally:
+        store.close()
+
+
+def test_widen_lengthens_a_column_where_the_backend_enforces_lengths(target: str | Path) -> None:
+    md1 = sa.MetaData()
+    sa.Table("kinds", md1, sa.Column("id", sa.Integer, primary_key=True),
+             sa.Column("kind", sa.String(4), nullable=False))  # fmt: skip
+    open_store(target, [Schema("kinds", md1)]).close()
+    md2 = sa.MetaData()
+    kinds = sa.Table("kinds", md2, sa.Column("id", sa.Integer, primary_key=True),
+                     sa.Column("kind", sa.String(16), nullable=False))  # fmt: skip
+
+    def longer(op: Operations) -> None:
+        widen(op, "kinds", "kind", sa.String(4), sa.String(16))
+
+    store = open_store(target, [Schema("kinds", md2, steps=(longer,))])
+    try:
+        with store.transaction() as db:
+            db.execute(sa.insert(kinds).values(id=1, kind="key_exchange"))
+        assert store.scalar(sa.select(kinds.c.kind)) == "key_exchange"
+        assert store.versions()["kinds"] == 2
     finally:
         store.close()
