@@ -27,6 +27,7 @@ def _init(args: argparse.Namespace, settings: Settings) -> int:
                 admin_user=settings.broker_admin_user,
                 admin_password=settings.broker_admin_password,
                 user_prefix=args.user_prefix or settings.broker_user_prefix,
+                queue_type=settings.broker_queue_type,
             )
         )
     except BrokerError as exc:

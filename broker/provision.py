@@ -33,9 +33,11 @@ from broker.topology import (
     RPC_EXCHANGE,
     SET_EXCHANGE,
     TRACE_EXCHANGE,
+    QueueLimits,
     declare_actor,
     declare_common,
     inbox_prefix,
+    type_arguments,
 )
 
 DEFINITIONS = Path(__file__).resolve().parents[1] / "deploy" / "rabbitmq" / "definitions.toml"
@@ -278,7 +280,8 @@ def _apply_admin(report: Report, defs: Definitions, store: CredentialStore,
         report.add("policy", policy.name, "updated" if policy.name in existing else "created")
 
 
-async def _apply_topology(report: Report, defs: Definitions, url: str) -> None:
+async def _apply_topology(report: Report, defs: Definitions, url: str,
+                          queue_type: str = "classic") -> None:  # fmt: skip
     before = {
         kind: await asyncio.to_thread(admin.list_names, kind, report.vhost)
         for kind in ("exchanges", "queues")
@@ -286,17 +289,19 @@ async def _apply_topology(report: Report, defs: Definitions, url: str) -> None:
     bus = await connect(url, name="setpay-broker-init")
     try:
         channel = await bus.channel(confirms=False)
-        _exchange, dead = await declare_common(channel)
+        _exchange, dead = await declare_common(channel, queue_type=queue_type)
+        limits = QueueLimits(queue_type=queue_type)
         queues = [dead.name]
         for identity in defs.identities:
             if defs.role(identity).speaks_set:
-                declared = await declare_actor(channel, identity.role, identity.instance,
+                declared = await declare_actor(channel, identity.role, identity.instance, limits,
                                                passive=False, bindings=identity.bindings)
                 queues += [declared.role.name, declared.instance.name]
             # Extra queues are RPC queues (keystore.rpc, APIs), declared and bound on
             # setpay.rpc here, as the admin: identities may not bind request keys themselves.
             for extra in identity.queues:
-                rpc = await channel.declare_queue(extra, durable=True)
+                rpc = await channel.declare_queue(
+                    extra, durable=True, arguments=type_arguments(queue_type, dead_letters=False))
                 await rpc.bind(RPC_EXCHANGE, routing_key=extra)
                 queues.append(extra)
     finally:
@@ -316,15 +321,18 @@ async def init(
     admin_password: str,
     definitions: Definitions | None = None,
     user_prefix: str = "",
+    queue_type: str = "classic",
 ) -> Report:
     """Apply ``definitions`` (default: deploy/rabbitmq/definitions.toml) to ``vhost``.
 
-    ``user_prefix`` namespaces the broker users (tests: users are broker-wide)."""
+    ``user_prefix`` namespaces the broker users (tests: users are broker-wide); ``queue_type``
+    is the type of every durable queue declared (broker/topology.py Rule 8)."""
     defs = definitions or load_definitions()
     store = CredentialStore(credentials_path(data_dir))
     report = Report(vhost=vhost, credentials=store.path)
     await asyncio.to_thread(_apply_admin, report, defs, store, admin_user, user_prefix)
-    await _apply_topology(report, defs, _admin_url(base_url, admin_user, admin_password, vhost))
+    await _apply_topology(report, defs, _admin_url(base_url, admin_user, admin_password, vhost),
+                          queue_type)
     return report
 
 

@@ -28,6 +28,14 @@ bind only ``reply.<own login>.*`` keys, so nobody can read another's replies, an
 write only the routing keys of the peers it may address (``deploy/rabbitmq/definitions.toml``).
 Rule 7: the dead-letter queue is bounded in bytes as well as in messages
 (``DEAD_LETTER_ARGUMENTS``, and the same in the broker policy), refusing what would overflow.
+Rule 8 (queue type): the durable queues (SET work and instance queues, RPC request queues, the
+dead-letter queue) are classic queues by default, quorum queues (Raft-replicated over the
+cluster's nodes) with ``queue_type="quorum"`` (``broker_queue_type``, applied by `broker
+init`). A quorum queue dead-letters *at least once* (``x-dead-letter-strategy``, which needs
+``reject-publish`` overflow, as every setpay queue has): a message leaves it only when the
+dead-letter queue confirmed it; and a message delivered ``QUORUM_DELIVERY_LIMIT`` times without
+an ack (a handler that kills its process every time) is dead-lettered instead of looping.
+Inboxes stay classic: they are exclusive and live as long as their connection.
 """
 
 from __future__ import annotations
@@ -37,6 +45,8 @@ from typing import Any
 
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue, ExchangeType
+
+from setpay.config import QUEUE_TYPES
 
 SET_EXCHANGE = "setpay.set"
 DEAD_LETTER_EXCHANGE = "setpay.dlx"
@@ -51,6 +61,22 @@ DEAD_LETTER_ARGUMENTS: dict[str, Any] = {
 }
 
 
+QUORUM_DELIVERY_LIMIT = 10
+
+
+def type_arguments(queue_type: str, *, dead_letters: bool = True) -> dict[str, Any]:
+    """The declare arguments that make a durable queue of ``queue_type`` (Rule 8)."""
+    if queue_type not in QUEUE_TYPES:
+        raise ValueError(f"queue type {queue_type!r} is not one of {', '.join(QUEUE_TYPES)}")
+    if queue_type == "classic":
+        return {}
+    args: dict[str, Any] = {"x-queue-type": "quorum"}
+    if dead_letters:
+        args["x-dead-letter-strategy"] = "at-least-once"
+        args["x-delivery-limit"] = QUORUM_DELIVERY_LIMIT
+    return args
+
+
 @dataclass(frozen=True, slots=True)
 class QueueLimits:
     """Per-queue limits; ``message_ttl`` in seconds (None: messages never expire)."""
@@ -58,12 +84,14 @@ class QueueLimits:
     max_length: int = 100_000
     max_message_bytes: int = 1_048_576
     message_ttl: float | None = None
+    queue_type: str = "classic"  # Rule 8
 
     def arguments(self) -> dict[str, Any]:
         args: dict[str, Any] = {
             "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
             "x-max-length": self.max_length,
             "x-overflow": "reject-publish",
+            **type_arguments(self.queue_type),
         }
         if self.message_ttl is not None:
             args["x-message-ttl"] = int(self.message_ttl * 1000)
@@ -150,7 +178,7 @@ COMMON_EXCHANGES = [SET_EXCHANGE, RPC_EXCHANGE, DEAD_LETTER_EXCHANGE, TRACE_EXCH
 
 
 async def declare_common(
-    channel: AbstractChannel, *, passive: bool = False
+    channel: AbstractChannel, *, passive: bool = False, queue_type: str = "classic"
 ) -> tuple[AbstractExchange, AbstractQueue]:
     """Declare (or, ``passive``, look up) the SET, dead-letter and trace exchanges and the
     dead-letter queue."""
@@ -166,8 +194,9 @@ async def declare_common(
         dead = await channel.declare_queue(DEAD_LETTER_QUEUE, passive=True)
     else:
         dead = await channel.declare_queue(
-            DEAD_LETTER_QUEUE, durable=True, arguments=DEAD_LETTER_ARGUMENTS
-        )
+            DEAD_LETTER_QUEUE, durable=True,
+            arguments={**DEAD_LETTER_ARGUMENTS, **type_arguments(queue_type, dead_letters=False)},
+        )  # fmt: skip
     await dead.bind(dlx)
     trace = await channel.declare_exchange(TRACE_EXCHANGE, ExchangeType.FANOUT, durable=True)
     # Older topologies bound the tap to the SET exchange; that binding broke `mandatory`.
@@ -192,7 +221,7 @@ async def declare_actor(
     names = [instance_queue(role, instance), role_queue(role)]
     if passive is None:
         passive = await _exists(channel, COMMON_EXCHANGES, [DEAD_LETTER_QUEUE, *names])
-    exchange, dead = await declare_common(channel, passive=passive)
+    exchange, dead = await declare_common(channel, passive=passive, queue_type=limits.queue_type)
     if passive:
         mine = await channel.declare_queue(names[0], passive=True)
         shared = await channel.declare_queue(names[1], passive=True)

@@ -68,6 +68,7 @@ class Settings:
     broker_prefetch: int = 64
     broker_rpc_timeout: float = 10.0
     broker_max_message_bytes: int = 1_048_576
+    broker_queue_type: str = "classic"  # classic | quorum (`broker init`; broker/topology.py)
     broker_user_prefix: str = ""  # prefixes every identity's broker user (test vhosts)
 
     keystore_module: str = field(default_factory=_default_pkcs11_module)
@@ -208,6 +209,7 @@ def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 # suites; ground may not import it, and tests/setpay/test_config.py holds the two equal).
 SUITE_NAMES = ("rsa2048", "rsa3072", "rsa2048-oaep256", "p256")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+QUEUE_TYPES = ("classic", "quorum")  # broker/topology.py Rule 8
 LOG_FORMATS = ("auto", "json", "console")
 # SETPAY_ variables that are read elsewhere and are no setting (secrets of the thin clients,
 # tools, the test suite): never taken for a misspelt setting.
@@ -281,7 +283,8 @@ def load(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         values[name] = raw
     settings = Settings(**values)
     for name, allowed in (("log_format", LOG_FORMATS), ("log_level", LOG_LEVELS),
-                          ("suite", SUITE_NAMES)):  # fmt: skip
+                          ("suite", SUITE_NAMES),
+                          ("broker_queue_type", QUEUE_TYPES)):  # fmt: skip
         if getattr(settings, name) not in allowed:
             raise ConfigError(f"{name} {getattr(settings, name)!r} is not one of "
                               f"{', '.join(allowed)}")  # fmt: skip

@@ -1,7 +1,9 @@
-"""The whole test environment on PostgreSQL (setpay/store.py Rule 5): `setpay demo` with
-``SETPAY_STORE_URL`` set runs every row as expected, every party's store is a schema of the
-one database (no SQLite file is made), and the merchant's, wallet's and gateway's schemas hold
-no PAN in any form, as the SQLite files do not (tests/demo)."""
+"""The whole test environment in its scale-out configuration: every store on PostgreSQL
+(setpay/store.py Rule 5) and every durable queue a quorum queue (broker/topology.py Rule 8).
+`setpay demo` with ``SETPAY_STORE_URL`` and ``SETPAY_BROKER_QUEUE_TYPE=quorum`` runs every row
+as expected, every party's store is a schema of the one database (no SQLite file is made), the
+vhost's SET, RPC and dead-letter queues are quorum queues, and the merchant's, wallet's and
+gateway's schemas hold no PAN in any form, as the SQLite files do not (tests/demo)."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 from actors.environment import LOAD_PANS
+from tests.broker.test_quorum import queue_types
 from tests.fixtures_store import PG_ADMIN
 from tests.ops.environments import Env, new_env, remove_env
 
@@ -29,7 +32,8 @@ def pg_demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Env, str
     url = sa.make_url(PG_ADMIN).set(database=name).render_as_string(hide_password=False)
     with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
-    env = new_env(tmp_path_factory.mktemp("pg-var"), "pg", SETPAY_STORE_URL=url)
+    env = new_env(tmp_path_factory.mktemp("pg-var"), "pg", SETPAY_STORE_URL=url,
+                  SETPAY_BROKER_QUEUE_TYPE="quorum")
     try:
         proc = env.setpay("demo", timeout=900)
         yield env, url, proc.stdout + "\n--stderr--\n" + proc.stderr
@@ -53,7 +57,7 @@ def tables(url: str) -> dict[str, list[str]]:
     return out
 
 
-def test_the_demo_runs_every_row_as_expected_on_postgresql(pg_demo: tuple[Env, str, str]) -> None:
+def test_the_demo_runs_every_row_as_expected_on_postgresql_and_quorum_queues(pg_demo: tuple[Env, str, str]) -> None:
     env, url, out = pg_demo
     assert "rows as expected" in out, out
     assert "<-- expected" not in out
@@ -66,6 +70,11 @@ def test_the_demo_runs_every_row_as_expected_on_postgresql(pg_demo: tuple[Env, s
     assert orders is not None and orders[0] >= 7  # one per purchase row of the demo
     made = [p for p in Path(env.data_dir).rglob("*.sqlite*")]
     assert made == [], made  # every store went to the server
+    types = queue_types(env.vars["SETPAY_BROKER_VHOST"])
+    durable = {n: t for n, (t, _a) in types.items()  # not the exclusive ones: inboxes, the lock
+               if not n.startswith("reply.") and n != "setpay.environment.lock"}
+    assert {"set.merchant.pos1", "set.gateway.pg1", "keystore.rpc", "setpay.dead"} <= set(durable)
+    assert set(durable.values()) == {"quorum"}, durable
 
 
 def test_no_pan_in_the_merchant_wallet_or_gateway_schemas(pg_demo: tuple[Env, str, str]) -> None:
