@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+import aiormq
+
 from broker import admin
 from broker.connection import connect
 from broker.credentials import CredentialStore, amqp_url, credentials_path
@@ -304,6 +306,13 @@ async def _apply_topology(report: Report, defs: Definitions, url: str,
                     extra, durable=True, arguments=type_arguments(queue_type, dead_letters=False))
                 await rpc.bind(RPC_EXCHANGE, routing_key=extra)
                 queues.append(extra)
+    except aiormq.exceptions.ChannelPreconditionFailed as exc:
+        # a queue made earlier with other arguments (another broker_queue_type): RabbitMQ
+        # never changes a queue's type in place (broker/topology.py Rule 8)
+        raise BrokerError(
+            f"vhost {report.vhost}: {str(exc).removeprefix('PRECONDITION_FAILED - ')}; a queue "
+            f"keeps the type and arguments it was made with: use a new vhost for "
+            f"broker_queue_type={queue_type}") from None
     finally:
         await bus.close()
     for name in COMMON_EXCHANGES:
