@@ -11,9 +11,9 @@ import json
 import os
 import secrets
 from pathlib import Path
-from urllib.parse import quote, urlsplit
 
 from broker.errors import BrokerError
+from setpay.config import login_url
 
 
 class CredentialsError(BrokerError):
@@ -80,8 +80,4 @@ def amqp_url(data_dir: Path, user: str, vhost: str, base_url: str) -> str:
     password = CredentialStore(credentials_path(data_dir)).get(user)
     if password is None:
         raise CredentialsError(f"no broker password stored for {user!r}; run `setpay broker init`")
-    parts = urlsplit(base_url)
-    host = parts.hostname or "127.0.0.1"
-    port = f":{parts.port}" if parts.port else ""
-    auth = f"{quote(user, safe='')}:{quote(password, safe='')}"
-    return f"{parts.scheme or 'amqp'}://{auth}@{host}{port}/{quote(vhost, safe='')}"
+    return login_url(base_url, user, password, vhost)

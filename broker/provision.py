@@ -21,7 +21,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit
 
 import aiormq
 
@@ -41,6 +40,7 @@ from broker.topology import (
     inbox_prefix,
     type_arguments,
 )
+from setpay.config import login_url
 
 DEFINITIONS = Path(__file__).resolve().parents[1] / "deploy" / "rabbitmq" / "definitions.toml"
 FULL = (".*", ".*", ".*")
@@ -223,13 +223,6 @@ class Report:
                 f"total: {totals}; passwords kept in {self.credentials} (mode 0600)"]
 
 
-def _admin_url(base_url: str, user: str, password: str, vhost: str) -> str:
-    parts = urlsplit(base_url)
-    port = f":{parts.port}" if parts.port else ""
-    auth = f"{quote(user, safe='')}:{quote(password, safe='')}"
-    return f"amqp://{auth}@{parts.hostname or '127.0.0.1'}{port}/{quote(vhost, safe='')}"
-
-
 def _apply_admin(report: Report, defs: Definitions, store: CredentialStore,
                  admin_user: str, user_prefix: str) -> None:
     vhost = report.vhost
@@ -340,7 +333,7 @@ async def init(
     store = CredentialStore(credentials_path(data_dir))
     report = Report(vhost=vhost, credentials=store.path)
     await asyncio.to_thread(_apply_admin, report, defs, store, admin_user, user_prefix)
-    await _apply_topology(report, defs, _admin_url(base_url, admin_user, admin_password, vhost),
+    await _apply_topology(report, defs, login_url(base_url, admin_user, admin_password, vhost),
                           queue_type)
     return report
 

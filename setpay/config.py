@@ -122,14 +122,8 @@ class Settings:
     def admin_url(self) -> str:
         """The broker admin's AMQP URL on ``broker_vhost`` (host and port of ``amqp_url``): the
         login of the supervisor's environment lock and of the thin clients."""
-        parts = urlsplit(self.amqp_url)
-        auth = f"{quote(self.broker_admin_user, safe='')}:" + quote(
-            self.broker_admin_password, safe=""
-        )
-        port = f":{parts.port}" if parts.port else ""
-        host = parts.hostname or "127.0.0.1"
-        vhost = quote(self.broker_vhost, safe="")
-        return f"{parts.scheme or 'amqp'}://{auth}@{host}{port}/{vhost}"
+        return login_url(self.amqp_url, self.broker_admin_user, self.broker_admin_password,
+                         self.broker_vhost)  # fmt: skip
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -161,6 +155,21 @@ def child_environment(settings: Settings) -> dict[str, str]:
             ("true" if value else "false") if isinstance(value, bool) else str(value)
         )
     return env
+
+
+def login_url(base_url: str, user: str, password: str, vhost: str) -> str:
+    """``base_url`` (an ``amqp://`` or ``amqps://`` URL) as ``user`` on ``vhost``: its scheme,
+    host, port and query (TLS options such as ``cafile``, ``heartbeat``) kept, the login and
+    the vhost replaced. The one way every per-identity broker URL is made."""
+    parts = urlsplit(base_url)
+    host = parts.hostname or "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"  # an IPv6 literal
+    netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{host}"
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme or "amqp", netloc, "/" + quote(vhost, safe=""),
+                       parts.query, ""))  # fmt: skip
 
 
 def mask_url(url: str) -> str:
