@@ -10,11 +10,21 @@ Rule 3: connections and channels are aio-pika robust objects: after a broker res
 reopened and their queues and consumers restored.
 Rule 4: a confirmed publish to the SET exchange is copied to the trace exchange while a
 recorder is bound (``broker.trace``), on a channel of its own; tracing never fails a publish.
+Rule 5 (cluster failover): a URL may name the other nodes of a RabbitMQ cluster in its
+``failover`` option (``amqp://u:p@node1:5672/setpay?failover=node2:5672,node3:5672``); being an
+option of the URL, it travels in every per-identity URL made from the configured one
+(``setpay.config.login_url``). The first connection tries the nodes in order; afterwards each
+reconnection attempt moves to the next node, round robin, so a process whose node died
+reconnects to a live one and its robust channels restore their consumers there (with quorum
+queues the messages survive the node). The rotation hooks aio-pika's ``RobustConnection`` at
+the one point every attempt passes, clearing ``transport`` (``FailoverConnection``); the tests
+pin that behaviour (tests/broker/test_cluster.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import secrets
 import time
@@ -30,6 +40,7 @@ from aio_pika.abc import (
     AbstractRobustConnection,
     DeliveryMode,
 )
+from yarl import URL
 
 from broker.errors import BrokerError, PeerUnavailable, PublishError, PublishRefused
 from broker.topology import SET_EXCHANGE, TRACE_EXCHANGE
@@ -48,6 +59,48 @@ _TRANSIENT = (
     RuntimeError,  # aio-pika: "Connection was not opened" while reconnecting
 )
 NO_ROUTE = 312
+
+
+FAILOVER_OPTION = "failover"
+
+
+def node_urls(url: str) -> list[str]:
+    """The URL without its ``failover`` option, then the same URL at each failover node
+    (Rule 5)."""
+    parsed = URL(url)
+    others = [n.strip() for n in parsed.query.get(FAILOVER_OPTION, "").split(",") if n.strip()]
+    base = parsed.with_query({k: v for k, v in parsed.query.items() if k != FAILOVER_OPTION})
+    urls = [base]
+    for node in others:
+        host, _, port = node.rpartition(":") if ":" in node else (node, "", "")
+        urls.append(base.with_host(host.strip("[]")).with_port(int(port) if port else None))
+    return [str(u) for u in urls]
+
+
+class FailoverConnection(aio_pika.RobustConnection):
+    """A robust connection that moves to the next cluster node on every reconnection attempt
+    (Rule 5). aio-pika clears ``transport`` at the start of each attempt (and once when the
+    object is made): from the second attempt on, that is where the URL moves on."""
+
+    def __init__(self, url: Any, *, nodes: list[str], **kwargs: Any) -> None:
+        self._nodes = [URL(n) for n in nodes] or [URL(str(url))]
+        self._node = next((i for i, n in enumerate(self._nodes) if n == URL(str(url))), 0)
+        self._clears = 0
+        super().__init__(url, **kwargs)
+
+    @property
+    def transport(self) -> Any:
+        return self.__dict__.get("_transport")
+
+    @transport.setter
+    def transport(self, value: Any) -> None:
+        if value is None:
+            self._clears += 1
+            if self._clears > 2 and len(self._nodes) > 1:  # not construction, not the first try
+                self._node = (self._node + 1) % len(self._nodes)
+                self.url = self._nodes[self._node]
+                log.warning("broker_failover", node=f"{self.url.host}:{self.url.port}")
+        self.__dict__["_transport"] = value
 
 
 def login_of(url: str) -> str:
@@ -263,14 +316,23 @@ async def connect(url: str, *, name: str, prefix: str | None = None, **kw: Any) 
     name their connection so)."""
     client_properties = dict(kw.pop("client_properties", {}) or {})
     client_properties.setdefault("connection_name", name)
-    try:
-        connection = await aio_pika.connect_robust(
-            url, client_properties=client_properties, **kw
-        )
-    except aiormq.exceptions.ProbableAuthenticationError as exc:
-        raise BrokerError(f"broker refused login of {login_of(url)!r}") from exc
-    except (ConnectionError, aiormq.exceptions.AMQPConnectionError) as exc:
-        raise BrokerError(f"cannot connect to broker ({type(exc).__name__})") from exc
+    nodes = node_urls(url)
+    failure: BaseException | None = None
+    for node in nodes:  # Rule 5: the first node that answers
+        try:
+            connection = await aio_pika.connect_robust(
+                node, client_properties=client_properties,
+                connection_class=functools.partial(FailoverConnection, nodes=nodes), **kw,
+            )  # fmt: skip
+            break
+        except aiormq.exceptions.ProbableAuthenticationError as exc:
+            raise BrokerError(f"broker refused login of {login_of(url)!r}") from exc
+        except (ConnectionError, aiormq.exceptions.AMQPConnectionError) as exc:
+            failure = exc
+    else:
+        where = f" (tried {len(nodes)} nodes)" if len(nodes) > 1 else ""
+        raise BrokerError(
+            f"cannot connect to broker ({type(failure).__name__}){where}") from failure
     login = login_of(url)
     return Bus(connection, user_id=login, name=name,  # type: ignore[arg-type]
                prefix=_prefix(login, name) if prefix is None else prefix)

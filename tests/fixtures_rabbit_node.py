@@ -3,16 +3,18 @@
 list of their own (so they share nothing with the machine's broker but the binaries and the
 Erlang cookie), and stopped and removed afterwards. A node boots in about ten seconds.
 
-Used for a broker that listens only on TLS (tests/broker/test_tls_broker.py)."""
+Used for a broker that listens only on TLS (tests/broker/test_tls_broker.py) and for a
+three-node cluster (tests/broker/test_cluster.py)."""
 
 from __future__ import annotations
 
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from actors.web import tls
@@ -36,6 +38,31 @@ class Node:
                              capture_output=True, text=True, check=True, timeout=120)  # fmt: skip
         return out.stdout
 
+    env: dict[str, str] = field(default_factory=dict)
+
+    def boot(self) -> None:
+        """Start (again) the node's Erlang VM, detached."""
+        subprocess.run([RABBITMQ_SERVER, "-detached"], env=self.env, check=True, timeout=60,
+                       capture_output=True)  # fmt: skip
+
+    def wait(self) -> None:
+        """Until the node runs its broker, or RuntimeError with the end of its logs."""
+        try:
+            subprocess.run([RABBITMQCTL, "-q", "-n", self.name, "wait", "--timeout", "120",
+                            str(self.base / "pid")], check=True, timeout=150,
+                           capture_output=True)  # fmt: skip
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+            logs = "\n".join(p.read_text(errors="replace")[-2000:]
+                             for p in (self.base / "log").glob("*.log"))  # fmt: skip
+            self.stop()
+            raise RuntimeError(f"RabbitMQ node {self.name} did not start: {exc}\n{logs}") from None
+
+    def kill(self) -> None:
+        """SIGKILL the node's Erlang VM: a crash, no goodbye to its peers or clients."""
+        pid = int((self.base / "pid").read_text().strip())
+        os.kill(pid, signal.SIGKILL)
+        (self.base / "pid").unlink(missing_ok=True)
+
     def stop(self) -> None:
         subprocess.run([RABBITMQCTL, "-q", "-n", self.name, "stop"], capture_output=True,
                        timeout=120, check=False)  # fmt: skip
@@ -51,10 +78,11 @@ def _give_to_broker(path: Path) -> None:
         os.chown(p, entry.pw_uid, entry.pw_gid)
 
 
-def start_node(*, tls_listener: bool = False) -> Node:
-    """Boot a node of its own; with ``tls_listener`` it has no plain AMQP listener, only AMQPS
-    with a test CA's server certificate for 127.0.0.1. Its directory is made under the system
-    temporary directory, not pytest's: the broker's own user must reach it (pytest's are 0700)."""
+def _launch(*, tls_listener: bool = False) -> Node:
+    """Start a node of its own, detached (``_wait`` for it): its directory under the system
+    temporary directory, not pytest's, since the broker's own user must reach it (pytest's are
+    0700). With ``tls_listener`` it has no plain AMQP listener, only AMQPS with a test CA's
+    server certificate for 127.0.0.1."""
     base = Path(tempfile.mkdtemp(prefix="setpay-node-"))
     base.chmod(0o755)
     name = f"setpay-{base.name.removeprefix('setpay-node-').lower()}@localhost"
@@ -77,20 +105,37 @@ def start_node(*, tls_listener: bool = False) -> Node:
     for sub in ("mnesia", "log"):
         (base / sub).mkdir(exist_ok=True)
     _give_to_broker(base)
-    env = {**os.environ,
-           "RABBITMQ_NODENAME": name, "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
-           "RABBITMQ_DIST_PORT": str(free_port()),
-           "RABBITMQ_MNESIA_BASE": str(base / "mnesia"), "RABBITMQ_LOG_BASE": str(base / "log"),
-           "RABBITMQ_CONFIG_FILE": str(base / "rabbit.conf"),
-           "RABBITMQ_ENABLED_PLUGINS_FILE": str(base / "plugins"),
-           "RABBITMQ_PID_FILE": str(base / "pid")}  # fmt: skip
-    subprocess.run([RABBITMQ_SERVER, "-detached"], env=env, check=True, timeout=60,
-                   capture_output=True)  # fmt: skip
-    try:
-        subprocess.run([RABBITMQCTL, "-q", "-n", name, "wait", "--timeout", "90",
-                        str(base / "pid")], check=True, timeout=120, capture_output=True)  # fmt: skip
-    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
-        logs = "\n".join(p.read_text(errors="replace")[-2000:] for p in (base / "log").glob("*.log"))
-        node.stop()
-        raise RuntimeError(f"RabbitMQ node {name} did not start: {exc}\n{logs}") from None
+    node.env = {**os.environ,
+                "RABBITMQ_NODENAME": name, "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+                "RABBITMQ_DIST_PORT": str(free_port()),
+                "RABBITMQ_MNESIA_BASE": str(base / "mnesia"),
+                "RABBITMQ_LOG_BASE": str(base / "log"),
+                "RABBITMQ_CONFIG_FILE": str(base / "rabbit.conf"),
+                "RABBITMQ_ENABLED_PLUGINS_FILE": str(base / "plugins"),
+                "RABBITMQ_PID_FILE": str(base / "pid")}  # fmt: skip
+    node.boot()
     return node
+
+
+def start_node(*, tls_listener: bool = False) -> Node:
+    """A node of its own, booted (about ten seconds)."""
+    node = _launch(tls_listener=tls_listener)
+    node.wait()
+    return node
+
+
+def start_cluster(size: int = 3) -> list[Node]:
+    """``size`` nodes booted side by side, the others joined to the first: one cluster."""
+    nodes = [_launch() for _ in range(size)]
+    try:
+        for node in nodes:
+            node.wait()
+        for node in nodes[1:]:
+            node.ctl("stop_app")
+            node.ctl("join_cluster", nodes[0].name)
+            node.ctl("start_app")
+        return nodes
+    except BaseException:
+        for node in nodes:
+            node.stop()
+        raise
