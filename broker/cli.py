@@ -11,6 +11,8 @@ import asyncio
 import os
 from pathlib import Path
 
+from broker import admin
+from broker.admin import management_url
 from broker.errors import BrokerError
 from broker.provision import init
 from setpay.cli import CommandError
@@ -18,6 +20,8 @@ from setpay.config import Settings
 
 
 def _init(args: argparse.Namespace, settings: Settings) -> int:
+    admin.configure(management_url(settings.amqp_url, settings.broker_management_url),
+                    settings.broker_admin_user, settings.broker_admin_password)  # fmt: skip
     try:
         report = asyncio.run(
             init(

@@ -8,8 +8,9 @@ queues (``set.<role>``, ``set.<role>.<instance>``, listed extras, its inboxes
 topic permissions on ``setpay.set`` and ``setpay.rpc`` limit the routing keys it may publish
 to the peers its role addresses and answers (``RolePolicy``) and the keys it may bind to its
 own inboxes. The shared topology is declared here, as the admin user.
-Rule 3: passwords come from ``broker.credentials`` (generated once, reused), travel to
-rabbitmqctl on stdin and never appear in the summary, logs or errors.
+Rule 3: passwords come from ``broker.credentials`` (generated once, reused), travel to the
+management API in request bodies (``broker.admin``; rabbitmqctl's stdin on its fallback) and
+never appear in the summary, logs or errors.
 """
 
 from __future__ import annotations
