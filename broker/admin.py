@@ -354,8 +354,10 @@ def password_matches(password_hash: str, algorithm: str, password: str) -> bool:
     digests = {"rabbit_password_hashing_sha256": hashlib.sha256,
                "rabbit_password_hashing_sha512": hashlib.sha512,
                "rabbit_password_hashing_md5": hashlib.md5}  # fmt: skip
+    if not password_hash:
+        return False  # a user without a password (e.g. loaded from definitions) has no login
     digest = digests.get(algorithm)
-    if digest is None or not password_hash:
+    if digest is None:
         raise AdminError(f"cannot check a password hashed with {algorithm or 'nothing'}")
     raw = base64.b64decode(password_hash)
     salt, stored = raw[:4], raw[4:]
@@ -436,6 +438,24 @@ def list_vhosts() -> list[str]:
                  for line in _ctl(["list_vhosts", "--no-table-headers"]).stdout.splitlines()
                  if line.strip()],
     )  # fmt: skip
+
+
+def export_definitions(vhost: str) -> dict[str, Any]:
+    """The definitions of ``vhost`` as the broker exports them (management API only: queues,
+    exchanges, bindings, policies, parameters)."""
+    try:
+        return dict(_api("GET", f"/definitions/{_q(vhost)}"))
+    except _Unreachable as exc:
+        raise AdminError(f"management API not answering ({exc}); cannot export") from None
+
+
+def import_definitions(definitions: Mapping[str, Any]) -> None:
+    """Load broker-wide definitions (users, vhosts, permissions, topology) through the
+    management API (the same document ``rabbitmqctl import_definitions`` reads)."""
+    try:
+        _api("POST", "/definitions", definitions)
+    except _Unreachable as exc:
+        raise AdminError(f"management API not answering ({exc}); cannot import") from None
 
 
 def stop_app() -> None:
