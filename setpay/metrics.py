@@ -29,6 +29,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    Metric,
     disable_created_metrics,
     generate_latest,
 )
@@ -66,17 +67,56 @@ KEYSTORE_CALLS = Counter(
 KEYSTORE_SECONDS = Histogram(
     "setpay_keystore_seconds", "Round trip of one keystore operation over the bus",
     ["op"], buckets=_LATENCY)  # fmt: skip
-IN_FLIGHT = Gauge("setpay_in_flight", "Messages being handled now")
-READY = Gauge("setpay_ready", "1 when the process is ready (the same as /readyz)")
-LOOP_LAG = Gauge("setpay_event_loop_lag_seconds", "How late the event loop's last tick ran")
-INFO = Gauge("setpay_process_info", "The process's identity", ["identity"])
+KEYSTORE_OPERATIONS = Counter(
+    "setpay_keystore_operations", "Operations the keystore performed on the token, by "
+    "operation and outcome (ok or the fault; internal = an unmapped token or library error)",
+    ["op", "outcome"])  # fmt: skip
+KEYSTORE_OPERATION_SECONDS = Histogram(
+    "setpay_keystore_operation_seconds", "Time one keystore operation took inside a worker "
+    "(authorise, token, audit)", ["op"], buckets=_LATENCY)  # fmt: skip
+# (multiprocess_mode: how the keystore's workers' values add up, Merged below)
+IN_FLIGHT = Gauge("setpay_in_flight", "Messages being handled now", multiprocess_mode="livesum")
+READY = Gauge("setpay_ready", "1 when the process is ready (the same as /readyz)",
+              multiprocess_mode="livesum")  # fmt: skip
+LOOP_LAG = Gauge("setpay_event_loop_lag_seconds", "How late the event loop's last tick ran",
+                 multiprocess_mode="max")  # fmt: skip
+INFO = Gauge("setpay_process_info", "The process's identity", ["identity"],
+             multiprocess_mode="max")  # fmt: skip
 
 METRIC_NAMES = (
     "setpay_messages_total", "setpay_handler_seconds", "setpay_publishes_total",
     "setpay_publish_seconds", "setpay_redeliveries_total", "setpay_dead_lettered_total",
-    "setpay_keystore_calls_total", "setpay_keystore_seconds", "setpay_in_flight",
+    "setpay_keystore_calls_total", "setpay_keystore_seconds",
+    "setpay_keystore_operations_total", "setpay_keystore_operation_seconds", "setpay_in_flight",
     "setpay_ready", "setpay_event_loop_lag_seconds", "setpay_process_info",
 )  # what a scrape exposes (histograms as _bucket, _sum, _count)
+
+
+class Merged:
+    """One exposition of several collectors (this process's registry and, for the keystore,
+    its workers' multiprocess files): families of one name become one, and samples with the
+    same name and labels are summed (counters and histogram series add up across workers)."""
+
+    def __init__(self, *collectors: Any) -> None:
+        self.collectors = collectors
+
+    def collect(self) -> list[Metric]:
+        families: dict[str, Metric] = {}
+        values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
+        for collector in self.collectors:
+            for family in collector.collect():
+                families.setdefault(
+                    family.name, Metric(family.name, family.documentation, family.type))
+                series = values.setdefault(family.name, {})
+                for sample in family.samples:
+                    key = (sample.name, tuple(sorted(sample.labels.items())))
+                    series[key] = series.get(key, 0.0) + sample.value
+        out = []
+        for name, family in families.items():
+            for (sample, labels), value in values[name].items():
+                family.add_sample(sample, dict(labels), value)
+            out.append(family)
+        return out
 
 
 def bounded(value: str, known: Callable[[str], bool]) -> str:
@@ -99,6 +139,7 @@ class MetricsServer:
         self._ticker: asyncio.Task[None] | None = None
         self._last_tick = time.monotonic()
         self.port: int | None = None
+        self.extra: list[Any] = []  # more collectors to expose (the keystore's workers)
         INFO.labels(identity=identity).set(1)
 
     async def start(self, host: str, port: int) -> int:
@@ -139,7 +180,8 @@ class MetricsServer:
 
     async def _metrics(self, _request: web.Request) -> web.Response:
         READY.set(1 if self._ready() else 0)
-        body = await asyncio.to_thread(generate_latest, REGISTRY)
+        source = Merged(REGISTRY, *self.extra) if self.extra else REGISTRY
+        body = await asyncio.to_thread(generate_latest, source)
         response = web.Response(body=body)
         response.headers["Content-Type"] = CONTENT_TYPE_LATEST
         return response

@@ -93,11 +93,16 @@ def loaded(demo_run, demo_env):
     ports = ports_of(data_dir)
     merchant, gateway = ports["merchant.pos1"], ports["gateway.pg1"]
     before = scrape(merchant), scrape(gateway)
+    others = {i: scrape(p) for i, p in ports.items()}
     done = Env.of(demo_env).setpay("demo", "--purchases", str(N), "--concurrency", "2",
                                    timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     after = scrape(merchant), scrape(gateway)
+    LOADED.update(before=others, after={i: scrape(p) for i, p in ports.items()})
     return ports, before, after, done.stdout
+
+
+LOADED: dict[str, dict[str, dict]] = {}  # every process's scrape around the load
 
 
 def test_a_load_of_purchases_is_counted_where_it_happened(loaded) -> None:
@@ -124,6 +129,24 @@ def test_a_load_of_purchases_is_counted_where_it_happened(loaded) -> None:
         assert total(samples, "setpay_messages_total", outcome="failed") == 0
         assert total(samples, "setpay_dead_lettered_total") == 0
         assert total(samples, "setpay_ready") == 1
+
+
+def test_the_keystore_counts_what_its_callers_asked_for(loaded) -> None:
+    """The keystore process shows its workers' operations (keystore/process.py Rule 4): at
+    least one per call its callers counted (a batch is one call and many operations)."""
+    before, after = LOADED["before"], LOADED["after"]
+
+    def delta(identity: str, name: str, **labels: str) -> float:
+        return total(after[identity], name, **labels) - total(before[identity], name, **labels)
+
+    calls = sum(delta(i, "setpay_keystore_calls_total") for i in after if i != "keystore.main")
+    operations = delta("keystore.main", "setpay_keystore_operations_total")
+    assert calls >= N and operations >= calls, (calls, operations)
+    assert delta("keystore.main", "setpay_keystore_operations_total", op="sign",
+                 outcome="ok") >= 3 * N  # merchant PInitRes, PRes; gateway AuthRes (at least)
+    assert delta("keystore.main", "setpay_keystore_operation_seconds_count") == operations
+    assert total(after["keystore.main"], "setpay_keystore_operations_total",
+                 outcome="internal") == 0
 
 
 def declared_names(port: int) -> set[str]:
