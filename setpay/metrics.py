@@ -74,6 +74,15 @@ KEYSTORE_OPERATIONS = Counter(
 KEYSTORE_OPERATION_SECONDS = Histogram(
     "setpay_keystore_operation_seconds", "Time one keystore operation took inside a worker "
     "(authorise, token, audit)", ["op"], buckets=_LATENCY)  # fmt: skip
+ISO_REQUESTS = Counter(
+    "setpay_iso_requests", "ISO 8583 requests this process sent on its link, by MTI and "
+    "outcome (answered, timeout, connection_error, closed)", ["mti", "outcome"])  # fmt: skip
+ISO_SECONDS = Histogram(
+    "setpay_iso_seconds", "ISO 8583 round trip to the host, by request MTI", ["mti"],
+    buckets=_LATENCY)  # fmt: skip
+ISO_SAF_BACKLOG = Gauge(
+    "setpay_iso_saf_backlog", "Store-and-forward entries (advices, reversals) not yet "
+    "acknowledged by the host", multiprocess_mode="livesum")  # fmt: skip
 # (multiprocess_mode: how the keystore's workers' values add up, Merged below)
 IN_FLIGHT = Gauge("setpay_in_flight", "Messages being handled now", multiprocess_mode="livesum")
 READY = Gauge("setpay_ready", "1 when the process is ready (the same as /readyz)",
@@ -87,7 +96,9 @@ METRIC_NAMES = (
     "setpay_messages_total", "setpay_handler_seconds", "setpay_publishes_total",
     "setpay_publish_seconds", "setpay_redeliveries_total", "setpay_dead_lettered_total",
     "setpay_keystore_calls_total", "setpay_keystore_seconds",
-    "setpay_keystore_operations_total", "setpay_keystore_operation_seconds", "setpay_in_flight",
+    "setpay_keystore_operations_total", "setpay_keystore_operation_seconds",
+    "setpay_iso_requests_total", "setpay_iso_seconds", "setpay_iso_saf_backlog",
+    "setpay_in_flight",
     "setpay_ready", "setpay_event_loop_lag_seconds", "setpay_process_info",
 )  # what a scrape exposes (histograms as _bucket, _sum, _count)
 

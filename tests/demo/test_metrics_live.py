@@ -125,6 +125,11 @@ def test_a_load_of_purchases_is_counted_where_it_happened(loaded) -> None:
     assert delta(g1, g0, "setpay_keystore_calls_total", outcome="ok") >= N
     assert delta(m1, m0, "setpay_keystore_seconds_count") == delta(
         m1, m0, "setpay_keystore_calls_total")
+    # the gateway asked the issuer host once per purchase over ISO 8583, every one answered
+    answered = delta(g1, g0, "setpay_iso_requests_total", outcome="answered")
+    assert answered >= N and delta(g1, g0, "setpay_iso_seconds_count") == answered
+    assert total(g1, "setpay_iso_requests_total", outcome="timeout") == 0
+    assert total(g1, "setpay_iso_saf_backlog") == 0
     for samples in (m1, g1):
         assert total(samples, "setpay_messages_total", outcome="failed") == 0
         assert total(samples, "setpay_dead_lettered_total") == 0
