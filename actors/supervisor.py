@@ -334,7 +334,8 @@ def _locked(vhost: str) -> EnvironmentLocked:
 
 
 def _lock_held(vhost: str) -> bool:
-    """Whether the lock queue exists on ``vhost`` (rabbitmqctl; False if it cannot tell)."""
+    """Whether the lock queue exists on ``vhost`` (``broker.admin``: the management API, else
+    rabbitmqctl; False if it cannot tell)."""
     from broker import admin
     from broker.errors import AdminError
 
@@ -354,7 +355,7 @@ async def hold_lock(settings: Settings) -> aio_pika.abc.AbstractConnection:
                            user_prefix=settings.broker_user_prefix)  # fmt: skip
     except CredentialsError as exc:
         # No operators' login in this data dir: if another supervisor holds the vhost, say
-        # that (asked of the broker's local admin tool, not over AMQP); else what is missing.
+        # that (asked through broker administration, not over AMQP); else what is missing.
         if _lock_held(vhost):
             raise _locked(vhost) from None
         raise SupervisorError(f"{exc}") from None
