@@ -37,6 +37,7 @@ from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
 
 from broker.errors import AdminError
+from setpay.config import mask_url
 from setpay.logs import get_logger
 
 log = get_logger(component="broker.admin")
@@ -61,7 +62,7 @@ class Endpoint:
     timeout: float = 10.0
 
     def __repr__(self) -> str:
-        return f"Endpoint(url={self.url!r}, user={self.user!r})"
+        return f"Endpoint(url={mask_url(self.url)!r}, user={self.user!r})"
 
 
 _endpoint: Endpoint | None = None
@@ -184,7 +185,7 @@ def _either(http_step: Callable[[], T], ctl_step: Callable[[], T]) -> T:
     except _Unreachable as exc:
         if not _fallback_logged:
             _fallback_logged = True
-            log.warning("management_api_unreachable", url=endpoint().url, error=str(exc),
+            log.warning("management_api_unreachable", url=mask_url(endpoint().url), error=str(exc),
                         fallback="rabbitmqctl")  # fmt: skip
         return ctl_step()
 
