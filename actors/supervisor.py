@@ -125,9 +125,9 @@ def run_role(settings: Settings, role: str, instance: str | None = None) -> int:
     instance = instance or DEFAULT_INSTANCE.get(role, "main")
     health = run_dir(settings) / f"{role}.{instance}.health"
     actor = factory(settings, instance, health_file=health)
-    # setpay/lifecycle.py Rule 4: every process run here serves its metrics and health.
-    actor.metrics_host, actor.metrics_port = settings.metrics_host, settings.metrics_port
-    from setpay.lifecycle import NotReady, run_service
+    from setpay.lifecycle import NotReady, run_service, serve_metrics
+
+    serve_metrics(actor, settings)  # setpay/lifecycle.py Rule 4: /metrics, /healthz, /readyz
 
     try:
         return asyncio.run(run_service(actor))

@@ -193,6 +193,15 @@ class Service:
         self.write_health()
 
 
+def serve_metrics(service: Service, settings: Any) -> Service:
+    """Give ``service`` the configured metrics endpoint (Rule 4): ``metrics_host`` and
+    ``metrics_port`` of ``settings`` (``setpay.config.Settings``). Every command that runs a
+    long-running process calls it: `setpay run`, `keystore serve`, `issuer serve`."""
+    service.metrics_host = settings.metrics_host
+    service.metrics_port = settings.metrics_port
+    return service
+
+
 async def run_service(service: Service) -> int:
     """Run ``service`` until signalled; suppress the cancellation noise of a Ctrl-C."""
     with contextlib.suppress(asyncio.CancelledError):
