@@ -59,7 +59,7 @@ def test_compose_file() -> None:
     env = services["setpay"]["environment"]
     assert env["SETPAY_METRICS_BASE_PORT"] == str(BASE)
     assert env["SETPAY_BROKER_MANAGEMENT_URL"].endswith(":15672")
-    for port in services["setpay"]["ports"]:
+    for port in services["setpay"].get("ports", []):
         assert port.startswith("127.0.0.1:"), port  # nothing published beyond the host
     # Prometheus shares the environment's network and reads the repository's scrape config.
     assert services["prometheus"]["network_mode"] == "service:setpay"
@@ -89,7 +89,7 @@ def test_dockerfile_copies_every_package_and_exists_in_order() -> None:
     assert {p.rstrip("*") for p in packages} <= copied
     assert any(line.startswith("USER ") and "root" not in line for line in lines)
     entry = DEPLOY / "docker" / "entrypoint.sh"
-    assert "setpay up --foreground" in entry.read_text()
+    assert "setpay demo" in entry.read_text() and "setpay down" in entry.read_text()
     done = subprocess.run(["sh", "-n", str(entry)], capture_output=True, timeout=10, check=False)
     assert done.returncode == 0
 
