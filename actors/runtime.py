@@ -13,6 +13,10 @@ Rule 3: a handler's ``ProtocolError`` becomes the one SET Error record
 state and is answered, not retried.
 Rule 4: every log line of a handled message carries ``actor`` and the AMQP ``msg_type``; the
 SET entrypoint adds the wrapper's verified type, ``xid`` and ``rrpid``.
+Rule 5: every dispatched message is counted (``setpay.metrics``: ``setpay_messages_total`` by
+the SET message type's name -- ``other`` for a type the protocol does not know -- and outcome
+ok / error (answered with a SET Error) / rejected / failed) and timed
+(``setpay_handler_seconds``); ready means started, connected, and every consumer running.
 """
 
 from __future__ import annotations
@@ -32,11 +36,24 @@ from broker.consumer import Consumer, Delivery, Rejected, consume
 from broker.errors import PublishRefused
 from broker.topology import SET_EXCHANGE, QueueLimits, declare_actor, reply_allowed
 from protocol.errors import ProtocolError
+from protocol.messages import MessageType
 from protocol.set_error import ERROR_TYPE, build_error
+from setpay import metrics
 from setpay.lifecycle import Service, State
 
 Reply = tuple[str, bytes]  # (message type, body)
 MessageHandler = Callable[[Delivery], Awaitable[Reply | None]]
+
+
+def type_name(msg_type: str, handlers: dict[str, Any]) -> str:
+    """The metrics label of an AMQP type (Rule 5): the SET message type's name for a decimal
+    type the protocol knows, a registered handler's own key, else ``other``."""
+    if msg_type.isdigit():
+        try:
+            return MessageType(int(msg_type)).name
+        except ValueError:
+            return "other"
+    return msg_type if msg_type in handlers else "other"
 
 
 class Actor(Service):
@@ -119,7 +136,8 @@ class Actor(Service):
         await asyncio.gather(*(c.stop() for c in self._consumers))
 
     def is_ready(self) -> bool:
-        return self.state is State.READY and self._connected()
+        return (self.state is State.READY and self._connected() and bool(self._consumers)
+                and all(c.running for c in self._consumers))  # fmt: skip
 
     def health_extra(self) -> dict[str, Any]:
         """Connection, in-flight, handled and dead-lettered counts."""
@@ -138,17 +156,32 @@ class Actor(Service):
     async def _dispatch(self, delivery: Delivery) -> None:
         msg_type = delivery.msg_type or ""
         context: dict[str, Any] = {"actor": self.identity, "msg_type": msg_type}
-        with structlog.contextvars.bound_contextvars(**context):
-            handler = self.handlers.get(msg_type, self.default_handler)
-            if handler is None:
-                raise Rejected(f"unknown message type {msg_type!r}", "unknown-type")
-            try:
-                reply = await handler(delivery)
-            except ProtocolError as exc:
-                self.log.info("protocol_error", code=exc.code.name)
-                reply = ERROR_TYPE, await build_error(exc, delivery.body, int(time.time() * 1000))
-            if reply is not None:
-                await self._reply(delivery, reply)
+        label = type_name(msg_type, self.handlers)
+        outcome = "failed"
+        started = time.perf_counter()
+        metrics.IN_FLIGHT.inc()
+        try:
+            with structlog.contextvars.bound_contextvars(**context):
+                handler = self.handlers.get(msg_type, self.default_handler)
+                if handler is None:
+                    outcome = "rejected"
+                    raise Rejected(f"unknown message type {msg_type!r}", "unknown-type")
+                try:
+                    reply = await handler(delivery)
+                except ProtocolError as exc:
+                    self.log.info("protocol_error", code=exc.code.name)
+                    reply = ERROR_TYPE, await build_error(exc, delivery.body,
+                                                          int(time.time() * 1000))  # fmt: skip
+                except Rejected:
+                    outcome = "rejected"
+                    raise
+                if reply is not None:
+                    await self._reply(delivery, reply)
+                outcome = "error" if reply is not None and reply[0] == ERROR_TYPE else "ok"
+        finally:
+            metrics.IN_FLIGHT.dec()
+            metrics.MESSAGES.labels(type=label, outcome=outcome).inc()
+            metrics.HANDLER_SECONDS.labels(type=label).observe(time.perf_counter() - started)
 
     async def _reply(self, delivery: Delivery, reply: Reply) -> None:
         """Send ``reply`` to the requester's inbox (its routing key is in ``reply_to``), and

@@ -74,6 +74,24 @@ DEFAULT_INSTANCE: dict[str, str] = {
 }
 
 
+# Each role's offset from ``metrics_base_port`` (setpay/config.py): the fixed metrics ports a
+# scrape config names (deploy/prometheus/prometheus.yml uses base 9400; the systemd units
+# set the same ports).
+METRICS_OFFSET: dict[str, int] = {
+    "keystore": 1, "ca": 2, "gateway": 3, "issuer": 4, "merchant": 5, "wallet": 6, "echo": 7,
+}
+
+
+def metrics_port(settings: Settings, role: str) -> int:
+    """The metrics port of ``role``'s child: -1 (none) if the supervisor's is -1, base +
+    offset when ``metrics_base_port`` is set, else 0 (ephemeral, in its health file)."""
+    if settings.metrics_port < 0:
+        return -1
+    if settings.metrics_base_port > 0:
+        return settings.metrics_base_port + METRICS_OFFSET.get(role, 9)
+    return 0
+
+
 class SupervisorError(Exception):
     """A role is unknown or cannot be started; the message says which and why."""
 
@@ -107,7 +125,9 @@ def run_role(settings: Settings, role: str, instance: str | None = None) -> int:
     instance = instance or DEFAULT_INSTANCE.get(role, "main")
     health = run_dir(settings) / f"{role}.{instance}.health"
     actor = factory(settings, instance, health_file=health)
-    from setpay.lifecycle import NotReady, run_service
+    from setpay.lifecycle import NotReady, run_service, serve_metrics
+
+    serve_metrics(actor, settings)  # setpay/lifecycle.py Rule 4: /metrics, /healthz, /readyz
 
     try:
         return asyncio.run(run_service(actor))
@@ -210,6 +230,7 @@ def child_env(settings: Settings, child: Child) -> dict[str, str]:
            if not k.startswith(ENV_PREFIX) and k not in _OPERATOR_ONLY}  # fmt: skip
     env.update(child_environment(settings))
     env[f"{ENV_PREFIX}DATA_DIR"] = str(settings.data_dir.resolve())
+    env[f"{ENV_PREFIX}METRICS_PORT"] = str(metrics_port(settings, child.role))
     try:
         url = identity_url(
             settings.data_dir,
@@ -313,7 +334,8 @@ def _locked(vhost: str) -> EnvironmentLocked:
 
 
 def _lock_held(vhost: str) -> bool:
-    """Whether the lock queue exists on ``vhost`` (rabbitmqctl; False if it cannot tell)."""
+    """Whether the lock queue exists on ``vhost`` (``broker.admin``: the management API, else
+    rabbitmqctl; False if it cannot tell)."""
     from broker import admin
     from broker.errors import AdminError
 
@@ -333,7 +355,7 @@ async def hold_lock(settings: Settings) -> aio_pika.abc.AbstractConnection:
                            user_prefix=settings.broker_user_prefix)  # fmt: skip
     except CredentialsError as exc:
         # No operators' login in this data dir: if another supervisor holds the vhost, say
-        # that (asked of the broker's local admin tool, not over AMQP); else what is missing.
+        # that (asked through broker administration, not over AMQP); else what is missing.
         if _lock_held(vhost):
             raise _locked(vhost) from None
         raise SupervisorError(f"{exc}") from None

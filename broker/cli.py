@@ -11,6 +11,8 @@ import asyncio
 import os
 from pathlib import Path
 
+from broker import admin
+from broker.admin import management_url
 from broker.errors import BrokerError
 from broker.provision import init
 from setpay.cli import CommandError
@@ -18,6 +20,8 @@ from setpay.config import Settings
 
 
 def _init(args: argparse.Namespace, settings: Settings) -> int:
+    admin.configure(management_url(settings.amqp_url, settings.broker_management_url),
+                    settings.broker_admin_user, settings.broker_admin_password)  # fmt: skip
     try:
         report = asyncio.run(
             init(
@@ -57,6 +61,20 @@ def _export_login(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _definitions(args: argparse.Namespace, settings: Settings) -> int:
+    from broker.provision import GENERATED_JSON, definitions_json
+
+    text = definitions_json(vhost=args.vhost or settings.broker_vhost,
+                            user_prefix=args.user_prefix or settings.broker_user_prefix,
+                            admin_user=settings.broker_admin_user)  # fmt: skip
+    if args.write:
+        GENERATED_JSON.write_text(text)
+        print(f"wrote {GENERATED_JSON}")
+    else:
+        print(text, end="")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add this layer's subcommands to the `setpay` parser."""
     broker = sub.add_parser("broker", help="RabbitMQ administration")
@@ -68,6 +86,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     # Users are broker-wide: tests namespace theirs so they never touch the real identities.
     init_parser.add_argument("--user-prefix", default="", help=argparse.SUPPRESS)
     init_parser.set_defaults(func=_init)
+    defs = commands.add_parser(
+        "definitions", help="deploy/rabbitmq/definitions.toml as RabbitMQ definitions JSON "
+        "(for rabbitmqctl import_definitions or load_definitions; users without passwords)")
+    defs.add_argument("--json", action="store_true", help="JSON (the only format; default)")
+    defs.add_argument("--vhost", help="vhost to name (default: settings.broker_vhost)")
+    defs.add_argument("--user-prefix", default="", help=argparse.SUPPRESS)
+    defs.add_argument("--write", action="store_true",
+                      help="write deploy/rabbitmq/definitions.json instead of printing")
+    defs.set_defaults(func=_definitions)
     export = commands.add_parser(
         "export-login", help="write one identity's AMQP URL (with its password) to a 0600 file"
     )

@@ -45,6 +45,7 @@ from yarl import URL
 from broker.errors import BrokerError, PeerUnavailable, PublishError, PublishRefused
 from broker.topology import SET_EXCHANGE, TRACE_EXCHANGE
 from broker.trace import TraceTap
+from setpay import metrics
 from setpay.logs import get_logger
 
 log = get_logger(component="broker")
@@ -223,11 +224,13 @@ class Bus:
         elif message.user_id != self.user_id:
             message.user_id = self.user_id
         deadline = time.monotonic() + timeout
+        started = time.perf_counter()
         delay = 0.05
         last: BaseException | None = None
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
+                metrics.PUBLISHES.labels(outcome="failed").inc()
                 raise PublishError(
                     f"publish to {exchange or '(default)'}/{routing_key} not confirmed within "
                     f"{timeout:g}s ({type(last).__name__ if last else 'no attempt'})"
@@ -244,10 +247,13 @@ class Bus:
                     mandatory=mandatory,
                     timeout=min(attempt_timeout, remaining),
                 )
+                metrics.PUBLISHES.labels(outcome="confirmed").inc()
+                metrics.PUBLISH_SECONDS.observe(time.perf_counter() - started)
                 if exchange == SET_EXCHANGE and self.trace.wanted():
                     await self._trace_copy(message, routing_key)
                 return
             except aiormq.exceptions.PublishError as exc:
+                metrics.PUBLISHES.labels(outcome="returned").inc()
                 code = getattr(exc.frame, "reply_code", None)
                 if code == NO_ROUTE:
                     raise PeerUnavailable(
@@ -258,8 +264,10 @@ class Bus:
                 ) from None
             except aiormq.exceptions.DeliveryError as exc:
                 last = exc  # nacked: the broker could not take it; try again
+                metrics.PUBLISHES.labels(outcome="nacked").inc()
                 log.warning("publish_nacked", exchange=exchange, routing_key=routing_key)
             except aiormq.exceptions.ChannelAccessRefused as exc:
+                metrics.PUBLISHES.labels(outcome="refused").inc()
                 raise PublishRefused(
                     f"publish to {exchange or '(default)'}/{routing_key} refused by broker"
                 ) from exc

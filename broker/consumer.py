@@ -24,6 +24,7 @@ from broker.connection import Bus
 from broker.draining import DrainingConsumer
 from broker.errors import BrokerError
 from broker.topology import DEAD_LETTER_EXCHANGE
+from setpay import metrics
 from setpay.logs import get_logger
 
 log = get_logger(component="broker.consumer")
@@ -140,6 +141,7 @@ class Consumer(DrainingConsumer):
             await self._settle(message.nack(requeue=True))
             return
         self.dead_lettered += 1
+        metrics.DEAD_LETTERED.labels(queue=self.queue_name, code=str(code)[:40]).inc()
         log.warning("dead_lettered", queue=self.queue_name, reason=reason, code=str(code),
                     message_id=message.message_id, msg_type=message.type)
         await self._settle(message.ack())

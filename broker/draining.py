@@ -3,6 +3,7 @@
 Rule 1: ``stop()`` cancels the consumer first, then waits until every message already being
 processed has been settled, then closes the channel — nothing in flight is cut off.
 Rule 2: subclasses implement ``_process(message)`` and settle (ack/nack/reject) the message.
+Rule 3: a delivery the broker marks redelivered is counted (``setpay_redeliveries_total``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import aiormq
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustChannel
 
 from broker.connection import Bus
+from setpay import metrics
 
 
 class DrainingConsumer:
@@ -32,10 +34,17 @@ class DrainingConsumer:
     def in_flight(self) -> int:
         return self._in_flight
 
+    @property
+    def running(self) -> bool:
+        """Consuming: started, not stopped, its channel open."""
+        return self._tag is not None and not self._channel.is_closed
+
     async def start(self) -> None:
         self._tag = await self._queue.consume(self._on_message)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        if message.redelivered:
+            metrics.REDELIVERIES.labels(queue=self.queue_name).inc()
         self._in_flight += 1
         self._idle.clear()
         try:

@@ -65,6 +65,17 @@ if ! broker_up; then
   command -v rabbitmqctl >/dev/null && $SUDO rabbitmqctl await_startup >/dev/null 2>&1 || true
 fi
 say "RabbitMQ answers at $AMQP_HOST:$AMQP_PORT"
+# The management HTTP API (127.0.0.1:15672): `setpay broker init` and the tests provision
+# through it (rabbitmqctl, an Erlang VM per call, only when it does not answer). Enabling is
+# online and idempotent; only on the broker of this machine.
+mgmt_up() { timeout 2 bash -c "exec 3<>/dev/tcp/$AMQP_HOST/15672" 2>/dev/null; }
+if ! mgmt_up && command -v rabbitmq-plugins >/dev/null; then
+  say "enabling the RabbitMQ management plugin"
+  $SUDO rabbitmq-plugins enable rabbitmq_management >/dev/null || true
+  for _ in $(seq 1 30); do mgmt_up && break; sleep 1; done
+fi
+mgmt_up && say "RabbitMQ management API answers at $AMQP_HOST:15672" \
+  || say "RabbitMQ management API not answering: provisioning falls back to rabbitmqctl"
 
 # --- PostgreSQL (the tests' second store backend): install and start only when nothing answers ---
 pg_up() { timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/5432" 2>/dev/null; }
@@ -104,10 +115,10 @@ say "setpay $("$VENV/bin/setpay" --version | cut -d' ' -f2) ready in $VENV"
 "$VENV/bin/setpay" keystore init
 
 # --- RabbitMQ vhost, one user per actor identity, permissions, policies ------------------
-if command -v rabbitmqctl >/dev/null; then
+if mgmt_up || command -v rabbitmqctl >/dev/null; then
   $SUDO "$VENV/bin/setpay" broker init
 else
-  say "rabbitmqctl not on this machine: run 'setpay broker init' where the broker runs"
+  say "no management API nor rabbitmqctl here: run 'setpay broker init' where the broker runs"
 fi
 
 if [ $RUN_DEMO = 1 ]; then

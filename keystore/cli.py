@@ -52,8 +52,10 @@ def _cmd_create_key(args: argparse.Namespace, settings: Settings) -> int:
 
 def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from keystore.process import KeystoreProcess
+    from setpay.lifecycle import serve_metrics
 
     proc = KeystoreProcess(settings, url=args.url, queue=args.queue, workers=args.workers)
+    serve_metrics(proc, settings)
     print(f"keystore serving {args.queue!r} with {proc.workers} worker processes; Ctrl-C stops")
     try:
         asyncio.run(proc.run())

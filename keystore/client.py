@@ -18,11 +18,14 @@ one session key at a time (keystore/transport.py); ``open``, ``decrypt``, ``deri
 data, key material, account data) comes back under it. Each sealed request dies at the call's
 timeout: the keystore refuses it as stale after that, and a call that gets no answer is
 logged by op and request id only.
+Rule 6: every call is counted and timed by op and outcome (``setpay_keystore_calls_total``,
+``setpay_keystore_seconds``: ok, the keystore's fault name, unavailable, error).
 """
 
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -50,6 +53,7 @@ from protocol.dualsig import OpenedAccount
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.keys import KeyType, PublicKey, Suite, suite_for_public_key
 from protocol.messages import PIKind
+from setpay import metrics
 from setpay.logs import get_logger
 
 log = get_logger(component="keystore.client")
@@ -92,6 +96,26 @@ class KeystoreClient:
         return f"{self.identity}/{name}"
 
     async def _call(self, op: m.Op, record: Any, reply_key: bytes | None = None) -> Any:
+        """One keystore operation, counted and timed (Rule 6)."""
+        name = op.name.lower()
+        started = time.perf_counter()
+        outcome = "error"
+        try:
+            result = await self._round_trip(op, record, reply_key)
+            outcome = "ok"
+            return result
+        except KeystoreUnavailable:
+            outcome = "unavailable"
+            raise
+        except KeystoreError as exc:
+            fault = getattr(exc, "fault", None)
+            outcome = fault.name.lower() if isinstance(fault, Fault) else "error"
+            raise
+        finally:
+            metrics.KEYSTORE_CALLS.labels(op=name, outcome=outcome).inc()
+            metrics.KEYSTORE_SECONDS.labels(op=name).observe(time.perf_counter() - started)
+
+    async def _round_trip(self, op: m.Op, record: Any, reply_key: bytes | None) -> Any:
         try:
             raw = await self.rpc.call(
                 self.queue, m.encode_request(op, record), timeout=self.timeout

@@ -3,12 +3,16 @@
 Rule 1: this process never loads PKCS#11 itself; each worker (spawned) logs in on its own.
 Rule 2: workers that die are restarted; on a stop signal, in-flight requests finish first.
 Rule 3: its lifecycle and health are ``setpay.lifecycle.Service``'s, the one every process has.
+Rule 4: when it serves metrics, its workers write theirs (operations and latency on the token,
+publishes, redeliveries) into a Prometheus multiprocess directory under ``run/``, emptied at
+start, and its ``/metrics`` shows their sum beside its own figures.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +48,18 @@ class KeystoreProcess(Service):
 
     async def on_start(self) -> None:
         use_softhsm_conf(self.settings)
+        if self.metrics is not None:  # Rule 4
+            from prometheus_client import CollectorRegistry
+            from prometheus_client.multiprocess import MultiProcessCollector
+
+            directory = self.settings.data_dir / "run" / "keystore-metrics"
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            for stale in directory.glob("*.db"):
+                stale.unlink()
+            self.spec = dataclasses.replace(self.spec, metrics_dir=str(directory.resolve()))
+            workers = CollectorRegistry(auto_describe=False)
+            MultiProcessCollector(workers, path=str(directory))
+            self.metrics.extra.append(workers)
         pool = self.pool = KeystorePool(self.spec, self.workers)
         await pool.start()
         self.closing(pool.stop, "worker pool")  # Rule 2: workers drain their in-flight work

@@ -35,6 +35,7 @@ from keystore.pinguard import PinGuard
 from keystore.policy import Policy
 from keystore.register import UsedPiRegister
 from protocol import codec
+from setpay import metrics
 from setpay.logs import get_logger
 
 RPC_QUEUE = "keystore.rpc"
@@ -160,14 +161,17 @@ class KeystoreService:
             outcome = Fault.INTERNAL.name.lower()
             raise InternalError(f"unexpected {type(exc).__name__}") from None
         finally:
+            elapsed = time.perf_counter() - start
             self._audit.info(
                 "keystore_op",
                 caller=caller,
                 label=label,
                 op=op,
                 outcome=outcome,
-                duration_ms=round((time.perf_counter() - start) * 1000, 3),
+                duration_ms=round(elapsed * 1000, 3),
             )
+            metrics.KEYSTORE_OPERATIONS.labels(op=op, outcome=outcome).inc()
+            metrics.KEYSTORE_OPERATION_SECONDS.labels(op=op).observe(elapsed)
 
     @staticmethod
     def _answer(run: Callable[[], Any]) -> bytes:

@@ -45,6 +45,9 @@ class WorkerSpec:
     identity_prefix: str = ""
     prefetch: int = 64
     log_file: str | None = None
+    # Prometheus multiprocess directory: each worker writes its metrics there, the keystore
+    # process exposes their sum (keystore/process.py); None: workers keep theirs in memory.
+    metrics_dir: str | None = None
 
     def __repr__(self) -> str:  # URL passwords and PINs stay out of reprs
         return f"WorkerSpec(queue={self.queue!r}, prefix={self.identity_prefix!r})"
@@ -127,7 +130,19 @@ class KeystorePool:
             name=f"keystore-{index}",
             daemon=True,
         )
-        proc.start()
+        # prometheus-client picks its value store when the child imports it, before
+        # worker_main runs: the directory must be in the environment the child starts with.
+        variable = "PROMETHEUS_MULTIPROC_DIR"
+        before = os.environ.get(variable)
+        if self.spec.metrics_dir:
+            os.environ[variable] = self.spec.metrics_dir
+        try:
+            proc.start()
+        finally:
+            if before is None:
+                os.environ.pop(variable, None)
+            else:
+                os.environ[variable] = before
         self.processes[index] = proc
 
     def _await_ready(self, indexes: set[int], timeout: float) -> None:

@@ -70,6 +70,9 @@ class Settings:
     broker_max_message_bytes: int = 1_048_576
     broker_queue_type: str = "classic"  # classic | quorum (`broker init`; broker/topology.py)
     broker_user_prefix: str = ""  # prefixes every identity's broker user (test vhosts)
+    # The RabbitMQ management HTTP API (broker/admin.py; the admin login above): empty means
+    # port 15672 on the host of ``amqp_url``.
+    broker_management_url: str = ""
 
     keystore_module: str = field(default_factory=_default_pkcs11_module)
     keystore_token_label: str = "setpay"  # noqa: S105 - a label, not a secret
@@ -109,6 +112,15 @@ class Settings:
     web_source_failures: int = 50  # failed logins from one address before it is refused
     web_source_registrations: int = 20  # wallet registrations from one address per lockout window
     web_lockout_seconds: float = 900.0
+
+    # Each long-running process serves /metrics (Prometheus), /healthz and /readyz over HTTP
+    # on ``metrics_host`` (setpay/metrics.py): ``metrics_port`` 0 takes an ephemeral port,
+    # written to the process's health file (`setpay status` reads it there); -1 serves none.
+    # The supervisor gives every child 0 unless ``metrics_base_port`` is set, then base + the
+    # role's offset (``actors.supervisor.METRICS_OFFSET``), the ports a scrape config names.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 0
+    metrics_base_port: int = 0
 
     @property
     def softhsm_conf(self) -> Path:

@@ -10,6 +10,11 @@ Rule 2: SIGTERM/SIGINT (or ``request_stop``) end ``run``: drain, then stop.
 Rule 3: one health mechanism: ``health()`` (identity, pid, state, ready, started_at, plus the
 process's own ``health_extra()``), written as one JSON file, atomically (readers never see
 half a file), on every state change and whenever ``write_health`` is called.
+Rule 4: one metrics and health endpoint (``setpay.metrics``): when ``metrics_port`` is set
+(``setpay run`` sets it from the configuration for every process it runs; 0 = an ephemeral
+port, None or -1 = none), ``start`` serves ``/metrics``, ``/healthz`` and ``/readyz`` before
+``on_start`` runs (so a starting process is live and not ready) and closes it last; its port
+is in the health file (``metrics_port``), where `setpay status` finds it.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from setpay.logs import get_logger
+from setpay.metrics import MetricsServer
 
 Closer = Callable[[], Awaitable[Any] | Any]
 
@@ -61,6 +67,9 @@ class Service:
         self._closers: list[tuple[str, Closer]] = []
         self._stop_requested = asyncio.Event()
         self._started_at = 0.0
+        self.metrics_host = "127.0.0.1"
+        self.metrics_port: int | None = None  # Rule 4
+        self.metrics: MetricsServer | None = None
 
     # -- what a process adds --------------------------------------------------------------------
 
@@ -85,10 +94,17 @@ class Service:
         self._closers.append((name or getattr(close, "__qualname__", "resource"), close))
 
     async def start(self) -> None:
-        """``on_start``, then ready; on failure close what was opened and raise."""
-        self._set_state(State.STARTING)
+        """The metrics endpoint (Rule 4), ``on_start``, then ready; on failure close what was
+        opened and raise."""
         self._started_at = time.time()
         try:
+            if self.metrics_port is not None and self.metrics_port >= 0:
+                server = MetricsServer(self.identity, self.is_ready, self._readiness_facts)
+                await server.start(self.metrics_host, self.metrics_port)
+                self.metrics = server
+                self.closing(server.close, "metrics server")  # closed last
+                self.log.info("metrics_serving", host=self.metrics_host, port=server.port)
+            self._set_state(State.STARTING)
             await self.on_start()
         except BaseException:
             await self._close_all()
@@ -160,8 +176,12 @@ class Service:
             "state": str(self.state),
             "ready": self.is_ready(),
             "started_at": self._started_at,
+            "metrics_port": self.metrics.port if self.metrics is not None else None,
             **self.health_extra(),
         }
+
+    def _readiness_facts(self) -> dict[str, Any]:
+        return {"state": str(self.state), **self.health_extra()}
 
     def write_health(self) -> None:
         """Write the health file now (Rule 3)."""
@@ -171,6 +191,15 @@ class Service:
     def _set_state(self, state: State) -> None:
         self.state = state
         self.write_health()
+
+
+def serve_metrics(service: Service, settings: Any) -> Service:
+    """Give ``service`` the configured metrics endpoint (Rule 4): ``metrics_host`` and
+    ``metrics_port`` of ``settings`` (``setpay.config.Settings``). Every command that runs a
+    long-running process calls it: `setpay run`, `keystore serve`, `issuer serve`."""
+    service.metrics_host = settings.metrics_host
+    service.metrics_port = settings.metrics_port
+    return service
 
 
 async def run_service(service: Service) -> int:

@@ -31,6 +31,7 @@ from actors.iso8583.codes import ResponseCode
 from actors.iso8583.errors import FramingError, LinkClosed, MessageError
 from actors.iso8583.saf import Journal, SafEntry
 from actors.iso8583.security import mask_account
+from setpay import metrics
 from setpay.logs import get_logger
 
 REPEAT_OF = {
@@ -212,6 +213,31 @@ class IsoLink:
 
         Raises ``LinkClosed`` before anything was sent (``before_send`` not called), and
         ``TimeoutError`` or ``ConnectionError`` after."""
+        mti = str(message["t"])
+        started = asyncio.get_running_loop().time()
+        outcome = "error"
+        try:
+            answer = await self._exchange_once(message, before_send)
+            outcome = "answered"
+            return answer
+        except TimeoutError:
+            outcome = "timeout"
+            raise
+        except LinkClosed:
+            outcome = "closed"
+            raise
+        except ConnectionError:
+            outcome = "connection_error"
+            raise
+        finally:
+            metrics.ISO_REQUESTS.labels(mti=mti, outcome=outcome).inc()
+            if outcome == "answered":
+                metrics.ISO_SECONDS.labels(mti=mti).observe(
+                    asyncio.get_running_loop().time() - started)
+
+    async def _exchange_once(
+        self, message: spec.Message, before_send: Callable[[], None]
+    ) -> spec.Message:
         writer = await self._connect()
         key = (spec.RESPONSE_TO[str(message["t"])], str(message["11"]))
         if key in self._pending:
@@ -405,6 +431,7 @@ class IsoLink:
     async def _forward(self) -> None:
         while not self._closing:
             entry = self.journal.next_pending()
+            metrics.ISO_SAF_BACKLOG.set(0 if entry is None else self.journal.pending_count())
             if entry is None:
                 self._saf_idle.set()
                 self._saf_wake.clear()

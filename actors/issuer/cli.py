@@ -46,6 +46,9 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         latency=args.latency,
         url=url,
     )
+    from setpay.lifecycle import serve_metrics
+
+    serve_metrics(svc, settings)
     return asyncio.run(svc.run())
 
 

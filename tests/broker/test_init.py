@@ -178,3 +178,65 @@ async def test_identities_reach_the_keystore_over_rpc(provisioned) -> None:
         await server.stop()
         await keystore.close()
         await wallet.close()
+
+
+# -- deploy/rabbitmq/definitions.json: RabbitMQ's own format, generated from the TOML ----------
+
+
+def test_the_generated_definitions_file_is_up_to_date() -> None:
+    from broker.provision import GENERATED_JSON, definitions_json
+
+    assert GENERATED_JSON.read_text() == definitions_json(), (
+        "deploy/rabbitmq/definitions.json is stale: run `setpay broker definitions --write`")
+    doc = json.loads(GENERATED_JSON.read_text())
+    assert all(u["password_hash"] == "" for u in doc["users"])  # no secret in the file
+
+
+def _topology(doc: dict) -> dict[str, object]:
+    """What both a generated document and a broker export say about the topology."""
+    ours = lambda name: name.startswith(("set.", "setpay.", "keystore."))  # noqa: E731
+    return {
+        "queues": sorted((q["name"], q["durable"], q["auto_delete"],
+                          json.dumps(q["arguments"], sort_keys=True))
+                         for q in doc["queues"] if ours(q["name"])),
+        "exchanges": sorted((e["name"], e["type"], e["durable"])
+                            for e in doc["exchanges"] if ours(e["name"])),
+        "bindings": sorted((b["source"], b["destination"], b["routing_key"])
+                           for b in doc["bindings"] if b["source"]),
+        "policies": sorted((p["name"], p["pattern"], p["apply-to"], p["priority"],
+                            json.dumps(p["definition"], sort_keys=True))
+                           for p in doc["policies"]),
+    }
+
+
+def test_the_definitions_json_is_what_broker_init_made(provisioned) -> None:
+    from broker.provision import rabbitmq_definitions
+
+    vhost, prefix, _data_dir, _ = provisioned
+    generated = rabbitmq_definitions(vhost=vhost, user_prefix=prefix)
+    assert _topology(generated) == _topology(admin.export_definitions(vhost))
+    assert {p["user"]: (p["configure"], p["write"], p["read"])
+            for p in generated["permissions"]} == admin.list_permissions(vhost)
+    assert {(t["user"], t["exchange"]): (t["write"], t["read"])
+            for t in generated["topic_permissions"]} == admin.list_topic_permissions(vhost)
+
+
+def test_rabbitmq_imports_the_definitions_json() -> None:
+    """The broker itself takes the document (POST /api/definitions, as import_definitions):
+    vhost, users without a password login, permissions, topic permissions, topology."""
+    from broker.provision import rabbitmq_definitions
+
+    vhost, prefix = f"setpay-test-defs-{secrets.token_hex(4)}", f"t{secrets.token_hex(3)}-"
+    generated = rabbitmq_definitions(vhost=vhost, user_prefix=prefix)
+    try:
+        admin.import_definitions(generated)
+        assert _topology(generated) == _topology(admin.export_definitions(vhost))
+        assert {p["user"]: (p["configure"], p["write"], p["read"])
+                for p in generated["permissions"]} == admin.list_permissions(vhost)
+        assert len(admin.list_topic_permissions(vhost)) == len(generated["topic_permissions"])
+        user = prefix + "merchant.pos1"
+        assert user in admin.list_users() and not admin.authenticate(user, "")
+    finally:
+        for name in IDENTITIES:
+            admin.delete_user(prefix + name)
+        admin.delete_vhost(vhost)
