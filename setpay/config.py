@@ -87,6 +87,9 @@ class Settings:
     # often, any BCI held past three quarters of its window.
     ca_revocation_poll_seconds: float = 2.0
     revocation_refresh_seconds: float = 600.0
+    # Brands whose gateway issues AuthTokens (split shipment: a later AuthReq with the token,
+    # no cardholder): a comma list, "*" every brand, "" none.
+    subsequent_auth_brands: str = "*"
 
     # HTTPS front doors of the thin clients (actors/web/): listen address, one port per
     # service, TLS files (empty: the test environment's, made by the supervisor under
