@@ -5,11 +5,13 @@ Rule 1 (seeded, untimed): each size gets its own gateway books (actors/gateway/b
 link journal (actors/iso8583/saf.py) and issuer host store (actors/issuer/accounts.py), in a
 throw-away directory, written through their store layer in bulk: per transaction one payment
 (captured), one live capture item in one open batch with the key of its 0220 completion
-advice, that advice acknowledged in the journal, and at the host the completion it posted
-in that batch; what the books hold after the day's captures were forwarded.
+advice, the advice's outbox row (queued), the advice acknowledged in the journal, and at the
+host the completion it posted in that batch; what the books hold after the day's captures
+were forwarded.
 Rule 2 (timed): only the close and the reconciliation, with the gateway's own code: the
 batch's move in ``GATEWAY_BATCH`` saved (``batch.close_batch``), then ``batch.settle_batch``:
-every advice's acknowledgement looked up in the journal, the batch's totals summed, the 0500
+every advice's acknowledgement checked (two indexed counts when nothing is outstanding,
+else key by key), the batch's totals summed, the 0500
 sent to a real ``IssuerHost`` on 127.0.0.1 through a real ``IsoLink`` (the host sums its side
 of the batch and answers 00 when both agree), the settled batch saved. A run that does not
 settle (host code other than 00) is an error, not a figure.
@@ -35,7 +37,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from actors.gateway.batch import batch_ref, close_batch, settle_batch
-from actors.gateway.books import BATCHES, ITEMS, PAYMENTS, Books
+from actors.gateway.books import BATCHES, ITEMS, OUTBOX, PAYMENTS, Books
 from actors.iso8583 import spec
 from actors.iso8583.link import IsoLink
 from actors.iso8583.saf import SAF
@@ -88,7 +90,7 @@ def seed(books: Books, journal_db: Any, host: Store, batch_id: int, n: int, now:
     """Rule 1: one open batch of ``n`` forwarded captures; its debit amount."""
     now_ms = int(now * 1000)
     ref = batch_ref(MERCHANT, batch_id)
-    payments, items, saf, posted = [], [], [], []
+    payments, items, outbox, saf, posted = [], [], [], [], []
     total = 0
     for i in range(n):
         rrpid = batch_id.to_bytes(4, "big") + i.to_bytes(16, "big")
@@ -106,6 +108,10 @@ def seed(books: Books, journal_db: Any, host: Store, batch_id: int, n: int, now:
             "merchant_id": MERCHANT, "batch_id": batch_id, "seq": i + 1, "auth_rrpid": rrpid,
             "kind": int(BatchItemKind.CAPTURE), "amount": amount, "live": True,
             "reverses": None, "request": rrpid, "advice_key": key, "created": now_ms,
+        })  # fmt: skip
+        outbox.append({
+            "key": key, "rrn": rrn, "mti": spec.ADVICE, "fields": "{}", "original_key": None,
+            "queued": True, "created": now_ms,
         })  # fmt: skip
         saf.append({
             "rrn": rrn, "mti": spec.ADVICE, "message": "{}", "state": "acked", "attempts": 1,
@@ -125,6 +131,8 @@ def seed(books: Books, journal_db: Any, host: Store, batch_id: int, n: int, now:
             db.execute(sa.insert(PAYMENTS), part)
         for part in _chunks(items):
             db.execute(sa.insert(ITEMS), part)
+        for part in _chunks(outbox):
+            db.execute(sa.insert(OUTBOX), part)
     with journal_db.transaction() as db:
         for part in _chunks(saf):
             db.execute(sa.insert(SAF), part)
