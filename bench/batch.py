@@ -18,6 +18,9 @@ settle (host code other than 00) is an error, not a figure.
 Rule 3: the growth is the ratio (time per transaction at the largest size) ÷ (at the
 smallest): at most about 1 means linear or better. Each size is closed ``--repeat`` times
 (as many batches seeded) and the median is reported.
+Rule 5 (``--outstanding``): the journal also holds one advice of another batch that failed for
+good, so the gateway cannot take "nothing outstanding" and checks the batch's advices key by
+key (its path on a link that still owes the host something).
 Rule 4: reconciliation asks the host for no PIN or PAN operation, so the bench's host runs
 without that security (every such call refused); nothing is imported from tests/.
 """
@@ -142,7 +145,16 @@ def seed(books: Books, journal_db: Any, host: Store, batch_id: int, n: int, now:
     return total
 
 
-async def measure(n: int, repeat: int, folder: Path) -> SizeResult:
+def outstanding(journal_db: Any, now: float) -> None:
+    """Rule 5: one advice of another batch that the host never took."""
+    with journal_db.transaction() as db:
+        db.execute(sa.insert(SAF).values(
+            rrn="OTHER0000000", mti=spec.ADVICE, message="{}", state="failed", attempts=9,
+            response_code=None, created_at=now, done_at=now, key="bench:outstanding",
+        ))  # fmt: skip
+
+
+async def measure(n: int, repeat: int, folder: Path, *, busy: bool = False) -> SizeResult:
     """Rules 1, 2: ``repeat`` batches of ``n`` seeded, each closed and settled, timed."""
     host_store = Store(folder / "issuer.sqlite")
     host = IssuerHost(host_store, NoSecurity())
@@ -154,6 +166,8 @@ async def measure(n: int, repeat: int, folder: Path) -> SizeResult:
         start = time.perf_counter()
         totals = [seed(books, link.journal.db, host_store, b, n, time.time())
                   for b in range(1, repeat + 1)]  # fmt: skip
+        if busy:
+            outstanding(link.journal.db, time.time())
         seed_s = time.perf_counter() - start
         times: list[float] = []
         code = ""
@@ -178,11 +192,13 @@ async def measure(n: int, repeat: int, folder: Path) -> SizeResult:
         host_store.close()
 
 
-async def run(sizes: list[int], repeat: int, base: Path | None = None) -> list[SizeResult]:
+async def run(
+    sizes: list[int], repeat: int, base: Path | None = None, *, busy: bool = False
+) -> list[SizeResult]:
     out = []
     for n in sizes:
         with tempfile.TemporaryDirectory(prefix="setpay-bench-batch-", dir=base) as tmp:
-            out.append(await measure(n, repeat, Path(tmp)))
+            out.append(await measure(n, repeat, Path(tmp), busy=busy))
     return out
 
 
@@ -197,12 +213,14 @@ def _cmd(args: argparse.Namespace, settings: Settings) -> int:
     sizes = sorted({int(s) for s in args.sizes.split(",") if s.strip()})
     if not sizes or min(sizes) < 1 or args.repeat < 1:
         raise SystemExit("setpay bench batch: --sizes and --repeat must be positive")
-    results = asyncio.run(run(sizes, args.repeat))
+    results = asyncio.run(run(sizes, args.repeat, busy=args.outstanding))
     ratio = growth(results)
     if args.json:
         print(json.dumps({"results": [asdict(r) for r in results], "growth_ratio": ratio}))
         return 0
-    print(f"batch close + reconciliation with the issuer host (median of {args.repeat})")
+    path = "key by key (an advice outstanding)" if args.outstanding else "nothing outstanding"
+    print(f"batch close + reconciliation with the issuer host (median of {args.repeat}; "
+          f"advices checked: {path})")  # fmt: skip
     print(f"{'transactions':>12} {'close+settle s':>15} {'min s':>8} {'µs/tx':>8} "
           f"{'seeded in s':>12} {'host':>5}")  # fmt: skip
     for r in results:
@@ -218,5 +236,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p = sub.add_parser("batch", help="batch close and settlement time at 10k and 100k items")
     p.add_argument("--sizes", default="10000,100000", help="transactions per batch, comma list")
     p.add_argument("--repeat", type=int, default=3, help="batches closed per size (median)")
+    p.add_argument(
+        "--outstanding",
+        action="store_true",
+        help="an advice of another batch failed: check this batch's key by key",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd)

@@ -46,6 +46,13 @@ async def test_each_batch_closes_and_settles_with_the_hosts_totals(tmp_path: Pat
         host.close()
 
 
+async def test_with_an_advice_outstanding_the_batch_still_settles(tmp_path: Path) -> None:
+    """Rule 5: another batch's failed advice forces the key-by-key check; this batch's are
+    all acknowledged, so it settles as before."""
+    result = await measure(200, 1, tmp_path, busy=True)
+    assert (result.host_code, result.debit_amount) == ("00", sum(_amount(i) for i in range(200)))
+
+
 async def test_two_sizes_give_a_growth_ratio(tmp_path: Path) -> None:
     results = await run([100, 400], 1, tmp_path)
     assert [r.transactions for r in results] == [100, 400]
