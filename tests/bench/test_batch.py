@@ -57,6 +57,7 @@ async def test_two_sizes_give_a_growth_ratio(tmp_path: Path) -> None:
     results = await run([100, 400], 1, tmp_path)
     assert [r.transactions for r in results] == [100, 400]
     assert growth(results) == results[1].per_tx_us / results[0].per_tx_us > 0
+    assert growth(results, of_min=True) == results[1].min_per_tx_us / results[0].min_per_tx_us
     assert list(tmp_path.iterdir()) == []  # each size's stores were thrown away
 
 
@@ -72,3 +73,4 @@ def test_the_command_prints_json(tmp_path: Path) -> None:
     data = json.loads(out.stdout)
     assert [r["transactions"] for r in data["results"]] == [50, 200]
     assert all(r["host_code"] == "00" for r in data["results"]) and data["growth_ratio"] > 0
+    assert data["growth_ratio_min"] > 0
