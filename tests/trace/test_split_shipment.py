@@ -47,7 +47,7 @@ def test_next_shipments_after_the_pres_are_no_violation(tmp_path: Path) -> None:
     assert list(Checker().run(messages(path)[1])) == []
     # the PRes copy landing before the AuthRes copy (held, then applied): the same
     late = tmp_path / "late.trace"
-    _trace(late, (PURCHASE[0], PURCHASE[1], PURCHASE[3], PURCHASE[2]) + shipment(1))
+    _trace(late, (PURCHASE[0], PURCHASE[1], PURCHASE[3], PURCHASE[2], *shipment(1)))
     assert list(Checker().run(messages(late)[1])) == []
 
 
