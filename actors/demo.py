@@ -194,6 +194,23 @@ def _client_root(settings: Settings) -> x509.Certificate | None:
         return None
 
 
+def _issuer_totals(settings: Settings) -> Callable[[str], tuple[int, int, int, int]]:
+    """The issuer host's own sums of a batch (what its 0500 reconciliation compares), read
+    from the environment's issuer store (demo_cases.py Rule 5)."""
+
+    def totals(batch: str) -> tuple[int, int, int, int]:
+        from actors.environment import ISSUER_INSTANCE
+        from actors.issuer.accounts import Store
+
+        store = Store(settings.data_dir / "issuer" / f"{ISSUER_INSTANCE}.sqlite")
+        try:
+            return store.batch_totals(batch)
+        finally:
+            store.close()
+
+    return totals
+
+
 async def _live(args: argparse.Namespace, settings: Settings) -> int:
     from actors import demo_cases
 
@@ -212,7 +229,8 @@ async def _live(args: argparse.Namespace, settings: Settings) -> int:
             print(f"raw RSA-2048 sign in SoftHSM2, one process: {rate:.0f}/s "
                   f"(purchases/s = {result.rate / rate:.3f} of it)")  # fmt: skip
             return 1 if result.errors else 0
-        rows = await demo_cases.run_cases(wallet, pos, _client_root(settings))
+        rows = await demo_cases.run_cases(wallet, pos, _client_root(settings),
+                                          _issuer_totals(settings))  # fmt: skip
     finally:
         await demo_cases.close_clients(wallet, pos)
     demo_cases.print_rows(rows)

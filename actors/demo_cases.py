@@ -10,6 +10,13 @@ Rule 2: each case names the outcome it expects; a row whose outcome differs is m
 the demo fails. A case the system cannot run yet is shown as "not available yet", never faked.
 Rule 3: cardholders are registered and cards enrolled once, then reused; rows show the last
 four digits only.
+Rule 5 (after authorization, issue 12): through the POS operator's HTTPS API, at one merchant
+and into one batch the demo opens: a partial capture, a refund, a split shipment (the first
+shipment authorized with the purchase, the next by the gateway's AuthToken, both captured), an
+authorization reversal, a capture reversal, a credit reversal, then the batch's close; its
+totals (from the gateway's BatchAdminRes) are printed and compared with the issuer host's
+own sums of that batch (what it reconciled the 0500 against, read from its store: the one
+place the demo looks past the thin clients, as it reads the token for the raw sign rate).
 Rule 4: OPE PIN debit is a sale from the seeded bank account (bank-branch-number, field 102
 at the issuer), right PIN first (it resets the try counter), then a wrong one; the PIN is
 sealed by the thin client (api.seal_for, against the root the environment gave the wallet's
@@ -23,6 +30,7 @@ import hashlib
 import multiprocessing as mp
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,11 +92,14 @@ class Shop:
                 )
             return self._sessions[merchant_id]
 
-    async def create_order(self, merchant_id: str, description: str, amount: CurrAmt, *,
-                           sale: bool = False) -> Order:  # fmt: skip
+    async def create_order(
+        self, merchant_id: str, description: str, amount: CurrAmt, *, sale: bool = False,
+        first_shipment: int | None = None,
+    ) -> Order:  # fmt: skip
         """A new order at ``merchant_id``, with its pay link."""
         session = await self.session(merchant_id)
-        return await session.create_order(description, amount, sale=sale)
+        return await session.create_order(description, amount, sale=sale,
+                                          first_shipment=first_shipment)  # fmt: skip
 
     async def close(self) -> None:
         await self.client.close()
@@ -187,10 +198,15 @@ SALE_APPROVED = "CAPTURE_PERFORMED/APPROVED"
 EXPIRED = "AUTHORIZATION_PERFORMED/EXPIRED_CARD"
 
 
+HostTotals = Callable[[str], tuple[int, int, int, int]]  # batch ref → the host's sums
+
+
 async def run_cases(
-    wallet: WalletClient, pos: Shop, root: x509.Certificate | None = None
-) -> list[Row]:
-    """The acceptance cases of issue #6 (Rules 1, 2); the OPE rows need the trusted ``root``."""
+    wallet: WalletClient, pos: Shop, root: x509.Certificate | None = None,
+    host_totals: HostTotals | None = None,
+) -> list[Row]:  # fmt: skip
+    """The acceptance cases of issue #6 (Rules 1, 2); the OPE rows need the trusted ``root``;
+    the rows after authorization (Rule 5) the issuer host's batch sums ``host_totals``."""
     rows: list[Row] = []
     m1, m2, m3 = (m[0] for m in MERCHANTS)
     good = Shopper(wallet, "demo-alice", LOAD_PANS[0])
@@ -232,6 +248,105 @@ async def run_cases(
     if first is not None:
         outcome, ms = await _timed(_inquire(good, first.xid))
         rows.append(Row("merchant", "inquiry about the approved purchase", APPROVED, outcome, ms))
+    rows += await after_rows(pos, good, m1, host_totals)
+    return rows
+
+
+BATCH_SETTLED = "settled: debits 3 9000 JPY, credits 1 1000 JPY = issuer host"
+
+
+async def after_rows(
+    pos: Shop, shopper: Shopper, merchant_id: str, host_totals: HostTotals | None
+) -> list[Row]:
+    """Rule 5: the life of payments after authorization at ``merchant_id``, in one batch."""
+    rows: list[Row] = []
+    party = "POS via gateway"
+    try:
+        session = await pos.session(merchant_id)
+        opened = await session.batch("open")
+    except MerchantError as exc:
+        return [Row(party, "batch open", "SUCCESS", f"error: {exc}", 0.0)]
+    batch = opened["batch"]
+
+    async def bought(amount: int, first: int | None = None) -> str:
+        description = f"demo order at {merchant_id}: {amount} {CURRENCY}"
+        order = await session.create_order(description, CurrAmt(CURRENCY, amount),
+                                           first_shipment=first)  # fmt: skip
+        paid = await (await shopper.session()).buy(card_id=shopper.card_id, offer=order.offer)
+        if paid.describe() != APPROVED:
+            raise MerchantError(f"purchase not authorized: {paid.describe()}")
+        return order.order
+
+    async def step(case: str, expected: str, run: Callable[[], Any]) -> None:
+        start = time.perf_counter()
+        try:
+            outcome = await run()
+        except (MerchantError, WalletError) as exc:
+            outcome = f"error: {exc}"
+        rows.append(Row(party, f"{case} ({merchant_id})", expected, outcome,
+                        (time.perf_counter() - start) * 1000))  # fmt: skip
+
+    def said(r: dict[str, Any]) -> str:
+        return f"{r['code']} {r['amount']}"
+
+    o1 = o2 = ""
+
+    async def partial() -> str:
+        nonlocal o1
+        o1 = await bought(5_000)
+        return said(await session.capture(o1, 3_000, batch))
+
+    async def refund() -> str:
+        return said(await session.refund(o1, 1_000, batch))
+
+    async def split() -> str:
+        nonlocal o2
+        o2 = await bought(6_000, first=2_000)
+        first = await session.capture(o2, batch=batch)
+        nxt = await session.next_shipment(o2, 4_000)
+        if not nxt["ok"]:
+            return f"next shipment {said(nxt)}"
+        second = await session.capture(nxt["id"], batch=batch)
+        return f"{said(first)} + next {said(nxt)}, captured {said(second)}"
+
+    async def auth_reversal() -> str:
+        return said(await session.reverse(await bought(2_500), "authorization", 0))
+
+    async def capture_reversal() -> str:
+        o4 = await bought(1_800)
+        cap = await session.capture(o4, batch=batch)
+        if not cap["ok"]:
+            return f"capture {said(cap)}"
+        return said(await session.reverse(o4, "capture"))
+
+    async def credit_reversal() -> str:
+        credit = await session.refund(o2, 500, batch)
+        if not credit["ok"]:
+            return f"refund {said(credit)}"
+        return said(await session.reverse(o2, "credit", 500))
+
+    async def close() -> str:
+        b = await session.batch("close", batch)
+        if b["status"] != "SUCCESS":
+            return f"close {b['status']}"
+        ours = (b["credit_count"], b["credit_amount"], b["debit_count"], b["debit_amount"])
+        text = (f"debits {ours[2]} {ours[3]} {b['currency']}, "
+                f"credits {ours[0]} {ours[1]} {b['currency']}")  # fmt: skip
+        state = "settled" if b.get("settlement") else f"transmission {b['transmission']}"
+        if host_totals is None:
+            return f"{state}: {text} (issuer host not readable)"
+        host = host_totals(f"{merchant_id}:{batch}")
+        same = "= issuer host" if host == ours else f"!= issuer host {host}"
+        return f"{state}: {text} {same}"
+
+    await step("partial capture, 3000 of 5000", "SUCCESS 3000", partial)
+    await step("refund 1000 of the capture", "SUCCESS 1000", refund)
+    await step("split shipment: 2000, then 4000 by AuthToken",
+               "SUCCESS 2000 + next APPROVED 4000, captured SUCCESS 4000", split)  # fmt: skip
+    await step("authorization reversal, all of 2500", "APPROVED 0", auth_reversal)
+    await step("capture reversal of 1800", "SUCCESS 1800", capture_reversal)
+    await step("credit reversal of a 500 refund", "SUCCESS 500", credit_reversal)
+    await step(f"batch {batch} close, totals", BATCH_SETTLED, close)
     return rows
 
 
@@ -240,11 +355,11 @@ async def _inquire(shopper: Shopper, xid: bytes) -> Outcome:
 
 
 def print_rows(rows: list[Row]) -> None:
-    print(f"\n{'party':<20} {'case':<44} {'outcome':<40} {'ms':>8}")
-    print("-" * 115)
+    print(f"\n{'party':<20} {'case':<54} {'outcome':<40} {'ms':>8}")
+    print("-" * 125)
     for r in rows:
         mark = "" if r.ok else f"   <-- expected {r.expected}"
-        print(f"{r.party:<20} {r.case:<44} {r.outcome:<40} {r.latency_ms:8.1f}{mark}")
+        print(f"{r.party:<20} {r.case:<54} {r.outcome:<40} {r.latency_ms:8.1f}{mark}")
 
 
 # -- load ----------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 import bench.auth
+import bench.batch
 import bench.broker
 import bench.ca
 import bench.keystore
@@ -20,7 +21,14 @@ import bench.protocol
 from setpay import config, logs
 from setpay.cli import CommandError
 
-BENCH_MODULES = (bench.protocol, bench.keystore, bench.broker, bench.ca, bench.auth)
+BENCH_MODULES = (
+    bench.protocol,
+    bench.keystore,
+    bench.broker,
+    bench.ca,
+    bench.auth,
+    bench.batch,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -91,6 +91,9 @@ class Settings:
     # often, any BCI held past three quarters of its window.
     ca_revocation_poll_seconds: float = 2.0
     revocation_refresh_seconds: float = 600.0
+    # Brands whose gateway issues AuthTokens (split shipment: a later AuthReq with the token,
+    # no cardholder): a comma list, "*" every brand, "" none.
+    subsequent_auth_brands: str = "*"
 
     # Where the stores live (setpay/store.py Rule 5): empty, a SQLite file per store under
     # the data dir; a postgresql:// URL (no password in it: PGPASSFILE), one schema per store

@@ -25,7 +25,7 @@ from actors.gateway.capture import ClearingService
 from actors.gateway.identity import GatewayIdentity, identity_path, journal_path, ledger_path
 from actors.gateway.ledger import Ledger
 from actors.gateway.pcert import PCertService
-from actors.gateway.service import GatewayService
+from actors.gateway.service import GatewayService, brand_allows
 from actors.iso8583.link import IsoLink
 from actors.iso8583.security import ZPK_LABEL
 from actors.party import PartyActor
@@ -112,6 +112,7 @@ class GatewayActor(PartyActor):
             clock=self.clock,
             peer_suite=ring.peer_suite,
             require_bci=True,  # seeded from registration: never authorize without revocation data
+            subsequent_auth=brand_allows(self.settings.subsequent_auth_brands, identity.brand),
         )
         # after authorization: capture, reversals, credits, batches (capture.py, batch.py)
         self.books = Books(books_path(self.settings.data_dir, self.instance))

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import sqlalchemy as sa
+from alembic.operations import Operations
 
 from actors.gateway.errors import GatewayError
 from protocol.messages import BatchItemKind
@@ -93,8 +94,15 @@ OUTBOX: Final = sa.Table(
     sa.Column("original_key", T(96)),  # an advice it reverses, else the authorization's RRN
     sa.Column("queued", sa.Boolean, nullable=False),
     sa.Column("created", I, nullable=False),
+    sa.Index("outbox_queued", "queued"),
 )  # fmt: skip
-SCHEMA: Final = Schema("gateway_books", _MD)
+
+
+def _index_outbox_queued(op: Operations) -> None:
+    op.create_index("outbox_queued", "outbox", ["queued"])
+
+
+SCHEMA: Final = Schema("gateway_books", _MD, steps=(_index_outbox_queued,))
 
 
 def books_path(data_dir: Path, instance: str) -> Path:
@@ -303,6 +311,11 @@ class Books:
         o = OUTBOX.c
         rows = self.db.all(sa.select(OUTBOX).where(sa.not_(o.queued)).order_by(o.created))
         return [_row(Advice, r) for r in rows]
+
+    def unqueued_count(self) -> int:
+        """Host messages committed and not yet in the link's journal (Rule 3)."""
+        o = OUTBOX.c
+        return int(self.db.scalar(sa.select(sa.func.count()).where(sa.not_(o.queued))))
 
     def advice_keys(self, merchant_id: str, batch_id: int) -> list[str]:
         """Every host message key the batch's items owe (their reversals' included)."""

@@ -21,6 +21,21 @@ to the host as field 52 of an 0200 (OPE purchases are sales; bank accounts as fi
 A bank account without a PIN is refused (``pinRequired``). A second opening of a PIN-bearing
 PI refused by the keystore's used-PI register answers ``piPreviouslyUsed``.
 Rule 5: logs and the ledger name XID, RRPID, codes and amounts, never PAN, expiry or secrets.
+Rule 6 (split shipment, set-protocol.md §3.4, §5): where the brand allows subsequent
+authorizations (``subsequent_auth``), an approved card authorization that leaves part of the
+purchase unauthorized (PurchAmt - AuthReqAmt > 0; never an OPE debit) carries an AuthToken in
+its AuthRes baggage: EncX(P, P, "AuthToken" → ``AuthTokenData`` {TransIDs, AuthRRPID, AuthAmt
+= the amount that may still be authorized, TokenOpaque = the RRN}, PANToken), sealed to this
+gateway's own key-exchange key and signed by it, opaque to the merchant. A later AuthReq with
+``SubsequentAuthInd`` carries the token as its baggage instead of a PI (no CheckDigests, no
+cardholder): a token that does not open under this gateway's key and signature is
+``decryptionFailure``; one of another purchase (XID) or of another merchant's authorization
+is ``unknownXID``; one already spent by an earlier AuthReq (another RRPID) is ``replay``
+(each token is spent once, like a PI: its id is held in the ledger's ``pi_id``, released when
+the host did not approve, so the merchant may try again); each an Error, nothing stored. An
+amount above the token's is AuthCode ``amountError``. An approved subsequent authorization is
+a new authorization at the issuer host (0100 under its own RRN) with its own CapToken, and a
+new AuthToken for what is left, if anything.
 """
 
 from __future__ import annotations
@@ -31,11 +46,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
+import sqlalchemy as sa
 from cryptography import x509
 
 from actors.entrypoint import SetHandler
 from actors.gateway.identity import GatewayIdentity
-from actors.gateway.ledger import Entry, Ledger, NewAuth, Outcome, PiUsed
+from actors.gateway.ledger import AUTHS, Entry, Ledger, NewAuth, Outcome, PiUsed
 from actors.iso8583 import spec
 from actors.iso8583.codes import ResponseCode
 from actors.iso8583.link import IsoLink, LinkRequest
@@ -64,6 +80,7 @@ from protocol.messages import (
     AuthResBaggage,
     AuthResData,
     AuthResPayload,
+    AuthTokenData,
     CapCode,
     CapResPayload,
     CapTokenData,
@@ -73,7 +90,7 @@ from protocol.messages import (
     ResponseData,
 )
 from protocol.set_error import ErrorSigner
-from protocol.treatments import make_enc
+from protocol.treatments import make_enc, make_encx, open_encx
 from protocol.wrapper import Decoded, MessageHeader
 from setpay.logs import get_logger
 
@@ -81,6 +98,8 @@ log = get_logger(component="gateway")
 
 CAP_TOKEN = "CapToken"  # noqa: S105 - a content type, not a secret
 PI_ID_LABEL = "gateway/PI-id"
+AUTH_TOKEN = "AuthToken"  # noqa: S105 - a content type, not a secret
+AUTH_TOKEN_ID_LABEL = "gateway/AuthToken-id"  # noqa: S105 - a digest label
 PIN_DEBIT_UNAVAILABLE = "pinDebitUnavailable"
 # ISO 4217 alphabetic → numeric (ISO 8583 field 49) for the currencies the test brands use.
 CURRENCY_NUMERIC = {"JPY": "392", "USD": "840", "EUR": "978", "GBP": "826"}
@@ -124,8 +143,10 @@ class Checked:
     merchant_kx: x509.Certificate
     refusal: Refusal | None = None
     pi_head: bytes = b""
-    account: pan.PANData | None = field(default=None, repr=False)
+    account: pan.PANData | pan.PANToken | None = field(default=None, repr=False)
     pin_block: bytes | None = field(default=None, repr=False)  # format 4 under the ZPK
+    purchase: CurrAmt | None = None  # PurchAmt, or what the AuthToken still allows (Rule 6)
+    spend_id: bytes | None = None  # what marks the PI or the AuthToken as spent
 
 
 def host_account(account: pan.Account) -> str:
@@ -138,6 +159,12 @@ def host_account(account: pan.Account) -> str:
 def rrn_of(rrpid: bytes) -> str:
     """The host RRN (field 37) of an RRPID: stable, so a retry reaches host idempotency."""
     return rrpid[:6].hex().upper()
+
+
+def brand_allows(brands: str, brand: str) -> bool:
+    """``subsequent_auth_brands`` (a comma list, ``*`` every brand) names ``brand``."""
+    names = {b.strip() for b in brands.split(",") if b.strip()}
+    return "*" in names or brand in names
 
 
 def pi_id_of(pi_head: bytes) -> bytes:
@@ -163,8 +190,10 @@ class GatewayService:
         trust: RevocationCache | None = None,
         require_bci: bool = False,
         peer_suite: Callable[[PublicKey], Suite] = suite_for_public_key,
+        subsequent_auth: bool = True,
     ) -> None:
         self.identity = identity
+        self.subsequent_auth = subsequent_auth  # Rule 6: AuthTokens for this brand
         # Revocation (actors/trust.py): the BCI/CRLs held beside the ledger. Without a
         # BCI held, ``require_bci`` refuses (missingCertificate); otherwise CRLs are skipped
         # until the operator's refresh brings one (see trust.refresh_from_ca).
@@ -273,8 +302,10 @@ class GatewayService:
         merchant_kx = self._merchant_kx(certs, merchant.merchant_id)
         checked = Checked(data, merchant.merchant_id, merchant_kx)
         if data.payload.subsequent_auth or data.check_digests is None:
-            checked.refusal = Refusal(AuthCode.INVALID_TRANSACTION, "authTokenUnsupported")
-            return checked
+            if not (data.payload.subsequent_auth and self.subsequent_auth):
+                checked.refusal = Refusal(AuthCode.INVALID_TRANSACTION, "authTokenUnsupported")
+                return checked
+            return await self._check_token(checked, pi)
         try:
             pid = codec.decode(dualsig.PIDualSigned, pi)
         except ProtocolError:
@@ -310,10 +341,53 @@ class GatewayService:
         checked.pi_head = view.pi_head
         checked.account = account
         checked.pin_block = view.pin_block
+        checked.purchase = head.inputs.purch_amt
+        checked.spend_id = pi_id_of(view.pi_head)
         checked.refusal = self._business(data, head, view.oi_digest, signer, account, ch_cert)
         if checked.refusal is None and account.account.kind is not pan.AccountKind.CARD:
             if view.pin_block is None:
                 checked.refusal = Refusal(AuthCode.INVALID_TRANSACTION, "pinRequired")
+        return checked
+
+    async def _check_token(self, checked: Checked, token: bytes) -> Checked:
+        """Rule 6: the AuthToken of a subsequent AuthReq, opened and matched."""
+        try:
+            opened = await open_encx(
+                self.kx_key, self.kx_thumb, token, public_key_of(self.identity.sig_cert),
+                AUTH_TOKEN,
+            )  # fmt: skip
+            assert opened.extra is not None
+            data = codec.decode(AuthTokenData, opened.content)
+            account = pan.decode_pan_token(opened.extra)
+        except (ProtocolError, BadRequest) as exc:
+            log.info("gateway_auth_token_refused", error=type(exc).__name__)
+            raise ProtocolError(
+                ErrorCode.DECRYPTION_FAILURE, "AuthToken does not open under this gateway"
+            ) from None
+        tags = checked.data.auth_tags
+        if data.trans_ids != tags.trans_ids:
+            raise ProtocolError(ErrorCode.UNKNOWN_XID, "AuthToken of another purchase")
+        a = AUTHS.c
+        origin = self.ledger.db.one(
+            sa.select(a.merchant_id, a.xid, a.rrn).where(a.rrpid == data.auth_rrpid)
+        )
+        if (
+            origin is None
+            or origin.merchant_id != checked.merchant_id
+            or bytes(origin.xid) != tags.trans_ids.xid
+            or (origin.rrn or "").encode("ascii") != data.token_opaque
+        ):
+            raise ProtocolError(ErrorCode.UNKNOWN_XID, "AuthToken of no authorization of yours")
+        checked.account = account
+        checked.purchase = data.auth_amt
+        checked.spend_id = primitives.labelled_digest(AUTH_TOKEN_ID_LABEL, data.auth_rrpid)
+        asked = checked.data.payload.auth_req_amt
+        if asked.currency != data.auth_amt.currency or not 0 < asked.amount <= data.auth_amt.amount:
+            checked.refusal = Refusal(AuthCode.AMOUNT_ERROR, "amountAboveAuthToken")
+        elif asked.currency not in self.currencies or asked.currency not in CURRENCY_NUMERIC:
+            checked.refusal = Refusal(AuthCode.INVALID_TRANSACTION, "currencyNotSupported")
+        elif checked.data.capture_now and not self.sale:
+            checked.refusal = Refusal(AuthCode.CAPTURE_NOT_SUPPORTED, "saleNotSupported")
         return checked
 
     def _merchant_kx(self, certs: list[x509.Certificate], merchant_id: str) -> x509.Certificate:
@@ -391,11 +465,12 @@ class GatewayService:
             return await self._refuse(checked, new, checked.refusal)
         try:
             entry = self.ledger.reserve(
-                NewAuth(
-                    **{**_fields(new), "pi_id": pi_id_of(checked.pi_head), "rrn": rrn_of(rrpid)}
-                )
+                NewAuth(**{**_fields(new), "pi_id": checked.spend_id, "rrn": rrn_of(rrpid)})
             )
         except PiUsed:
+            if data.payload.subsequent_auth:  # Rule 6: a spent AuthToken, nothing stored
+                log.info("gateway_auth_token_reused")
+                raise ProtocolError(ErrorCode.REPLAY, "AuthToken already spent") from None
             log.info("gateway_pi_reused")
             return await self._refuse(checked, new, Refusal(AuthCode.PI_PREVIOUSLY_USED, "piUsed"))
         if entry.state == "done":
@@ -425,6 +500,10 @@ class GatewayService:
             rrn_of(rrpid),
         )
         cap_token = await self._cap_token(rrpid, auth_amt) if approved else None
+        auth_token = None
+        left = 0 if checked.purchase is None else checked.purchase.amount - amt.amount
+        if approved and self.subsequent_auth and not debit and left > 0:
+            auth_token = await self._auth_token(data, rrpid, CurrAmt(amt.currency, left), account)
         sale = (
             CapResPayload(CapCode.SUCCESS, auth_amt, None, None)
             if approved and data.capture_now
@@ -434,7 +513,7 @@ class GatewayService:
             checked,
             AuthResPayload(auth_amt, code, response),
             sale,
-            AuthResBaggage(cap_token, None, None),
+            AuthResBaggage(cap_token, None, auth_token),
         )
         done = self.ledger.finish(
             rrpid,
@@ -445,7 +524,8 @@ class GatewayService:
                 result.approval_code or None,
                 pw.AUTH_RES_TYPE,
                 reply,
-                release_pi=result.retryable,
+                # a PI may be retried after a timeout; an AuthToken after any non-approval
+                release_pi=result.retryable or (data.payload.subsequent_auth and not approved),
             ),
         )
         log.info(
@@ -484,6 +564,18 @@ class GatewayService:
             CAP_TOKEN,
             codec.encode(token),
         )
+
+    async def _auth_token(
+        self, data: AuthReqData, rrpid: bytes, left: CurrAmt, account: object
+    ) -> bytes:
+        """Rule 6: AuthToken = EncX(P, P, AuthTokenData, PANToken), sealed to this gateway."""
+        assert isinstance(account, (pan.PANData, pan.PANToken))
+        token = AuthTokenData(data.auth_tags.trans_ids, rrpid, left, rrn_of(rrpid).encode("ascii"))
+        extra = codec.encode(pan.make_pan_token(account.account, account.expiry))
+        return await make_encx(
+            self.sig_key, self.sig_thumb, self.peer_suite(self.kx_public), self.kx_public,
+            self.kx_thumb, AUTH_TOKEN, codec.encode(token), extra,
+        )  # fmt: skip
 
     async def _auth_res(
         self,

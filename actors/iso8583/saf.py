@@ -65,6 +65,7 @@ SAF: Final = sa.Table(
     sa.Column("done_at", sa.Float),
     sa.Column("key", sa.String(), unique=True),  # Rule 5: the caller's key, if it gave one
     sa.CheckConstraint("state IN ('pending', 'acked', 'failed')", name="saf_state"),
+    sa.Index("saf_state_ix", "state"),  # what is still owed, counted without a scan
     sqlite_autoincrement=True,  # ids are never reused: the queue's order is the id's
 )
 
@@ -75,7 +76,11 @@ def _add_saf_key(op: Operations) -> None:
         batch.create_unique_constraint("uq_saf_key", ["key"])
 
 
-SCHEMA: Final = Schema("iso8583_journal", _MD, steps=(_add_saf_key,))
+def _index_saf_state(op: Operations) -> None:
+    op.create_index("saf_state_ix", "saf", ["state"])
+
+
+SCHEMA: Final = Schema("iso8583_journal", _MD, steps=(_add_saf_key, _index_saf_state))
 STAN_BLOCK: Final = 64
 # Fields a reversal copies from its original; none is sensitive.
 REVERSAL_FIELDS: Final = ("3", "4", "32", "37", "41", "42", "49")
@@ -332,6 +337,13 @@ class Journal:
                     done_at=self.clock(),
                 )
             )
+
+    def unsettled_count(self) -> int:
+        """Entries not acknowledged by the host: pending, or failed for good."""
+        q = SAF.c
+        return int(
+            self.db.scalar(sa.select(sa.func.count()).where(q.state.in_(("pending", "failed"))))
+        )
 
     def pending_count(self) -> int:
         q = SAF.c

@@ -13,6 +13,13 @@ from its store. The answer's outcome and the payments' new states commit in one 
 Rule 3: the merchant never sees a PAN: it returns the gateway's CapTokens unopened (they are
 sealed to the gateway) and keeps them as opaque bytes; an AuthRevRes's new CapToken replaces
 the old one.
+Rule 5 (split shipment): ``authorize_next`` sends a subsequent AuthReq for an order whose
+purchase left part of its amount unauthorized: the gateway's AuthToken (kept opaque on the
+order) replaces the PI, no cardholder takes part. The request is committed before it is sent
+and sent again with the same bytes while unanswered. An approved one is a payment of its own
+(a shipment: a new id, its own AuthRRPID and CapToken, ``parent`` = the order), captured,
+reversed and refunded like any other; the AuthToken the answer carries (if any) replaces the
+spent one.
 Rule 4: answers are verified as every gateway answer (signature chain to the brand's root
 with revocation, sealed to the merchant's key-exchange key, RRPID and header ids) before any
 state changes; a SET Error from the gateway is ``RemoteError`` and moves each payment back.
@@ -76,6 +83,7 @@ from protocol.messages import (
     SaleDetail,
     TransIDs,
 )
+from protocol.payment import AUTH_REQ_TYPE, build_auth_req, wrap_auth_req
 from protocol.set_error import RemoteError, expect_reply
 from protocol.signed import SignedData, open_signed, sign_data
 from protocol.states import Machine, MachineKind, MerchantPayment, Outcome
@@ -102,6 +110,29 @@ class Payment:
     cap_payload: bytes | None
     batch_id: int | None
     pending: bytes | None
+    auth_rrpid: bytes | None = None  # a shipment's own (Rule 5); else the order's
+    trans_ids: bytes | None = None
+    parent: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NextShipment:
+    """The outcome of ``authorize_next``: the shipment's payment id (approved only), the
+    gateway's AuthCode or SET Error name, the amount authorized, whether more may follow."""
+
+    lid_m: bytes | None
+    code: str
+    amount: int
+    more: bool
+
+    @property
+    def ok(self) -> bool:
+        return self.code == "APPROVED"
+
+
+@dataclass(frozen=True, slots=True)
+class _Trans:
+    trans_ids: TransIDs
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,7 +231,8 @@ class MerchantAfter:
         auth_tags = AuthTags(ids.new_rrpid(), MerTermIDs(m.merchant_id, None, None), now, trans)
         original = AuthReqData(
             AuthTags(self._auth_rrpid(lid_m), MerTermIDs(m.merchant_id, None, None), now, trans),
-            None, AuthReqPayload(False, order.amount, None, None, None), order.sale, None,
+            None, AuthReqPayload(p.parent is not None, order.amount, None, None, None),
+            order.sale, None,
         )  # fmt: skip
         payload = AuthResPayload(
             CurrAmt(p.currency, p.authorized), AuthCode.APPROVED,
@@ -308,6 +340,88 @@ class MerchantAfter:
         log.info("merchant_gateway_certs_fetched", merchant_id=merchant_id, brand=m.brand)
         return kx
 
+    async def authorize_next(self, lid_m: bytes, amount: int) -> NextShipment:
+        """Rule 5: authorize the next shipment of ``lid_m`` for ``amount`` with the order's
+        AuthToken (SubsequentAuthInd; no PI, no cardholder)."""
+        s = self.s
+        order = self._order(lid_m)
+        if order.auth_token is None or order.trans_ids is None:
+            raise ProtocolError(ErrorCode.STATE_VIOLATION, "no AuthToken for this order")
+        m = s._merchant(order.merchant_id)
+        trans = codec.decode(TransIDs, order.trans_ids)
+        r = REQUESTS.c
+        pending = self.db.one(sa.select(REQUESTS).where(
+            r.msg_type == int(M.AUTH_REQ), r.lid_ms == codec.packb([lid_m]), r.answer.is_(None),
+        ))  # fmt: skip
+        if pending is not None:  # Rule 5: the same bytes again
+            wrapped, rrpid = bytes(pending.request), bytes(pending.rrpid)
+        else:
+            if amount <= 0:
+                raise MerchantError("the shipment's amount must be positive")
+            now = s.clock.now_ms()
+            rrpid = ids.new_rrpid()
+            data = AuthReqData(
+                AuthTags(rrpid, MerTermIDs(m.merchant_id, None, None), now, trans), None,
+                AuthReqPayload(True, CurrAmt(order.amount.currency, amount), None, None, None),
+                False, None,
+            )  # fmt: skip
+            trust = s._trust(m)
+            gw_kx, _ = s._gateway_cert(m.brand, trust)
+            gw_public = public_key_of(gw_kx)
+            key = await s.keys(m.sig_label)
+            req = await build_auth_req(
+                key, cert_thumbprint(load_certificate(m.sig_cert)), s.peer_suite(gw_public),
+                gw_public, cert_thumbprint(gw_kx), data, order.auth_token,
+                list(dict.fromkeys([m.sig_cert, m.kx_cert, *m.chain])),
+            )  # fmt: skip
+            wrapped = wrap_auth_req(now, req, data)
+            with s.store.transaction() as db:  # committed before it is sent
+                db.execute(sa.insert(REQUESTS).values(
+                    rrpid=rrpid, merchant_id=m.merchant_id, msg_type=int(M.AUTH_REQ),
+                    lid_ms=codec.packb([lid_m]), request=wrapped, created=now,
+                ))  # fmt: skip
+        if s.gateway is None:
+            raise MerchantError("no gateway link configured")
+        try:
+            _, reply = await s.gateway.request_raw(AUTH_REQ_TYPE, wrapped)
+        except (TimeoutError, BrokerError) as exc:
+            log.warning("merchant_gateway_silent", msg="AuthReq", error=type(exc).__name__)
+            raise MerchantError("the gateway did not answer; the request stays pending") from None
+        now = s.clock.now_ms()
+        try:
+            res, baggage = await s._open_auth_res(m, s._trust(m), reply, rrpid, _Trans(trans))
+        except RemoteError as exc:  # refused as a message: the token stays as it was
+            log.warning("merchant_next_shipment_refused", code=exc.code.name)
+            with s.store.transaction() as db:
+                db.execute(sa.update(REQUESTS).where(r.rrpid == rrpid)
+                           .values(answer=codec.packb(exc.code.name)))  # fmt: skip
+            return NextShipment(None, exc.code.name, 0, True)
+        code = res.payload.auth_code
+        approved = code is AuthCode.APPROVED and baggage.cap_token is not None
+        shipment = ids.new_lid() if approved else None
+        with s.store.transaction() as db:
+            if approved:
+                db.execute(sa.insert(PAYMENTS).values(
+                    lid_m=shipment, merchant_id=m.merchant_id, state=_MP.AUTHORIZED,
+                    currency=res.payload.auth_amt.currency,
+                    authorized=res.payload.auth_amt.amount, captured=0, credited=0,
+                    cap_token=baggage.cap_token, updated=now, auth_rrpid=rrpid,
+                    trans_ids=order.trans_ids, parent=lid_m,
+                ))  # fmt: skip
+                s.store.update_order(db, lid_m, now, auth_token=baggage.auth_token)
+            db.execute(sa.update(REQUESTS).where(r.rrpid == rrpid)
+                       .values(answer=codec.encode(res)))  # fmt: skip
+        more = (baggage.auth_token is not None) if approved else True
+        log.info("merchant_next_shipment", merchant_id=m.merchant_id, code=code.name,
+                 amount=res.payload.auth_amt.amount, more=more)  # fmt: skip
+        return NextShipment(shipment, code.name, res.payload.auth_amt.amount, more)
+
+    def shipments(self, lid_m: bytes) -> list[Payment]:
+        """The next shipments' payments of an order (Rule 5)."""
+        p = PAYMENTS.c
+        rows = self.db.all(sa.select(PAYMENTS).where(p.parent == lid_m).order_by(p.updated))
+        return [_payment(r) for r in rows]
+
     async def resend(self, rrpid: bytes) -> list[ItemResult]:
         """Send a pending request again (Rule 2): the same bytes, the gateway's stored answer."""
         r = REQUESTS.c
@@ -355,7 +469,8 @@ class MerchantAfter:
                     "currency": p.currency, "authorized": p.authorized, "captured": p.captured,
                     "credited": p.credited, "cap_token": p.cap_token,
                     "cap_payload": p.cap_payload, "batch_id": p.batch_id, "pending": rrpid,
-                    "updated": now, **extra.get(p.lid_m, {}),
+                    "updated": now, "auth_rrpid": p.auth_rrpid, "trans_ids": p.trans_ids,
+                    "parent": p.parent, **extra.get(p.lid_m, {}),
                 }  # fmt: skip
                 db.execute(self.s.store.db.upsert(PAYMENTS, values))
             db.execute(sa.insert(REQUESTS).values(
@@ -514,17 +629,32 @@ class MerchantAfter:
         return self.s._merchant(ids_.pop())
 
     def _order(self, lid_m: bytes) -> OrderRow:
+        """The order of ``lid_m``: itself, or the order a shipment belongs to (Rule 5)."""
         order = self.s.store.order(lid_m)
+        if order is None:
+            p = self._row(lid_m)
+            if p is not None and p.parent is not None:
+                order = self.s.store.order(p.parent)
         if order is None:
             raise ProtocolError(ErrorCode.UNKNOWN_LID, "no such order")
         return order
 
+    def _row(self, lid_m: bytes) -> Payment | None:
+        row = self.db.one(sa.select(PAYMENTS).where(PAYMENTS.c.lid_m == lid_m))
+        return None if row is None else _payment(row)
+
     def _trans(self, lid_m: bytes) -> TransIDs:
+        p = self._row(lid_m)
+        if p is not None and p.trans_ids is not None:
+            return codec.decode(TransIDs, p.trans_ids)
         order = self._order(lid_m)
         assert order.trans_ids is not None
         return codec.decode(TransIDs, order.trans_ids)
 
     def _auth_rrpid(self, lid_m: bytes) -> bytes:
+        p = self._row(lid_m)
+        if p is not None and p.auth_rrpid is not None:
+            return p.auth_rrpid
         order = self._order(lid_m)
         assert order.auth_rrpid is not None
         return order.auth_rrpid
@@ -539,4 +669,6 @@ def _payment(row: Any) -> Payment:
         int(row.captured), int(row.credited), bytes(row.cap_token),
         None if row.cap_payload is None else bytes(row.cap_payload), row.batch_id,
         None if row.pending is None else bytes(row.pending),
+        *(None if getattr(row, c) is None else bytes(getattr(row, c))
+          for c in ("auth_rrpid", "trans_ids", "parent")),
     )  # fmt: skip

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Final
 
 import sqlalchemy as sa
+from alembic.operations import Operations
 
 from setpay.store import Schema
 
@@ -31,6 +32,11 @@ PAYMENTS: Final = sa.Table(
     sa.Column("batch_id", I),
     sa.Column("pending", B),  # the RRPID of the request in flight
     sa.Column("updated", I, nullable=False),
+    # a next shipment's authorization (AuthToken): its own AuthRRPID, the purchase's TransIDs
+    # and the order it ships (``parent``); NULL for an order's own authorization
+    sa.Column("auth_rrpid", B),
+    sa.Column("trans_ids", B),
+    sa.Column("parent", B, index=True),
 )  # fmt: skip
 REQUESTS: Final = sa.Table(
     "after_requests", _MD,
@@ -49,4 +55,12 @@ BATCHES: Final = sa.Table(
     sa.Column("last", B, nullable=False),  # the newest BatchAdminResData
     sa.Column("updated", I, nullable=False),
 )  # fmt: skip
-SCHEMA: Final = Schema("merchant_after", _MD)
+
+
+def _v2_shipments(op: Operations) -> None:
+    for name in ("auth_rrpid", "trans_ids", "parent"):
+        op.add_column("payments", sa.Column(name, B))
+    op.create_index("ix_payments_parent", "payments", ["parent"])
+
+
+SCHEMA: Final = Schema("merchant_after", _MD, steps=(_v2_shipments,))

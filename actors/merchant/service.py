@@ -182,19 +182,26 @@ class MerchantService:
         )  # fmt: skip
 
     def create_order(
-        self, merchant_id: str, description: str, amount: CurrAmt, *, sale: bool = False
+        self, merchant_id: str, description: str, amount: CurrAmt, *, sale: bool = False,
+        first_shipment: int | None = None,
     ) -> bytes:
-        """Record an order the cardholder agreed to on the shop; returns its LID-M."""
+        """Record an order the cardholder agreed to on the shop; returns its LID-M. With
+        ``first_shipment``, the purchase authorizes only that much (split shipment: the
+        gateway's AuthToken authorizes the next shipments, ``after.authorize_next``)."""
         if self.store.merchant(merchant_id) is None:
             raise MerchantError(f"merchant {merchant_id!r} is not hosted here")
         if not description or len(description) > MAX_DESCRIPTION:
             raise MerchantError("order description must be 1-4096 characters")
         if amount.amount <= 0 or len(amount.currency) != 3:
             raise MerchantError("amount must be positive, in an ISO 4217 currency")
+        if first_shipment is not None and not 0 < first_shipment < amount.amount:
+            raise MerchantError("the first shipment must be above 0 and below the amount")
+        if first_shipment is not None and sale:
+            raise MerchantError("a split shipment is not a sale")
         lid_m = ids.new_lid()
         self.store.add_order(
             lid_m, merchant_id, description, amount, sale, merchant_order().to_bytes(),
-            self.clock.now_ms(),
+            self.clock.now_ms(), first_shipment,
         )  # fmt: skip
         return lid_m
 
@@ -429,7 +436,7 @@ class MerchantService:
         data = AuthReqData(
             AuthTags(rrpid, MerTermIDs(m.merchant_id, None, None), now, oi.trans_ids),
             CheckDigests(dualsig.oi_digest(p.req.oi_data), oi.hod),
-            AuthReqPayload(False, order.amount, None, None, None),
+            AuthReqPayload(False, self._asked(order), None, None, None),
             order.sale,
             None,
         )
@@ -448,6 +455,13 @@ class MerchantService:
             list(dict.fromkeys(certs)),
         )
         return wrap_auth_req(now, auth_req, data), rrpid
+
+    @staticmethod
+    def _asked(order: OrderRow) -> CurrAmt:
+        """AuthReqAmt of the purchase: the first shipment's, or the whole amount."""
+        if order.first_amount is None:
+            return order.amount
+        return CurrAmt(order.amount.currency, order.first_amount)
 
     async def _open_auth_res(
         self, m: MerchantRow, trust: Trust, reply: bytes, auth_rrpid: bytes, oi: OIData
@@ -527,6 +541,7 @@ class MerchantService:
                     completion = CompletionCode.CAPTURE_PERFORMED
                     cols["cap_amount"] = cap.cap_amt.amount
             cap_token, acq_card_msg = baggage.cap_token, baggage.acq_card_msg
+            cols["auth_token"] = baggage.auth_token  # opaque, sealed to the gateway
             cols.update(auth_code=int(payload.auth_code), auth_amount=payload.auth_amt.amount)
         machine.send(MessageType.PRES)
         pres = PResData(

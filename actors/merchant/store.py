@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Final
 
 import sqlalchemy as sa
+from alembic.operations import Operations
 
-from actors.merchant.payments import SCHEMA as PAYMENTS_SCHEMA
 from actors.merchant.operators import OPERATORS
+from actors.merchant.payments import SCHEMA as PAYMENTS_SCHEMA
 from actors.web.sessions import SESSIONS
 from protocol import codec
 from protocol.messages import CurrAmt
@@ -69,8 +70,19 @@ ORDERS: Final = sa.Table(
     sa.Column("pres_data", B),
     sa.Column("created", I, nullable=False),
     sa.Column("updated", I, nullable=False),
+    # split shipment: the first authorization asks only ``first_amount`` of the purchase; the
+    # gateway's AuthToken for the rest is kept opaque, replaced at each next shipment
+    sa.Column("first_amount", I),
+    sa.Column("auth_token", B),
 )  # fmt: skip
-SCHEMA: Final = Schema("merchant", _MD)
+
+
+def _v2_split_shipment(op: Operations) -> None:
+    op.add_column("orders", sa.Column("first_amount", I))
+    op.add_column("orders", sa.Column("auth_token", B))
+
+
+SCHEMA: Final = Schema("merchant", _MD, steps=(_v2_split_shipment,))
 
 
 @dataclass(frozen=True)
@@ -112,6 +124,8 @@ class OrderRow:
     cap_amount: int | None
     cap_token: bytes | None
     pres_data: bytes | None
+    first_amount: int | None = None
+    auth_token: bytes | None = None
 
 
 def _list(data: bytes) -> list[bytes]:
@@ -176,14 +190,14 @@ class MerchantStore:
 
     def add_order(
         self, lid_m: bytes, merchant_id: str, description: str, amount: CurrAmt, sale: bool,
-        state: bytes, now_ms: int,
+        state: bytes, now_ms: int, first_amount: int | None = None,
     ) -> None:  # fmt: skip
         with self.transaction() as db:
             db.execute(
                 sa.insert(ORDERS).values(
                     lid_m=lid_m, merchant_id=merchant_id, description=description,
                     currency=amount.currency, amount=amount.amount, sale=sale, state=state,
-                    created=now_ms, updated=now_ms,
+                    created=now_ms, updated=now_ms, first_amount=first_amount,
                 )
             )  # fmt: skip
 
@@ -196,7 +210,7 @@ class MerchantStore:
             bool(r.sale), r.state, r.xid, r.trans_ids, r.chall_c, r.chall_m,
             r.pe_thumb, r.brand, r.bin, r.preq_digest, r.cardholder_thumb,
             r.auth_req, r.auth_rrpid, r.completion, r.auth_code, r.auth_amount,
-            r.cap_amount, r.cap_token, r.pres_data,
+            r.cap_amount, r.cap_token, r.pres_data, r.first_amount, r.auth_token,
         )  # fmt: skip
 
     def order(self, lid_m: bytes) -> OrderRow | None:

@@ -24,6 +24,12 @@ Rule 5: memory is bounded by the traffic of one ``window`` of trace time (defaul
 protocol's date window: a request older than that is refused for freshness anyway), not by
 the file's length: transactions, requests and answers quiet for longer are closed and
 forgotten (a later message of a forgotten transaction is checked as the start of a new one).
+Rule 6: split shipment. Once a purchase's PRes went back to the cardholder, an AuthReq under
+its XID from the merchant is a next shipment's subsequent authorization (the AuthToken in the
+PI's place, set-protocol.md §5): a new authorization, checked as its own transaction (the
+gateway's table from its start, keyed by XID and the AuthReq's RRPID, its AuthRes with it).
+What this cannot see: a next shipment whose purchase is older than the window (or than the
+trace) is checked as the start of a purchase, and reported.
 """
 
 from __future__ import annotations
@@ -91,6 +97,7 @@ class _Txn:
     )
     terminal: bool = False
     t_ns: int = 0
+    paid: bool = False  # the PRes went back: a later AuthReq is a next shipment (Rule 6)
 
 
 def _next(table: Table, states: frozenset[str], d: Direction, t: M) -> frozenset[str]:
@@ -218,10 +225,30 @@ class Checker:
 
     # -- machines --------------------------------------------------------------------------
 
+    def _shipment(self, m: WireMessage) -> _Txn | None:
+        """Rule 6: the transaction of a next shipment's AuthReq (and of its answer, asked with
+        the same AuthReq), or None if ``m`` is no such AuthReq."""
+        if m.msg_type is not M.AUTH_REQ or m.xid is None or m.rrpid is None:
+            return None
+        key = m.xid + b"/" + m.rrpid
+        txn = self._txns.get(key)
+        if txn is None:
+            purchase = self._txns.get(m.xid)
+            if purchase is None or not purchase.paid:
+                return None
+            txn = self._txns[key] = _Txn(f"{m.xid.hex()}/{m.rrpid.hex()[:16]}", False)
+            txn.machines[_K.GATEWAY_TRANSACTION] = frozenset({TABLES[_K.GATEWAY_TRANSACTION][1]})
+        self._txns.move_to_end(key)
+        txn.t_ns = m.t_ns
+        return txn
+
     def _txn(self, m: WireMessage, a: str, b: str) -> _Txn | None:
         edge = _EDGES.get(frozenset({a, b}))
         if edge is None:
             return None
+        shipment = self._shipment(m)
+        if shipment is not None:
+            return shipment
         if m.xid is not None:
             key, label, any_state = m.xid, m.xid.hex(), False
         else:  # no XID on the wire: this one exchange, from any state (Rule 1)
@@ -275,6 +302,8 @@ class Checker:
         self, txn: _Txn, m: WireMessage, events: tuple[tuple[MachineKind, Direction], ...]
     ) -> Iterator[Violation]:
         why = self._try(txn, m, events)
+        if not why and m.msg_type is M.PRES:
+            txn.paid = True
         if why:
             if len(txn.held) >= MAX_HELD:
                 yield Violation(txn.label, m.offset, "order", why)
@@ -288,6 +317,7 @@ class Checker:
                 if not self._try(txn, item[0], item[1]):
                     txn.held.remove(item)
                     progress = True
+                    txn.paid = txn.paid or item[0].msg_type is M.PRES
 
     def _close(self, txn: _Txn) -> Iterator[Violation]:
         for m, _, why in txn.held:

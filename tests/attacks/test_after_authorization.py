@@ -18,21 +18,27 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from actors.gateway.actor import GatewayActor
 from actors.gateway.identity import identity_path, ledger_path, register
 from actors.issuer.accounts import Store
 from actors.issuer.host import IssuerHost
 from actors.issuer.seed import seed
+from actors.merchant.payments import REQUESTS
 from actors.merchant.service import MerchantService
 from actors.merchant.store import MerchantRow, MerchantStore
 from broker.peer import PeerLink
 from keystore.keyring import KeyRing
 from protocol import clearing, codec, ids, pan
+from protocol import payment as pw
 from protocol.certs import cert_thumbprint, certificate_der, public_key_of
 from protocol.keys import get_suite, suite_for_public_key
 from protocol.messages import (
     AuthCode,
+    AuthReqData,
+    AuthReqPayload,
+    AuthTags,
     BAStatus,
     BatchAdminReqData,
     BatchOperation,
@@ -46,6 +52,7 @@ from protocol.messages import (
     IDData,
     MerTermIDs,
     RRTags,
+    TransIDs,
 )
 from protocol.requester import CAClient, register_cardholder, register_entity
 from protocol.states import merchant_order
@@ -179,20 +186,25 @@ async def world(
         host_store.close()
 
 
-async def authorized(env: GatewayEnv, pos: MerchantService, amount: int) -> tuple[bytes, Any]:
-    p = await env.purchase("after", amount)
+async def authorized(
+    env: GatewayEnv, pos: MerchantService, amount: int, first: int | None = None
+) -> tuple[bytes, Any]:
+    """One purchase authorized (``first``: only the first shipment of it, with an AuthToken
+    for the rest), recorded at the victim's POS as its PReq flow does."""
+    p = await env.purchase("after", amount, auth_amount=first)
     data, baggage = await env.authorize(p, "after")
     assert data.payload.auth_code is AuthCode.APPROVED
+    assert (baggage.auth_token is not None) == (first is not None)
     trans = p.data.auth_tags.trans_ids
     assert trans.lid_m is not None
     now = ids.SystemClock().now_ms()
     pos.store.add_order(trans.lid_m, MERCHANT_ID, "a book", CurrAmt("JPY", amount), False,
-                        merchant_order().to_bytes(), now)  # fmt: skip
+                        merchant_order().to_bytes(), now, first)  # fmt: skip
     with pos.store.transaction() as db:
         pos.store.update_order(
             db, trans.lid_m, now, xid=trans.xid, trans_ids=codec.encode(trans),
-            auth_rrpid=p.data.auth_tags.rrpid, auth_code=0, auth_amount=amount,
-            cap_token=baggage.cap_token,
+            auth_rrpid=p.data.auth_tags.rrpid, auth_code=0, auth_amount=first or amount,
+            cap_token=baggage.cap_token, auth_token=baggage.auth_token,
         )  # fmt: skip
     return trans.lid_m, p.data
 
@@ -272,3 +284,109 @@ async def test_the_books_hold_no_card_number(world: Any) -> None:
     folders = [data_dir / "gateway" / "gw7", data_dir / "merchant"]
     blobs = [b for folder in folders for b in files_bytes(folder)]
     assert blobs and all(number not in b for b in blobs)
+
+
+# -- split shipment: AuthTokens ------------------------------------------------------------------
+
+
+async def token_auth_req(
+    env: GatewayEnv, sig: Any, certs: list[Any], merchant_id: str, trans: TransIDs,
+    amount: int, token: bytes,
+) -> bytes:  # fmt: skip
+    """A wrapped subsequent AuthReq (SubsequentAuthInd, the AuthToken as its baggage)."""
+    now = ids.SystemClock().now_ms()
+    data = AuthReqData(
+        AuthTags(ids.new_rrpid(), MerTermIDs(merchant_id, None, None), now, trans), None,
+        AuthReqPayload(True, CurrAmt("JPY", amount), None, None, None), False, None,
+    )  # fmt: skip
+    gw_kx = public_key_of(env.identity.kx_cert)
+    req = await pw.build_auth_req(
+        sig, cert_thumbprint(certs[0]), suite_for_public_key(gw_kx), gw_kx,
+        cert_thumbprint(env.identity.kx_cert), data, token, [certificate_der(c) for c in certs],
+    )  # fmt: skip
+    return pw.wrap_auth_req(now, req, data)
+
+
+def ledger_rows(env: GatewayEnv) -> int:
+    with sqlite3.connect(env.ledger_path) as db:
+        return int(db.execute("SELECT COUNT(*) FROM auths").fetchone()[0])
+
+
+async def test_a_tampered_auth_token_authorizes_nothing(world: Any) -> None:
+    env, pos, _, _ = world
+    lid, auth = await authorized(env, pos, 9_000, first=3_000)
+    token = pos.store.order(lid).auth_token
+    await env.actor.link.saf_idle()
+    before, rows = host_card(env), ledger_rows(env)
+    trans = auth.auth_tags.trans_ids
+    for at in (len(token) // 3, len(token) // 2, len(token) - 5):  # wrap, body, tag
+        bad = bytearray(token)
+        bad[at] ^= 0x01
+        wrapped = await token_auth_req(env, env.m_sig, env.m_certs, MERCHANT_ID, trans, 1_000,
+                                       bytes(bad))  # fmt: skip
+        _, reply = await env.client.request_raw(pw.AUTH_REQ_TYPE, wrapped)
+        assert error_code(reply).name in ("DECRYPTION_FAILURE", "DECODING_FAILURE"), at
+    wrapped = await token_auth_req(
+        env, env.m_sig, env.m_certs, MERCHANT_ID, trans, 1_000, auth.auth_tags.rrpid
+    )  # not a token at all
+    _, reply = await env.client.request_raw(pw.AUTH_REQ_TYPE, wrapped)
+    assert error_code(reply).name in ("DECRYPTION_FAILURE", "DECODING_FAILURE")
+    await env.actor.link.saf_idle()
+    assert (host_card(env), ledger_rows(env)) == (before, rows)
+    # the genuine token still works: nothing was spent by the forgeries
+    shipped = await pos.after.authorize_next(lid, 6_000)
+    assert (shipped.code, shipped.amount, shipped.more) == ("APPROVED", 6_000, False)
+
+
+async def test_another_merchants_auth_token_authorizes_nothing(world: Any) -> None:
+    env, pos, attacker, _ = world
+    lid, auth = await authorized(env, pos, 8_000, first=2_000)
+    token = pos.store.order(lid).auth_token
+    await env.actor.link.saf_idle()
+    before, rows = host_card(env), ledger_rows(env)
+    trans = auth.auth_tags.trans_ids
+    wrapped = await token_auth_req(env, attacker.sig, attacker.certs, ATTACKER_ID, trans, 2_000,
+                                   token)  # fmt: skip
+    _, reply = await attacker.link.request_raw(pw.AUTH_REQ_TYPE, wrapped)
+    assert error_code(reply).name == "UNKNOWN_XID"
+    # under the victim's merchant id with its own signature: the message itself is refused
+    wrapped = await token_auth_req(env, attacker.sig, attacker.certs, MERCHANT_ID, trans, 2_000,
+                                   token)  # fmt: skip
+    _, reply = await attacker.link.request_raw(pw.AUTH_REQ_TYPE, wrapped)
+    assert error_code(reply).name == "INVALID_FIELD"
+    await env.actor.link.saf_idle()
+    assert (host_card(env), ledger_rows(env)) == (before, rows)
+    assert pos.store.order(lid).auth_token == token
+    shipped = await pos.after.authorize_next(lid, 2_000)
+    assert shipped.ok and shipped.more
+
+
+async def test_a_replayed_auth_token_request_authorizes_once(world: Any) -> None:
+    env, pos, _, _ = world
+    lid, auth = await authorized(env, pos, 7_000, first=1_000)
+    spent = pos.store.order(lid).auth_token
+    shipped = await pos.after.authorize_next(lid, 2_500)
+    assert shipped.ok and shipped.more
+    [sent] = [r for r in pos.after.db.all(sa.select(REQUESTS)) if r.msg_type == 10
+              and bytes(r.request) and codec.unpackb(r.lid_ms) == [lid]]  # fmt: skip
+    await env.actor.link.saf_idle()
+    before, rows = host_card(env), ledger_rows(env)
+    # the very same request again: the stored answer, nothing twice
+    _, first = await env.client.request_raw(pw.AUTH_REQ_TYPE, bytes(sent.request))
+    _, again = await env.client.request_raw(pw.AUTH_REQ_TYPE, bytes(sent.request))
+    assert first == again
+    # the spent token under a new RRPID: replay, whatever the amount
+    trans = auth.auth_tags.trans_ids
+    for amount in (2_500, 1_000):
+        wrapped = await token_auth_req(env, env.m_sig, env.m_certs, MERCHANT_ID, trans, amount,
+                                       spent)  # fmt: skip
+        _, reply = await env.client.request_raw(pw.AUTH_REQ_TYPE, wrapped)
+        assert error_code(reply).name == "REPLAY"
+    assert ledger_rows(env) == rows  # neither the replay nor the spent token was recorded
+    # the new token beyond what it allows: amountError, nothing authorized, token not spent
+    over = await pos.after.authorize_next(lid, 3_600)
+    assert (over.code, over.amount, over.lid_m) == ("AMOUNT_ERROR", 0, None)
+    await env.actor.link.saf_idle()
+    assert host_card(env) == before
+    last = await pos.after.authorize_next(lid, 3_500)
+    assert (last.code, last.amount, last.more) == ("APPROVED", 3_500, False)

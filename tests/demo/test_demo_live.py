@@ -76,6 +76,25 @@ def test_every_outcome_row_is_the_expected_one(demo_run: tuple[Path, str]) -> No
     assert "rows as expected" in out
 
 
+def test_after_authorization_rows_and_the_reconciled_batch(demo_run: tuple[Path, str]) -> None:
+    """Issue 12's rows, driven through the POS's HTTPS API (demo_cases.py Rule 5): each moved
+    what it says, and the batch's totals at close equal the issuer host's own sums."""
+    _, out = demo_run
+    assert "SUCCESS 3000" in _row(out, "partial capture, 3000 of 5000")
+    assert "SUCCESS 1000" in _row(out, "refund 1000 of the capture")
+    assert "next APPROVED 4000, captured SUCCESS 4000" in _row(
+        out, "split shipment: 2000, then 4000 by AuthToken"
+    )
+    assert "APPROVED 0" in _row(out, "authorization reversal, all of 2500")
+    assert "SUCCESS 1800" in _row(out, "capture reversal of 1800")
+    assert "SUCCESS 500" in _row(out, "credit reversal of a 500 refund")
+    close = _row(out, "close, totals")
+    assert demo_cases.BATCH_SETTLED in close and "expected" not in close
+    # the numbers printed: live captures 3000 + 2000 + 4000 (the 1800 reversed), one 1000
+    # refund (the 500 reversed); "= issuer host" only when the host's sums are the same
+    assert re.search(r"batch \d+ close, totals", close)
+
+
 def test_merchant_database_and_log_hold_no_pan(demo_run: tuple[Path, str]) -> None:
     data_dir, out = demo_run
     assert "rows as expected" in out

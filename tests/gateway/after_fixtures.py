@@ -29,10 +29,13 @@ class Pos:
     service: MerchantService
     store: MerchantStore
 
-    async def authorized(self, amount: int, card: str = "after", *, sale: bool = False) -> bytes:
-        """One purchase authorized at the gateway (``sale``: and captured at once), recorded as
-        the POS's PReq flow does."""
-        p = await self.env.purchase(card, amount, capture_now=sale)
+    async def authorized(
+        self, amount: int, card: str = "after", *, sale: bool = False, first: int | None = None
+    ) -> bytes:
+        """One purchase authorized at the gateway (``sale``: and captured at once; ``first``:
+        only its first shipment, with an AuthToken for the rest), recorded as the POS's PReq
+        flow does."""
+        p = await self.env.purchase(card, amount, capture_now=sale, auth_amount=first)
         data, baggage = await self.env.authorize(p, card)
         assert data.payload.auth_code is AuthCode.APPROVED
         trans = p.data.auth_tags.trans_ids
@@ -41,13 +44,14 @@ class Pos:
         now = ids.SystemClock().now_ms()
         self.store.add_order(
             lid_m, MERCHANT_ID, "two books", CurrAmt("JPY", amount), sale,
-            merchant_order().to_bytes(), now,
+            merchant_order().to_bytes(), now, first,
         )  # fmt: skip
         with self.store.transaction() as db:
             self.store.update_order(
                 db, lid_m, now, xid=trans.xid, trans_ids=codec.encode(trans),
                 auth_rrpid=p.data.auth_tags.rrpid, auth_code=int(AuthCode.APPROVED),
-                auth_amount=amount, cap_token=baggage.cap_token,
+                auth_amount=first or amount, cap_token=baggage.cap_token,
+                auth_token=baggage.auth_token,
                 cap_amount=amount if sale else None,
             )  # fmt: skip
         return lid_m

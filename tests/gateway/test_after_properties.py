@@ -1,5 +1,7 @@
 """Property test (Hypothesis stateful testing) of the money after authorization, over the real
-bus, keystore, gateway actor and issuer host: random sequences of authorize, capture (full,
+bus, keystore, gateway actor and issuer host: random sequences of authorize (the whole
+purchase, or its first shipment with an AuthToken for the rest), the next shipment by
+AuthToken (part, all, or above what the token allows), capture (full,
 partial, above the authorization), authorization reversal (partial, full), credit (within and
 above the capture), capture and credit reversal, batch close, a redelivered request and a
 restart of the gateway in between.
@@ -36,7 +38,7 @@ from hypothesis.stateful import (
 from actors.merchant.payments import REQUESTS
 from protocol import ids
 from protocol.errors import ErrorCode, ProtocolError
-from protocol.messages import BAStatus, BatchOperation, TransmissionStatus
+from protocol.messages import BAStatus, BatchOperation, MessageType, TransmissionStatus
 from tests.gateway.after_fixtures import Pos, books, card, pos_fixture, restart_gateway  # noqa: F401
 from tests.gateway.conftest import MERCHANT_ID, error_code_or_none
 
@@ -52,6 +54,7 @@ class Model:
     credited: int = 0
     cap_batch: int | None = None
     credits: list[tuple[int, int]] = field(default_factory=list)  # (amount, batch), oldest first
+    left: int = 0  # an order's: what its AuthToken still allows (split shipment)
 
 
 def machine_for(pos: Pos, loop: asyncio.AbstractEventLoop) -> type[RuleBasedStateMachine]:
@@ -84,11 +87,28 @@ def machine_for(pos: Pos, loop: asyncio.AbstractEventLoop) -> type[RuleBasedStat
         # -- steps -------------------------------------------------------------------------------
 
         @precondition(lambda self: len(self.payments) < 4)
-        @rule(amount=st.sampled_from([1_000, 2_500, 4_000]))
-        def authorize(self, amount: int) -> None:
-            lid = run(pos.authorized(amount))
-            self.payments.append(Model(lid, authorized=amount))
+        @rule(amount=st.sampled_from([1_000, 2_500, 4_000]), split=st.booleans())
+        def authorize(self, amount: int, split: bool) -> None:
+            first = amount // 4 if split else None
+            lid = run(pos.authorized(amount, first=first))
+            self.payments.append(Model(lid, authorized=first or amount,
+                                       left=amount - first if first else 0))  # fmt: skip
             self.since_restart += 1
+
+        @precondition(lambda self: any(p.left for p in self.payments) and len(self.payments) < 7)
+        @rule(data=st.data(), which=st.sampled_from(["part", "all", "above"]))
+        def next_shipment(self, data: st.DataObject, which: str) -> None:
+            order = data.draw(st.sampled_from([p for p in self.payments if p.left]))
+            amount = {"part": order.left // 2, "all": order.left, "above": order.left + 1}[which]
+            res = run(after.authorize_next(order.lid, amount))
+            self.sent()
+            if which == "above":
+                assert (res.code, res.amount, res.lid_m) == ("AMOUNT_ERROR", 0, None)
+                return
+            assert (res.code, res.amount) == ("APPROVED", amount) and res.lid_m is not None
+            order.left -= amount
+            assert res.more == bool(order.left)
+            self.payments.append(Model(res.lid_m, authorized=amount))
 
         def refused_here(self, coro: Coroutine[Any, Any, Any]) -> None:
             try:
@@ -240,6 +260,10 @@ def machine_for(pos: Pos, loop: asyncio.AbstractEventLoop) -> type[RuleBasedStat
             rrpid, request, msg_type = found
             _, reply = run(pos.env.client.request_raw(str(msg_type), request))
             assert error_code_or_none(reply) is None
+            if msg_type == int(MessageType.AUTH_REQ):  # a next shipment's: the ledger's answer
+                entry = run(call(pos.env.actor.ledger.get, rrpid))
+                assert entry is not None and entry.reply == reply
+                return
             stored = run(call(books(pos.env).reply, rrpid))
             assert stored is not None and stored.reply == reply
 
@@ -259,9 +283,13 @@ def machine_for(pos: Pos, loop: asyncio.AbstractEventLoop) -> type[RuleBasedStat
                 assert (mine.authorized, mine.captured, mine.credited) == (
                     p.authorized, p.captured, p.credited,
                 ), (mine, p)  # fmt: skip
-                order = run(call(pos.store.order, p.lid))
-                assert order is not None and order.auth_rrpid is not None
-                theirs = run(call(books(pos.env).payment, order.auth_rrpid))
+                auth_rrpid = mine.auth_rrpid  # a next shipment's own
+                if auth_rrpid is None:
+                    order = run(call(pos.store.order, p.lid))
+                    assert order is not None
+                    auth_rrpid = order.auth_rrpid
+                assert auth_rrpid is not None
+                theirs = run(call(books(pos.env).payment, auth_rrpid))
                 if theirs is None:  # the gateway records a payment on its first effect
                     assert (p.state, p.captured) == ("authorized", 0)
                     continue

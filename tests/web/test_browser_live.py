@@ -28,6 +28,7 @@ from actors.environment import (
 )
 from actors.web.client import service_url
 from actors.web.tls import ca_file
+from protocol.messages import CurrAmt
 from setpay.config import load
 from tests.ops.environments import Env
 from tests.web.chromium import launch
@@ -165,3 +166,58 @@ async def test_console_and_wallet_pages_end_to_end(web_env: Env, browser: Any,
     states = await pos.locator("#orders td.state").all_text_contents()
     assert {APPROVED, SALE_APPROVED, DECLINED} <= set(states)
     await pos.screenshot(path=str(out / "pos.png"), full_page=True)
+
+
+async def test_console_captures_refunds_and_closes_the_batch(web_env: Env, browser: Any,
+                                                             tmp_path: Path) -> None:
+    """The console's actions after authorization (actors/merchant/page/pos.js): an order paid
+    by a cardholder's thin client is captured in part and refunded in part by clicking on the
+    order list, and its batch closed and settled from the batch form."""
+    from actors import demo_cases
+
+    settings = load(web_env.vars)
+    wallet, shop = demo_cases.connect_clients(settings)
+    try:
+        shopper = demo_cases.Shopper(wallet, "demo-alice", LOAD_PANS[0])  # the demo's
+        await shopper.card()
+        order = await shop.create_order("M-1002", "Desk lamp", CurrAmt("JPY", 3_000))
+        paid = await (await shopper.session()).buy(card_id=shopper.card_id, offer=order.offer)
+        assert paid.describe() == APPROVED
+    finally:
+        await demo_cases.close_clients(wallet, shop)
+
+    pos = await browser.new_page()
+    await pos.goto(service_url(settings, "pos") + "/")
+    await pos.fill("#login-form input[name=user]", operator_name("M-1002"))
+    await pos.fill("#login-form input[name=passphrase]", OPERATOR_PASSPHRASE)
+    await pos.click("#login-form button[type=submit]")
+    await pos.wait_for_selector("#app:not([hidden])")
+    row = pos.locator(f"#orders tr[data-order='{order.order}']")
+    await row.locator("input.amount").fill("1800")
+    await row.locator("button[data-act=capture]").click()
+    await pos.wait_for_function(
+        "() => document.getElementById('msg').textContent.startsWith('Capture: SUCCESS 1800')")
+    row = pos.locator(f"#orders tr[data-order='{order.order}']")  # the list was redrawn
+    await row.locator("input.amount").fill("500")
+    await row.locator("button[data-act=refund]").click()
+    await pos.wait_for_function(
+        "() => document.getElementById('msg').textContent.startsWith('Refund: SUCCESS 500')")
+    tx = pos.locator(f"#transactions tr[data-tx='{order.order}']")
+    assert await tx.locator("td.captured").text_content() == "1800"
+    assert await tx.locator("td.credited").text_content() == "500"
+    assert await tx.locator("td.state").text_content() == "credited"
+    batch = str(await tx.locator("td.batch").text_content())
+    assert batch.isdigit()
+    # a refund above what is left is refused by the gateway and shown, nothing changes
+    await pos.locator(f"#orders tr[data-order='{order.order}'] input.amount").fill("9999")
+    await pos.locator(f"#orders tr[data-order='{order.order}'] button[data-act=refund]").click()
+    await pos.wait_for_function(
+        "() => document.getElementById('msg').textContent.includes('AMOUNT_EXCEEDED')")
+    await pos.fill("#batch-form input[name=batch]", batch)
+    await pos.click("#batch-form button[data-op=close]")
+    await pos.wait_for_function(
+        "(b) => document.getElementById('batch-out').textContent.startsWith("
+        "`batch ${b}: SUCCESS`)", arg=batch, timeout=60_000)
+    out = str(await pos.text_content("#batch-out"))
+    assert "debits" in out and "credits" in out
+    await pos.screenshot(path=str(shots(tmp_path) / "pos-after.png"), full_page=True)
