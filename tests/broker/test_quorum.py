@@ -13,9 +13,10 @@ from collections.abc import Iterator
 import aio_pika
 import msgpack
 import pytest
+from aio_pika.abc import AbstractChannel
 
 from broker.admin import rabbitmqctl_path
-from broker.connection import connect
+from broker.connection import Bus, connect
 from broker.consumer import Delivery, Rejected, consume
 from broker.topology import (
     DEAD_LETTER_QUEUE,
@@ -48,15 +49,20 @@ def queue_types(vhost: str) -> dict[str, tuple[str, dict[str, object]]]:
             for q in json.loads(out.stdout)}  # fmt: skip
 
 
+async def quorum_actor(vhost: BrokerVhost) -> tuple[Bus, AbstractChannel, str]:
+    """A connection, a channel, and a fresh role whose queues were declared quorum on it."""
+    role = f"q{uuid.uuid4().hex[:6]}"
+    bus = await connect(vhost.url, name="t")
+    channel = await bus.channel()
+    await declare_actor(channel, role, "main", QueueLimits(queue_type="quorum"), passive=False)
+    return bus, channel, role
+
+
 async def test_quorum_queues_carry_traffic_and_dead_letter_at_least_once(
     vhost: BrokerVhost,
 ) -> None:
-    role = f"q{uuid.uuid4().hex[:6]}"
-    bus = await connect(vhost.url, name="t")
+    bus, channel, role = await quorum_actor(vhost)
     try:
-        channel = await bus.channel()
-        await declare_actor(channel, role, "main", QueueLimits(queue_type="quorum"),
-                            passive=False)  # fmt: skip
         found = await asyncio.to_thread(queue_types, vhost.name)
         for name in (f"set.{role}", f"set.{role}.main"):
             kind, args = found[name]
@@ -96,12 +102,8 @@ async def test_quorum_queues_carry_traffic_and_dead_letter_at_least_once(
 async def test_a_message_that_kills_its_consumers_is_dead_lettered_after_the_limit(
     vhost: BrokerVhost,
 ) -> None:
-    role = f"q{uuid.uuid4().hex[:6]}"
-    bus = await connect(vhost.url, name="t")
+    bus, channel, role = await quorum_actor(vhost)
     try:
-        channel = await bus.channel()
-        await declare_actor(channel, role, "main", QueueLimits(queue_type="quorum"),
-                            passive=False)  # fmt: skip
         await bus.publish(role, bus.message(b"poison", message_id="p1"), exchange=SET_EXCHANGE)
         deliveries = 0
         for _ in range(QUORUM_DELIVERY_LIMIT + 5):
