@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from broker.errors import PublishRefused
 from broker.topology import SET_EXCHANGE, QueueLimits, declare_actor, reply_allowed
 from protocol.errors import ProtocolError
 from protocol.set_error import ERROR_TYPE, build_error
+from setpay.clock import CLOCK
 from setpay.lifecycle import Service, State
 
 Reply = tuple[str, bytes]  # (message type, body)
@@ -146,7 +146,7 @@ class Actor(Service):
                 reply = await handler(delivery)
             except ProtocolError as exc:
                 self.log.info("protocol_error", code=exc.code.name)
-                reply = ERROR_TYPE, await build_error(exc, delivery.body, int(time.time() * 1000))
+                reply = ERROR_TYPE, await build_error(exc, delivery.body, CLOCK.now_ms())
             if reply is not None:
                 await self._reply(delivery, reply)
 

@@ -45,6 +45,7 @@ from broker.trace import DEFAULT_PROBE_INTERVAL
 from protocol.certs import cert_thumbprint, load_certificate
 from protocol.errors import ProtocolError
 from protocol.wrapper import amqp_type
+from setpay.clock import CLOCK
 from setpay.config import Settings
 
 PREFETCH = 256
@@ -102,7 +103,7 @@ async def record(
     progress_every: float = 1.0,
 ) -> Progress:
     """Record into the new file ``out`` until SIGINT, ``count`` records or ``seconds``."""
-    header = TraceHeader(FORMAT_VERSION, int(time.time() * 1000), settings.broker_vhost,
+    header = TraceHeader(FORMAT_VERSION, CLOCK.now_ms(), settings.broker_vhost,
                          settings.broker_user_prefix, trust_roots(settings.data_dir))  # fmt: skip
     prefix = settings.broker_user_prefix
     bus = await connect(
