@@ -17,10 +17,11 @@ import bench.broker
 import bench.ca
 import bench.keystore
 import bench.protocol
+import bench.trace
 from setpay import config, logs
 from setpay.cli import CommandError
 
-BENCH_MODULES = (bench.protocol, bench.keystore, bench.broker, bench.ca, bench.auth)
+BENCH_MODULES = (bench.protocol, bench.keystore, bench.broker, bench.ca, bench.auth, bench.trace)
 
 
 def build_parser() -> argparse.ArgumentParser:

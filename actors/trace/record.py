@@ -101,14 +101,16 @@ async def record(
     seconds: float | None = None,
     report: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
     progress_every: float = 1.0,
+    url: str | None = None,
 ) -> Progress:
-    """Record into the new file ``out`` until SIGINT, ``count`` records or ``seconds``."""
+    """Record into the new file ``out`` until SIGINT, ``count`` records or ``seconds``;
+    ``url``: another login than the environment's operators' (the bench's own vhost)."""
     header = TraceHeader(FORMAT_VERSION, CLOCK.now_ms(), settings.broker_vhost,
                          settings.broker_user_prefix, trust_roots(settings.data_dir))  # fmt: skip
     prefix = settings.broker_user_prefix
     bus = await connect(
-        operator_url(settings.data_dir, settings.broker_vhost, settings.amqp_url,
-                     user_prefix=prefix),
+        url or operator_url(settings.data_dir, settings.broker_vhost, settings.amqp_url,
+                            user_prefix=prefix),
         name="setpay-trace-record",
     )  # fmt: skip
     writer: TraceWriter | None = None
