@@ -8,7 +8,8 @@ and the wrong PIN, through the thin clients while `setpay trace record` runs), t
    the merchant-bound requests listed as not replayable, with the reason;
  - the snapshot with one card account's balance raised to its limit at the issuer host
    (restored, changed, saved again with `setpay snapshot`'s own functions): exactly that
-   card's authorization differs, and the report says how (the AuthRes carries no CapToken).
+   card's authorization differs, and the report says how (the AuthRes carries no CapToken);
+   this replay follows the recorded pace at twice its speed (``--speed 2``).
 Rule 2: each restored environment runs on its own vhost, data dir and ports with the
 recorded environment's user prefix (its keys and logins carry it); the package's environment
 is stopped meanwhile (two environments on two cores would only slow both). The restored
@@ -49,11 +50,12 @@ def _drop(env: Env) -> None:
             admin.delete_vhost(env.vhost)
 
 
-def _replay(trace_env: Env, tmp: Path, tag: str, trace: Path, snap: Path) -> tuple[int, str, str]:
+def _replay(trace_env: Env, tmp: Path, tag: str, trace: Path, snap: Path,
+            *pace: str) -> tuple[int, str, str]:  # fmt: skip
     env = new_env(tmp / tag, tag, SETPAY_BROKER_USER_PREFIX=trace_env.prefix)
     try:
         proc = env.setpay("trace", "replay", str(trace), "--regression", "--snapshot", str(snap),
-                          "--timeout", "60", timeout=900)  # fmt: skip
+                          "--timeout", "60", *pace, timeout=900)  # fmt: skip
         logs = "".join(p.read_text(errors="replace")
                        for p in (env.data_dir / "run").glob("*.log"))  # fmt: skip
         return proc.returncode, proc.stdout, proc.stderr + logs
@@ -110,7 +112,7 @@ def test_regression_replay_zero_differences_then_exactly_the_changed_account(
 
     edited = tmp_path / "snap-edited"
     _raise_balance(snap, edited, tmp_path, env.prefix, LOAD_PANS[0][-4:])
-    rc, out, err = _replay(env, tmp_path, "regr-edit", trace, edited)
+    rc, out, err = _replay(env, tmp_path, "regr-edit", trace, edited, "--speed", "2")
     assert rc == 1, out + err[-3000:]
     heads = [line for line in out.splitlines() if not line.startswith("    ")]
     differing = [line for line in heads if line.split()[-1] == DIFFERENT]
