@@ -20,6 +20,7 @@ from tests.ops.environments import ROOT
 
 
 def test_the_synthetic_trace_is_well_formed(tmp_path: Path) -> None:
+    (tmp_path / "f").mkdir()
     path = tmp_path / "t.trace"
     trace.synthetic(path, 400)
     _, records = read_trace(path)
@@ -27,6 +28,8 @@ def test_the_synthetic_trace_is_well_formed(tmp_path: Path) -> None:
     assert len(seen) == 400 and not any(m.problem for m in seen)
     assert len({m.xid for m in seen}) == 100
     assert seen[-1].t_ns == 399 * trace.STEP_NS
+    files_only = trace.run(load({"SETPAY_CONFIG": ""}), 400, 0, tmp_path / "f", bus=False)
+    assert len(trace.lines(files_only)) == 3
     proc = subprocess.run([sys.executable, "-m", "cli", "trace", "check", str(path)], cwd=ROOT,
                           capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
     assert proc.returncode == 0 and "400 messages, 0 violations" in proc.stderr, proc.stderr
