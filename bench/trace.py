@@ -311,10 +311,12 @@ def lines(f: dict[str, float]) -> list[str]:
         f"trace of {int(f['messages']):,} messages ({f['msgs_per_trace_s']:,.0f} per second "
         f"of trace time): {f['file_bytes'] / mib:.0f} MiB, generated in "
         f"{f['generate_seconds']:.1f} s",
-        *(f"{c:<6} {f[f'{c}_msgs_per_s']:>10,.0f} msg/s ({f[f'{c}_seconds']:.1f} s); "
-          f"peak RSS {f[f'{c}_peak_rss'] / mib:.1f} MiB "
-          f"(same command on a 4-message trace: {f[f'{c}_baseline_rss'] / mib:.1f} MiB)"
-          for c in ("show", "check")),
+        *(
+            f"{c:<6} {f[f'{c}_msgs_per_s']:>10,.0f} msg/s ({f[f'{c}_seconds']:.1f} s); "
+            f"peak RSS {f[f'{c}_peak_rss'] / mib:.1f} MiB "
+            f"(same command on a 4-message trace: {f[f'{c}_baseline_rss'] / mib:.1f} MiB)"
+            for c in ("show", "check")
+        ),
     ]
     if "record_msgs_per_s" not in f:
         return out

@@ -176,7 +176,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     rp.add_argument("--snapshot", help="the snapshot of the environment that was recorded")
     rp.add_argument("--speed", type=float,
                     help="regression: the recorded timing scaled by this factor")  # fmt: skip
-    rp.add_argument("--as-fast-as-possible", action="store_true",
-                    help="regression: each request once the one before is answered (default)")
+    rp.add_argument(
+        "--as-fast-as-possible",
+        action="store_true",
+        help="regression: each request once the one before is answered (default)",
+    )
     rp.add_argument("--timeout", type=float, default=10.0, help="seconds to wait per answer")
     rp.set_defaults(func=_replay)

@@ -79,8 +79,15 @@ def test_nothing_is_copied_while_the_environment_runs(tmp_path: Path) -> None:
     env = {**os.environ, "SETPAY_CONFIG": "", "SETPAY_DATA_DIR": str(src),
            "PYTHONPATH": str(ROOT)}  # fmt: skip
     for args in (("save", str(tmp_path / "snap")), ("restore", str(tmp_path / "snap"))):
-        proc = subprocess.run([*SETPAY, "snapshot", *args], env=env, cwd=ROOT,
-                              capture_output=True, text=True, timeout=60, check=False)
+        proc = subprocess.run(
+            [*SETPAY, "snapshot", *args],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         assert proc.returncode == 2, proc.stderr
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and "runs" in lines[0] and "setpay down" in lines[0], lines

@@ -72,7 +72,8 @@ def _raise_balance(snap: Path, edited: Path, tmp: Path, prefix: str, last4: str)
     with contextlib.closing(sqlite3.connect(db)) as conn, conn:
         changed = conn.execute(
             "UPDATE accounts SET balance = credit_limit - 500 WHERE last4 = ? AND kind = 'card'"
-            " AND brand = 'alpha' AND credit_limit >= 1000000000000", (last4,)
+            " AND brand = 'alpha' AND credit_limit >= 1000000000000",
+            (last4,),
         ).rowcount
     assert changed == 1
     snapshot.save(settings, edited)
