@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import serialization
 
 from protocol import codec, dualsig, primitives, treatments, wrapper
 from protocol.errors import ProtocolError
-from protocol.ids import SystemClock, new_challenge, new_lid, new_rrpid, new_xid
+from protocol.ids import new_challenge, new_lid, new_rrpid, new_xid
 from protocol.keys import SUITES, Suite
 from protocol.messages import (
     CurrAmt,
@@ -35,6 +35,7 @@ from protocol.messages import (
 )
 from protocol.pan import Account, AccountKind, make_pan_data, new_secret, pan_secret, trans_stain
 from protocol.softkey import SoftwareKey
+from setpay.clock import CLOCK
 from setpay.config import Settings
 
 DEMO_PAN = "4111111111111111"  # the well-known Visa test number
@@ -66,7 +67,7 @@ async def _purchase(
     suite: Suite, ch: Party, mer: Party, gw: Party, amount: int
 ) -> tuple[bytes, bytes, bytes]:
     """Cardholder side: a wrapped PReq; returns (preq bytes, oi_data, pi)."""
-    now = SystemClock().now_ms()
+    now = CLOCK.now_ms()
     ids = TransIDs(new_lid(), None, new_xid(), now, None, "en")
     od_salt = new_challenge()
     hod = primitives.labelled_digest("HOD", codec.packb([ORDER, amount, od_salt]))
@@ -121,7 +122,7 @@ async def run_selfcheck(suite: Suite) -> list[Check]:
     wire, oi_data, _ = await _purchase(suite, ch, mer, gw, 1250)
     _, other_oi, other_pi = await _purchase(suite, ch, mer, gw, 99)
 
-    decoded = wrapper.decode_message(wire, now_ms=SystemClock().now_ms())
+    decoded = wrapper.decode_message(wire, now_ms=CLOCK.now_ms())
     preq: PReq = decoded.body
     dualsig.verify_oi_at_merchant(
         preq.pi, preq.oi_data, preq.pi_data_digest, ch.key.public_key(), mer.thumb, gw.thumb

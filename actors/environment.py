@@ -28,6 +28,7 @@ from pathlib import Path
 from actors import supervisor
 from actors.iso8583.security import ZPK_LABEL
 from actors.issuer.seed import SeedAccount
+from setpay.clock import CLOCK
 from setpay.config import Settings
 
 WALLET_INSTANCE = "main"
@@ -215,7 +216,7 @@ async def _register_parties(settings: Settings, say: Callable[[str], None]) -> N
             keystore = await KeystoreClient.create(bus, timeout=settings.broker_rpc_timeout)
             client = CAClient(
                 await PeerLink(bus, "gateway", GATEWAY_INSTANCE).start(),
-                oaep_hash=get_suite(settings.suite).oaep_hash,
+                oaep_hash=get_suite(settings.suite).oaep_hash, clock=CLOCK,
             )
             gateway = await gw_ident.register(
                 client, KeyRing(keystore, get_suite(settings.suite)), root=root, brand=BRAND,
@@ -235,7 +236,7 @@ async def _register_parties(settings: Settings, say: Callable[[str], None]) -> N
         keys = KeyRing(keystore, get_suite(settings.suite))
         client = CAClient(
             await PeerLink(bus, "merchant", POS_INSTANCE).start(),
-            oaep_hash=get_suite(settings.suite).oaep_hash,
+            oaep_hash=get_suite(settings.suite).oaep_hash, clock=CLOCK,
         )
         for merchant_id, name, mcc in MERCHANTS:
             if store.merchant(merchant_id) is not None:
@@ -272,7 +273,7 @@ async def _seed_issuer(settings: Settings) -> list[str]:
         svc.db_path.parent.mkdir(parents=True, exist_ok=True)
         store = Store(svc.db_path)
         try:
-            now = datetime.now(UTC)
+            now = CLOCK.now()
             client = getattr(security, "client", None)
             pvk = getattr(security, "pvk_label", "")
 

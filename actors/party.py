@@ -16,6 +16,7 @@ from keystore.keyring import KeyRing
 from keystore.service import RPC_QUEUE
 from protocol import ids
 from protocol.keys import get_suite
+from setpay.clock import CLOCK
 from setpay.config import Settings
 
 
@@ -42,7 +43,7 @@ class PartyActor(Actor):
             health_file=health_file,
         )
         self.settings = settings
-        self.clock = clock or ids.SystemClock()
+        self.clock = clock or CLOCK
         self.keystore_queue = keystore_queue
         self.keystore: KeystoreClient | None = None
         self.keys: KeyRing | None = None

@@ -39,6 +39,7 @@ from protocol.errors import ProtocolError
 from protocol.messages import MessageType
 from protocol.set_error import ERROR_TYPE, build_error
 from setpay import metrics
+from setpay.clock import CLOCK
 from setpay.lifecycle import Service, State
 
 Reply = tuple[str, bytes]  # (message type, body)
@@ -170,8 +171,7 @@ class Actor(Service):
                     reply = await handler(delivery)
                 except ProtocolError as exc:
                     self.log.info("protocol_error", code=exc.code.name)
-                    reply = ERROR_TYPE, await build_error(exc, delivery.body,
-                                                          int(time.time() * 1000))  # fmt: skip
+                    reply = ERROR_TYPE, await build_error(exc, delivery.body, CLOCK.now_ms())
                 except Rejected:
                     outcome = "rejected"
                     raise

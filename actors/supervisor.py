@@ -35,7 +35,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -511,9 +511,12 @@ async def _supervise(settings: Settings, roles: Sequence[str], grace: float,
     return 0
 
 
-def start_detached(settings: Settings, roles: Sequence[str]) -> int:
+def start_detached(settings: Settings, roles: Sequence[str], *,
+                   extra_env: Mapping[str, str] | None = None) -> int:  # fmt: skip
     """Start the supervisor as a background process running ``roles``; its pid, recorded in
-    ``run/supervisor.pid`` before this returns (so `setpay down` finds it at once)."""
+    ``run/supervisor.pid`` before this returns (so `setpay down` finds it at once).
+    ``extra_env``: settings for it (and so its children) beyond this process's environment
+    (a trace replay's ``SETPAY_CLOCK``)."""
     rd = run_dir(settings)
     holder = recorded_pid(rd / "supervisor.pid")
     if holder is not None:
@@ -528,7 +531,8 @@ def start_detached(settings: Settings, roles: Sequence[str]) -> int:
         [*SETPAY, "up", "--foreground", "--roles", ",".join(roles)],
         stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         start_new_session=True,
-        env={**os.environ, "SETPAY_DATA_DIR": str(settings.data_dir.resolve())},
+        env={**os.environ, **(extra_env or {}),
+             "SETPAY_DATA_DIR": str(settings.data_dir.resolve())},
     )  # fmt: skip
     logfile.close()
     _write_atomic(rd / "supervisor.pid", str(proc.pid))

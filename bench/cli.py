@@ -18,6 +18,7 @@ import bench.broker
 import bench.ca
 import bench.keystore
 import bench.protocol
+import bench.trace
 from setpay import config, logs
 from setpay.cli import CommandError
 
@@ -28,6 +29,7 @@ BENCH_MODULES = (
     bench.ca,
     bench.auth,
     bench.batch,
+    bench.trace,
 )
 
 

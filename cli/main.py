@@ -2,7 +2,8 @@
 
 Rule 1: each layer's CLI module is imported here by name and adds its subcommands through
 ``register(subparsers)``; each parser it adds sets ``func(args, settings) -> int``.
-Rule 2: configuration is loaded and logging configured here, once, before any command runs.
+Rule 2: configuration is loaded and logging and the process's clock configured here, once,
+before any command runs.
 Rule 3: errors a user can fix (``setpay.cli.CommandError``, ``ConfigError``) and a service or
 broker that is down or refuses (``BrokerError``, ``ApiError``, ``KeystoreError``) are printed as
 one line, exit 2; configuration is validated when loaded (allowed values, misspelt names).
@@ -31,7 +32,7 @@ import keystore.cli
 from actors.web.client import ApiError
 from broker.errors import BrokerError
 from keystore.errors import KeystoreError
-from setpay import __version__, config, logs, store
+from setpay import __version__, clock, config, logs, store
 from setpay.cli import CommandError
 
 UMASK = 0o077
@@ -82,6 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = config.load()
         logs.configure(settings.log_format, settings.log_level)
         store.use_database(settings.store_url, settings.data_dir)  # setpay/store.py Rule 5
+        clock.configure(settings.clock)  # the process's one clock (setpay/clock.py Rule 1)
         return int(args.func(args, settings) or 0)
     except (config.ConfigError, CommandError, *UNREACHABLE) as exc:
         print(f"setpay: {exc}", file=sys.stderr)  # Rule 3: one line, no traceback

@@ -51,7 +51,8 @@ class Clock(Protocol):
 
 
 class SystemClock:
-    """The real wall clock (used by actors; ``protocol/`` itself only receives a ``Clock``)."""
+    """The real wall clock, for tools and tests; actors read their process's one clock,
+    ``setpay.clock.CLOCK`` (``protocol/`` itself only receives a ``Clock``)."""
 
     def now_ms(self) -> int:
         return time.time_ns() // 1_000_000

@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import quote, urlsplit, urlunsplit
 
+from setpay import clock
+
 ENV_PREFIX = "SETPAY_"
 DEFAULT_ISSUER_PORT: Final = 8583  # the ISO 8583 port by convention; ``issuer_port`` sets it
 SECRET_FIELDS = frozenset({"keystore_pin", "keystore_so_pin", "broker_admin_password"})
@@ -60,6 +62,9 @@ class Settings:
     log_format: str = "auto"  # auto | json | console
     log_level: str = "info"
     suite: str = "rsa2048"  # rsa2048 | rsa3072 | p256
+    # The clock every actor reads for protocol dates (setpay/clock.py): system, offset:<ms>
+    # or fixed:<epoch ms>; a trace replay runs a restored environment on the trace's clock.
+    clock: str = "system"
 
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
     broker_vhost: str = "setpay"
@@ -320,5 +325,9 @@ def load(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         if urlsplit(settings.store_url).password is not None:
             raise ConfigError("store_url must not carry a password (every child process gets "
                               "it in its environment): use PGPASSFILE (~/.pgpass) instead")
+    try:
+        clock.parse(settings.clock)
+    except clock.ClockSpecError as exc:
+        raise ConfigError(str(exc)) from None
     _misspelt(env, known)
     return settings

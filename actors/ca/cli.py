@@ -39,11 +39,12 @@ from actors.ca.store import CAStore
 from keystore.errors import KeystoreError
 from keystore.keyring import KeyRing
 from keystore.service import RPC_QUEUE
-from protocol import codec, ids, primitives
+from protocol import codec, primitives
 from protocol.certs import CertType, GatewayCaps, KeyUse, MerchantData
 from protocol.errors import ProtocolError
 from protocol.keys import get_suite
 from protocol.revocation import bci_thumbprint
+from setpay.clock import CLOCK
 from setpay.config import Settings
 from setpay.store import store_exists
 
@@ -55,7 +56,7 @@ def _fail(text: str) -> Exception:
 
 
 def _now() -> int:
-    return ids.SystemClock().now_ms()
+    return CLOCK.now_ms()
 
 
 async def _with_hierarchy(

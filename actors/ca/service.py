@@ -146,6 +146,7 @@ from protocol.wrapper import (
     encode_message,
     make_header,
 )
+from setpay.clock import CLOCK
 from setpay.logs import get_logger
 from setpay.store import IntegrityError
 
@@ -192,7 +193,7 @@ class CAService:
         self.h = h
         self.store = h.store
         self.brands = brands
-        self.clock = clock or ids.SystemClock()
+        self.clock = clock or CLOCK
         self.window_ms = window_ms
         self._handlers: dict[MessageType, Handler] = {
             MessageType.CARD_CINIT_REQ: self._card_cinit,

@@ -28,6 +28,7 @@ from protocol.errors import ProtocolError
 from protocol.keys import get_suite
 from protocol.requester import CAClient, CARequestError
 from setpay.cli import CommandError
+from setpay.clock import CLOCK
 from setpay.config import Settings
 from setpay.store import store_exists
 
@@ -57,7 +58,7 @@ async def _register(args: argparse.Namespace, settings: Settings) -> int:
         keystore = await KeystoreClient.create(bus, timeout=settings.broker_rpc_timeout)
         client = CAClient(
             await PeerLink(bus, "gateway", args.id).start(),
-            oaep_hash=get_suite(settings.suite).oaep_hash,
+            oaep_hash=get_suite(settings.suite).oaep_hash, clock=CLOCK,
         )
         try:
             gw = await ident.register(

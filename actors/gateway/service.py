@@ -92,6 +92,7 @@ from protocol.messages import (
 from protocol.set_error import ErrorSigner
 from protocol.treatments import make_enc, make_encx, open_encx
 from protocol.wrapper import Decoded, MessageHeader
+from setpay.clock import CLOCK
 from setpay.logs import get_logger
 
 log = get_logger(component="gateway")
@@ -203,7 +204,7 @@ class GatewayService:
             try:
                 self.trust.offer(
                     identity.chain, identity.bci, identity.crls,
-                    (clock or ids.SystemClock()).now_ms(),
+                    (clock or CLOCK).now_ms(),
                 )  # fmt: skip
             except ProtocolError as exc:  # out of date by now: the feed pulls one at start
                 log.warning("gateway_registration_bci_refused", code=exc.code.name)
@@ -215,7 +216,7 @@ class GatewayService:
         self.kx_key = kx_key
         self.ledger = ledger
         self.link = link
-        self.clock = clock or ids.SystemClock()
+        self.clock = clock or CLOCK
         self.window_ms = window_ms
         self.sig_thumb = cert_thumbprint(identity.sig_cert)
         self.kx_thumb = cert_thumbprint(identity.kx_cert)

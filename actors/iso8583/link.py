@@ -23,7 +23,7 @@ import contextlib
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 from actors.iso8583 import codes, framing, spec
@@ -32,6 +32,7 @@ from actors.iso8583.errors import FramingError, LinkClosed, MessageError
 from actors.iso8583.saf import Journal, SafEntry
 from actors.iso8583.security import mask_account
 from setpay import metrics
+from setpay.clock import CLOCK
 from setpay.logs import get_logger
 
 REPEAT_OF = {
@@ -94,7 +95,7 @@ class IsoLink:
         deadline: float = 5.0,
         connect_timeout: float = 2.0,
         saf_retry_interval: float = 1.0,
-        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        now: Callable[[], datetime] = CLOCK.now,
     ) -> None:
         self.host = host
         self.port = port

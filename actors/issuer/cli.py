@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import tempfile
-from datetime import UTC, datetime
 from pathlib import Path
 
 from actors.iso8583.codes import ResponseCode
@@ -20,6 +19,7 @@ from actors.issuer import service
 from actors.issuer.accounts import Store
 from actors.issuer.seed import seed_environment
 from setpay.cli import CommandError
+from setpay.clock import CLOCK
 from setpay.config import Settings
 
 
@@ -65,7 +65,7 @@ async def _seed_async(args: argparse.Namespace, settings: Settings) -> int:
     svc.db_path.parent.mkdir(parents=True, exist_ok=True)
     store = Store(svc.db_path)
     try:
-        report = await seed_environment(store, security, datetime.now(UTC))
+        report = await seed_environment(store, security, CLOCK.now())
     finally:
         store.close()
         await svc.stop()

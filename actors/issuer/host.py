@@ -32,7 +32,7 @@ import hashlib
 import secrets
 import string
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from actors.iso8583 import framing, spec
@@ -41,6 +41,7 @@ from actors.iso8583.errors import FramingError, MessageError
 from actors.issuer.accounts import Decision, Effect, Snapshot, Store, TxRequest
 from actors.issuer.errors import SecurityUnavailable
 from actors.issuer.security import IssuerSecurity
+from setpay.clock import CLOCK
 from setpay.logs import get_logger
 
 MAX_PIN_TRIES = 3
@@ -137,7 +138,7 @@ class IssuerHost:
         store: Store,
         security: IssuerSecurity,
         *,
-        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        now: Callable[[], datetime] = CLOCK.now,
         latency: float = 0.0,
     ) -> None:
         self.store = store

@@ -95,6 +95,7 @@ from protocol.wrapper import (
     encode_message,
     make_header,
 )
+from setpay.clock import CLOCK
 from setpay.logs import get_logger
 
 log = get_logger(component="merchant")
@@ -155,7 +156,7 @@ class MerchantService:
         self._trust_caches: dict[bytes, RevocationCache] = {}
         self.keys = keys
         self.gateway = gateway
-        self.clock = clock or ids.SystemClock()
+        self.clock = clock or CLOCK
         self.window_ms = window_ms
         self.handlers: dict[MessageType, SetHandler] = {
             MessageType.PINIT_REQ: self._pinit,

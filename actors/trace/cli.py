@@ -6,6 +6,8 @@ Rule 2: a truncated or corrupted trace is reported on stderr naming the byte off
 the records before it were shown or checked; the exit status is then 1.
 Rule 3: exit status 0: nothing found; 1: violations, differences, a failed replay or a
 corrupt file; 2: a usage or environment error (``CommandError``).
+Rule 4: `replay` has two modes: ``--attack`` against the live environment (replay.py) and
+``--regression --snapshot DIR`` against a fresh one restored from a snapshot (regression.py).
 """
 
 from __future__ import annotations
@@ -85,8 +87,11 @@ def _diff(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _replay(args: argparse.Namespace, settings: Settings) -> int:
-    if not args.attack:
-        raise CommandError("only the attack replay exists: setpay trace replay FILE --attack")
+    if args.attack == args.regression:
+        raise CommandError("choose one mode: setpay trace replay FILE --attack, or "
+                           "--regression --snapshot DIR")  # fmt: skip
+    if args.regression:
+        return _regression(args, settings)
     try:
         results = asyncio.run(replay.replay_attack(settings, Path(args.file),
                                                    timeout=args.timeout))  # fmt: skip
@@ -97,6 +102,40 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
     failed = [r for r in results if r.failed]
     print(f"{len(results)} requests replayed, {len(failed)} accepted", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _regression(args: argparse.Namespace, settings: Settings) -> int:
+    from actors.supervisor import SupervisorError
+    from actors.trace import regression
+
+    if not args.snapshot:
+        raise CommandError("--regression needs --snapshot DIR (`setpay snapshot save`)")
+    if args.speed is not None and (args.as_fast_as_possible or args.speed <= 0):
+        raise CommandError("--speed takes a factor above 0, and not with --as-fast-as-possible")
+    results: list[regression.Compared] = []
+
+    def say(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    def report(c: regression.Compared) -> None:
+        results.append(c)
+        print(*c.lines(), sep="\n", flush=True)
+
+    status = 0
+    try:
+        regression.replay_regression(settings, Path(args.file), Path(args.snapshot),
+                                     speed=args.speed, timeout=args.timeout, report=report,
+                                     say=say)  # fmt: skip
+    except TraceCorrupt as exc:
+        status = _corrupt(exc)
+    except (TraceError, BrokerError, SupervisorError) as exc:
+        raise CommandError(str(exc)) from None
+    sent = [c for c in results if c.verdict != regression.SKIPPED]
+    differ = [c for c in sent if c.failed]
+    fields = sum(len(c.differences) for c in differ)
+    print(f"{len(sent)} requests replayed, {len(results) - len(sent)} not replayable, "
+          f"{len(differ)} answers differ ({fields} fields)", file=sys.stderr)  # fmt: skip
+    return 1 if differ or status else 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -130,6 +169,17 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--attack",
         action="store_true",
         help="every request again: each must be refused or answered as stored",
+    )
+    rp.add_argument("--regression", action="store_true",
+                    help="against a fresh environment restored from --snapshot, on the trace's "
+                    "clock: every answer compared with the recorded one")  # fmt: skip
+    rp.add_argument("--snapshot", help="the snapshot of the environment that was recorded")
+    rp.add_argument("--speed", type=float,
+                    help="regression: the recorded timing scaled by this factor")  # fmt: skip
+    rp.add_argument(
+        "--as-fast-as-possible",
+        action="store_true",
+        help="regression: each request once the one before is answered (default)",
     )
     rp.add_argument("--timeout", type=float, default=10.0, help="seconds to wait per answer")
     rp.set_defaults(func=_replay)

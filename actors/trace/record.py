@@ -45,6 +45,7 @@ from broker.trace import DEFAULT_PROBE_INTERVAL
 from protocol.certs import cert_thumbprint, load_certificate
 from protocol.errors import ProtocolError
 from protocol.wrapper import amqp_type
+from setpay.clock import CLOCK
 from setpay.config import Settings
 
 PREFETCH = 256
@@ -100,14 +101,16 @@ async def record(
     seconds: float | None = None,
     report: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
     progress_every: float = 1.0,
+    url: str | None = None,
 ) -> Progress:
-    """Record into the new file ``out`` until SIGINT, ``count`` records or ``seconds``."""
-    header = TraceHeader(FORMAT_VERSION, int(time.time() * 1000), settings.broker_vhost,
+    """Record into the new file ``out`` until SIGINT, ``count`` records or ``seconds``;
+    ``url``: another login than the environment's operators' (the bench's own vhost)."""
+    header = TraceHeader(FORMAT_VERSION, CLOCK.now_ms(), settings.broker_vhost,
                          settings.broker_user_prefix, trust_roots(settings.data_dir))  # fmt: skip
     prefix = settings.broker_user_prefix
     bus = await connect(
-        operator_url(settings.data_dir, settings.broker_vhost, settings.amqp_url,
-                     user_prefix=prefix),
+        url or operator_url(settings.data_dir, settings.broker_vhost, settings.amqp_url,
+                            user_prefix=prefix),
         name="setpay-trace-record",
     )  # fmt: skip
     writer: TraceWriter | None = None

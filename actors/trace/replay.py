@@ -27,6 +27,8 @@ Rule 3: what protects each recorded request when it is replayed, and where:
    so a copy never yields a second certificate.
  - Replies (``*Res``, Error) are not replayed: they answer a correlation id nobody waits for
    any more and are dropped by the requester's peer link (broker/peer.py Rule 2).
+Rule 4: a truncated or corrupted trace is replayed up to the bad frame; then ``TraceCorrupt``
+names its byte offset (the requests before it were sent and reported).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from actors.trace.fileformat import TraceRecord, read_trace
+from actors.trace.fileformat import TraceCorrupt, TraceRecord, read_trace
 from actors.trace.wire import WireMessage, is_request, parse_wrapper, short, view
 from broker.connection import Bus, connect
 from broker.credentials import CredentialsError, amqp_url
@@ -74,20 +76,76 @@ class Replayed:
                 f"{self.verdict} {self.detail}").rstrip()  # fmt: skip
 
 
-def _requests(path: Path) -> Iterator[tuple[WireMessage, TraceRecord, set[bytes]]]:
-    """Every request of the trace with the bodies recorded as answers to it (by correlation
-    id). Reads the trace twice: the answers first, then the requests, in order."""
+def recorded_answers(path: Path) -> dict[str, list[bytes]]:
+    """The bodies recorded as answers, by correlation id, in trace order; a truncated or
+    corrupted trace yields those before the bad frame (the replay then stops there too)."""
     header, records = read_trace(path)
-    answers: dict[str, set[bytes]] = {}
-    for offset, rec in records:
-        m = view(offset, rec, header.user_prefix)
-        if m.msg_type is not None and not is_request(m.msg_type):
-            answers.setdefault(rec.correlation_id, set()).add(rec.body)
+    answers: dict[str, list[bytes]] = {}
+    try:
+        for offset, rec in records:
+            m = view(offset, rec, header.user_prefix)
+            if m.msg_type is not None and not is_request(m.msg_type):
+                answers.setdefault(rec.correlation_id, []).append(rec.body)
+    except TraceCorrupt:
+        pass  # raised again, with its offset, when the requests reach the same frame
+    return answers
+
+
+def requests(path: Path) -> Iterator[tuple[WireMessage, TraceRecord, list[bytes]]]:
+    """Every request of the trace with the bodies recorded as answers to it (by correlation
+    id). Reads the trace twice: the answers first, then the requests, in order; ``TraceCorrupt``
+    after the requests before a bad frame (Rule 4)."""
+    answers = recorded_answers(path)
     header, records = read_trace(path)
     for offset, rec in records:
         m = view(offset, rec, header.user_prefix)
         if m.msg_type is not None and is_request(m.msg_type) and not m.problem:
-            yield m, rec, answers.get(rec.correlation_id, set())
+            yield m, rec, answers.get(rec.correlation_id, [])
+
+
+class Senders:
+    """One connection and inbox per recorded sender's login (Rule 1); ``send`` publishes a
+    recorded request as it was and waits for its answer."""
+
+    def __init__(self, settings: Settings, timeout: float) -> None:
+        self.settings = settings
+        self.timeout = timeout
+        self._by_login: dict[str, tuple[Bus, Inbox]] = {}
+
+    async def _as(self, login: str) -> tuple[Bus, Inbox]:
+        if login not in self._by_login:
+            s = self.settings
+            bus = await connect(amqp_url(s.data_dir, login, s.broker_vhost, s.amqp_url),
+                                name="setpay-trace-replay")  # fmt: skip
+            self._by_login[login] = bus, await Inbox(bus, SET_EXCHANGE).start()
+        return self._by_login[login]
+
+    async def send(self, rec: TraceRecord) -> tuple[str, bytes | str]:
+        """(``"answer"``, its body) or (a verdict, a detail) when there was none."""
+        try:
+            bus, inbox = await self._as(rec.user_id)
+        except (CredentialsError, BrokerError) as exc:
+            return UNANSWERED, f"(cannot log in as {rec.user_id!r}: {exc})"
+        cid = bus.new_id()
+        future = inbox.expect(cid, lambda _login: True)  # every answer is classified
+        message = bus.message(rec.body, msg_type=rec.msg_type, correlation_id=cid,
+                              reply_to=inbox.key)  # fmt: skip
+        try:
+            await bus.publish(rec.routing_key, message, exchange=SET_EXCHANGE)
+            reply = await asyncio.wait_for(future, self.timeout)
+            return "answer", reply.body
+        except PeerUnavailable:
+            return UNROUTABLE, "(no queue takes it any more)"
+        except TimeoutError:
+            return UNANSWERED, f"(no answer within {self.timeout:g}s)"
+        except BrokerError as exc:
+            return UNANSWERED, f"({exc})"
+        finally:
+            inbox.forget(cid)
+
+    async def close(self) -> None:
+        for bus, _inbox in self._by_login.values():
+            await bus.close()
 
 
 def classify(reply: bytes, recorded: set[bytes]) -> tuple[str, str]:
@@ -112,46 +170,18 @@ async def replay_attack(
     report: Callable[[Replayed], None] = print,
 ) -> list[Replayed]:  # fmt: skip
     """Replay every request of the trace at ``path`` (Rules 1, 2); what came of each."""
-    senders: dict[str, tuple[Bus, Inbox]] = {}
-
-    async def as_sender(login: str) -> tuple[Bus, Inbox]:
-        if login not in senders:
-            url = amqp_url(settings.data_dir, login, settings.broker_vhost, settings.amqp_url)
-            bus = await connect(url, name="setpay-trace-replay")
-            senders[login] = bus, await Inbox(bus, SET_EXCHANGE).start()
-        return senders[login]
-
+    senders = Senders(settings, timeout)
     results: list[Replayed] = []
     try:
-        for m, rec, recorded in _requests(path):
-            try:
-                bus, inbox = await as_sender(rec.user_id)
-            except (CredentialsError, BrokerError) as exc:
-                result = Replayed(m.txn, m.type_name, rec.routing_key, UNANSWERED,
-                                  f"(cannot log in as {rec.user_id!r}: {exc})")  # fmt: skip
-                results.append(result)
-                report(result)
-                continue
-            cid = bus.new_id()
-            future = inbox.expect(cid, lambda _login: True)  # every answer is classified
-            message = bus.message(rec.body, msg_type=rec.msg_type, correlation_id=cid,
-                                  reply_to=inbox.key)  # fmt: skip
-            try:
-                await bus.publish(rec.routing_key, message, exchange=SET_EXCHANGE)
-                reply = await asyncio.wait_for(future, timeout)
-                verdict, detail = classify(reply.body, recorded)
-            except PeerUnavailable:
-                verdict, detail = UNROUTABLE, "(no queue takes it any more)"
-            except TimeoutError:
-                verdict, detail = UNANSWERED, f"(no answer within {timeout:g}s)"
-            except BrokerError as exc:
-                verdict, detail = UNANSWERED, f"({exc})"
-            finally:
-                inbox.forget(cid)
+        for m, rec, recorded in requests(path):
+            kind, answer = await senders.send(rec)
+            if isinstance(answer, bytes):
+                verdict, detail = classify(answer, set(recorded))
+            else:
+                verdict, detail = kind, answer
             result = Replayed(m.txn, m.type_name, rec.routing_key, verdict, detail)
             results.append(result)
             report(result)
     finally:
-        for bus, _inbox in senders.values():
-            await bus.close()
+        await senders.close()
     return results

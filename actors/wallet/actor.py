@@ -54,7 +54,7 @@ class WalletActor(PartyActor):
         self.closing(self.peers.close, "peer link")
         self.ca = CAClient(
             await PeerLink(self.bus, self.role, f"{self.instance}-ca", timeout=timeout).start(),
-            oaep_hash=get_suite(self.settings.suite).oaep_hash,
+            oaep_hash=get_suite(self.settings.suite).oaep_hash, clock=self.clock,
         )
         self.closing(self.ca.close, "CA link")
         root_file = Path(self.settings.data_dir) / "wallet" / "root.der"

@@ -33,13 +33,14 @@ from actors.web.client import ApiError, HttpApi, Token
 from actors.web.paylink import Offer
 from actors.web.server import NAME, PASSPHRASE, FrontDoor, Refused
 from actors.web.sessions import Session, SessionStore
-from protocol import ids, pan
+from protocol import pan
 from protocol.certs import cert_thumbprint, load_certificate, public_key_of
 from protocol.dualsig import MAX_PIN_SEAL
 from protocol.errors import ProtocolError
 from protocol.keys import suite_for_public_key
 from protocol.messages import AuthCode, CompletionCode, CurrAmt
 from protocol.pin import seal_pin, validate_pin
+from setpay.clock import CLOCK
 from setpay.config import Settings
 from setpay.logs import get_logger
 
@@ -247,7 +248,7 @@ async def seal_for(
     (no PIN in its text)."""
     if started.pin_binding is None:
         raise WalletError("this card takes no PIN")
-    now = ids.SystemClock().now_ms() if now_ms is None else now_ms
+    now = CLOCK.now_ms() if now_ms is None else now_ms
     try:
         validate_pin(pin)
         gateway = purchase.validate_gateway(

@@ -63,6 +63,7 @@ from protocol.set_error import RemoteError, expect_reply
 from protocol.states import cardholder_purchase
 from protocol.trustview import load_all
 from protocol.wrapper import MessageHeader, encode_message, make_header
+from setpay.clock import CLOCK
 from setpay.logs import get_logger
 
 log = get_logger(component="wallet")
@@ -137,7 +138,7 @@ class WalletService:
         self.peers = peers
         self.ca = ca
         self.root = root
-        self.clock = clock or ids.SystemClock()
+        self.clock = clock or CLOCK
         self._pending: dict[str, _Pending] = {}
         self.floor = purchase.BciFloor(store)  # the newest BCI seen per brand (purchase Rule 4)
 

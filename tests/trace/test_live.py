@@ -5,7 +5,8 @@ violation in the real traffic and one per property in a copy edited to break it;
 trace with itself is empty and names the XID of an edited transaction.
 Rule 2: the attack replay against the environment that produced the trace: no request with an
 effect is accepted again (each refused or answered with the stored bytes).
-Rule 3: a truncated or corrupted file names the byte offset; the records before still show.
+Rule 3: a truncated or corrupted file names the byte offset; the records before still show,
+are checked, and are replayed.
 Rule 4: the file holds no PAN of the demo's cards (raw bytes, text, UTF-16) and no keystore
 traffic.
 """
@@ -213,3 +214,31 @@ def test_the_file_holds_no_pan_and_no_keystore_traffic(recording: Recording) -> 
         assert m.msg_type is not None and not m.problem
         assert "keystore" not in (m.sender_role, m.receiver_role)
         assert not r.routing_key.startswith("keystore")
+
+
+def test_a_truncated_trace_replays_the_records_before_the_cut(
+    recording: Recording, tmp_path: Path
+) -> None:
+    """Cut where at least three requests and their answers lie before the cut (a request
+    whose answer was cut off cannot be told from one accepted again: it counts as accepted)."""
+    header, items = read_trace(recording.path)
+    seen = [(off, view(off, rec, header.user_prefix)) for off, rec in items]
+
+    def answered_before(i: int) -> int:
+        asked = {m.correlation_id for _, m in seen[:i]
+                 if m.msg_type is not None and m.msg_type.name.endswith("REQ")}  # fmt: skip
+        answered = {m.correlation_id for _, m in seen[:i]
+                    if m.msg_type is not None and not m.msg_type.name.endswith("REQ")}  # fmt: skip
+        return len(asked) if asked <= answered else 0
+
+    cut_at = next(i for i in range(1, len(seen)) if answered_before(i) >= 3)
+    before = answered_before(cut_at)
+    raw = recording.path.read_bytes()
+    truncated = tmp_path / "cut.trace"
+    truncated.write_bytes(raw[: seen[cut_at][0] + 20])
+    proc = setpay(recording.env, "replay", str(truncated), "--attack")
+    assert proc.returncode == 1
+    assert f"byte offset {seen[cut_at][0]}" in proc.stderr, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == before >= 3, proc.stdout
+    assert all(line.split()[4] in ("refused", "stored") for line in lines), proc.stdout
