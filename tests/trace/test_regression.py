@@ -23,10 +23,10 @@ Rule 3: the restored environment ran on the trace's clock: its logs show the off
 
 from __future__ import annotations
 
-import re
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import sqlite3
 from pathlib import Path
