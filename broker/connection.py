@@ -34,6 +34,7 @@ from aio_pika.abc import (
 from broker.errors import BrokerError, PeerUnavailable, PublishError, PublishRefused
 from broker.topology import SET_EXCHANGE, TRACE_EXCHANGE
 from broker.trace import TraceTap
+from setpay.durability import GROUP
 from setpay.logs import get_logger
 
 log = get_logger(component="broker")
@@ -169,6 +170,7 @@ class Bus:
             message = self.message(bytes(message))
         elif message.user_id != self.user_id:
             message.user_id = self.user_id
+        await GROUP.barrier()  # setpay/durability.py: nothing leaves before its commits are on disk
         deadline = time.monotonic() + timeout
         delay = 0.05
         last: BaseException | None = None

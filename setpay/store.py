@@ -48,6 +48,17 @@ request id -> request digest, reply type, reply bytes, created at. The same id w
 digest gets the stored reply; the same id with another digest is a replay (``ReplyConflict``).
 Its row is written inside the caller's transaction, together with the effects it answers.
 
+Rule 5 (group commit): ``open_store(..., group_commit=True)`` opens a SQLite store whose
+commits do not sync by themselves (``synchronous=NORMAL``) and are reported to the process's
+barrier (``setpay/durability.py``), which brings them to disk, many commits in one
+``fdatasync`` of the WAL, before anything that could reveal them leaves the process (a
+publish, an ack, an HTTPS answer). An acked effect survives power loss as under FULL; what
+changes is that the event loop does not wait for the disk at each commit. Only a running
+actor opts in (the POS, the wallet, the gateway's ledger and journal); commands, tests and
+every other store keep FULL. A transaction on any SQLite store of the process first syncs
+what other stores still owe, so commits reach the disk across files in the order they were
+made (setpay/durability.py Rule 2). Closing such a store syncs it first.
+
 Every store of the tree stands on this layer (merchant, wallet, CA, gateway ledger, trust
 cache, issuer accounts, the ISO 8583 store-and-forward journal, the keystore's used-PI
 register). A schema change appends a step, ``Schema(..., steps=(add_flag,))`` where
@@ -76,6 +87,7 @@ from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.dml import Insert
 
+from setpay.durability import GROUP, GroupCommit
 from setpay.logs import get_logger
 
 log = get_logger(component="store")
@@ -183,11 +195,16 @@ def _lock_key(name: str) -> int:
 class Store:
     """One database: one connection, one write-transaction helper, migrated schemas."""
 
-    def __init__(self, engine: Engine, name: str, path: Path | None) -> None:
+    def __init__(
+        self, engine: Engine, name: str, path: Path | None, group: GroupCommit | None = None
+    ) -> None:
         self.engine = engine
         self.name = name
         self.path = path  # the SQLite file; None on a server database
         self.dialect = engine.dialect.name
+        # Rule 5: commits synced by the process's barrier instead of one by one.
+        self.group = group if self.dialect == "sqlite" and path is not None else None
+        self._dir_synced = False
         self._lock = threading.RLock()
         self._immediate = False  # read by the SQLite "begin" listener
         if self.dialect == "sqlite":
@@ -195,6 +212,10 @@ class Store:
             event.listen(engine, "begin", self._sqlite_begin)
         self.lock_key = _lock_key(name)  # PostgreSQL's stand-in for SQLite's write lock
         self._conn = engine.connect()
+        if self.group is not None:  # on the driver, outside any transaction (autocommit)
+            raw = self._conn.connection.driver_connection
+            assert raw is not None
+            raw.execute("PRAGMA synchronous=NORMAL")
         self._pg_lock = sa.select(sa.func.pg_advisory_xact_lock(self.lock_key))
 
     def _sqlite_begin(self, conn: Connection) -> None:
@@ -207,14 +228,37 @@ class Store:
         raw.execute("BEGIN IMMEDIATE" if self._immediate else "BEGIN")
 
     def close(self) -> None:
+        if self.group is not None:
+            self.group.sync()  # Rule 5: nothing committed stays unsynced past close
         with self._lock:
             self._conn.close()
             self.engine.dispose()
+
+    def sync_to_disk(self) -> None:
+        """Bring this store's committed WAL to disk (Rule 5; called by the barrier)."""
+        assert self.path is not None
+        try:
+            fd = os.open(f"{self.path}-wal", os.O_RDONLY)
+        except FileNotFoundError:
+            return  # no WAL: the last connection checkpointed it, and that syncs the file
+        try:
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)  # SQLite locks the database and -shm files, never the -wal
+        if not self._dir_synced:  # the WAL's directory entry, once
+            dfd = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+            self._dir_synced = True
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
         """One atomic write (Rule 3): write lock taken up front, committed on normal exit,
         rolled back on any exception (cancellation included)."""
+        if self.dialect == "sqlite" and GROUP.pending_elsewhere(self):
+            GROUP.sync()  # Rule 5: another file's earlier commits reach the disk first
         with self._lock:
             conn = self._conn
             if conn.in_transaction():
@@ -237,6 +281,8 @@ class Store:
                 if tx.is_active:
                     tx.rollback()
                 raise
+            if self.group is not None:
+                self.group.committed(self)
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
@@ -420,10 +466,17 @@ def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
         cur.close()
 
 
-def open_store(target: str | Path, schemas: Sequence[Schema], *, name: str | None = None) -> Store:
+def open_store(
+    target: str | Path,
+    schemas: Sequence[Schema],
+    *,
+    name: str | None = None,
+    group_commit: bool = False,
+) -> Store:
     """Open (creating and migrating as needed) the database at ``target``: a path (SQLite,
     Rule 1) or a SQLAlchemy URL. ``name`` (default: the components' names) keys the
-    PostgreSQL write lock and names the store in errors."""
+    PostgreSQL write lock and names the store in errors. ``group_commit``: Rule 5 (SQLite;
+    a server database commits as always)."""
     url = _url(target)
     path: Path | None = None
     kwargs: dict[str, Any] = {}
@@ -435,6 +488,7 @@ def open_store(target: str | Path, schemas: Sequence[Schema], *, name: str | Non
         sa.create_engine(url, **kwargs),
         name or "+".join(s.name for s in schemas),
         path,
+        GROUP if group_commit else None,
     )
     try:
         store.migrate(schemas)

@@ -127,9 +127,13 @@ class MerchantStore:
         self.replies = ReplyStore(db)
 
     @classmethod
-    def open(cls, data_dir: Path, instance: str) -> MerchantStore:
+    def open(cls, data_dir: Path, instance: str, *, group_commit: bool = False) -> MerchantStore:
+        """``group_commit``: the running POS's (setpay/store.py Rule 5): every write of its
+        hot path goes to this one file, and its publishes, acks and HTTPS answers wait for
+        the barrier."""
         path = Path(data_dir) / "merchant" / f"{instance}.sqlite"
-        return cls(open_store(path, [SCHEMA, REPLIES, PAYMENTS_SCHEMA, SESSIONS, OPERATORS]), path)
+        schemas = [SCHEMA, REPLIES, PAYMENTS_SCHEMA, SESSIONS, OPERATORS]
+        return cls(open_store(path, schemas, group_commit=group_commit), path)
 
     def close(self) -> None:
         self.db.close()
