@@ -32,6 +32,7 @@ from keystore.token import token_pin
 from protocol.keys import get_suite
 from setpay import logs
 from setpay.config import Settings
+from setpay.lifecycle import run_loop
 from setpay.logs import get_logger
 
 
@@ -66,7 +67,7 @@ def worker_main(spec: WorkerSpec, index: int, ready: Any) -> None:
     # The process's entry point: the one place its logging is configured. Every worker
     # appends to the same file (or inherited stderr), one whole line per write.
     logs.configure(spec.settings.log_format, spec.settings.log_level, path=spec.log_file)
-    asyncio.run(_serve(spec, index, ready))
+    run_loop(_serve(spec, index, ready), spec.settings.event_loop)
 
 
 async def _serve(spec: WorkerSpec, index: int, ready: Any) -> None:

@@ -60,6 +60,9 @@ class Settings:
     log_format: str = "auto"  # auto | json | console
     log_level: str = "info"
     suite: str = "rsa2048"  # rsa2048 | rsa3072 | p256
+    # The event loop of the long-running processes (actors, keystore workers): auto is
+    # uvloop when installed (the ``fast`` extra), else asyncio's own.
+    event_loop: str = "auto"  # auto | asyncio | uvloop
 
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
     broker_vhost: str = "setpay"
@@ -203,6 +206,7 @@ def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 SUITE_NAMES = ("rsa2048", "rsa3072", "rsa2048-oaep256", "p256")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("auto", "json", "console")
+EVENT_LOOPS = ("auto", "asyncio", "uvloop")
 # SETPAY_ variables that are read elsewhere and are no setting (secrets of the thin clients,
 # tools, the test suite): never taken for a misspelt setting.
 OTHER_VARIABLES = frozenset({
@@ -275,7 +279,7 @@ def load(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         values[name] = raw
     settings = Settings(**values)
     for name, allowed in (("log_format", LOG_FORMATS), ("log_level", LOG_LEVELS),
-                          ("suite", SUITE_NAMES)):  # fmt: skip
+                          ("suite", SUITE_NAMES), ("event_loop", EVENT_LOOPS)):  # fmt: skip
         if getattr(settings, name) not in allowed:
             raise ConfigError(f"{name} {getattr(settings, name)!r} is not one of "
                               f"{', '.join(allowed)}")  # fmt: skip
