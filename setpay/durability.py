@@ -13,8 +13,8 @@ a synced commit, while commits made while a sync runs share the next one.
 Rule 2 (ordering): within one SQLite file the WAL keeps commits in order and recovery keeps
 a prefix of them, so deferring the sync changes no possible crash state of that file. Across
 files it could (a later commit of one file on disk, an earlier one of another not), so a
-transaction on any SQLite store first syncs the commits other stores still owe
-(``pending_elsewhere``; setpay/store.py Rule 5): crash states keep the order of commits
+transaction on any store (SQLite or PostgreSQL) first syncs the commits other stores still
+owe (``pending_elsewhere``; setpay/store.py Rule 5): crash states keep the order of commits
 across files as they had when every commit synced. A hot path that moves from one file to
 another (the gateway: ledger, then its ISO 8583 journal) awaits ``barrier()`` at that step,
 so the loop never waits for that sync.

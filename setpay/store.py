@@ -55,9 +55,9 @@ barrier (``setpay/durability.py``), which brings them to disk, many commits in o
 publish, an ack, an HTTPS answer). An acked effect survives power loss as under FULL; what
 changes is that the event loop does not wait for the disk at each commit. Only a running
 actor opts in (the POS, the wallet, the gateway's ledger and journal); commands, tests and
-every other store keep FULL. A transaction on any SQLite store of the process first syncs
-what other stores still owe, so commits reach the disk across files in the order they were
-made (setpay/durability.py Rule 2). Closing such a store syncs it first.
+every other store keep FULL. A transaction on any store of the process (a PostgreSQL one
+too) first syncs what other stores still owe, so commits reach the disk across files in the
+order they were made (setpay/durability.py Rule 2). Closing such a store syncs it first.
 
 Every store of the tree stands on this layer (merchant, wallet, CA, gateway ledger, trust
 cache, issuer accounts, the ISO 8583 store-and-forward journal, the keystore's used-PI
@@ -257,8 +257,8 @@ class Store:
     def transaction(self) -> Iterator[Connection]:
         """One atomic write (Rule 3): write lock taken up front, committed on normal exit,
         rolled back on any exception (cancellation included)."""
-        if self.dialect == "sqlite" and GROUP.pending_elsewhere(self):
-            GROUP.sync()  # Rule 5: another file's earlier commits reach the disk first
+        if GROUP.pending_elsewhere(self):
+            GROUP.sync()  # Rule 5: another store's earlier commits reach the disk first
         with self._lock:
             conn = self._conn
             if conn.in_transaction():
