@@ -125,12 +125,12 @@ def run_role(settings: Settings, role: str, instance: str | None = None) -> int:
     instance = instance or DEFAULT_INSTANCE.get(role, "main")
     health = run_dir(settings) / f"{role}.{instance}.health"
     actor = factory(settings, instance, health_file=health)
-    from setpay.lifecycle import NotReady, run_service, serve_metrics
+    from setpay.lifecycle import NotReady, run_loop, run_service, serve_metrics
 
     serve_metrics(actor, settings)  # setpay/lifecycle.py Rule 4: /metrics, /healthz, /readyz
 
     try:
-        return asyncio.run(run_service(actor))
+        return run_loop(run_service(actor), settings.event_loop)
     except NotReady as exc:
         raise SupervisorError(f"{role}.{instance} cannot start: {exc}") from None
     finally:

@@ -154,6 +154,7 @@ class RevocationCache:
         with self.db.transaction() as db:
             db.execute(self.db.insert_ignore(TRUST_GENERATION), {"id": 1, "n": 0})
         self._states: dict[str, tuple[int, RevocationState]] = {}
+        self._held: dict[str, tuple[int, Held | None]] = {}
 
     def close(self) -> None:
         self.db.close()
@@ -170,13 +171,19 @@ class RevocationCache:
         return sorted(str(r[0]) for r in self.db.all(sa.select(TRUST_BCI.c.brand)))
 
     def held(self, brand: str) -> Held | None:
-        """The BCI and CRLs held for ``brand``, or None."""
+        """The BCI and CRLs held for ``brand``, or None. Read again only when the generation
+        moved (Rule 4): a message's look-up is then one small query."""
         b, c = TRUST_BCI.c, TRUST_CRL.c
         with self.db.read() as db:  # one read transaction: the BCI and its CRLs agree
+            version = int(db.execute(_GENERATION).scalar_one())
+            cached = self._held.get(brand)
+            if cached is not None and cached[0] == version:
+                return cached[1]
             row = db.execute(
                 sa.select(b.sequence, b.bci, b.brand_cert).where(b.brand == brand)
             ).first()
             if row is None:
+                self._held[brand] = (version, None)
                 return None
             crls = tuple(
                 bytes(r[0])
@@ -184,7 +191,9 @@ class RevocationCache:
                     sa.select(c.crl).where(c.brand == brand).order_by(c.added, c.thumb)
                 )
             )
-        return Held(brand, int(row[0]), bytes(row[1]), load_certificate(bytes(row[2])), crls)
+        held = Held(brand, int(row[0]), bytes(row[1]), load_certificate(bytes(row[2])), crls)
+        self._held[brand] = (version, held)
+        return held
 
     def state(self, brand: str, now_ms: int) -> RevocationState | None:
         """The revocation view of ``brand`` for chain validation; None if no BCI is held.
@@ -241,6 +250,20 @@ class RevocationCache:
                 assert held is not None
                 self._add_crls(held, crl_list, now_ms)
             return Offered.NONE
+        # The very BCI held (the same bytes, verified when taken, still in its window):
+        # nothing to verify again; only CRLs not held yet are looked at.
+        try:
+            record = codec.decode(Bci, _signed_content(bci))
+            same = self.held(record.brand)
+        except ProtocolError:
+            same = None  # garbage: refused by the checks below
+        if (
+            same is not None
+            and bci_thumbprint(same.bci) == bci_thumbprint(bci)
+            and record.not_before <= now_ms <= record.not_after
+        ):
+            self._add_crls(same, crl_list, now_ms)
+            return Offered.CURRENT
         candidates = list(certs)
         signer = _signer_of(bci)
         for row in self.db.all(sa.select(TRUST_BCI.c.brand_cert)):
@@ -282,8 +305,10 @@ class RevocationCache:
             self._insert_crls(db, new.brand, numbers, crls, now_ms)
 
     def _add_crls(self, held: Held, crls: list[bytes], now_ms: int) -> int:
+        have = {primitives.thumbprint(c) for c in held.crls}
+        crls = [c for c in crls if primitives.thumbprint(c) not in have]
         if not crls:
-            return 0
+            return 0  # all held already: no write transaction
         bci = codec.decode(Bci, codec.decode(SignedData, held.bci).content)  # verified on entry
         with self._tx() as db:
             added = self._insert_crls(db, held.brand, {e.number for e in bci.crls}, crls, now_ms)

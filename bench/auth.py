@@ -711,6 +711,7 @@ def report(results: Results, found: Probe | None, bounds: Bounds | None, context
                        "uncorrected": percentiles(results.uncorrected)},
         "outcomes": dict(results.outcomes),
         "errors": dict(results.errors),
+        "timeline": timeline(results),
     })  # fmt: skip
     if found is not None:
         out["per_purchase"] = {
@@ -825,9 +826,28 @@ def write_hdr_log(path: str, runs: list[tuple[str, Results]], interval: float = 
                 f.write(line)
 
 
+def timeline(results: Results, interval: float = 1.0) -> list[dict[str, float]]:
+    """Throughput and latency over time: per ``interval`` s of the measurement window, the
+    purchases completed per second and their corrected p50/p99 (ms)."""
+    slots: dict[int, HdrHistogram] = {}
+    for ended, value in results.ends:
+        k = max(0, int((ended - results.window_start) // interval))
+        slots.setdefault(k, new_histogram()).record_value(min(value, HIGHEST_US))
+    return [
+        {
+            "t": round(k * interval, 3),
+            "purchases_per_s": slots[k].get_total_count() / interval,
+            "p50_ms": slots[k].get_value_at_percentile(50) / 1000,
+            "p99_ms": slots[k].get_value_at_percentile(99) / 1000,
+        }
+        for k in sorted(slots)
+    ]
+
+
 def plot(path: str, r: dict[str, Any] | None, sweep: list[dict[str, Any]] | None) -> str:
-    """A PNG of the latency percentiles (or of the sweep) if matplotlib is installed; what
-    happened, as one line."""
+    """A PNG if matplotlib is installed (the ``plot`` extra): throughput and latency over
+    time of one run (its ``timeline``), or the sweep's throughput and p99 per offered rate;
+    what happened, as one line."""
     try:
         import matplotlib
 
@@ -846,11 +866,17 @@ def plot(path: str, r: dict[str, Any] | None, sweep: list[dict[str, Any]] | None
         ax2.set_ylabel("p99 latency (ms)")
         ax.legend(loc="upper left")
     elif r is not None:
-        keys = ["p50", "p90", "p99", "p99.9", "max"]
-        for key in ("corrected", "uncorrected"):
-            ax.plot(keys, [r["latency_ms"][key][k] for k in keys], "o-", label=key)
-        ax.set_ylabel("latency (ms)")
-        ax.legend()
+        points = r.get("timeline") or []
+        t = [p["t"] for p in points]
+        ax.plot(t, [p["purchases_per_s"] for p in points], "-", label="purchases/s")
+        ax.set_xlabel("seconds into the measurement")
+        ax.set_ylabel("purchases/s")
+        ax2 = ax.twinx()
+        ax2.plot(t, [p["p50_ms"] for p in points], "--", color="tab:green", label="p50 ms")
+        ax2.plot(t, [p["p99_ms"] for p in points], ":", color="tab:red", label="p99 ms")
+        ax2.set_ylabel("latency (ms, from the intended start)")
+        ax.legend(loc="upper left")
+        ax2.legend(loc="upper right")
     ax.set_title(f"setpay bench auth ({r['suite'] if r else ''})")
     fig.tight_layout()
     fig.savefig(path)

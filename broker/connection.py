@@ -46,6 +46,7 @@ from broker.errors import BrokerError, PeerUnavailable, PublishError, PublishRef
 from broker.topology import SET_EXCHANGE, TRACE_EXCHANGE
 from broker.trace import TraceTap
 from setpay import metrics
+from setpay.durability import GROUP
 from setpay.logs import get_logger
 
 log = get_logger(component="broker")
@@ -223,6 +224,7 @@ class Bus:
             message = self.message(bytes(message))
         elif message.user_id != self.user_id:
             message.user_id = self.user_id
+        await GROUP.barrier()  # setpay/durability.py: nothing leaves before its commits are on disk
         deadline = time.monotonic() + timeout
         started = time.perf_counter()
         delay = 0.05

@@ -25,6 +25,7 @@ from broker.draining import DrainingConsumer
 from broker.errors import BrokerError
 from broker.topology import DEAD_LETTER_EXCHANGE
 from setpay import metrics
+from setpay.durability import GROUP
 from setpay.logs import get_logger
 
 log = get_logger(component="broker.consumer")
@@ -108,6 +109,12 @@ class Consumer(DrainingConsumer):
                 return
             await self._dead_letter(message, f"handler failed twice: {type(exc).__name__}",
                                     "handler-error")
+            return
+        try:
+            await GROUP.barrier()  # setpay/durability.py: the handler's commits before the ack
+        except OSError as exc:
+            log.error("commit_sync_failed", queue=self.queue_name, error=type(exc).__name__)
+            await self._settle(message.nack(requeue=True))
             return
         self.handled += 1
         await self._settle(message.ack())

@@ -32,6 +32,7 @@ from broker.draining import DrainingConsumer
 from broker.errors import BrokerError, PeerUnavailable, PublishError, RemoteError, RpcTimeout
 from broker.inbox import Accept, Inbox
 from broker.topology import RPC_EXCHANGE, ensure_exchange, reply_allowed
+from setpay.durability import GROUP
 from setpay.logs import get_logger
 
 log = get_logger(component="broker.rpc")
@@ -96,6 +97,7 @@ class RpcServer(DrainingConsumer):
         reply = self.bus.message(
             body, persistent=False, headers=headers, correlation_id=message.correlation_id
         )
+        await GROUP.barrier()  # setpay/durability.py: the handler's commits first
         try:
             await self._rpc_exchange.publish(reply, message.reply_to or "", mandatory=False)
         except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
@@ -215,6 +217,7 @@ class RpcClient:
             expiration=timeout,
         )
         assert self._exchange is not None
+        await GROUP.barrier()  # setpay/durability.py: the caller's commits first
         try:
             async with asyncio.timeout(timeout):
                 try:

@@ -82,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = config.load()
         logs.configure(settings.log_format, settings.log_level)
-        store.use_database(settings.store_url, settings.data_dir)  # setpay/store.py Rule 5
+        store.use_database(settings.store_url, settings.data_dir)  # setpay/store.py Rule 6
         clock.configure(settings.clock)  # the process's one clock (setpay/clock.py Rule 1)
         return int(args.func(args, settings) or 0)
     except (config.ConfigError, CommandError, *UNREACHABLE) as exc:

@@ -32,6 +32,7 @@ from keystore.token import token_pin
 from protocol.keys import get_suite
 from setpay import logs, store
 from setpay.config import Settings
+from setpay.lifecycle import run_loop
 from setpay.logs import get_logger
 
 
@@ -70,7 +71,7 @@ def worker_main(spec: WorkerSpec, index: int, ready: Any) -> None:
     # appends to the same file (or inherited stderr), one whole line per write.
     logs.configure(spec.settings.log_format, spec.settings.log_level, path=spec.log_file)
     store.use_database(spec.settings.store_url, spec.settings.data_dir)  # the used-PI register
-    asyncio.run(_serve(spec, index, ready))
+    run_loop(_serve(spec, index, ready), spec.settings.event_loop)
 
 
 async def _serve(spec: WorkerSpec, index: int, ready: Any) -> None:

@@ -20,7 +20,7 @@ import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 from enum import IntEnum
-from functools import cache
+from functools import cache, lru_cache
 from typing import Annotated
 
 from cryptography import x509
@@ -357,7 +357,15 @@ async def issue_certificate(
 
 
 def load_certificate(der: bytes) -> x509.Certificate:
-    """Parse a certificate received as DER. Raises ``ProtocolError(invalidCertificate)``."""
+    """Parse a certificate received as DER. Raises ``ProtocolError(invalidCertificate)``.
+
+    Parsed certificates are immutable and remembered by their exact bytes (bounded, least
+    recently used first out): the same chain arrives with every message of a purchase."""
+    return _parse_certificate(bytes(der))
+
+
+@lru_cache(maxsize=2048)
+def _parse_certificate(der: bytes) -> x509.Certificate:
     try:
         cert = x509.load_der_x509_certificate(der)
         # cryptography parses lazily; touch every part now so malformed input fails here.

@@ -9,10 +9,20 @@ verified under the brand certificate of this very path.
 Rule 3: the caller states what the sender must be (``Expect``: certType, key use, brand);
 anything else is refused. Failures raise ``ProtocolError`` with the SET code: missing,
 invalid, expired, revoked certificate, or signature failure.
+Rule 4 (cache): an accepted path is remembered (``PathCache``, bounded, least recently used
+first out) under the thumbprints of its certificates (root included), the ``Expect`` and the
+fingerprint of the revocation view it was checked against (``RevocationState.fingerprint``:
+Brand CA, BCI bytes, the CRLs held). A later call that builds the same path against the same
+view is accepted without redoing the signatures and CRL look-ups, while ``now`` lies inside
+the intersection of the certificates' validity periods; outside it the path is validated again
+(and refused with the code of the full check). A new BCI, or a CRL added, is another view and
+so another key: a revocation is never hidden by a warm cache. Refusals are never cached.
 """
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -34,6 +44,7 @@ from protocol.errors import ErrorCode, ProtocolError
 from protocol.revocation import RevocationState
 
 MAX_PATH = 4  # leaf, CA, brand, root (no geo-political CA level in setpay)
+PATH_CACHE_SIZE = 4096  # accepted paths remembered per process (Rule 4)
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,26 +169,85 @@ def validate_path(
     expect: Expect,
     revocation: RevocationState | None,
 ) -> ValidatedPath:
-    """Validate ``leaf`` up to the trusted ``root`` (Rules 1-3). Raises ``ProtocolError``.
+    """Validate ``leaf`` up to the trusted ``root`` (Rules 1-4). Raises ``ProtocolError``.
 
     ``revocation=None`` skips CRLs; it is meant only for the brand certificate a BCI is
     being verified under (the BCI cannot be trusted before that certificate is).
     """
     try:
-        return _validate(leaf, others, root, now, expect, revocation)
+        return PATHS.validate(leaf, others, root, now, expect, revocation)
     except ValueError:  # a lazily parsed field of a certificate not from load_certificate
         raise _fail(ErrorCode.INVALID_CERTIFICATE, "malformed certificate") from None
 
 
-def _validate(
-    leaf: x509.Certificate,
-    others: Iterable[x509.Certificate],
+_Key = tuple[tuple[bytes, ...], Expect, bytes | None]
+
+
+class PathCache:
+    """Accepted paths by certificate thumbprints, expectation and revocation view (Rule 4).
+
+    Bounded to ``size`` entries (least recently used dropped first); safe to share between
+    threads. ``hits``/``misses`` count lookups, for tests and the bench."""
+
+    def __init__(self, size: int = PATH_CACHE_SIZE) -> None:
+        self.size = size
+        self._paths: OrderedDict[_Key, tuple[datetime, datetime, SetExtension]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._paths.clear()
+            self.hits = self.misses = 0
+
+    def validate(
+        self,
+        leaf: x509.Certificate,
+        others: Iterable[x509.Certificate],
+        root: x509.Certificate,
+        now: datetime,
+        expect: Expect,
+        revocation: RevocationState | None,
+    ) -> ValidatedPath:
+        path = build_path(leaf, others, root)
+        key: _Key = (
+            tuple(cert_thumbprint(c) for c in path),
+            expect,
+            None if revocation is None else revocation.fingerprint,
+        )
+        with self._lock:
+            found = self._paths.get(key)
+            if found is not None:
+                self._paths.move_to_end(key)
+        if found is not None and found[0] <= now <= found[1]:
+            self.hits += 1
+            return ValidatedPath(tuple(path), found[2])
+        self.misses += 1
+        accepted = _validate_built(path, root, now, expect, revocation)
+        start = max(c.not_valid_before_utc for c in path)
+        end = min(c.not_valid_after_utc for c in path)
+        with self._lock:
+            self._paths[key] = (start, end, accepted.leaf_ext)
+            self._paths.move_to_end(key)
+            while len(self._paths) > self.size:
+                self._paths.popitem(last=False)
+        return accepted
+
+
+PATHS = PathCache()  # the process's cache of accepted paths (Rule 4)
+
+
+def _validate_built(
+    path: list[x509.Certificate],
     root: x509.Certificate,
     now: datetime,
     expect: Expect,
     revocation: RevocationState | None,
 ) -> ValidatedPath:
-    path = build_path(leaf, others, root)
     exts = [set_extension(c) for c in path]
     if exts[-1].cert_type is not CertType.ROOT:
         raise _fail(ErrorCode.INVALID_CERTIFICATE, "trusted certificate is not a root")
@@ -190,7 +260,7 @@ def _validate(
         if i > 0 and exts[i].cert_type not in CA_TYPES:
             raise _fail(ErrorCode.INVALID_CERTIFICATE, "end-entity certificate inside a path")
     leaf_ext = exts[0]
-    _check_leaf_usage(leaf, leaf_ext)
+    _check_leaf_usage(path[0], leaf_ext)
     if leaf_ext.cert_type is not expect.cert_type or leaf_ext.key_use is not expect.key_use:
         raise _fail(
             ErrorCode.INVALID_CERTIFICATE,

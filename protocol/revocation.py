@@ -12,9 +12,13 @@ certificates, through the injected ``PrivateKey`` (see ``protocol.certs``).
 
 from __future__ import annotations
 
+import hashlib
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
 from typing import Annotated
 
 from cryptography import x509
@@ -172,9 +176,18 @@ def bci_thumbprint(data: bytes) -> bytes:
 # --- the revocation view chain validation uses ----------------------------------------------
 
 
+STATE_CACHE_SIZE = 64  # verified revocation views remembered per process
+
+
 @dataclass(frozen=True)
 class RevocationState:
-    """A verified BCI of one brand and the CRLs held for it, parsed once."""
+    """A verified BCI of one brand and the CRLs held for it, parsed once.
+
+    ``load`` remembers the views it verified (bounded, by the exact BCI bytes, the Brand CA
+    certificate and the CRL bytes), so a party that rebuilds its view per message verifies
+    the BCI and each named CRL once, not per message; the BCI's window is checked at every
+    ``load`` all the same. ``fingerprint`` names the view for the path cache
+    (``protocol.chain`` Rule 4): another BCI or another set of CRLs is another fingerprint."""
 
     bci: Bci
     brand_thumbprint: bytes  # the Brand CA certificate the BCI verified under
@@ -191,14 +204,40 @@ class RevocationState:
         now: datetime,
     ) -> RevocationState:
         """Verify the BCI (see ``open_bci``) and parse the CRLs for ``check``."""
-        bci = open_bci(bci_data, brand_cert, now)
+        crl_list = list(crls)
+        key = (
+            primitives.thumbprint(bci_data),
+            cert_thumbprint(brand_cert),
+            tuple(primitives.thumbprint(der) for der in crl_list),
+        )
+        with _STATES_LOCK:
+            found = _STATES.get(key)
+            if found is not None:
+                _STATES.move_to_end(key)
+        if found is not None and found.bci.not_before <= _ms(now) <= found.bci.not_after:
+            return found
+        bci = open_bci(bci_data, brand_cert, now)  # outside its window: raises here
         parsed = []
-        for der in crls:
+        for der in crl_list:
             try:
                 parsed.append((der, x509.load_der_x509_crl(der)))
             except ValueError:
                 continue  # garbage cannot be a CRL the BCI names; a named one stays missing
-        return cls(bci, cert_thumbprint(brand_cert), tuple(parsed))
+        state = cls(bci, key[1], tuple(parsed))
+        with _STATES_LOCK:
+            _STATES[key] = state
+            while len(_STATES) > STATE_CACHE_SIZE:
+                _STATES.popitem(last=False)
+        return state
+
+    @cached_property
+    def fingerprint(self) -> bytes:
+        """SHA-256 over the Brand CA thumbprint, the BCI record and the CRLs' thumbprints."""
+        digest = hashlib.sha256(self.brand_thumbprint)
+        digest.update(codec.encode(self.bci))
+        for der, _ in self.crls:
+            digest.update(primitives.thumbprint(der))
+        return digest.digest()
 
     @property
     def sequence(self) -> int:
@@ -235,6 +274,10 @@ class RevocationState:
         if forged:
             raise ProtocolError(ErrorCode.SIGNATURE_FAILURE, "named CRL does not verify")
         raise ProtocolError(ErrorCode.MISSING_CERTIFICATE, "CRL named by the BCI is not held")
+
+
+_STATES: OrderedDict[tuple[bytes, bytes, tuple[bytes, ...]], RevocationState] = OrderedDict()
+_STATES_LOCK = threading.Lock()
 
 
 def certificate_crl_id(issuer_cert: x509.Certificate, number: int) -> CrlId:

@@ -66,6 +66,10 @@ class Settings:
     # or fixed:<epoch ms>; a trace replay runs a restored environment on the trace's clock.
     clock: str = "system"
 
+    # The event loop of the long-running processes (actors, keystore workers): auto is
+    # uvloop when installed (the ``fast`` extra), else asyncio's own.
+    event_loop: str = "auto"  # auto | asyncio | uvloop
+
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
     broker_vhost: str = "setpay"
     broker_admin_user: str = "guest"
@@ -100,7 +104,7 @@ class Settings:
     # no cardholder): a comma list, "*" every brand, "" none.
     subsequent_auth_brands: str = "*"
 
-    # Where the stores live (setpay/store.py Rule 5): empty, a SQLite file per store under
+    # Where the stores live (setpay/store.py Rule 6): empty, a SQLite file per store under
     # the data dir; a postgresql:// URL (no password in it: PGPASSFILE), one schema per store
     # in that database, shared by every replica and CLI of the environment.
     store_url: str = ""
@@ -240,6 +244,7 @@ SUITE_NAMES = ("rsa2048", "rsa3072", "rsa2048-oaep256", "p256")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 QUEUE_TYPES = ("classic", "quorum")  # broker/topology.py Rule 8
 LOG_FORMATS = ("auto", "json", "console")
+EVENT_LOOPS = ("auto", "asyncio", "uvloop")
 # SETPAY_ variables that are read elsewhere and are no setting (secrets of the thin clients,
 # tools, the test suite): never taken for a misspelt setting.
 OTHER_VARIABLES = frozenset({
@@ -312,7 +317,7 @@ def load(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         values[name] = raw
     settings = Settings(**values)
     for name, allowed in (("log_format", LOG_FORMATS), ("log_level", LOG_LEVELS),
-                          ("suite", SUITE_NAMES),
+                          ("suite", SUITE_NAMES), ("event_loop", EVENT_LOOPS),
                           ("broker_queue_type", QUEUE_TYPES)):  # fmt: skip
         if getattr(settings, name) not in allowed:
             raise ConfigError(f"{name} {getattr(settings, name)!r} is not one of "

@@ -26,9 +26,9 @@ import json
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from setpay.logs import get_logger
 from setpay.metrics import MetricsServer
@@ -207,3 +207,24 @@ async def run_service(service: Service) -> int:
     with contextlib.suppress(asyncio.CancelledError):
         return await service.run()
     return 130
+
+
+T = TypeVar("T")
+
+
+def run_loop(main: Coroutine[Any, Any, T], event_loop: str = "auto") -> T:
+    """Run ``main`` to its end on the configured event loop (``Settings.event_loop``): uvloop
+    when asked or, for ``auto``, when it is installed (the ``fast`` extra); else asyncio's.
+    uvloop moves the loop's socket and timer work to C (machine-facts: +10-30 % on the
+    broker round trips that every message of a purchase makes)."""
+    if event_loop != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if event_loop == "uvloop":
+                main.close()
+                raise RuntimeError("event_loop is uvloop but uvloop is not installed "
+                                   "(pip install 'setpay[fast]')") from None  # fmt: skip
+        else:
+            return uvloop.run(main)
+    return asyncio.run(main)

@@ -48,7 +48,18 @@ request id -> request digest, reply type, reply bytes, created at. The same id w
 digest gets the stored reply; the same id with another digest is a replay (``ReplyConflict``).
 Its row is written inside the caller's transaction, together with the effects it answers.
 
-Rule 5 (placement): by default each store is the SQLite file its owner names under the data
+Rule 5 (group commit): ``open_store(..., group_commit=True)`` opens a SQLite store whose
+commits do not sync by themselves (``synchronous=NORMAL``) and are reported to the process's
+barrier (``setpay/durability.py``), which brings them to disk, many commits in one
+``fdatasync`` of the WAL, before anything that could reveal them leaves the process (a
+publish, an ack, an HTTPS answer). An acked effect survives power loss as under FULL; what
+changes is that the event loop does not wait for the disk at each commit. Only a running
+actor opts in (the POS, the wallet, the gateway's ledger and journal); commands, tests and
+every other store keep FULL. A transaction on any store of the process (a PostgreSQL one
+too) first syncs what other stores still owe, so commits reach the disk across files in the
+order they were made (setpay/durability.py Rule 2). Closing such a store syncs it first.
+
+Rule 6 (placement): by default each store is the SQLite file its owner names under the data
 dir. When the process is configured with a server database (``store_url``, applied once per
 process by ``use_database``, from the CLI's entry point and each spawned keystore worker),
 every store whose path lies under the data dir lives instead in that database, in a schema
@@ -88,6 +99,7 @@ from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.dml import Insert
 
+from setpay.durability import GROUP, GroupCommit
 from setpay.logs import get_logger
 
 log = get_logger(component="store")
@@ -195,11 +207,16 @@ def _lock_key(name: str) -> int:
 class Store:
     """One database: one connection, one write-transaction helper, migrated schemas."""
 
-    def __init__(self, engine: Engine, name: str, path: Path | None) -> None:
+    def __init__(
+        self, engine: Engine, name: str, path: Path | None, group: GroupCommit | None = None
+    ) -> None:
         self.engine = engine
         self.name = name
         self.path = path  # the SQLite file; None on a server database
         self.dialect = engine.dialect.name
+        # Rule 5: commits synced by the process's barrier instead of one by one.
+        self.group = group if self.dialect == "sqlite" and path is not None else None
+        self._dir_synced = False
         self._lock = threading.RLock()
         self._immediate = False  # read by the SQLite "begin" listener
         if self.dialect == "sqlite":
@@ -207,6 +224,10 @@ class Store:
             event.listen(engine, "begin", self._sqlite_begin)
         self.lock_key = _lock_key(name)  # PostgreSQL's stand-in for SQLite's write lock
         self._conn = engine.connect()
+        if self.group is not None:  # on the driver, outside any transaction (autocommit)
+            raw = self._conn.connection.driver_connection
+            assert raw is not None
+            raw.execute("PRAGMA synchronous=NORMAL")
         self._pg_lock = sa.select(sa.func.pg_advisory_xact_lock(self.lock_key))
 
     def _sqlite_begin(self, conn: Connection) -> None:
@@ -219,14 +240,37 @@ class Store:
         raw.execute("BEGIN IMMEDIATE" if self._immediate else "BEGIN")
 
     def close(self) -> None:
+        if self.group is not None:
+            self.group.sync()  # Rule 5: nothing committed stays unsynced past close
         with self._lock:
             self._conn.close()
             self.engine.dispose()
+
+    def sync_to_disk(self) -> None:
+        """Bring this store's committed WAL to disk (Rule 5; called by the barrier)."""
+        assert self.path is not None
+        try:
+            fd = os.open(f"{self.path}-wal", os.O_RDONLY)
+        except FileNotFoundError:
+            return  # no WAL: the last connection checkpointed it, and that syncs the file
+        try:
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)  # SQLite locks the database and -shm files, never the -wal
+        if not self._dir_synced:  # the WAL's directory entry, once
+            dfd = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+            self._dir_synced = True
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
         """One atomic write (Rule 3): write lock taken up front, committed on normal exit,
         rolled back on any exception (cancellation included)."""
+        if GROUP.pending_elsewhere(self):
+            GROUP.sync()  # Rule 5: another store's earlier commits reach the disk first
         with self._lock:
             conn = self._conn
             if conn.in_transaction():
@@ -249,6 +293,8 @@ class Store:
                 if tx.is_active:
                     tx.rollback()
                 raise
+            if self.group is not None:
+                self.group.committed(self)
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
@@ -440,7 +486,7 @@ def widen(op: Operations, table: str, column: str, old: sa.types.TypeEngine[Any]
         op.alter_column(table, column, type_=new, existing_type=old)
 
 
-# --- placement: a data dir's stores in one server database (Rule 5) -------------------------
+# --- placement: a data dir's stores in one server database (Rule 6) -------------------------
 
 _NAMESPACE_CHARS = re.compile(r"[^a-z0-9]+")
 
@@ -455,7 +501,7 @@ _database: _Database | None = None
 
 
 def use_database(url: str, data_dir: Path) -> None:
-    """Place every store under ``data_dir`` in the server database at ``url`` (Rule 5);
+    """Place every store under ``data_dir`` in the server database at ``url`` (Rule 6);
     an empty ``url`` keeps them SQLite files. Called once per process."""
     global _database
     if not url:
@@ -467,7 +513,7 @@ def use_database(url: str, data_dir: Path) -> None:
 
 
 def namespace_of(path: Path, data_dir: Path) -> str:
-    """The schema a store at ``path`` under ``data_dir`` lives in (Rule 5): its relative
+    """The schema a store at ``path`` under ``data_dir`` lives in (Rule 6): its relative
     path without the suffix, lower-cased, runs of other characters as one ``_``; names
     over PostgreSQL's 63 bytes end in a digest of the whole."""
     relative = path.resolve().relative_to(data_dir.resolve()).with_suffix("")
@@ -478,7 +524,7 @@ def namespace_of(path: Path, data_dir: Path) -> str:
 
 
 def _placed(target: str | Path) -> tuple[str, str] | None:
-    """(server URL, namespace) when ``target`` is a path placed on the server (Rule 5)."""
+    """(server URL, namespace) when ``target`` is a path placed on the server (Rule 6)."""
     if _database is None or _is_url(target):
         return None
     path = Path(target).resolve()
@@ -488,7 +534,7 @@ def _placed(target: str | Path) -> tuple[str, str] | None:
 
 
 def store_exists(target: str | Path) -> bool:
-    """Whether the store at ``target`` was ever created, wherever it is placed (Rule 5)."""
+    """Whether the store at ``target`` was ever created, wherever it is placed (Rule 6)."""
     placed = _placed(target)
     if placed is None:
         return Path(target).exists() if not _is_url(target) else True
@@ -518,11 +564,17 @@ def _create_namespace(url: sa.URL, namespace: str) -> None:
         engine.dispose()
 
 
-def open_store(target: str | Path, schemas: Sequence[Schema], *, name: str | None = None) -> Store:
+def open_store(
+    target: str | Path,
+    schemas: Sequence[Schema],
+    *,
+    name: str | None = None,
+    group_commit: bool = False,
+) -> Store:
     """Open (creating and migrating as needed) the database at ``target``: a path (SQLite,
-    Rule 1, or its place in the configured server database, Rule 5) or a SQLAlchemy URL.
+    Rule 1, or its place in the configured server database, Rule 6) or a SQLAlchemy URL.
     ``name`` (default: the components' names) keys the PostgreSQL write lock and names the
-    store in errors."""
+    store in errors. ``group_commit``: Rule 5 (SQLite; a server database commits as always)."""
     placed = _placed(target)
     url = _url(placed[0] if placed else target)
     path: Path | None = None
@@ -538,7 +590,8 @@ def open_store(target: str | Path, schemas: Sequence[Schema], *, name: str | Non
         path = Path(url.database or "")
         _private_file(path)
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": BUSY_TIMEOUT_S}
-    store = Store(sa.create_engine(url, **kwargs), name, path)
+    store = Store(sa.create_engine(url, **kwargs), name, path,
+                  GROUP if group_commit else None)  # fmt: skip
     try:
         store.migrate(schemas)
     except BaseException:

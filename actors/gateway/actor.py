@@ -82,13 +82,16 @@ class GatewayActor(PartyActor):
         assert self.keys is not None
         sig_key = await self.keys.get(identity.sig_label)
         kx_key = await self.keys.get(identity.kx_label)
-        self.ledger = Ledger(ledger_path(self.settings.data_dir, self.instance))
+        # Group commit (setpay/store.py Rule 5): the ledger's and the journal's commits are
+        # synced in shared rounds before anything leaves (publish, ack, ISO 8583 write).
+        self.ledger = Ledger(ledger_path(self.settings.data_dir, self.instance), group_commit=True)
         self.closing(self.ledger.close, "ledger")
         self.link = IsoLink(
             self.issuer_host,
             self.issuer_port,
             journal_path(self.settings.data_dir, self.instance),
             deadline=self.host_deadline,
+            group_commit=True,
         )
         await self.link.start()
         self.closing(self.link.close, "issuer link")

@@ -129,8 +129,15 @@ class Outcome:
 class Ledger:
     """Authorization records of one gateway instance."""
 
-    def __init__(self, path: Path | str, *, clock: Callable[[], float] = time.time) -> None:
-        self.db = open_store(path, [SCHEMA, REPLIES])
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        clock: Callable[[], float] = time.time,
+        group_commit: bool = False,
+    ) -> None:
+        """``group_commit``: the running gateway's (setpay/store.py Rule 5)."""
+        self.db = open_store(path, [SCHEMA, REPLIES], group_commit=group_commit)
         self.path = Path(path) if self.db.path is None else self.db.path
         self.clock = clock
         self.replies = ReplyStore(self.db)

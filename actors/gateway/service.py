@@ -93,6 +93,7 @@ from protocol.set_error import ErrorSigner
 from protocol.treatments import make_enc, make_encx, open_encx
 from protocol.wrapper import Decoded, MessageHeader
 from setpay.clock import CLOCK
+from setpay.durability import GROUP
 from setpay.logs import get_logger
 
 log = get_logger(component="gateway")
@@ -476,6 +477,9 @@ class GatewayService:
             return await self._refuse(checked, new, Refusal(AuthCode.PI_PREVIOUSLY_USED, "piUsed"))
         if entry.state == "done":
             return self._stored(entry)
+        # The reservation on disk before the link's journal records the host message: one
+        # shared sync round, without holding up the loop (setpay/durability.py Rule 2).
+        await GROUP.barrier()
         account = checked.account
         assert account is not None
         debit = checked.pin_block is not None  # OPE: a sale, PIN in field 52 (Rule 4)
@@ -516,6 +520,7 @@ class GatewayService:
             sale,
             AuthResBaggage(cap_token, None, auth_token),
         )
+        await GROUP.barrier()  # the journal's answer on disk before the ledger's (Rule 2)
         done = self.ledger.finish(
             rrpid,
             Outcome(

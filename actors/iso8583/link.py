@@ -33,6 +33,7 @@ from actors.iso8583.saf import Journal, SafEntry
 from actors.iso8583.security import mask_account
 from setpay import metrics
 from setpay.clock import CLOCK
+from setpay.durability import GROUP
 from setpay.logs import get_logger
 
 REPEAT_OF = {
@@ -96,6 +97,7 @@ class IsoLink:
         connect_timeout: float = 2.0,
         saf_retry_interval: float = 1.0,
         now: Callable[[], datetime] = CLOCK.now,
+        group_commit: bool = False,
     ) -> None:
         self.host = host
         self.port = port
@@ -104,7 +106,7 @@ class IsoLink:
         self.connect_timeout = connect_timeout
         self.saf_retry_interval = saf_retry_interval
         self.now = now
-        self.journal = Journal(journal_path)
+        self.journal = Journal(journal_path, group_commit=group_commit)
         self.log = get_logger(actor="issuer-link")
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
@@ -249,6 +251,9 @@ class IsoLink:
         try:
             before_send()
             try:
+                # setpay/durability.py: what before_send committed is on disk before the host
+                # sees the message (a failed sync is a failed write: nothing was sent).
+                await GROUP.barrier()
                 framing.write_frame(writer, payload)
                 await writer.drain()
             except (ConnectionError, OSError) as exc:

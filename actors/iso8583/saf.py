@@ -108,10 +108,18 @@ class SafEntry:
 class Journal:
     """The link's persistent state; synchronous, short transactions."""
 
-    def __init__(self, path: Path | str, *, clock: Callable[[], float] = time.time) -> None:
-        """Open (creating or migrating) the journal at ``path``, or at a ``postgresql://`` URL."""
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        clock: Callable[[], float] = time.time,
+        group_commit: bool = False,
+    ) -> None:
+        """Open (creating or migrating) the journal at ``path``, or at a ``postgresql://`` URL.
+        ``group_commit``: setpay/store.py Rule 5 (the link then awaits the barrier before it
+        writes to the host)."""
         self.clock = clock
-        self.db = open_store(path, [SCHEMA])
+        self.db = open_store(path, [SCHEMA], group_commit=group_commit)
         self._stans: list[int] = []
 
     def close(self) -> None:

@@ -69,7 +69,7 @@ class MerchantActor(PartyActor):
 
     async def setup(self) -> None:
         assert self.bus is not None
-        self.store = MerchantStore.open(self.settings.data_dir, self.instance)
+        self.store = MerchantStore.open(self.settings.data_dir, self.instance, group_commit=True)
         self.closing(self.store.close, "store")
         await self.connect_keystore()
         assert self.keys is not None

@@ -16,7 +16,8 @@ from __future__ import annotations
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from types import SimpleNamespace
+from typing import Any, Final
 
 import sqlalchemy as sa
 from alembic.operations import Operations
@@ -26,7 +27,7 @@ from actors.merchant.payments import SCHEMA as PAYMENTS_SCHEMA
 from actors.web.sessions import SESSIONS
 from protocol import codec
 from protocol.messages import CurrAmt
-from setpay.store import REPLIES, Connection, ReplyStore, Schema, Store, open_store
+from setpay.store import REPLIES, Connection, Prepared, ReplyStore, Schema, Store, open_store
 
 _MD = sa.MetaData()
 B, T, I = sa.LargeBinary, sa.String, sa.BigInteger  # noqa: E741 - column type shorthands
@@ -128,8 +129,16 @@ class OrderRow:
     auth_token: bytes | None = None
 
 
+_ORDER_COLUMNS: Final = tuple(c.name for c in ORDERS.columns)
+_MERCHANT_COLUMNS: Final = tuple(c.name for c in MERCHANTS.columns)
+
+
 def _list(data: bytes) -> list[bytes]:
-    return list(codec.unpackb(data))
+    return list(codec.unpackb(bytes(data)))
+
+
+def _bytes(data: bytes | memoryview | None) -> bytes | None:
+    return None if data is None else bytes(data)
 
 
 class MerchantStore:
@@ -139,11 +148,28 @@ class MerchantStore:
         self.db = db
         self.path = path
         self.replies = ReplyStore(db)
+        # The look-ups of every purchase message, compiled once (setpay/store.py Prepared).
+        key = sa.bindparam("k")
+        self._by_lid = db.prepare(sa.select(ORDERS).where(ORDERS.c.lid_m == key))
+        self._by_xid = db.prepare(sa.select(ORDERS).where(ORDERS.c.xid == key))
+        self._merchant = db.prepare(sa.select(MERCHANTS).where(MERCHANTS.c.merchant_id == key))
+        self._gateway = db.prepare(
+            sa.select(GATEWAYS.c.kx_cert, GATEWAYS.c.chain).where(GATEWAYS.c.brand == key)
+        )
+
+    def _one(self, query: Prepared, key: object) -> tuple[Any, ...] | None:
+        with self.db.read() as db:
+            rows, _ = query.run(db, {"k": key})
+        return rows[0] if rows else None
 
     @classmethod
-    def open(cls, data_dir: Path, instance: str) -> MerchantStore:
+    def open(cls, data_dir: Path, instance: str, *, group_commit: bool = False) -> MerchantStore:
+        """``group_commit``: the running POS's (setpay/store.py Rule 5): every write of its
+        hot path goes to this one file, and its publishes, acks and HTTPS answers wait for
+        the barrier."""
         path = Path(data_dir) / "merchant" / f"{instance}.sqlite"
-        return cls(open_store(path, [SCHEMA, REPLIES, PAYMENTS_SCHEMA, SESSIONS, OPERATORS]), path)
+        schemas = [SCHEMA, REPLIES, PAYMENTS_SCHEMA, SESSIONS, OPERATORS]
+        return cls(open_store(path, schemas, group_commit=group_commit), path)
 
     def close(self) -> None:
         self.db.close()
@@ -165,12 +191,13 @@ class MerchantStore:
             db.execute(self.db.upsert(MERCHANTS, values))
 
     def merchant(self, merchant_id: str) -> MerchantRow | None:
-        r = self.db.one(sa.select(MERCHANTS).where(MERCHANTS.c.merchant_id == merchant_id))
-        if r is None:
+        found = self._one(self._merchant, merchant_id)
+        if found is None:
             return None
+        r = SimpleNamespace(**dict(zip(_MERCHANT_COLUMNS, found, strict=True)))
         return MerchantRow(
-            r.merchant_id, r.brand, r.sig_label, r.kx_label, r.sig_cert, r.kx_cert,
-            _list(r.chain), r.root, r.bci, _list(r.crls),
+            r.merchant_id, r.brand, r.sig_label, r.kx_label, bytes(r.sig_cert),
+            bytes(r.kx_cert), _list(r.chain), bytes(r.root), _bytes(r.bci), _list(r.crls),
         )  # fmt: skip
 
     def merchant_ids(self) -> list[str]:
@@ -183,8 +210,8 @@ class MerchantStore:
             db.execute(self.db.upsert(GATEWAYS, values))
 
     def gateway(self, brand: str) -> tuple[bytes, list[bytes]] | None:
-        r = self.db.one(sa.select(GATEWAYS).where(GATEWAYS.c.brand == brand))
-        return None if r is None else (r.kx_cert, _list(r.chain))
+        r = self._one(self._gateway, brand)
+        return None if r is None else (bytes(r[0]), _list(r[1]))
 
     # -- orders ---------------------------------------------------------------------------------
 
@@ -201,10 +228,14 @@ class MerchantStore:
                 )
             )  # fmt: skip
 
-    def _order(self, where: sa.ColumnElement[bool]) -> OrderRow | None:
-        r = self.db.one(sa.select(ORDERS).where(where))
-        if r is None:
+    def _order(self, query: Prepared, key: bytes) -> OrderRow | None:
+        found = self._one(query, key)
+        if found is None:
             return None
+        r = SimpleNamespace(**{
+            k: bytes(v) if isinstance(v, memoryview) else v
+            for k, v in zip(_ORDER_COLUMNS, found, strict=True)
+        })  # fmt: skip
         return OrderRow(
             r.lid_m, r.merchant_id, r.description, CurrAmt(r.currency, r.amount),
             bool(r.sale), r.state, r.xid, r.trans_ids, r.chall_c, r.chall_m,
@@ -214,10 +245,10 @@ class MerchantStore:
         )  # fmt: skip
 
     def order(self, lid_m: bytes) -> OrderRow | None:
-        return self._order(ORDERS.c.lid_m == lid_m)
+        return self._order(self._by_lid, lid_m)
 
     def order_by_xid(self, xid: bytes) -> OrderRow | None:
-        return self._order(ORDERS.c.xid == xid)
+        return self._order(self._by_xid, xid)
 
     def orders_of(self, merchant_id: str, limit: int = 100) -> list[OrderRow]:
         """The newest ``limit`` orders of one merchant (the POS console's list)."""

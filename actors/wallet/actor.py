@@ -44,7 +44,7 @@ class WalletActor(PartyActor):
 
     async def setup(self) -> None:
         assert self.bus is not None
-        self.store = WalletStore.open(self.settings.data_dir, self.instance)
+        self.store = WalletStore.open(self.settings.data_dir, self.instance, group_commit=True)
         self.closing(self.store.close, "store")
         await self.connect_keystore()
         timeout = self.settings.broker_rpc_timeout

@@ -119,9 +119,12 @@ class WalletStore:
         self.path = path
 
     @classmethod
-    def open(cls, data_dir: Path, instance: str) -> WalletStore:
+    def open(cls, data_dir: Path, instance: str, *, group_commit: bool = False) -> WalletStore:
+        """``group_commit``: the running wallet's (setpay/store.py Rule 5): every write of
+        its hot path goes to this one file, and its publishes and HTTPS answers wait for the
+        barrier."""
         path = Path(data_dir) / "wallet" / f"{instance}.sqlite"
-        return cls(open_store(path, [SCHEMA, SESSIONS]), path)
+        return cls(open_store(path, [SCHEMA, SESSIONS], group_commit=group_commit), path)
 
     def close(self) -> None:
         self.db.close()

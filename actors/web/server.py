@@ -52,6 +52,7 @@ from actors.web import passwords, tls
 from actors.web.passwords import PassphraseRecord
 from actors.web.sessions import Session, SessionStore
 from setpay.config import Settings
+from setpay.durability import GROUP
 from setpay.logs import get_logger
 
 log = get_logger(component="web")
@@ -343,6 +344,11 @@ class FrontDoor:
             raise
         except Exception as exc:
             log.error("web_internal_error", error=type(exc).__name__)
+            response = web.json_response({"error": "internal error"}, status=500)
+        try:  # setpay/durability.py: what the handler committed is on disk before it answers
+            await GROUP.barrier()
+        except OSError as exc:
+            log.error("commit_sync_failed", error=type(exc).__name__)
             response = web.json_response({"error": "internal error"}, status=500)
         response.headers.update(SECURITY_HEADERS)
         info = request.match_info.route.resource

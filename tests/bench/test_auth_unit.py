@@ -118,3 +118,19 @@ def test_hdr_log_reads_back_every_completion(
     while reader.add_next_interval_histogram():
         pass
     assert total.get_total_count() == 30
+
+
+async def test_timeline_gives_throughput_and_latency_over_time(tmp_path: Path) -> None:
+    import bench.auth as auth
+
+    results = await drive(_waiting, count=30, concurrency=3)
+    points = auth.timeline(results, interval=0.01)
+    assert points and sum(p["purchases_per_s"] * 0.01 for p in points) == pytest.approx(30)
+    assert [p["t"] for p in points] == sorted(p["t"] for p in points)
+    assert all(0 < p["p50_ms"] <= p["p99_ms"] for p in points)
+    out = auth.report(results, None, None, {"suite": "rsa2048"})
+    assert sum(p["purchases_per_s"] for p in out["timeline"]) == pytest.approx(30)
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "auth.png"
+    assert "written" in auth.plot(str(png), out, None)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

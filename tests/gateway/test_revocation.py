@@ -267,3 +267,23 @@ async def test_gateway_starts_with_the_bci_of_its_registration(
     held = gateway_env.actor.service.trust.held(BRAND)
     assert held is not None
     assert gateway_env.actor.service.require_bci
+
+
+async def test_held_view_is_remembered_until_any_connection_changes_it(
+    gateway_env: GatewayEnv, ops: Ops, trust: RevocationCache
+) -> None:
+    """``held`` answers from memory while the trust generation stands (actors/trust.py Rule 4)
+    and reads again as soon as any connection, the operator's included, changed the data."""
+    ca = gateway_env.ca
+    await ops.refresh(trust)
+    warm = trust.held(BRAND)
+    assert warm is not None and trust.held(BRAND) is warm
+    operator = RevocationCache(trust.path, ca.root)  # `setpay` on the same database
+    try:
+        await ca.hierarchy.publish_revocation([ca_name(BRAND, "cca")], [BRAND], now_ms())
+        assert await ops.refresh(operator) in (Offered.REPLACED, Offered.CURRENT)
+        new = trust.held(BRAND)
+        assert new is not None and new.sequence > warm.sequence
+        assert new == operator.held(BRAND)
+    finally:
+        operator.close()

@@ -1,5 +1,5 @@
 """The whole test environment in its scale-out configuration: every store on PostgreSQL
-(setpay/store.py Rule 5) and every durable queue a quorum queue (broker/topology.py Rule 8).
+(setpay/store.py Rule 6) and every durable queue a quorum queue (broker/topology.py Rule 8).
 `setpay demo` with ``SETPAY_STORE_URL`` and ``SETPAY_BROKER_QUEUE_TYPE=quorum`` runs every row
 as expected, every party's store is a schema of the one database (no SQLite file is made), the
 vhost's SET, RPC and dead-letter queues are quorum queues, and the merchant's, wallet's and

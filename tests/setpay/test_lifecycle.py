@@ -44,3 +44,21 @@ async def test_a_service_never_started_closes_quietly() -> None:
         await service.stop()
     assert service.closed == ["one-off"] and service.state is State.STOPPED
     assert not [entry for entry in logs if entry["event"].startswith("service_")]
+
+
+def test_run_loop_runs_on_the_configured_event_loop() -> None:
+    import asyncio
+
+    from setpay.lifecycle import run_loop
+
+    async def loop_module() -> str:
+        return type(asyncio.get_running_loop()).__module__
+
+    assert run_loop(loop_module(), "asyncio").startswith("asyncio")
+    try:
+        import uvloop  # noqa: F401 - the `fast` extra
+    except ImportError:
+        assert run_loop(loop_module(), "auto").startswith("asyncio")
+    else:
+        assert run_loop(loop_module(), "auto").startswith("uvloop")
+        assert run_loop(loop_module(), "uvloop").startswith("uvloop")

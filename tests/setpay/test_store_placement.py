@@ -1,4 +1,4 @@
-"""Placement (setpay/store.py Rule 5): with a server database configured, every store under
+"""Placement (setpay/store.py Rule 6): with a server database configured, every store under
 the data dir lives in that database, one schema per store path, shared by every opener."""
 
 from __future__ import annotations
