@@ -238,3 +238,15 @@ def check_account_hash(pan_data: PANData, expected: bytes) -> None:
         raise ProtocolError(
             ErrorCode.LINKAGE_FAILURE, "account does not match the cardholder certificate"
         )
+
+
+def merchant_bin(account: Account) -> str:
+    """What the cardholder tells the merchant about the account in PInitReq's BIN, and no
+    more: a card's issuer identification number (the PAN's first six digits, as SET has it);
+    for an OPE bank account the institution (bank code and branch digits, zero-padded to six,
+    at most eleven), never a digit of the account number. With a bank account of seven digits,
+    "its first six" would hand the merchant the account number but for one digit."""
+    if account.kind is AccountKind.CARD:
+        return account.number[:6]
+    digits = "".join(ch for ch in account.bank_code + account.branch if ch.isdigit())
+    return digits[:11].rjust(6, "0")

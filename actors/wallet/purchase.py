@@ -116,7 +116,7 @@ def pinit_req(account: pan.Account, brand: str, lid_m: bytes) -> PInitReq:
     """A PInitReq for the order ``lid_m`` with fresh RRPID, LID-C and Chall-C."""
     return PInitReq(
         ids.new_rrpid(), LANGUAGE, ids.new_lid(), lid_m, ids.new_challenge(), brand,
-        account.number[:6], account.kind, [],
+        pan.merchant_bin(account), account.kind, [],
     )  # fmt: skip
 
 

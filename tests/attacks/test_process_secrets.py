@@ -48,7 +48,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
                   SETPAY_BROKER_ADMIN_PASSWORD=admin_password)  # fmt: skip
     try:
         admin.create_vhost(env.vhost)  # `broker init` grants the admin user the vhost
-        admin.add_user(admin_user, admin_password)
+        admin.add_user(admin_user, admin_password, tags=("administrator",))  # the API's
         admin.set_permissions(env.vhost, admin_user, ".*", ".*", ".*")
         demo = env.setpay("demo", timeout=600)
         assert demo.returncode == 0, demo.stdout[-2000:] + demo.stderr[-2000:]

@@ -129,3 +129,16 @@ def test_account_hash_covers_account_and_expiry() -> None:
     assert h == hmac.new(secret, b"setpay/v1/AccountHash\0" + canonical, hashlib.sha256).digest()
     assert pan.account_hash(secret, CARD, "2901") != h
     assert pan.account_hash(secret, BANK, "2812") != h
+
+
+def test_the_merchant_learns_the_institution_never_a_bank_account_digit() -> None:
+    from protocol.pan import Account, AccountKind, merchant_bin
+
+    card = Account(AccountKind.CARD, "4111111111111111")
+    assert merchant_bin(card) == "411111"
+    bank = Account(AccountKind.BANK, "1234567", bank_code="0001", branch="123")
+    assert merchant_bin(bank) == "0001123"
+    assert not set(merchant_bin(bank)) & set("4567")  # no account digit beyond the branch's
+    assert merchant_bin(Account(AccountKind.BANK, "7654000", bank_code="DEUTDEFF")) == "000000"
+    assert merchant_bin(Account(AccountKind.BANK, "99", bank_code="12345678", branch="9876")) == (
+        "12345678987")  # at most eleven digits
