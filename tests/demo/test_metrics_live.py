@@ -184,6 +184,10 @@ def test_status_shows_each_processes_figures(loaded, demo_env) -> None:
         assert rows[identity]["figures"]["ready"] is True, rows[identity]
     assert rows["merchant.pos1"]["figures"]["messages"] >= N + DEMO_PURCHASES
     assert rows["gateway.pg1"]["figures"]["keystore_calls"] >= N
+    # the keystore's column counts what it performed on the token, its workers' summed
+    # (more than the running parties asked for: the set-up's commands call it too)
+    assert rows["keystore.main"]["figures"]["keystore_operations"] >= N
+    assert not rows["keystore.main"]["figures"]["keystore_calls"]
     text = Env.of(demo_env).setpay("status").stdout
     row = next(line for line in text.splitlines() if line.startswith("merchant.pos1"))
     assert str(ports["merchant.pos1"]) in row and " yes " in row
