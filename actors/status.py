@@ -91,7 +91,8 @@ class Status:
                        f"{_n(f.get('messages')):>6} {_n(f.get('errors')):>6} "
                        f"{'-' if p50 is None else f'{p50:.1f}':>7} "
                        f"{_n(f.get('publishes_confirmed')):>8} "
-                       f"{_n(f.get('keystore_operations') or f.get('keystore_calls')):>7}")  # fmt: skip
+                       f"{_n(f.get('keystore_operations') or f.get('keystore_calls')):>7}"
+                       )  # fmt: skip
         out.append("")
         for d in self.front_doors:
             out.append(f"{d.url + '/':<28} {d.what}: {d.detail}")
