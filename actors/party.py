@@ -11,11 +11,13 @@ from pathlib import Path
 from typing import ClassVar
 
 from actors.runtime import Actor
+from broker.peer import PeerLink
 from keystore.client import KeystoreClient
 from keystore.keyring import KeyRing
 from keystore.service import RPC_QUEUE
 from protocol import ids
 from protocol.keys import get_suite
+from protocol.requester import CAClient
 from setpay.clock import CLOCK
 from setpay.config import Settings
 
@@ -57,3 +59,13 @@ class PartyActor(Actor):
         self.closing(self.keystore.close, "keystore")
         self.keys = KeyRing(self.keystore, get_suite(self.settings.suite))
         return self.keystore
+
+    async def connect_ca(self, purpose: str) -> CAClient:
+        """A requester's link to the CA over this actor's own connection, its replies taken
+        only from a CA login (broker/peer.py), closed with the actor; ``purpose`` names it."""
+        assert self.bus is not None
+        link = PeerLink(self.bus, self.role, f"{self.instance}-{purpose}",
+                        timeout=self.settings.broker_rpc_timeout)  # fmt: skip
+        ca = CAClient(await link.start(), clock=self.clock)
+        self.closing(ca.close, "CA link")
+        return ca

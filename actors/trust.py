@@ -28,8 +28,6 @@ before it expires.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable, Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -59,6 +57,7 @@ from protocol.revocation import Bci, RevocationState, bci_thumbprint, crl_number
 from protocol.signed import SignedData
 from protocol.trustview import load_all
 from protocol.wrapper import Decoded
+from setpay.lifecycle import Periodic
 from setpay.logs import get_logger
 from setpay.store import Connection, Schema, open_store
 
@@ -391,7 +390,8 @@ class RevocationFeed:
         self.clock = clock
         self.pull = pull
         self.refresh_seconds = refresh_seconds
-        self._task: asyncio.Task[None] | None = None
+        # a round at start too: a party restarted weeks later pulls at once
+        self._rounds = Periodic("trust_refresh", self.refresh_due, refresh_seconds)
 
     async def on_distribution(self, decoded: Decoded) -> None:
         """The SET handler of BCIDistribution (Rule 5): verify, offer, no reply."""
@@ -450,19 +450,9 @@ class RevocationFeed:
                 log.info("trust_pulled", brand=brand, outcome=outcome.value)
         return pulled
 
-    async def _loop(self) -> None:
-        while True:  # a round at start too: a party restarted weeks later pulls at once
-            await self.refresh_due()
-            await asyncio.sleep(self.refresh_seconds)
-
     def start(self) -> None:
         """Run the schedule in the background until ``stop``."""
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._loop())
+        self._rounds.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._rounds.stop()

@@ -33,6 +33,8 @@ from typing import Any, TypeVar
 from setpay.logs import get_logger
 from setpay.metrics import MetricsServer
 
+log = get_logger(component="lifecycle")
+
 Closer = Callable[[], Awaitable[Any] | Any]
 
 
@@ -191,6 +193,37 @@ class Service:
     def _set_state(self, state: State) -> None:
         self.state = state
         self.write_health()
+
+
+class Periodic:
+    """A round run in the background now and then every ``seconds`` until ``stop``: the one
+    schedule of a process's background work (the CA's BCI publisher, the parties' revocation
+    pulls). A round that raises is logged as ``<name>_round_failed`` and the next one runs."""
+
+    def __init__(self, name: str, round_: Callable[[], Awaitable[Any]], seconds: float) -> None:
+        self.name = name
+        self.round = round_
+        self.seconds = seconds
+        self._task: asyncio.Task[None] | None = None
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.round()
+            except Exception as exc:  # a peer away, a store busy: the next round tries again
+                log.error(f"{self.name}_round_failed", error=type(exc).__name__)
+            await asyncio.sleep(self.seconds)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
 
 
 def serve_metrics(service: Service, settings: Any) -> Service:

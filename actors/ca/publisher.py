@@ -15,8 +15,6 @@ BCI counts as published. A broker failure leaves it unpublished for the next rou
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 
 from actors.ca.hierarchy import Hierarchy, ca_name
@@ -28,6 +26,7 @@ from protocol import ids
 from protocol.certs import certificate_der
 from protocol.messages import BCIDistribution, MessageType
 from protocol.wrapper import amqp_type, encode_message, make_header
+from setpay.lifecycle import Periodic
 from setpay.logs import get_logger
 
 log = get_logger(component="ca.publisher")
@@ -51,7 +50,7 @@ class RevocationPublisher:
         self.renew = renew
         self.poll_seconds = poll_seconds
         self.published: dict[str, int] = {}  # brand -> sequence last published
-        self._task: asyncio.Task[None] | None = None
+        self._rounds = Periodic("ca_publisher", self.tick, poll_seconds)
 
     def _current(self, brand: str) -> tuple[int, bytes, list[bytes]] | None:
         """(sequence, BCI, CRLs it names), read consistently (Rule 2)."""
@@ -92,21 +91,9 @@ class RevocationPublisher:
                 log.warning("ca_bci_publish_failed", brand=brand, error=type(exc).__name__)
         return sent
 
-    async def _loop(self) -> None:
-        while True:
-            try:
-                await self.tick()
-            except Exception as exc:  # keystore away, store busy: the next round tries again
-                log.error("ca_publisher_round_failed", error=type(exc).__name__)
-            await asyncio.sleep(self.poll_seconds)
-
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._loop())
+        """Run rounds in the background every ``poll_seconds`` until ``stop``."""
+        self._rounds.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._rounds.stop()

@@ -38,11 +38,9 @@ from actors.trust import (
     login_prefix,
     refresh_from_ca,
 )
-from broker.peer import PeerLink
 from keystore import messages as km
 from keystore.client import HsmAccountOpener
 from protocol.messages import EntityKind, IDData, MessageType
-from protocol.requester import CAClient
 from setpay.config import DEFAULT_ISSUER_PORT, Settings
 
 
@@ -132,14 +130,7 @@ class GatewayActor(PartyActor):
         """Rule 5: take the CA's pushes, and pull on schedule."""
         assert self.bus is not None and self.service is not None
         service = self.service
-        ca = CAClient(
-            await PeerLink(
-                self.bus, self.role, f"{self.instance}-trust",
-                timeout=self.settings.broker_rpc_timeout,
-            ).start(),
-            clock=self.clock,
-        )  # fmt: skip
-        self.closing(ca.close, "CA link")
+        ca = await self.connect_ca("trust")
 
         async def pull(cache: RevocationCache, brand: str) -> Offered:
             return await refresh_from_ca(

@@ -39,7 +39,6 @@ from protocol.certs import cert_thumbprint, load_certificate
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.messages import EntityKind, IDData, MessageType
 from protocol.payment import GATEWAY_ROLE
-from protocol.requester import CAClient
 from setpay.config import Settings
 
 
@@ -96,14 +95,7 @@ class MerchantActor(PartyActor):
         """Rule 5: take the CA's pushes into every root's cache, and pull on schedule."""
         assert self.bus is not None and self.service is not None and self.store is not None
         service, store = self.service, self.store
-        ca = CAClient(
-            await PeerLink(
-                self.bus, self.role, f"{self.instance}-trust",
-                timeout=self.settings.broker_rpc_timeout,
-            ).start(),
-            clock=self.clock,
-        )  # fmt: skip
-        self.closing(ca.close, "CA link")
+        ca = await self.connect_ca("trust")
 
         def merchants() -> list[MerchantRow]:
             return [m for m in map(store.merchant, store.merchant_ids()) if m is not None]
