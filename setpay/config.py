@@ -134,6 +134,11 @@ class Settings:
     metrics_port: int = 0
     metrics_base_port: int = 0
 
+    # Which replica of its role and instance this process is (0..n-1): the supervisor sets it
+    # for each process of `setpay up --replicas`; it names the process's run files and its
+    # share of per-process state (the gateway link's journal rows: actors/iso8583/saf.py).
+    replica: int = 0
+
     @property
     def softhsm_conf(self) -> Path:
         """SoftHSM2 config file that points the library at our own token directory."""
@@ -164,6 +169,12 @@ class Settings:
             else:
                 out[f.name] = str(value)
         return out
+
+
+def process_name(identity: str, replica: int) -> str:
+    """The name of one process of ``identity`` (``merchant.pos1``): the identity itself for
+    replica 0, ``<identity>@<n>`` for replica n (its run files, log lines, journal rows)."""
+    return identity if replica == 0 else f"{identity}@{replica}"
 
 
 def child_environment(settings: Settings) -> dict[str, str]:
