@@ -53,7 +53,7 @@ async def test_ten_thousand_confirmed_messages_all_arrive_and_commit_once(
         deliveries += 1
         n = msgpack.unpackb(delivery.body)["n"]
         ran += store.once(delivery.message_id or "", delivery.body, n)
-        if store.totals()[0] == total:
+        if ran == total:  # counted in memory: a table scan per message made this quadratic
             done.set()
 
     consumer = await consume(bus, f"set.{role}", handler, prefetch=256)
@@ -62,14 +62,16 @@ async def test_ten_thousand_confirmed_messages_all_arrive_and_commit_once(
     async def send(n: int) -> None:
         async with gate:
             message = bus.message(msgpack.packb({"n": n}), message_id=f"m{n}")
-            await bus.publish(role, message, exchange=SET_EXCHANGE)
+            # a loaded CI machine may hold a confirm for seconds: the test is about arrival
+            # and exactly-once, not about how fast the broker confirms
+            await bus.publish(role, message, exchange=SET_EXCHANGE, timeout=120)
 
     try:
         await asyncio.gather(*(send(n) for n in range(total)))
         # a redelivered duplicate (same message id) must not commit a second effect
         await bus.publish(role, bus.message(msgpack.packb({"n": 7}), message_id="m7"),
                           exchange=SET_EXCHANGE)
-        await asyncio.wait_for(done.wait(), 60)
+        await asyncio.wait_for(done.wait(), 180)
         while deliveries < total + 1:
             await asyncio.sleep(0.01)
         # a publish whose confirm is late on a loaded machine is sent again (at least once),
