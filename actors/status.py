@@ -158,8 +158,7 @@ async def scrape(port: int, timeout: float) -> dict[str, Any]:
 def _process(settings: Settings, identity: str, state: str) -> Process:
     rd = supervisor.run_dir(settings)
     pid = supervisor.recorded_pid(rd / f"{identity}.pid")
-    child = next((c for c in map(supervisor.child_of, supervisor.ROLES)
-                  if c.identity == identity), None)  # fmt: skip
+    child = supervisor.child_named(identity)  # a process name: merchant.pos1@2 (Rule 6)
     health = supervisor.read_health(settings, child) if child is not None else None
     try:
         age: float | None = time.time() - (rd / f"{identity}.health").stat().st_mtime

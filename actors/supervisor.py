@@ -21,6 +21,16 @@ operator, reads the broker credentials and the token PINs and hands each child i
 URL; only the keystore gets the token PIN and ``SOFTHSM2_CONF``. No child inherits another
 identity's password, the broker admin's, the SO PIN, or a config file (which may hold them):
 every non-secret setting reaches it as a ``SETPAY_*`` variable instead.
+Rule 6: replicas. A role may run as several processes of one identity (``run/replicas``:
+role -> count, default 1; ``setpay up --replicas``, ``setpay scale``): competing consumers of
+the identity's queues, each with its own reply inbox (broker/inbox.py Rule 1), sharing the
+identity's stores. Replica n is ``<identity>@<n>`` (``setpay.config.process_name``): its pid,
+health and log files carry that name, it gets ``SETPAY_REPLICA=n`` and metrics port
+base + offset + 10·n. The supervisor reads the counts every tick: a raised count spawns the
+missing replicas, a lowered one retires the highest (SIGTERM: they drain their in-flight work,
+then SIGKILL after ``grace``). The HTTPS front doors of replicas share their port
+(SO_REUSEPORT, actors/web/server.py): the supervisor refuses to start if another process
+already listens on a front-door port, so two environments never share one by accident.
 """
 
 from __future__ import annotations
@@ -49,7 +59,7 @@ from actors.web.tls import ensure_test_certificate, tls_dir
 from broker.credentials import CredentialsError
 from broker.provision import identity_url, operator_url
 from keystore.token import token_pin
-from setpay.config import ENV_PREFIX, Settings, child_environment
+from setpay.config import ENV_PREFIX, Settings, child_environment, process_name
 from setpay.logs import get_logger
 
 log = get_logger(component="supervisor")
@@ -82,13 +92,20 @@ METRICS_OFFSET: dict[str, int] = {
 }
 
 
-def metrics_port(settings: Settings, role: str) -> int:
+# Replica n of a role listens on base + offset + REPLICA_PORT_STRIDE·n (Rule 6).
+REPLICA_PORT_STRIDE = 10
+MAX_REPLICAS = 16
+
+
+def metrics_port(settings: Settings, role: str, replica: int = 0) -> int:
     """The metrics port of ``role``'s child: -1 (none) if the supervisor's is -1, base +
-    offset when ``metrics_base_port`` is set, else 0 (ephemeral, in its health file)."""
+    offset (+ 10 per replica) when ``metrics_base_port`` is set, else 0 (ephemeral, in its
+    health file)."""
     if settings.metrics_port < 0:
         return -1
     if settings.metrics_base_port > 0:
-        return settings.metrics_base_port + METRICS_OFFSET.get(role, 9)
+        return (settings.metrics_base_port + METRICS_OFFSET.get(role, 9)
+                + REPLICA_PORT_STRIDE * replica)  # fmt: skip
     return 0
 
 
@@ -123,7 +140,7 @@ def run_role(settings: Settings, role: str, instance: str | None = None) -> int:
     if factory is None:
         raise SupervisorError(f"role {role!r} is not available yet ({ROLES[role]} not found)")
     instance = instance or DEFAULT_INSTANCE.get(role, "main")
-    health = run_dir(settings) / f"{role}.{instance}.health"
+    health = run_dir(settings) / f"{process_name(f'{role}.{instance}', settings.replica)}.health"
     actor = factory(settings, instance, health_file=health)
     from setpay.lifecycle import NotReady, run_loop, run_service, serve_metrics
 
@@ -141,15 +158,46 @@ def run_role(settings: Settings, role: str, instance: str | None = None) -> int:
 class Child:
     role: str
     instance: str
+    replica: int = 0
 
     @property
     def identity(self) -> str:
         return f"{self.role}.{self.instance}"
 
+    @property
+    def name(self) -> str:
+        """The process's name: its identity, ``@n`` for replica n (Rule 6)."""
+        return process_name(self.identity, self.replica)
 
-def child_of(role: str) -> Child:
-    """The child the supervisor runs for ``role`` (its default instance)."""
-    return Child(role, DEFAULT_INSTANCE.get(role, "main"))
+
+def child_of(role: str, replica: int = 0) -> Child:
+    """The child the supervisor runs for ``role`` (its default instance), replica ``n``."""
+    return Child(role, DEFAULT_INSTANCE.get(role, "main"), replica)
+
+
+def child_named(name: str) -> Child | None:
+    """The child a process name (``merchant.pos1@2``) stands for, or None."""
+    identity, _, replica = name.partition("@")
+    role, _, instance = identity.partition(".")
+    if role not in ROLES or not instance or (replica and not replica.isdigit()):
+        return None
+    return Child(role, instance, int(replica or 0))
+
+
+def parse_replicas(text: str) -> dict[str, int]:
+    """``merchant=3,gateway=2`` as counts; ``SupervisorError`` names what is wrong."""
+    counts: dict[str, int] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        role, sep, count = item.partition("=")
+        if not sep or role not in ROLES:
+            raise SupervisorError(
+                f"bad replica count {item!r}: write ROLE=N with ROLE one of "
+                f"{', '.join(sorted(ROLES))}"
+            )
+        if not count.isdigit() or not 1 <= int(count) <= MAX_REPLICAS:
+            raise SupervisorError(f"bad replica count {item!r}: N is 1..{MAX_REPLICAS}")
+        counts[role] = int(count)
+    return counts
 
 
 # -- processes ---------------------------------------------------------------------------------
@@ -230,7 +278,8 @@ def child_env(settings: Settings, child: Child) -> dict[str, str]:
            if not k.startswith(ENV_PREFIX) and k not in _OPERATOR_ONLY}  # fmt: skip
     env.update(child_environment(settings))
     env[f"{ENV_PREFIX}DATA_DIR"] = str(settings.data_dir.resolve())
-    env[f"{ENV_PREFIX}METRICS_PORT"] = str(metrics_port(settings, child.role))
+    env[f"{ENV_PREFIX}METRICS_PORT"] = str(metrics_port(settings, child.role, child.replica))
+    env[f"{ENV_PREFIX}REPLICA"] = str(child.replica)
     try:
         url = identity_url(
             settings.data_dir,
@@ -255,8 +304,8 @@ def spawn(settings: Settings, child: Child) -> subprocess.Popen[bytes]:
     """Start ``setpay run ROLE --id ID`` as its own process and session; record its pid at
     once (Rule 2), after removing a health file a previous run may have left."""
     rd = run_dir(settings)
-    (rd / f"{child.identity}.health").unlink(missing_ok=True)
-    logfile = (rd / f"{child.identity}.log").open("ab")
+    (rd / f"{child.name}.health").unlink(missing_ok=True)
+    logfile = (rd / f"{child.name}.log").open("ab")
     proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module, no shell
         [*SETPAY, "run", child.role, "--id", child.instance],
         stdout=logfile,
@@ -266,13 +315,13 @@ def spawn(settings: Settings, child: Child) -> subprocess.Popen[bytes]:
         env=child_env(settings, child),
     )
     logfile.close()
-    (rd / f"{child.identity}.pid").write_text(str(proc.pid))
+    (rd / f"{child.name}.pid").write_text(str(proc.pid))
     return proc
 
 
 def read_health(settings: Settings, child: Child) -> dict[str, Any] | None:
     """The child's last health report, or None if it wrote none (yet)."""
-    path = run_dir(settings) / f"{child.identity}.health"
+    path = run_dir(settings) / f"{child.name}.health"
     try:
         return dict(json.loads(path.read_text()))
     except (OSError, ValueError):
@@ -397,8 +446,63 @@ def add_roles(settings: Settings, roles: Sequence[str]) -> None:
     _write_atomic(run_dir(settings) / "roles", "\n".join(wanted) + "\n")
 
 
+def read_replicas(settings: Settings) -> dict[str, int]:
+    """How many processes of each role the supervisor keeps up (``run/replicas``, Rule 6)."""
+    try:
+        raw = json.loads((run_dir(settings) / "replicas").read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(raw, dict):
+        return {}
+    return {str(r): int(n) for r, n in raw.items()
+            if isinstance(n, int) and 1 <= n <= MAX_REPLICAS}  # fmt: skip
+
+
+def _write_replicas(settings: Settings, counts: Mapping[str, int]) -> None:
+    _write_atomic(run_dir(settings) / "replicas", json.dumps(dict(sorted(counts.items()))))
+
+
+def set_replicas(settings: Settings, counts: Mapping[str, int]) -> dict[str, int]:
+    """Have the running supervisor run ``counts`` processes of those roles (Rule 6); the
+    other roles keep theirs. Returns every role's count from now on."""
+    if recorded_pid(run_dir(settings) / "supervisor.pid") is None:
+        raise SupervisorError(f"no supervisor runs under {settings.data_dir}")
+    merged = {**read_replicas(settings), **counts}
+    _write_replicas(settings, merged)
+    return merged
+
+
+def wanted_children(roles: Sequence[str], replicas: Mapping[str, int]) -> list[Child]:
+    """Every process to keep up: each role's default instance, replicas 0..count-1."""
+    return [child_of(role, n) for role in roles for n in range(replicas.get(role, 1))]
+
+
+def _listening_ports() -> set[int]:
+    """The TCP ports something on this machine listens on (Linux /proc/net/tcp{,6})."""
+    ports: set[int] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 3 and fields[3] == "0A":  # TCP_LISTEN
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def _front_doors_taken(settings: Settings, roles: Sequence[str]) -> list[str]:
+    """The front-door ports of ``roles`` another process listens on already (Rule 6)."""
+    doors = {"wallet": ("wallet", settings.wallet_web_port),
+             "merchant": ("pos", settings.pos_web_port)}  # fmt: skip
+    taken = _listening_ports()
+    return [f"{name} port {port}" for role, (name, port) in doors.items()
+            if role in roles and port and port in taken]  # fmt: skip
+
+
 def supervise(settings: Settings, roles: Sequence[str], *, grace: float = 10.0,
-              max_restarts: int = 5) -> int:
+              max_restarts: int = 5, replicas: Mapping[str, int] | None = None) -> int:
     """Be the supervisor: take the vhost lock, run ``roles`` (and those ``add_roles`` asks
     for), restart any that dies, stop all on SIGTERM/SIGINT. Exit 3 if the lock is held."""
     rd = run_dir(settings)
@@ -413,6 +517,13 @@ def supervise(settings: Settings, roles: Sequence[str], *, grace: float = 10.0,
     for name in ("supervisor.error", "supervisor.health"):
         (rd / name).unlink(missing_ok=True)
     try:
+        taken = _front_doors_taken(settings, roles)
+        if taken:
+            raise SupervisorError(
+                f"another process listens on the {' and '.join(taken)}: stop it or give "
+                "this environment its own SETPAY_WALLET_WEB_PORT / SETPAY_POS_WEB_PORT"
+            )
+        _write_replicas(settings, replicas or {})
         return asyncio.run(_supervise(settings, roles, grace, max_restarts))
     except SupervisorError as exc:
         (rd / "supervisor.error").write_text(str(exc))
@@ -441,6 +552,7 @@ async def _supervise(settings: Settings, roles: Sequence[str], grace: float,
         _write_atomic(rd / "roles", "\n".join(roles) + "\n")
         restarts: dict[Child, int] = {}
         retry_at: dict[Child, float] = {}
+        retiring: dict[Child, tuple[subprocess.Popen[bytes], float]] = {}
         announced = False
         relock_at = 0.0
         while not stop.is_set():
@@ -454,39 +566,54 @@ async def _supervise(settings: Settings, roles: Sequence[str], grace: float,
                     relock_at = time.monotonic() + 10.0
                 except SupervisorError:
                     relock_at = time.monotonic() + 1.0  # the broker is not back yet
-            wanted = read_roles(settings)
+            wanted_roles = read_roles(settings)
+            wanted = wanted_children(wanted_roles, read_replicas(settings))
             # Every other role signs through the keystore: it starts once the keystore is ready.
-            keystore_ready = "keystore" not in wanted or states.get("keystore.main") == "ready"
-            for role in wanted:
-                child = child_of(role)
-                if child in procs or role not in ROLES:
+            keystore_ready = ("keystore" not in wanted_roles
+                              or states.get("keystore.main") == "ready")  # fmt: skip
+            for child in wanted:
+                if child in procs or child.role not in ROLES or child in retiring:
                     continue
-                if role != "keystore" and not keystore_ready:
+                if child.role != "keystore" and not keystore_ready:
                     continue
-                if resolve(role) is None:
-                    states[child.identity] = "not available"
+                if resolve(child.role) is None:
+                    states[child.name] = "not available"
                     continue
                 procs[child] = spawn(settings, child)  # in procs at once: stopped in finally
                 restarts[child] = 0
-                log.info("actor_spawned", actor=child.identity, pid=procs[child].pid)
+                log.info("actor_spawned", actor=child.name, pid=procs[child].pid)
+            for child in [c for c in procs if c not in wanted]:  # Rule 6: a lowered count
+                retiring[child] = (procs.pop(child), time.monotonic() + grace)
+                retry_at.pop(child, None)
+                states.pop(child.name, None)
+                _retire(retiring[child][0])
+                log.info("actor_retiring", actor=child.name, pid=retiring[child][0].pid)
+            for child, (proc, kill_at) in list(retiring.items()):
+                if proc.poll() is not None:
+                    del retiring[child]
+                    (rd / f"{child.name}.pid").unlink(missing_ok=True)
+                    log.info("actor_retired", actor=child.name, code=proc.returncode)
+                elif time.monotonic() >= kill_at:
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.kill()
             for child, proc in list(procs.items()):
                 if proc.poll() is None:
                     ready = is_ready(read_health(settings, child))
-                    states[child.identity] = "ready" if ready else "starting"
+                    states[child.name] = "ready" if ready else "starting"
                 elif restarts[child] >= max_restarts:
-                    if states.get(child.identity) != "gave up":
-                        log.error("actor_gave_up", actor=child.identity, code=proc.returncode)
-                    states[child.identity] = "gave up"
+                    if states.get(child.name) != "gave up":
+                        log.error("actor_gave_up", actor=child.name, code=proc.returncode)
+                    states[child.name] = "gave up"
                 elif child not in retry_at:
                     # Back off 1, 2, 4... s so a missing dependency does not use up the restarts.
                     retry_at[child] = time.monotonic() + 2.0 ** restarts[child]
-                    states[child.identity] = "restarting"
+                    states[child.name] = "restarting"
                 elif time.monotonic() >= retry_at[child]:
                     del retry_at[child]
                     restarts[child] += 1
-                    log.warning("actor_restart", actor=child.identity, code=proc.returncode)
+                    log.warning("actor_restart", actor=child.name, code=proc.returncode)
                     procs[child] = spawn(settings, child)
-                    states[child.identity] = "starting"
+                    states[child.name] = "starting"
             _write_atomic(rd / "supervisor.health",
                           json.dumps({"pid": os.getpid(), "children": states}))  # fmt: skip
             all_ready = bool(states) and all(s == "ready" for s in states.values())
@@ -496,23 +623,31 @@ async def _supervise(settings: Settings, roles: Sequence[str], grace: float,
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.2)
     finally:
+        procs.update({c: p for c, (p, _) in retiring.items()})
         outcome = await asyncio.to_thread(
-            stop_pids, {c.identity: p.pid for c, p in procs.items()}, grace
+            stop_pids, {c.name: p.pid for c, p in procs.items()}, grace
         )
         for proc in procs.values():
             proc.poll()  # reap
         log.info("environment_stopped", outcome=outcome)
         for child in procs:
-            (rd / f"{child.identity}.pid").unlink(missing_ok=True)
-        for name in ("roles", "supervisor.health"):
+            (rd / f"{child.name}.pid").unlink(missing_ok=True)
+        for name in ("roles", "replicas", "supervisor.health"):
             (rd / name).unlink(missing_ok=True)
         if not lock.is_closed:
             await lock.close()
     return 0
 
 
+def _retire(proc: subprocess.Popen[bytes]) -> None:
+    """Ask a replica no longer wanted to stop (it drains its in-flight work, Rule 6)."""
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGTERM)
+
+
 def start_detached(settings: Settings, roles: Sequence[str], *,
-                   extra_env: Mapping[str, str] | None = None) -> int:  # fmt: skip
+                   extra_env: Mapping[str, str] | None = None,
+                   replicas: Mapping[str, int] | None = None) -> int:  # fmt: skip
     """Start the supervisor as a background process running ``roles``; its pid, recorded in
     ``run/supervisor.pid`` before this returns (so `setpay down` finds it at once).
     ``extra_env``: settings for it (and so its children) beyond this process's environment
@@ -524,11 +659,13 @@ def start_detached(settings: Settings, roles: Sequence[str], *,
             f"an environment runs already under {settings.data_dir} (supervisor pid {holder}); "
             "`setpay down` first"
         )
-    for name in ("supervisor.error", "supervisor.health", "roles"):  # a killed one's leftovers
+    for name in ("supervisor.error", "supervisor.health", "roles", "replicas"):  # leftovers
         (rd / name).unlink(missing_ok=True)
     logfile = (rd / "supervisor.log").open("ab")
+    counts = ",".join(f"{r}={n}" for r, n in sorted((replicas or {}).items()))
     proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module, no shell
-        [*SETPAY, "up", "--foreground", "--roles", ",".join(roles)],
+        [*SETPAY, "up", "--foreground", "--roles", ",".join(roles),
+         *(["--replicas", counts] if counts else [])],
         stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         start_new_session=True,
         env={**os.environ, **(extra_env or {}),
@@ -556,9 +693,9 @@ def wait_ready(settings: Settings, roles: Sequence[str], timeout: float) -> None
     roles: until it holds the lock). ``SupervisorError`` if it stopped, refused, a role gave
     up, or ``timeout`` passed."""
     rd = run_dir(settings)
-    wanted = [child_of(r).identity for r in roles]
     deadline = time.monotonic() + timeout
     while True:
+        wanted = [c.name for c in wanted_children(roles, read_replicas(settings))]
         states = supervisor_health(settings)
         if states is None:
             try:
@@ -576,6 +713,30 @@ def wait_ready(settings: Settings, roles: Sequence[str], timeout: float) -> None
         if time.monotonic() > deadline:
             late = [i for i in wanted if states.get(i) != "ready"]
             raise SupervisorError(f"not ready within {timeout:g}s: {', '.join(late)}; see {rd}")
+        time.sleep(0.2)
+
+
+def wait_scaled(settings: Settings, timeout: float) -> list[str]:
+    """Wait until the running processes are exactly those the counts want (Rule 6): every
+    wanted one ready, every retired one exited. Returns their names, sorted."""
+    rd = run_dir(settings)
+    deadline = time.monotonic() + timeout
+    while True:
+        wanted = {c.name for c in wanted_children(read_roles(settings), read_replicas(settings))
+                  if resolve(c.role) is not None}  # fmt: skip
+        states = supervisor_health(settings)
+        if states is None:
+            raise SupervisorError("the supervisor is not running")
+        running = {f.stem for f in rd.glob("*.pid") if f.stem != "supervisor"}
+        if running == wanted and all(states.get(n) == "ready" for n in wanted):
+            return sorted(wanted)
+        if time.monotonic() > deadline:
+            late = sorted(n for n in wanted if states.get(n) != "ready")
+            extra = sorted(running - wanted)
+            raise SupervisorError(
+                f"not scaled within {timeout:g}s: not ready {', '.join(late) or '-'}; "
+                f"still stopping {', '.join(extra) or '-'}; see {rd}"
+            )
         time.sleep(0.2)
 
 
@@ -599,6 +760,6 @@ def down(settings: Settings, grace: float = 15.0) -> dict[str, str]:
     outcome.update(stop_pids(alive, grace))
     for pidfile in rd.glob("*.pid"):
         pidfile.unlink(missing_ok=True)
-    for name in ("roles", "supervisor.health"):
+    for name in ("roles", "replicas", "supervisor.health"):
         (rd / name).unlink(missing_ok=True)
     return outcome

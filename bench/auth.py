@@ -903,14 +903,17 @@ def env_suite(settings: Settings) -> str:
 
 
 def keystore_workers(settings: Settings) -> int:
-    """The running keystore's worker count (its health report), else the setting."""
+    """The running keystore's worker count, summed over its processes (their health reports:
+    ``keystore.main.health``, ``keystore.main@1.health``...), else the setting."""
     from actors.supervisor import run_dir
 
-    try:
-        return int(json.loads((run_dir(settings) / "keystore.main.health").read_text())
-                   ["workers"])  # fmt: skip
-    except (OSError, ValueError, KeyError, TypeError):
-        return settings.keystore_workers
+    total = 0
+    for health in run_dir(settings).glob("keystore.main*.health"):
+        try:
+            total += int(json.loads(health.read_text())["workers"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return total or settings.keystore_workers
 
 
 def sweep_rates(text: str) -> list[float]:

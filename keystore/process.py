@@ -19,7 +19,7 @@ from typing import Any
 from keystore.service import RPC_QUEUE
 from keystore.token import use_softhsm_conf
 from keystore.worker import KeystorePool, WorkerSpec
-from setpay.config import Settings
+from setpay.config import Settings, process_name
 from setpay.lifecycle import Service
 
 
@@ -52,7 +52,10 @@ class KeystoreProcess(Service):
             from prometheus_client import CollectorRegistry
             from prometheus_client.multiprocess import MultiProcessCollector
 
-            directory = self.settings.data_dir / "run" / "keystore-metrics"
+            # one directory per keystore process: a replica's workers never mix with another's
+            directory = self.settings.data_dir / "run" / process_name(
+                "keystore-metrics", self.settings.replica
+            )
             directory.mkdir(parents=True, exist_ok=True, mode=0o700)
             for stale in directory.glob("*.db"):
                 stale.unlink()

@@ -417,8 +417,12 @@ class FrontDoor:
         """Listen on ``web_host``:``port`` with TLS (actors/web/tls.py)."""
         self.runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await self.runner.setup()
+        # Replicas of one front door share its port (actors/supervisor.py Rule 6): the kernel
+        # spreads connections over them (SO_REUSEPORT; the supervisor refuses a port another
+        # process holds, so only our own replicas ever share one).
         site = web.TCPSite(self.runner, self.settings.web_host, self.port,
-                           ssl_context=tls.server_context(self.settings))  # fmt: skip
+                           ssl_context=tls.server_context(self.settings),
+                           reuse_port=True)  # fmt: skip
         await site.start()
         log.info("web_listening", service=self.title, host=self.settings.web_host, port=self.port)
 
