@@ -21,6 +21,11 @@ the broker bound (the SET envelopes one purchase publishes, counted and sized wi
 tap, timed as raw aio-pika publish + consume with confirms in a throw-away vhost).
 Rule 6: the progress line goes to stderr only: rewritten in place on a terminal, a plain line
 every few seconds otherwise; results go to stdout (a table, or JSON with ``--json``).
+Rule 7: ``--scale 1,2,3`` runs the same load once per process count of ``--scale-roles``
+(default merchant and gateway): before each step the supervisor is told the count
+(actors/supervisor.py Rule 6) and the step starts only when exactly those processes run and
+are ready; one row per step (throughput, latency, failures, ratio to the bounds); afterwards
+the environment gets its earlier counts back.
 """
 
 from __future__ import annotations
@@ -916,6 +921,31 @@ def keystore_workers(settings: Settings) -> int:
     return total or settings.keystore_workers
 
 
+def scale_steps(text: str) -> list[int]:
+    """``--scale 1,2,3`` -> process counts per step."""
+    try:
+        steps = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise BenchError("--scale: give process counts, e.g. 1,2,3") from None
+    if not steps or any(not 1 <= n <= 16 for n in steps):
+        raise BenchError("--scale: process counts are 1..16, e.g. 1,2,3")
+    return steps
+
+
+def rescale(settings: Settings, roles: list[str], n: int | dict[str, int],
+            timeout: float = 240.0) -> list[str]:
+    """Have the running supervisor run ``n`` processes of each of ``roles`` (or the counts
+    given); wait until exactly those run and are ready. Returns the processes' names."""
+    from actors import supervisor
+
+    counts = n if isinstance(n, dict) else {role: n for role in roles}
+    try:
+        supervisor.set_replicas(settings, counts)
+        return supervisor.wait_scaled(settings, timeout)
+    except supervisor.SupervisorError as exc:
+        raise BenchError(f"--scale: {exc}") from None
+
+
 def sweep_rates(text: str) -> list[float]:
     """``--sweep 2,4,8`` -> rates; ``auto`` -> doubling from 2/s (stopped at the knee)."""
     if text == "auto":
@@ -975,7 +1005,43 @@ async def _main(args: argparse.Namespace, settings: Settings, mix: dict[str, flo
                    "enrolment": enrolment}  # fmt: skip
         tty_ok = not args.quiet
 
-        if args.sweep:
+        if args.scale:
+            from actors import supervisor
+
+            roles = [r for r in args.scale_roles.split(",") if r]
+            before = {r: supervisor.read_replicas(settings).get(r, 1) for r in roles}
+            rows: list[dict[str, Any]] = []
+            runs = []
+            try:
+                for n in scale_steps(args.scale):
+                    say(f"scaling {', '.join(roles)} to {n} process(es) each …")
+                    names = await asyncio.to_thread(rescale, settings, roles, n)
+                    results = await drive(
+                        shop.purchase, count=args.count, duration=args.duration,
+                        concurrency=args.concurrency, rate=args.rate, warmup=args.warmup,
+                        progress=Progress(f"{n} per role", enabled=tty_ok),
+                    )  # fmt: skip
+                    runs.append((f"processes-{n}", results))
+                    lat = percentiles(results.corrected)
+                    row = {"processes": n, "processes_running": len(names),
+                           "throughput": results.throughput, "p50_ms": lat["p50"],
+                           "p99_ms": lat["p99"], "failed": results.failed,
+                           "measured": results.completed,
+                           "errors": dict(results.errors)}  # fmt: skip
+                    if bounds is not None:
+                        row["of_min_bound"] = _ratio(results.throughput,
+                                                     bounds.both)  # fmt: skip
+                    rows.append(row)
+            finally:
+                await asyncio.to_thread(rescale, settings, roles, before)
+            out = {**context, "mode": "scale", "scale_roles": roles, "scale": rows}
+            if bounds is not None and found is not None:
+                out.update({k: v for k, v in report(runs[-1][1], found, bounds, context).items()
+                            if k in ("bounds", "per_purchase")})  # fmt: skip
+            if args.hdr_log:
+                write_hdr_log(args.hdr_log, runs)
+            failed = sum(r["failed"] for r in rows)
+        elif args.sweep:
             steps: list[dict[str, Any]] = []
             runs: list[tuple[str, Results]] = []
             for offered in sweep_rates(args.sweep):
@@ -1026,6 +1092,23 @@ async def _main(args: argparse.Namespace, settings: Settings, mix: dict[str, flo
     return (1 if failed else 0), out
 
 
+def print_scale(r: dict[str, Any]) -> None:
+    how = f"{r['concurrency']} in flight" if r["concurrency"] else f"{r['rate']:g}/s offered"
+    print(f"setpay bench auth --scale: suite {r['suite']}, mix {r['mix']}, {how}, "
+          f"processes of {', '.join(r['scale_roles'])}")  # fmt: skip
+    print(f"\n{'processes':>10} {'purchases/s':>12} {'p50 ms':>9} {'p99 ms':>9} "
+          f"{'failed':>7} {'of bound':>9}")  # fmt: skip
+    for s in r["scale"]:
+        print(f"{s['processes']:>10} {s['throughput']:>12.1f} {s['p50_ms']:>9.1f} "
+              f"{s['p99_ms']:>9.1f} {s['failed']:>7} {_pct(s.get('of_min_bound')):>9}")
+    if "bounds" in r:
+        b = r["bounds"]
+        print(
+            f"bounds (same run): crypto {b['crypto_purchases_per_s']:,.1f}/s, broker "
+            f"{b['broker_purchases_per_s']:,.1f}/s"
+        )
+
+
 def print_sweep(r: dict[str, Any]) -> None:
     print(f"setpay bench auth --sweep: suite {r['suite']}, mix {r['mix']}, open loop")
     print(f"\n{'offered/s':>10} {'achieved/s':>11} {'p50 ms':>9} {'p99 ms':>9} {'failed':>7}")
@@ -1054,6 +1137,10 @@ def _cmd(args: argparse.Namespace, settings: Settings) -> int:
     logs.configure(settings.log_format, "warning")
     try:
         mix = parse_mix(args.mix)
+        if args.scale and (args.sweep or args.plot):
+            raise BenchError("--scale runs one load per process count: not with --sweep/--plot")
+        if args.scale:
+            scale_steps(args.scale)  # a bad list is refused before anything starts
         if args.sweep:
             args.concurrency = 0
             if args.count:
@@ -1089,6 +1176,8 @@ def _cmd(args: argparse.Namespace, settings: Settings) -> int:
         raise CommandError(str(exc)) from None
     if args.json:
         print(json.dumps(out, indent=2, default=str))
+    elif args.scale:
+        print_scale(out)
     elif args.sweep:
         print_sweep(out)
     else:
@@ -1118,6 +1207,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         "--sweep",
         metavar="RATES",
         help="open loop at rising rates (comma list, or auto) to find the knee",
+    )
+    p.add_argument(
+        "--scale",
+        metavar="COUNTS",
+        help="one run per process count of --scale-roles, e.g. 1,2,3 (replicas)",
+    )
+    p.add_argument(
+        "--scale-roles",
+        default="merchant,gateway",
+        help="roles --scale sets the process count of (default merchant,gateway)",
     )
     p.add_argument("--warmup", type=float, default=2.0, help="seconds not counted (default 2)")
     p.add_argument(

@@ -134,3 +134,12 @@ async def test_timeline_gives_throughput_and_latency_over_time(tmp_path: Path) -
     png = tmp_path / "auth.png"
     assert "written" in auth.plot(str(png), out, None)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_scale_steps_are_process_counts_one_to_sixteen() -> None:
+    from bench.auth import BenchError, scale_steps
+
+    assert scale_steps("1,2,3") == [1, 2, 3]
+    for bad in ("", "0", "1,x", "17"):
+        with pytest.raises(BenchError, match="--scale"):
+            scale_steps(bad)
