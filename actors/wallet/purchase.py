@@ -28,6 +28,7 @@ from protocol.certs import (
     KeyUse,
     cert_thumbprint,
     certificate_der,
+    load_certificate,
     public_key_of,
     set_extension,
 )
@@ -110,6 +111,26 @@ class Offer:
     certs: list[bytes]  # the PInitRes's certificates, BCI and CRLs, for the thin client
     crls: list[bytes]
     bci: bytes | None
+
+
+def offer_to_bytes(offer: Offer) -> bytes:
+    """The offer as stored between PInit and PReq (actors/wallet/store.py Rule 4), without
+    its BIN: the first digits of the account number stay in the sealed card alone."""
+    return codec.packb([
+        codec.encode(offer.data), certificate_der(offer.merchant_cert), offer.merchant_id,
+        certificate_der(offer.gateway_cert), offer.brand, offer.certs, offer.crls, offer.bci,
+    ])  # fmt: skip
+
+
+def offer_from_bytes(data: bytes, account: pan.Account) -> Offer:
+    """The offer ``offer_to_bytes`` stored (the wallet's own row, checked when it was made),
+    its BIN taken again from the opened card's ``account``."""
+    raw, merchant, merchant_id, gateway, brand, certs, crls, bci = codec.unpackb(data)
+    return Offer(
+        codec.decode(PInitResData, raw), load_certificate(merchant), merchant_id,
+        load_certificate(gateway), brand, pan.merchant_bin(account), list(certs), list(crls),
+        bci,
+    )  # fmt: skip
 
 
 def pinit_req(account: pan.Account, brand: str, lid_m: bytes) -> PInitReq:

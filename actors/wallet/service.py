@@ -20,7 +20,6 @@ account's purchase without a seal, or a card's with one, is refused.
 from __future__ import annotations
 
 import secrets
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +27,7 @@ from cryptography import x509
 
 from actors.wallet import purchase
 from actors.wallet.errors import WalletError
-from actors.wallet.store import CardRow, PurchaseRow, WalletStore
+from actors.wallet.store import CardRow, PurchaseRow, StartedRow, WalletStore
 from actors.wallet.vault import CardSecrets, Vault, new_passphrase_record
 from broker.peer import PeerLink
 from keystore.client import KeystoreClient
@@ -60,7 +59,7 @@ from protocol.requester import (
     check_reg_form_res,
 )
 from protocol.set_error import RemoteError, expect_reply
-from protocol.states import cardholder_purchase
+from protocol.states import Machine, cardholder_purchase
 from protocol.trustview import load_all
 from protocol.wrapper import MessageHeader, encode_message, make_header
 from setpay.clock import CLOCK
@@ -92,18 +91,6 @@ class Started:
     bci: bytes | None
     pin_binding: str | None = field(default=None, repr=False)  # PIN account: the block binds it
     oaep_hash: str = "sha1"  # the wallet's suite: the thin client seals under the same hash
-
-
-@dataclass
-class _Pending:
-    user: str
-    card: CardRow
-    merchant: str
-    offer: purchase.Offer
-    machine: Any
-    description: str
-    amount: CurrAmt
-    started: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +126,6 @@ class WalletService:
         self.ca = ca
         self.root = root
         self.clock = clock or CLOCK
-        self._pending: dict[str, _Pending] = {}
         self.floor = purchase.BciFloor(store)  # the newest BCI seen per brand (purchase Rule 4)
 
     async def start(self) -> None:
@@ -263,40 +249,43 @@ class WalletService:
         except (KeystoreError, TimeoutError) as exc:
             raise WalletError(f"purchase failed: {type(exc).__name__}") from None
         purchase_id = secrets.token_hex(16)
-        self._expire_pending()
-        self._pending[purchase_id] = _Pending(
-            user, row, merchant, offer, machine, description, amount, time.monotonic()
-        )
+        now = self.clock.now_ms()
+        self.store.save_started(  # every replica of this wallet finishes it (store Rule 4)
+            StartedRow(purchase_id, user, card_id, merchant, purchase.offer_to_bytes(offer),
+                       machine.to_bytes(), description, amount.currency, amount.amount, now),
+            expire_before=now - int(PENDING_SECONDS * 1000), keep=MAX_PENDING,
+        )  # fmt: skip
         return Started(
             purchase_id, offer.data.trans_ids.xid, certificate_der(offer.gateway_cert),
             offer.brand, offer.certs, offer.crls, offer.bci,
             card.account.pin_binding_number if row.pin else None, self.keys.suite.oaep_hash,
         )  # fmt: skip
 
-    def _expire_pending(self) -> None:
-        now = time.monotonic()
-        for key in [k for k, p in self._pending.items() if now - p.started > PENDING_SECONDS]:
-            del self._pending[key]
-        while len(self._pending) >= MAX_PENDING:  # oldest first: dicts keep insertion order
-            del self._pending[next(iter(self._pending))]
-
     async def finish_purchase(
         self, user: str, purchase_id: str, pin_seal: bytes | None = None
     ) -> PurchaseResult:
         """PReq → PRes for a started purchase; ``pin_seal`` is the thin client's sealed PIN
         block (required for a PIN account, refused otherwise; Rule 5)."""
-        pending = self._pending.get(purchase_id)
-        if pending is None or pending.user != user:
-            raise WalletError("no such started purchase (expired or finished)")
-        row, offer, machine = pending.card, pending.offer, pending.machine
+        gone = "no such started purchase (expired or finished)"
+        not_before = self.clock.now_ms() - int(PENDING_SECONDS * 1000)
+        peek = self.store.started(purchase_id, user, not_before=not_before)
+        row = None if peek is None else self.store.card(peek.card_id)
+        if peek is None or row is None:
+            raise WalletError(gone)
         if row.pin and pin_seal is None:
             raise WalletError("this card is a PIN account: the purchase needs a sealed PIN")
         if not row.pin and pin_seal is not None:
             raise WalletError("this card takes no PIN")
-        del self._pending[purchase_id]  # one PReq per offer, whatever happens next
-        merchant, description, amount = pending.merchant, pending.description, pending.amount
+        # one PReq per offer, whatever happens next, whichever replica asks (store Rule 4)
+        pending = self.store.claim_started(purchase_id, user, not_before=not_before)
+        if pending is None:
+            raise WalletError(gone)
+        machine = Machine.from_bytes(pending.machine)
+        merchant, description = pending.merchant, pending.description
+        amount = CurrAmt(pending.currency, pending.amount)
         try:
             card = await self.vault.open(row.card_id, row.sealed)
+            offer = purchase.offer_from_bytes(pending.offer, card.account)
             key = await self.keys.get(row.key_label)
             preq, oi = await purchase.build_preq(
                 offer, key, load_certificate(row.cert), load_all(row.chain), card,
@@ -354,7 +343,7 @@ class WalletService:
             description=description, amount=amount,
         )  # fmt: skip
         if started.pin_binding is not None:
-            self._pending.pop(started.purchase_id, None)
+            self.store.drop_started(started.purchase_id)
             raise WalletError("this card is a PIN account: the purchase needs a sealed PIN")
         return await self.finish_purchase(user, started.purchase_id)
 

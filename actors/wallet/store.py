@@ -7,6 +7,15 @@ Rule 2: no PAN, account number, PANSecret, CardSecret or passphrase in clear: ca
 keystore-sealed ``CardSecrets``, a display hint (last four digits) and certificates;
 cardholders hold an scrypt hash (actors/wallet/vault.py).
 Rule 3: ``bci_floors`` holds the highest BCI sequence seen per root and brand; it only rises.
+Rule 4: ``started_purchases`` holds each purchase between PInit and PReq (the checked offer,
+the state machine, what the cardholder agreed to pay), so every wallet replica sharing this
+store can finish a purchase another started, and a restart keeps it. ``claim_started`` takes
+a row exactly once (select and delete in one write transaction, under the store's write lock):
+of two replicas finishing one purchase at once, one gets it. Rows older than the caller's
+bound are neither claimable nor kept; a cardholder holds at most ``keep`` of them. Nothing in
+a row is secret: the offer is the merchant's signed PInitRes data and public certificates
+(without the card's BIN: the first digits of the account stay in the sealed card), the card is
+named by id.
 """
 
 from __future__ import annotations
@@ -69,6 +78,21 @@ BCI_FLOORS: Final = sa.Table(
 )  # fmt: skip
 
 
+STARTED: Final = sa.Table(
+    "started_purchases", _MD,
+    sa.Column("purchase_id", T(64), primary_key=True),
+    sa.Column("user", T(128), nullable=False, index=True),
+    sa.Column("card_id", T(64), nullable=False),
+    sa.Column("merchant", T(128), nullable=False),
+    sa.Column("offer", B, nullable=False),  # actors/wallet/purchase.py offer_to_bytes
+    sa.Column("machine", B, nullable=False),  # the purchase's state machine
+    sa.Column("description", sa.Text, nullable=False),
+    sa.Column("currency", T(8), nullable=False),
+    sa.Column("amount", I, nullable=False),
+    sa.Column("started", I, nullable=False),  # ms, the clock of setpay.clock
+)  # fmt: skip
+
+
 def _v2_bci_floors(op: Operations) -> None:
     """v1 -> v2: the highest BCI sequence seen per brand (purchase.BciFloor)."""
     op.create_table(
@@ -79,7 +103,24 @@ def _v2_bci_floors(op: Operations) -> None:
     )
 
 
-SCHEMA: Final = Schema("wallet", _MD, steps=(_v2_bci_floors,))
+def _v3_started_purchases(op: Operations) -> None:
+    """v2 -> v3: started purchases move from a process's memory into the store (Rule 4)."""
+    op.create_table(
+        "started_purchases",
+        sa.Column("purchase_id", T(64), primary_key=True),
+        sa.Column("user", T(128), nullable=False, index=True),
+        sa.Column("card_id", T(64), nullable=False),
+        sa.Column("merchant", T(128), nullable=False),
+        sa.Column("offer", B, nullable=False),
+        sa.Column("machine", B, nullable=False),
+        sa.Column("description", sa.Text, nullable=False),
+        sa.Column("currency", T(8), nullable=False),
+        sa.Column("amount", I, nullable=False),
+        sa.Column("started", I, nullable=False),
+    )
+
+
+SCHEMA: Final = Schema("wallet", _MD, steps=(_v2_bci_floors, _v3_started_purchases))
 
 
 @dataclass(frozen=True)
@@ -109,6 +150,22 @@ class PurchaseRow:
     state: bytes
     completion: int | None
     auth_code: int | None
+
+
+@dataclass(frozen=True)
+class StartedRow:
+    """A purchase between PInit and PReq (Rule 4)."""
+
+    purchase_id: str
+    user: str
+    card_id: str
+    merchant: str
+    offer: bytes
+    machine: bytes
+    description: str
+    currency: str
+    amount: int
+    started: int
 
 
 class WalletStore:
@@ -200,3 +257,55 @@ class WalletStore:
             if held is None or int(held) < sequence:
                 values = {"key": key, "sequence": sequence, "updated": now_ms}
                 db.execute(self.db.upsert(BCI_FLOORS, values))
+
+    # -- started purchases (Rule 4) -------------------------------------------------------------
+
+    def save_started(self, row: StartedRow, *, expire_before: int, keep: int) -> None:
+        """Keep ``row``; drop rows started before ``expire_before`` (ms) and, beyond ``keep``
+        per cardholder, the cardholder's oldest."""
+        s = STARTED.c
+        with self.db.transaction() as db:
+            db.execute(sa.delete(STARTED).where(s.started < expire_before))
+            held = db.execute(sa.select(s.purchase_id).where(s.user == row.user)
+                              .order_by(s.started.desc(), s.purchase_id)).scalars().all()
+            if len(held) >= keep:
+                db.execute(sa.delete(STARTED).where(s.purchase_id.in_(held[keep - 1:])))
+            db.execute(sa.insert(STARTED).values(
+                purchase_id=row.purchase_id, user=row.user, card_id=row.card_id,
+                merchant=row.merchant, offer=row.offer, machine=row.machine,
+                description=row.description, currency=row.currency, amount=row.amount,
+                started=row.started,
+            ))  # fmt: skip
+
+    def started(self, purchase_id: str, user: str, *, not_before: int) -> StartedRow | None:
+        """The cardholder's started purchase, unless it started before ``not_before``."""
+        s = STARTED.c
+        r = self.db.one(sa.select(STARTED).where(
+            s.purchase_id == purchase_id, s.user == user, s.started >= not_before))  # fmt: skip
+        return None if r is None else self._started(r)
+
+    def claim_started(self, purchase_id: str, user: str, *, not_before: int) -> StartedRow | None:
+        """Take the started purchase exactly once (Rule 4): the row, gone from the store, or
+        None if another claim took it first, it is not the cardholder's, or it expired."""
+        s = STARTED.c
+        with self.db.transaction() as db:
+            r = db.execute(sa.select(STARTED).where(
+                s.purchase_id == purchase_id, s.user == user, s.started >= not_before)).first()
+            if r is None:
+                return None
+            gone = db.execute(sa.delete(STARTED).where(s.purchase_id == purchase_id))
+            return self._started(r) if gone.rowcount == 1 else None
+
+    def drop_started(self, purchase_id: str) -> None:
+        with self.db.transaction() as db:
+            db.execute(sa.delete(STARTED).where(STARTED.c.purchase_id == purchase_id))
+
+    def started_count(self) -> int:
+        return int(self.db.scalar(sa.select(sa.func.count()).select_from(STARTED)) or 0)
+
+    @staticmethod
+    def _started(r: Any) -> StartedRow:
+        return StartedRow(
+            r.purchase_id, r.user, r.card_id, r.merchant, r.offer, r.machine, r.description,
+            r.currency, int(r.amount), int(r.started),
+        )  # fmt: skip

@@ -259,3 +259,35 @@ async def test_wallet_actor_enrols_a_card_as_its_own_identity(
         await actor.stop()
     db = b"".join(p.read_bytes() for p in (tmp_path / "wallet").glob("*.sqlite*"))
     assert beta.encode() not in db and b"another long passphrase" not in db
+
+
+async def test_a_second_wallet_replica_finishes_a_purchase_the_first_started(
+    purchase_env: PurchaseEnv, card: str
+) -> None:
+    """Started purchases live in the wallet's store (actors/wallet/store.py Rule 4): a second
+    wallet process on the same store finishes it, once; the stored row holds no PAN."""
+    from actors.wallet.service import WalletService
+    from actors.wallet.store import WalletStore
+
+    env = purchase_env
+    first = env.wallet
+    service = env.merchant.service
+    assert service is not None
+    amount = CurrAmt("JPY", 4_200)
+    lid_m = service.create_order(MERCHANT_ID, "a map", amount)
+    started = await first.start_purchase(
+        USER, card_id=card, merchant=ROUTE, lid_m=lid_m, description="a map", amount=amount
+    )
+    path = first.store.path
+    assert PAN.encode() not in b"".join(p.read_bytes() for p in path.parent.glob("*.sqlite*"))
+    store = WalletStore.open(path.parent.parent, path.stem)
+    second = WalletService(store, first.keystore, first.peers, first.ca, root=env.ca.root)
+    try:
+        result = await second.finish_purchase(USER, started.purchase_id)
+        assert result.completion is CompletionCode.AUTHORIZATION_PERFORMED
+        with pytest.raises(WalletError, match="no such started purchase"):
+            await first.finish_purchase(USER, started.purchase_id)
+        # the purchase's record is the same row whichever replica finished it
+        assert first.store.purchase(result.xid) is not None
+    finally:
+        store.close()
