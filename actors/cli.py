@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from actors import runtime_cli, snapshot
+from actors import ledgers, runtime_cli, snapshot
 from actors.ca import cli as ca_cli
 from actors.gateway import cli as gateway_cli
 from actors.issuer import cli as issuer_cli
@@ -15,9 +15,10 @@ from actors.wallet import cli as wallet_cli
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add ``setpay run|up|down|snapshot``, ``setpay ca|gateway|issuer|pos|wallet …``."""
+    """Add ``setpay run|up|down|snapshot|ledgers``, ``setpay ca|gateway|issuer|pos|wallet …``."""
     runtime_cli.register(sub)
     snapshot.register(sub)
+    ledgers.register(sub)
     ca_cli.register(sub)
     gateway_cli.register(sub)
     issuer_cli.register(sub)
