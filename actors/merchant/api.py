@@ -369,9 +369,10 @@ class PosSession:
     def merchant_id(self) -> str:
         return self.token.scope
 
-    async def _call(self, method: str, path: str, body: Any = None) -> Any:
+    async def _call(self, method: str, path: str, body: Any = None,
+                    retry_for: float = 0.0) -> Any:  # fmt: skip
         try:
-            return await self.http.call(method, path, body, self.token)
+            return await self.http.call(method, path, body, self.token, retry_for=retry_for)
         except ApiError as exc:
             raise MerchantError(exc.text) from None
 
@@ -381,12 +382,14 @@ class PosSession:
                                 "amount": amount.amount, "sale": sale}  # fmt: skip
         if first_shipment is not None:
             body["first_shipment"] = first_shipment
-        return _order(await self._call("POST", "/api/orders", body))
+        # sent again while no POS process answers (actors/web/client.py Rule 4): at worst a
+        # second order nobody pays, never a second payment
+        return _order(await self._call("POST", "/api/orders", body, retry_for=60.0))
 
     # -- after authorization (Rule 4) --------------------------------------------------------
 
     async def transactions(self) -> list[dict[str, Any]]:
-        return list((await self._call("GET", "/api/transactions"))["transactions"])
+        return list((await self._call("GET", "/api/transactions", retry_for=60.0))["transactions"])
 
     async def capture(self, tx: str, amount: int | None = None,
                       batch: int | None = None) -> dict[str, Any]:  # fmt: skip

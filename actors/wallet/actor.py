@@ -19,14 +19,14 @@ from typing import Any
 from actors.party import PartyActor
 from actors.runtime import Actor
 from actors.wallet.api import front_door
-from actors.wallet.service import WalletService
+from actors.wallet.service import LEASE_SECONDS, WalletService
 from actors.wallet.store import WalletStore
 from actors.web.server import FrontDoor
 from broker.peer import PeerLink
 from protocol.certs import load_certificate
 from protocol.keys import get_suite
 from protocol.requester import CAClient
-from setpay.config import Settings
+from setpay.config import Settings, process_name
 
 
 class WalletActor(PartyActor):
@@ -62,6 +62,8 @@ class WalletActor(PartyActor):
         self.service = WalletService(
             self.store, self.keystore, self.peers, self.ca, root=root,
             suite=get_suite(self.settings.suite),
+            owner=process_name(f"wallet.{self.instance}", self.settings.replica),
+            lease_seconds=max(LEASE_SECONDS, 3 * self.settings.broker_rpc_timeout),
         )  # fmt: skip
         await self.service.start()
         self.api = front_door(self.settings, self.service)

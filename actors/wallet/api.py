@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from aiohttp import web
 from cryptography import x509
 
 from actors.wallet import purchase
-from actors.wallet.errors import AuthenticationFailed, WalletError
+from actors.wallet.errors import IN_PROGRESS, AuthenticationFailed, WalletError
 from actors.wallet.service import PurchaseResult, WalletService
 from actors.web.client import ApiError, HttpApi, Token
 from actors.web.paylink import Offer
@@ -297,11 +298,16 @@ def _error(exc: ApiError) -> WalletError:
 
 
 async def _call(http: HttpApi, method: str, path: str, body: Any = None,
-                token: Token | None = None) -> Any:  # fmt: skip
+                token: Token | None = None, retry_for: float = 0.0) -> Any:  # fmt: skip
     try:
-        return await http.call(method, path, body, token)
+        return await http.call(method, path, body, token, retry_for=retry_for)
     except ApiError as exc:
         raise _error(exc) from None
+
+
+# How long a thin client keeps asking a wallet it cannot reach, or that says another of its
+# processes is finishing the purchase (client Rule 4): past the lease a dead process held.
+RETRY_SECONDS = 90.0
 
 
 class WalletSession:
@@ -316,8 +322,9 @@ class WalletSession:
     def user(self) -> str:
         return self.token.user
 
-    async def _call(self, method: str, path: str, body: Any = None) -> Any:
-        return await _call(self.http, method, path, body, self.token)
+    async def _call(self, method: str, path: str, body: Any = None,
+                    retry_for: float = 0.0) -> Any:  # fmt: skip
+        return await _call(self.http, method, path, body, self.token, retry_for)
 
     async def logout(self) -> None:
         await self._call("POST", "/api/logout")
@@ -333,7 +340,7 @@ class WalletSession:
         return str((await self._call("POST", "/api/cards", body))["card_id"])
 
     async def cards(self) -> list[CardEntry]:
-        data = await self._call("GET", "/api/cards")
+        data = await self._call("GET", "/api/cards", retry_for=RETRY_SECONDS)
         return [CardEntry(c["card_id"], c["brand"], c["hint"], c["pin"]) for c in data["cards"]]
 
     async def start_purchase(self, *, card_id: str, offer: Offer) -> StartedPurchase:
@@ -341,7 +348,7 @@ class WalletSession:
         body = {"card_id": card_id, "merchant": offer.merchant, "order": offer.order,
                 "merchant_id": offer.merchant_id, "description": offer.description,
                 "currency": offer.currency, "amount": offer.amount}  # fmt: skip
-        d = await self._call("POST", "/api/purchases", body)
+        d = await self._call("POST", "/api/purchases", body, retry_for=RETRY_SECONDS)
         unb = base64.b64decode
         return StartedPurchase(
             d["purchase_id"], bytes.fromhex(d["xid"]), unb(d["gateway_cert"]), d["brand"],
@@ -352,7 +359,17 @@ class WalletSession:
     async def finish_purchase(self, purchase_id: str, pin_seal: bytes | None = None) -> Outcome:
         """PReq for a started purchase, with the PIN seal a PIN account needs."""
         body = {"pin_seal": None if pin_seal is None else _b64(pin_seal)}
-        return _outcome_of(await self._call("POST", f"/api/purchases/{purchase_id}/finish", body))
+        path = f"/api/purchases/{purchase_id}/finish"
+        deadline = time.monotonic() + RETRY_SECONDS
+        delay = 0.2
+        while True:
+            try:  # a wallet process died finishing it: another takes over after its lease
+                return _outcome_of(await self._call("POST", path, body, retry_for=RETRY_SECONDS))
+            except WalletError as exc:
+                if str(exc) != IN_PROGRESS or time.monotonic() + delay > deadline:
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(2.0, delay * 2)
 
     async def buy(self, *, card_id: str, offer: Offer) -> Outcome:
         """Pay for ``offer`` with card ``card_id`` (a card that takes no PIN)."""

@@ -14,3 +14,12 @@ class WalletError(Exception):
 
 class AuthenticationFailed(WalletError):
     """Unknown cardholder or wrong passphrase (one message for both: no user enumeration)."""
+
+
+IN_PROGRESS = "this purchase is being finished by another request: ask again shortly"
+
+
+class PurchaseInProgress(WalletError):
+    """Another wallet process holds the started purchase (actors/wallet/store.py Rule 4); the
+    thin client asks again, and gets the outcome once that process answered or its lease ran
+    out and this one took over."""

@@ -26,7 +26,7 @@ from typing import Any
 from cryptography import x509
 
 from actors.wallet import purchase
-from actors.wallet.errors import WalletError
+from actors.wallet.errors import IN_PROGRESS, PurchaseInProgress, WalletError
 from actors.wallet.store import CardRow, PurchaseRow, StartedRow, WalletStore
 from actors.wallet.vault import CardSecrets, Vault, new_passphrase_record
 from broker.peer import PeerLink
@@ -67,6 +67,9 @@ from setpay.logs import get_logger
 
 log = get_logger(component="wallet")
 PENDING_SECONDS = 300.0  # a started purchase not finished by then is forgotten
+# A replica finishing a purchase holds it this long; if it dies, another may take over then
+# (longer than the peer timeout a PReq waits for its PRes, so no live claimer is overtaken).
+LEASE_SECONDS = 30.0
 MAX_PENDING = 4096
 
 
@@ -117,8 +120,12 @@ class WalletService:
         root: x509.Certificate | None,
         clock: ids.Clock | None = None,
         suite: Suite | None = None,
+        owner: str = "wallet",
+        lease_seconds: float = LEASE_SECONDS,
     ) -> None:
         self.store = store
+        self.owner = owner  # this process's name: who holds a started purchase (store Rule 4)
+        self.lease_ms = int(lease_seconds * 1000)
         self.keystore = keystore
         self.keys = KeyRing(keystore, suite or get_suite("rsa2048"))  # cards' keys, this suite
         self.vault = Vault(keystore)
@@ -265,20 +272,25 @@ class WalletService:
         self, user: str, purchase_id: str, pin_seal: bytes | None = None
     ) -> PurchaseResult:
         """PReq → PRes for a started purchase; ``pin_seal`` is the thin client's sealed PIN
-        block (required for a PIN account, refused otherwise; Rule 5)."""
+        block (required for a PIN account, refused otherwise; Rule 5). Any wallet replica
+        finishes it; one whose claimer died resends the claimer's PReq (store Rule 4)."""
         gone = "no such started purchase (expired or finished)"
-        not_before = self.clock.now_ms() - int(PENDING_SECONDS * 1000)
+        now = self.clock.now_ms()
+        not_before = now - int(PENDING_SECONDS * 1000)
         peek = self.store.started(purchase_id, user, not_before=not_before)
         row = None if peek is None else self.store.card(peek.card_id)
         if peek is None or row is None:
             raise WalletError(gone)
-        if row.pin and pin_seal is None:
+        if row.pin and pin_seal is None and peek.preq is None:
             raise WalletError("this card is a PIN account: the purchase needs a sealed PIN")
         if not row.pin and pin_seal is not None:
             raise WalletError("this card takes no PIN")
-        # one PReq per offer, whatever happens next, whichever replica asks (store Rule 4)
-        pending = self.store.claim_started(purchase_id, user, not_before=not_before)
-        if pending is None:
+        pending = self.store.claim_started(purchase_id, user, not_before=not_before,
+                                           owner=self.owner, now=now,
+                                           lease_ms=self.lease_ms)  # fmt: skip
+        if pending == "busy":
+            raise PurchaseInProgress(IN_PROGRESS)
+        if isinstance(pending, str):
             raise WalletError(gone)
         machine = Machine.from_bytes(pending.machine)
         merchant, description = pending.merchant, pending.description
@@ -286,32 +298,51 @@ class WalletService:
         try:
             card = await self.vault.open(row.card_id, row.sealed)
             offer = purchase.offer_from_bytes(pending.offer, card.account)
-            key = await self.keys.get(row.key_label)
-            preq, oi = await purchase.build_preq(
-                offer, key, load_certificate(row.cert), load_all(row.chain), card,
-                description, amount, pin_seal, peer_suite=self.keys.peer_suite,
-            )  # fmt: skip
-            trans = oi.trans_ids
-            machine.send(MessageType.PREQ)
+            if pending.preq is not None and pending.preq_check is not None:
+                # its claimer died after sending (or before): the same bytes again; the
+                # merchant answers a PReq it has seen from its reply store
+                message = pending.preq
+                rrpid, chall_c, raw_trans = codec.unpackb(pending.preq_check)
+                trans = codec.decode(TransIDs, raw_trans)
+                log.warning("wallet_purchase_resumed", purchase=purchase_id)
+            else:
+                key = await self.keys.get(row.key_label)
+                preq, oi = await purchase.build_preq(
+                    offer, key, load_certificate(row.cert), load_all(row.chain), card,
+                    description, amount, pin_seal, peer_suite=self.keys.peer_suite,
+                )  # fmt: skip
+                trans, rrpid, chall_c = oi.trans_ids, oi.rrpid, oi.chall_c
+                machine.send(MessageType.PREQ)
+                pheader = make_header(
+                    self.clock.now_ms(), xid=trans.xid, lid_c=trans.lid_c, lid_m=trans.lid_m,
+                    rrpid=rrpid,
+                )  # fmt: skip
+                message = encode_message(pheader, preq)
+                self.store.record_preq(
+                    purchase_id, message, codec.packb([rrpid, chall_c, codec.encode(trans)]),
+                    machine.to_bytes(),
+                )
             saved = PurchaseRow(
                 trans.xid, row.card_id, merchant, codec.encode(trans),
                 certificate_der(offer.merchant_cert), description, amount.currency,
                 amount.amount, machine.to_bytes(), None, None,
             )  # fmt: skip
             self.store.save_purchase(saved, self.clock.now_ms())
-            pheader = make_header(
-                self.clock.now_ms(), xid=trans.xid, lid_c=trans.lid_c, lid_m=trans.lid_m,
-                rrpid=oi.rrpid,
-            )  # fmt: skip
-            pres, pres_header = await self._reply(merchant, pheader, preq, PRes)
+            pres, pres_header = await self._reply_raw(
+                merchant, str(int(MessageType.PREQ)), message, PRes
+            )
             data = purchase.check_result(
-                pres.signed, pres_header, offer.merchant_cert, "PRes", oi.rrpid, oi.chall_c,
-                trans,
+                pres.signed, pres_header, offer.merchant_cert, "PRes", rrpid, chall_c, trans,
             )  # fmt: skip
         except ProtocolError as exc:
+            self.store.drop_started(purchase_id)  # one PReq per offer, whatever happens next
             raise WalletError(f"purchase failed: {exc.code.name}") from None
         except (KeystoreError, TimeoutError) as exc:
+            self.store.drop_started(purchase_id)
             raise WalletError(f"purchase failed: {type(exc).__name__}") from None
+        except WalletError:
+            self.store.drop_started(purchase_id)
+            raise
         machine.receive(MessageType.PRES)
         auth_code = None if data.auth_status is None else int(data.auth_status.auth_code)
         self.store.save_purchase(
@@ -322,6 +353,7 @@ class WalletService:
             ),
             self.clock.now_ms(),
         )  # fmt: skip
+        self.store.drop_started(purchase_id)
         log.info("wallet_purchase_done", xid=trans.xid.hex(), completion=data.completion.name,
                  pin=pin_seal is not None)  # fmt: skip
         return PurchaseResult(trans.xid, data.completion, auth_code)
@@ -351,7 +383,13 @@ class WalletService:
         self, target: str, header: MessageHeader, body: object, expect: type
     ) -> tuple[Any, MessageHeader]:
         """Send one message; the reply body (of type ``expect``) and its header."""
-        _, reply = await self.peers.request(target, _amqp(body), encode_message(header, body))
+        return await self._reply_raw(target, _amqp(body), encode_message(header, body), expect)
+
+    async def _reply_raw(
+        self, target: str, amqp_type: str, message: bytes, expect: type
+    ) -> tuple[Any, MessageHeader]:
+        """Send one encoded message; the reply body (of type ``expect``) and its header."""
+        _, reply = await self.peers.request(target, amqp_type, message)
         try:
             decoded = expect_reply(reply, self.clock.now_ms(), expect, who="merchant")
         except RemoteError as exc:  # read by protocol.set_error.read_error

@@ -10,8 +10,13 @@ Rule 3: ``bci_floors`` holds the highest BCI sequence seen per root and brand; i
 Rule 4: ``started_purchases`` holds each purchase between PInit and PReq (the checked offer,
 the state machine, what the cardholder agreed to pay), so every wallet replica sharing this
 store can finish a purchase another started, and a restart keeps it. ``claim_started`` takes
-a row exactly once (select and delete in one write transaction, under the store's write lock):
-of two replicas finishing one purchase at once, one gets it. Rows older than the caller's
+a row for one process at a time (a lease, taken in one write transaction under the store's
+write lock): of two replicas finishing one purchase at once, one gets it; the other is told it
+is in progress. Before its PReq leaves, the claimer stores it (``record_preq``): if the claimer
+dies, the next claim after the lease resends those same bytes, which the merchant answers from
+its reply store (no second authorization), so a purchase in flight in a killed replica is
+finished, not lost and not done twice. The row goes when the purchase ends (``drop_started``).
+Rows older than the caller's
 bound are neither claimable nor kept; a cardholder holds at most ``keep`` of them. Nothing in
 a row is secret: the offer is the merchant's signed PInitRes data and public certificates
 (without the card's BIN: the first digits of the account stay in the sealed card), the card is
@@ -90,6 +95,10 @@ STARTED: Final = sa.Table(
     sa.Column("currency", T(8), nullable=False),
     sa.Column("amount", I, nullable=False),
     sa.Column("started", I, nullable=False),  # ms, the clock of setpay.clock
+    sa.Column("claimed_by", T(160)),  # the process finishing it (setpay.config.process_name)
+    sa.Column("lease_until", I),  # ms: after it, another process may take over
+    sa.Column("preq", B),  # the PReq message as sent (encrypted PI: no clear account data)
+    sa.Column("preq_check", B),  # what checks its PRes: RRPID, Chall-C, TransIDs
 )  # fmt: skip
 
 
@@ -117,6 +126,10 @@ def _v3_started_purchases(op: Operations) -> None:
         sa.Column("currency", T(8), nullable=False),
         sa.Column("amount", I, nullable=False),
         sa.Column("started", I, nullable=False),
+        sa.Column("claimed_by", T(160)),
+        sa.Column("lease_until", I),
+        sa.Column("preq", B),
+        sa.Column("preq_check", B),
     )
 
 
@@ -166,6 +179,8 @@ class StartedRow:
     currency: str
     amount: int
     started: int
+    preq: bytes | None = None
+    preq_check: bytes | None = None
 
 
 class WalletStore:
@@ -284,17 +299,29 @@ class WalletStore:
             s.purchase_id == purchase_id, s.user == user, s.started >= not_before))  # fmt: skip
         return None if r is None else self._started(r)
 
-    def claim_started(self, purchase_id: str, user: str, *, not_before: int) -> StartedRow | None:
-        """Take the started purchase exactly once (Rule 4): the row, gone from the store, or
-        None if another claim took it first, it is not the cardholder's, or it expired."""
+    def claim_started(self, purchase_id: str, user: str, *, not_before: int, owner: str,
+                      now: int, lease_ms: int) -> StartedRow | str:  # fmt: skip
+        """Take the started purchase for ``owner`` until ``now + lease_ms`` (Rule 4): the row,
+        or ``"busy"`` while another process's lease runs, or ``"gone"`` (finished, expired,
+        not the cardholder's)."""
         s = STARTED.c
         with self.db.transaction() as db:
             r = db.execute(sa.select(STARTED).where(
                 s.purchase_id == purchase_id, s.user == user, s.started >= not_before)).first()
             if r is None:
-                return None
-            gone = db.execute(sa.delete(STARTED).where(s.purchase_id == purchase_id))
-            return self._started(r) if gone.rowcount == 1 else None
+                return "gone"
+            if r.claimed_by is not None and (r.lease_until or 0) > now:
+                return "busy"
+            db.execute(sa.update(STARTED).where(s.purchase_id == purchase_id)
+                       .values(claimed_by=owner, lease_until=now + lease_ms))  # fmt: skip
+            return self._started(r)
+
+    def record_preq(self, purchase_id: str, preq: bytes, check: bytes, machine: bytes) -> None:
+        """The PReq about to leave, and what checks its answer (Rule 4)."""
+        s = STARTED.c
+        with self.db.transaction() as db:
+            db.execute(sa.update(STARTED).where(s.purchase_id == purchase_id)
+                       .values(preq=preq, preq_check=check, machine=machine))  # fmt: skip
 
     def drop_started(self, purchase_id: str) -> None:
         with self.db.transaction() as db:
@@ -307,5 +334,5 @@ class WalletStore:
     def _started(r: Any) -> StartedRow:
         return StartedRow(
             r.purchase_id, r.user, r.card_id, r.merchant, r.offer, r.machine, r.description,
-            r.currency, int(r.amount), int(r.started),
+            r.currency, int(r.amount), int(r.started), r.preq, r.preq_check,
         )  # fmt: skip

@@ -5,11 +5,17 @@ service's (``service_url``). Rule 2: a client logs in once (``login``) and reuse
 token for every call; the passphrase is not kept. Rule 3: a refusal is ``ApiError`` with the
 status and the service's one-line text; an unreachable service is ``ApiError`` status 0
 naming the cause, never a traceback.
+Rule 4: a call made with ``retry_for`` seconds is sent again while the service cannot be
+reached (status 0: a refused or reset connection, one a killed replica of the service had
+open) until that time has passed, 0.1 s after the first failure, doubling to 2 s; only calls
+that are safe to repeat ask for it (a read, a login, a new PInit, finishing a purchase whose
+claim and PReq the wallet's store keeps: actors/wallet/store.py Rule 4).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,8 +92,20 @@ class HttpApi:
             self._http = None
 
     async def call(self, method: str, path: str, body: Any = None,
-                   token: Token | None = None) -> Any:  # fmt: skip
-        """One request; the decoded JSON answer, or ``ApiError`` (Rule 3)."""
+                   token: Token | None = None, *, retry_for: float = 0.0) -> Any:  # fmt: skip
+        """One request; the decoded JSON answer, or ``ApiError`` (Rules 3, 4)."""
+        deadline = time.monotonic() + retry_for
+        delay = 0.1
+        while True:
+            try:
+                return await self._once(method, path, body, token)
+            except ApiError as exc:
+                if exc.status != 0 or time.monotonic() + delay > deadline:
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(2.0, delay * 2)
+
+    async def _once(self, method: str, path: str, body: Any, token: Token | None) -> Any:
         headers = {"Authorization": f"Bearer {token.bearer}"} if token is not None else {}
         try:
             async with self._session().request(

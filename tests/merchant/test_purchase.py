@@ -291,3 +291,56 @@ async def test_a_second_wallet_replica_finishes_a_purchase_the_first_started(
         assert first.store.purchase(result.xid) is not None
     finally:
         store.close()
+
+
+async def test_a_purchase_whose_wallet_died_after_its_preq_is_finished_once_by_another(
+    purchase_env: PurchaseEnv, card: str
+) -> None:
+    """The wallet process finishing a purchase dies right after its PReq left (here: its task
+    is cancelled once the merchant answered, before it saw the answer). Once its lease runs
+    out another replica resends the stored PReq: the merchant answers from its reply store,
+    the gateway authorizes once, and the cardholder gets the outcome."""
+    import asyncio
+
+    from actors.wallet.service import WalletService
+    from actors.wallet.store import WalletStore
+
+    env = purchase_env
+    service = env.merchant.service
+    assert service is not None
+    path = env.wallet.store.path
+    stores = [WalletStore.open(path.parent.parent, path.stem) for _ in range(2)]
+    w = env.wallet
+    dying, taking_over = (
+        WalletService(s, w.keystore, w.peers, w.ca, root=env.ca.root, owner=f"wallet.w1@{n}",
+                      lease_seconds=0.5)
+        for n, s in enumerate(stores, start=1)
+    )  # fmt: skip
+    try:
+        amount = CurrAmt("JPY", 3_300)
+        lid_m = service.create_order(MERCHANT_ID, "a lamp", amount)
+        started = await dying.start_purchase(
+            USER, card_id=card, merchant=ROUTE, lid_m=lid_m, description="a lamp", amount=amount
+        )
+        sent = dying._reply_raw
+
+        async def send_then_die(*args: object) -> object:
+            await sent(*args)  # type: ignore[arg-type]
+            raise asyncio.CancelledError  # the process is gone before it reads the PRes
+
+        dying._reply_raw = send_then_die  # type: ignore[method-assign]
+        authorizations = len(env.gateway.seen)
+        with pytest.raises(asyncio.CancelledError):
+            await dying.finish_purchase(USER, started.purchase_id)
+        assert len(env.gateway.seen) == authorizations + 1
+        with pytest.raises(WalletError, match="being finished"):  # its lease still runs
+            await taking_over.finish_purchase(USER, started.purchase_id)
+        await asyncio.sleep(0.6)
+        result = await taking_over.finish_purchase(USER, started.purchase_id)
+        assert result.completion is CompletionCode.AUTHORIZATION_PERFORMED
+        assert len(env.gateway.seen) == authorizations + 1  # authorized once
+        with pytest.raises(WalletError, match="no such started purchase"):
+            await taking_over.finish_purchase(USER, started.purchase_id)
+    finally:
+        for s in stores:
+            s.close()

@@ -1,6 +1,7 @@
 """Started purchases in the wallet's store (actors/wallet/store.py Rule 4), on SQLite and on
 PostgreSQL: two wallet replicas opened on one store see each other's started purchases, a
-purchase is claimed exactly once however many replicas race for it, expired rows are neither
+purchase is claimed by one replica at a time however many race for it, a dead claimer's
+purchase (and the PReq it stored) is taken over once its lease ran out, expired rows are neither
 claimable nor kept, each cardholder holds a bounded number, and a reopened store (a restarted
 wallet) keeps them."""
 
@@ -39,6 +40,12 @@ def row(pid: str, user: str = "hanako", started: int = NOW) -> StartedRow:
                       "2 books", "JPY", 12_800, started)  # fmt: skip
 
 
+def claim(store: WalletStore, pid: str, user: str = "hanako", *, owner: str = "wallet.main",
+          now: int = NOW, not_before: int = NOW - 300_000) -> StartedRow | str:
+    return store.claim_started(pid, user, not_before=not_before, owner=owner, now=now,
+                               lease_ms=30_000)  # fmt: skip
+
+
 def test_a_purchase_one_replica_started_is_finished_by_another_once(
     replicas: tuple[WalletStore, WalletStore],
 ) -> None:
@@ -46,10 +53,27 @@ def test_a_purchase_one_replica_started_is_finished_by_another_once(
     first.save_started(row("p1"), expire_before=NOW - 300_000, keep=10)
     assert second.started("p1", "hanako", not_before=NOW - 300_000) == row("p1")
     assert second.started("p1", "mallory", not_before=NOW - 300_000) is None  # not theirs
-    assert second.claim_started("p1", "mallory", not_before=NOW - 300_000) is None
-    assert second.claim_started("p1", "hanako", not_before=NOW - 300_000) == row("p1")
-    assert first.claim_started("p1", "hanako", not_before=NOW - 300_000) is None
+    assert claim(second, "p1", "mallory") == "gone"
+    assert claim(second, "p1", owner="wallet.main@1") == row("p1")
+    assert claim(first, "p1") == "busy"  # the other replica holds it
+    second.drop_started("p1")  # it finished
+    assert claim(first, "p1") == "gone"
     assert first.started_count() == 0
+
+
+def test_a_dead_claimers_purchase_is_taken_over_with_its_preq_after_the_lease(
+    replicas: tuple[WalletStore, WalletStore],
+) -> None:
+    first, second = replicas
+    first.save_started(row("p1"), expire_before=0, keep=10)
+    assert claim(first, "p1", owner="wallet.main@1") == row("p1")
+    first.record_preq("p1", b"the PReq as sent", b"check", b"machine after PReq")
+    # the claimer dies here: nobody takes it while its lease runs
+    assert claim(second, "p1", now=NOW + 29_000) == "busy"
+    taken = claim(second, "p1", now=NOW + 31_000)
+    assert isinstance(taken, StartedRow)
+    assert (taken.preq, taken.preq_check, taken.machine) == \
+        (b"the PReq as sent", b"check", b"machine after PReq")  # fmt: skip
 
 
 def test_racing_replicas_claim_each_purchase_exactly_once(
@@ -61,20 +85,19 @@ def test_racing_replicas_claim_each_purchase_exactly_once(
     won: list[tuple[str, str]] = []
     gate = threading.Barrier(2)
 
-    def claim(store: WalletStore, who: str) -> None:
+    def race(store: WalletStore, who: str) -> None:
         gate.wait()
         for n in range(40):
-            if store.claim_started(f"p{n}", f"u{n}", not_before=0) is not None:
+            if isinstance(claim(store, f"p{n}", f"u{n}", owner=who), StartedRow):
                 won.append((who, f"p{n}"))
 
-    threads = [threading.Thread(target=claim, args=(s, w))
+    threads = [threading.Thread(target=race, args=(s, w))
                for s, w in ((first, "a"), (second, "b"))]  # fmt: skip
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert sorted(p for _, p in won) == sorted(f"p{n}" for n in range(40))  # each exactly once
-    assert first.started_count() == 0
 
 
 def test_expired_rows_are_not_claimable_and_not_kept(
@@ -82,7 +105,7 @@ def test_expired_rows_are_not_claimable_and_not_kept(
 ) -> None:
     first, second = replicas
     first.save_started(row("old", started=NOW - 400_000), expire_before=0, keep=10)
-    assert second.claim_started("old", "hanako", not_before=NOW - 300_000) is None
+    assert claim(second, "old") == "gone"
     first.save_started(row("new"), expire_before=NOW - 300_000, keep=10)
     assert first.started_count() == 1  # the expired one was dropped
 
@@ -106,6 +129,6 @@ def test_a_reopened_store_keeps_started_purchases(store_target: str | Path) -> N
     store.close()
     again = opened(store_target)
     try:
-        assert again.claim_started("p1", "hanako", not_before=0) == row("p1")
+        assert claim(again, "p1") == row("p1")
     finally:
         again.close()
