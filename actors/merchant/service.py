@@ -14,6 +14,10 @@ duplicate from its store) instead of authorizing twice.
 Rule 4: no answer from the gateway leaves the order ``auth_sent`` and answers PRes
 ``orderReceived`` without storing it; the cardholder's retry (same PReq) or an inquiry
 finishes it.
+Rule 5: merchant replicas share the store: the AuthReq and the PRes are committed only while
+the order is still in the state the PReq was checked in; the replica that loses either race
+resumes with the other's AuthReq (the gateway answers it from its reply store) or answers
+the other's stored PRes, so a PReq taken by two processes at once authorizes once.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import asyncio
 import hashlib
 import weakref
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from cryptography import x509
@@ -392,27 +396,41 @@ class MerchantService:
             raise ProtocolError(ErrorCode.UNKNOWN_XID, "no purchase with this XID")
         digest = _digest(req)
         async with self._lock(found.lid_m):
-            stored = self._stored(oi.rrpid, digest)
-            if stored is not None:
-                return stored
-            p = self._verify_preq(found.lid_m, req, oi, digest)  # verify: no effect yet
-            if p.auth_req is None:
-                p.auth_req, p.auth_rrpid = await self._auth_req(p)  # decide
-                p.machine.receive(MessageType.PREQ)
-                p.machine.send(MessageType.AUTH_REQ)
-                with self.store.transaction() as db:  # commit before the gateway sees it
-                    self.store.update_order(
-                        db, p.order.lid_m, self.clock.now_ms(), state=p.machine.to_bytes(),
-                        preq_digest=digest, cardholder_thumb=cert_thumbprint(p.leaf),
-                        auth_req=p.auth_req, auth_rrpid=p.auth_rrpid,
-                    )  # fmt: skip
-            return await self._authorize(p)  # authorize, commit the PRes, reply
+            for _ in range(2):  # a second round when another replica committed first
+                # the order before the reply store: a PRes another replica commits in between
+                # (state and reply in one transaction) is then found as a stored reply
+                order = self.store.order(found.lid_m)
+                stored = self._stored(oi.rrpid, digest)
+                if stored is not None:
+                    return stored
+                assert order is not None
+                p = self._verify_preq(order, req, oi, digest)  # verify: no effect yet
+                if p.auth_req is None and not await self._commit_auth_req(p):
+                    continue  # another replica committed its AuthReq: resume with that one
+                return await self._authorize(p)  # authorize, commit the PRes, reply
+            raise ProtocolError(ErrorCode.UNSPECIFIED_FAILURE, "order changed while answering")
 
-    def _verify_preq(self, lid_m: bytes, req: PReq, oi: OIData, digest: bytes) -> _Purchase:
+    async def _commit_auth_req(self, p: _Purchase) -> bool:
+        """Decide the AuthReq and commit it before the gateway sees it, only while the order
+        is still where this PReq found it (merchant replicas share the store: Rule 5)."""
+        p.auth_req, p.auth_rrpid = await self._auth_req(p)
+        p.machine.receive(MessageType.PREQ)
+        p.machine.send(MessageType.AUTH_REQ)
+        state = p.machine.to_bytes()
+        with self.store.transaction() as db:
+            won = self.store.update_order(
+                db, p.order.lid_m, self.clock.now_ms(), expect_state=p.order.state,
+                state=state, preq_digest=p.digest, cardholder_thumb=cert_thumbprint(p.leaf),
+                auth_req=p.auth_req, auth_rrpid=p.auth_rrpid,
+            )  # fmt: skip
+        if won:
+            p.order = replace(p.order, state=state)
+        return won
+
+    def _verify_preq(self, order: OrderRow, req: PReq, oi: OIData, digest: bytes) -> _Purchase:
         """Every check of a PReq (state, session, cardholder chain and dual signature, the
         gateway key the cardholder sealed to), before any state changes."""
-        order = self.store.order(lid_m)
-        assert order is not None and order.pe_thumb is not None
+        assert order.pe_thumb is not None
         machine = Machine.from_bytes(order.state)
         resume = machine.state == MerchantOrder.AUTH_SENT and order.preq_digest == digest
         if machine.state != MerchantOrder.PINIT_SENT and not resume:
@@ -552,11 +570,18 @@ class MerchantService:
         body = PRes(await self._sign(m, "PRes", pres), [m.sig_cert, *m.chain], [], None)
         res = encode_message(self._header(oi.trans_ids, oi.rrpid), body)
         with self.store.transaction() as db:
-            self.store.update_order(
-                db, order.lid_m, now, state=machine.to_bytes(), completion=int(completion),
-                cap_token=cap_token, pres_data=codec.encode(pres), **cols,
+            won = self.store.update_order(
+                db, order.lid_m, now, expect_state=order.state, state=machine.to_bytes(),
+                completion=int(completion), cap_token=cap_token, pres_data=codec.encode(pres),
+                **cols,
             )  # fmt: skip
-            self.store.save_reply(db, oi.rrpid, digest, _amqp(MessageType.PRES), res, now)
+            if won:
+                self.store.save_reply(db, oi.rrpid, digest, _amqp(MessageType.PRES), res, now)
+        if not won:  # another replica answered the same PReq first: its PRes is the answer
+            stored = self._stored(oi.rrpid, digest)
+            if stored is None:
+                raise ProtocolError(ErrorCode.UNSPECIFIED_FAILURE, "order changed while answering")
+            return stored
         log.info(
             "merchant_purchase_done", merchant_id=m.merchant_id, xid=xid,
             completion=completion.name,

@@ -257,9 +257,18 @@ class MerchantStore:
                            .order_by(o.created.desc(), o.lid_m).limit(limit))  # fmt: skip
         return [row for (lid,) in rows if (row := self.order(lid)) is not None]
 
-    def update_order(self, db: Connection, lid_m: bytes, now_ms: int, **cols: object) -> None:
-        """Set ``cols`` of one order inside the caller's transaction."""
-        db.execute(sa.update(ORDERS).where(ORDERS.c.lid_m == lid_m).values(**cols, updated=now_ms))
+    def update_order(
+        self, db: Connection, lid_m: bytes, now_ms: int, *, expect_state: bytes | None = None,
+        **cols: object,
+    ) -> bool:  # fmt: skip
+        """Set ``cols`` of one order inside the caller's transaction; with ``expect_state``
+        only while its state is still that one (another replica may have moved it on).
+        True when the row changed."""
+        where = ORDERS.c.lid_m == lid_m
+        if expect_state is not None:
+            where = sa.and_(where, ORDERS.c.state == expect_state)
+        done = db.execute(sa.update(ORDERS).where(where).values(**cols, updated=now_ms))
+        return bool(done.rowcount == 1)
 
     # -- replies --------------------------------------------------------------------------------
 

@@ -67,8 +67,10 @@ class TestGateway:
     seen: list[dualsig.GatewayView] = field(default_factory=list)
     sent: list[bytes] = field(default_factory=list)
     cap_tokens: list[bytes] = field(default_factory=list)
+    requests: list[bytes] = field(default_factory=list)  # every AuthReq as it arrived
 
     async def handle(self, delivery: Delivery) -> None:
+        self.requests.append(delivery.body)
         now = ids.SystemClock().now_ms()
         decoded = decode_message(delivery.body, now_ms=now)
         trust = Trust.load(self.root, self.reg.ca.brand, [self.reg.ca.brand_cert],

@@ -344,3 +344,59 @@ async def test_a_purchase_whose_wallet_died_after_its_preq_is_finished_once_by_a
     finally:
         for s in stores:
             s.close()
+
+
+async def test_one_preq_taken_by_two_merchant_replicas_at_once_authorizes_once(
+    purchase_env: PurchaseEnv, card: str
+) -> None:
+    """Two POS processes on one store get the same PReq at the same moment (a redelivery
+    from a dead replica while the cardholder's wallet resends it): they commit one AuthReq
+    between them (service Rule 5), the loser sending the winner's bytes, and both answer
+    the same PRes, stored once."""
+    import asyncio
+
+    from actors.entrypoint import SetEntry
+    from actors.merchant.service import MerchantService
+
+    env = purchase_env
+    first, store = env.merchant.service, env.merchant.store
+    assert first is not None and isinstance(store, MerchantStore)
+    other_store = MerchantStore.open(store.path.parent.parent, store.path.stem)
+    second = MerchantService(
+        other_store, env.merchant.keys.get, env.merchant.gateway,
+        peer_suite=env.merchant.keys.peer_suite,
+    )  # fmt: skip
+    try:
+        wallet = env.wallet
+        row = wallet.store.card(card)
+        assert row is not None
+        key = await wallet.keystore.private_key(row.key_label)
+        amount = CurrAmt("JPY", 6_100)
+        lid_m = first.create_order(MERCHANT_ID, "a clock", amount)
+        offer, secrets_ = await _offer(env, card, lid_m)
+        preq, oi = await purchase.build_preq(
+            offer, key, load_certificate(row.cert), [load_certificate(c) for c in row.chain],
+            secrets_, "a clock", amount,  # type: ignore[arg-type]
+        )  # fmt: skip
+        trans = oi.trans_ids
+        header = make_header(
+            _now(), xid=trans.xid, lid_c=trans.lid_c, lid_m=trans.lid_m, rrpid=oi.rrpid
+        )
+        message = encode_message(header, preq)
+        asked = len(env.gateway.requests)
+        replies = await asyncio.gather(
+            *(SetEntry(s).handle(None, message) for s in (first, second))
+        )
+        bodies = [r[1] for r in replies if r is not None]
+        assert len(bodies) == 2 and bodies[0] == bodies[1]
+        pres = decode_message(bodies[0], now_ms=_now())
+        assert pres.msg_type is MessageType.PRES
+        sent = env.gateway.requests[asked:]
+        assert sent and len(set(sent)) == 1  # one AuthReq; a repeat is the same bytes
+        order = store.order(lid_m)
+        assert order is not None and order.completion is not None
+        assert Machine.from_bytes(order.state).state is not MerchantOrder.AUTH_SENT
+        assert store.reply_for(oi.rrpid) is not None
+    finally:
+        second.close()
+        other_store.close()
