@@ -8,9 +8,6 @@ Rule 2: everything lives in the session's vhost and temporary directories.
 
 from __future__ import annotations
 
-from actors.web.tls import ensure_test_certificate
-from tests.ops.environments import free_port
-
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +19,7 @@ from actors.merchant.actor import MerchantActor
 from actors.merchant.enroll import enroll_merchant
 from actors.wallet.service import WalletService
 from actors.wallet.store import WalletStore
+from actors.web.tls import ensure_test_certificate
 from broker.consumer import Delivery, consume
 from broker.peer import PeerLink
 from broker.topology import SET_EXCHANGE, declare_actor
@@ -50,6 +48,7 @@ from protocol.requester import CAClient, EntityRegistration, register_entity
 from protocol.trustview import Trust, load_all, pick
 from protocol.wrapper import decode_message
 from tests.fixtures_ca import CAEnv
+from tests.ops.environments import free_port
 
 MERCHANT_ID = "M-3201"  # merchant ids are bound to one identity per CA: one per package
 GATEWAY_ROUTE = "gateway.ptest"

@@ -221,7 +221,9 @@ async def test_tampered_and_misdirected_preqs_are_refused_without_state_change(
     assert _error_code(await _send_preq(env, again, again_oi)) is ErrorCode.REPLAY
 
 
-async def test_wallet_lists_only_the_cardholders_cards(purchase_env: PurchaseEnv, card: str) -> None:
+async def test_wallet_lists_only_the_cardholders_cards(
+    purchase_env: PurchaseEnv, card: str
+) -> None:
     """The service answers for the cardholder its front door authenticated (the passphrase is
     checked once, at login: tests/web, tests/attacks/test_web_live.py); nobody else's cards."""
     cards = purchase_env.wallet.cards(USER)
@@ -235,8 +237,8 @@ async def test_wallet_actor_enrols_a_card_as_its_own_identity(
     """``actors.wallet`` as an actor: root from its data dir, a card enrolled, sealed at rest."""
     from actors.wallet.actor import WalletActor
     from actors.web.tls import ensure_test_certificate
-    from tests.ops.environments import free_port
     from protocol.certs import certificate_der
+    from tests.ops.environments import free_port
 
     dep = purchase_env.ca.deployment
     (tmp_path / "wallet").mkdir()
