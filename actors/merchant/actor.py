@@ -13,6 +13,8 @@ BCIDistribution reaches its instance queue (bound to ``revocation.*``) and is of
 revocation cache of each root its merchants trust; on schedule it pulls a BCI held past three
 quarters of its window from the CA (as one of its merchants of that brand), over a peer
 link of its own (replies to its own inbox, broker/inbox.py).
+Rule 6: an authorization the gateway did not answer in time is finished in the background
+(service Rule 4): the books of merchant and gateway come to agree without the cardholder.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from protocol.errors import ErrorCode, ProtocolError
 from protocol.messages import EntityKind, IDData, MessageType
 from protocol.payment import GATEWAY_ROLE
 from setpay.config import Settings
+from setpay.lifecycle import Periodic
 
 
 class MerchantActor(PartyActor):
@@ -87,9 +90,22 @@ class MerchantActor(PartyActor):
         self.closing(self.service.close, "trust caches")
         await self._feed_revocation()
         self.serve_set(self.service)
+        self._finish_silent_auths()
         self.api = front_door(self.settings, self.service, self.instance)
         await self.api.start()
         self.closing(self.api.stop, "https front door")
+
+    def _finish_silent_auths(self) -> None:
+        """Rule 6: every gateway timeout, finish the authorizations the gateway left
+        unanswered for two of them (service Rule 4); each replica runs it, the store's
+        compare-and-set commits keeping one outcome."""
+        assert self.service is not None
+        service, wait_ms = self.service, int(2 * self.gateway_timeout * 1000)
+        rounds = Periodic(
+            "merchant_silent_auths", lambda: service.resolve_silent(wait_ms), self.gateway_timeout
+        )
+        rounds.start()
+        self.closing(rounds.stop, "silent authorizations")
 
     async def _feed_revocation(self) -> None:
         """Rule 5: take the CA's pushes into every root's cache, and pull on schedule."""

@@ -12,8 +12,11 @@ RRPID or a second PReq for an XID is refused (``replay``). The AuthReq is commit
 is sent, so a PReq redelivered after a crash re-sends the same bytes (the gateway answers a
 duplicate from its store) instead of authorizing twice.
 Rule 4: no answer from the gateway leaves the order ``auth_sent`` and answers PRes
-``orderReceived`` without storing it; the cardholder's retry (same PReq) or an inquiry
-finishes it.
+``orderReceived`` without storing it; the cardholder's retry (same PReq) finishes it, and so
+does the POS itself: ``resolve_silent`` resends the committed AuthReq of orders left so (the
+gateway answers a duplicate from its books) and commits the outcome with the PRes the
+cardholder's retry or inquiry then gets, so the merchant's books never stay behind the
+gateway's.
 Rule 5: merchant replicas share the store: the AuthReq and the PRes are committed only while
 the order is still in the state the PReq was checked in; the replica that loses either race
 resumes with the other's AuthReq (the gateway answers it from its reply store) or answers
@@ -130,12 +133,12 @@ class _Purchase:
     trust: Trust
     order: OrderRow
     oi: OIData
-    req: PReq
+    req: PReq | None  # None: a committed AuthReq finished without its PReq (Rule 4)
     machine: Machine
     digest: bytes
-    leaf: x509.Certificate
+    leaf: x509.Certificate | None
     ch_chain: list[x509.Certificate]
-    gw_kx: x509.Certificate
+    gw_kx: x509.Certificate | None
     auth_req: bytes | None = None
     auth_rrpid: bytes | None = None
 
@@ -413,6 +416,7 @@ class MerchantService:
     async def _commit_auth_req(self, p: _Purchase) -> bool:
         """Decide the AuthReq and commit it before the gateway sees it, only while the order
         is still where this PReq found it (merchant replicas share the store: Rule 5)."""
+        assert p.req is not None and p.leaf is not None
         p.auth_req, p.auth_rrpid = await self._auth_req(p)
         p.machine.receive(MessageType.PREQ)
         p.machine.send(MessageType.AUTH_REQ)
@@ -421,7 +425,7 @@ class MerchantService:
             won = self.store.update_order(
                 db, p.order.lid_m, self.clock.now_ms(), expect_state=p.order.state,
                 state=state, preq_digest=p.digest, cardholder_thumb=cert_thumbprint(p.leaf),
-                auth_req=p.auth_req, auth_rrpid=p.auth_rrpid,
+                auth_req=p.auth_req, auth_rrpid=p.auth_rrpid, oi_data=p.req.oi_data,
             )  # fmt: skip
         if won:
             p.order = replace(p.order, state=state)
@@ -450,6 +454,7 @@ class MerchantService:
     async def _auth_req(self, p: _Purchase) -> tuple[bytes, bytes]:
         """Build and wrap AuthReq = EncB(M, P, AuthReqData, PI): the PI is unopened baggage."""
         m, order, oi = p.m, p.order, p.oi
+        assert p.req is not None and p.gw_kx is not None and p.leaf is not None
         now = self.clock.now_ms()
         rrpid = ids.new_rrpid()
         data = AuthReqData(
@@ -511,6 +516,30 @@ class MerchantService:
             except ProtocolError as exc:
                 log.warning("merchant_bci_refused", code=exc.code.name, detail=exc.detail)
         return data, baggage
+
+    async def resolve_silent(self, older_than_ms: int, limit: int = 32) -> int:
+        """Rule 4: finish the authorizations the gateway left unanswered for ``older_than_ms``
+        (resend the committed AuthReq, commit the outcome and its PRes); how many were."""
+        finished = 0
+        for lid_m in self.store.unanswered_auths(self.clock.now_ms() - older_than_ms, limit):
+            async with self._lock(lid_m):
+                order = self.store.order(lid_m)
+                if order is None or order.oi_data is None or order.preq_digest is None:
+                    continue  # answered meanwhile, or committed before OIData was kept
+                machine = Machine.from_bytes(order.state)
+                if machine.state != MerchantOrder.AUTH_SENT:
+                    continue
+                m = self._merchant(order.merchant_id)
+                oi = codec.decode(OIData, order.oi_data)
+                p = _Purchase(m, self._trust(m), order, oi, None, machine, order.preq_digest,
+                              None, [], None, order.auth_req, order.auth_rrpid)  # fmt: skip
+                await self._authorize(p)
+                done = self.store.order(lid_m)
+                if done is not None and done.completion is not None:
+                    finished += 1
+                    log.info("merchant_silent_auth_finished", xid=oi.trans_ids.xid.hex(),
+                             completion=CompletionCode(done.completion).name)  # fmt: skip
+        return finished
 
     async def _authorize(self, p: _Purchase) -> tuple[str, bytes]:
         """Send the committed AuthReq, then answer and store the PRes (Rules 3, 4)."""

@@ -75,6 +75,9 @@ ORDERS: Final = sa.Table(
     # gateway's AuthToken for the rest is kept opaque, replaced at each next shipment
     sa.Column("first_amount", I),
     sa.Column("auth_token", B),
+    # the PReq's OIData (order side only: no PAN), kept with the AuthReq so an authorization
+    # the gateway left unanswered is finished later without the cardholder (service Rule 4)
+    sa.Column("oi_data", B),
 )  # fmt: skip
 
 
@@ -83,7 +86,11 @@ def _v2_split_shipment(op: Operations) -> None:
     op.add_column("orders", sa.Column("auth_token", B))
 
 
-SCHEMA: Final = Schema("merchant", _MD, steps=(_v2_split_shipment,))
+def _v3_oi_data(op: Operations) -> None:
+    op.add_column("orders", sa.Column("oi_data", B))
+
+
+SCHEMA: Final = Schema("merchant", _MD, steps=(_v2_split_shipment, _v3_oi_data))
 
 
 @dataclass(frozen=True)
@@ -127,6 +134,7 @@ class OrderRow:
     pres_data: bytes | None
     first_amount: int | None = None
     auth_token: bytes | None = None
+    oi_data: bytes | None = None
 
 
 _ORDER_COLUMNS: Final = tuple(c.name for c in ORDERS.columns)
@@ -241,7 +249,7 @@ class MerchantStore:
             bool(r.sale), r.state, r.xid, r.trans_ids, r.chall_c, r.chall_m,
             r.pe_thumb, r.brand, r.bin, r.preq_digest, r.cardholder_thumb,
             r.auth_req, r.auth_rrpid, r.completion, r.auth_code, r.auth_amount,
-            r.cap_amount, r.cap_token, r.pres_data, r.first_amount, r.auth_token,
+            r.cap_amount, r.cap_token, r.pres_data, r.first_amount, r.auth_token, r.oi_data,
         )  # fmt: skip
 
     def order(self, lid_m: bytes) -> OrderRow | None:
@@ -256,6 +264,15 @@ class MerchantStore:
         rows = self.db.all(sa.select(o.lid_m).where(o.merchant_id == merchant_id)
                            .order_by(o.created.desc(), o.lid_m).limit(limit))  # fmt: skip
         return [row for (lid,) in rows if (row := self.order(lid)) is not None]
+
+    def unanswered_auths(self, before_ms: int, limit: int = 32) -> list[bytes]:
+        """Orders whose committed AuthReq got no answer (no completion) and that have not
+        changed since ``before_ms``, oldest first (service Rule 4)."""
+        o = ORDERS.c
+        query = (sa.select(o.lid_m)
+                 .where(o.auth_req.is_not(None), o.completion.is_(None), o.updated < before_ms)
+                 .order_by(o.updated).limit(limit))  # fmt: skip
+        return [bytes(lid) for (lid,) in self.db.all(query)]
 
     def update_order(
         self, db: Connection, lid_m: bytes, now_ms: int, *, expect_state: bytes | None = None,

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
+from actors.entrypoint import SetEntry
 from actors.merchant.store import MerchantStore
 from actors.wallet import purchase
 from actors.wallet.errors import WalletError
@@ -357,7 +358,6 @@ async def test_one_preq_taken_by_two_merchant_replicas_at_once_authorizes_once(
     the same PRes, stored once."""
     import asyncio
 
-    from actors.entrypoint import SetEntry
     from actors.merchant.service import MerchantService
 
     env = purchase_env
@@ -397,8 +397,81 @@ async def test_one_preq_taken_by_two_merchant_replicas_at_once_authorizes_once(
         assert sent and len(set(sent)) == 1  # one AuthReq; a repeat is the same bytes
         order = store.order(lid_m)
         assert order is not None and order.completion is not None
-        assert Machine.from_bytes(order.state).state is not MerchantOrder.AUTH_SENT
+        assert Machine.from_bytes(order.state).state != MerchantOrder.AUTH_SENT
         assert store.reply_for(oi.rrpid) is not None
     finally:
         second.close()
         other_store.close()
+
+
+async def test_an_authorization_the_gateway_left_unanswered_is_finished_by_the_pos(
+    purchase_env: PurchaseEnv, card: str
+) -> None:
+    """A POS whose gateway does not answer commits its AuthReq and answers `orderReceived`
+    (service Rule 4) - then `resolve_silent` resends the committed AuthReq and commits the
+    outcome: the order is authorized once, and the cardholder's retry of the same PReq gets
+    that stored PRes."""
+    from actors.merchant.service import MerchantService
+    from broker.peer import PeerLink
+
+    env = purchase_env
+    first, store = env.merchant.service, env.merchant.store
+    assert first is not None and isinstance(store, MerchantStore) and env.merchant.bus
+    silent_store = MerchantStore.open(store.path.parent.parent, store.path.stem)
+    nowhere = await PeerLink(env.merchant.bus, "merchant", "silent", target="gateway.nobody",
+                             timeout=1.0).start()  # fmt: skip
+    silent = MerchantService(silent_store, env.merchant.keys.get, nowhere,
+                             peer_suite=env.merchant.keys.peer_suite)  # fmt: skip
+    try:
+        row = env.wallet.store.card(card)
+        assert row is not None
+        key = await env.wallet.keystore.private_key(row.key_label)
+        amount = CurrAmt("JPY", 7_700)
+        lid_m = first.create_order(MERCHANT_ID, "a kettle", amount)
+        offer, secrets_ = await _offer(env, card, lid_m)
+        preq, oi = await purchase.build_preq(
+            offer, key, load_certificate(row.cert), [load_certificate(c) for c in row.chain],
+            secrets_, "a kettle", amount,  # type: ignore[arg-type]
+        )  # fmt: skip
+        trans = oi.trans_ids
+        header = make_header(
+            _now(), xid=trans.xid, lid_c=trans.lid_c, lid_m=trans.lid_m, rrpid=oi.rrpid
+        )
+        message = encode_message(header, preq)
+        asked = len(env.gateway.requests)
+        reply = await SetEntry(silent).handle(None, message)
+        assert reply is not None
+        told = decode_message(reply[1], now_ms=_now()).body
+        assert _completion(told) is CompletionCode.ORDER_RECEIVED
+        order = store.order(lid_m)
+        assert order is not None and order.completion is None and order.auth_req is not None
+        assert Machine.from_bytes(order.state).state == MerchantOrder.AUTH_SENT
+        assert store.reply_for(oi.rrpid) is None and len(env.gateway.requests) == asked
+        # a fresh order is not touched: only those older than the wait
+        assert await first.resolve_silent(older_than_ms=3_600_000) == 0
+        assert await first.resolve_silent(older_than_ms=0) == 1
+        assert len(env.gateway.requests) == asked + 1
+        done = store.order(lid_m)
+        assert done is not None and done.completion == CompletionCode.AUTHORIZATION_PERFORMED
+        assert await first.resolve_silent(older_than_ms=0) == 0  # nothing left
+        again = await SetEntry(first).handle(None, message)  # the cardholder's retry
+        assert again is not None
+        stored = store.reply_for(oi.rrpid)
+        assert stored is not None and again[1] == stored[2]
+        assert _completion(decode_message(again[1], now_ms=_now()).body) is (
+            CompletionCode.AUTHORIZATION_PERFORMED
+        )
+        assert len(env.gateway.requests) == asked + 1
+    finally:
+        silent.close()
+        await nowhere.close()
+        silent_store.close()
+
+
+def _completion(pres: object) -> CompletionCode:
+    """The completion code a PRes carries (its signed content, read without checking)."""
+    from protocol.messages import PRes, PResData
+    from protocol.signed import SignedData
+
+    assert isinstance(pres, PRes)
+    return codec.decode(PResData, codec.decode(SignedData, pres.signed).content).completion
