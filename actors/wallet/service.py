@@ -15,10 +15,15 @@ Rule 5: a purchase is two calls: ``start_purchase`` (PInit; the offer is kept in
 a random id for ``PENDING_SECONDS``) and ``finish_purchase`` (PReq with the thin client's
 ``pin.seal_pin`` for a PIN account). The wallet never sees a clear PIN or PIN block; a PIN
 account's purchase without a seal, or a card's with one, is refused.
+Rule 6: a PRes `orderReceived` (the merchant's gateway has not answered yet) is not the
+end: the wallet sends the same PReq again after a pause, twice, and the merchant answers the
+outcome once it has it (actors/merchant/service.py Rule 4); only then is `orderReceived` the
+cardholder's answer (the purchase finishes at the merchant; an inquiry shows it).
 """
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from dataclasses import dataclass, field
 from typing import Any
@@ -70,6 +75,7 @@ PENDING_SECONDS = 300.0  # a started purchase not finished by then is forgotten
 # A replica finishing a purchase holds it this long; if it dies, another may take over then
 # (longer than the peer timeout a PReq waits for its PRes, so no live claimer is overtaken).
 LEASE_SECONDS = 30.0
+ASK_AGAIN_SECONDS = (1.0, 3.0)  # pauses before the same PReq again after `orderReceived`
 MAX_PENDING = 4096
 
 
@@ -328,12 +334,19 @@ class WalletService:
                 amount.amount, machine.to_bytes(), None, None,
             )  # fmt: skip
             self.store.save_purchase(saved, self.clock.now_ms())
-            pres, pres_header = await self._reply_raw(
-                merchant, str(int(MessageType.PREQ)), message, PRes
-            )
-            data = purchase.check_result(
-                pres.signed, pres_header, offer.merchant_cert, "PRes", rrpid, chall_c, trans,
-            )  # fmt: skip
+            for pause in (*ASK_AGAIN_SECONDS, None):
+                pres, pres_header = await self._reply_raw(
+                    merchant, str(int(MessageType.PREQ)), message, PRes
+                )
+                data = purchase.check_result(
+                    pres.signed, pres_header, offer.merchant_cert, "PRes", rrpid, chall_c,
+                    trans,
+                )  # fmt: skip
+                if data.completion is not CompletionCode.ORDER_RECEIVED or pause is None:
+                    break
+                # Rule 6: the gateway has not answered the merchant yet: the same PReq again
+                log.info("wallet_order_received_asking_again", xid=trans.xid.hex(), pause=pause)
+                await asyncio.sleep(pause)
         except ProtocolError as exc:
             self.store.drop_started(purchase_id)  # one PReq per offer, whatever happens next
             raise WalletError(f"purchase failed: {exc.code.name}") from None

@@ -475,3 +475,46 @@ def _completion(pres: object) -> CompletionCode:
 
     assert isinstance(pres, PRes)
     return codec.decode(PResData, codec.decode(SignedData, pres.signed).content).completion
+
+
+async def test_the_wallet_asks_again_after_order_received_and_gets_the_outcome(
+    purchase_env: PurchaseEnv, card: str
+) -> None:
+    """The merchant's gateway is away for the first PReq: the POS answers `orderReceived`;
+    the wallet sends the same PReq again after a pause (wallet service Rule 6) and the
+    cardholder gets the authorization, made once."""
+    from broker.peer import PeerLink
+
+    env = purchase_env
+    service = env.merchant.service
+    assert service is not None and env.merchant.bus is not None
+    real = service.gateway
+    nowhere = await PeerLink(env.merchant.bus, "merchant", "away", target="gateway.nobody",
+                             timeout=1.0).start()  # fmt: skip
+    sent = env.wallet._reply_raw
+    preqs = 0
+
+    async def gateway_back_after_first_preq(*args: object) -> object:
+        nonlocal preqs
+        try:
+            return await sent(*args)  # type: ignore[arg-type]
+        finally:
+            if args[1] == str(int(MessageType.PREQ)):
+                preqs += 1
+                service.gateway = real
+
+    amount = CurrAmt("JPY", 2_900)
+    lid_m = service.create_order(MERCHANT_ID, "a cup", amount)
+    asked = len(env.gateway.requests)
+    service.gateway = nowhere
+    env.wallet._reply_raw = gateway_back_after_first_preq  # type: ignore[method-assign]
+    try:
+        result = await env.wallet.buy(
+            USER, card_id=card, merchant=ROUTE, lid_m=lid_m, description="a cup", amount=amount
+        )
+    finally:
+        service.gateway = real
+        env.wallet._reply_raw = sent  # type: ignore[method-assign]
+        await nowhere.close()
+    assert result.completion is CompletionCode.AUTHORIZATION_PERFORMED
+    assert preqs == 2 and len(env.gateway.requests) == asked + 1
