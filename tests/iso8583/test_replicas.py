@@ -131,6 +131,36 @@ async def test_two_links_on_one_store_never_share_a_stan(
             await link.close()
 
 
+async def test_one_rrn_asked_of_two_replicas_at_once_reaches_the_host_once(
+    host: IssuerHost,
+    accounts,
+    store: Store,
+    security: SoftIssuerSecurity,
+    store_target: str | Path,  # noqa: F811
+) -> None:
+    """The RRN is the journal's key: the replica that journals it second sends nothing and
+    answers the retryable decline; the host holds the amount once."""
+    clock, mc = Clock(), accounts["mc-ok"]
+    links = [make_link(host.port, store_target, owner, clock) for owner in (A, B)]
+    for link in links:
+        await link.start()
+    try:
+        host.hold_answers()  # the first one stays in flight while the second asks
+        ask = LinkRequest(rrn(5), mc.reference, 2_500)
+        first = asyncio.create_task(links[0].request(ask))
+        await until(lambda: host.handled >= 1, "the first replica's request reached the host")
+        second = await links[1].request(ask)
+        host.release_answers()
+        assert (await asyncio.wait_for(first, 10)).approved
+        assert second.duplicate and second.retryable and not second.approved
+        assert host.handled == 1
+        assert await held(store, security, mc.reference) == 2_500
+    finally:
+        host.release_answers()
+        for link in links:
+            await link.close()
+
+
 async def test_a_replica_recovers_its_own_rows_and_others_only_when_stale(
     host: IssuerHost,
     accounts,
