@@ -102,7 +102,7 @@ class IsoLink:
         self,
         host: str,
         port: int,
-        journal_path: Path,
+        journal_path: Path | str,
         *,
         acquirer: str = "4321",
         deadline: float = 5.0,

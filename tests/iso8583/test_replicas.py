@@ -50,7 +50,7 @@ def make_link(port: int, target: str | Path, owner: str, clock: Clock, **kw) -> 
     kw.setdefault("saf_retry_interval", 0.05)
     kw.setdefault("saf_poll_interval", 0.05)
     kw.setdefault("recovery_interval", 0.05)
-    return IsoLink("127.0.0.1", port, target, owner=owner, journal_clock=clock, **kw)  # type: ignore[arg-type]
+    return IsoLink("127.0.0.1", port, target, owner=owner, journal_clock=clock, **kw)
 
 
 async def until(check: Callable[[], bool], what: str) -> None:
