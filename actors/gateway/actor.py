@@ -12,6 +12,8 @@ Rule 5: revocation data stays current while it runs (actors/trust.py Rules 5, 6)
 BCIDistribution reaches its instance queue (bound to ``revocation.*``) and is offered to its
 cache; on schedule it pulls a BCI held past three quarters of its window from the CA over a
 peer link of its own (replies to its own inbox, broker/inbox.py).
+Rule 6: replicas of one gateway identity share its ISO 8583 journal; each process's link
+runs under its own process name (actors/iso8583/link.py Rule 6).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from actors.trust import (
 from keystore import messages as km
 from keystore.client import HsmAccountOpener
 from protocol.messages import EntityKind, IDData, MessageType
-from setpay.config import DEFAULT_ISSUER_PORT, Settings
+from setpay.config import DEFAULT_ISSUER_PORT, Settings, process_name
 
 
 class GatewayActor(PartyActor):
@@ -90,6 +92,8 @@ class GatewayActor(PartyActor):
             journal_path(self.settings.data_dir, self.instance),
             deadline=self.host_deadline,
             group_commit=True,
+            # replicas share the journal: each names its rows and leases (link.py Rule 6)
+            owner=process_name(f"gateway.{self.instance}", self.settings.replica),
         )
         await self.link.start()
         self.closing(self.link.close, "issuer link")

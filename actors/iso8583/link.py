@@ -14,6 +14,15 @@ journalled answer without sending; a timed-out RRN stays declined (its reversal 
 Rule 5: an account verification (``verify``, the CA's check before it certifies an account)
 holds nothing at the host, so it is neither journalled nor reversed: no answer in time is
 ``ISSUER_UNAVAILABLE``, and the caller refuses rather than assumes.
+Rule 6 (replicas): several processes of one gateway identity may share one journal, each
+with its own connection and its own ``owner`` name (saf.py Rules 6-8). At start a link
+reverses its own unanswered requests (its previous life's), and another process's only when
+stale (unchanged for ``stale_after``, default max(60 s, 4 x the deadline): that process is
+gone); a recovery round does the same for stale rows every ``recovery_interval`` while it
+runs. An answer to a request another process already timed out is late: the caller gets the
+retryable decline and the reversal stands, so no authorization is both reversed and
+approved. The SAF task claims entries under a lease (``saf_lease``) and polls every
+``saf_poll_interval`` for entries other processes queued or left behind.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -29,12 +39,14 @@ from pathlib import Path
 from actors.iso8583 import codes, framing, spec
 from actors.iso8583.codes import ResponseCode
 from actors.iso8583.errors import FramingError, LinkClosed, MessageError
-from actors.iso8583.saf import Journal, SafEntry
+from actors.iso8583.saf import DEFAULT_OWNER, Journal, SafEntry
 from actors.iso8583.security import mask_account
 from setpay import metrics
 from setpay.clock import CLOCK
 from setpay.durability import GROUP
+from setpay.lifecycle import Periodic
 from setpay.logs import get_logger
+from setpay.store import IntegrityError
 
 REPEAT_OF = {
     spec.ADVICE: spec.ADVICE_REPEAT,
@@ -90,7 +102,7 @@ class IsoLink:
         self,
         host: str,
         port: int,
-        journal_path: Path,
+        journal_path: Path | str,
         *,
         acquirer: str = "4321",
         deadline: float = 5.0,
@@ -98,7 +110,18 @@ class IsoLink:
         saf_retry_interval: float = 1.0,
         now: Callable[[], datetime] = CLOCK.now,
         group_commit: bool = False,
+        owner: str = DEFAULT_OWNER,
+        stale_after: float | None = None,
+        recovery_interval: float | None = None,
+        saf_lease: float | None = None,
+        saf_poll_interval: float = 5.0,
+        journal_clock: Callable[[], float] = time.time,
     ) -> None:
+        """``owner``: this process's name (Rule 6); ``stale_after`` (default max(60 s, 4 x
+        ``deadline``)): how long another process's unanswered row waits before this one
+        reverses it, checked every ``recovery_interval`` (default half of it); ``saf_lease``
+        (default ``stale_after``): how long a claimed SAF entry is this process's;
+        ``journal_clock``: the journal's seconds (tests move it)."""
         self.host = host
         self.port = port
         self.acquirer = acquirer
@@ -106,8 +129,18 @@ class IsoLink:
         self.connect_timeout = connect_timeout
         self.saf_retry_interval = saf_retry_interval
         self.now = now
-        self.journal = Journal(journal_path, group_commit=group_commit)
-        self.log = get_logger(actor="issuer-link")
+        self.owner = owner
+        self.stale_after = stale_after if stale_after is not None else max(60.0, 4 * deadline)
+        self.recovery_interval = recovery_interval or self.stale_after / 2
+        self.saf_lease = saf_lease if saf_lease is not None else self.stale_after
+        self.saf_poll_interval = saf_poll_interval
+        busy = deadline + connect_timeout  # longest a request of this link stays in flight
+        if self.stale_after <= busy or self.saf_lease <= busy:
+            raise ValueError("stale_after and saf_lease must exceed deadline + connect_timeout")
+        self.journal = Journal(
+            journal_path, clock=journal_clock, group_commit=group_commit, owner=owner
+        )
+        self.log = get_logger(actor="issuer-link", owner=owner)
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._connect_lock = asyncio.Lock()
@@ -116,22 +149,36 @@ class IsoLink:
         self._saf_wake = asyncio.Event()
         self._saf_idle = asyncio.Event()
         self._saf_task: asyncio.Task[None] | None = None
+        self._recovery = Periodic("journal_recovery", self._recover_stale, self.recovery_interval)
         self._closing = False
         self.stray = 0
 
     # -- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Turn requests left unanswered by a crash into reversals, start forwarding."""
-        for rrn in self.journal.unanswered():
-            self.journal.time_out(rrn, self.journal.next_stan(), self._f7())
-            self.log.warning("recovered_unanswered", rrn=rrn)
+        """Turn requests left unanswered by a crash (this owner's, and other processes'
+        stale ones: Rule 6) into reversals, start forwarding and the recovery rounds."""
+        self._recover(self.journal.unanswered(owner=self.owner))
+        await self._recover_stale()
         self._saf_task = asyncio.create_task(self._forward())
+        self._recovery.start()
+
+    async def _recover_stale(self) -> None:
+        """One recovery round: reverse every request unanswered for ``stale_after``."""
+        stale = self.journal.unanswered(older_than=self.journal.clock() - self.stale_after)
+        self._recover([rrn for rrn in stale if rrn not in self._inflight])
+
+    def _recover(self, rrns: list[str]) -> None:
+        for rrn in rrns:
+            if self.journal.time_out(rrn, self.journal.next_stan(), self._f7()):
+                self.log.warning("recovered_unanswered", rrn=rrn)
+                self._saf_wake.set()
 
     async def close(self) -> None:
         """Stop forwarding, fail waiting callers, close the connection and the journal."""
         self._closing = True
         self._saf_wake.set()
+        await self._recovery.stop()
         if self._saf_task is not None:
             self._saf_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -143,11 +190,14 @@ class IsoLink:
         self.journal.close()
 
     async def saf_idle(self) -> None:
-        """Wait until no reversal is pending (each queued one acknowledged or parked)."""
+        """Wait until no reversal is pending (each queued one acknowledged or parked, by
+        this process or another sharing the journal)."""
         while self.journal.pending_count():
             self._saf_idle.clear()
             self._saf_wake.set()
             await self._saf_idle.wait()
+            if self.journal.pending_count():  # held by another process's lease meanwhile
+                await asyncio.sleep(self.saf_retry_interval)
 
     # -- connection -------------------------------------------------------------------------
 
@@ -236,7 +286,8 @@ class IsoLink:
             metrics.ISO_REQUESTS.labels(mti=mti, outcome=outcome).inc()
             if outcome == "answered":
                 metrics.ISO_SECONDS.labels(mti=mti).observe(
-                    asyncio.get_running_loop().time() - started)
+                    asyncio.get_running_loop().time() - started
+                )
 
     async def _exchange_once(
         self, message: spec.Message, before_send: Callable[[], None]
@@ -311,6 +362,9 @@ class IsoLink:
         except LinkClosed as exc:
             log.warning("host_unreachable", error=str(exc))
             return LinkResult(ResponseCode.ISSUER_UNAVAILABLE, stan=stan)
+        except IntegrityError:  # another process journalled this RRN first: it asks the host
+            log.warning("rrn_journalled_elsewhere")
+            return LinkResult(ResponseCode.ISSUER_UNAVAILABLE, stan=stan, duplicate=True)
         except (TimeoutError, ConnectionError, asyncio.CancelledError) as exc:
             if not sent:
                 raise
@@ -322,7 +376,10 @@ class IsoLink:
             return LinkResult(ResponseCode.ISSUER_UNAVAILABLE, stan=stan, timed_out=True)
         code = codes.parse(str(answer.get("39", "")))
         approval = str(answer.get("38", ""))
-        self.journal.record_answer(req.rrn, str(code), approval)
+        if not self.journal.record_answer(req.rrn, str(code), approval):
+            # Rule 6: another process timed it out meanwhile; its reversal stands.
+            log.warning("answer_after_reversal", code=str(code))
+            return LinkResult(ResponseCode.ISSUER_UNAVAILABLE, stan=stan, timed_out=True)
         log.info("answered", code=str(code))
         return LinkResult(code, approval, stan)
 
@@ -436,18 +493,20 @@ class IsoLink:
 
     async def _forward(self) -> None:
         while not self._closing:
-            entry = self.journal.next_pending()
-            metrics.ISO_SAF_BACKLOG.set(0 if entry is None else self.journal.pending_count())
-            if entry is None:
+            entry = self.journal.claim(self.owner, self.saf_lease)
+            metrics.ISO_SAF_BACKLOG.set(self.journal.pending_count())
+            if entry is None:  # nothing, or only what other processes hold: look again later
                 self._saf_idle.set()
-                self._saf_wake.clear()
+                await self._saf_sleep(self.saf_poll_interval)
+            elif not await self._forward_one(entry):
+                await self._saf_sleep(self.saf_retry_interval)
+
+    async def _saf_sleep(self, seconds: float) -> None:
+        """Wait ``seconds``, or less when something is queued (``_saf_wake``)."""
+        self._saf_wake.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
                 await self._saf_wake.wait()
-                continue
-            if not await self._forward_one(entry):
-                self._saf_wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.saf_retry_interval):
-                        await self._saf_wake.wait()
 
     async def _forward_one(self, entry: SafEntry) -> bool:
         """One attempt; True when the entry is settled (acknowledged or parked)."""
@@ -465,8 +524,9 @@ class IsoLink:
             return False
         code = str(answer.get("39", ""))
         acked = code == ResponseCode.APPROVED
-        self.journal.settle(entry.id, code, acked=acked)
-        if acked:
+        if not self.journal.settle(entry.id, code, acked=acked):
+            log.info("saf_settled_elsewhere", code=code)
+        elif acked:
             log.info("saf_acknowledged")
         else:
             log.error("saf_refused", code=code)

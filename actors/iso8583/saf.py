@@ -13,6 +13,19 @@ entry for one RRN.
 Rule 5: an advice or reversal queued for a caller's own key (``enqueue_keyed``: completions,
 refunds, partial reversals, reversals of advices) is queued once per key (``saf.key`` is
 unique): a caller that queues again after a crash finds its entry instead of a second one.
+Rule 6 (replicas): several processes of one gateway identity share one journal. STANs are
+reserved in blocks from one counter row, created once and then read ``FOR UPDATE`` under the
+store's write lock (SQLite: ``BEGIN IMMEDIATE``), so two processes never hold the same STAN.
+Each request row names its ``owner`` (the process that sent it, setpay.config.process_name);
+``unanswered(owner=, older_than=)`` finds a process's own rows or anyone's stale ones.
+Rule 7 (compare-and-set): ``record_answer`` and ``time_out`` change only a row still ``sent``
+and say whether they did: an answer arriving after another process timed the row out (and
+queued its reversal) is late, and never turns the row into an approval.
+Rule 8 (SAF leases): ``claim(owner, lease)`` takes the oldest pending entry that no live lease
+of another process holds and whose RRN has no older pending entry (an RRN's advices and
+reversals reach the host in the order queued); ``settle`` closes an entry only while it is
+pending, so two processes racing on one entry settle it once; ``attempted`` counts a failed
+send and gives the lease back.
 """
 
 from __future__ import annotations
@@ -23,7 +36,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import sqlalchemy as sa
 from alembic.operations import Operations
@@ -49,7 +62,9 @@ REQUESTS: Final = sa.Table(
     sa.Column("response_code", sa.String()),
     sa.Column("approval_code", sa.String()),
     sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Column("owner", sa.String()),  # Rule 6: the process that sent it (None: before replicas)
     sa.CheckConstraint("state IN ('sent', 'answered', 'timed_out')", name="requests_state"),
+    sa.Index("requests_state_updated_ix", "state", "updated_at"),  # stale rows without a scan
 )
 SAF: Final = sa.Table(
     "saf",
@@ -64,8 +79,11 @@ SAF: Final = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("done_at", sa.Float),
     sa.Column("key", sa.String(), unique=True),  # Rule 5: the caller's key, if it gave one
+    sa.Column("claimed_by", sa.String()),  # Rule 8: the process forwarding it
+    sa.Column("lease_until", sa.Float),  # Rule 8: after it, another process may take over
     sa.CheckConstraint("state IN ('pending', 'acked', 'failed')", name="saf_state"),
     sa.Index("saf_state_ix", "state"),  # what is still owed, counted without a scan
+    sa.Index("saf_rrn_ix", "rrn", "id"),  # an RRN's older pending entry (Rule 8)
     sqlite_autoincrement=True,  # ids are never reused: the queue's order is the id's
 )
 
@@ -80,7 +98,21 @@ def _index_saf_state(op: Operations) -> None:
     op.create_index("saf_state_ix", "saf", ["state"])
 
 
-SCHEMA: Final = Schema("iso8583_journal", _MD, steps=(_add_saf_key, _index_saf_state))
+def _add_replicas(op: Operations) -> None:
+    """Rules 6-8: request owners, SAF leases, and the indexes their queries use."""
+    with op.batch_alter_table("requests") as batch:
+        batch.add_column(sa.Column("owner", sa.String()))
+    op.create_index("requests_state_updated_ix", "requests", ["state", "updated_at"])
+    with op.batch_alter_table("saf") as batch:
+        batch.add_column(sa.Column("claimed_by", sa.String()))
+        batch.add_column(sa.Column("lease_until", sa.Float))
+    op.create_index("saf_rrn_ix", "saf", ["rrn", "id"])
+
+
+SCHEMA: Final = Schema(
+    "iso8583_journal", _MD, steps=(_add_saf_key, _index_saf_state, _add_replicas)
+)
+DEFAULT_OWNER: Final = "link"  # a journal used by one process only
 STAN_BLOCK: Final = 64
 # Fields a reversal copies from its original; none is sensitive.
 REVERSAL_FIELDS: Final = ("3", "4", "32", "37", "41", "42", "49")
@@ -105,6 +137,13 @@ class SafEntry:
     attempts: int
 
 
+_ENTRY: Final = (SAF.c.id, SAF.c.rrn, SAF.c.mti, SAF.c.message, SAF.c.attempts)
+
+
+def _entry(row: sa.Row[Any]) -> SafEntry:
+    return SafEntry(row.id, row.rrn, row.mti, json.loads(row.message), row.attempts)
+
+
 class Journal:
     """The link's persistent state; synchronous, short transactions."""
 
@@ -114,11 +153,13 @@ class Journal:
         *,
         clock: Callable[[], float] = time.time,
         group_commit: bool = False,
+        owner: str = DEFAULT_OWNER,
     ) -> None:
         """Open (creating or migrating) the journal at ``path``, or at a ``postgresql://`` URL.
         ``group_commit``: setpay/store.py Rule 5 (the link then awaits the barrier before it
-        writes to the host)."""
+        writes to the host). ``owner``: the process name its request rows carry (Rule 6)."""
         self.clock = clock
+        self.owner = owner
         self.db = open_store(path, [SCHEMA], group_commit=group_commit)
         self._stans: list[int] = []
 
@@ -133,15 +174,23 @@ class Journal:
         """A STAN never reused within 999,999 requests, across restarts.
 
         STANs are reserved in blocks of ``STAN_BLOCK`` (one commit per block); a restart
-        skips the rest of a block, which only leaves a gap."""
+        skips the rest of a block, which only leaves a gap. Processes sharing the journal
+        reserve disjoint blocks (Rule 6)."""
         if not self._stans:
-            with self._tx() as db:
-                value = db.execute(sa.select(META.c.value).where(META.c.key == "stan")).scalar()
-                last = int(value) if value is not None else 0
-                block = [(last + i) % 999_999 + 1 for i in range(STAN_BLOCK)]
-                db.execute(self.db.upsert(META, {"key": "stan", "value": str(block[-1])}))
-            self._stans = block[::-1]
+            self._stans = self._reserve_stans()[::-1]
         return f"{self._stans.pop():06d}"
+
+    def _reserve_stans(self) -> list[int]:
+        """The next ``STAN_BLOCK`` STANs, taken from the counter row under its row lock."""
+        m = META.c
+        with self._tx() as db:
+            db.execute(self.db.insert_ignore(META).values(key="stan", value="0"))
+            value = db.execute(
+                sa.select(m.value).where(m.key == "stan").with_for_update()
+            ).scalar_one()
+            block = [(int(value) + i) % 999_999 + 1 for i in range(STAN_BLOCK)]
+            db.execute(sa.update(META).where(m.key == "stan").values(value=str(block[-1])))
+        return block
 
     def get(self, rrn: str) -> Journalled | None:
         r = REQUESTS.c
@@ -169,6 +218,7 @@ class Journal:
                     fields=json.dumps(kept),
                     state="sent",
                     updated_at=self.clock(),
+                    owner=self.owner,
                 )
             )
 
@@ -178,10 +228,12 @@ class Journal:
         with self._tx() as db:
             db.execute(sa.delete(REQUESTS).where(r.rrn == rrn, r.state == "sent"))
 
-    def record_answer(self, rrn: str, code: str, approval: str) -> None:
+    def record_answer(self, rrn: str, code: str, approval: str) -> bool:
+        """Record the host's answer to ``rrn`` if it is still ``sent`` (Rule 7); False when the
+        row was settled meanwhile (timed out and reversed, maybe by another process)."""
         r = REQUESTS.c
         with self._tx() as db:
-            db.execute(
+            done = db.execute(
                 sa.update(REQUESTS)
                 .where(r.rrn == rrn, r.state == "sent")
                 .values(
@@ -191,18 +243,22 @@ class Journal:
                     updated_at=self.clock(),
                 )
             )
+            return bool(done.rowcount)
 
     def time_out(self, rrn: str, reversal_stan: str, f7: str) -> bool:
-        """Mark ``rrn`` unanswered and queue its reversal advice; False if already settled."""
+        """Mark ``rrn`` unanswered and queue its reversal advice, only while it is still
+        ``sent`` (Rule 7); False if already settled (answered, or timed out elsewhere)."""
         r = REQUESTS.c
         with self._tx() as db:
-            fields = db.execute(sa.select(r.fields).where(r.rrn == rrn, r.state == "sent")).scalar()
+            fields = db.execute(
+                sa.select(r.fields).where(r.rrn == rrn, r.state == "sent").with_for_update()
+            ).scalar()
             if fields is None:
                 return False
             original: dict[str, str] = json.loads(fields)
             db.execute(
                 sa.update(REQUESTS)
-                .where(r.rrn == rrn)
+                .where(r.rrn == rrn, r.state == "sent")
                 .values(state="timed_out", updated_at=self.clock())
             )
             self._enqueue(db, rrn, spec.REVERSAL_ADVICE, original, reversal_stan, f7)
@@ -307,37 +363,72 @@ class Journal:
                 out[str(key)] = str(state)
         return out
 
-    def unanswered(self) -> list[str]:
-        """RRNs journalled as sent but never settled (a crash happened in between)."""
+    def unanswered(self, *, owner: str | None = None, older_than: float | None = None) -> list[str]:
+        """RRNs journalled as sent but never settled (a crash happened in between), oldest
+        first; only ``owner``'s rows, and only rows last changed before ``older_than``, when
+        given (Rule 6)."""
         r = REQUESTS.c
-        return [row.rrn for row in self.db.all(sa.select(r.rrn).where(r.state == "sent"))]
+        stmt = sa.select(r.rrn).where(r.state == "sent").order_by(r.updated_at)
+        if owner is not None:
+            stmt = stmt.where(r.owner == owner)
+        if older_than is not None:
+            stmt = stmt.where(r.updated_at < older_than)
+        return [row.rrn for row in self.db.all(stmt)]
 
     def next_pending(self) -> SafEntry | None:
-        """The oldest reversal not yet settled, or None."""
+        """The oldest reversal not yet settled, or None (whoever holds it)."""
         q = SAF.c
-        row = self.db.one(
-            sa.select(q.id, q.rrn, q.mti, q.message, q.attempts)
-            .where(q.state == "pending")
-            .order_by(q.id)
-            .limit(1)
+        row = self.db.one(sa.select(*_ENTRY).where(q.state == "pending").order_by(q.id).limit(1))
+        return None if row is None else _entry(row)
+
+    def claim(self, owner: str, lease: float) -> SafEntry | None:
+        """Take the oldest pending entry for ``owner`` until ``lease`` seconds from now (Rule
+        8): one no other process's live lease holds, whose RRN has no older pending entry.
+        None when there is none to take."""
+        q, older = SAF.c, SAF.alias("older").c
+        now = self.clock()
+        earlier_pending = (
+            sa.select(older.id)
+            .where(older.rrn == q.rrn, older.state == "pending", older.id < q.id)
+            .exists()
         )
-        if row is None:
-            return None
-        return SafEntry(row.id, row.rrn, row.mti, json.loads(row.message), row.attempts)
+        free = sa.or_(q.claimed_by.is_(None), q.claimed_by == owner, q.lease_until <= now)
+        with self._tx() as db:
+            row = db.execute(
+                sa.select(*_ENTRY)
+                .where(q.state == "pending", free, ~earlier_pending)
+                .order_by(q.id)
+                .limit(1)
+                .with_for_update()
+            ).first()
+            if row is None:
+                return None
+            db.execute(
+                sa.update(SAF)
+                .where(q.id == row.id)
+                .values(claimed_by=owner, lease_until=now + lease)
+            )
+        return _entry(row)
 
     def attempted(self, entry_id: int) -> None:
-        """Count one more send of entry ``entry_id`` (it stays pending)."""
-        q = SAF.c
-        with self._tx() as db:
-            db.execute(sa.update(SAF).where(q.id == entry_id).values(attempts=q.attempts + 1))
-
-    def settle(self, entry_id: int, code: str, *, acked: bool) -> None:
-        """Close entry ``entry_id`` with the host's answer: acked, or failed for good."""
+        """Count one more send of entry ``entry_id`` (it stays pending) and give its lease
+        back (Rule 8): any process may try it next."""
         q = SAF.c
         with self._tx() as db:
             db.execute(
                 sa.update(SAF)
-                .where(q.id == entry_id)
+                .where(q.id == entry_id, q.state == "pending")
+                .values(attempts=q.attempts + 1, claimed_by=None, lease_until=None)
+            )
+
+    def settle(self, entry_id: int, code: str, *, acked: bool) -> bool:
+        """Close entry ``entry_id`` with the host's answer: acked, or failed for good; only
+        while it is pending (Rule 8). False when another process settled it first."""
+        q = SAF.c
+        with self._tx() as db:
+            done = db.execute(
+                sa.update(SAF)
+                .where(q.id == entry_id, q.state == "pending")
                 .values(
                     state="acked" if acked else "failed",
                     response_code=code,
@@ -345,6 +436,7 @@ class Journal:
                     done_at=self.clock(),
                 )
             )
+            return bool(done.rowcount)
 
     def unsettled_count(self) -> int:
         """Entries not acknowledged by the host: pending, or failed for good."""
