@@ -23,6 +23,11 @@ runs. An answer to a request another process already timed out is late: the call
 retryable decline and the reversal stands, so no authorization is both reversed and
 approved. The SAF task claims entries under a lease (``saf_lease``) and polls every
 ``saf_poll_interval`` for entries other processes queued or left behind.
+Rule 7: an RRN asked again while its journal row is still ``sent`` (the replica that sent it
+died, or still waits) is sent again as the same transmission (same STAN, F7 and fields; the
+account and PIN block, never journalled, from the caller's request): the host is idempotent
+by transmission key, so the caller gets the one outcome instead of a retryable decline, and
+the compare-and-set of answer and time-out keeps one outcome in the journal.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from pathlib import Path
 from actors.iso8583 import codes, framing, spec
 from actors.iso8583.codes import ResponseCode
 from actors.iso8583.errors import FramingError, LinkClosed, MessageError
-from actors.iso8583.saf import DEFAULT_OWNER, Journal, SafEntry
+from actors.iso8583.saf import DEFAULT_OWNER, Journal, Journalled, SafEntry
 from actors.iso8583.security import mask_account
 from setpay import metrics
 from setpay.clock import CLOCK
@@ -84,7 +89,7 @@ class LinkResult:
     approval_code: str = ""
     stan: str = ""
     timed_out: bool = False  # True: a reversal of this request is stored and forwarded
-    duplicate: bool = False  # True: answered from the journal, nothing sent
+    duplicate: bool = False  # True: the RRN was asked before (journalled answer, or a repeat)
 
     @property
     def approved(self) -> bool:
@@ -337,16 +342,7 @@ class IsoLink:
     async def _request(self, req: LinkRequest) -> LinkResult:
         known = self.journal.get(req.rrn)
         if known is not None:
-            if known.state == "answered":
-                return LinkResult(
-                    codes.parse(known.response_code or ""),
-                    known.approval_code or "",
-                    known.stan,
-                    duplicate=True,
-                )
-            return LinkResult(
-                ResponseCode.ISSUER_UNAVAILABLE, stan=known.stan, timed_out=True, duplicate=True
-            )
+            return await self._again(req, known)
         stan = self.journal.next_stan()
         message = self._message(req, stan)
         log = self.log.bind(rrn=req.rrn, stan=stan, mti=req.mti, account=mask_account(req.account))
@@ -364,7 +360,10 @@ class IsoLink:
             return LinkResult(ResponseCode.ISSUER_UNAVAILABLE, stan=stan)
         except IntegrityError:  # another process journalled this RRN first: it asks the host
             log.warning("rrn_journalled_elsewhere")
-            return LinkResult(ResponseCode.ISSUER_UNAVAILABLE, stan=stan, duplicate=True)
+            known = self.journal.get(req.rrn)
+            if known is None:
+                return LinkResult(ResponseCode.ISSUER_UNAVAILABLE, stan=stan, duplicate=True)
+            return await self._again(req, known)
         except (TimeoutError, ConnectionError, asyncio.CancelledError) as exc:
             if not sent:
                 raise
@@ -382,6 +381,43 @@ class IsoLink:
             return LinkResult(ResponseCode.ISSUER_UNAVAILABLE, stan=stan, timed_out=True)
         log.info("answered", code=str(code))
         return LinkResult(code, approval, stan)
+
+    async def _again(self, req: LinkRequest, known: Journalled) -> LinkResult:
+        """Rules 4, 7: an RRN asked before - its journalled answer, the retryable decline when
+        it was timed out, or, while it is still unanswered (sent by another replica that died
+        or is still waiting, or by this process before a restart), the same transmission
+        again: same STAN and F7, so the host answers it from its books or applies it once."""
+        if known.state == "answered":
+            return LinkResult(codes.parse(known.response_code or ""), known.approval_code or "",
+                              known.stan, duplicate=True)  # fmt: skip
+        declined = LinkResult(
+            ResponseCode.ISSUER_UNAVAILABLE, stan=known.stan, timed_out=True, duplicate=True
+        )
+        kept = self.journal.fields(req.rrn)
+        if known.state != "sent" or kept is None:
+            return declined
+        message: spec.Message = {**self._message(req, known.stan), **kept}
+        log = self.log.bind(rrn=req.rrn, stan=known.stan, mti=req.mti, resent=True)
+        try:
+            answer = await self._exchange(message, before_send=lambda: None)
+        except LinkClosed as exc:
+            log.warning("host_unreachable", error=str(exc))
+            return LinkResult(ResponseCode.ISSUER_UNAVAILABLE, stan=known.stan, duplicate=True)
+        except (TimeoutError, ConnectionError) as exc:
+            if self.journal.time_out(req.rrn, self.journal.next_stan(), self._f7()):
+                self._saf_wake.set()
+                log.warning("no_answer_reversal_queued", error=type(exc).__name__)
+            return declined
+        code, approval = codes.parse(str(answer.get("39", ""))), str(answer.get("38", ""))
+        if self.journal.record_answer(req.rrn, str(code), approval):
+            log.info("answered", code=str(code))
+            return LinkResult(code, approval, known.stan, duplicate=True)
+        now = self.journal.get(req.rrn)  # another process recorded it first, or timed it out
+        if now is not None and now.state == "answered":
+            return LinkResult(codes.parse(now.response_code or ""), now.approval_code or "",
+                              now.stan, duplicate=True)  # fmt: skip
+        log.warning("answer_after_reversal", code=str(code))
+        return declined
 
     def _message(self, req: LinkRequest, stan: str) -> spec.Message:
         bank = "-" in req.account

@@ -138,8 +138,10 @@ async def test_one_rrn_asked_of_two_replicas_at_once_reaches_the_host_once(
     security: SoftIssuerSecurity,
     store_target: str | Path,  # noqa: F811
 ) -> None:
-    """The RRN is the journal's key: the replica that journals it second sends nothing and
-    answers the retryable decline; the host holds the amount once."""
+    """The RRN is the journal's key: the replica that finds it journalled and unanswered
+    sends the same transmission again (link.py Rule 7: same STAN and F7), the host answers it
+    from its books, and both replicas answer the one approval; the host holds the amount
+    once and the journal keeps one answer."""
     clock, mc = Clock(), accounts["mc-ok"]
     links = [make_link(host.port, store_target, owner, clock) for owner in (A, B)]
     for link in links:
@@ -149,12 +151,15 @@ async def test_one_rrn_asked_of_two_replicas_at_once_reaches_the_host_once(
         ask = LinkRequest(rrn(5), mc.reference, 2_500)
         first = asyncio.create_task(links[0].request(ask))
         await until(lambda: host.handled >= 1, "the first replica's request reached the host")
-        second = await links[1].request(ask)
+        second = asyncio.create_task(links[1].request(ask))
+        await until(lambda: host.handled >= 2, "the second replica's repeat reached the host")
         host.release_answers()
-        assert (await asyncio.wait_for(first, 10)).approved
-        assert second.duplicate and second.retryable and not second.approved
-        assert host.handled == 1
+        one, two = await asyncio.wait_for(asyncio.gather(first, second), 10)
+        assert one.approved and two.approved and two.duplicate
+        assert (one.stan, one.approval_code) == (two.stan, two.approval_code)
         assert await held(store, security, mc.reference) == 2_500
+        row = links[0].journal.get(rrn(5))
+        assert row is not None and row.state == "answered"
     finally:
         host.release_answers()
         for link in links:
@@ -481,3 +486,36 @@ def test_link_options_are_checked() -> None:
     for bad in ({"saf_lease": 3.0}, {"stale_after": 2.0}):
         with pytest.raises(ValueError, match="exceed deadline"):
             IsoLink("127.0.0.1", 1, Path("/nonexistent/j.sqlite"), deadline=2.0, **bad)  # type: ignore[arg-type]
+
+
+async def test_a_dead_replicas_unanswered_request_is_finished_by_the_next_caller(
+    host: IssuerHost,
+    accounts,
+    store: Store,
+    security: SoftIssuerSecurity,
+    store_target: str | Path,  # noqa: F811
+) -> None:
+    """A journalled its 0100, the host applied it, and A died before it read the answer. The
+    merchant's AuthReq again reaches B: B sends the same transmission (link.py Rule 7), the
+    host answers it from its books, and the cardholder gets the approval - held once, no
+    reversal queued."""
+    clock, visa = Clock(), accounts["visa-ok"]
+    a_journal = Journal(store_target, clock=clock, owner=A)
+    try:
+        original = sent_row(a_journal, 30, visa.reference)
+        first = await _send(host.port, {**original, "4": "000000001000"})
+        assert first["39"] == ResponseCode.APPROVED
+    finally:
+        a_journal.close()
+    b = make_link(host.port, store_target, B, clock, stale_after=60.0)
+    await b.start()
+    try:
+        result = await b.request(LinkRequest(rrn(30), visa.reference, 1_000))
+        assert result.approved and result.duplicate
+        assert result.approval_code == first.get("38")
+        row = b.journal.get(rrn(30))
+        assert row is not None and row.state == "answered"
+        assert b.journal.saf_entries(rrn(30)) == []
+        assert await held(store, security, visa.reference) == 1_000
+    finally:
+        await b.close()
