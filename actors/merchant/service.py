@@ -21,6 +21,10 @@ Rule 5: merchant replicas share the store: the AuthReq and the PRes are committe
 the order is still in the state the PReq was checked in; the replica that loses either race
 resumes with the other's AuthReq (the gateway answers it from its reply store) or answers
 the other's stored PRes, so a PReq taken by two processes at once authorizes once.
+Rule 6: a PInitReq for an order whose session has no PReq yet (a wallet that died after its
+PInit, or a retried start) opens a new session (new XID and Chall-M): nothing was committed
+on the old one, and a PReq of the old session no longer matches; once a PReq has been taken
+a PInitReq is refused (``replay``). Every commit compares the order's state and XID.
 """
 
 from __future__ import annotations
@@ -305,52 +309,70 @@ class MerchantService:
             raise ProtocolError(ErrorCode.UNKNOWN_LID, "no such order")
         digest = _digest(req)
         async with self._lock(req.lid_m):
-            stored = self._stored(req.rrpid, digest)
-            if stored is not None:
-                return stored
-            order = self.store.order(req.lid_m)
-            assert order is not None  # orders are never deleted
-            machine = Machine.from_bytes(order.state)
-            if machine.state != MerchantOrder.IDLE:
-                raise ProtocolError(ErrorCode.REPLAY, "this order has already been started")
-            m = self._merchant(order.merchant_id)
-            if req.brand_id != m.brand:
-                raise ProtocolError(ErrorCode.INVALID_FIELD, "brand not accepted by this merchant")
-            if not req.bin.isdigit() or not 6 <= len(req.bin) <= 11:
-                raise ProtocolError(ErrorCode.INVALID_FIELD, "BIN must be 6-11 digits")
-            trust = self._trust(m)
-            gw_kx, gw_chain = self._gateway_cert(m.brand, trust)
-            caps = set_extension(gw_kx).gateway
-            if req.account_kind is AccountKind.BANK and not (caps and caps.pin_debit):
-                raise ProtocolError(ErrorCode.INVALID_FIELD, "gateway takes no bank debit")
-            now = self.clock.now_ms()
-            trans = TransIDs(req.lid_c, req.lid_m, ids.new_xid(), now, None, req.language)
-            pe_thumb = cert_thumbprint(gw_kx)
-            held_bci, held_crls = self._revocation_data(m)
-            bci_thumb = None if held_bci is None else bci_thumbprint(held_bci)
-            data = PInitResData(
-                trans, req.rrpid, req.chall_c, ids.new_challenge(), pe_thumb, bci_thumb
-            )
-            held = set(req.thumbs)
-            certs = [m.sig_cert, *m.chain, certificate_der(gw_kx)]
-            certs += [certificate_der(c) for c in gw_chain]
-            certs = [c for c in dict.fromkeys(certs) if thumbprint(c) not in held]
-            crls = [c for c in held_crls if thumbprint(c) not in held]
-            bci = None if bci_thumb is None or bci_thumb in held else held_bci
-            body = PInitRes(await self._sign(m, "PInitRes", data), certs, crls, bci)
-            reply = encode_message(self._header(trans, req.rrpid), body)
-            machine.receive(MessageType.PINIT_REQ)
-            machine.send(MessageType.PINIT_RES)
-            with self.store.transaction() as db:
-                self.store.update_order(
-                    db, req.lid_m, now, state=machine.to_bytes(), xid=trans.xid,
-                    trans_ids=codec.encode(trans), chall_c=req.chall_c, chall_m=data.chall_m,
-                    pe_thumb=pe_thumb, brand=req.brand_id, bin=req.bin,
-                )  # fmt: skip
+            for _ in range(2):  # a second round when another replica changed the order first
+                order = self.store.order(req.lid_m)
+                assert order is not None  # orders are never deleted
+                stored = self._stored(req.rrpid, digest)
+                if stored is not None:
+                    return stored
+                answered = await self._pinit_once(req, order, digest)
+                if answered is not None:
+                    return answered
+            raise ProtocolError(ErrorCode.UNSPECIFIED_FAILURE, "order changed while answering")
+
+    async def _pinit_once(
+        self, req: PInitReq, order: OrderRow, digest: bytes
+    ) -> tuple[str, bytes] | None:
+        """Check, decide and commit one PInitRes (Rule 6); None when another replica changed
+        the order meanwhile."""
+        machine = Machine.from_bytes(order.state)
+        if machine.state not in (MerchantOrder.IDLE, MerchantOrder.PINIT_SENT):
+            raise ProtocolError(ErrorCode.REPLAY, "this order has already been started")
+        if machine.state == MerchantOrder.PINIT_SENT:  # no PReq yet: a new session
+            machine = merchant_order()
+        m = self._merchant(order.merchant_id)
+        if req.brand_id != m.brand:
+            raise ProtocolError(ErrorCode.INVALID_FIELD, "brand not accepted by this merchant")
+        if not req.bin.isdigit() or not 6 <= len(req.bin) <= 11:
+            raise ProtocolError(ErrorCode.INVALID_FIELD, "BIN must be 6-11 digits")
+        trust = self._trust(m)
+        gw_kx, gw_chain = self._gateway_cert(m.brand, trust)
+        caps = set_extension(gw_kx).gateway
+        if req.account_kind is AccountKind.BANK and not (caps and caps.pin_debit):
+            raise ProtocolError(ErrorCode.INVALID_FIELD, "gateway takes no bank debit")
+        now = self.clock.now_ms()
+        trans = TransIDs(req.lid_c, req.lid_m, ids.new_xid(), now, None, req.language)
+        pe_thumb = cert_thumbprint(gw_kx)
+        held_bci, held_crls = self._revocation_data(m)
+        bci_thumb = None if held_bci is None else bci_thumbprint(held_bci)
+        data = PInitResData(
+            trans, req.rrpid, req.chall_c, ids.new_challenge(), pe_thumb, bci_thumb
+        )
+        held = set(req.thumbs)
+        certs = [m.sig_cert, *m.chain, certificate_der(gw_kx)]
+        certs += [certificate_der(c) for c in gw_chain]
+        certs = [c for c in dict.fromkeys(certs) if thumbprint(c) not in held]
+        crls = [c for c in held_crls if thumbprint(c) not in held]
+        bci = None if bci_thumb is None or bci_thumb in held else held_bci
+        body = PInitRes(await self._sign(m, "PInitRes", data), certs, crls, bci)
+        reply = encode_message(self._header(trans, req.rrpid), body)
+        machine.receive(MessageType.PINIT_REQ)
+        machine.send(MessageType.PINIT_RES)
+        with self.store.transaction() as db:
+            won = self.store.update_order(
+                db, req.lid_m, now, expect={"state": order.state, "xid": order.xid},
+                state=machine.to_bytes(), xid=trans.xid, trans_ids=codec.encode(trans),
+                chall_c=req.chall_c, chall_m=data.chall_m, pe_thumb=pe_thumb,
+                brand=req.brand_id, bin=req.bin,
+            )  # fmt: skip
+            if won:
                 self.store.save_reply(
                     db, req.rrpid, digest, _amqp(MessageType.PINIT_RES), reply, now
                 )
-        log.info("merchant_pinit", merchant_id=m.merchant_id, xid=trans.xid.hex())
+        if not won:
+            return None
+        log.info("merchant_pinit", merchant_id=m.merchant_id, xid=trans.xid.hex(),
+                 again=order.xid is not None)  # fmt: skip
         return _amqp(MessageType.PINIT_RES), reply
 
     # -- PReq -----------------------------------------------------------------------------------
@@ -423,8 +445,9 @@ class MerchantService:
         state = p.machine.to_bytes()
         with self.store.transaction() as db:
             won = self.store.update_order(
-                db, p.order.lid_m, self.clock.now_ms(), expect_state=p.order.state,
-                state=state, preq_digest=p.digest, cardholder_thumb=cert_thumbprint(p.leaf),
+                db, p.order.lid_m, self.clock.now_ms(),
+                expect={"state": p.order.state, "xid": p.order.xid}, state=state,
+                preq_digest=p.digest, cardholder_thumb=cert_thumbprint(p.leaf),
                 auth_req=p.auth_req, auth_rrpid=p.auth_rrpid, oi_data=p.req.oi_data,
             )  # fmt: skip
         if won:
@@ -600,7 +623,8 @@ class MerchantService:
         res = encode_message(self._header(oi.trans_ids, oi.rrpid), body)
         with self.store.transaction() as db:
             won = self.store.update_order(
-                db, order.lid_m, now, expect_state=order.state, state=machine.to_bytes(),
+                db, order.lid_m, now, expect={"state": order.state, "xid": order.xid},
+                state=machine.to_bytes(),
                 completion=int(completion), cap_token=cap_token, pres_data=codec.encode(pres),
                 **cols,
             )  # fmt: skip

@@ -13,6 +13,7 @@ request under that RRPID is a replay.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -275,16 +276,17 @@ class MerchantStore:
         return [bytes(lid) for (lid,) in self.db.all(query)]
 
     def update_order(
-        self, db: Connection, lid_m: bytes, now_ms: int, *, expect_state: bytes | None = None,
-        **cols: object,
+        self, db: Connection, lid_m: bytes, now_ms: int, *,
+        expect: Mapping[str, object] | None = None, **cols: object,
     ) -> bool:  # fmt: skip
-        """Set ``cols`` of one order inside the caller's transaction; with ``expect_state``
-        only while its state is still that one (another replica may have moved it on).
-        True when the row changed."""
-        where = ORDERS.c.lid_m == lid_m
-        if expect_state is not None:
-            where = sa.and_(where, ORDERS.c.state == expect_state)
-        done = db.execute(sa.update(ORDERS).where(where).values(**cols, updated=now_ms))
+        """Set ``cols`` of one order inside the caller's transaction; with ``expect`` only
+        while those columns still hold those values (another replica may have moved the
+        order on: a compare-and-set). True when the row changed."""
+        o = ORDERS.c
+        where = [o.lid_m == lid_m]
+        for name, value in (expect or {}).items():
+            where.append(o[name].is_(None) if value is None else o[name] == value)
+        done = db.execute(sa.update(ORDERS).where(*where).values(**cols, updated=now_ms))
         return bool(done.rowcount == 1)
 
     # -- replies --------------------------------------------------------------------------------

@@ -518,3 +518,35 @@ async def test_the_wallet_asks_again_after_order_received_and_gets_the_outcome(
         await nowhere.close()
     assert result.completion is CompletionCode.AUTHORIZATION_PERFORMED
     assert preqs == 2 and len(env.gateway.requests) == asked + 1
+
+
+async def test_a_repeated_pinit_before_any_preq_opens_a_new_session(
+    purchase_env: PurchaseEnv, card: str
+) -> None:
+    """A wallet that died after its PInit, or a retried start: a new PInitReq for an order
+    with no PReq yet gets a new session (service Rule 6); the old session's PReq is refused,
+    the new one authorizes once, and a PInitReq after the PReq is refused (`replay`)."""
+    env = purchase_env
+    service = env.merchant.service
+    assert service is not None
+    row = env.wallet.store.card(card)
+    assert row is not None
+    key = await env.wallet.keystore.private_key(row.key_label)
+    cert, chain = load_certificate(row.cert), [load_certificate(c) for c in row.chain]
+    amount = CurrAmt("JPY", 4_400)
+    lid_m = service.create_order(MERCHANT_ID, "a bowl", amount)
+    old_offer, secrets_ = await _offer(env, card, lid_m)
+    new_offer, _ = await _offer(env, card, lid_m)
+    assert new_offer.data.trans_ids.xid != old_offer.data.trans_ids.xid
+    asked = len(env.gateway.requests)
+    stale, stale_oi = await purchase.build_preq(
+        old_offer, key, cert, chain, secrets_, "a bowl", amount,  # type: ignore[arg-type]
+    )  # fmt: skip
+    assert _error_code(await _send_preq(env, stale, stale_oi)) is ErrorCode.UNKNOWN_XID
+    fresh, fresh_oi = await purchase.build_preq(
+        new_offer, key, cert, chain, secrets_, "a bowl", amount,  # type: ignore[arg-type]
+    )  # fmt: skip
+    assert _error_code(await _send_preq(env, fresh, fresh_oi)) is None
+    assert len(env.gateway.requests) == asked + 1
+    with pytest.raises(WalletError, match="REPLAY"):
+        await _offer(env, card, lid_m)
