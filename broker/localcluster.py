@@ -132,13 +132,19 @@ class Node:
         except subprocess.CalledProcessError as exc:
             why = " ".join((exc.stderr or exc.stdout or "").split())[:300]
             raise ClusterError(f"rabbitmqctl {args[0]} on {self.name} failed: {why}") from None
-        except subprocess.TimeoutExpired:
-            raise ClusterError(f"rabbitmqctl {args[0]} on {self.name}: no answer") from None
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise ClusterError(f"rabbitmqctl {args[0]} on {self.name}: {exc}") from None
         return out.stdout
 
     def boot(self) -> None:
         """Start (again) the node's Erlang VM, detached (``wait`` for it)."""
-        _run([RABBITMQ_SERVER, "-detached"], env=self.env, timeout=60)
+        try:
+            _run([RABBITMQ_SERVER, "-detached"], env=self.env, timeout=60, text=True)
+        except subprocess.CalledProcessError as exc:
+            why = " ".join((exc.stderr or exc.stdout or "").split())[:300]
+            raise ClusterError(f"rabbitmq-server for {self.name} failed: {why}") from None
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise ClusterError(f"rabbitmq-server for {self.name} could not run: {exc}") from None
 
     def wait(self) -> None:
         """Until the node runs its broker, or ClusterError with the end of its logs."""
