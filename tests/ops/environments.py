@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from broker import admin
+from broker.admin import management_url
+from setpay.config import load
 
 ROOT = Path(__file__).resolve().parents[2]
 SETPAY = (sys.executable, "-m", "cli")
@@ -124,7 +126,9 @@ def wait_for(condition: Callable[[], object], timeout: float, what: str) -> None
 
 
 def new_env(data_dir: Path, tag: str, **overrides: str) -> Env:
-    """A fresh environment's variables (nothing is created on the broker yet)."""
+    """A fresh environment's variables (nothing is created on the broker yet): on the machine's
+    broker, or on the one an ``SETPAY_AMQP_URL`` override names (with its admin login, e.g. a
+    local cluster's ``Cluster.environment()``)."""
     variables = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
@@ -138,11 +142,18 @@ def new_env(data_dir: Path, tag: str, **overrides: str) -> Env:
         "SETPAY_LOG_FORMAT": "json",
         # every test client registers from 127.0.0.1 (the limit itself: tests/web)
         "SETPAY_WEB_SOURCE_REGISTRATIONS": "100000",
-        **overrides,
     }
     variables.pop("SOFTHSM2_CONF", None)  # the environment's own token, under its data dir
-    variables.pop("SETPAY_AMQP_URL", None)
-    return Env(variables)
+    variables.pop("SETPAY_AMQP_URL", None)  # the machine's broker unless one is given
+    return Env({**variables, **overrides})
+
+
+def admin_of(env: Env) -> admin.Endpoint:
+    """The management API and admin login of ``env``'s broker (its settings: the machine's
+    broker, or the one its ``SETPAY_AMQP_URL`` names)."""
+    settings = load(env.vars)
+    return admin.Endpoint(management_url(settings.amqp_url, settings.broker_management_url),
+                          settings.broker_admin_user, settings.broker_admin_password)  # fmt: skip
 
 
 def remove_env(env: Env, *, vhost: bool = True) -> None:
