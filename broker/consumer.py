@@ -120,7 +120,8 @@ class Consumer(DrainingConsumer):
         except Exception as exc:
             await self._failed(message, exc)
             return
-        self._transient.pop(_key(message), None)
+        if self._transient:  # the common case pays nothing for Rule 4
+            self._transient.pop(_key(message), None)
         try:
             await GROUP.barrier()  # setpay/durability.py: the handler's commits before the ack
         except OSError as exc:

@@ -282,6 +282,8 @@ class RpcClient:
         except aiormq.exceptions.DeliveryError:
             raise PublishError(f"RPC request to {queue!r} nacked") from None
         except (*TRANSIENT, RuntimeError) as exc:  # the channel is down or being restored
+            # aio-pika also says "not opened" with a bare RuntimeError: for this publish that
+            # is the same lost link, though connection.py Rule 6 keeps RuntimeError out.
             raise PublishError(f"RPC request to {queue!r} not sent ({type(exc).__name__})") from (
                 exc if is_transient(exc) else ConnectionError(type(exc).__name__)
             )
@@ -318,8 +320,9 @@ class RpcClient:
             async with asyncio.timeout(_PROBE_TIMEOUT):
                 declared = await channel.declare_queue(queue, passive=True)
             return bool(declared.declaration_result.consumer_count)
-        except aiormq.exceptions.ChannelNotFoundEntity:
-            return False  # passive declare of a missing queue closes the channel
+        except aiormq.exceptions.ChannelClosed as exc:
+            # a missing queue (or a refusal) closes the channel: no consumer to be had
+            return is_transient(exc)
         except (*TRANSIENT, RuntimeError, TimeoutError):
             return True
         finally:
