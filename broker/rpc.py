@@ -14,9 +14,9 @@ Rule 5 (failover): a call fails with a broker error, never an aio-pika one. When
 the reply inbox's channel goes away mid-call (a broker node died), a call marked
 ``retriable`` (safe to serve twice) is sent again with the same message and correlation ids
 once the inbox consumes again, within its one timeout; any other call raises ``PublishError``
-or ``ReplyLost`` at once. A call made while the channels are being restored waits for them
-(nothing was sent yet). A call that timed out while the broker cannot be asked is an
-``RpcTimeout``, not ``PeerUnavailable``.
+or ``ReplyLost`` at once. A call made while the channels are being restored waits for them,
+and so does one whose publish the channel refused before sending anything. A call that timed
+out while the broker cannot be asked is an ``RpcTimeout``, not ``PeerUnavailable``.
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ log = get_logger(component="broker.rpc")
 ERROR_HEADER = "x-setpay-rpc-error"
 DEFAULT_TIMEOUT = 10.0
 _PROBE_TIMEOUT = 2.0  # asking the broker whether a queue has a consumer
+_RESTORE_PAUSE = 0.05  # seconds between two sends refused by a channel being restored
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,15 +265,27 @@ class RpcClient:
 
     async def _ask(self, queue: str, message: aio_pika.Message) -> bytes:
         """The first send, on this client's channel; its reply."""
-        assert self._exchange is not None and message.correlation_id is not None
+        assert message.correlation_id is not None
         if self._closed:
             raise BrokerError("RPC client closed")
-        # Nothing is sent yet: waiting for a channel being restored is safe for any call.
-        if not self._inbox.consuming:
-            await self._inbox.ready()
-        if self._channel.is_closed:
-            await self._channel.ready()
-        future = self._inbox.expect(message.correlation_id, self.accept, report_loss=True)
+        while True:
+            # Nothing is sent yet: waiting for a channel being restored is safe for any call.
+            if not self._inbox.consuming:
+                await self._inbox.ready()
+            if self._channel.is_closed:
+                await self._channel.ready()
+            future = self._inbox.expect(message.correlation_id, self.accept, report_loss=True)
+            try:
+                await self._publish(queue, message)
+            except aiormq.exceptions.ChannelInvalidStateError:
+                # Refused before a byte left: the link just died and its channels are not
+                # restored yet. Pause (the connection's own callbacks must get to run), retry.
+                await asyncio.sleep(_RESTORE_PAUSE)
+                continue
+            return self._result(queue, await future)
+
+    async def _publish(self, queue: str, message: aio_pika.Message) -> None:
+        assert self._exchange is not None
         try:
             # No per-publish timeout: the enclosing asyncio.timeout bounds the confirm
             # too, and a second timer per call is measurable overhead.
@@ -281,13 +294,14 @@ class RpcClient:
             raise PeerUnavailable(f"no RPC queue {queue!r}") from None
         except aiormq.exceptions.DeliveryError:
             raise PublishError(f"RPC request to {queue!r} nacked") from None
-        except (*TRANSIENT, RuntimeError) as exc:  # the channel is down or being restored
+        except aiormq.exceptions.ChannelInvalidStateError:
+            raise
+        except (*TRANSIENT, RuntimeError) as exc:  # the link died while the request left
             # aio-pika also says "not opened" with a bare RuntimeError: for this publish that
             # is the same lost link, though connection.py Rule 6 keeps RuntimeError out.
             raise PublishError(f"RPC request to {queue!r} not sent ({type(exc).__name__})") from (
                 exc if is_transient(exc) else ConnectionError(type(exc).__name__)
             )
-        return self._result(queue, await future)
 
     async def _resend(self, queue: str, message: aio_pika.Message, deadline: float) -> bytes:
         """The same request again, same message and correlation ids, once the inbox consumes

@@ -16,7 +16,7 @@ from structlog.testing import capture_logs
 from broker import consumer as consumer_mod
 from broker.connection import Bus, connect, is_transient
 from broker.consumer import CODE_HEADER, REASON_HEADER, Delivery, consume
-from broker.errors import PublishError, ReplyLost
+from broker.errors import PublishError, ReplyLost, RpcTimeout
 from broker.rpc import RpcClient, RpcRequest, serve_rpc
 from broker.topology import SET_EXCHANGE, declare_actor
 from tests.broker.effects import Effects
@@ -139,6 +139,26 @@ async def test_call_that_is_not_retriable_gets_reply_lost_at_once(broker_vhost) 
         assert [r.body for r in held.seen] == [b"create", b"next"]  # never sent twice
     finally:
         held.release.set()
+        await client.close()
+        await server.stop()
+        await client_bus.close()
+        await server_bus.close()
+
+
+async def test_call_timing_out_while_the_broker_cannot_be_asked_is_rpc_timeout(
+    broker_vhost,
+) -> None:
+    """During an outage nobody can say the peer is gone: no ``PeerUnavailable``."""
+    server_bus = await connect(broker_vhost.url, name="server")
+    client_bus = await connect(broker_vhost.url, name="client", reconnect_interval=60)
+    queue = qname("outage")
+    server = await serve_rpc(server_bus, queue, HeldServer().handle)
+    client = await RpcClient.create(client_bus, accept=lambda login: True)
+    try:
+        await cut_link(client_bus)  # and no reconnection within this test
+        with pytest.raises(RpcTimeout):
+            await client.call(queue, b"x", timeout=1, retriable=True)
+    finally:
         await client.close()
         await server.stop()
         await client_bus.close()
