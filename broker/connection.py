@@ -18,7 +18,13 @@ reconnection attempt moves to the next node, round robin, so a process whose nod
 reconnects to a live one and its robust channels restore their consumers there (with quorum
 queues the messages survive the node). The rotation hooks aio-pika's ``RobustConnection`` at
 the one point every attempt passes, clearing ``transport`` (``FailoverConnection``); the tests
-pin that behaviour (tests/broker/test_cluster.py).
+pin that behaviour (tests/broker/test_cluster.py). An orderly ``close()`` moves nowhere and
+logs no ``broker_failover``.
+Rule 6: ``TRANSIENT`` names the errors that mean "the broker or the channel went away, try
+again" (a lost link, a channel closed or being restored, a lost reply); ``is_transient``
+also follows an exception's explicit ``__cause__``, so an error a layer translated ``from``
+one of them stays transient. Refusals (login, permission, missing entity) and a bare
+``RuntimeError`` never are.
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ from aio_pika.abc import (
 )
 from yarl import URL
 
-from broker.errors import BrokerError, PeerUnavailable, PublishError, PublishRefused
+from broker.errors import BrokerError, PeerUnavailable, PublishError, PublishRefused, ReplyLost
 from broker.topology import SET_EXCHANGE, TRACE_EXCHANGE
 from broker.trace import TraceTap
 from setpay import metrics
@@ -51,15 +57,45 @@ from setpay.logs import get_logger
 
 log = get_logger(component="broker")
 
-# Errors that mean "the link is down or being restored": worth retrying until the deadline.
-_TRANSIENT = (
-    ConnectionError,
+# Rule 6: what "the broker or the channel went away, try again" is. The permanent refusals
+# among their subclasses (a login, a permission, a missing entity, a mismatched declaration)
+# are not: trying again changes nothing.
+TRANSIENT: tuple[type[BaseException], ...] = (
+    ConnectionError,  # aiormq.exceptions.AMQPConnectionError and ConnectionClosed are ones too
+    aiormq.exceptions.AMQPConnectionError,
     aiormq.exceptions.ConnectionClosed,
-    aiormq.exceptions.ChannelInvalidStateError,
     aiormq.exceptions.ChannelClosed,
-    asyncio.TimeoutError,
-    RuntimeError,  # aio-pika: "Connection was not opened" while reconnecting
+    aiormq.exceptions.ChannelInvalidStateError,  # aio_pika.exceptions re-exports these four
+    ReplyLost,
 )
+_PERMANENT: tuple[type[BaseException], ...] = (
+    aiormq.exceptions.AuthenticationError,
+    aiormq.exceptions.ProbableAuthenticationError,
+    aiormq.exceptions.IncompatibleProtocolError,
+    aiormq.exceptions.ConnectionNotAllowed,
+    aiormq.exceptions.ChannelAccessRefused,
+    aiormq.exceptions.ChannelNotFoundEntity,
+    aiormq.exceptions.ChannelPreconditionFailed,
+    aiormq.exceptions.DuplicateConsumerTag,
+)
+# A publish also retries its own confirm timeout and aio-pika's "Connection was not opened"
+# (a bare RuntimeError while reconnecting): both are about this publish only (Rule 2).
+_PUBLISH_RETRY = (*TRANSIENT, asyncio.TimeoutError, RuntimeError)
+_CAUSES = 8  # how far down an explicit ``__cause__`` chain ``is_transient`` looks
+
+
+def is_transient(exc: BaseException | None) -> bool:
+    """Whether ``exc``, or an exception it was explicitly raised ``from``, means the broker or
+    a channel went away (Rule 6). A bare ``RuntimeError`` never is, whatever its cause."""
+    for _ in range(_CAUSES):
+        if exc is None or type(exc) is RuntimeError:
+            return False
+        if isinstance(exc, TRANSIENT) and not isinstance(exc, _PERMANENT):
+            return True
+        exc = exc.__cause__
+    return False
+
+
 NO_ROUTE = 312
 
 
@@ -96,13 +132,19 @@ class FailoverConnection(aio_pika.RobustConnection):
 
     @transport.setter
     def transport(self, value: Any) -> None:
-        if value is None:
+        if value is None and not self._closing:  # Rule 5: an orderly close is no failover
             self._clears += 1
             if self._clears > 2 and len(self._nodes) > 1:  # not construction, not the first try
                 self._node = (self._node + 1) % len(self._nodes)
                 self.url = self._nodes[self._node]
                 log.warning("broker_failover", node=f"{self.url.host}:{self.url.port}")
         self.__dict__["_transport"] = value
+
+    @property
+    def _closing(self) -> bool:
+        """``close()`` clears ``transport`` too, and says so only in these two attributes."""
+        closing = getattr(self, "_close_in_progress", False)
+        return bool(closing or getattr(self, "_close_called", False))
 
 
 def login_of(url: str) -> str:
@@ -236,7 +278,7 @@ class Bus:
                 raise PublishError(
                     f"publish to {exchange or '(default)'}/{routing_key} not confirmed within "
                     f"{timeout:g}s ({type(last).__name__ if last else 'no attempt'})"
-                )
+                ) from last  # Rule 6: a link that stayed down keeps the failure transient
             try:
                 target = self._exchanges.get(exchange)
                 if target is None or self._publish_channel is None or (
@@ -279,7 +321,7 @@ class Bus:
                 raise PublishError(
                     f"publish to {exchange or '(default)'}/{routing_key} refused (precondition)"
                 ) from exc
-            except _TRANSIENT as exc:
+            except _PUBLISH_RETRY as exc:
                 last = exc
             await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
             delay = min(delay * 2, 1.0)

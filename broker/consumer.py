@@ -8,11 +8,19 @@ with ``x-setpay-reason`` and ``x-setpay-error-code`` headers, logged, then acked
 keeps going. If the dead-letter publish fails the message is requeued, never dropped.
 Rule 3: an unexpected handler exception is retried once (requeue); the redelivery that fails
 again is dead-lettered.
+Rule 4 (failover): a handler failure whose exception, or what it was raised ``from``, means the
+broker went away (``broker.connection.is_transient``; a bare ``RuntimeError`` never does) is
+not the handler's fault: the message is requeued after 0.5·2^n s, up to ``TRANSIENT_RETRIES``
+times per message id (remembered in a bounded map), and only then handled by Rule 3.
+Rule 5: a message whose channel died while its handler ran is neither settled nor
+dead-lettered: the broker redelivers it on its own (a dead-letter copy would double it).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +28,7 @@ from typing import Any
 import aiormq
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustChannel
 
-from broker.connection import Bus
+from broker.connection import Bus, is_transient
 from broker.draining import DrainingConsumer
 from broker.errors import BrokerError
 from broker.topology import DEAD_LETTER_EXCHANGE
@@ -33,6 +41,9 @@ log = get_logger(component="broker.consumer")
 REASON_HEADER = "x-setpay-reason"
 CODE_HEADER = "x-setpay-error-code"
 QUEUE_HEADER = "x-setpay-queue"
+TRANSIENT_RETRIES = 5  # Rule 4: per message id, before Rule 3 takes over
+TRANSIENT_DELAY = 0.5  # seconds before the first transient requeue; doubled each time
+TRANSIENT_REMEMBERED = 10_000  # message ids whose transient retries are counted
 
 
 class Rejected(BrokerError):
@@ -78,6 +89,14 @@ class Consumer(DrainingConsumer):
         self._max = max_message_bytes
         self.handled = 0
         self.dead_lettered = 0
+        self.transient_requeued = 0
+        self._transient: OrderedDict[str, int] = OrderedDict()  # Rule 4: message key -> retries
+
+    @property
+    def transient_remembered(self) -> int:
+        """How many message ids Rule 4 counts transient retries for now (at most
+        ``TRANSIENT_REMEMBERED``)."""
+        return len(self._transient)
 
     async def _process(self, message: AbstractIncomingMessage) -> None:
         if len(message.body) > self._max:
@@ -98,18 +117,11 @@ class Consumer(DrainingConsumer):
             await self._handler(delivery)
         except asyncio.CancelledError:
             raise
-        except Rejected as exc:
-            await self._dead_letter(message, exc.reason, exc.code)
-            return
         except Exception as exc:
-            if not message.redelivered:
-                log.warning("handler_failed_requeue", queue=self.queue_name,
-                            error=type(exc).__name__, message_id=message.message_id)
-                await self._settle(message.nack(requeue=True))
-                return
-            await self._dead_letter(message, f"handler failed twice: {type(exc).__name__}",
-                                    "handler-error")
+            await self._failed(message, exc)
             return
+        if self._transient:  # the common case pays nothing for Rule 4
+            self._transient.pop(_key(message), None)
         try:
             await GROUP.barrier()  # setpay/durability.py: the handler's commits before the ack
         except OSError as exc:
@@ -118,6 +130,45 @@ class Consumer(DrainingConsumer):
             return
         self.handled += 1
         await self._settle(message.ack())
+
+    async def _failed(self, message: AbstractIncomingMessage, exc: Exception) -> None:
+        """Settle a message whose handler raised ``exc`` (Rules 2 to 5)."""
+        if _channel_lost(message):  # Rule 5
+            log.warning("handler_interrupted", queue=self.queue_name,
+                        error=type(exc).__name__, message_id=message.message_id)  # fmt: skip
+            return
+        if isinstance(exc, Rejected):
+            await self._dead_letter(message, exc.reason, exc.code)
+            return
+        if is_transient(exc) and await self._requeue_transient(message, exc):
+            return
+        self._transient.pop(_key(message), None)
+        if not message.redelivered:
+            log.warning("handler_failed_requeue", queue=self.queue_name,
+                        error=type(exc).__name__, message_id=message.message_id)
+            await self._settle(message.nack(requeue=True))
+            return
+        await self._dead_letter(message, f"handler failed twice: {type(exc).__name__}",
+                                "handler-error")
+
+    async def _requeue_transient(self, message: AbstractIncomingMessage, exc: Exception) -> bool:
+        """Requeue after a back-off unless this message used up its transient retries (Rule 4)."""
+        key = _key(message)
+        retries = self._transient.pop(key, 0)
+        if retries >= TRANSIENT_RETRIES:
+            return False
+        self._transient[key] = retries + 1
+        while len(self._transient) > TRANSIENT_REMEMBERED:
+            self._transient.popitem(last=False)
+        delay = TRANSIENT_DELAY * 2**retries
+        log.warning("handler_transient_requeue", queue=self.queue_name, error=type(exc).__name__,
+                    message_id=message.message_id, retry=retries + 1, delay=delay)  # fmt: skip
+        await asyncio.sleep(delay)
+        if _channel_lost(message):
+            return True  # Rule 5: the broker redelivers it
+        self.transient_requeued += 1
+        await self._settle(message.nack(requeue=True))
+        return True
 
     async def _settle(self, settle: Awaitable[Any]) -> None:
         try:
@@ -129,6 +180,7 @@ class Consumer(DrainingConsumer):
     async def _dead_letter(
         self, message: AbstractIncomingMessage, reason: str, code: str | int
     ) -> None:
+        self._transient.pop(_key(message), None)
         headers = dict(message.headers or {})
         headers.update({REASON_HEADER: reason, CODE_HEADER: str(code),
                         QUEUE_HEADER: self.queue_name})
@@ -152,6 +204,20 @@ class Consumer(DrainingConsumer):
         log.warning("dead_lettered", queue=self.queue_name, reason=reason, code=str(code),
                     message_id=message.message_id, msg_type=message.type)
         await self._settle(message.ack())
+
+
+def _key(message: AbstractIncomingMessage) -> str:
+    """What Rule 4 counts retries by: the message id (setpay always sets one), else the body."""
+    return message.message_id or hashlib.sha256(message.body).hexdigest()
+
+
+def _channel_lost(message: AbstractIncomingMessage) -> bool:
+    """Whether the channel ``message`` arrived on has closed: it can no longer be settled, and
+    the broker has requeued it (Rule 5)."""
+    try:
+        return message.channel.is_closed
+    except aiormq.exceptions.ChannelInvalidStateError:  # aio-pika's way of saying "closed"
+        return True
 
 
 async def consume(

@@ -25,6 +25,12 @@ class RpcTimeout(BrokerError):
     """An RPC got no reply within its deadline although a consumer serves the queue."""
 
 
+class ReplyLost(BrokerError):
+    """The reply could not arrive: the channel or connection the caller's inbox consumed on
+    closed while the reply was due (a broker node went away). Whether the request was served
+    is unknown; only a request that is safe to repeat may be sent again."""
+
+
 class PeerUnavailable(BrokerError):
     """The RPC target queue does not exist or has no consumer."""
 

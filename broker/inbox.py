@@ -10,6 +10,11 @@ is taken only if ``accept`` approves its broker-validated ``user_id`` (the peer 
 addressed). A reply from anyone else, or one nobody waits for (late, foreign), is dropped with
 a log line and never reaches a waiting caller.
 Rule 3: the inbox moves bytes and knows nothing of SET or RPC.
+Rule 4: when the inbox's channel closes (its connection or broker node went away) every reply
+due is lost with its queue: a caller that registered with ``report_loss`` gets ``ReplyLost``
+at once instead of waiting for its timeout; ``ready()`` returns once the robust channel
+consumes again (after a reconnect, on whichever node). Other waiters keep waiting.
+Rule 5: ``close()`` fails every waiting caller and closes the channel; no loss is reported.
 """
 
 from __future__ import annotations
@@ -18,10 +23,12 @@ import asyncio
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
+from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustChannel
 
 from broker.connection import Bus
+from broker.errors import BrokerError, ReplyLost
 from broker.topology import inbox_prefix
 from setpay.logs import get_logger
 
@@ -34,6 +41,7 @@ Accept = Callable[[str | None], bool]
 class _Waiting:
     accept: Accept
     future: asyncio.Future[AbstractIncomingMessage]
+    report_loss: bool
 
 
 class Inbox:
@@ -47,9 +55,20 @@ class Inbox:
         self.dropped = 0
         self._waiting: dict[str, _Waiting] = {}
         self._queue: AbstractQueue | None = None  # referenced: robust channels restore it
+        self._channel: AbstractRobustChannel | None = None
+        self._consuming = asyncio.Event()
+        self._closed = False
+
+    @property
+    def consuming(self) -> bool:
+        """Whether replies can arrive now (started, not closed, channel not being restored)."""
+        return self._consuming.is_set() and not self._closed
 
     async def start(self) -> Inbox:
         channel = await self.bus.channel(confirms=False)
+        channel.close_callbacks.add(self._on_channel_closed)
+        channel.reopen_callbacks.add(self._on_channel_reopened)
+        self._channel = channel
         queue = await channel.declare_queue(
             self.key, exclusive=True, auto_delete=True,
             arguments={"x-max-length": self.max_length, "x-overflow": "drop-head"},
@@ -57,16 +76,55 @@ class Inbox:
         await queue.bind(self.exchange, routing_key=self.key)
         await queue.consume(self._on_message, no_ack=True)
         self._queue = queue
+        self._consuming.set()
         return self
 
-    def expect(self, correlation_id: str, accept: Accept) -> asyncio.Future[AbstractIncomingMessage]:
-        """A future for the reply with ``correlation_id`` from a sender ``accept`` approves."""
+    async def ready(self) -> None:
+        """Return once the inbox consumes: at once, or after its channel was restored (Rule 4).
+        Raises ``BrokerError`` when the inbox is closed."""
+        await self._consuming.wait()
+        if self._closed:
+            raise BrokerError("reply inbox closed")
+
+    def expect(
+        self, correlation_id: str, accept: Accept, *, report_loss: bool = False
+    ) -> asyncio.Future[AbstractIncomingMessage]:
+        """A future for the reply with ``correlation_id`` from a sender ``accept`` approves;
+        with ``report_loss`` it fails with ``ReplyLost`` when the channel closes (Rule 4)."""
         future: asyncio.Future[AbstractIncomingMessage] = asyncio.get_running_loop().create_future()
-        self._waiting[correlation_id] = _Waiting(accept, future)
+        self._waiting[correlation_id] = _Waiting(accept, future, report_loss)
         return future
 
     def forget(self, correlation_id: str) -> None:
-        self._waiting.pop(correlation_id, None)
+        """Stop waiting for ``correlation_id`` (the caller has its answer or gave up)."""
+        waiting = self._waiting.pop(correlation_id, None)
+        if waiting is not None and not waiting.future.done():
+            waiting.future.cancel()
+
+    def _on_channel_closed(self, channel: Any, exc: BaseException | None) -> None:
+        if self._closed or self.bus.connection.close_called or not channel.is_closed:
+            return  # closing (the inbox or its connection), or a late word of a past channel
+        self._consuming.clear()
+        lost = [cid for cid, waiting in self._waiting.items() if waiting.report_loss]
+        log.warning("inbox_channel_lost", inbox=self.key, waiting=len(self._waiting),
+                    lost=len(lost), error=type(exc).__name__ if exc else None)  # fmt: skip
+        for cid in lost:
+            future = self._waiting.pop(cid).future
+            if not future.done():
+                future.set_exception(ReplyLost(f"reply inbox {self.key} lost its channel"))
+
+    def _on_channel_reopened(self, _channel: Any) -> None:
+        if not self._closed:
+            log.info("inbox_channel_restored", inbox=self.key)
+            self._consuming.set()
+
+    async def close(self) -> None:
+        """Fail every waiting caller and close the inbox's channel (Rule 5)."""
+        self._closed = True
+        self._consuming.set()  # wakes ``ready()``, which then raises
+        self.fail_all(BrokerError("reply inbox closed"))
+        if self._channel is not None and not self._channel.is_closed:
+            await self._channel.close()
 
     def fail_all(self, error: BaseException) -> None:
         """Fail every waiting caller with ``error`` (the owner is closing)."""

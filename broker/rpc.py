@@ -10,15 +10,25 @@ broker instead of being served after its caller gave up.
 Rule 3: a handler that raises is answered with an error header naming only its exception
 type (``RemoteError`` at the caller); the request is acked once its reply is published.
 Rule 4: several processes may serve one queue: they are competing consumers.
+Rule 5 (failover): a call fails with a broker error, never an aio-pika one. When the link or
+the reply inbox's channel goes away mid-call (a broker node died), a call marked
+``retriable`` (safe to serve twice) is sent again with the same message and correlation ids
+once the inbox consumes again, within its one timeout; any other call raises ``PublishError``
+or ``ReplyLost`` at once. A call made while the channels are being restored waits for them,
+and so does one whose publish the channel refused before sending anything. A call that timed
+out while the broker cannot be asked is an ``RpcTimeout``, not ``PeerUnavailable``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import aio_pika
 import aiormq
 from aio_pika.abc import (
     AbstractExchange,
@@ -27,9 +37,16 @@ from aio_pika.abc import (
     AbstractRobustChannel,
 )
 
-from broker.connection import Bus
+from broker.connection import TRANSIENT, Bus, is_transient
 from broker.draining import DrainingConsumer
-from broker.errors import BrokerError, PeerUnavailable, PublishError, RemoteError, RpcTimeout
+from broker.errors import (
+    BrokerError,
+    PeerUnavailable,
+    PublishError,
+    RemoteError,
+    ReplyLost,
+    RpcTimeout,
+)
 from broker.inbox import Accept, Inbox
 from broker.topology import RPC_EXCHANGE, ensure_exchange, reply_allowed
 from setpay.durability import GROUP
@@ -39,6 +56,8 @@ log = get_logger(component="broker.rpc")
 
 ERROR_HEADER = "x-setpay-rpc-error"
 DEFAULT_TIMEOUT = 10.0
+_PROBE_TIMEOUT = 2.0  # asking the broker whether a queue has a consumer
+_RESTORE_PAUSE = 0.05  # seconds between two sends refused by a channel being restored
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +191,7 @@ class RpcClient:
         self._channel = channel
         self._inbox = inbox
         self._exchange: AbstractExchange | None = None
+        self._closed = False
 
     @classmethod
     async def create(
@@ -201,13 +221,16 @@ class RpcClient:
         *,
         timeout: float | None = None,
         headers: Mapping[str, Any] | None = None,
+        retriable: bool = False,
     ) -> bytes:
         """Send ``body`` to ``queue`` and return the reply's bytes.
 
-        Raises PeerUnavailable (no such queue / no consumer), RpcTimeout, RemoteError."""
+        ``retriable``: the request is safe to serve twice; a publish the broker lost or a
+        reply lost with the inbox's channel sends it again, same ids, once the inbox consumes
+        again (Rule 5). Raises PeerUnavailable (no such queue / no consumer), RpcTimeout,
+        RemoteError, and for a call that is not retriable PublishError / ReplyLost."""
         timeout = self.default_timeout if timeout is None else timeout
         correlation_id = self.bus.new_id()
-        future = self._inbox.expect(correlation_id, self.accept)
         message = self.bus.message(
             body,
             persistent=False,
@@ -216,19 +239,23 @@ class RpcClient:
             reply_to=self._inbox.key,
             expiration=timeout,
         )
-        assert self._exchange is not None
         await GROUP.barrier()  # setpay/durability.py: the caller's commits first
+        deadline = time.monotonic() + timeout
         try:
             async with asyncio.timeout(timeout):
                 try:
-                    # No per-publish timeout: the enclosing asyncio.timeout bounds the confirm
-                    # too, and a second timer per call is measurable overhead.
-                    await self._exchange.publish(message, queue, mandatory=True)
-                except aiormq.exceptions.PublishError:
-                    raise PeerUnavailable(f"no RPC queue {queue!r}") from None
-                except aiormq.exceptions.DeliveryError:
-                    raise PublishError(f"RPC request to {queue!r} nacked") from None
-                return self._result(queue, await future)
+                    return await self._ask(queue, message)
+                except (PublishError, ReplyLost) as exc:
+                    if not (retriable and is_transient(exc)):
+                        raise
+                    lost = exc
+                while True:  # Rule 5: only a retriable call gets here
+                    log.info("rpc_resend", queue=queue, message_id=message.message_id,
+                             error=type(lost).__name__)  # fmt: skip
+                    try:
+                        return await self._resend(queue, message, deadline)
+                    except ReplyLost as exc:
+                        lost = exc
         except TimeoutError:
             if not await self._has_consumer(queue):
                 raise PeerUnavailable(f"no consumer on RPC queue {queue!r}") from None
@@ -236,21 +263,92 @@ class RpcClient:
         finally:
             self._inbox.forget(correlation_id)
 
-    async def _has_consumer(self, queue: str) -> bool:
-        """Whether ``queue`` exists with at least one consumer (a passive declare)."""
-        channel = await self.bus.connection.channel(publisher_confirms=False)
+    async def _ask(self, queue: str, message: aio_pika.Message) -> bytes:
+        """The first send, on this client's channel; its reply."""
+        assert message.correlation_id is not None
+        if self._closed:
+            raise BrokerError("RPC client closed")
+        while True:
+            # Nothing is sent yet: waiting for a channel being restored is safe for any call.
+            if not self._inbox.consuming:
+                await self._inbox.ready()
+            if self._channel.is_closed:
+                await self._channel.ready()
+            future = self._inbox.expect(message.correlation_id, self.accept, report_loss=True)
+            try:
+                await self._publish(queue, message)
+            except aiormq.exceptions.ChannelInvalidStateError:
+                # Refused before a byte left: the link just died and its channels are not
+                # restored yet. Pause (the connection's own callbacks must get to run), retry.
+                await asyncio.sleep(_RESTORE_PAUSE)
+                continue
+            return self._result(queue, await future)
+
+    async def _publish(self, queue: str, message: aio_pika.Message) -> None:
+        assert self._exchange is not None
         try:
-            declared = await channel.declare_queue(queue, passive=True)
+            # No per-publish timeout: the enclosing asyncio.timeout bounds the confirm
+            # too, and a second timer per call is measurable overhead.
+            await self._exchange.publish(message, queue, mandatory=True)
+        except aiormq.exceptions.PublishError:
+            raise PeerUnavailable(f"no RPC queue {queue!r}") from None
+        except aiormq.exceptions.DeliveryError:
+            raise PublishError(f"RPC request to {queue!r} nacked") from None
+        except aiormq.exceptions.ChannelInvalidStateError:
+            raise
+        except (*TRANSIENT, RuntimeError) as exc:  # the link died while the request left
+            # aio-pika also says "not opened" with a bare RuntimeError: for this publish that
+            # is the same lost link, though connection.py Rule 6 keeps RuntimeError out.
+            raise PublishError(f"RPC request to {queue!r} not sent ({type(exc).__name__})") from (
+                exc if is_transient(exc) else ConnectionError(type(exc).__name__)
+            )
+
+    async def _resend(self, queue: str, message: aio_pika.Message, deadline: float) -> bytes:
+        """The same request again, same message and correlation ids, once the inbox consumes
+        again, through ``Bus.publish`` (which waits for the link until ``deadline``)."""
+        assert message.correlation_id is not None
+        await self._inbox.ready()
+        future = self._inbox.expect(message.correlation_id, self.accept, report_loss=True)
+        remaining = max(0.0, deadline - time.monotonic())
+        again = self.bus.message(
+            message.body,
+            persistent=False,
+            headers=message.headers,
+            message_id=message.message_id,
+            correlation_id=message.correlation_id,
+            reply_to=message.reply_to,
+            expiration=max(remaining, 0.001),  # Rule 2: dropped once the caller gave up
+        )
+        await self.bus.publish(queue, again, exchange=RPC_EXCHANGE, timeout=remaining)
+        return self._result(queue, await future)
+
+    async def _has_consumer(self, queue: str) -> bool:
+        """Whether ``queue`` exists with at least one consumer (a passive declare). True when
+        the broker cannot be asked: a link being restored is no proof that the peer is gone."""
+        try:
+            async with asyncio.timeout(_PROBE_TIMEOUT):
+                channel = await self.bus.connection.channel(publisher_confirms=False)
+        except (*TRANSIENT, RuntimeError, TimeoutError):
+            return True
+        try:
+            async with asyncio.timeout(_PROBE_TIMEOUT):
+                declared = await channel.declare_queue(queue, passive=True)
             return bool(declared.declaration_result.consumer_count)
-        except aiormq.exceptions.ChannelClosed:
-            return False  # passive declare of a missing queue closes the channel
+        except aiormq.exceptions.ChannelClosed as exc:
+            # a missing queue (or a refusal) closes the channel: no consumer to be had
+            return is_transient(exc)
+        except (*TRANSIENT, RuntimeError, TimeoutError):
+            return True
         finally:
             if not channel.is_closed:
-                await channel.close()
+                with contextlib.suppress(*TRANSIENT, RuntimeError):
+                    await channel.close()
 
     async def close(self) -> None:
-        """Fail pending calls and close the client's channel."""
+        """Fail pending calls and close the client's channels."""
+        self._closed = True
         self._inbox.fail_all(BrokerError("RPC client closed"))
+        await self._inbox.close()
         if not self._channel.is_closed:
             await self._channel.close()
 

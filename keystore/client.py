@@ -20,6 +20,10 @@ timeout: the keystore refuses it as stale after that, and a call that gets no an
 logged by op and request id only.
 Rule 6: every call is counted and timed by op and outcome (``setpay_keystore_calls_total``,
 ``setpay_keystore_seconds``: ok, the keystore's fault name, unavailable, error).
+Rule 7: a call the broker lost (a node failed over mid-call) is sent again, same request,
+when its operation is safe to repeat (``operations.changes_state`` false: sign, decrypt,
+reads, ...); one that changes state (create key, open_pi_account, PIN operations) is not, and
+fails as ``KeystoreUnavailable`` raised from the broker's error.
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ from keystore.errors import (
     PiPreviouslyUsed,
     error_for,
 )
-from keystore.operations import OPERATIONS
+from keystore.operations import OPERATIONS, changes_state
 from keystore.service import RPC_QUEUE
 from protocol import codec
 from protocol.dualsig import OpenedAccount
@@ -118,8 +122,9 @@ class KeystoreClient:
     async def _round_trip(self, op: m.Op, record: Any, reply_key: bytes | None) -> Any:
         try:
             raw = await self.rpc.call(
-                self.queue, m.encode_request(op, record), timeout=self.timeout
-            )
+                self.queue, m.encode_request(op, record), timeout=self.timeout,
+                retriable=not changes_state(op),
+            )  # fmt: skip
         except RemoteError as exc:
             raise InternalError(f"keystore handler failed ({exc.error_type})") from None
         except BrokerError as exc:
@@ -128,7 +133,7 @@ class KeystoreClient:
                 "keystore_call_unanswered", op=op.name.lower(), error=type(exc).__name__,
                 request=None if secret is None else secret.request_id.hex(),
             )  # fmt: skip
-            raise KeystoreUnavailable(f"keystore unreachable ({type(exc).__name__})") from None
+            raise KeystoreUnavailable(f"keystore unreachable ({type(exc).__name__})") from exc
         try:
             response = m.decode(m.Response, raw)
         except BadRequest:

@@ -19,6 +19,10 @@ policy passed. The operations whose answer holds one (``sealed_reply``: ``open``
 ``decrypt``, ``derive``, ``batch``, ``open_pi_account``) answer under the reply key their
 record sealed, opened by the service's template before ``run`` (keystore/service.py
 Rule 5; keystore/transport.py). There is no clear variant.
+Rule 6: an operation that changes state (``changes_state``: a key created, a PI recorded as
+used, a PIN guard count or issuance) is never sent twice by the client on its own; every
+other operation is safe to repeat, so its call is resent when a broker failover lost it
+(broker/rpc.py Rule 5).
 """
 
 from __future__ import annotations
@@ -80,6 +84,7 @@ class Operation:
     batch_record: Callable[[m.BatchItem], Any] | None = None
     audited: bool = True  # a batch is not: each of its items is
     sealed_reply: bool = False  # its answer holds a secret: sent under the reply key (Rule 5)
+    changes_state: bool = False  # a second run is not the first one's answer again (Rule 6)
 
     @property
     def name(self) -> str:
@@ -135,7 +140,7 @@ ROLES = _ISSUER | _PRIVATE
 
 _ALL = (
     Operation(m.Op.CREATE, m.CreateKey, m.KeyInfo, _PRIVATE,
-              lambda c, r: c.hsm.create_key(r.label, r.kind, r.usage)),
+              lambda c, r: c.hsm.create_key(r.label, r.kind, r.usage), changes_state=True),
     Operation(m.Op.PUBLIC_KEY, m.KeyRef, m.KeyInfo, ROLES,
               lambda c, r: c.hsm.key_info(r.label), key_class=PinKey.ANY),
     Operation(m.Op.SIGN, m.Sign, m.Blob, _PRIVATE,
@@ -158,17 +163,17 @@ _ALL = (
               sealed_reply=True),
     Operation(m.Op.OPEN_PI_ACCOUNT, m.OpenPiAccount, OpenedAccount, _GATEWAY,
               lambda c, r: pinops.open_pi_account(c.hsm, c.register, c.guard, c.caller, r),
-              sealed_reply=True),
+              sealed_reply=True, changes_state=True),
     Operation(m.Op.PIN_PVV, m.PinPvv, m.Blob, _ISSUER,
               lambda c, r: m.Blob(pinops.pin_pvv(c.hsm, c.guard, c.caller, r)),
-              key_class=PinKey.PVK),
+              key_class=PinKey.PVK, changes_state=True),
     Operation(m.Op.PIN_VERIFY, m.PinVerify, m.Verdict, _ISSUER,
               lambda c, r: m.Verdict(pinops.pin_verify(c.hsm, c.guard, c.caller, r)),
-              key_class=PinKey.PVK),
+              key_class=PinKey.PVK, changes_state=True),
     Operation(m.Op.PIN_ISSUE, m.PinIssue, m.Blob, _ISSUER,
               lambda c, r: m.Blob(pinops.pin_issue(c.hsm, c.guard, c.caller, r,
                                                    c.unseal(m.Op.PIN_ISSUE, r))),
-              key_class=PinKey.PVK, issuance=True),
+              key_class=PinKey.PVK, issuance=True, changes_state=True),
     Operation(m.Op.TRANSPORT_KEY, m.TransportKeyRequest, m.TransportKey, ROLES, _transport_key),
 )  # fmt: skip
 OPERATIONS: dict[m.Op, Operation] = {o.op: o for o in _ALL}
@@ -177,6 +182,11 @@ assert set(OPERATIONS) == set(m.Op), "every Op has exactly one operation object"
 for _o in _ALL:
     codec.validate_schema(_o.request)
     codec.validate_schema(_o.response)
+
+
+def changes_state(op: m.Op) -> bool:
+    """Whether ``op`` must not be sent again blindly when its reply was lost (Rule 6)."""
+    return OPERATIONS[op].changes_state
 
 
 def decode_request(data: bytes) -> tuple[Operation, Any]:

@@ -6,15 +6,23 @@ Rule 1: workers start with the *spawn* method and initialise PKCS#11 only after 
 Rule 2: one worker per core: SoftHSM2 scales across processes, not threads (machine-facts).
 Rule 3: SIGTERM drains (stop consuming, finish in-flight requests, log out); SIGKILL is a
 crash the pool survives: unacked requests go back to the queue for the other workers.
+Rule 4: a worker dies with its parent: on Linux the kernel sends it SIGTERM when the parent
+goes (``PR_SET_PDEATHSIG``, so it drains as in Rule 3), and it also watches its parent's pid
+every ``PARENT_CHECK`` seconds (other systems, or a parent gone before the signal was armed);
+a worker that has not finished draining ``ORPHAN_GRACE`` seconds later exits anyway. A
+keystore process killed with SIGKILL leaves no worker behind to hold the queue.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import multiprocessing as mp
 import os
 import queue as queue_mod
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
@@ -54,6 +62,31 @@ class WorkerSpec:
         return f"WorkerSpec(queue={self.queue!r}, prefix={self.identity_prefix!r})"
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+PARENT_CHECK = 1.0  # seconds between two looks at the parent's pid (Rule 4)
+ORPHAN_GRACE = 15.0  # seconds an orphaned worker may drain before it exits anyway
+
+
+def die_with_parent() -> int | None:
+    """Arm Rule 4's death signal; the parent's pid (None: not a spawned child, nothing to die
+    with). The pid comes from multiprocessing, not ``getppid``: a parent that died before the
+    signal was armed has handed this process to another one, and then it exits at once."""
+    parent = mp.parent_process()
+    if parent is None or parent.pid is None:
+        return None
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent.pid:
+        raise SystemExit(0)
+    return parent.pid
+
+
+def orphaned(parent: int | None) -> bool:
+    """Whether the process that started this worker is gone (Rule 4)."""
+    return parent is not None and os.getppid() != parent
+
+
 def used_pi_path(settings: Settings) -> Path:
     """The used-PI register every worker of a deployment shares (keystore/register.py)."""
     return settings.data_dir / "keystore-used-pi.sqlite"
@@ -66,15 +99,26 @@ def pin_guard_path(settings: Settings) -> Path:
 
 def worker_main(spec: WorkerSpec, index: int, ready: Any) -> None:
     """Entry point of a spawned worker process."""
+    parent = die_with_parent()
     os.environ["SOFTHSM2_CONF"] = str(spec.settings.softhsm_conf.resolve())
     # The process's entry point: the one place its logging is configured. Every worker
     # appends to the same file (or inherited stderr), one whole line per write.
     logs.configure(spec.settings.log_format, spec.settings.log_level, path=spec.log_file)
     store.use_database(spec.settings.store_url, spec.settings.data_dir)  # the used-PI register
-    run_loop(_serve(spec, index, ready), spec.settings.event_loop)
+    run_loop(_serve(spec, index, ready, parent), spec.settings.event_loop)
 
 
-async def _serve(spec: WorkerSpec, index: int, ready: Any) -> None:
+async def _watch_parent(parent: int | None, stop: asyncio.Event) -> None:
+    """Stop the worker when its parent is gone (Rule 4's fallback)."""
+    if parent is None:
+        return
+    while not orphaned(parent):
+        await asyncio.sleep(PARENT_CHECK)
+    get_logger(component="keystore.worker").warning("keystore_worker_orphaned", parent=parent)
+    stop.set()
+
+
+async def _serve(spec: WorkerSpec, index: int, ready: Any, parent: int | None) -> None:
     # Imported here so the parent never needs the broker layer to manage processes.
     from broker.connection import connect
     from broker.errors import BrokerError
@@ -104,11 +148,15 @@ async def _serve(spec: WorkerSpec, index: int, ready: Any) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    watcher = asyncio.create_task(_watch_parent(parent, stop))
     log = get_logger(component="keystore.worker")
     log.info("keystore_worker_ready", worker=index, pid=os.getpid(), queue=spec.queue)
     ready.put(("ready", index, os.getpid()))
     await stop.wait()
-    log.info("keystore_worker_stopping", worker=index)
+    log.info("keystore_worker_stopping", worker=index, orphaned=orphaned(parent))
+    if orphaned(parent):  # Rule 4: the drain may not outlast the grace, however it was told
+        loop.call_later(ORPHAN_GRACE, os._exit, 1)
+    watcher.cancel()
     await server.stop()
     await bus.close()
     await service.close()
