@@ -7,11 +7,15 @@ reply is taken from the inbox by that correlation id, within a deadline (``Timeo
 otherwise).
 Rule 2: a reply is taken only from the party addressed: its broker-validated login must be of
 the target's role (the unit the broker's permissions grant; several processes and instance
-names may serve under one login). A reply from anyone else, or nobody waits for (late, foreign), is dropped with a
-log line; it never reaches a request.
+names may serve under one login). A reply from anyone else, or nobody waits for (late,
+foreign), is dropped with a log line; it never reaches a request.
 Rule 3: the link moves bytes and knows nothing of SET: callers wrap and check messages
 (``protocol.requester``, the parties' own checks). ``record=True`` keeps a copy of every body
 sent and received in ``traffic`` (tests look for secrets in it).
+Rule 4: a reply lost with the inbox's channel (its broker node went away: inbox Rule 4) is
+asked for again: the same message (ids and bytes) is published once the inbox consumes
+again, within the same deadline. Every SET receiver answers a request it has seen from its
+reply store, so a resend never has a second effect.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import asyncio
 
 from broker.connection import Bus
+from broker.errors import ReplyLost
 from broker.inbox import Accept, Inbox
 from broker.topology import SET_EXCHANGE, ensure_exchange
 from setpay.logs import get_logger
@@ -75,19 +80,26 @@ class PeerLink:
         """Send ``data`` as AMQP type ``msg_type``; (reply type, reply bytes)."""
         if self._inbox is None:
             raise RuntimeError("PeerLink.start() was not awaited")
-        target = target or self.target
+        inbox, target = self._inbox, target or self.target
         correlation = self.bus.new_id()
-        future = self._inbox.expect(correlation, self.expected(target))
         message = self.bus.message(
-            data, msg_type=msg_type, correlation_id=correlation, reply_to=self._inbox.key
+            data, msg_type=msg_type, correlation_id=correlation, reply_to=inbox.key
         )
         if self.record:
             self.traffic.append(data)
         try:
-            await self.bus.publish(target, message, exchange=SET_EXCHANGE)
-            reply = await asyncio.wait_for(future, self.timeout)
+            async with asyncio.timeout(self.timeout):
+                while True:
+                    future = inbox.expect(correlation, self.expected(target), report_loss=True)
+                    await self.bus.publish(target, message, exchange=SET_EXCHANGE)
+                    try:
+                        reply = await future
+                        break
+                    except ReplyLost:  # Rule 4: the same request again once replies can come
+                        log.info("peer_resend", target=target, msg_type=msg_type)
+                        await inbox.ready()
         finally:
-            self._inbox.forget(correlation)
+            inbox.forget(correlation)
         if self.record:
             self.traffic.append(reply.body)
         return reply.type or "", reply.body
