@@ -8,6 +8,7 @@ Rule 2: everything lives in the session's vhost and temporary directories.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +55,12 @@ MERCHANT_ID = "M-3201"  # merchant ids are bound to one identity per CA: one per
 GATEWAY_ROUTE = "gateway.ptest"
 
 
+def _open_gate() -> asyncio.Event:
+    gate = asyncio.Event()
+    gate.set()
+    return gate
+
+
 @dataclass
 class TestGateway:
     """Opens each AuthReq with the gateway's real keys and answers an approving AuthRes."""
@@ -67,9 +74,11 @@ class TestGateway:
     sent: list[bytes] = field(default_factory=list)
     cap_tokens: list[bytes] = field(default_factory=list)
     requests: list[bytes] = field(default_factory=list)  # every AuthReq as it arrived
+    gate: asyncio.Event = field(default_factory=_open_gate)  # cleared: answers wait for it
 
     async def handle(self, delivery: Delivery) -> None:
         self.requests.append(delivery.body)
+        await self.gate.wait()
         now = ids.SystemClock().now_ms()
         decoded = decode_message(delivery.body, now_ms=now)
         trust = Trust.load(self.root, self.reg.ca.brand, [self.reg.ca.brand_cert],

@@ -550,3 +550,42 @@ async def test_a_repeated_pinit_before_any_preq_opens_a_new_session(
     assert len(env.gateway.requests) == asked + 1
     with pytest.raises(WalletError, match="REPLAY"):
         await _offer(env, card, lid_m)
+
+
+async def test_a_preq_whose_reply_was_lost_with_the_wallets_link_is_asked_again(
+    purchase_env: PurchaseEnv, card: str
+) -> None:
+    """The wallet's broker link dies (its node went away) while the merchant waits for the
+    gateway: the reply due in the wallet's inbox is lost with it. The wallet's peer link sends
+    the same PReq again once its inbox is back (broker/peer.py Rule 4); the merchant answers
+    it from its reply store: authorized once, and the cardholder gets the outcome."""
+    import asyncio
+
+    from tests.broker.test_transient import cut_link
+
+    env = purchase_env
+    service = env.merchant.service
+    assert service is not None
+    amount = CurrAmt("JPY", 3_100)
+    lid_m = service.create_order(MERCHANT_ID, "a plate", amount)
+    asked = len(env.gateway.requests)
+    env.gateway.gate.clear()
+    try:
+        with capture_logs() as events:
+            buying = asyncio.create_task(env.wallet.buy(
+                USER, card_id=card, merchant=ROUTE, lid_m=lid_m, description="a plate",
+                amount=amount,
+            ))  # fmt: skip
+            async with asyncio.timeout(20):
+                while len(env.gateway.requests) == asked:
+                    await asyncio.sleep(0.02)
+            await cut_link(env.wallet.peers.bus)
+            async with asyncio.timeout(20):
+                while not any(e["event"] == "peer_resend" for e in events):
+                    await asyncio.sleep(0.02)
+            env.gateway.gate.set()
+            result = await asyncio.wait_for(buying, 30)
+    finally:
+        env.gateway.gate.set()
+    assert result.completion is CompletionCode.AUTHORIZATION_PERFORMED
+    assert len(env.gateway.requests) == asked + 1
