@@ -12,8 +12,12 @@ a log line and never reaches a waiting caller.
 Rule 3: the inbox moves bytes and knows nothing of SET or RPC.
 Rule 4: when the inbox's channel closes (its connection or broker node went away) every reply
 due is lost with its queue: a caller that registered with ``report_loss`` gets ``ReplyLost``
-at once instead of waiting for its timeout; ``ready()`` returns once the robust channel
-consumes again (after a reconnect, on whichever node). Other waiters keep waiting.
+at once instead of waiting for its timeout; ``ready()`` returns once the inbox consumes
+again. Other waiters keep waiting. The inbox does not let the robust channel re-declare its
+queue under the old name: on a cluster the dead node's exclusive queue of that name is
+deleted once the node is declared down, taking a re-declared namesake and its binding with
+it. After a reconnect it opens a queue under a new ``key`` (retrying until it can), so a
+resend names the current ``key`` as its ``reply_to``.
 Rule 5: ``close()`` fails every waiting caller and closes the channel; no loss is reported.
 """
 
@@ -58,6 +62,7 @@ class Inbox:
         self._channel: AbstractRobustChannel | None = None
         self._consuming = asyncio.Event()
         self._closed = False
+        self._reopening: asyncio.Task[None] | None = None
 
     @property
     def consuming(self) -> bool:
@@ -69,15 +74,35 @@ class Inbox:
         channel.close_callbacks.add(self._on_channel_closed)
         channel.reopen_callbacks.add(self._on_channel_reopened)
         self._channel = channel
+        await self._open(channel)
+        return self
+
+    async def _open(self, channel: AbstractRobustChannel) -> None:
+        """Declare, bind and consume the queue ``self.key``, none of it restored by the robust
+        channel (Rule 4: after a reconnect ``_reopen`` opens a new one)."""
         queue = await channel.declare_queue(
-            self.key, exclusive=True, auto_delete=True,
+            self.key, exclusive=True, auto_delete=True, robust=False,
             arguments={"x-max-length": self.max_length, "x-overflow": "drop-head"},
         )  # fmt: skip
-        await queue.bind(self.exchange, routing_key=self.key)
-        await queue.consume(self._on_message, no_ack=True)
+        await queue.bind(self.exchange, routing_key=self.key, robust=False)
+        await queue.consume(self._on_message, no_ack=True, robust=False)
         self._queue = queue
         self._consuming.set()
-        return self
+
+    async def _reopen(self, channel: AbstractRobustChannel) -> None:
+        """Rule 4: a new queue under a new key on the restored channel, until it works."""
+        pause = 0.1
+        while not self._closed and not channel.is_closed:
+            self.key = f"{inbox_prefix(self.bus.user_id)}{secrets.token_hex(8)}"
+            try:
+                await self._open(channel)
+            except Exception as exc:  # the cluster is still settling: the next try
+                log.warning("inbox_reopen_failed", error=type(exc).__name__, pause=pause)
+                await asyncio.sleep(pause)
+                pause = min(2.0, pause * 2)
+                continue
+            log.info("inbox_channel_restored", inbox=self.key)
+            return
 
     async def ready(self) -> None:
         """Return once the inbox consumes: at once, or after its channel was restored (Rule 4).
@@ -113,10 +138,10 @@ class Inbox:
             if not future.done():
                 future.set_exception(ReplyLost(f"reply inbox {self.key} lost its channel"))
 
-    def _on_channel_reopened(self, _channel: Any) -> None:
-        if not self._closed:
-            log.info("inbox_channel_restored", inbox=self.key)
-            self._consuming.set()
+    def _on_channel_reopened(self, channel: Any) -> None:
+        if not self._closed and self._channel is not None:
+            task = asyncio.get_running_loop().create_task(self._reopen(self._channel))
+            self._reopening = task  # referenced until done
 
     async def close(self) -> None:
         """Fail every waiting caller and close the inbox's channel (Rule 5)."""

@@ -81,16 +81,17 @@ class PeerLink:
         if self._inbox is None:
             raise RuntimeError("PeerLink.start() was not awaited")
         inbox, target = self._inbox, target or self.target
-        correlation = self.bus.new_id()
-        message = self.bus.message(
-            data, msg_type=msg_type, correlation_id=correlation, reply_to=inbox.key
-        )
+        correlation, message_id = self.bus.new_id(), self.bus.new_id()
         if self.record:
             self.traffic.append(data)
         try:
             async with asyncio.timeout(self.timeout):
                 while True:
                     future = inbox.expect(correlation, self.expected(target), report_loss=True)
+                    message = self.bus.message(  # to the inbox's current key (inbox Rule 4)
+                        data, msg_type=msg_type, message_id=message_id,
+                        correlation_id=correlation, reply_to=inbox.key,
+                    )  # fmt: skip
                     await self.bus.publish(target, message, exchange=SET_EXCHANGE)
                     try:
                         reply = await future

@@ -275,6 +275,8 @@ class RpcClient:
             if self._channel.is_closed:
                 await self._channel.ready()
             future = self._inbox.expect(message.correlation_id, self.accept, report_loss=True)
+            if message.reply_to != self._inbox.key:  # the inbox reopened under a new key
+                message = self._addressed(message, message.expiration)
             try:
                 await self._publish(queue, message)
             except aiormq.exceptions.ChannelInvalidStateError:
@@ -310,17 +312,18 @@ class RpcClient:
         await self._inbox.ready()
         future = self._inbox.expect(message.correlation_id, self.accept, report_loss=True)
         remaining = max(0.0, deadline - time.monotonic())
-        again = self.bus.message(
-            message.body,
-            persistent=False,
-            headers=message.headers,
-            message_id=message.message_id,
-            correlation_id=message.correlation_id,
-            reply_to=message.reply_to,
-            expiration=max(remaining, 0.001),  # Rule 2: dropped once the caller gave up
-        )
-        await self.bus.publish(queue, again, exchange=RPC_EXCHANGE, timeout=remaining)
-        return self._result(queue, await future)
+        again = self._addressed(message, max(remaining, 0.001))  # Rule 2: dropped once the
+        await self.bus.publish(queue, again, exchange=RPC_EXCHANGE, timeout=remaining)  # caller
+        return self._result(queue, await future)  # gave up
+
+    def _addressed(self, message: aio_pika.Message, expiration: Any) -> aio_pika.Message:
+        """``message`` again (same ids and body) with ``reply_to`` = the inbox's current key
+        (it changes when the inbox reopens after a reconnect: inbox Rule 4)."""
+        return self.bus.message(
+            message.body, persistent=False, headers=message.headers,
+            message_id=message.message_id, correlation_id=message.correlation_id,
+            reply_to=self._inbox.key, expiration=expiration,
+        )  # fmt: skip
 
     async def _has_consumer(self, queue: str) -> bool:
         """Whether ``queue`` exists with at least one consumer (a passive declare). True when
