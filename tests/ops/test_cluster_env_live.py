@@ -180,3 +180,9 @@ def test_a_node_killed_and_booted_during_a_load_leaves_the_books_agreeing(
     assert progressed_while_down >= 20, (progressed_while_down, report_of_load["errors"])
     types = queue_types(env)  # the booted node is back in the cluster, the queues still quorum
     assert {t for n, t in types.items() if n.startswith("set.")} == {"quorum"}, types
+    print(f"drill: {count} purchases, node 1 killed after {at_kill - before['purchases']} and "
+          f"booted after {progressed_while_down} more; succeeded {purchases['succeeded']}, "
+          f"failed {purchases['failed']}; books: {after['purchases'] - before['purchases']} "
+          f"new purchases, agree {after['agree']}/{after['purchases']}, double "
+          f"{after['double']}, merchant_only {after['merchant_only']}, issuer_only "
+          f"{after['issuer_only']}")  # the closing note's counts (pytest -rP shows them)
