@@ -25,11 +25,15 @@ again" (a lost link, a channel closed or being restored, a lost reply); ``is_tra
 also follows an exception's explicit ``__cause__``, so an error a layer translated ``from``
 one of them stays transient. Refusals (login, permission, missing entity) and a bare
 ``RuntimeError`` never are.
+Rule 7: a publish channel nacking ``NACKS_BEFORE_NEW_CHANNEL`` publishes in a row is closed
+and a new one opened: after a failover a channel opened while quorum queues elected new
+leaders can nack every publish to them for good (seen on RabbitMQ 3.10 clusters).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import itertools
 import secrets
@@ -97,6 +101,7 @@ def is_transient(exc: BaseException | None) -> bool:
 
 
 NO_ROUTE = 312
+NACKS_BEFORE_NEW_CHANNEL = 3
 
 
 FAILOVER_OPTION = "failover"
@@ -163,6 +168,7 @@ class Bus:
         self.name = name
         self.prefix = prefix  # every identity login of this environment starts with it
         self._publish_channel: AbstractRobustChannel | None = None
+        self._nacks_in_a_row = 0
         self._channel_lock = asyncio.Lock()
         self._exchanges: dict[str, AbstractExchange] = {}
         self.trace = TraceTap()
@@ -238,6 +244,24 @@ class Bus:
                 self._exchanges.clear()
             return self._publish_channel
 
+    async def _after_nack(self) -> None:
+        """Rule 7: a publish channel whose publishes keep being nacked is replaced. After a
+        node failover a channel opened while the quorum queues elected new leaders can go on
+        nacking every publish to them (its per-queue clients still aim at the dead leader);
+        a new channel starts with fresh ones."""
+        self._nacks_in_a_row += 1
+        channel = self._publish_channel
+        if self._nacks_in_a_row < NACKS_BEFORE_NEW_CHANNEL or channel is None:
+            return
+        self._nacks_in_a_row = 0
+        async with self._channel_lock:
+            if self._publish_channel is channel:
+                self._publish_channel = None
+                self._exchanges.clear()
+        log.warning("publish_channel_replaced")
+        with contextlib.suppress(Exception):
+            await channel.close()
+
     async def _exchange(self, name: str) -> AbstractExchange:
         channel = await self._publisher()
         exchange = self._exchanges.get(name)
@@ -292,6 +316,7 @@ class Bus:
                     timeout=min(attempt_timeout, remaining),
                 )
                 metrics.PUBLISHES.labels(outcome="confirmed").inc()
+                self._nacks_in_a_row = 0
                 metrics.PUBLISH_SECONDS.observe(time.perf_counter() - started)
                 if exchange == SET_EXCHANGE and self.trace.wanted():
                     await self._trace_copy(message, routing_key)
@@ -310,6 +335,7 @@ class Bus:
                 last = exc  # nacked: the broker could not take it; try again
                 metrics.PUBLISHES.labels(outcome="nacked").inc()
                 log.warning("publish_nacked", exchange=exchange, routing_key=routing_key)
+                await self._after_nack()
             except aiormq.exceptions.ChannelAccessRefused as exc:
                 metrics.PUBLISHES.labels(outcome="refused").inc()
                 raise PublishRefused(

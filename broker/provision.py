@@ -345,7 +345,7 @@ def identity_url(data_dir: Path, identity: str, vhost: str, base_url: str,
     return amqp_url(data_dir, user_prefix + identity, vhost, base_url)
 
 
-OPERATOR = "operator.main"  # the operators' identity: trace recorder, environment lock, dead letters
+OPERATOR = "operator.main"  # operators: trace recorder, env lock, dead letters
 
 
 def operator_url(data_dir: Path, vhost: str, base_url: str, *, user_prefix: str = "") -> str:

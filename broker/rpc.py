@@ -294,8 +294,12 @@ class RpcClient:
             await self._exchange.publish(message, queue, mandatory=True)
         except aiormq.exceptions.PublishError:
             raise PeerUnavailable(f"no RPC queue {queue!r}") from None
-        except aiormq.exceptions.DeliveryError:
-            raise PublishError(f"RPC request to {queue!r} nacked") from None
+        except aiormq.exceptions.DeliveryError as exc:
+            await self._new_channel()  # connection.py Rule 7: a nacking channel is replaced
+            # not taken by the broker: as transient as a lost link (a retriable call resends)
+            raise PublishError(f"RPC request to {queue!r} nacked") from ConnectionError(
+                f"nacked ({type(exc).__name__})"
+            )
         except aiormq.exceptions.ChannelInvalidStateError:
             raise
         except (*TRANSIENT, RuntimeError) as exc:  # the link died while the request left
@@ -304,6 +308,17 @@ class RpcClient:
             raise PublishError(f"RPC request to {queue!r} not sent ({type(exc).__name__})") from (
                 exc if is_transient(exc) else ConnectionError(type(exc).__name__)
             )
+
+    async def _new_channel(self) -> None:
+        """Open a fresh confirming channel for this client's requests and close the old."""
+        old = self._channel
+        with contextlib.suppress(*TRANSIENT, RuntimeError):
+            channel = await self.bus.channel(confirms=True)
+            self._exchange = await channel.get_exchange(RPC_EXCHANGE, ensure=False)
+            self._channel = channel
+            log.warning("rpc_channel_replaced")
+            with contextlib.suppress(Exception):
+                await old.close()
 
     async def _resend(self, queue: str, message: aio_pika.Message, deadline: float) -> bytes:
         """The same request again, same message and correlation ids, once the inbox consumes
