@@ -15,10 +15,10 @@ Rule 5: a purchase is two calls: ``start_purchase`` (PInit; the offer is kept in
 a random id for ``PENDING_SECONDS``) and ``finish_purchase`` (PReq with the thin client's
 ``pin.seal_pin`` for a PIN account). The wallet never sees a clear PIN or PIN block; a PIN
 account's purchase without a seal, or a card's with one, is refused.
-Rule 6: a PRes `orderReceived` (the merchant's gateway has not answered yet) is not the
-end: the wallet sends the same PReq again after a pause, twice, and the merchant answers the
-outcome once it has it (actors/merchant/service.py Rule 4); only then is `orderReceived` the
-cardholder's answer (the purchase finishes at the merchant; an inquiry shows it).
+Rule 6: a PRes `orderReceived` (the merchant's gateway has not answered yet), or no answer
+in time, is not the end: the wallet sends the same PReq again after a pause, twice, and the
+merchant answers the outcome once it has it (actors/merchant/service.py Rule 4); still none
+leaves the started purchase to be finished by the next call (``PurchaseInProgress``).
 """
 
 from __future__ import annotations
@@ -335,9 +335,16 @@ class WalletService:
             )  # fmt: skip
             self.store.save_purchase(saved, self.clock.now_ms())
             for pause in (*ASK_AGAIN_SECONDS, None):
-                pres, pres_header = await self._reply_raw(
-                    merchant, str(int(MessageType.PREQ)), message, PRes
-                )
+                try:
+                    pres, pres_header = await self._reply_raw(
+                        merchant, str(int(MessageType.PREQ)), message, PRes
+                    )
+                except TimeoutError:  # Rule 6: no answer is no outcome: the same PReq again
+                    if pause is None:
+                        raise
+                    log.info("wallet_preq_unanswered_asking_again", xid=trans.xid.hex())
+                    await asyncio.sleep(pause)
+                    continue
                 data = purchase.check_result(
                     pres.signed, pres_header, offer.merchant_cert, "PRes", rrpid, chall_c,
                     trans,
@@ -350,7 +357,14 @@ class WalletService:
         except ProtocolError as exc:
             self.store.drop_started(purchase_id)  # one PReq per offer, whatever happens next
             raise WalletError(f"purchase failed: {exc.code.name}") from None
-        except (KeystoreError, TimeoutError) as exc:
+        except TimeoutError:
+            if self._preq_left(purchase_id, user, not_before):
+                # Rule 6: the PReq left, its outcome is the merchant's: the next call asks again
+                self.store.release_started(purchase_id)
+                raise PurchaseInProgress(IN_PROGRESS) from None
+            self.store.drop_started(purchase_id)
+            raise WalletError("purchase failed: TimeoutError") from None
+        except KeystoreError as exc:
             self.store.drop_started(purchase_id)
             raise WalletError(f"purchase failed: {type(exc).__name__}") from None
         except WalletError:
@@ -370,6 +384,12 @@ class WalletService:
         log.info("wallet_purchase_done", xid=trans.xid.hex(), completion=data.completion.name,
                  pin=pin_seal is not None)  # fmt: skip
         return PurchaseResult(trans.xid, data.completion, auth_code)
+
+    def _preq_left(self, purchase_id: str, user: str, not_before: int) -> bool:
+        """Whether the started purchase's PReq was recorded (and so may have reached the
+        merchant)."""
+        row = self.store.started(purchase_id, user, not_before=not_before)
+        return row is not None and row.preq is not None
 
     async def buy(
         self,

@@ -323,6 +323,13 @@ class WalletStore:
             db.execute(sa.update(STARTED).where(s.purchase_id == purchase_id)
                        .values(preq=preq, preq_check=check, machine=machine))  # fmt: skip
 
+    def release_started(self, purchase_id: str) -> None:
+        """Give the claim back (its PReq got no answer): the next call finishes it (Rule 4)."""
+        s = STARTED.c
+        with self.db.transaction() as db:
+            db.execute(sa.update(STARTED).where(s.purchase_id == purchase_id)
+                       .values(claimed_by=None, lease_until=None))  # fmt: skip
+
     def drop_started(self, purchase_id: str) -> None:
         with self.db.transaction() as db:
             db.execute(sa.delete(STARTED).where(STARTED.c.purchase_id == purchase_id))
