@@ -589,3 +589,47 @@ async def test_a_preq_whose_reply_was_lost_with_the_wallets_link_is_asked_again(
         env.gateway.gate.set()
     assert result.completion is CompletionCode.AUTHORIZATION_PERFORMED
     assert len(env.gateway.requests) == asked + 1
+
+
+async def test_a_preq_left_unanswered_is_in_progress_and_the_next_call_gets_the_outcome(
+    purchase_env: PurchaseEnv, card: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gateway holds its answer longer than the wallet waits, three times: the wallet does
+    not call the purchase failed (it may be authorized) but in progress, keeps the started
+    purchase, and the cardholder's next call resends the stored PReq and gets the outcome,
+    authorized once (wallet service Rule 6)."""
+    import asyncio
+
+    from actors.wallet import service as wallet_service
+    from actors.wallet.errors import PurchaseInProgress
+    from actors.wallet.service import WalletService
+    from broker.peer import PeerLink
+
+    env = purchase_env
+    service = env.merchant.service
+    assert service is not None
+    w = env.wallet
+    impatient = await PeerLink(w.peers.bus, "wallet", "impatient", timeout=0.5).start()
+    wallet = WalletService(w.store, w.keystore, impatient, w.ca, root=env.ca.root,
+                           owner="wallet.impatient")  # fmt: skip
+    monkeypatch.setattr(wallet_service, "ASK_AGAIN_SECONDS", (0.1, 0.1))
+    amount = CurrAmt("JPY", 2_300)
+    lid_m = service.create_order(MERCHANT_ID, "a fork", amount)
+    asked = len(env.gateway.requests)
+    env.gateway.gate.clear()
+    try:
+        started = await wallet.start_purchase(
+            USER, card_id=card, merchant=ROUTE, lid_m=lid_m, description="a fork", amount=amount
+        )
+        with pytest.raises(PurchaseInProgress):
+            await wallet.finish_purchase(USER, started.purchase_id)
+        env.gateway.gate.set()
+        async with asyncio.timeout(20):
+            while service.store.order(lid_m).completion is None:  # type: ignore[union-attr]
+                await asyncio.sleep(0.05)
+        result = await wallet.finish_purchase(USER, started.purchase_id)
+    finally:
+        env.gateway.gate.set()
+        await impatient.close()
+    assert result.completion is CompletionCode.AUTHORIZATION_PERFORMED
+    assert len(env.gateway.requests) == asked + 1
