@@ -71,9 +71,11 @@ async def test_an_opted_in_store_commits_unsynced_until_the_barrier(tmp_path: Pa
         assert GROUP.pending()
         await GROUP.barrier()
         assert GROUP.synced >= n and not GROUP.pending()
-        assert GROUP.rounds == rounds + 1
-        await GROUP.barrier()  # nothing new: no round
-        assert GROUP.rounds == rounds + 1
+        # at least this store's round (the suite's session-scoped actors commit meanwhile)
+        assert GROUP.rounds >= rounds + 1
+        rounds, synced = GROUP.rounds, GROUP.synced
+        await GROUP.barrier()  # nothing new of ours: a round only for another store's commit
+        assert GROUP.rounds == rounds or GROUP.synced > synced
     finally:
         plain.close()
         store.close()
