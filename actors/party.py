@@ -54,7 +54,8 @@ class PartyActor(Actor):
         """The keystore client over this actor's own connection (call from ``setup``)."""
         assert self.bus is not None
         self.keystore = await KeystoreClient.create(
-            self.bus, queue=self.keystore_queue, timeout=self.settings.broker_rpc_timeout
+            self.bus, queue=self.keystore_queue, timeout=self.settings.broker_rpc_timeout,
+            batching=self.settings.keystore_batching,
         )
         self.closing(self.keystore.close, "keystore")
         self.keys = KeyRing(self.keystore, get_suite(self.settings.suite))

@@ -94,7 +94,7 @@ async def _bus_rates(url: str, ct: bytes, seconds: float, inflight: int, batch: 
     from keystore.messages import BatchItem, OaepHash, Op
 
     bus = await connect(url, name="bench-keystore-client", prefix=PREFIX)
-    client = await KeystoreClient.create(bus, timeout=30.0)
+    client = await KeystoreClient.create(bus, timeout=30.0, batching=0)
     digest = hashlib.sha256(b"bench").digest()
     rates = []
     try:

@@ -24,6 +24,9 @@ Rule 7: a call the broker lost (a node failed over mid-call) is sent again, same
 when its operation is safe to repeat (``operations.changes_state`` false: sign, decrypt,
 reads, ...); one that changes state (create key, open_pi_account, PIN operations) is not, and
 fails as ``KeystoreUnavailable`` raised from the broker's error.
+Rule 8: ``sign`` and ``decrypt`` go through a ``Coalescer`` (keystore/coalesce.py) when
+``batching`` > 0: with that many of its sign/decrypt requests in flight, further calls wait and
+leave together as one ``batch``; each caller still gets its own item's result or error.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from broker.errors import BrokerError, RemoteError
 from broker.rpc import RpcClient
 from keystore import messages as m
 from keystore import transport
+from keystore.coalesce import Coalescer
 from keystore.errors import (
     BadRequest,
     DecryptionFailed,
@@ -62,22 +66,42 @@ from setpay.logs import get_logger
 
 log = get_logger(component="keystore.client")
 
+DEFAULT_BATCHING = 2  # requests in flight before sign/decrypt calls coalesce (Rule 8)
+_BATCH_ITEMS = 32
+_ITEM_BYTES = 512  # the largest item a batch carries (messages.BatchItem)
+
 
 class KeystoreClient:
     """Calls the keystore actor over RabbitMQ RPC."""
 
     def __init__(
-        self, rpc: RpcClient, *, queue: str = RPC_QUEUE, timeout: float | None = None
+        self,
+        rpc: RpcClient,
+        *,
+        queue: str = RPC_QUEUE,
+        timeout: float | None = None,
+        batching: int = DEFAULT_BATCHING,
     ) -> None:
         self.rpc = rpc
         self.queue = queue
         self.timeout = timeout
         self._transport: transport.TransportPublic | None = None
         self._session: transport.TransportSession | None = None
+        self.coalescer: Coalescer[m.BatchItem, bytes] | None = None
+        if batching > 0:
+            self.coalescer = Coalescer(
+                self._one_item, self.batch, limit=batching, max_items=_BATCH_ITEMS,
+                overloaded=lambda: KeystoreUnavailable("too many keystore calls waiting"),
+            )  # fmt: skip
 
     @classmethod
     async def create(
-        cls, bus: Any, *, queue: str = RPC_QUEUE, timeout: float | None = None
+        cls,
+        bus: Any,
+        *,
+        queue: str = RPC_QUEUE,
+        timeout: float | None = None,
+        batching: int = DEFAULT_BATCHING,
     ) -> KeystoreClient:
         """A client on its own RPC channel of ``bus``; it takes replies only from a login of
         the keystore role of ``bus``'s environment (a forged verdict from another identity
@@ -86,9 +110,12 @@ class KeystoreClient:
         def from_keystore(login: str | None) -> bool:
             return bus.role_of(login) == "keystore"
 
-        return cls(await RpcClient.create(bus, accept=from_keystore), queue=queue, timeout=timeout)
+        rpc = await RpcClient.create(bus, accept=from_keystore)
+        return cls(rpc, queue=queue, timeout=timeout, batching=batching)
 
     async def close(self) -> None:
+        if self.coalescer is not None:
+            await self.coalescer.close()
         await self.rpc.close()
 
     @property
@@ -179,12 +206,25 @@ class KeystoreClient:
         return blob.data
 
     async def sign(self, label: str, digest: bytes) -> bytes:
-        return await self._blob(m.Op.SIGN, m.Sign(label, digest))
+        return await self._private(m.BatchItem(m.Op.SIGN, label, digest, None))
 
     async def decrypt(
         self, label: str, ciphertext: bytes, oaep_hash: m.OaepHash = m.OaepHash.SHA1
     ) -> bytes:
-        record = m.Decrypt(label, ciphertext, oaep_hash, transport.UNSEALED)
+        return await self._private(m.BatchItem(m.Op.DECRYPT, label, ciphertext, oaep_hash))
+
+    async def _private(self, item: m.BatchItem) -> bytes:
+        """A sign or decrypt, coalesced with this client's others while it is busy (Rule 8)."""
+        if self.coalescer is None or len(item.data) > _ITEM_BYTES:
+            return await self._one_item(item)
+        return await self.coalescer.submit(item)
+
+    async def _one_item(self, item: m.BatchItem) -> bytes:
+        """``item`` as its own operation."""
+        if item.op is m.Op.SIGN:
+            return await self._blob(m.Op.SIGN, m.Sign(item.label, item.data))
+        oaep = item.oaep_hash or m.OaepHash.SHA1
+        record = m.Decrypt(item.label, item.data, oaep, transport.UNSEALED)
         blob: m.Blob = await self._with_reply(m.Op.DECRYPT, record)
         return blob.data
 

@@ -397,10 +397,14 @@ def set_extension(cert: x509.Certificate) -> SetExtension:
     return ext
 
 
+@lru_cache(maxsize=4096)
 def certificate_der(cert: x509.Certificate) -> bytes:
+    """``cert``'s DER, remembered per certificate (a purchase asks for the same few
+    certificates' bytes over a hundred times: thumbprints, path cache keys, messages)."""
     return cert.public_bytes(serialization.Encoding.DER)
 
 
+@lru_cache(maxsize=4096)
 def cert_thumbprint(cert: x509.Certificate) -> bytes:
     """SHA-256 of the certificate DER (``primitives.thumbprint`` convention)."""
     return hashlib.sha256(certificate_der(cert)).digest()

@@ -88,6 +88,9 @@ class Settings:
     keystore_pin: str = ""  # empty: the PIN `setpay keystore init` generated (Rule 3)
     keystore_so_pin: str = ""
     keystore_workers: int = 2
+    # A party's sign/decrypt requests in flight before its further ones wait and go to the
+    # keystore together as one batch (keystore/client.py Rule 8); 0 sends each alone.
+    keystore_batching: int = 2
 
     issuer_host: str = "127.0.0.1"  # the ISO 8583 issuer/acquirer host the gateway reaches
     issuer_port: int = DEFAULT_ISSUER_PORT

@@ -87,7 +87,14 @@ async def seed(
     keystore's ``pin_issue``) or via ``security`` from ``pin_block_for``'s blocks."""
     for spec in accounts:
         pvv: bytes | None = None
-        if spec.pin is not None and pvv_for is not None:
+        pan_index = await security.pan_index(spec.reference)
+        held = store.account(pan_index) if spec.pin is not None else None
+        if held is not None and held.pvv:
+            # Seeded before (an environment brought up again): its PIN is the seed's and the
+            # PVV the same, so it is kept, not issued again (the keystore allows three PIN
+            # issuances per account an hour: keystore/pinguard.py).
+            pvv = held.pvv
+        elif spec.pin is not None and pvv_for is not None:
             pvv = await pvv_for(spec.binding, spec.pin)
         elif spec.pin is not None:
             if pin_block_for is None:
@@ -97,7 +104,7 @@ async def seed(
         digits = "".join(ch for ch in spec.reference if ch.isdigit())
         store.put_account(
             AccountRecord(
-                pan_index=await security.pan_index(spec.reference),
+                pan_index=pan_index,
                 kind=spec.kind,
                 brand=spec.brand,
                 last4=digits[-4:],

@@ -245,8 +245,8 @@ async def test_keystore_stopped_no_secret_anywhere(
 
         with capture_logs() as logs:
             waiting, enrol = await refused(vault.seal("c1", card))  # card data at enrolment
-            more, issue = await refused(seed(store, security, [SeedAccount(
-                "bank-x", "bank", "ope", BANK, None, 0, 1_000, pin=PIN)], pvv_for=pvv_for))
+            bank = SeedAccount("bank-x", "bank", "ope", BANK, None, 0, 1_000, pin=PIN)
+            more, issue = await refused(pvv_for(bank.binding, PIN))  # PIN issuance
             waiting += more
             more, index = await refused(seed(store, security, [SeedAccount(
                 "card-x", "card", "visa", PAN, EXPIRY, 1_000, 0)]))  # fmt: skip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import socket
 from datetime import UTC, datetime
 from pathlib import Path
@@ -63,5 +64,36 @@ async def test_seed_environment_reports_each_account(tmp_path: Path, kind: str) 
             else:
                 assert status.startswith("skipped") and not exists, account.name
         assert {a.brand for a, s in report if s == "created"} >= {"visa", "mastercard"}
+    finally:
+        store.close()
+
+
+async def test_seeding_again_keeps_each_pin_and_resets_the_rest(tmp_path: Path) -> None:
+    """An environment brought up again seeds its accounts again: balances go back to the
+    seed's, but a PIN account's PVV is kept, not issued again (the keystore allows three PIN
+    issuances per account an hour, so the fourth bring-up of an hour used to fail)."""
+    security = SoftIssuerSecurity()
+    issued: list[str] = []
+
+    async def pvv_for(number: str, pin: str) -> bytes:
+        issued.append(number)
+        return await security.pvv(number, await security.pin_block(number, pin))
+
+    store = Store(tmp_path / "seed.sqlite")
+    try:
+        first = await seed_environment(store, security, datetime.now(UTC), pvv_for=pvv_for)
+        pin_accounts = [a for a, status in first if a.pin is not None and status == "created"]
+        assert pin_accounts and len(issued) == len(pin_accounts)
+        index = await security.pan_index(pin_accounts[0].reference)
+        held = store.account(index)
+        assert held is not None and held.pvv
+        store.put_account(dataclasses.replace(held, balance=held.balance - 1234))
+        for _ in range(3):
+            again = await seed_environment(store, security, datetime.now(UTC), pvv_for=pvv_for)
+            assert [s for _, s in again] == [s for _, s in first]
+        assert len(issued) == len(pin_accounts)  # each PIN issued once, in the first seed
+        reseeded = store.account(index)
+        assert reseeded is not None
+        assert reseeded.pvv == held.pvv and reseeded.balance == held.balance
     finally:
         store.close()
