@@ -18,7 +18,9 @@ Rule 5: every figure is shown as a ratio of bounds measured in the same run: the
 (the private-key operations one purchase needs, counted in the keystore's audit log of probe
 purchases, timed directly on the environment's token with its number of keystore workers) and
 the broker bound (the SET envelopes one purchase publishes, counted and sized with the trace
-tap, timed as raw aio-pika publish + consume with confirms in a throw-away vhost).
+tap, timed as raw aio-pika publish + consume with confirms in a throw-away vhost, plus the
+keystore round trips it makes, counted in the same audit log and timed as raw aio-pika RPC
+at 64 in flight there; the envelopes alone are reported beside it).
 Rule 6: the progress line goes to stderr only: rewritten in place on a terminal, a plain line
 every few seconds otherwise; results go to stdout (a table, or JSON with ``--json``).
 Rule 7: ``--scale 1,2,3`` runs the same load once per process count of ``--scale-roles``
@@ -64,7 +66,12 @@ PRIVATE_OPS = {"sign": "sign", "decrypt": "exchange", "derive": "exchange",
 # purchase's private-key operations -- cardholder PReq signature; merchant PInitRes, AuthReq
 # and PRes signatures and the AuthRes unwrap; gateway AuthReq and PI unwraps, AuthRes and
 # CapToken signatures (the audit log of rsa2048 and p256 runs counts the same 6 + 3).
+# Keystore ops a client does once and keeps (not a round trip of every purchase).
+ONCE_OPS = frozenset({"transport_key", "public_key"})
 STATED_OPS = {"sign": 6, "exchange": 3}
+# ... and its keystore round trips: those 9, the wallet's two opens of the sealed card, the
+# issuer's PAN-index HMAC.
+STATED_CALLS = {"sign": 6, "decrypt": 2, "open_pi_account": 1, "open": 2, "hmac": 1}
 STATED_MESSAGES = 6  # PInitReq, PInitRes, PReq, AuthReq, AuthRes, PRes
 STATED_SIZE = 2048
 
@@ -461,6 +468,13 @@ class Probe:
     def messages_total(self) -> float:
         return sum(self.messages.values())
 
+    @property
+    def keystore_calls(self) -> float:
+        """Keystore round trips over the bus per purchase: every audited op but those a
+        client reads once and keeps (the transport key, a key's public half). A probe
+        purchase runs alone, so none of them was coalesced into a batch."""
+        return sum(n for op, n in self.ops.items() if op not in ONCE_OPS)
+
 
 def audit_log(settings: Settings) -> Path:
     """The keystore's log (its audit trail) as the supervisor writes it."""
@@ -543,6 +557,7 @@ async def probe(shop: Shop, bus: Any, audit: Path, mix: dict[str, float], per_ki
     ops_source = f"keystore audit log, {per_kind} probe purchase(s) per kind"
     if not private:
         private, ops_source = dict(STATED_OPS), "stated list (audit log unreadable)"
+        ops = Counter(STATED_CALLS)
     messages_source = f"trace tap, {per_kind} probe purchase(s) per kind"
     if not messages:
         messages, sizes = {"SET": float(STATED_MESSAGES)}, [STATED_SIZE]
@@ -646,8 +661,9 @@ async def raw_broker_rate(url: str, sizes: list[int], n: int, window: int = 256)
     return await throughput_raw(url, n, window, bodies)
 
 
-async def broker_rate(settings: Settings, sizes: list[int], n: int) -> float:
-    """``raw_broker_rate`` in a throw-away vhost, deleted afterwards."""
+async def broker_rate(settings: Settings, sizes: list[int], n: int) -> tuple[float, float]:
+    """(``raw_broker_rate``, raw aio-pika RPC round trips/s at 64 in flight, as `setpay bench
+    broker` measures them) in a throw-away vhost, deleted afterwards."""
     from broker import admin
 
     vhost = f"setpay-bench-auth-{secrets.token_hex(4)}"
@@ -663,7 +679,11 @@ async def broker_rate(settings: Settings, sizes: list[int], n: int) -> float:
             f"{quote(settings.broker_admin_password, safe='')}@"
             f"{parts.hostname or '127.0.0.1'}:{parts.port or 5672}/{quote(vhost, safe='')}"
         )
-        return await raw_broker_rate(url, sizes, n)
+        from bench.broker import _rpc_raw
+
+        messages = await raw_broker_rate(url, sizes, n)
+        calls, _ = await _rpc_raw(url, n, 64)
+        return messages, calls
     finally:
         await asyncio.to_thread(admin.delete_vhost, vhost)
 
@@ -677,7 +697,9 @@ class Bounds:
     exchange_rate: float
     crypto: float
     message_rate: float
-    broker: float
+    rpc_rate: float
+    broker_set_only: float  # the SET envelopes alone (the bound before the keystore's traffic)
+    broker: float  # the SET envelopes and the keystore round trips
 
     @property
     def both(self) -> float:
@@ -689,9 +711,10 @@ async def measure_bounds(settings: Settings, found: Probe, workers: int, seconds
     """The crypto and the broker bound for one purchase as ``found`` counted it."""
     sign, exchange = await asyncio.to_thread(hsm_rates, settings, workers, seconds)
     per = found.private.get("sign", 0) / sign + found.private.get("exchange", 0) / exchange
-    rate = await broker_rate(settings, found.sizes, messages)
-    return Bounds(workers, sign, exchange, 1 / per if per else math.inf, rate,
-                  rate / found.messages_total)  # fmt: skip
+    rate, rpc = await broker_rate(settings, found.sizes, messages)
+    broker_seconds = found.messages_total / rate + found.keystore_calls / rpc
+    return Bounds(workers, sign, exchange, 1 / per if per else math.inf, rate, rpc,
+                  rate / found.messages_total, 1 / broker_seconds)  # fmt: skip
 
 
 # -- output -------------------------------------------------------------------------------------
@@ -724,6 +747,7 @@ def report(results: Results, found: Probe | None, bounds: Bounds | None, context
             "keystore_ops": found.ops, "ops_source": found.ops_source,
             "set_messages": found.messages_total, "messages_by_type": found.messages,
             "mean_message_bytes": sum(found.sizes) / len(found.sizes),
+            "keystore_calls": found.keystore_calls,
             "messages_source": found.messages_source,
         }  # fmt: skip
     if bounds is not None:
@@ -732,6 +756,8 @@ def report(results: Results, found: Probe | None, bounds: Bounds | None, context
             "hsm_sign_per_s": bounds.sign_rate, "hsm_exchange_per_s": bounds.exchange_rate,
             "crypto_purchases_per_s": bounds.crypto,
             "broker_messages_per_s": bounds.message_rate,
+            "broker_rpc_per_s": bounds.rpc_rate,
+            "broker_set_only_purchases_per_s": bounds.broker_set_only,
             "broker_purchases_per_s": bounds.broker,
             "min_purchases_per_s": bounds.both,
         }  # fmt: skip
@@ -789,8 +815,12 @@ def print_table(r: dict[str, Any]) -> None:
             f"{per['mean_message_bytes']:,.0f} B ({per['messages_source']})"
         )
         print("           " + ", ".join(f"{t} {n:.1f}" for t, n in per["messages_by_type"].items()))
+        print(f"           and {per['keystore_calls']:.1f} keystore round trips/purchase "
+              f"(one purchase alone: none coalesced)")  # fmt: skip
         print(f"           raw aio-pika publish+consume with confirms: "
-              f"{b['broker_messages_per_s']:,.0f} msg/s -> "
+              f"{b['broker_messages_per_s']:,.0f} msg/s (SET envelopes alone -> "
+              f"{b['broker_set_only_purchases_per_s']:,.1f} purchases/s); raw RPC "
+              f"{b['broker_rpc_per_s']:,.0f} round trips/s; both -> "
               f"{b['broker_purchases_per_s']:,.1f} purchases/s")  # fmt: skip
         q = r["ratios"]
         print(f"  achieved {r['throughput']:.1f} purchases/s = {_pct(q['crypto'])} of the "
