@@ -133,11 +133,14 @@ def offer_from_bytes(data: bytes, account: pan.Account) -> Offer:
     )  # fmt: skip
 
 
-def pinit_req(account: pan.Account, brand: str, lid_m: bytes) -> PInitReq:
-    """A PInitReq for the order ``lid_m`` with fresh RRPID, LID-C and Chall-C."""
+def pinit_req(
+    merchant_bin: str, kind: pan.AccountKind, brand: str, lid_m: bytes
+) -> PInitReq:
+    """A PInitReq for the order ``lid_m`` with fresh RRPID, LID-C and Chall-C; the account is
+    named by ``pan.merchant_bin`` of it and its kind, nothing more."""
     return PInitReq(
         ids.new_rrpid(), LANGUAGE, ids.new_lid(), lid_m, ids.new_challenge(), brand,
-        pan.merchant_bin(account), account.kind, [],
+        merchant_bin, kind, [],
     )  # fmt: skip
 
 

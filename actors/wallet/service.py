@@ -223,6 +223,7 @@ class WalletService:
         row = CardRow(
             card_id, user, brand, hint, key.key_id, certificate_der(reg.cert),
             [certificate_der(c) for c in reg.chain], certificate_der(root), sealed, pin_account,
+            pan.merchant_bin(account), int(account.kind),
         )  # fmt: skip
         self.store.add_card(row, self.clock.now_ms())
         log.info("wallet_card_enrolled", card_id=card_id, brand=brand, pin=pin_account)
@@ -246,8 +247,15 @@ class WalletService:
         root = load_certificate(row.root)
         machine = cardholder_purchase()
         try:
-            card = await self.vault.open(card_id, row.sealed)
-            init = purchase.pinit_req(card.account, row.brand, lid_m)
+            pin_binding = None
+            if row.merchant_bin is not None and row.kind is not None and not row.pin:
+                # what PInitReq names was kept at enrolment: no sealed card is opened here
+                named = (row.merchant_bin, pan.AccountKind(row.kind))
+            else:  # a PIN account (the thin client seals to its binding) or a card from v3
+                account = (await self.vault.open(card_id, row.sealed)).account
+                named = (pan.merchant_bin(account), account.kind)
+                pin_binding = account.pin_binding_number if row.pin else None
+            init = purchase.pinit_req(*named, row.brand, lid_m)
             header = make_header(
                 self.clock.now_ms(), lid_c=init.lid_c, lid_m=lid_m, rrpid=init.rrpid
             )
@@ -271,7 +279,7 @@ class WalletService:
         return Started(
             purchase_id, offer.data.trans_ids.xid, certificate_der(offer.gateway_cert),
             offer.brand, offer.certs, offer.crls, offer.bci,
-            card.account.pin_binding_number if row.pin else None, self.keys.suite.oaep_hash,
+            pin_binding, self.keys.suite.oaep_hash,
         )  # fmt: skip
 
     async def finish_purchase(

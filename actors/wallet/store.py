@@ -59,6 +59,11 @@ CARDS: Final = sa.Table(
     sa.Column("sealed", B, nullable=False),
     sa.Column("created", I, nullable=False),
     sa.Column("pin", sa.Boolean, nullable=False, server_default=sa.false()),
+    # What a PInitReq tells the merchant about the account (protocol.pan.merchant_bin: the
+    # issuer's six digits, or an OPE account's bank and branch; never an account digit) and
+    # the account's kind, kept at enrolment so starting a purchase opens no sealed card.
+    sa.Column("merchant_bin", T(16)),
+    sa.Column("kind", I),
 )  # fmt: skip
 PURCHASES: Final = sa.Table(
     "purchases", _MD,
@@ -133,7 +138,16 @@ def _v3_started_purchases(op: Operations) -> None:
     )
 
 
-SCHEMA: Final = Schema("wallet", _MD, steps=(_v2_bci_floors, _v3_started_purchases))
+def _v4_card_bin(op: Operations) -> None:
+    """v3 -> v4: each card's merchant BIN and kind (cards enrolled before keep NULL: their
+    purchases open the sealed card to start, as before)."""
+    op.add_column("cards", sa.Column("merchant_bin", T(16)))
+    op.add_column("cards", sa.Column("kind", I))
+
+
+SCHEMA: Final = Schema(
+    "wallet", _MD, steps=(_v2_bci_floors, _v3_started_purchases, _v4_card_bin)
+)
 
 
 @dataclass(frozen=True)
@@ -148,6 +162,8 @@ class CardRow:
     root: bytes
     sealed: bytes
     pin: bool = False  # an OPE PIN account: a purchase needs the thin client's PIN seal
+    merchant_bin: str | None = None  # what PInitReq names (None: enrolled before v4)
+    kind: int | None = None  # protocol.pan.AccountKind
 
 
 @dataclass(frozen=True)
@@ -219,13 +235,14 @@ class WalletStore:
                     card_id=row.card_id, user=row.user, brand=row.brand, hint=row.hint,
                     key_label=row.key_label, cert=row.cert, chain=codec.packb(row.chain),
                     root=row.root, sealed=row.sealed, created=now_ms, pin=row.pin,
+                    merchant_bin=row.merchant_bin, kind=row.kind,
                 )
             )  # fmt: skip
 
     def _card(self, r: Any) -> CardRow:
         return CardRow(
             r.card_id, r.user, r.brand, r.hint, r.key_label, r.cert,
-            list(codec.unpackb(r.chain)), r.root, r.sealed, bool(r.pin),
+            list(codec.unpackb(r.chain)), r.root, r.sealed, bool(r.pin), r.merchant_bin, r.kind,
         )  # fmt: skip
 
     def card(self, card_id: str) -> CardRow | None:

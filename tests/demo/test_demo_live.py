@@ -242,3 +242,44 @@ async def test_thin_client_pin_purchase_refusals_and_finish(
             await erin.buy(pos, "M-1001", 700)
     finally:
         await demo_cases.close_clients(wallet, pos)
+
+
+async def test_starting_a_card_purchase_opens_no_sealed_card(
+    demo_run: tuple[Path, str], demo_env: dict[str, str]
+) -> None:
+    """What PInitReq names (the BIN and the account's kind) is kept at enrolment, so starting
+    a card purchase costs no keystore ``open``; finishing it opens the sealed card once (the
+    PI needs the PAN), and a PIN account's start still opens it (its PIN binding)."""
+    data_dir, out = demo_run
+    assert "rows as expected" in out
+    audit = data_dir / "run" / "keystore.main.log"
+
+    def wallet_opens() -> int:
+        n = 0
+        for line in audit.read_text().splitlines():
+            if '"keystore_op"' not in line:
+                continue
+            event = json.loads(line)
+            n += event["op"] == "open" and "wallet." in str(event.get("caller"))
+        return n
+
+    wallet, pos = demo_cases.connect_clients(load(demo_env))
+    try:
+        alice = demo_cases.Shopper(wallet, "demo-alice", LOAD_PANS[0])
+        erin = demo_cases.debit_shopper(wallet)
+        await alice.card()
+        await erin.card()
+        session, erin_s = await alice.session(), await erin.session()
+        value = CurrAmt("JPY", 300)
+        before = wallet_opens()
+        order = await pos.create_order("M-1001", "no open to start", value)
+        started = await session.start_purchase(card_id=alice.card_id, offer=order.offer)
+        assert wallet_opens() == before
+        done = await session.finish_purchase(started.purchase_id)
+        assert done.describe() == APPROVED
+        assert wallet_opens() == before + 1
+        order = await pos.create_order("M-1001", "PIN account start", value, sale=True)
+        await erin_s.start_purchase(card_id=erin.card_id, offer=order.offer)
+        assert wallet_opens() == before + 2
+    finally:
+        await demo_cases.close_clients(wallet, pos)

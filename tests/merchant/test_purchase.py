@@ -120,7 +120,8 @@ async def _offer(env: PurchaseEnv, card: str, lid_m: bytes) -> tuple[purchase.Of
     row = wallet.store.card(card)
     assert row is not None
     secrets_ = await wallet.vault.open(card, row.sealed)
-    init = purchase.pinit_req(secrets_.account, "alpha", lid_m)
+    account = secrets_.account
+    init = purchase.pinit_req(pan.merchant_bin(account), account.kind, "alpha", lid_m)
     header = make_header(_now(), lid_c=init.lid_c, lid_m=lid_m, rrpid=init.rrpid)
     res, res_header = await wallet._reply(ROUTE, header, init, PInitRes)
     offer = purchase.check_pinit_res(res, res_header, init, load_certificate(row.root), _now())
