@@ -168,6 +168,17 @@ async def test_console_and_wallet_pages_end_to_end(web_env: Env, browser: Any,
     await pos.screenshot(path=str(out / "pos.png"), full_page=True)
 
 
+async def redrawn(page: Any, order: str, column: str, value: str) -> None:
+    """Wait until the transactions list, drawn again, shows ``value`` in ``column`` of
+    ``order``'s row."""
+    await page.wait_for_function(
+        "([order, column, value]) => { const td = document.querySelector("
+        "`#transactions tr[data-tx='${order}'] td.${column}`);"
+        " return td !== null && td.textContent === value; }",
+        arg=[order, column, value],
+    )
+
+
 async def test_console_captures_refunds_and_closes_the_batch(web_env: Env, browser: Any,
                                                              tmp_path: Path) -> None:
     """The console's actions after authorization (actors/merchant/page/pos.js): an order paid
@@ -197,11 +208,15 @@ async def test_console_captures_refunds_and_closes_the_batch(web_env: Env, brows
     await row.locator("button[data-act=capture]").click()
     await pos.wait_for_function(
         "() => document.getElementById('msg').textContent.startsWith('Capture: SUCCESS 1800')")
-    row = pos.locator(f"#orders tr[data-order='{order.order}']")  # the list was redrawn
+    # The message shows before the lists are drawn again (pos.js ``act``); an amount typed into
+    # the old row would be lost with it, so wait until the redraw shows the capture.
+    await redrawn(pos, order.order, "captured", "1800")
+    row = pos.locator(f"#orders tr[data-order='{order.order}']")
     await row.locator("input.amount").fill("500")
     await row.locator("button[data-act=refund]").click()
     await pos.wait_for_function(
         "() => document.getElementById('msg').textContent.startsWith('Refund: SUCCESS 500')")
+    await redrawn(pos, order.order, "credited", "500")
     tx = pos.locator(f"#transactions tr[data-tx='{order.order}']")
     assert await tx.locator("td.captured").text_content() == "1800"
     assert await tx.locator("td.credited").text_content() == "500"
