@@ -15,6 +15,8 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 
+from setpay.store import Store
+
 PG_ADMIN = os.environ.get("SETPAY_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
@@ -31,3 +33,14 @@ def store_target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
             yield sa.make_url(PG_ADMIN).set(database=name).render_as_string(hide_password=False)
         finally:
             admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+def roll_back_to(store: Store, component: str, version: int, *undo: str) -> None:
+    """Make ``store`` look as a store of ``component`` at ``version`` left it: run the ``undo``
+    DDL of the later steps and record ``version``; then close it (the next open migrates)."""
+    with store.transaction() as db:
+        for statement in undo:
+            db.execute(sa.text(statement))
+        db.execute(sa.text("UPDATE setpay_schema SET version = :v WHERE component = :c"),
+                   {"v": version, "c": component})  # fmt: skip
+    store.close()

@@ -21,7 +21,7 @@ from actors.merchant.store import (
 )
 from protocol.messages import CurrAmt
 from setpay.store import open_store
-from tests.fixtures_store import store_target  # noqa: F401 - the fixture
+from tests.fixtures_store import roll_back_to, store_target  # noqa: F401 - the fixture
 
 
 def open_pos(target: str | Path) -> MerchantStore:
@@ -75,10 +75,7 @@ def test_sqlite_answers_the_sweep_from_the_partial_index(tmp_path: Path) -> None
 
 def test_a_v3_store_gets_the_index_when_opened(store_target: str | Path) -> None:  # noqa: F811
     store = open_pos(store_target)
-    with store.transaction() as db:  # as a v3 store left it: no index, version 3
-        db.execute(sa.text("DROP INDEX orders_unanswered"))
-        db.execute(sa.text("UPDATE setpay_schema SET version = 3 WHERE component = 'merchant'"))
-    store.close()
+    roll_back_to(store.db, "merchant", 3, "DROP INDEX orders_unanswered")
     store = open_pos(store_target)
     try:
         assert store.db.versions()["merchant"] == 4

@@ -13,7 +13,7 @@ from actors.wallet.store import SCHEMA, CardRow, WalletStore
 from actors.web.sessions import SESSIONS
 from protocol import pan
 from setpay.store import open_store
-from tests.fixtures_store import store_target  # noqa: F401 - the fixture
+from tests.fixtures_store import roll_back_to, store_target  # noqa: F401 - the fixture
 
 PAN = "4111111111111111"
 
@@ -50,11 +50,8 @@ def test_a_v3_store_gains_the_columns_and_its_cards_start_as_before(
     store = opened(store_target)
     assert store.add_cardholder("hanako", b"salt", b"hash", 1, 0)
     store.add_card(card("old"), 0)
-    with store.db.transaction() as db:  # as a v3 store left it
-        db.execute(sa.text("ALTER TABLE cards DROP COLUMN merchant_bin"))
-        db.execute(sa.text("ALTER TABLE cards DROP COLUMN kind"))
-        db.execute(sa.text("UPDATE setpay_schema SET version = 3 WHERE component = 'wallet'"))
-    store.close()
+    roll_back_to(store.db, "wallet", 3, "ALTER TABLE cards DROP COLUMN merchant_bin",
+                 "ALTER TABLE cards DROP COLUMN kind")  # as a v3 store left it
     store = opened(store_target)
     try:
         assert store.db.versions()["wallet"] == 4
