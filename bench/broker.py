@@ -131,7 +131,7 @@ async def _rpc_setpay(url: str, n: int, in_flight: int) -> tuple[float, HdrHisto
         await bus.close()
 
 
-async def _rpc_raw(url: str, n: int, in_flight: int) -> tuple[float, HdrHistogram]:
+async def rpc_raw(url: str, n: int, in_flight: int) -> tuple[float, HdrHistogram]:
     connection = await aio_pika.connect_robust(url)
     server_channel = await connection.channel(publisher_confirms=False)
     await server_channel.set_qos(prefetch_count=max(64, in_flight))
@@ -184,7 +184,7 @@ async def run(url: str, messages: int, calls: int) -> list[str]:
         ours = await _throughput_setpay(url, messages, window)
         lines.append(_line(f"persistent+confirms msg/s, {window} win", ours, raw))
     for in_flight in (1, 64):
-        raw_rate, raw_h = await _rpc_raw(url, calls, in_flight)
+        raw_rate, raw_h = await rpc_raw(url, calls, in_flight)
         our_rate, our_h = await _rpc_setpay(url, calls, in_flight)
         pct = (
             f"p50 {our_h.get_value_at_percentile(50) / 1000:.1f}/"

@@ -68,7 +68,6 @@ log = get_logger(component="keystore.client")
 
 DEFAULT_BATCHING = 2  # requests in flight before sign/decrypt calls coalesce (Rule 8)
 _BATCH_ITEMS = 32
-_ITEM_BYTES = 512  # the largest item a batch carries (messages.BatchItem)
 
 
 class KeystoreClient:
@@ -215,7 +214,7 @@ class KeystoreClient:
 
     async def _private(self, item: m.BatchItem) -> bytes:
         """A sign or decrypt, coalesced with this client's others while it is busy (Rule 8)."""
-        if self.coalescer is None or len(item.data) > _ITEM_BYTES:
+        if self.coalescer is None or len(item.data) > m.BATCH_ITEM_BYTES:
             return await self._one_item(item)
         return await self.coalescer.submit(item)
 

@@ -31,6 +31,7 @@ from protocol.messages import PIKind
 Label = Annotated[str, MaxLen(160)]
 Text = Annotated[str, MaxLen(200)]
 MAX_BATCH = 256
+BATCH_ITEM_BYTES = 512  # a batch item's digest or ciphertext, at most
 LABEL_RE = re.compile(
     r"^(?P<owner>[a-z][a-z0-9_-]{0,31}\.[A-Za-z0-9_-]{1,63})/[A-Za-z0-9._-]{1,64}$"
 )
@@ -255,7 +256,7 @@ class BatchItem:
 
     op: Op
     label: Label
-    data: Annotated[bytes, MaxLen(512)]
+    data: Annotated[bytes, MaxLen(BATCH_ITEM_BYTES)]
     oaep_hash: OaepHash | None
 
 
